@@ -1,0 +1,82 @@
+"""Does the model solve the task? Per-example metrics on clean and counterfactual prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..tasks.dataset import TaskDataset
+from .forward import final_logits
+from .stats import ci_dict
+
+
+@dataclass
+class BaselineTable:
+    """Per-example columns (numpy arrays of length n)."""
+
+    columns: dict[str, np.ndarray]
+
+    def summary(self, seed: int = 0) -> dict[str, dict]:
+        return {k: ci_dict(v, seed=seed) for k, v in self.columns.items() if k not in ("pred", "cf_pred")}
+
+
+def _single_token_columns(logits: torch.Tensor, cf_logits: torch.Tensor, ds: TaskDataset) -> dict[str, np.ndarray]:
+    a = torch.tensor([e.answer_id for e in ds.examples])
+    b = torch.tensor([e.cf_answer_id for e in ds.examples])
+    rows = torch.arange(len(a))
+    probs, cf_probs = logits.softmax(-1), cf_logits.softmax(-1)
+    pred, cf_pred = logits.argmax(-1), cf_logits.argmax(-1)
+    return {
+        # logit difference answer vs counterfactual answer, on clean and on counterfactual prompts
+        "logit_diff": (logits[rows, a] - logits[rows, b]).numpy(),
+        "cf_logit_diff": (cf_logits[rows, a] - cf_logits[rows, b]).numpy(),
+        "prob": probs[rows, a].numpy(),
+        "cf_prob_of_cf_answer": cf_probs[rows, b].numpy(),
+        "accuracy": (pred == a).float().numpy(),
+        # two-way accuracy: the answer beats the counterfactual answer
+        "pairwise_accuracy": (logits[rows, a] > logits[rows, b]).float().numpy(),
+        "cf_follows_label": (cf_pred == b).float().numpy(),
+        "cf_pairwise_follows": (cf_logits[rows, b] > cf_logits[rows, a]).float().numpy(),
+        "pred": pred.numpy(),
+        "cf_pred": cf_pred.numpy(),
+    }
+
+
+def _answer_set_columns(logits: torch.Tensor, cf_logits: torch.Tensor, ds: TaskDataset) -> dict[str, np.ndarray]:
+    cols: dict[str, list] = {k: [] for k in ("prob_diff", "cf_prob_diff", "accuracy", "cf_follows_label")}
+    probs, cf_probs = logits.softmax(-1), cf_logits.softmax(-1)
+    for i, e in enumerate(ds.examples):
+        good, bad = torch.tensor(e.good_ids, dtype=torch.long), torch.tensor(e.bad_ids, dtype=torch.long)
+        cols["prob_diff"].append(float(probs[i, good].sum() - probs[i, bad].sum()))
+        # the counterfactual prompt has its own correct set, taken from the counterfactual example
+        cols["cf_prob_diff"].append(float(cf_probs[i, good].sum() - cf_probs[i, bad].sum()))
+        cand = torch.tensor(sorted(set(e.good_ids) | set(e.bad_ids)), dtype=torch.long)
+        best = int(cand[logits[i, cand].argmax()])
+        cols["accuracy"].append(float(best in e.good_ids))
+        cf_cand = torch.tensor(sorted(set(e.cf_good_ids) | set(e.cf_bad_ids)), dtype=torch.long)
+        cf_best = int(cf_cand[cf_logits[i, cf_cand].argmax()])
+        cols["cf_follows_label"].append(float(cf_best in e.cf_good_ids))
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+    out["pred"] = logits.argmax(-1).numpy()
+    out["cf_pred"] = cf_logits.argmax(-1).numpy()
+    return out
+
+
+def run_baseline(model, ds: TaskDataset, batch_size: int = 32,
+                 progress: Callable[[float, str], None] | None = None) -> BaselineTable:
+    n = len(ds)
+    done = [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        if progress:
+            progress(done[0] / (2 * n), f"forward {done[0]}/{2 * n} prompts")
+
+    logits = final_logits(model, [e.tokens for e in ds.examples], batch_size, tick)
+    cf_logits = final_logits(model, [e.cf_tokens for e in ds.examples], batch_size, tick)
+    if ds.spec.answer_set is not None:
+        return BaselineTable(_answer_set_columns(logits, cf_logits, ds))
+    return BaselineTable(_single_token_columns(logits, cf_logits, ds))

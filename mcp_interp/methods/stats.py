@@ -1,0 +1,30 @@
+"""Small statistics helpers: bootstrap confidence intervals over examples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                 axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and percentile bootstrap CI of the mean along `axis` (examples).
+
+    Works on a vector (returns scalars as 0-d arrays) or a matrix of per-example columns at once,
+    resampling the same example indices for every column so cells stay comparable.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = np.moveaxis(x, axis, 0)
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boots = x[idx].mean(axis=1)
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2], axis=0)
+    return mean, lo, hi
+
+
+def ci_dict(values, **kw) -> dict:
+    mean, lo, hi = bootstrap_ci(values, **kw)
+    return {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(np.asarray(values).shape[0])}
