@@ -80,3 +80,22 @@ def run_baseline(model, ds: TaskDataset, batch_size: int = 32,
     if ds.spec.answer_set is not None:
         return BaselineTable(_answer_set_columns(logits, cf_logits, ds))
     return BaselineTable(_single_token_columns(logits, cf_logits, ds))
+
+
+def counterfactual_check(model, ds: TaskDataset, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Per example: does the causal label change, and does the model's prediction on the counterfactual follow it?
+
+    "Follows" means the model's top candidate on the counterfactual prompt is the counterfactual label
+    (for answer-set tasks: lies in the counterfactual's correct set).
+    """
+    cf_logits = final_logits(model, [e.cf_tokens for e in ds.examples], batch_size)
+    changes = np.array([e.answer != e.cf_answer for e in ds.examples], dtype=np.float64)
+    if ds.spec.answer_set is not None:
+        follows = []
+        for i, e in enumerate(ds.examples):
+            cand = torch.tensor(sorted(set(e.cf_good_ids) | set(e.cf_bad_ids)), dtype=torch.long)
+            follows.append(float(int(cand[cf_logits[i, cand].argmax()]) in e.cf_good_ids))
+        return {"label_changes": changes, "follows": np.asarray(follows)}
+    pred = cf_logits.argmax(-1).numpy()
+    follows = np.array([pred[i] == e.cf_answer_id for i, e in enumerate(ds.examples)], dtype=np.float64)
+    return {"label_changes": changes, "follows": follows}

@@ -1,0 +1,131 @@
+"""The MCP surface: the MCPServer app, its lifespan, and the registration of tools, prompts, resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from mcp.server.mcpserver import Context, MCPServer
+
+from .. import __version__
+from ..prompts import templates
+from ..tools import baseline_tool, job_tools, model_tools, run_tools, task_tools
+from ..tools.context import AppContext
+from ..tools.runner import JobView
+from .registration import register_tool
+
+INSTRUCTIONS = f"""mcp-interp {__version__}: mechanistic interpretability on real language models.
+
+Workflow (each step's result says what to do next):
+1. list_tasks / get_task, or define_task: a causal task (variables, mechanisms, templates, counterfactual
+   generators, named positions, metric). Specs are validated against the tokenizer before any weights load.
+2. run_baseline(model, task): does the model solve it? Only intervene on behaviour the model has.
+   Check that each counterfactual generator changes the label and the model follows it.
+3. Then localise and explain (tools added as they land: locate, attribute, train_das, scrub_hypothesis).
+Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
+{{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
+the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
+resources artifact://<run_id>/<file> (plots are PNG). Cite run ids in reports.
+Models: smollm2-135m is bundled (offline); list_models shows the rest.
+Prompts plan_experiment, run_experiment, interpret_experiment walk through plan -> run -> interpret."""
+
+
+def build_server(store: str | Path | None = None, memory_budget_mb: float | None = None,
+                 device: str | None = None) -> MCPServer:
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
+        app = AppContext.create(store, memory_budget_mb, device)
+        try:
+            yield app
+        finally:
+            app.close()
+
+    server = MCPServer("mcp-interp", instructions=INSTRUCTIONS, lifespan=lifespan)
+    _register_tools(server)
+    _register_prompts(server)
+    _register_resources(server)
+    return server
+
+
+def _register_tools(server: MCPServer) -> None:
+    t = task_tools
+    register_tool(server, t.define_task, name="define_task", input_model=t.DefineTaskInput,
+                  output_model=t.DefineTaskOutput, description=(
+                      "Define a causal task: input variables (values or range), mechanisms (restricted expressions "
+                      "like \"IO if order == 'ABB' else S\" or lookup tables), constraints, prompt templates with "
+                      "{variable} slots, the answer template (mind the leading space), counterfactual generators "
+                      "(resample | resample_all | swap | assign), named positions (by variable slot or literal text; "
+                      "END is implicit) and the metric (logit_diff | prob | accuracy | prob_diff with answer_set). "
+                      "Validated against validate_with_model's tokenizer: single-token answers, resolvable positions, "
+                      "generators that change the answer when they claim to, enough distinct examples. Errors name "
+                      "the field and the examples. get_task('ioi') shows a complete example spec."))
+    register_tool(server, t.list_tasks, name="list_tasks", input_model=None, output_model=t.ListTasksOutput,
+                  read_only=True, description="List built-in and defined tasks with their variables, "
+                  "counterfactual generators, named positions and metric.")
+    register_tool(server, t.get_task, name="get_task", input_model=t.GetTaskInput, output_model=t.GetTaskOutput,
+                  read_only=True, description="A task's full spec and a few rendered clean/counterfactual pairs with "
+                  "labels; with `model`, also the tokens and resolved positions. Use it as a template for define_task.")
+    m = model_tools
+    register_tool(server, m.list_models, name="list_models", input_model=None, output_model=m.ListModelsOutput,
+                  read_only=True, description="Available models (bundled, toy, local), which are loaded, memory use, device.")
+    register_tool(server, m.load_model, name="load_model", input_model=m.LoadModelInput, output_model=m.LoadModelOutput,
+                  description="Load a model into the pool now (tools load lazily anyway) and show its config: layers, "
+                  "heads, d_model, grouped-query KV heads. The first SmolLM2 load converts the GGUF (~1 min); later "
+                  "starts read a cache.")
+    b = baseline_tool
+    register_tool(server, b.run_baseline, name="run_baseline", input_model=b.RunBaselineInput,
+                  output_model=b.RunBaselineOutput, progress=True, description=(
+                      "Does the model solve the task? Accuracy, logit difference (answer vs counterfactual answer) and "
+                      "answer probability on n examples with 95% bootstrap CIs, the same on counterfactual prompts, and "
+                      "per counterfactual generator how often the label changes and the model follows it. Returns a "
+                      "verdict: do not run interventions on a task the model does not solve. Runs as a job (see "
+                      "wait_seconds / get_job); stores examples.json and a histogram plot."))
+    r = run_tools
+    register_tool(server, r.list_runs, name="list_runs", input_model=r.ListRunsInput, output_model=r.ListRunsOutput,
+                  read_only=True, description="Stored runs, newest first, filtered by task / model / tool / status, "
+                  "with their key metrics.")
+    register_tool(server, r.get_run, name="get_run", input_model=r.GetRunInput, output_model=r.GetRunOutput,
+                  read_only=True, description="One stored run: its result, manifest (versions, model weight hash, task "
+                  "hash, parameters, seed, timings) and file URIs (artifact://<run_id>/<file>, readable as resources).")
+    j = job_tools
+    register_tool(server, j.get_job, name="get_job", input_model=j.GetJobInput, output_model=JobView, progress=True,
+                  read_only=True, description="Long-poll a job: waits up to wait_seconds, then returns its status, "
+                  "progress and, once complete, the tool's full result.")
+    register_tool(server, j.cancel_job, name="cancel_job", input_model=j.CancelJobInput, output_model=JobView,
+                  description="Cancel a queued or running job (cooperative: it stops at the next checkpoint).")
+    register_tool(server, j.list_jobs, name="list_jobs", input_model=j.ListJobsInput, output_model=j.ListJobsOutput,
+                  read_only=True, description="Jobs of this store (including ones interrupted by a server restart).")
+
+
+def _register_prompts(server: MCPServer) -> None:
+    @server.prompt(name="plan_experiment", description="Plan an interpretability experiment: objective, falsifiable "
+                   "hypotheses, analysis plan with gates.")
+    def plan_experiment(question: str, model: str = "smollm2-135m", task: str = "ioi") -> str:
+        return templates.render("plan", question=question, model=model, task=task)
+
+    @server.prompt(name="run_experiment", description="Run a planned experiment step by step with the tools, "
+                   "respecting the gates.")
+    def run_experiment(question: str, model: str = "smollm2-135m", task: str = "ioi") -> str:
+        return templates.render("run", question=question, model=model, task=task)
+
+    @server.prompt(name="interpret_experiment", description="Interpret finished runs into a report whose every "
+                   "claim cites an artifact.")
+    def interpret_experiment(question: str, model: str = "smollm2-135m", task: str = "ioi", run_ids: str = "") -> str:
+        return templates.render("interpret", question=question, model=model, task=task, run_ids=run_ids or "(all runs)")
+
+
+MIME = {".json": "application/json", ".png": "image/png", ".md": "text/markdown", ".txt": "text/plain",
+        ".safetensors": "application/octet-stream", ".csv": "text/csv"}
+
+
+def _register_resources(server: MCPServer) -> None:
+    def reader(ext: str):
+        async def read(run_id: str, name: str, ctx: Context) -> str | bytes:
+            data = run_tools.read_artifact(ctx.request_context.lifespan_context, run_id, f"{name}{ext}")
+            return data.decode() if MIME[ext].startswith(("text/", "application/json")) else data
+        return read
+
+    for ext, mime in MIME.items():
+        server.resource(f"artifact://{{run_id}}/{{name}}{ext}", name=f"artifact{ext}", mime_type=mime,
+                        description=f"A {ext} file of a stored run.")(reader(ext))

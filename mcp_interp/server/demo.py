@@ -1,0 +1,106 @@
+"""`mcp-interp demo`: the research loop on the bundled model, driven through a real MCP client.
+
+Shows progress in the terminal and writes a markdown report with plots into the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .app import build_server
+
+console = Console(stderr=True)
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+async def _call(client, progress: Progress, name: str, args: dict[str, Any]) -> dict:
+    task_id = progress.add_task(name, total=1.0)
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.update(task_id, completed=p / (total or 1.0), description=f"{name}: {message or ''}"[:90])
+
+    res = await client.call_tool(name, args, progress_callback=on_progress)
+    if res.is_error:
+        raise DemoError(f"{name} failed: {res.content[0].text if res.content else res}")
+    out = res.structured_content or {}
+    while out.get("status") in ("running", "queued"):
+        job_id = out["job"]["job_id"]
+        res = await client.call_tool("get_job", {"job_id": job_id, "wait_seconds": 60}, progress_callback=on_progress)
+        job = res.structured_content or {}
+        if job.get("status") == "complete":
+            out = {"status": "complete", "result": job["result"]}
+        elif job.get("status") in ("failed", "cancelled", "interrupted"):
+            raise DemoError(f"{name} job {job_id} {job['status']}: {job.get('error')}")
+    progress.update(task_id, completed=1.0, description=f"{name}: done")
+    return out
+
+
+async def _save_resource(client, uri: str, dest: Path) -> None:
+    res = await client.read_resource(uri)
+    item = res.contents[0]
+    data = base64.b64decode(item.blob) if getattr(item, "blob", None) else item.text.encode()
+    dest.write_bytes(data)
+
+
+async def _demo(store: str | None, model: str, n: int) -> Path:
+    from mcp import Client
+
+    server = build_server(store)
+    t0 = time.time()
+    async with Client(server) as client:
+        tools = [t.name for t in (await client.list_tools()).tools]
+        console.print(f"[bold]mcp-interp demo[/bold]: {len(tools)} tools over a real MCP client: {', '.join(tools)}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
+            ioi = (await client.call_tool("get_task", {"task": "ioi"})).structured_content["spec"]
+            ioi.update(name="ioi-demo", description="IOI, defined through define_task by the demo")
+            defined = await client.call_tool("define_task", {**ioi, "validate_with_model": model, "overwrite": True})
+            if defined.is_error:
+                raise DemoError(defined.content[0].text)
+            base = (await _call(client, bar, "run_baseline", {"model": model, "task": "ioi-demo", "n": n,
+                                                              "wait_seconds": 60}))["result"]
+        report_dir = Path(server_store_root(store)) / "_reports" / time.strftime("demo-%Y%m%d-%H%M%S")
+        report_dir.mkdir(parents=True, exist_ok=True)
+        await _save_resource(client, base["files"]["metric_hist.png"], report_dir / "baseline_hist.png")
+    m = base["metrics"]
+    lines = [
+        f"# mcp-interp demo — IOI on {model}", "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} in {time.time() - t0:.0f} s through an MCP client.", "",
+        "## 1. Baseline: does the model solve the task?", "",
+        f"Run `{base['run_id']}` (n={base['n']}, counterfactual `{base['counterfactual']}`). **Verdict:** {base['verdict']}", "",
+        "| metric | mean | 95% CI |", "|---|---|---|",
+        *[f"| {k} | {v['mean']:.3f} | {v['ci95'][0]:.3f} .. {v['ci95'][1]:.3f} |" for k, v in m.items()], "",
+        "| counterfactual generator | label changes | model follows (95% CI) |", "|---|---|---|",
+        *[f"| {c['generator']} | {c['label_changes']:.2f} | {c['model_follows']['mean']:.2f} "
+          f"({c['model_follows']['ci95'][0]:.2f} .. {c['model_follows']['ci95'][1]:.2f}) |"
+          for c in base["counterfactual_checks"]], "",
+        "![logit difference per example](baseline_hist.png)", "",
+    ]
+    report = report_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def server_store_root(store: str | None) -> str:
+    import os
+    return str(Path(store or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve())
+
+
+def run_demo(store: str | None = None, model: str = "smollm2-135m", n: int = 16) -> int:
+    try:
+        report = anyio.run(_demo, store, model, n)
+    except DemoError as e:
+        console.print(f"[red]demo failed:[/red] {e}")
+        return 1
+    console.print(f"[green]Report written to[/green] {report}")
+    print(report)
+    return 0

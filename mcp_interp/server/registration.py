@@ -1,0 +1,85 @@
+"""Expose plain tool functions `fn(app, args, [progress])` as MCP tools with flat, typed arguments.
+
+The pydantic input model is the single source of truth: its fields become the tool's parameters
+(and so its JSON schema), its output model the tool's output schema. Blocking work runs in a worker
+thread; progress from the job's waiting thread is forwarded as MCP progress notifications.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field, ValidationError
+
+from ..tools.errors import ToolError
+
+log = logging.getLogger("mcp_interp")
+
+
+def _parameters(input_model: type[BaseModel] | None) -> list[inspect.Parameter]:
+    params = []
+    for name, field in (input_model.model_fields if input_model else {}).items():
+        default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
+        ann = Annotated[field.annotation, Field(description=field.description)] if field.description else field.annotation
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
+    return params
+
+
+def _format_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "arguments"
+        parts.append(f"{loc}: {err['msg']}")
+    return "invalid arguments — " + "; ".join(parts)
+
+
+def register_tool(server: MCPServer, fn: Callable, *, name: str, description: str,
+                  input_model: type[BaseModel] | None, output_model: type[BaseModel],
+                  progress: bool = False, read_only: bool = False) -> None:
+    async def tool(**kwargs: Any) -> Any:
+        ctx: Context = kwargs.pop("ctx")
+        app = ctx.request_context.lifespan_context
+        call: Callable[[], Any]
+        if input_model is None:
+            call = partial(fn, app)
+        else:
+            try:
+                args = input_model.model_validate(kwargs)
+            except ValidationError as e:
+                raise ToolError(_format_validation(e)) from None
+            call = partial(fn, app, args)
+        if progress:
+            call = partial(call, progress=_progress_bridge(ctx))
+        try:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except ToolError:
+            raise
+        except Exception as e:  # never crash the server; say what happened
+            log.exception("tool %s failed", name)
+            raise ToolError(f"{name} failed unexpectedly: {type(e).__name__}: {e}") from e
+
+    params = [*_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    tool.__signature__ = inspect.Signature(params, return_annotation=output_model)  # type: ignore[attr-defined]
+    tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": output_model}
+    tool.__name__ = name
+    from mcp.types import ToolAnnotations
+    server.add_tool(tool, name=name, description=description,
+                    annotations=ToolAnnotations(readOnlyHint=read_only, openWorldHint=False))
+
+
+def _progress_bridge(ctx: Context) -> Callable[[float, str], None]:
+    """A callback usable from the worker thread that reports MCP progress on the event loop."""
+    def report(fraction: float, message: str) -> None:
+        try:
+            anyio.from_thread.run(ctx.report_progress, float(fraction), 1.0, message)
+        except Exception:  # a client without a progress token, or a closed session: progress is best-effort
+            pass
+    return report

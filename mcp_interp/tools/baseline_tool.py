@@ -1,0 +1,155 @@
+"""Tool run_baseline: does the model solve the task, and do the counterfactuals do what they claim?"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from ..artifacts import plots
+from ..methods.baseline import counterfactual_check, run_baseline as compute_baseline
+from ..methods.stats import ci_dict
+from .common import DEFAULT_MODEL, Stat, dataset, get_model, get_task, validate_or_raise
+from .runner import WAIT_FIELD, JobView, ProgressFn, cached_result, run_job
+from .task_registry import task_hash
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+TOOL = "run_baseline"
+SOLVES_AT = 0.8  # primary accuracy needed to call the task solved
+
+
+class RunBaselineInput(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
+    task: str = Field(..., description="Task name (list_tasks / define_task).")
+    counterfactual: str | None = Field(None, description="Generator for the clean/counterfactual pairs (default: the task's first).")
+    n: int = Field(32, ge=2, le=2048, description="Number of examples.")
+    seed: int = Field(0, description="Seed for sampling examples (and bootstrap).")
+    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    wait_seconds: float = WAIT_FIELD
+
+
+class CounterfactualCheck(BaseModel):
+    generator: str
+    label_changes: float = Field(description="Share of examples whose causal-model label the generator changes.")
+    model_follows: Stat = Field(description="Share where the model's prediction on the counterfactual equals its label.")
+
+
+class BaselineResult(BaseModel):
+    run_id: str
+    task: str
+    model: str
+    counterfactual: str
+    n: int
+    seed: int
+    solves: bool
+    verdict: str
+    metric: str = Field(description="The task's metric.")
+    primary_accuracy: Stat = Field(description="pairwise accuracy (answer beats counterfactual answer) for logit_diff "
+                                   "tasks; top-1 accuracy for prob/accuracy; top candidate in the correct set for prob_diff.")
+    metrics: dict[str, Stat] = Field(description="Every per-example column, mean with 95% bootstrap CI. logit_diff is "
+                                     "logit(answer) - logit(counterfactual answer) at the last token; cf_logit_diff the same "
+                                     "on the counterfactual prompt.")
+    counterfactual_checks: list[CounterfactualCheck]
+    files: dict[str, str] = Field(description="Artifact URIs (read them as MCP resources).")
+    seconds: float
+    cached: bool = False
+
+
+class RunBaselineOutput(BaseModel):
+    status: str
+    job: JobView | None = None
+    result: BaselineResult | None = None
+
+
+def _verdict(metric: str, acc: dict, metrics: dict) -> tuple[bool, str]:
+    a = acc["mean"]
+    diff = metrics.get("logit_diff") or metrics.get("prob_diff")
+    diff_ok = diff is None or diff["ci95"][0] > 0
+    solves = a >= SOLVES_AT and diff_ok
+    tail = ""
+    if diff is not None:
+        name = "logit difference" if "logit_diff" in metrics else "probability difference"
+        tail = f", mean {name} {diff['mean']:.2f} (95% CI {diff['ci95'][0]:.2f}..{diff['ci95'][1]:.2f})"
+    if solves:
+        return True, f"the model solves this task: accuracy {a:.2f}{tail}. Interventions on it are meaningful."
+    if a >= 0.6 and diff_ok:
+        return False, (f"the model only partly solves this task: accuracy {a:.2f}{tail}. Effects will be noisy; "
+                       f"consider restricting to examples it gets right or a larger model.")
+    return False, (f"the model does not solve this task: accuracy {a:.2f}{tail} — interventions on it would mean "
+                   f"nothing. Check the prompt format, the answer's leading space, or use another model.")
+
+
+def _work(app: AppContext, args: RunBaselineInput, params: dict):
+    def work(job) -> dict:
+        t0 = time.time()
+        spec = get_task(app, args.task)
+        job.progress(0.02, f"loading {args.model}")
+        lm = get_model(app, args.model)
+        validate_or_raise(spec, lm.tokenizer, args.model)
+        ds = dataset(spec, lm.tokenizer, args.n, args.seed, args.counterfactual)
+        with lm.lock:
+            table = compute_baseline(lm.model, ds, progress=lambda f, m: job.progress(0.05 + 0.6 * f, m))
+            checks = []
+            for i, gen in enumerate(spec.counterfactuals):
+                job.check_cancelled()
+                job.progress(0.65 + 0.3 * i / len(spec.counterfactuals), f"checking counterfactual {gen.name}")
+                g = dataset(spec, lm.tokenizer, args.n, args.seed, gen.name)
+                cols = counterfactual_check(lm.model, g)
+                checks.append(CounterfactualCheck(generator=gen.name, label_changes=float(cols["label_changes"].mean()),
+                                                  model_follows=Stat(**ci_dict(cols["follows"], seed=args.seed))))
+        summary = table.summary(seed=args.seed)
+        primary_key = {"logit_diff": "pairwise_accuracy", "prob_diff": "accuracy"}.get(spec.metric, "accuracy")
+        solves, verdict = _verdict(spec.metric, summary[primary_key], summary)
+        run = app.store.create_run(TOOL, spec.name, args.model, params, seed=args.seed,
+                                   model_info={"weight_hash": lm.weight_hash, "device": lm.device},
+                                   task_hash=task_hash(spec))
+        try:
+            rows = []
+            tok = lm.tokenizer
+            for i, e in enumerate(ds.examples):
+                row = {"prompt": e.prompt, "answer": e.answer, "counterfactual_prompt": e.cf_prompt,
+                       "counterfactual_answer": e.cf_answer,
+                       "prediction": tok.decode([int(table.columns["pred"][i])]),
+                       "counterfactual_prediction": tok.decode([int(table.columns["cf_pred"][i])])}
+                row.update({k: float(v[i]) for k, v in table.columns.items() if k not in ("pred", "cf_pred")})
+                rows.append(row)
+            run.write_json("examples.json", rows)
+            run.write_tensors("columns.safetensors", {k: torch.as_tensor(np.asarray(v, dtype=np.float32))
+                                                      for k, v in table.columns.items()})
+            diff_key = "logit_diff" if "logit_diff" in table.columns else "prob_diff"
+            fig = plots.histogram({"clean": table.columns[diff_key], "counterfactual": table.columns[f"cf_{diff_key}"]},
+                                  title=f"{spec.name} on {args.model}: {diff_key} per example (n={len(ds)})",
+                                  xlabel=diff_key.replace("_", " "))
+            run.save_figure("metric_hist.png", fig)
+            files = {name: f"artifact://{run.run_id}/{name}" for name in
+                     ("result.json", "manifest.json", "examples.json", "columns.safetensors", "metric_hist.png")}
+            result = BaselineResult(
+                run_id=run.run_id, task=spec.name, model=args.model, counterfactual=ds.counterfactual, n=len(ds),
+                seed=args.seed, solves=solves, verdict=verdict, metric=spec.metric,
+                primary_accuracy=Stat(**summary[primary_key]), metrics={k: Stat(**v) for k, v in summary.items()},
+                counterfactual_checks=checks, files=files, seconds=round(time.time() - t0, 2))
+            out = result.model_dump(mode="json")
+            run.finish(out, metrics={"solves": solves, primary_key: summary[primary_key]["mean"],
+                                     **({diff_key: summary[diff_key]["mean"]} if diff_key in summary else {})})
+        except BaseException as e:
+            run.fail(f"{type(e).__name__}: {e}")
+            raise
+        return out
+    return work
+
+
+def run_baseline(app: AppContext, args: RunBaselineInput, progress: ProgressFn | None = None) -> RunBaselineOutput:
+    spec = get_task(app, args.task)  # fail fast on an unknown task, before a job exists
+    params = args.model_dump(exclude={"wait_seconds", "force"})
+    if not args.force and (hit := cached_result(app, TOOL, spec.name, args.model, params)):
+        return RunBaselineOutput(status="complete", result=BaselineResult.model_validate(hit))
+    view = run_job(app, TOOL, f"baseline {spec.name} on {args.model} (n={args.n})",
+                   _work(app, args, params), args.wait_seconds, progress)
+    if view.status == "complete":
+        return RunBaselineOutput(status="complete", result=BaselineResult.model_validate(view.result))
+    return RunBaselineOutput(status=view.status, job=view)

@@ -1,0 +1,85 @@
+"""Shared orchestration helpers: resolve a task and a model, build a dataset, map errors to ToolError."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from ..models import ModelLoadError
+from ..tasks.causal import TaskSpecError
+from ..tasks.dataset import TaskDataset, build_dataset
+from ..tasks.spec import TaskSpec
+from ..tasks.validation import check_with_tokenizer
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class Stat(BaseModel):
+    """A mean over examples with its 95% bootstrap confidence interval."""
+
+    mean: float
+    ci95: list[float] = Field(description="[low, high] percentile bootstrap interval of the mean")
+    n: int
+
+
+class ExamplePair(BaseModel):
+    prompt: str
+    answer: str
+    counterfactual_prompt: str
+    counterfactual_answer: str
+    positions: dict[str, int] | None = None
+    tokens: list[str] | None = None
+
+
+def get_task(app: AppContext, name: str) -> TaskSpec:
+    spec = app.tasks.get(name)
+    if spec is None:
+        raise ToolError(f"task: unknown task {name!r}. Known tasks: {', '.join(app.tasks.names())}. "
+                        f"Fix: pick one of these or create it with define_task.")
+    return spec
+
+
+def get_model(app: AppContext, model_id: str):
+    try:
+        return app.pool.get(model_id)
+    except ModelLoadError as e:
+        raise ToolError(f"model: {e}") from None
+
+
+def get_tokenizer(app: AppContext, model_id: str):
+    """The model's tokenizer, without loading weights when the pool can avoid it."""
+    try:
+        if hasattr(app.pool, "get_tokenizer"):
+            return app.pool.get_tokenizer(model_id)
+        return app.pool.get(model_id).tokenizer
+    except ModelLoadError as e:
+        raise ToolError(f"model: {e}") from None
+
+
+def validate_or_raise(spec: TaskSpec, tokenizer, model_id: str, n: int | None = None, seed: int = 0):
+    report = check_with_tokenizer(spec, tokenizer, n=n or min(spec.default_n, 32), seed=seed)
+    if not report.ok:
+        raise ToolError(f"task {spec.name!r} is not valid for {model_id}'s tokenizer. " + report.summary())
+    return report
+
+
+def dataset(spec: TaskSpec, tokenizer, n: int, seed: int, counterfactual: str | None) -> TaskDataset:
+    try:
+        return build_dataset(spec, tokenizer, n, seed, counterfactual)
+    except TaskSpecError as e:
+        field = "counterfactual" if e.field == "counterfactual" else ("n" if e.field == "variables" else f"task.{e.field}")
+        raise ToolError(f"{field}: {e.message}") from None
+
+
+def example_pairs(ds: TaskDataset, k: int, tokenizer: Any | None = None) -> list[ExamplePair]:
+    out = []
+    for e in ds.examples[:k]:
+        toks = [tokenizer.decode([t]) for t in e.tokens] if tokenizer is not None else None
+        out.append(ExamplePair(prompt=e.prompt, answer=e.answer, counterfactual_prompt=e.cf_prompt,
+                               counterfactual_answer=e.cf_answer, positions=e.positions, tokens=toks))
+    return out

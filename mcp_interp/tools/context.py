@@ -1,0 +1,32 @@
+"""The shared state every tool works on: artifact store, model pool, job manager, task registry."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts import ArtifactStore
+from ..models import ModelPool
+from .jobs import JobManager
+from .task_registry import TaskRegistry
+
+
+@dataclass
+class AppContext:
+    store: ArtifactStore
+    pool: ModelPool
+    jobs: JobManager
+    tasks: TaskRegistry
+
+    @classmethod
+    def create(cls, store_root: str | Path | None = None, memory_budget_mb: float | None = None,
+               device: str | None = None) -> AppContext:
+        root = Path(store_root or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve()
+        store = ArtifactStore(root)
+        budget = int(memory_budget_mb * 2**20) if memory_budget_mb else None
+        return cls(store=store, pool=ModelPool(memory_budget_bytes=budget, device=device),
+                   jobs=JobManager(store), tasks=TaskRegistry(root))
+
+    def close(self) -> None:
+        self.jobs.shutdown(wait=False)

@@ -1,0 +1,55 @@
+"""Tools get_job, cancel_job, list_jobs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from .errors import ToolError
+from .runner import JobView, ProgressFn, job_view
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+
+class GetJobInput(BaseModel):
+    job_id: str
+    wait_seconds: float = Field(30.0, ge=0, le=600, description="Long-poll: wait up to this long for the job to finish.")
+
+
+def _lookup(app: AppContext, job_id: str):
+    try:
+        return app.jobs.get(job_id)
+    except KeyError:
+        raise ToolError(f"job_id: no job {job_id!r}. Fix: list_jobs shows the known jobs.") from None
+
+
+def get_job(app: AppContext, args: GetJobInput, progress: ProgressFn | None = None) -> JobView:
+    _lookup(app, args.job_id)
+    return job_view(app.jobs.wait(args.job_id, args.wait_seconds, on_progress=progress))
+
+
+class CancelJobInput(BaseModel):
+    job_id: str
+
+
+def cancel_job(app: AppContext, args: CancelJobInput) -> JobView:
+    _lookup(app, args.job_id)
+    app.jobs.cancel(args.job_id)
+    return job_view(app.jobs.get(args.job_id))
+
+
+class ListJobsInput(BaseModel):
+    status: str | None = Field(None, description="queued, running, succeeded, failed, cancelled or interrupted")
+
+
+class ListJobsOutput(BaseModel):
+    jobs: list[JobView]
+
+
+def list_jobs(app: AppContext, args: ListJobsInput) -> ListJobsOutput:
+    views = [job_view(j) for j in app.jobs.list(status=args.status)]
+    for v in views:
+        v.result = None  # the listing stays small; get_job returns a result
+    return ListJobsOutput(jobs=views)

@@ -1,0 +1,55 @@
+"""Tools list_models and load_model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from .common import DEFAULT_MODEL, get_model
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+
+class ListModelsOutput(BaseModel):
+    models: list[dict[str, Any]] = Field(description="id, kind, description, whether installed and loaded.")
+    loaded: list[dict[str, Any]]
+    memory_used_mb: float
+    memory_budget_mb: float | None
+    device: str
+    id_forms: list[str]
+
+
+def list_models(app: AppContext) -> ListModelsOutput:
+    budget = getattr(app.pool, "memory_budget_bytes", None)
+    return ListModelsOutput(
+        models=app.pool.available(), loaded=app.pool.loaded(), memory_used_mb=app.pool.memory_used() / 2**20,
+        memory_budget_mb=budget / 2**20 if budget else None, device=app.pool.device,
+        id_forms=["smollm2-135m (bundled)", "toy/<name>", "hf:<local dir>", "gguf:<local file>",
+                  "<TransformerLens official name> (needs the local Hugging Face cache)"])
+
+
+class LoadModelInput(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models shows the available ones).")
+
+
+class LoadModelOutput(BaseModel):
+    model: str
+    source: str
+    device: str
+    n_params: int
+    memory_mb: float
+    load_seconds: float
+    weight_hash: str
+    config: dict[str, Any] = Field(description="n_layers, d_model, n_heads, d_head, n_key_value_heads, d_mlp, d_vocab, n_ctx")
+
+
+def load_model(app: AppContext, args: LoadModelInput) -> LoadModelOutput:
+    lm = get_model(app, args.model)
+    cfg = lm.model.cfg
+    keys = ("n_layers", "d_model", "n_heads", "d_head", "n_key_value_heads", "d_mlp", "d_vocab", "n_ctx",
+            "normalization_type", "positional_embedding_type", "attn_only")
+    return LoadModelOutput(model=lm.model_id, source=lm.source, device=str(lm.device), n_params=lm.n_params,
+                           memory_mb=lm.memory_bytes / 2**20, load_seconds=round(lm.load_seconds, 2),
+                           weight_hash=lm.weight_hash, config={k: getattr(cfg, k, None) for k in keys})

@@ -1,0 +1,66 @@
+"""Run heavy tool work as a job: wait up to wait_seconds streaming progress, then hand back a handle.
+
+Also the run-cache: the same tool, task, model and parameters return the stored run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..artifacts import params_hash
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+ProgressFn = Callable[[float, str], None]
+DEFAULT_WAIT = 50.0  # well under Claude Code's ~120 s before it backgrounds a call
+JobState = Literal["complete", "running", "queued", "failed", "cancelled", "interrupted"]
+
+WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for the result before returning a "
+                   "job handle (poll it with get_job). Keep under ~100 s for Claude Code.")
+
+
+class JobView(BaseModel):
+    """Where a job stands. `result` holds the tool's full output once complete."""
+
+    job_id: str
+    kind: str
+    status: JobState
+    progress: float = Field(description="0..1")
+    message: str
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+
+def job_view(job) -> JobView:
+    status = "complete" if job.status == "succeeded" else job.status
+    return JobView(job_id=job.id, kind=job.kind, status=status, progress=float(job.progress or 0.0),
+                   message=job.message or "", error=job.error, result=job.result)
+
+
+def cached_result(app: AppContext, tool: str, task: str, model: str, params: dict) -> dict | None:
+    """The stored result of an identical earlier request, if one completed."""
+    rec = app.store.find_cached(tool, task, model, params_hash(params))
+    if rec is None:
+        return None
+    result = app.store.read_result(rec.run_id)
+    result["cached"] = True
+    return result
+
+
+def run_job(app: AppContext, kind: str, description: str, work: Callable[[Any], dict],
+            wait_seconds: float, progress: ProgressFn | None) -> JobView:
+    """Submit `work(job_ctx) -> result dict`; wait; return the job's view (complete or still running)."""
+    job = app.jobs.submit(kind, work, description=description)
+    job = app.jobs.wait(job.id, wait_seconds, on_progress=progress)
+    view = job_view(job)
+    if view.status == "failed":
+        raise ToolError(view.error or f"{kind} failed")
+    if view.status in ("running", "queued"):
+        view.message = (f"{view.message} — still running after {wait_seconds:.0f} s; call get_job(job_id="
+                        f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
+    return view

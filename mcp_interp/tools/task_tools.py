@@ -1,0 +1,108 @@
+"""Tools define_task, list_tasks, get_task."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from ..tasks.spec import TaskSpec
+from .common import DEFAULT_MODEL, ExamplePair, dataset, example_pairs, get_task as _get_task, get_tokenizer, validate_or_raise
+from .errors import ToolError
+from .task_registry import task_hash
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+
+class DefineTaskInput(TaskSpec):
+    """A task spec (all TaskSpec fields) plus how to validate and store it."""
+
+    validate_with_model: str = Field(DEFAULT_MODEL, description="Model whose tokenizer the spec is checked against.")
+    overwrite: bool = Field(False, description="Replace an existing user task of the same name.")
+
+
+class DefineTaskOutput(BaseModel):
+    name: str
+    task_hash: str
+    validated_with: str
+    counterfactuals: dict[str, dict] = Field(description="Per generator: n, token lengths, share of changed answers.")
+    warnings: list[str]
+    examples: list[ExamplePair]
+
+
+def define_task(app: AppContext, args: DefineTaskInput) -> DefineTaskOutput:
+    spec = TaskSpec.model_validate(args.model_dump(exclude={"validate_with_model", "overwrite"}))
+    if app.tasks.get(spec.name) is not None and not args.overwrite:
+        kind = "a built-in task" if app.tasks.is_builtin(spec.name) else "an existing task"
+        raise ToolError(f"name: {spec.name!r} is {kind}. Fix: choose another name or pass overwrite=true.")
+    tok = get_tokenizer(app, args.validate_with_model)
+    report = validate_or_raise(spec, tok, args.validate_with_model)
+    app.tasks.put(spec)
+    ds = dataset(spec, tok, min(spec.default_n, 32), 0, None)
+    return DefineTaskOutput(name=spec.name, task_hash=task_hash(spec), validated_with=args.validate_with_model,
+                            counterfactuals=report.stats, warnings=[str(w) for w in report.warnings],
+                            examples=example_pairs(ds, 3, tok))
+
+
+class TaskSummary(BaseModel):
+    name: str
+    builtin: bool
+    description: str
+    variables: list[str]
+    counterfactuals: list[str]
+    positions: list[str]
+    metric: str
+
+
+class ListTasksOutput(BaseModel):
+    tasks: list[TaskSummary]
+
+
+def _summary(app: AppContext, spec: TaskSpec) -> TaskSummary:
+    return TaskSummary(name=spec.name, builtin=app.tasks.is_builtin(spec.name), description=spec.description,
+                       variables=[*spec.variables, *spec.mechanisms], counterfactuals=[c.name for c in spec.counterfactuals],
+                       positions=spec.position_names(), metric=spec.metric)
+
+
+def list_tasks(app: AppContext) -> ListTasksOutput:
+    return ListTasksOutput(tasks=[_summary(app, _get_task(app, n)) for n in app.tasks.names()])
+
+
+class GetTaskInput(BaseModel):
+    task: str = Field(..., description="Task name (list_tasks shows them).")
+    model: str | None = Field(None, description="Tokenize examples with this model's tokenizer (shows tokens and positions).")
+    counterfactual: str | None = Field(None, description="Which generator's pairs to show (default: the first).")
+    n_examples: int = Field(3, ge=1, le=20)
+    seed: int = 0
+
+
+class GetTaskOutput(BaseModel):
+    summary: TaskSummary
+    task_hash: str
+    spec: TaskSpec
+    examples: list[ExamplePair]
+
+
+def get_task(app: AppContext, args: GetTaskInput) -> GetTaskOutput:
+    spec = _get_task(app, args.task)
+    examples: list[ExamplePair] = []
+    if args.model is not None:
+        tok = get_tokenizer(app, args.model)
+        examples = example_pairs(dataset(spec, tok, args.n_examples, args.seed, args.counterfactual), args.n_examples, tok)
+    else:
+        from ..tasks.causal import CausalModel
+        import random
+        cm, rng = CausalModel(spec), random.Random(args.seed)
+        try:
+            cf = spec.counterfactual(args.counterfactual)
+        except KeyError:
+            raise ToolError(f"counterfactual: unknown {args.counterfactual!r}; this task has "
+                            f"{[c.name for c in spec.counterfactuals]}") from None
+        for _ in range(args.n_examples):
+            base = cm.sample(rng)
+            other = cm.counterfactual(base, cf, rng) or base
+            examples.append(ExamplePair(prompt=cm.render(base).text, answer=cm.answer(base),
+                                        counterfactual_prompt=cm.render(other).text,
+                                        counterfactual_answer=cm.answer(other)))
+    return GetTaskOutput(summary=_summary(app, spec), task_hash=task_hash(spec), spec=spec, examples=examples)
