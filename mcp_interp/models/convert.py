@@ -1,0 +1,231 @@
+"""Hugging Face model -> TransformerLens HookedTransformer, without weight processing.
+
+We never fold layer norms, center writing weights or center the unembedding: every hook
+(`hook_resid_pre`, `attn.hook_z`, `hook_attn_out`, `hook_mlp_out`, ...) must carry exactly the
+activation the original model computes, so that patching results transfer to the real model and
+residual norms keep their meaning. The only change is TL's per-head weight layout.
+
+Config and state dict are plain data (a JSON-able dict, a tensor dict) so a conversion can be cached
+on disk and rebuilt without transformers (see loaders.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# Bump when the conversion changes, so stale on-disk caches are not reused.
+CONVERT_VERSION = 1
+
+
+def llama_cfg_dict(hf_config: Any, default_prepend_bos: bool) -> dict[str, Any]:
+    """The config TL's own LlamaForCausalLM branch builds (loading_from_pretrained.py), from fields."""
+    if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
+        # TL's Llama converter drops biases; loading anyway would silently change the model.
+        raise ModelLoadError("Llama checkpoints with attention/MLP biases are not supported")
+    n_heads = hf_config.num_attention_heads
+    d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_heads
+    n_kv = getattr(hf_config, "num_key_value_heads", None) or n_heads
+    rope = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+    cfg: dict[str, Any] = {
+        "model_name": str(getattr(hf_config, "_name_or_path", "") or "llama").split("/")[-1],
+        "original_architecture": "LlamaForCausalLM",
+        "d_model": hf_config.hidden_size,
+        "d_head": d_head,
+        "n_heads": n_heads,
+        # TL switches to GroupedQueryAttention only when this is not None.
+        "n_key_value_heads": n_kv if n_kv != n_heads else None,
+        "d_mlp": hf_config.intermediate_size,
+        "n_layers": hf_config.num_hidden_layers,
+        # Only sizes the rotary cache (grown lazily); the causal mask is built per forward.
+        "n_ctx": hf_config.max_position_embeddings,
+        "eps": float(hf_config.rms_norm_eps),
+        "d_vocab": hf_config.vocab_size,
+        "act_fn": hf_config.hidden_act,
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "gated_mlp": True,
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,  # HF Llama rotates halves, not adjacent pairs
+        "rotary_dim": d_head,
+        "rotary_base": float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))),
+        "default_prepend_bos": default_prepend_bos,
+    }
+    rope_type = (rope.get("rope_type") or rope.get("type") or "default").lower()
+    if rope_type == "llama3":
+        cfg.update(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=rope.get("original_max_position_embeddings", cfg["n_ctx"]),
+            NTK_by_parts_low_freq_factor=rope.get("low_freq_factor", 1.0),
+            NTK_by_parts_high_freq_factor=rope.get("high_freq_factor", 4.0),
+            NTK_by_parts_factor=rope.get("factor", 1.0),
+        )
+    elif rope_type != "default":
+        raise ModelLoadError(f"Llama rope scaling {rope_type!r} is not supported by TransformerLens")
+    return cfg
+
+
+def _arch(hf_model: Any) -> str:
+    archs = getattr(hf_model.config, "architectures", None)
+    return archs[0] if archs else type(hf_model).__name__
+
+
+def hf_to_tl(hf_model: Any, default_prepend_bos: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(TL config dict, TL state dict) for a loaded float HF causal LM."""
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+    arch = _arch(hf_model)
+    if arch == "LlamaForCausalLM":
+        cfg_dict = llama_cfg_dict(hf_model.config, default_prepend_bos)
+        cfg = HookedTransformerConfig.from_dict({**cfg_dict, "device": "cpu"})
+        return cfg_dict, convert_llama_weights(hf_model, cfg)
+    return _generic_hf_to_tl(hf_model, arch, default_prepend_bos)
+
+
+# Attributes TL 3.9's converters still read that transformers 5 configs no longer carry.
+_LEGACY_CONFIG_ATTRS = {"n_ctx": "n_positions"}  # GPT-2
+
+
+def _generic_hf_to_tl(hf_model: Any, arch: str, default_prepend_bos: bool):
+    """Any other architecture TL knows, through TL's own config/weight converters.
+
+    TL's converters take a model *name or path*; they route on substrings of it ("llama", "gemma")
+    and refuse quantized configs, so we hand them a neutral temporary directory holding only the
+    config (minus the GGUF quantization block: the weights in hand are already de-quantized).
+    """
+    from transformer_lens import loading_from_pretrained as loading
+
+    hf_config = copy.deepcopy(hf_model.config)
+    hf_config.__dict__.pop("quantization_config", None)
+    for old, new in _LEGACY_CONFIG_ATTRS.items():
+        if not hasattr(hf_config, old) and hasattr(hf_config, new):
+            setattr(hf_config, old, getattr(hf_config, new))
+    with tempfile.TemporaryDirectory(prefix="mcpi-") as tmp:
+        path = str(Path(tmp) / "model")
+        hf_config.save_pretrained(path)
+        try:
+            cfg_dict = loading.convert_hf_model_config(path)
+            cfg_dict.update(
+                model_name=str(getattr(hf_model.config, "_name_or_path", "") or arch).split("/")[-1],
+                init_weights=False, from_checkpoint=False, n_devices=1, tokenizer_name=None,
+                default_prepend_bos=default_prepend_bos,
+                d_vocab=getattr(hf_model.config, "vocab_size", cfg_dict.get("d_vocab")),
+            )
+            cfg = HookedTransformerConfig.from_dict({**cfg_dict, "device": "cpu"})
+            sd = loading.get_pretrained_state_dict(path, cfg, hf_model)
+        except ModelLoadError:
+            raise
+        except Exception as e:  # TL raises ValueError/KeyError/NotImplementedError/AttributeError
+            raise ModelLoadError(
+                f"architecture {arch} could not be converted to a TransformerLens HookedTransformer "
+                f"({type(e).__name__}: {e}). Supported families include GPT-2, GPT-Neo(X)/Pythia, "
+                "Llama, Mistral, Qwen2/3, Gemma 1-3, Phi, OLMo."
+            ) from e
+    return cfg_dict, sd
+
+
+def attach_hf_tokenizer(model: HookedTransformer, tok: Any) -> None:
+    """Give the model its tokenizer without `set_tokenizer`.
+
+    `set_tokenizer` re-loads the tokenizer from its `name_or_path` with add_bos_token=True — for a
+    GGUF that means re-parsing the whole file, for a hub name a network call. We only set what
+    `to_tokens`/`to_string` read.
+    """
+    model.tokenizer = tok
+    model.cfg.tokenizer_prepends_bos = len(tok.encode("")) > 0
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    if getattr(tok, "padding_side", None) is None:
+        tok.padding_side = "right"
+
+
+def build_hooked(
+    cfg_dict: dict[str, Any] | HookedTransformerConfig,
+    state_dict: dict[str, torch.Tensor],
+    device: str,
+    hf_tokenizer: Any | None = None,
+    processed: bool = False,
+) -> HookedTransformer:
+    """HookedTransformer from a config dict and a state dict, eval mode, params frozen.
+
+    `processed=False`: a converter's output, loaded through TL (fills missing zero biases; all
+    folding/centering disabled). `processed=True`: a saved parameter dict of a built model (cache).
+    """
+    if isinstance(cfg_dict, HookedTransformerConfig):  # e.g. from TL's official-name config
+        cfg_dict = {k: v for k, v in cfg_dict.to_dict().items() if k not in ("n_params",)}
+    cfg = HookedTransformerConfig.from_dict(
+        {**cfg_dict, "device": device, "dtype": torch.float32, "init_weights": False, "tokenizer_name": None}
+    )
+    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    if processed:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+        params = {n for n, _ in model.named_parameters()}
+        if unexpected or params & set(missing):
+            raise ModelLoadError(f"cached weights do not match the model: missing {sorted(params & set(missing))[:5]}, unexpected {unexpected[:5]}")
+    else:
+        model.load_and_process_state_dict(
+            state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False, refactor_factored_attn_matrices=False,
+        )
+    model.to(device, print_details=False)  # TL prints otherwise; stdout is the MCP stdio channel
+    model.eval()
+    # Frozen weights; gradients w.r.t. activations still flow (hooks can require grad).
+    model.requires_grad_(False)
+    if hf_tokenizer is not None:
+        attach_hf_tokenizer(model, hf_tokenizer)
+    return model
+
+
+def param_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters only (buffers such as rotary tables are rebuilt), contiguous and unshared."""
+    return {n: p.detach().contiguous().cpu().clone() for n, p in model.named_parameters()}
+
+
+def model_memory(model: torch.nn.Module) -> tuple[int, int]:
+    """(parameter count, bytes of parameters + buffers)."""
+    n = sum(p.numel() for p in model.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    return n, nbytes
+
+
+def state_dict_hash(sd: dict[str, torch.Tensor], n: int = 16) -> str:
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().contiguous().cpu()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:n]
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def files_hash(paths: Iterable[Path], n: int = 16) -> str:
+    """sha256 of one file (several: of their sorted digests); memoised per path/size/mtime."""
+    paths = sorted(Path(x).resolve() for x in paths)
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        key = (str(p), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            fh = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    fh.update(chunk)
+            _FILE_HASHES[key] = fh.hexdigest()
+        h.update(_FILE_HASHES[key].encode())
+    if len(paths) == 1:
+        return _FILE_HASHES[key][:n]
+    return h.hexdigest()[:n]

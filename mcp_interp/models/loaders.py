@@ -1,0 +1,238 @@
+"""Loaders for real models: GGUF files (cached conversion), local HF dirs, TL official names.
+
+Each returns a `LoadResult`; the pool wraps it into a `LoadedModel`. Nothing here downloads:
+HF calls use `local_files_only=True`, and official names are checked against the local HF cache
+first so the error says what to do instead of timing out on the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .convert import (
+    CONVERT_VERSION, build_hooked, files_hash, hf_to_tl, param_state, state_dict_hash,
+)
+from .errors import ModelLoadError
+from .tokenizers import HFTokenizerAdapter
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class LoadResult:
+    model: Any  # HookedTransformer
+    tokenizer: Any  # satisfies tasks.tokenizer.Tokenizer
+    weight_hash: str
+    source: str
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("MCP_INTERP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mcp-interp" / "models"
+
+
+def _tokenizer_adds_bos(tok: Any) -> bool:
+    """Prepend BOS in TL's to_tokens iff the HF tokenizer itself does: TL then matches HF."""
+    return len(tok("")["input_ids"]) > 0
+
+
+# ---------------------------------------------------------------- GGUF (with on-disk cache)
+
+def gguf_cache_entry(path: Path, cache_dir: Path) -> Path:
+    """Cache folder for a GGUF file, keyed by its content hash and the conversion version."""
+    return Path(cache_dir) / f"{path.stem}-{files_hash([path])}-v{CONVERT_VERSION}"
+
+
+def _is_complete(entry: Path) -> bool:
+    return (entry / "config.json").is_file() and (entry / "model.safetensors").is_file()
+
+
+def load_gguf(path: str | Path, cache_dir: str | Path | None, device: str,
+              default_prepend_bos: bool | None = None) -> LoadResult:
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    entry = gguf_cache_entry(path, Path(cache_dir) if cache_dir else default_cache_dir())
+    if _is_complete(entry):
+        try:
+            res = _load_cached(entry, device)
+        except Exception as e:  # a corrupt cache must not make the model unloadable
+            log.warning("ignoring unreadable model cache %s: %s", entry, e)
+        else:
+            if default_prepend_bos is not None:  # the key does not cover this loader option
+                res.model.cfg.default_prepend_bos = default_prepend_bos
+            return res
+    return _convert_gguf(path, entry, device, default_prepend_bos)
+
+
+def load_cached_tokenizer(entry: Path) -> HFTokenizerAdapter | None:
+    """Just the tokenizer of a converted cache entry (no weights), or None if it is not there."""
+    from transformers import AutoTokenizer
+
+    if not (entry / "tokenizer").is_dir():
+        return None
+    try:
+        return HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(entry / "tokenizer"), local_files_only=True))
+    except Exception as e:  # an unreadable cache falls back to a full load
+        log.warning("could not read cached tokenizer %s: %s", entry, e)
+        return None
+
+
+def _load_cached(entry: Path, device: str) -> LoadResult:
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    meta = json.loads((entry / "config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(str(entry / "tokenizer"), local_files_only=True)
+    sd = load_file(str(entry / "model.safetensors"))
+    model = build_hooked(meta["tl_config"], sd, device, tok, processed=True)
+    return LoadResult(model, HFTokenizerAdapter(tok), meta["weight_hash"],
+                      f"{meta['source']} (converted weights cached in {entry})")
+
+
+def _convert_gguf(path: Path, entry: Path, device: str, default_prepend_bos: bool | None) -> LoadResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:
+        raise ModelLoadError(
+            f"transformers could not load GGUF {path} ({type(e).__name__}: {e}); transformers "
+            "reads GGUF for llama, mistral, qwen2/3, gemma2/3, phi3, gpt2, falcon, bloom and a few more"
+        ) from e
+    dpb = _tokenizer_adds_bos(tok) if default_prepend_bos is None else default_prepend_bos
+    cfg_dict, sd = hf_to_tl(hf, dpb)
+    del hf
+    model = build_hooked(cfg_dict, sd, device, tok)
+    del sd
+    whash = files_hash([path])
+    source = f"GGUF {path} (de-quantised to float32)"
+    _save_cache(entry, model, tok, cfg_dict, whash, source)
+    return LoadResult(model, HFTokenizerAdapter(tok), whash, source)
+
+
+def _save_cache(entry: Path, model: Any, tok: Any, cfg_dict: dict, whash: str, source: str) -> None:
+    """Write atomically (temp dir + rename) so concurrent processes never see half a cache."""
+    from importlib.metadata import version
+
+    from safetensors.torch import save_file
+
+    try:
+        json.dumps(cfg_dict)
+    except TypeError:
+        log.warning("TL config of %s is not JSON-serialisable; conversion not cached", source)
+        return
+    tmp = entry.parent / f".{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        save_file(param_state(model), str(tmp / "model.safetensors"))
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        meta = {"tl_config": cfg_dict, "weight_hash": whash, "source": source,
+                "convert_version": CONVERT_VERSION, "transformer_lens": version("transformer-lens"),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, entry)
+        except OSError:  # another process finished first; its copy is equivalent
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as e:
+        log.warning("could not cache converted weights in %s: %s", entry, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- local HF directories
+
+def load_hf_dir(directory: str | Path, device: str) -> LoadResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = Path(directory).expanduser().resolve()
+    if not (d / "config.json").is_file():
+        raise ModelLoadError(f"hf:{directory}: no config.json in {d} (expected a Hugging Face model folder)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"hf:{directory}: no usable tokenizer in {d} ({type(e).__name__}: {e})") from e
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"hf:{directory}: transformers could not load a causal LM ({type(e).__name__}: {e})") from e
+    cfg_dict, sd = hf_to_tl(hf, _tokenizer_adds_bos(tok))
+    del hf
+    model = build_hooked(cfg_dict, sd, device, tok)
+    files = [p for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    whash = files_hash(files) if files else state_dict_hash(param_state(model))
+    return LoadResult(model, HFTokenizerAdapter(tok), whash, f"Hugging Face folder {d}")
+
+
+# ---------------------------------------------------------------- TransformerLens official names
+
+def official_name(name: str) -> str | None:
+    """TL's official name for `name` (aliases allowed), or None if TL does not know it."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        return loading.get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def hf_hub_cache() -> str:
+    # Read at call time (huggingface_hub freezes its constants at import).
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def official_is_cached(official: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(official, "config.json", cache_dir=hf_hub_cache()), str)
+
+
+def load_official(name: str, device: str) -> LoadResult:
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    official = official_name(name)
+    if official is None:
+        raise ModelLoadError(f"{name!r} is not a TransformerLens model name")
+    if not official_is_cached(official):
+        raise ModelLoadError(
+            f"{name!r} is not in the local Hugging Face cache ({hf_hub_cache()}) and this machine "
+            "cannot download it; use smollm2-135m, hf:<dir> or gguf:<file> (or copy the model into "
+            "the HF cache on a machine with network access)"
+        )
+    kw = {"cache_dir": hf_hub_cache(), "local_files_only": True}
+    try:
+        tok = AutoTokenizer.from_pretrained(official, **kw)
+        hf = AutoModelForCausalLM.from_pretrained(official, dtype=torch.float32, **kw)
+    except Exception as e:
+        raise ModelLoadError(f"{name!r}: loading from the local HF cache failed ({type(e).__name__}: {e})") from e
+    try:  # TL's own per-name config (keeps its conventions, e.g. GPT-2 prepends BOS in to_tokens)
+        cfg: Any = loading.get_pretrained_model_config(official, hf_cfg=hf.config.to_dict(), device="cpu",
+                                                       dtype=torch.float32, **kw)
+        sd = loading.get_pretrained_state_dict(official, cfg, hf)
+    except Exception as e:  # TL 3.9 trips on some transformers-5 configs (GPT-2 has no n_ctx)
+        log.info("TL config path failed for %s (%s); converting from the HF config", official, e)
+        cfg, sd = hf_to_tl(hf, default_prepend_bos=True)
+    del hf
+    model = build_hooked(cfg, sd, device, tok)
+    return LoadResult(model, HFTokenizerAdapter(tok), state_dict_hash(param_state(model)),
+                      f"TransformerLens {official} from the local HF cache")
