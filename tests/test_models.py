@@ -60,7 +60,7 @@ def test_char_tokenizer_roundtrip_and_offsets():
     text = "((a b)) [x]: 42, ok? don't {stop}!"
     ids = tok.encode(text)
     assert len(ids) == len(text) and tok.decode(ids) == text
-    assert tok.vocab_size == len(TOY_ALPHABET) == 51
+    assert tok.vocab_size == len(TOY_ALPHABET) == 52
     _check_offsets(tok, text)
 
 
