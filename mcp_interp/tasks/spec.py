@@ -108,16 +108,21 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Lowercase id, e.g. 'ioi'.")
     description: str = ""
-    variables: dict[str, VariableSpec] = Field(..., min_length=1)
-    mechanisms: dict[str, MechanismSpec] = Field(default_factory=dict)
+    variables: dict[str, VariableSpec] = Field(..., min_length=1, description="Input variables: name -> {values: [...]} "
+                                               "or {range: [lo, hi]}; sampled uniformly.")
+    mechanisms: dict[str, MechanismSpec] = Field(default_factory=dict, description="Derived variables: name -> {expr: "
+                                                 "restricted expression} or {lookup: {key value: value}, key: variable}.")
     constraints: list[str] = Field(default_factory=list, description="Expressions every setting must satisfy.")
     templates: list[str] = Field(..., min_length=1, description="Prompt templates with {variable} slots.")
     answer: str = Field(..., description="Answer template, e.g. ' {IO}' (mind the leading space).")
-    answer_set: AnswerSetSpec | None = None
-    counterfactuals: list[CounterfactualSpec] = Field(..., min_length=1)
-    positions: dict[str, PositionSpec] = Field(default_factory=dict, description="END (last token) is implicit.")
-    metric: Metric = "logit_diff"
-    default_n: int = Field(32, ge=2, le=4096)
+    answer_set: AnswerSetSpec | None = Field(None, description="For metric prob_diff: {candidates, good, bad}.")
+    counterfactuals: list[CounterfactualSpec] = Field(..., min_length=1, description="Generators: {name, kind: "
+                                                      "resample|resample_all|swap|assign, variables, assign, changes_answer}.")
+    positions: dict[str, PositionSpec] = Field(default_factory=dict, description="Named positions: name -> {variable "
+                                               "or text, occurrence, token: first|last}. END (last token) is implicit.")
+    metric: Metric = Field("logit_diff", description="logit_diff (answer vs counterfactual answer), prob, accuracy, "
+                           "or prob_diff (needs answer_set).")
+    default_n: int = Field(32, ge=2, le=4096, description="Examples used to validate the spec (and a sensible n).")
 
     def counterfactual(self, name: str | None) -> CounterfactualSpec:
         if name is None:
