@@ -10,7 +10,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from .. import __version__
 from ..prompts import templates
-from ..tools import baseline_tool, job_tools, model_tools, run_tools, task_tools
+from ..tools import baseline_tool, job_tools, locate_tool, model_tools, run_tools, task_tools
 from ..tools.context import AppContext
 from ..tools.runner import JobView
 from .registration import register_tool
@@ -22,7 +22,8 @@ Workflow (each step's result says what to do next):
    generators, named positions, metric). Specs are validated against the tokenizer before any weights load.
 2. run_baseline(model, task): does the model solve it? Only intervene on behaviour the model has.
    Check that each counterfactual generator changes the label and the model follows it.
-3. Then localise and explain (tools added as they land: locate, attribute, train_das, scrub_hypothesis).
+3. locate(model, task, sites, positions): activation patching over layers x positions x sites; read `flow`,
+   `best_cells` and the heatmaps. (attribute, train_das, scrub_hypothesis come next.)
 Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
 {{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
 the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
@@ -81,6 +82,18 @@ def _register_tools(server: MCPServer) -> None:
                       "per counterfactual generator how often the label changes and the model follows it. Returns a "
                       "verdict: do not run interventions on a task the model does not solve. Runs as a job (see "
                       "wait_seconds / get_job); stores examples.json and a histogram plot."))
+    lt = locate_tool
+    register_tool(server, lt.locate, name="locate", input_model=lt.LocateInput, output_model=lt.LocateOutput,
+                  progress=True, description=(
+                      "Where does the information live? Exact activation patching over layers x positions x sites "
+                      "(resid_pre, attn_out, mlp_out, z = per head) on clean/counterfactual pairs. Denoising (default) "
+                      "patches the clean activation into the counterfactual run; the normalised effect "
+                      "(m_patched - m_cf) / (m_clean - m_cf) is 1 where one cell restores the behaviour and 0 where it "
+                      "does nothing, with 95% bootstrap CIs over examples. Positions: the task's named positions, all "
+                      "tokens, or a list. Returns the best cells per site, the layer ranges where the residual stream "
+                      "carries the information (`flow`), heatmaps (PNG resources) and the full grid (safetensors). "
+                      "The engine equals a hook-per-cell loop and skips cells that cannot change anything. Run "
+                      "run_baseline first. Runs as a job; identical requests return the stored run."))
     r = run_tools
     register_tool(server, r.list_runs, name="list_runs", input_model=r.ListRunsInput, output_model=r.ListRunsOutput,
                   read_only=True, description="Stored runs, newest first, filtered by task / model / tool / status, "

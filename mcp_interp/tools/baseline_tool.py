@@ -92,7 +92,7 @@ def _work(app: AppContext, args: RunBaselineInput, params: dict):
         lm = get_model(app, args.model)
         validate_or_raise(spec, lm.tokenizer, args.model)
         ds = dataset(spec, lm.tokenizer, args.n, args.seed, args.counterfactual)
-        with lm.lock:
+        with lm.use():
             table = compute_baseline(lm.model, ds, progress=lambda f, m: job.progress(0.05 + 0.6 * f, m))
             checks = []
             for i, gen in enumerate(spec.counterfactuals):

@@ -1,0 +1,288 @@
+"""Tool locate: exact activation patching over layers × positions × sites — where does the information live?"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from ..artifacts import plots
+from ..methods.locate import dominant_positions, grid_cells, normalised_effects, top_cells
+from ..methods.metrics import LogitDiffMetric, ProbMetric
+from ..methods.patching import Cancelled, patch_sweep
+from ..methods.stats import ci_dict
+from ..tasks.dataset import TaskDataset
+from ..tasks.spec import TaskSpec
+from .common import DEFAULT_MODEL, Stat, dataset, get_model, get_task, validate_or_raise
+from .errors import ToolError
+from .runner import WAIT_FIELD, JobView, ProgressFn, cached_result, run_job
+from .task_registry import task_hash
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+TOOL = "locate"
+SiteName = Literal["resid_pre", "attn_out", "mlp_out", "z"]
+SITE_DOC = {"resid_pre": "residual stream entering the layer", "attn_out": "attention output",
+            "mlp_out": "MLP output", "z": "per-head attention output (hook_z)"}
+
+
+class LocateInput(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
+    task: str = Field(..., description="Task name (list_tasks / define_task).")
+    counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
+    variable: str | None = Field(None, description="Instead of `counterfactual`: use the generator that resamples "
+                                 "exactly this variable.")
+    sites: list[SiteName] = Field(["resid_pre"], min_length=1, description="resid_pre, attn_out, mlp_out, z (per head).")
+    layers: list[int] | None = Field(None, description="Layers to patch (default: all).")
+    positions: Literal["auto", "named", "all"] | list[str] = Field(
+        "auto", description="'named' (the task's positions + END), 'all' (every token; needs one prompt length), "
+        "a list of named positions, or 'auto' (all if the prompts share a length, else named).")
+    direction: Literal["denoise", "noise"] = Field("denoise", description="denoise: patch clean into the counterfactual "
+                                                   "run; noise: patch counterfactual into the clean run.")
+    metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
+    n: int = Field(16, ge=2, le=1024, description="Number of clean/counterfactual pairs.")
+    seed: int = 0
+    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    wait_seconds: float = WAIT_FIELD
+
+
+class CellEffect(BaseModel):
+    site: str
+    layer: int
+    position: str
+    head: int | None = None
+    effect: float = Field(description="normalised effect (ratio of example means)")
+    ci95: list[float]
+
+
+class LocateResult(BaseModel):
+    run_id: str
+    task: str
+    model: str
+    counterfactual: str
+    direction: str
+    metric: str
+    n: int
+    seed: int
+    normalisation: str
+    clean_metric: Stat
+    counterfactual_metric: Stat
+    positions: list[str] = Field(description="Column labels of the grids.")
+    layers: list[int]
+    best_cells: dict[str, list[CellEffect]] = Field(description="Per site, the 5 cells with the largest |effect|.")
+    flow: list[dict] = Field(description="resid_pre: runs of layers whose strongest position is the same — where the "
+                             "information sits as depth increases.")
+    summary: str
+    warnings: list[str]
+    files: dict[str, str]
+    cost: dict
+    cached: bool = False
+
+
+class LocateOutput(BaseModel):
+    status: str
+    job: JobView | None = None
+    result: LocateResult | None = None
+
+
+def _counterfactual_name(spec: TaskSpec, args: LocateInput) -> str | None:
+    if args.variable is None:
+        return args.counterfactual
+    if args.counterfactual is not None:
+        raise ToolError("variable: give either `variable` or `counterfactual`, not both.")
+    for cf in spec.counterfactuals:
+        if cf.kind == "resample" and cf.variables == [args.variable]:
+            return cf.name
+    raise ToolError(f"variable: task {spec.name!r} has no generator that resamples exactly {args.variable!r}. "
+                    f"Generators: {[(c.name, c.kind, c.variables) for c in spec.counterfactuals]}. Fix: pass one as "
+                    f"`counterfactual`, or define_task with a resample generator for {args.variable!r}.")
+
+
+def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str], torch.Tensor]:
+    lengths = {len(e.tokens) for e in ds.examples}
+    mode = args.positions
+    if mode == "auto":
+        mode = "all" if len(lengths) == 1 else "named"
+    if mode == "all":
+        if len(lengths) != 1:
+            raise ToolError(f"positions: 'all' needs prompts of one token length, these have {sorted(lengths)}. "
+                            f"Fix: positions='named' (per-example named positions) or a single template.")
+        T = lengths.pop()
+        first = ds.examples[0]
+        labels = []
+        for t in range(T):
+            named = [k for k in ds.position_names if all(e.positions[k] == t for e in ds.examples)]
+            tok = tokenizer.decode([first.tokens[t]])
+            labels.append(f"{t} {named[0]}" if named else f"{t} {tok!r}")
+        return labels, torch.arange(T).repeat(len(ds), 1)
+    names = ds.position_names if mode == "named" else list(mode)
+    unknown = [p for p in names if p not in ds.position_names]
+    if unknown:
+        raise ToolError(f"positions: {unknown} are not positions of task {ds.spec.name!r}; it has "
+                        f"{ds.position_names}. Fix: use those names, 'named' or 'all'.")
+    return names, torch.tensor([[e.positions[p] for p in names] for e in ds.examples])
+
+
+def _check(ds: TaskDataset, metric: str) -> None:
+    bad = [i for i, e in enumerate(ds.examples) if len(e.tokens) != len(e.cf_tokens)]
+    if bad:
+        ex = "; ".join(f"{ds.examples[i].prompt!r} vs {ds.examples[i].cf_prompt!r}" for i in bad[:2])
+        raise ToolError(f"counterfactual: {len(bad)} of {len(ds)} pairs differ in token length, so positions cannot be "
+                        f"aligned (e.g. {ex}). Fix: pick a generator that keeps the length, or values of equal length.")
+    if metric == "logit_diff":
+        same = [i for i, e in enumerate(ds.examples) if e.answer_id == e.cf_answer_id]
+        if same:
+            raise ToolError(f"counterfactual: {ds.counterfactual!r} leaves the answer unchanged in {len(same)} pairs, so "
+                            f"the logit difference has no gap to restore. Fix: a generator that changes the answer.")
+
+
+def _metric(name: str, ds: TaskDataset):
+    answer = torch.tensor([e.answer_id for e in ds.examples])
+    if name == "prob":
+        return ProbMetric(answer)
+    return LogitDiffMetric(answer, torch.tensor([e.cf_answer_id for e in ds.examples]))
+
+
+def _work(app: AppContext, args: LocateInput, params: dict):
+    def work(job) -> dict:
+        t0 = time.time()
+        spec = get_task(app, args.task)
+        metric_name = args.metric or spec.metric
+        if metric_name not in ("logit_diff", "prob"):
+            raise ToolError(f"metric: locate patches towards a per-token metric (logit_diff or prob); task "
+                            f"{spec.name!r} uses {metric_name!r}. Fix: pass metric='logit_diff' or 'prob'.")
+        job.progress(0.01, f"loading {args.model}")
+        lm = get_model(app, args.model)
+        cfg = lm.model.cfg
+        layers = list(range(cfg.n_layers)) if args.layers is None else sorted(set(args.layers))
+        bad = [l for l in layers if not 0 <= l < cfg.n_layers]
+        if bad:
+            raise ToolError(f"layers: {bad} out of range; {args.model} has layers 0..{cfg.n_layers - 1}.")
+        validate_or_raise(spec, lm.tokenizer, args.model)
+        ds = dataset(spec, lm.tokenizer, args.n, args.seed, _counterfactual_name(spec, args))
+        _check(ds, metric_name)
+        labels, pos = _positions(ds, args, lm.tokenizer)
+        cells = grid_cells(args.sites, layers, len(labels), cfg.n_heads)
+        metric = _metric(metric_name, ds)
+        clean = [torch.tensor(e.tokens) for e in ds.examples]
+        corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
+        with lm.use():
+            try:
+                res = patch_sweep(lm.model, clean, corrupt, pos, cells, metric, direction=args.direction,
+                                  progress=lambda f, m: job.progress(0.03 + 0.9 * f, m),
+                                  should_cancel=lambda: job.cancelled)
+            except Cancelled:
+                job.check_cancelled()
+                raise
+        job.progress(0.94, "bootstrap and plots")
+        eff = normalised_effects(res, seed=args.seed)
+        return _store(app, args, spec, lm, ds, labels, layers, cells, res, eff, metric_name, params, t0)
+    return work
+
+
+def _reshape(v: np.ndarray, site: str, n_layers: int, n_pos: int, n_heads: int) -> np.ndarray:
+    return v.reshape(*v.shape[:-1], n_layers, n_pos, n_heads) if site == "z" else v.reshape(*v.shape[:-1], n_layers, n_pos)
+
+
+def _store(app, args, spec, lm, ds, labels, layers, cells, res, eff, metric_name, params, t0) -> dict:
+    H, L, P = lm.model.cfg.n_heads, len(layers), len(labels)
+    run = app.store.create_run(TOOL, spec.name, args.model, params, seed=args.seed,
+                               model_info={"weight_hash": lm.weight_hash, "device": lm.device}, task_hash=task_hash(spec))
+    try:
+        tensors, best, files, offset, flow = {}, {}, {}, 0, []
+        for site in args.sites:
+            size = L * P * (H if site == "z" else 1)
+            sl = slice(offset, offset + size)
+            offset += size
+            grids = {k: _reshape(eff[k][..., sl], site, L, P, H) for k in ("mean", "lo", "hi", "per_example")}
+            for k, v in grids.items():
+                tensors[f"{site}.{k}"] = torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32)
+            best[site] = []
+            for idx, e, lo, hi in top_cells(grids["mean"], grids["lo"], grids["hi"]):
+                best[site].append(CellEffect(site=site, layer=layers[idx[0]], position=labels[idx[1]],
+                                             head=idx[2] if site == "z" else None, effect=round(e, 4),
+                                             ci95=[round(lo, 4), round(hi, 4)]))
+            files.update(_plots(run, site, grids["mean"], layers, labels, spec, args, len(ds)))
+            if site == "resid_pre":
+                flow = dominant_positions(grids["mean"], layers, labels)
+        tensors["metric.clean"], tensors["metric.counterfactual"] = res.clean, res.corrupt
+        tensors["metric.patched"] = res.patched
+        run.write_tensors("effects.safetensors", tensors)
+        run.write_json("grid.json", {"sites": args.sites, "layers": layers, "positions": labels, "n_heads": H,
+                                     "cells": [c.__dict__ for c in cells], "direction": args.direction,
+                                     "metric": metric_name, "prompts": [e.prompt for e in ds.examples],
+                                     "counterfactual_prompts": [e.cf_prompt for e in ds.examples],
+                                     "tensor_layout": "effects.safetensors: {site}.mean/lo/hi [layer, position(, head)], "
+                                     "{site}.per_example [example, layer, position(, head)], metric.* per example"})
+        files.update({k: f"artifact://{run.run_id}/{k}" for k in ("effects.safetensors", "grid.json", "result.json")})
+        warnings = []
+        if abs(eff["gap"]) < 0.5 and metric_name == "logit_diff":
+            warnings.append(f"the clean-counterfactual gap is small ({eff['gap']:.3f}): normalised effects are noisy")
+        top_site = max(best, key=lambda s: abs(best[s][0].effect) if best[s] else 0)
+        c0 = best[top_site][0]
+        head = f" head {c0.head}" if c0.head is not None else ""
+        summary = (f"strongest cell: {top_site} layer {c0.layer}{head} at {c0.position}: effect {c0.effect:.2f} "
+                   f"[{c0.ci95[0]:.2f}, {c0.ci95[1]:.2f}]")
+        if flow:
+            summary += "; residual stream: " + ", ".join(
+                f"L{f['layers'][0]}-{f['layers'][1]} at {f['position']} ({f['mean_effect']:.2f})" for f in flow)
+        base_name = "clean" if args.direction == "denoise" else "counterfactual"
+        result = LocateResult(
+            run_id=run.run_id, task=spec.name, model=args.model, counterfactual=ds.counterfactual,
+            direction=args.direction, metric=metric_name, n=len(ds), seed=args.seed,
+            normalisation=(f"(mean m_patched - mean m_{'counterfactual' if args.direction == 'denoise' else 'clean'}) / "
+                           f"(mean m_{base_name} - mean m_{'counterfactual' if args.direction == 'denoise' else 'clean'})"
+                           f"; 95% percentile bootstrap over examples"),
+            clean_metric=Stat(**ci_dict(res.clean.numpy(), seed=args.seed)),
+            counterfactual_metric=Stat(**ci_dict(res.corrupt.numpy(), seed=args.seed)),
+            positions=labels, layers=layers, best_cells=best, flow=flow, summary=summary, warnings=warnings,
+            files=files, cost={**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.cost().items()},
+                               "total_seconds": round(time.time() - t0, 2)})
+        out = result.model_dump(mode="json")
+        run.finish(out, metrics={"top_site": top_site, "top_effect": c0.effect, "top_layer": c0.layer,
+                                 "top_position": c0.position})
+    except BaseException as e:
+        run.fail(f"{type(e).__name__}: {e}")
+        raise
+    return out
+
+
+def _plots(run, site, mean, layers, labels, spec, args, n) -> dict[str, str]:
+    files = {}
+    what = f"{spec.name} on {args.model}, {args.direction}, n={n}"
+    if site != "z":
+        fig = plots.heatmap(mean, row_labels=[str(l) for l in layers], col_labels=labels,
+                            title=f"{SITE_DOC[site]}: normalised patching effect\n{what}",
+                            cbar_label="normalised effect", xlabel="position", ylabel="layer")
+        name = f"{site}_heatmap.png"
+        run.save_figure(name, fig)
+        files[name] = f"artifact://{run.run_id}/{name}"
+        return files
+    # per-head grids: one layer x head map per position column that carries any effect
+    strength = np.nan_to_num(np.abs(mean)).max(axis=(0, 2))
+    for p in [int(i) for i in np.argsort(-strength)[:4] if strength[i] > 0.02] or [len(labels) - 1]:
+        fig = plots.heatmap(mean[:, p, :], row_labels=[str(l) for l in layers],
+                            col_labels=[str(h) for h in range(mean.shape[2])],
+                            title=f"per-head output at {labels[p]}: normalised patching effect\n{what}",
+                            cbar_label="normalised effect", xlabel="head", ylabel="layer")
+        safe = "".join(ch if ch.isalnum() else "_" for ch in labels[p]).strip("_")
+        name = f"z_heatmap_{p}_{safe}.png"[:80]
+        run.save_figure(name, fig)
+        files[name] = f"artifact://{run.run_id}/{name}"
+    return files
+
+
+def locate(app: AppContext, args: LocateInput, progress: ProgressFn | None = None) -> LocateOutput:
+    spec = get_task(app, args.task)
+    params = args.model_dump(exclude={"wait_seconds", "force"})
+    if not args.force and (hit := cached_result(app, TOOL, spec.name, args.model, params)):
+        return LocateOutput(status="complete", result=LocateResult.model_validate(hit))
+    view = run_job(app, TOOL, f"locate {spec.name} on {args.model} ({', '.join(args.sites)}, n={args.n})",
+                   _work(app, args, params), args.wait_seconds, progress)
+    if view.status == "complete":
+        return LocateOutput(status="complete", result=LocateResult.model_validate(view.result))
+    return LocateOutput(status=view.status, job=view)

@@ -1,0 +1,103 @@
+"""locate through the MCP tool: identities, agreement with a plain hook-per-cell loop, errors, caching."""
+
+import numpy as np
+import pytest
+import torch
+from mcp import Client
+from safetensors.torch import load_file
+
+from mcp_helpers import call, call_error, finish
+from mcp_interp.server.app import build_server
+
+pytestmark = pytest.mark.anyio
+TOY = "toy/tiny-random"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def hook_patch_metric(model, clean, corrupt, hook, pos, answer, cf_answer, head=None):
+    """A plain reference: one forward of the corrupt prompt with the clean activation written in by a hook."""
+    _, cache = model.run_with_cache(clean, names_filter=hook)
+
+    def patch(act, hook):
+        if head is None:
+            act[:, pos] = cache[hook.name][:, pos]
+        else:
+            act[:, pos, head] = cache[hook.name][:, pos, head]
+        return act
+
+    logits = model.run_with_hooks(corrupt, fwd_hooks=[(hook, patch)])[0, -1]
+    return float(logits[answer] - logits[cf_answer])
+
+
+async def test_locate_identities_and_hook_loop_on_toy(store_dir):
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        out = await call(c, "locate", {"model": TOY, "task": "induction", "n": 12, "positions": "all",
+                                       "sites": ["resid_pre", "attn_out", "mlp_out", "z"], "wait_seconds": 120})
+        res = await finish(c, out)
+        assert res["counterfactual"] == "resample_x6" and len(res["positions"]) == 11
+        assert set(res["best_cells"]) == {"resid_pre", "attn_out", "mlp_out", "z"}
+        run_dir_files = (await call(c, "get_run", {"run_id": res["run_id"]}))["files"]
+        assert "resid_pre_heatmap.png" in run_dir_files and any(f.startswith("z_heatmap") for f in run_dir_files)
+        blob = await c.read_resource(f"artifact://{res['run_id']}/effects.safetensors")
+    import base64
+    import io
+    from safetensors.torch import load
+    t = load(base64.b64decode(blob.contents[0].blob))
+    mean = t["resid_pre.mean"].numpy()  # [layer, position]
+    # resample_x6 changes only token 5: patching resid_pre at layer 0 there restores the clean run exactly,
+    # and every position before it has an effect of exactly 0
+    assert mean.shape == (2, 11)
+    assert mean[0, 5] == pytest.approx(1.0, abs=1e-5)
+    assert np.all(mean[:, :5] == 0)
+    # compare random cells with a plain hook-per-cell loop, per example
+    from mcp_interp.models import ModelPool
+    from mcp_interp.tasks.builtin import BUILTIN_TASKS
+    from mcp_interp.tasks.dataset import build_dataset
+    lm = ModelPool().get(TOY)
+    ds = build_dataset(BUILTIN_TASKS["induction"], lm.tokenizer, 12, 0, "resample_x6")
+    rng = np.random.default_rng(0)
+    per_ex = {s: t[f"{s}.per_example"] for s in ("resid_pre", "attn_out", "mlp_out", "z")}
+    clean_m, cf_m = t["metric.clean"], t["metric.counterfactual"]
+    hooks = {"resid_pre": "blocks.{}.hook_resid_pre", "attn_out": "blocks.{}.hook_attn_out",
+             "mlp_out": "blocks.{}.hook_mlp_out", "z": "blocks.{}.attn.hook_z"}
+    for _ in range(12):
+        site = ["resid_pre", "attn_out", "mlp_out", "z"][rng.integers(4)]
+        i, layer, pos = int(rng.integers(12)), int(rng.integers(2)), int(rng.integers(5, 11))
+        head = int(rng.integers(4)) if site == "z" else None
+        e = ds.examples[i]
+        m = hook_patch_metric(lm.model, torch.tensor([e.tokens]), torch.tensor([e.cf_tokens]), hooks[site].format(layer),
+                              pos, e.answer_id, e.cf_answer_id, head)
+        norm = (m - float(cf_m[i])) / float(clean_m[i] - cf_m[i])
+        got = per_ex[site][i, layer, pos, head] if head is not None else per_ex[site][i, layer, pos]
+        assert float(got) == pytest.approx(norm, abs=1e-4), (site, i, layer, pos, head)
+
+
+async def test_locate_errors_and_cache(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        assert "layers" in await call_error(c, "locate", {"model": TOY, "task": "induction", "layers": [7]})
+        text = await call_error(c, "locate", {"model": TOY, "task": "induction", "positions": ["NOPE"]})
+        assert "positions" in text and "FIRST_X6" in text
+        text = await call_error(c, "locate", {"model": TOY, "task": "parens"})
+        assert "metric" in text
+        text = await call_error(c, "locate", {"model": TOY, "task": "induction", "variable": "x1"})
+        assert "variable" in text and "resample_x6" in text
+        assert "sites" in await call_error(c, "locate", {"model": TOY, "task": "induction", "sites": ["nope"]})
+        args = {"model": TOY, "task": "induction", "variable": "x6", "positions": "named", "n": 8}
+        first = await finish(c, await call(c, "locate", args))
+        assert first["positions"] == ["FIRST_X6", "PREV_X5", "END"]
+        second = await call(c, "locate", args)
+        assert second["result"]["cached"] is True and second["result"]["run_id"] == first["run_id"]
+
+
+async def test_locate_noising_identity(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        res = await finish(c, await call(c, "locate", {"model": TOY, "task": "induction", "n": 8, "direction": "noise",
+                                                       "positions": ["FIRST_X6", "END"], "layers": [0, 1]}))
+        # noising layer 0 at the only differing token reproduces the counterfactual run: effect 1
+        cells = {(c["layer"], c["position"]): c["effect"] for c in res["best_cells"]["resid_pre"]}
+        assert cells[(0, "FIRST_X6")] == pytest.approx(1.0, abs=1e-5)
