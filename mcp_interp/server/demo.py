@@ -68,9 +68,19 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
                 raise DemoError(defined.content[0].text)
             base = (await _call(client, bar, "run_baseline", {"model": model, "task": "ioi-demo", "n": n,
                                                               "wait_seconds": 60}))["result"]
+            if not base["solves"]:
+                raise DemoError(f"baseline: {base['verdict']}")
+            resid = (await _call(client, bar, "locate", {"model": model, "task": "ioi-demo", "n": n,
+                                                         "sites": ["resid_pre"], "positions": "all",
+                                                         "wait_seconds": 60}))["result"]
+            heads = (await _call(client, bar, "locate", {"model": model, "task": "ioi-demo", "n": n, "sites": ["z"],
+                                                         "positions": ["END"], "wait_seconds": 60}))["result"]
         report_dir = Path(server_store_root(store)) / "_reports" / time.strftime("demo-%Y%m%d-%H%M%S")
         report_dir.mkdir(parents=True, exist_ok=True)
         await _save_resource(client, base["files"]["metric_hist.png"], report_dir / "baseline_hist.png")
+        await _save_resource(client, resid["files"]["resid_pre_heatmap.png"], report_dir / "locate_resid.png")
+        z_png = next(k for k in heads["files"] if k.startswith("z_heatmap"))
+        await _save_resource(client, heads["files"][z_png], report_dir / "locate_heads.png")
     m = base["metrics"]
     lines = [
         f"# mcp-interp demo — IOI on {model}", "",
@@ -84,6 +94,20 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
           f"({c['model_follows']['ci95'][0]:.2f} .. {c['model_follows']['ci95'][1]:.2f}) |"
           for c in base["counterfactual_checks"]], "",
         "![logit difference per example](baseline_hist.png)", "",
+        "## 2. Locate: where does the information live?", "",
+        f"Residual stream, every layer × every position, denoising `{resid['counterfactual']}` (run `{resid['run_id']}`, "
+        f"{resid['cost']['seconds']:.0f} s; {resid['cost']['skipped']} of {resid['cost']['pairs']} example-cells "
+        f"provably zero and skipped). Normalised effect: {resid['normalisation']}.", "",
+        f"**{resid['summary']}**", "",
+        "| layers | strongest position | mean effect |", "|---|---|---|",
+        *[f"| {f['layers'][0]}–{f['layers'][1]} | {f['position']} | {f['mean_effect']:.2f} |" for f in resid["flow"]], "",
+        "![residual stream patching](locate_resid.png)", "",
+        f"Per-head outputs at END (run `{heads['run_id']}`, {heads['cost']['seconds']:.0f} s): the heads that move the "
+        "answer (positive) or push against it (negative):", "",
+        "| layer | head | effect | 95% CI |", "|---|---|---|---|",
+        *[f"| {c['layer']} | {c['head']} | {c['effect']:.2f} | {c['ci95'][0]:.2f} .. {c['ci95'][1]:.2f} |"
+          for c in heads["best_cells"]["z"]], "",
+        "![per-head patching at END](locate_heads.png)", "",
     ]
     report = report_dir / "report.md"
     report.write_text("\n".join(lines))

@@ -30,8 +30,11 @@ def _dir_size(root: Path) -> int:
 def run_doctor(store: str | None = None, load: bool = False) -> int:
     import torch
 
-    console = Console()
+    import sys
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: never truncate paths
     t = Table(title=f"mcp-interp {__version__}", show_header=False)
+    t.add_column("what", no_wrap=True)
+    t.add_column("value", overflow="fold")
     for pkg in PACKAGES:
         t.add_row(pkg, _version(pkg))
     cuda = torch.cuda.is_available()
