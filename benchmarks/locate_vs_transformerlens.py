@@ -1,0 +1,170 @@
+"""Patching engine vs TransformerLens' own patching loop on SmolLM2-135M IOI.
+
+    python benchmarks/locate_vs_transformerlens.py [--n 16] [--skip-naive] [--threads N]
+
+Sweeps (same inputs, same process):
+  (a) residual stream (resid_pre) at every layer x every token position,
+  (b) every attention head's output (hook_z) at every layer, final position only.
+Baseline: transformer_lens.patching.get_act_patch_resid_pre and get_act_patch_attn_head_out_by_pos
+(restricted with index_df to the final position), one batched forward per cell.
+Reports wall time, speed-up, FLOPs really run, achieved GFLOP/s, and the max |difference| of the
+normalised effects (m_patched - m_cf) / (m_clean - m_cf), averaged over examples as TL does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from mcp_interp.methods.metrics import LogitDiffMetric  # noqa: E402
+from mcp_interp.methods.patch_runner import forward_flops  # noqa: E402
+from mcp_interp.methods.patching import Cell, patch_sweep  # noqa: E402
+
+NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mike", "Lisa",
+         "Mark", "Kate", "Peter", "Alice", "Bob", "Jack", "Laura", "Sam", "Ben", "Ryan", "Chris",
+         "Dan", "Eric", "Adam", "Amy", "Jane", "Steve", "Kevin", "Rose"]
+# All 14 tokens long in SmolLM2's tokenizer, so S2 sits at the same index (9) in every prompt.
+TEMPLATES = [
+    ("When {A} and {B} went to the {place}, {S} gave a {obj} to", "store", "drink"),
+    ("When {A} and {B} went to the {place}, {S} gave a {obj} to", "park", "ball"),
+    ("After {A} and {B} went to the {place}, {S} gave a {obj} to", "school", "pen"),
+    ("While {A} and {B} were at the {place}, {S} handed a {obj} to", "office", "book"),
+]
+
+
+def ioi_pairs(model, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt, ans, cf = [], [], [], []
+    while len(clean) < n:
+        a, b = torch.randperm(len(NAMES), generator=g)[:2].tolist()
+        A, B = NAMES[a], NAMES[b]
+        tpl, place, obj = TEMPLATES[len(clean) % len(TEMPLATES)]
+        c = model.to_tokens(tpl.format(A=A, B=B, S=B, place=place, obj=obj))[0]
+        x = model.to_tokens(tpl.format(A=A, B=B, S=A, place=place, obj=obj))[0]
+        ia, ib = model.to_tokens(" " + A)[0], model.to_tokens(" " + B)[0]
+        assert len(ia) == len(ib) == 1 and len(c) == len(x) == 14, (A, B, tpl)
+        clean.append(c), corrupt.append(x), ans.append(int(ia)), cf.append(int(ib))
+    return clean, corrupt, torch.tensor(ans), torch.tensor(cf)
+
+
+def load_model():
+    from mcp_interp.models import ModelPool
+    return ModelPool(device="cpu").get("smollm2-135m").model
+
+
+def matmul_peak(seconds: float = 1.0) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * 2048 ** 3 * k / (time.perf_counter() - t0) / 1e9
+
+
+def engine_effect(res) -> torch.Tensor:
+    """Example-mean normalised effect per cell (logit diff is linear, so mean-then-normalise)."""
+    mc, mx = res.clean.mean(), res.corrupt.mean()
+    return (res.patched.mean(0) - mx) / (mc - mx)
+
+
+def run_tl(model, clean_t, corrupt_t, ans, cf, which: str):
+    import pandas as pd
+    from transformer_lens import patching
+
+    rows = torch.arange(len(ans))
+
+    def metric(logits):
+        return (logits[rows, -1, ans] - logits[rows, -1, cf]).mean()
+
+    with torch.inference_mode():
+        m_clean = metric(model(clean_t)).item()
+        m_cf = metric(model(corrupt_t)).item()
+        _, clean_cache = model.run_with_cache(clean_t)
+        t0 = time.perf_counter()
+        if which == "resid":
+            out = patching.get_act_patch_resid_pre(model, corrupt_t, clean_cache, metric)  # [L, T]
+        else:
+            L, H, T = model.cfg.n_layers, model.cfg.n_heads, clean_t.shape[1]
+            df = pd.DataFrame([(l, T - 1, h) for l in range(L) for h in range(H)],
+                              columns=["layer", "pos", "head"])
+            # get_act_patch_attn_head_out_by_pos, restricted to the final position via index_df
+            out = patching.generic_activation_patch(
+                model, corrupt_t, clean_cache, metric, activation_name="z", index_df=df,
+                patch_setter=patching.layer_pos_head_vector_patch_setter)  # [L*H]
+        secs = time.perf_counter() - t0
+    return ((out.flatten().cpu() - m_cf) / (m_clean - m_cf)), secs
+
+
+def report(title, res, tl=None, res_tl_blocks=None):
+    print(f"\n== {title}: {len(res.cells)} cells x {res.clean.numel()} examples")
+    print(f"engine ({res.extra['block']} block): {res.seconds:8.2f} s   {res.flops / 1e9:9.1f} GFLOP run   "
+          f"{res.gflops_per_s:6.1f} GFLOP/s   rows run {res.n_forward_rows}, "
+          f"pairs skipped {res.n_skipped}/{res.n_pairs}")
+    print(f"        token-layers {res.token_layers:,} vs naive {res.naive_token_layers:,} "
+          f"({res.naive_token_layers / res.token_layers:.1f}x fewer); "
+          f"FLOPs {res.naive_flops / res.flops:.1f}x fewer than the naive loop")
+    if res_tl_blocks is not None:
+        r = res_tl_blocks
+        print(f"engine with TL's own blocks: {r.seconds:.2f} s ({r.gflops_per_s:.1f} GFLOP/s), "
+              f"max |diff| to lean {(r.patched - res.patched).abs().max():.1e}")
+    if tl is not None:
+        eff, secs = tl
+        diff = (engine_effect(res) - eff).abs().max().item()
+        print(f"TL loop: {secs:8.2f} s   ({res.naive_flops / 1e9:.1f} GFLOP, "
+              f"{res.naive_flops / secs / 1e9:.1f} GFLOP/s)")
+        print(f"speed-up: {secs / res.seconds:.1f}x   max |normalised effect difference|: {diff:.2e}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--skip-naive", action="store_true", help="skip TransformerLens' loop")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model = load_model()
+    print(f"model loaded in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
+    clean, corrupt, ans, cf = ioi_pairs(model, args.n)
+    clean_t, corrupt_t = torch.stack(clean), torch.stack(corrupt)
+    L, H, T = model.cfg.n_layers, model.cfg.n_heads, clean_t.shape[1]
+    metric = LogitDiffMetric(ans, cf)
+
+    with torch.inference_mode():
+        model(clean_t)  # warm-up
+        t0 = time.perf_counter()
+        model(clean_t)
+        fwd = time.perf_counter() - t0
+    fwd_flops = forward_flops(model.cfg, args.n, T, model.cfg.d_vocab)
+    print(f"one forward of {args.n}x{T} tokens: {fwd:.2f} s, {fwd_flops / fwd / 1e9:.1f} GFLOP/s; "
+          f"2048^3 matmul peak {matmul_peak():.1f} GFLOP/s")
+
+    all_pos = torch.arange(T).repeat(args.n, 1)
+    resid_cells = [Cell("resid_pre", l, p) for l in range(L) for p in range(T)]
+    res_a = patch_sweep(model, clean, corrupt, all_pos, resid_cells, metric)
+    print(f"clean logit diff {res_a.clean.mean():.3f}, counterfactual {res_a.corrupt.mean():.3f}")
+    final_pos = torch.full((args.n, 1), T - 1)
+    head_cells = [Cell("z", l, 0, h) for l in range(L) for h in range(H)]
+    res_b = patch_sweep(model, clean, corrupt, final_pos, head_cells, metric)
+    res_a_tl = patch_sweep(model, clean, corrupt, all_pos, resid_cells, metric, block="tl")
+    res_b_tl = patch_sweep(model, clean, corrupt, final_pos, head_cells, metric, block="tl")
+
+    tl_a = None if args.skip_naive else run_tl(model, clean_t, corrupt_t, ans, cf, "resid")
+    report("(a) resid_pre, every layer x position", res_a, tl_a, res_a_tl)
+    tl_b = None if args.skip_naive else run_tl(model, clean_t, corrupt_t, ans, cf, "heads")
+    report("(b) head outputs (z), every layer x head, final position", res_b, tl_b, res_b_tl)
+    top = engine_effect(res_b).topk(5)
+    print("top heads by normalised effect: " + ", ".join(
+        f"L{i // H}H{i % H} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Per-example task metrics at the final position, computable from the final residual stream.
+
+Every metric offers two equivalent entry points:
+- `from_final_resid(model, resid, example_idx)`: resid is the residual stream *before* ln_final at
+  the final position, [rows, d_model]; only the unembedding columns the metric reads are used
+  (logit diff needs 2 columns of W_U, not 49k). This is what the fast patching engine calls.
+- `from_logits(model, logits, example_idx)`: final-position logits [rows, d_vocab] (the naive path).
+`example_idx[rows]` says which example each row belongs to (rows may repeat examples).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Metric(Protocol):
+    def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor: ...
+    def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor: ...
+    def n_unembed_columns(self, model) -> int: ...
+
+
+def final_normed(model, resid: Tensor) -> Tensor:
+    """ln_final applied to [rows, d_model] (identity for models without a final norm)."""
+    if model.cfg.normalization_type is None:
+        return resid
+    return model.ln_final(resid)
+
+
+def _softcap(model, logits: Tensor) -> Tensor:
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    return logits if cap <= 0 else cap * torch.tanh(logits / cap)
+
+
+def column_logits(model, resid: Tensor, token_ids: Tensor) -> Tensor:
+    """logit[row, token_ids[row]] for each row, using only those unembedding columns."""
+    x = final_normed(model, resid)
+    w = model.unembed.W_U[:, token_ids.to(model.unembed.W_U.device)]  # [d_model, rows]
+    out = (x * w.T.to(x.dtype)).sum(-1) + model.unembed.b_U[token_ids].to(x.dtype)
+    return _softcap(model, out)
+
+
+def _idx(t: Tensor, example_idx: Tensor, device) -> Tensor:
+    return t.to(device)[example_idx.to(device)]
+
+
+@dataclass
+class LogitDiffMetric:
+    """m = logit[answer] - logit[cf_answer] at the final position (per-example token ids)."""
+
+    answer: Tensor
+    cf_answer: Tensor
+    name: str = "logit_diff"
+
+    def __post_init__(self):
+        self.answer = torch.as_tensor(self.answer, dtype=torch.long).flatten()
+        self.cf_answer = torch.as_tensor(self.cf_answer, dtype=torch.long).flatten()
+        if self.answer.shape != self.cf_answer.shape:
+            raise ValueError("answer and cf_answer must have the same length")
+
+    def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
+        a = _idx(self.answer, example_idx, resid.device)
+        b = _idx(self.cf_answer, example_idx, resid.device)
+        return (column_logits(model, resid, a) - column_logits(model, resid, b)).float()
+
+    def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
+        a = _idx(self.answer, example_idx, logits.device)
+        b = _idx(self.cf_answer, example_idx, logits.device)
+        rows = torch.arange(len(logits), device=logits.device)
+        return (logits[rows, a] - logits[rows, b]).float()
+
+    def n_unembed_columns(self, model) -> int:
+        return 2
+
+
+@dataclass
+class ProbMetric:
+    """m = softmax(logits)[answer] at the final position (needs the full unembedding)."""
+
+    answer: Tensor
+    name: str = "prob"
+
+    def __post_init__(self):
+        self.answer = torch.as_tensor(self.answer, dtype=torch.long).flatten()
+
+    def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
+        logits = _softcap(model, model.unembed(final_normed(model, resid)[:, None])[:, 0])
+        return self.from_logits(model, logits, example_idx)
+
+    def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
+        a = _idx(self.answer, example_idx, logits.device)
+        rows = torch.arange(len(logits), device=logits.device)
+        return torch.softmax(logits.float(), dim=-1)[rows, a]
+
+    def n_unembed_columns(self, model) -> int:
+        return model.cfg.d_vocab_out

@@ -1,0 +1,209 @@
+"""The fast path of activation patching: cached base/source runs and the staircase runner.
+
+For one length bucket the base run (corrupt when denoising) and the source run (clean when
+denoising) go through the model once, as one batch, caching what the sweep needs: the residual
+stream entering each patched layer, the patched sites themselves, and every layer's KV cache
+entry (exactly what attention appends, i.e. post QK-norm, pre-rotary keys).
+
+A patch at (layer l, token p) leaves everything before layer l, and every position before p,
+as in the base run. So a row of work is (example, cell): it starts from the cached base residual
+at layer l, positions p..T-1 only, and runs blocks l..L-1 attending to the base run's cached
+keys/values for positions < p. Rows with the same p share one batch; sorted by start layer they
+form a staircase: rows join the batch at their own layer (before that they equal the base run,
+so they need no computation), and each block runs once over all rows present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from .patch_block import fast_block, past_kv, segments
+
+SITE_CODES = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "z": 3}
+
+
+def act_name(model, site: str, layer: int) -> str:
+    """TransformerLens hook name of a site; resid_pre at layer n_layers is the final residual."""
+    n = model.cfg.n_layers
+    if site == "resid_pre":
+        return f"blocks.{layer}.hook_resid_pre" if layer < n else f"blocks.{n - 1}.hook_resid_post"
+    return {"attn_out": f"blocks.{layer}.hook_attn_out", "mlp_out": f"blocks.{layer}.hook_mlp_out",
+            "z": f"blocks.{layer}.attn.hook_z"}[site]
+
+
+def _hook_module(model, site_code: int, layer: int):
+    blk = model.blocks[layer]
+    return {1: blk.hook_attn_out, 2: blk.hook_mlp_out, 3: blk.attn.hook_z}[site_code]
+
+
+# ---------------------------------------------------------------- FLOP model (what is really run)
+
+def block_flops_per_token(cfg) -> int:
+    """Matmul FLOPs of one block for one token, excluding the attention score/mix (see below)."""
+    h, dh, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    hkv = cfg.n_key_value_heads or h
+    proj = 2 * d * dh * (2 * h + 2 * hkv)  # Q, O and K, V projections
+    mlp = 0 if cfg.attn_only else 2 * d * cfg.d_mlp * (3 if cfg.gated_mlp else 2)
+    return proj + mlp
+
+
+def attn_core_flops(cfg, q_len: int, k_len: int) -> int:
+    """QK^T and pattern @ V for one sequence (TL computes the full masked rectangle)."""
+    return 4 * cfg.n_heads * cfg.d_head * q_len * k_len
+
+
+def forward_flops(cfg, batch: int, seq: int, unembed_cols: int) -> int:
+    """A full forward pass of `batch` sequences, unembedding `unembed_cols` columns at every position."""
+    per_layer = seq * block_flops_per_token(cfg) + attn_core_flops(cfg, seq, seq)
+    return batch * (cfg.n_layers * per_layer + seq * 2 * cfg.d_model * unembed_cols)
+
+
+# ---------------------------------------------------------------- cached base + source run
+
+@dataclass
+class BucketCache:
+    nb: int                 # examples in the bucket; rows [0, nb) are base, [nb, 2nb) source
+    T: int
+    acts: dict[str, Tensor]  # hook name -> [2nb, T, ...]
+    kv: TransformerLensKeyValueCache
+    _past: dict = field(default_factory=dict)
+
+    def past(self, model, layer: int) -> tuple[Tensor, Tensor]:
+        """The base run's rotated keys and values at `layer`, laid out for the lean block."""
+        if layer not in self._past:
+            self._past[layer] = past_kv(model, self.kv[layer], self.nb, layer)
+        return self._past[layer]
+
+    def base(self, name: str) -> Tensor:
+        return self.acts[name][: self.nb]
+
+    def src(self, name: str) -> Tensor:
+        return self.acts[name][self.nb:]
+
+
+@torch.inference_mode()
+def cached_run(model, base_tokens: Tensor, src_tokens: Tensor, names: set[str]) -> BucketCache:
+    toks = torch.cat([base_tokens, src_tokens]).to(model.cfg.device)
+    kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(toks))
+    # An explicit all-ones mask: no pad-token masking, no tokenizer needed.
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n in names, past_kv_cache=kv,
+                                    attention_mask=torch.ones_like(toks), return_type=None)
+    acts = {n: cache[n] for n in names}
+    return BucketCache(nb=len(base_tokens), T=toks.shape[1], acts=acts, kv=kv)
+
+
+# ---------------------------------------------------------------- staircase runner
+
+@dataclass
+class Rows:
+    """Work items sharing one start token p, sorted by start layer."""
+
+    ex: Tensor     # local example index in the bucket
+    cell: Tensor   # column in the output
+    layer: Tensor
+    site: Tensor   # SITE_CODES
+    head: Tensor   # -1 unless z
+
+    def __len__(self) -> int:
+        return len(self.ex)
+
+    def sorted(self) -> "Rows":
+        o = torch.argsort(self.layer, stable=True)
+        return Rows(self.ex[o], self.cell[o], self.layer[o], self.site[o], self.head[o])
+
+    def slice(self, a: int, b: int) -> "Rows":
+        return Rows(self.ex[a:b], self.cell[a:b], self.layer[a:b], self.site[a:b], self.head[a:b])
+
+
+def chunk_bounds(n_rows: int, seq_q: int, seq_k: int, max_rows: int) -> list[tuple[int, int]]:
+    """Split rows so a batch holds at most max_rows query tokens and 4*max_rows cached keys."""
+    per = max(1, min(max_rows // max(seq_q, 1), (4 * max_rows) // max(seq_k, 1)))
+    return [(a, min(a + per, n_rows)) for a in range(0, n_rows, per)]
+
+
+def _make_hook(idx: Tensor, vals: Tensor, heads: Tensor | None):
+    def hook(_module, _inp, out):
+        if heads is None:
+            out[idx, 0] = vals.to(out.dtype)
+        else:
+            out[idx, 0, heads] = vals.to(out.dtype)
+        return out
+    return hook
+
+
+def _tl_block(model, bc: BucketCache, layer: int, h: Tensor, ex_act: Tensor, p: int, patches) -> Tensor:
+    """TransformerLens' own block with a KV-cache entry and per-call hooks (any architecture)."""
+    entry = None
+    if p > 0:
+        kv = bc.kv[layer]
+        entry = TransformerLensKeyValueCacheEntry(kv.past_keys[ex_act, :p], kv.past_values[ex_act, :p],
+                                                  frozen=True)
+    handles = [_hook_module(model, code, layer).register_forward_hook(_make_hook(idx, vals, heads))
+               for code, idx, vals, heads in patches if code != 0]
+    try:
+        return model.blocks[layer](h, past_kv_cache_entry=entry)
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+@torch.inference_mode()
+def run_rows(model, bc: BucketCache, rows: Rows, p: int, resid_names: dict[int, str],
+             site_names: dict[tuple[int, int], str], fast: dict | None) -> tuple[Tensor, Tensor, int, int]:
+    """Run one staircase batch of rows (sorted by layer) that all patch token p.
+
+    fast: per-layer LayerWeights for the lean block, or None for TransformerLens' blocks.
+    Returns (final residual at the last position, the row index of each output row, token-layers
+    run, FLOPs). Active rows are kept grouped by example so the lean block can share past keys.
+    """
+    cfg, L, T, dev = model.cfg, model.cfg.n_layers, bc.T, model.cfg.device
+    ex_all = rows.ex.to(dev)
+    counts = torch.bincount(rows.layer, minlength=L).tolist()
+    h, ids = None, torch.empty(0, dtype=torch.long, device=dev)
+    n_active = token_layers = flops = 0
+    bft = block_flops_per_token(cfg)
+    for layer in range(int(rows.layer[0]), L):
+        k = counts[layer]
+        patches = []
+        if k:
+            a, b = n_active, n_active + k
+            e_new = ex_all[a:b]
+            h_new = bc.base(resid_names[layer])[e_new, p:].clone()
+            is_resid = (rows.site[a:b] == 0).nonzero().flatten().to(dev)
+            if len(is_resid):
+                h_new[is_resid, 0] = bc.src(resid_names[layer])[e_new[is_resid], p]
+            h = h_new if h is None else torch.cat([h, h_new])
+            ids = torch.cat([ids, torch.arange(a, b, device=dev)])
+            perm = torch.argsort(ex_all[ids], stable=True)
+            h, ids = h[perm], ids[perm]
+            n_active = b
+            where = (ids >= a).nonzero().flatten()  # positions in h of the rows joining here
+            r_sites = rows.site.to(dev)[ids[where]]
+            for code in (1, 2, 3):
+                sel = where[r_sites == code]
+                if not len(sel):
+                    continue
+                src = bc.src(site_names[(code, layer)])
+                e_sel, heads = ex_all[ids[sel]], None
+                if code == 3:
+                    heads = rows.head.to(dev)[ids[sel]]
+                    vals = src[e_sel, p, heads]
+                else:
+                    vals = src[e_sel, p]
+                patches.append((code, sel, vals, heads))
+        ex_act = ex_all[ids]
+        if fast is None:
+            h = _tl_block(model, bc, layer, h, ex_act, p, patches)
+        else:
+            if k:
+                segs = segments(ex_act)
+            past = bc.past(model, layer) if p > 0 else None
+            h = fast_block(model, fast[layer], layer, h, segs, p, past, patches)
+        token_layers += n_active * (T - p)
+        flops += n_active * ((T - p) * bft + attn_core_flops(cfg, T - p, T))
+    return h[:, -1], ids, token_layers, flops

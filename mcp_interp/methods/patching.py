@@ -1,0 +1,328 @@
+"""Exact activation patching: a fast engine and the naive reference loop.
+
+Example i has clean tokens clean[i] and counterfactual tokens corrupt[i] of the same length T_i
+(lengths may differ across examples; both paths bucket by length). positions[i, c] is the token
+index in example i of position column c; a Cell patches one site at (layer, column[, head]).
+Denoising runs the corrupt input and writes the clean activation in; noising the reverse. The
+metric is read at each example's final token; raw values only (callers normalise).
+
+`patch_sweep` returns what `naive_patch_sweep` (one hooked forward per cell) returns, to float
+noise, while running only what a patch can change: see patch_runner.py for how. Recomputed rows
+go through patch_block.fast_block (no TL hook points: hooks left on the model would act on the
+cached runs but not there) or, with block="tl" or an unsupported architecture, TL's own blocks.
+Special cell: site "resid_pre" with layer == n_layers is the final residual stream
+(blocks.{L-1}.hook_resid_post).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .errors import Cancelled
+from .metrics import Metric
+from .patch_block import fast_path_ok, layer_weights
+from .patch_runner import (SITE_CODES, Rows, act_name, cached_run, chunk_bounds, forward_flops,
+                           run_rows)
+
+Site = Literal["resid_pre", "attn_out", "mlp_out", "z"]
+Direction = Literal["denoise", "noise"]
+Progress = Callable[[float, str], None]
+
+__all__ = ["Cancelled", "Cell", "PatchResult", "Site", "naive_patch_sweep", "patch_sweep"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    site: Site
+    layer: int
+    pos: int               # position column (index into positions[i, :])
+    head: int | None = None
+
+
+@dataclass
+class PatchResult:
+    clean: Tensor            # [n] metric on clean inputs
+    corrupt: Tensor          # [n] metric on counterfactual inputs
+    patched: Tensor          # [n, n_cells] metric after patching each cell
+    cells: list[Cell]
+    direction: str
+    seconds: float = 0.0
+    n_pairs: int = 0         # examples x cells
+    n_skipped: int = 0       # pairs answered from cached runs without computing anything
+    n_forward_rows: int = 0  # pairs actually recomputed (one row each)
+    token_layers: int = 0    # token positions x blocks really run, cached runs included
+    naive_token_layers: int = 0
+    flops: float = 0.0       # matmul FLOPs really run (blocks, attention, unembedding columns)
+    naive_flops: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def gflops_per_s(self) -> float:
+        return self.flops / self.seconds / 1e9 if self.seconds > 0 else float("nan")
+
+    def normalised(self) -> Tensor:
+        """(m_patched - m_base) / (m_source - m_base) per example: 1 = fully restored."""
+        base, src = (self.corrupt, self.clean) if self.direction == "denoise" else (self.clean, self.corrupt)
+        return (self.patched - base[:, None]) / (src - base)[:, None]
+
+    def cost(self) -> dict:
+        return {"seconds": self.seconds, "pairs": self.n_pairs, "skipped": self.n_skipped,
+                "rows_run": self.n_forward_rows, "token_layers": self.token_layers,
+                "naive_token_layers": self.naive_token_layers, "gflop": self.flops / 1e9,
+                "naive_gflop": self.naive_flops / 1e9, "gflop_per_s": self.gflops_per_s}
+
+
+# ---------------------------------------------------------------- validation
+
+def _validate(model, clean, corrupt, positions, cells, direction):
+    cfg = model.cfg
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', not {direction!r}")
+    clean = [torch.as_tensor(t, dtype=torch.long).flatten() for t in clean]
+    corrupt = [torch.as_tensor(t, dtype=torch.long).flatten() for t in corrupt]
+    n = len(clean)
+    if n == 0 or len(corrupt) != n:
+        raise ValueError(f"need the same non-zero number of clean and corrupt inputs ({n} vs {len(corrupt)})")
+    for i, (c, x) in enumerate(zip(clean, corrupt)):
+        if len(c) != len(x) or len(c) == 0:
+            raise ValueError(f"example {i}: clean and corrupt lengths differ or are empty ({len(c)} vs {len(x)})")
+    positions = torch.as_tensor(positions, dtype=torch.long)
+    if positions.ndim != 2 or positions.shape[0] != n:
+        raise ValueError(f"positions must be [n={n}, P], got {tuple(positions.shape)}")
+    lens = torch.tensor([len(c) for c in clean])
+    positions = torch.where(positions < 0, positions + lens[:, None], positions)
+    if (positions < 0).any() or (positions >= lens[:, None]).any():
+        raise ValueError("a position index is outside its example")
+    for c in cells:
+        if c.site not in SITE_CODES:
+            raise ValueError(f"unknown site {c.site!r}; expected one of {list(SITE_CODES)}")
+        top = cfg.n_layers if c.site == "resid_pre" else cfg.n_layers - 1
+        if not 0 <= c.layer <= top:
+            raise ValueError(f"{c}: layer out of range 0..{top}")
+        if not 0 <= c.pos < positions.shape[1]:
+            raise ValueError(f"{c}: position column out of range 0..{positions.shape[1] - 1}")
+        if (c.site == "z") != (c.head is not None):
+            raise ValueError(f"{c}: a head is required for site 'z' and only there")
+        if c.site == "z" and not 0 <= c.head < cfg.n_heads:
+            raise ValueError(f"{c}: head out of range 0..{cfg.n_heads - 1}")
+        if c.site == "mlp_out" and cfg.attn_only:
+            raise ValueError(f"{c}: the model is attention-only")
+    return clean, corrupt, positions
+
+
+def _buckets(clean: Sequence[Tensor], max_tokens: int | None = None) -> list[tuple[int, list[int]]]:
+    """(length, example indices) groups; with max_tokens, no group holds more tokens than that."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(clean):
+        groups[len(t)].append(i)
+    out = []
+    for T, idx in sorted(groups.items()):
+        step = len(idx) if max_tokens is None else max(1, max_tokens // T)
+        out += [(T, idx[a:a + step]) for a in range(0, len(idx), step)]
+    return out
+
+
+def _base_src(direction, clean_t, corrupt_t):
+    return (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
+
+
+def _check_cancel(should_cancel):
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("patching sweep cancelled")
+
+
+def _naive_costs(model, metric, clean, n_cells) -> tuple[int, int]:
+    cfg = model.cfg
+    tl = fl = 0
+    for T, idx in _buckets(clean):
+        tl += n_cells * len(idx) * T * cfg.n_layers
+        fl += n_cells * forward_flops(cfg, len(idx), T, cfg.d_vocab_out)
+    return tl, fl
+
+
+# ---------------------------------------------------------------- the naive reference
+
+@torch.inference_mode()
+def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Metric,
+                      direction: Direction = "denoise", max_rows: int = 16384,
+                      progress: Progress | None = None,
+                      should_cancel: Callable[[], bool] | None = None) -> PatchResult:
+    """One full forward with a TransformerLens hook per cell (per length bucket): the reference."""
+    t0 = time.perf_counter()
+    clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
+    n, L, dev = len(clean), model.cfg.n_layers, model.cfg.device
+    out_clean, out_corrupt = torch.empty(n), torch.empty(n)
+    patched = torch.empty(n, len(cells))
+    done = 0
+    for T, idx in _buckets(clean, max_rows):
+        ex = torch.tensor(idx)
+        ct = torch.stack([clean[i] for i in idx]).to(dev)
+        xt = torch.stack([corrupt[i] for i in idx]).to(dev)
+        mask = torch.ones_like(ct)
+        base_t, src_t = _base_src(direction, ct, xt)
+        names = {act_name(model, c.site, c.layer) for c in cells}
+        src_logits, src_cache = model.run_with_cache(src_t, names_filter=lambda nm: nm in names,
+                                                     attention_mask=mask)
+        base_logits = model(base_t, attention_mask=mask)
+        m_src = metric.from_logits(model, src_logits[:, -1], ex).cpu()
+        m_base = metric.from_logits(model, base_logits[:, -1], ex).cpu()
+        out_clean[ex], out_corrupt[ex] = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
+        rows = torch.arange(len(idx), device=dev)
+        for j, c in enumerate(cells):
+            _check_cancel(should_cancel)
+            name = act_name(model, c.site, c.layer)
+            pos = positions[ex, c.pos].to(dev)
+            src = src_cache[name]
+
+            def hook(act, hook, src=src, pos=pos, head=c.head):
+                if head is None:
+                    act[rows, pos] = src[rows, pos]
+                else:
+                    act[rows, pos, head] = src[rows, pos, head]
+                return act
+
+            logits = model.run_with_hooks(base_t, fwd_hooks=[(name, hook)], attention_mask=mask)
+            patched[ex, j] = metric.from_logits(model, logits[:, -1], ex).cpu()
+            done += len(idx)
+            if progress:
+                progress(done / (n * len(cells)), f"naive patching: cell {j + 1}/{len(cells)}")
+    res = PatchResult(out_clean, out_corrupt, patched, list(cells), direction,
+                      n_pairs=n * len(cells), n_forward_rows=n * len(cells))
+    res.token_layers, res.flops = _naive_costs(model, metric, clean, len(cells))
+    res.naive_token_layers, res.naive_flops = res.token_layers, res.flops
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# ---------------------------------------------------------------- the engine
+
+def _plan_bucket(model, bc, ex_local_pos, cells, first_diff, m_base, m_src, patched_b):
+    """Answer every pair that needs no computation; return the rest as Rows grouped by token p.
+
+    A pair needs nothing when the patched activation equals the base one: the position precedes
+    the first differing token (causal attention), or the cached activations are bitwise equal.
+    """
+    L, T, nb = model.cfg.n_layers, bc.T, bc.nb
+    same_cache: dict[str, Tensor] = {}
+    todo: list[Tensor] = []  # [k, 6] rows of (p, example, cell, layer, site, head)
+    skipped = 0
+    for j, c in enumerate(cells):
+        p = ex_local_pos[:, c.pos]  # [nb]
+        if c.site == "resid_pre" and c.layer == L:
+            # The final residual only reaches the metric through the last position.
+            patched_b[:, j] = torch.where(p == T - 1, m_src, m_base)
+            skipped += nb
+            continue
+        name = act_name(model, c.site, c.layer)
+        if name not in same_cache:
+            a, s = bc.base(name), bc.src(name)
+            dims = tuple(range(3 if c.site == "z" else 2, a.ndim))
+            same_cache[name] = (a == s).all(dim=dims).cpu()  # [nb, T] or [nb, T, heads]
+        same = same_cache[name][torch.arange(nb), p]
+        if c.site == "z":
+            same = same[:, c.head]
+        trivial = same | (p < first_diff)
+        patched_b[trivial, j] = m_base[trivial]
+        skipped += int(trivial.sum())
+        e = (~trivial).nonzero().flatten()
+        if len(e):
+            const = torch.tensor([j, c.layer, SITE_CODES[c.site], -1 if c.head is None else c.head])
+            todo.append(torch.cat([p[e, None], e[:, None], const.expand(len(e), 4)], dim=1))
+    plans = {}
+    if todo:
+        t = torch.cat(todo)
+        for p in t[:, 0].unique().tolist():
+            g = t[t[:, 0] == p]
+            plans[p] = Rows(g[:, 1], g[:, 2], g[:, 3], g[:, 4], g[:, 5]).sorted()
+    return plans, skipped
+
+
+@torch.inference_mode()
+def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Metric,
+                direction: Direction = "denoise", max_rows: int = 16384,
+                progress: Progress | None = None,
+                should_cancel: Callable[[], bool] | None = None,
+                block: Literal["auto", "lean", "tl"] = "auto") -> PatchResult:
+    """Exact patching of every cell, computing only what each patch can change.
+
+    max_rows bounds the query tokens (rows x recomputed positions) in one batched forward, and
+    4*max_rows the cached keys it reads; lower it to save memory.
+    block: "lean" runs recomputed rows through patch_block.fast_block, "tl" through
+    TransformerLens' own blocks (any architecture); "auto" picks lean where it applies.
+    """
+    t0 = time.perf_counter()
+    clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
+    cfg = model.cfg
+    if cfg.positional_embedding_type == "shortformer":
+        raise ValueError("the fast engine does not support shortformer positional embeddings; "
+                         "use naive_patch_sweep")
+    n, L, dev = len(clean), cfg.n_layers, cfg.device
+    if block == "lean" and not fast_path_ok(model):
+        raise ValueError("this model's configuration needs block='tl'")
+    use_lean = block == "lean" or (block == "auto" and fast_path_ok(model))
+    out_clean, out_corrupt = torch.empty(n), torch.empty(n)
+    patched = torch.empty(n, len(cells))
+    res = PatchResult(out_clean, out_corrupt, patched, list(cells), direction, n_pairs=n * len(cells))
+    res.naive_token_layers, res.naive_flops = _naive_costs(model, metric, clean, len(cells))
+    n_cols = metric.n_unembed_columns(model)
+    # the cached base+source run of a bucket holds 2 x its tokens: keep that within max_rows
+    buckets = _buckets(clean, max(1, max_rows // 2))
+    final_name = act_name(model, "resid_pre", L)
+    layers = sorted({c.layer for c in cells if c.layer < L})
+    resid_names = {l: act_name(model, "resid_pre", l) for l in layers}
+    site_names = {(SITE_CODES[c.site], c.layer): act_name(model, c.site, c.layer)
+                  for c in cells if not (c.site == "resid_pre" and c.layer == L)}
+    names = {final_name, *resid_names.values(), *site_names.values()}
+    fast = {l: layer_weights(model, l) for l in range(layers[0], L)} if use_lean and layers else None
+    res.extra["block"] = "lean" if use_lean else "tl"
+    done_ex = 0
+    for T, idx in buckets:
+        _check_cancel(should_cancel)
+        ex = torch.tensor(idx)
+        ct = torch.stack([clean[i] for i in idx])
+        xt = torch.stack([corrupt[i] for i in idx])
+        base_t, src_t = _base_src(direction, ct, xt)
+        bc = cached_run(model, base_t, src_t, names)
+        nb = len(idx)
+        res.token_layers += 2 * nb * T * L
+        res.flops += forward_flops(cfg, 2 * nb, T, 0) + 2 * nb * 2 * cfg.d_model * n_cols
+        final = bc.acts[final_name][:, -1]
+        m_base = metric.from_final_resid(model, final[:nb], ex.to(dev)).cpu()
+        m_src = metric.from_final_resid(model, final[nb:], ex.to(dev)).cpu()
+        out_clean[ex], out_corrupt[ex] = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
+        differs = base_t != src_t
+        first_diff = torch.where(differs.any(1), differs.int().argmax(1), torch.full((nb,), T))
+        patched_b = torch.empty(nb, len(cells))
+        plans, skipped = _plan_bucket(model, bc, positions[ex], cells, first_diff, m_base, m_src, patched_b)
+        res.n_skipped += skipped
+        total = sum(int(((L - r.layer) * (T - p)).sum()) for p, r in plans.items()) or 1
+        work = 0.0
+        for p, rows in sorted(plans.items()):
+            for a, b in chunk_bounds(len(rows), T - p, T, max_rows):
+                _check_cancel(should_cancel)
+                chunk = rows.slice(a, b)
+                resid, ids, tl, fl = run_rows(model, bc, chunk, p, resid_names, site_names, fast)
+                ids = ids.cpu()
+                vals = metric.from_final_resid(model, resid, ex.to(dev)[chunk.ex[ids].to(dev)]).cpu()
+                patched_b[chunk.ex[ids], chunk.cell[ids]] = vals
+                res.n_forward_rows += len(chunk)
+                res.token_layers += tl
+                res.flops += fl + len(chunk) * 2 * cfg.d_model * n_cols
+                work += tl
+                if progress:
+                    frac = (done_ex + nb * min(work / total, 1.0)) / n
+                    progress(frac, f"patching: length {T}, token {p}, {res.n_forward_rows} rows run")
+        patched[ex] = patched_b
+        done_ex += nb
+        del bc
+    res.seconds = time.perf_counter() - t0
+    if progress:
+        progress(1.0, f"patching done: {res.n_forward_rows} rows run, {res.n_skipped} skipped")
+    return res

