@@ -1,6 +1,11 @@
 """Patching engine vs TransformerLens' own patching loop on SmolLM2-135M IOI.
 
     python benchmarks/locate_vs_transformerlens.py [--n 16] [--skip-naive] [--threads N]
+                                                   [--counterfactual s2_swap|resample_names]
+
+--counterfactual s2_swap (default): the corrupt prompt differs only at S2 ("..., Mary gave a drink to"),
+so every cell before S2 is provably zero. resample_names: both names replaced by fresh ones, so prompts
+differ from token 1 on — the hard case, where almost nothing can be skipped.
 
 Sweeps (same inputs, same process):
   (a) residual stream (resid_pre) at every layer x every token position,
@@ -38,16 +43,22 @@ TEMPLATES = [
 ]
 
 
-def ioi_pairs(model, n: int, seed: int = 0):
+def ioi_pairs(model, n: int, seed: int = 0, counterfactual: str = "s2_swap"):
     g = torch.Generator().manual_seed(seed)
     clean, corrupt, ans, cf = [], [], [], []
     while len(clean) < n:
-        a, b = torch.randperm(len(NAMES), generator=g)[:2].tolist()
+        a, b, c2, d2 = torch.randperm(len(NAMES), generator=g)[:4].tolist()
         A, B = NAMES[a], NAMES[b]
         tpl, place, obj = TEMPLATES[len(clean) % len(TEMPLATES)]
         c = model.to_tokens(tpl.format(A=A, B=B, S=B, place=place, obj=obj))[0]
-        x = model.to_tokens(tpl.format(A=A, B=B, S=A, place=place, obj=obj))[0]
-        ia, ib = model.to_tokens(" " + A)[0], model.to_tokens(" " + B)[0]
+        if counterfactual == "s2_swap":  # answer flips to B
+            x = model.to_tokens(tpl.format(A=A, B=B, S=A, place=place, obj=obj))[0]
+            other = B
+        else:  # fresh names C, D: the counterfactual answer is C
+            C, D = NAMES[c2], NAMES[d2]
+            x = model.to_tokens(tpl.format(A=C, B=D, S=D, place=place, obj=obj))[0]
+            other = C
+        ia, ib = model.to_tokens(" " + A)[0], model.to_tokens(" " + other)[0]
         assert len(ia) == len(ib) == 1 and len(c) == len(x) == 14, (A, B, tpl)
         clean.append(c), corrupt.append(x), ans.append(int(ia)), cf.append(int(ib))
     return clean, corrupt, torch.tensor(ans), torch.tensor(cf)
@@ -127,13 +138,15 @@ def main():
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--skip-naive", action="store_true", help="skip TransformerLens' loop")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--counterfactual", choices=["s2_swap", "resample_names"], default="s2_swap")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = load_model()
     print(f"model loaded in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
-    clean, corrupt, ans, cf = ioi_pairs(model, args.n)
+    clean, corrupt, ans, cf = ioi_pairs(model, args.n, counterfactual=args.counterfactual)
+    print(f"counterfactual: {args.counterfactual}")
     clean_t, corrupt_t = torch.stack(clean), torch.stack(corrupt)
     L, H, T = model.cfg.n_layers, model.cfg.n_heads, clean_t.shape[1]
     metric = LogitDiffMetric(ans, cf)

@@ -17,6 +17,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from ..tools.errors import ToolError
@@ -70,7 +71,6 @@ def register_tool(server: MCPServer, fn: Callable, *, name: str, description: st
     tool.__signature__ = inspect.Signature(params, return_annotation=output_model)  # type: ignore[attr-defined]
     tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": output_model}
     tool.__name__ = name
-    from mcp.types import ToolAnnotations
     server.add_tool(tool, name=name, description=description,
                     annotations=ToolAnnotations(readOnlyHint=read_only, openWorldHint=False))
 

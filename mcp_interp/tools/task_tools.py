@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from ..tasks.causal import CausalModel
 from ..tasks.spec import TaskSpec
 from .common import DEFAULT_MODEL, ExamplePair, dataset, example_pairs, get_task as _get_task, get_tokenizer, validate_or_raise
 from .errors import ToolError
@@ -91,8 +93,6 @@ def get_task(app: AppContext, args: GetTaskInput) -> GetTaskOutput:
         tok = get_tokenizer(app, args.model)
         examples = example_pairs(dataset(spec, tok, args.n_examples, args.seed, args.counterfactual), args.n_examples, tok)
     else:
-        from ..tasks.causal import CausalModel
-        import random
         cm, rng = CausalModel(spec), random.Random(args.seed)
         try:
             cf = spec.counterfactual(args.counterfactual)
