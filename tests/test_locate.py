@@ -90,8 +90,12 @@ async def test_locate_errors_and_cache(store_dir):
         args = {"model": TOY, "task": "induction", "variable": "x6", "positions": "named", "n": 8}
         first = await finish(c, await call(c, "locate", args))
         assert first["positions"] == ["FIRST_X6", "PREV_X5", "END"]
+        assert first["cost"]["activation_cache_hits"] == 0
         second = await call(c, "locate", args)
         assert second["result"]["cached"] is True and second["result"]["run_id"] == first["run_id"]
+        # other sites on the same (model, task, n, seed) reuse the clean/counterfactual activations
+        third = await finish(c, await call(c, "locate", {**args, "sites": ["z", "mlp_out"]}))
+        assert third["run_id"] != first["run_id"] and third["cost"]["activation_cache_hits"] == 1
 
 
 async def test_locate_noising_identity(store_dir):

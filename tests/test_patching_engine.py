@@ -267,3 +267,25 @@ def test_smollm2_engine_matches_naive():
         assert (fast.patched - ref.patched).abs().max() <= TOL
         assert (fast.clean.mean() > 1) and (fast.corrupt.mean() < -1)  # the model does IOI
         assert (fast.normalised()[:, 1] - 1).abs().max() <= 1e-4  # final residual at END
+
+
+def test_activation_cache_reuse_is_exact_and_hits(model):
+    from mcp_interp.methods.patching import ActivationCache
+    clean, corrupt, metric = _data(LENGTHS)
+    pos = _positions(clean)
+    cache = ActivationCache()
+    resid = [c for c in _all_cells(pos.shape[1]) if c.site == "resid_pre"]
+    heads = [c for c in _all_cells(pos.shape[1]) if c.site == "z"]
+    a = patch_sweep(model, clean, corrupt, pos, resid, metric, act_cache=cache)
+    assert cache.misses == 3 and cache.hits == 0  # three length buckets
+    b = patch_sweep(model, clean, corrupt, pos, resid, metric, act_cache=cache)
+    assert cache.hits == 3 and torch.equal(a.patched, b.patched) and b.flops < a.flops
+    # new sites grow the entry (a recompute), then hit; numbers equal an uncached sweep
+    c = patch_sweep(model, clean, corrupt, pos, heads, metric, act_cache=cache)
+    ref = patch_sweep(model, clean, corrupt, pos, heads, metric)
+    assert torch.allclose(c.patched, ref.patched, atol=1e-6)
+    patch_sweep(model, clean, corrupt, pos, heads + resid, metric, act_cache=cache)
+    assert cache.hits == 6
+    # the other direction is a different cached run
+    patch_sweep(model, clean, corrupt, pos, resid, metric, direction="noise", act_cache=cache)
+    assert cache.misses == 9

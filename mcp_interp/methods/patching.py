@@ -16,8 +16,11 @@ Special cell: site "resid_pre" with layer == n_layers is the final residual stre
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
-from collections import defaultdict
+import weakref
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -35,7 +38,46 @@ Site = Literal["resid_pre", "attn_out", "mlp_out", "z"]
 Direction = Literal["denoise", "noise"]
 Progress = Callable[[float, str], None]
 
-__all__ = ["Cancelled", "Cell", "PatchResult", "Site", "naive_patch_sweep", "patch_sweep"]
+__all__ = ["ActivationCache", "Cancelled", "Cell", "PatchResult", "Site", "naive_patch_sweep", "patch_sweep"]
+
+
+class ActivationCache:
+    """Cached base+source runs reused across sweeps on the same inputs (successive locate calls on one
+    model, task, n and seed pay for the clean and counterfactual forwards once).
+
+    Entries are keyed by the model object and the exact token tensors; a request for activations an entry
+    lacks recomputes it with the union of names, so the entry only grows. LRU-bounded in entries.
+    """
+
+    def __init__(self, max_entries: int = 8):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, tuple[weakref.ref, set[str], object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _key(model, base_t: Tensor, src_t: Tensor) -> tuple:
+        h = hashlib.sha256(base_t.cpu().numpy().tobytes() + b"|" + src_t.cpu().numpy().tobytes()).hexdigest()
+        return id(model), tuple(base_t.shape), h
+
+    def get(self, model, base_t: Tensor, src_t: Tensor, names: set[str]):
+        key = self._key(model, base_t, src_t)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0]() is model and names <= entry[1]:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry[2], True
+            have = entry[1] if entry is not None and entry[0]() is model else set()
+        self.misses += 1
+        union = names | have
+        bc = cached_run(model, base_t, src_t, union)
+        with self._lock:
+            self._entries[key] = (weakref.ref(model), union, bc)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return bc, False
 
 
 @dataclass(frozen=True)
@@ -249,13 +291,15 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Met
                 direction: Direction = "denoise", max_rows: int = 16384,
                 progress: Progress | None = None,
                 should_cancel: Callable[[], bool] | None = None,
-                block: Literal["auto", "lean", "tl"] = "auto") -> PatchResult:
+                block: Literal["auto", "lean", "tl"] = "auto",
+                act_cache: ActivationCache | None = None) -> PatchResult:
     """Exact patching of every cell, computing only what each patch can change.
 
     max_rows bounds the query tokens (rows x recomputed positions) in one batched forward, and
     4*max_rows the cached keys it reads; lower it to save memory.
     block: "lean" runs recomputed rows through patch_block.fast_block, "tl" through
     TransformerLens' own blocks (any architecture); "auto" picks lean where it applies.
+    act_cache: reuse the cached clean/counterfactual runs of earlier sweeps on the same inputs.
     """
     t0 = time.perf_counter()
     clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
@@ -289,10 +333,16 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Met
         ct = torch.stack([clean[i] for i in idx])
         xt = torch.stack([corrupt[i] for i in idx])
         base_t, src_t = _base_src(direction, ct, xt)
-        bc = cached_run(model, base_t, src_t, names)
+        if act_cache is not None:
+            bc, hit = act_cache.get(model, base_t, src_t, names)
+        else:
+            bc, hit = cached_run(model, base_t, src_t, names), False
         nb = len(idx)
-        res.token_layers += 2 * nb * T * L
-        res.flops += forward_flops(cfg, 2 * nb, T, 0) + 2 * nb * 2 * cfg.d_model * n_cols
+        res.extra["cache_hits"] = res.extra.get("cache_hits", 0) + hit
+        if not hit:  # a reused run cost nothing this time
+            res.token_layers += 2 * nb * T * L
+            res.flops += forward_flops(cfg, 2 * nb, T, 0)
+        res.flops += 2 * nb * 2 * cfg.d_model * n_cols
         final = bc.acts[final_name][:, -1]
         m_base = metric.from_final_resid(model, final[:nb], ex.to(dev)).cpu()
         m_src = metric.from_final_resid(model, final[nb:], ex.to(dev)).cpu()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts import ArtifactStore
+from ..methods.patching import ActivationCache
 from ..models import ModelPool
 from .jobs import JobManager
 from .task_registry import TaskRegistry
@@ -18,6 +19,8 @@ class AppContext:
     pool: ModelPool
     jobs: JobManager
     tasks: TaskRegistry
+    # clean/counterfactual runs reused across locate calls on the same model, task, n and seed
+    activations: ActivationCache = field(default_factory=ActivationCache)
 
     @classmethod
     def create(cls, store_root: str | Path | None = None, memory_budget_mb: float | None = None,

@@ -174,7 +174,7 @@ def _work(app: AppContext, args: LocateInput, params: dict):
             try:
                 res = patch_sweep(lm.model, clean, corrupt, pos, cells, metric, direction=args.direction,
                                   progress=lambda f, m: job.progress(0.03 + 0.9 * f, m),
-                                  should_cancel=lambda: job.cancelled)
+                                  should_cancel=lambda: job.cancelled, act_cache=app.activations)
             except Cancelled:
                 job.check_cancelled()
                 raise
@@ -241,6 +241,7 @@ def _store(app, args, spec, lm, ds, labels, layers, cells, res, eff, metric_name
             counterfactual_metric=Stat(**ci_dict(res.corrupt.numpy(), seed=args.seed)),
             positions=labels, layers=layers, best_cells=best, flow=flow, summary=summary, warnings=warnings,
             files=files, cost={**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in res.cost().items()},
+                               "activation_cache_hits": res.extra.get("cache_hits", 0),
                                "total_seconds": round(time.time() - t0, 2)})
         out = result.model_dump(mode="json")
         run.finish(out, metrics={"top_site": top_site, "top_effect": c0.effect, "top_layer": c0.layer,

@@ -1,0 +1,319 @@
+"""Background jobs for heavy tools (DESIGN §2.2): plain Python threads, no MCP here.
+
+A tool submits `fn(ctx) -> dict`; the MCP layer then `wait()`s up to `wait_seconds` in a worker
+thread of its own, forwarding progress. `on_progress` runs in the *waiting* thread, never the job's,
+so the server can hop back to its event loop (anyio.from_thread.run) from there. Job records live
+in the artifact store's SQLite index: a restart serves finished results and marks what was queued or
+running as interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+from mcp_interp.artifacts import JOB_TERMINAL, ArtifactStore, JobRecord
+from mcp_interp.artifacts.fsutil import utc_now
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_MSG = ("interrupted: the server stopped before this job finished; submit the same "
+                   "request again (runs that completed are served from the store's cache)")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job (by ctx.check_cancelled or a reporter) when cancellation was requested."""
+
+
+class JobNotFound(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class Job:
+    """Live state of one job. Read fields freely; `snapshot()` gives a consistent JobRecord."""
+
+    def __init__(self, rec: JobRecord, fn: Callable[[JobContext], Any] | None = None):
+        self.id, self.kind, self.description, self.key = rec.job_id, rec.kind, rec.description, rec.key
+        self.status, self.progress, self.message = rec.status, rec.progress, rec.message
+        self.created, self.started, self.finished = rec.created, rec.started, rec.finished
+        self.result, self.error, self.error_type = rec.result, rec.error, rec.error_type
+        self.fn = fn
+        self.cond = threading.Condition()
+        self.version = 0  # bumped on every change, under `cond`
+        self.cancel_event = threading.Event()
+        self.last_persist = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.status in JOB_TERMINAL
+
+    def snapshot(self) -> JobRecord:
+        with self.cond:
+            return JobRecord(job_id=self.id, kind=self.kind, description=self.description,
+                             key=self.key, status=self.status, progress=self.progress,
+                             message=self.message, created=self.created, started=self.started,
+                             finished=self.finished, result=self.result, error=self.error,
+                             error_type=self.error_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.snapshot().model_dump()
+
+    def __repr__(self) -> str:
+        return f"Job({self.id}, {self.kind}, {self.status}, {self.progress:.0%})"
+
+
+class JobContext:
+    """What a job function sees: progress reporting and cooperative cancellation."""
+
+    def __init__(self, job: Job, manager: JobManager):
+        self._job, self._mgr = job, manager
+
+    @property
+    def job_id(self) -> str:
+        return self._job.id
+
+    @property
+    def cancelled(self) -> bool:
+        return self._job.cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise JobCancelled(f"job {self._job.id} was cancelled")
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Record progress (fraction clamped to [0, 1]); thread-safe, wakes waiters."""
+        f = float(fraction)
+        f = min(1.0, max(0.0, f)) if math.isfinite(f) else self._job.progress
+        self._mgr._update(self._job, progress=f, message=str(message))
+
+    def reporter(self, start: float = 0.0, end: float = 1.0,
+                 check_cancel: bool = True) -> Callable[[float, str], None]:
+        """A `progress(fraction, message)` callback for methods/ code, mapped onto [start, end]
+        of this job; with check_cancel it raises JobCancelled, giving methods cancellation free."""
+        def report(fraction: float, message: str = "") -> None:
+            if check_cancel:
+                self.check_cancelled()
+            self.progress(start + (end - start) * float(fraction), message)
+        return report
+
+
+class JobManager:
+    def __init__(self, store: ArtifactStore, max_workers: int = 2, persist_interval: float = 2.0,
+                 max_in_memory: int = 200, recover: bool = True):
+        self.store, self.max_workers = store, max(1, int(max_workers))
+        self.persist_interval, self.max_in_memory = persist_interval, max_in_memory
+        self._jobs: dict[str, Job] = {}  # insertion order = submission order
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        if recover:  # one server per store is assumed: whatever was live is from a dead process
+            n = store.interrupt_jobs(INTERRUPTED_MSG)
+            m = store.mark_running_interrupted()
+            if n or m:
+                log.info("marked %d jobs and %d runs from a previous server as interrupted", n, m)
+
+    # -- submission and execution -------------------------------------------------------------
+    def submit(self, kind: str, fn: Callable[[JobContext], Any], *, description: str = "",
+               key: str | None = None) -> Job:
+        """Queue `fn(ctx)`. With `key`, a queued/running job with the same key is returned instead
+        of starting a duplicate (an agent re-sending a request while the first is still running)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("job manager is shut down")
+            if key is not None:
+                for job in self._jobs.values():
+                    if job.key == key and not job.done:
+                        return job
+            job = Job(JobRecord(job_id=self._new_id(), kind=kind, description=description, key=key,
+                                status="queued", message="queued", created=utc_now()), fn)
+            self._jobs[job.id] = job
+            self._ensure_workers()
+        self._persist(job)
+        self._queue.put(job.id)
+        return job
+
+    def _new_id(self) -> str:
+        while True:
+            jid = "job-" + secrets.token_hex(5)
+            if jid not in self._jobs and self.store.load_job(jid) is None:
+                return jid
+
+    def _ensure_workers(self) -> None:
+        # daemon threads: a server exiting never blocks on a long job (the store stays consistent)
+        alive = [t for t in self._threads if t.is_alive()]
+        while len(alive) < self.max_workers:
+            t = threading.Thread(target=self._worker, name=f"mcp-interp-job-{len(alive)}",
+                                 daemon=True)
+            t.start()
+            alive.append(t)
+        self._threads = alive
+
+    def _worker(self) -> None:
+        while True:
+            jid = self._queue.get()
+            if jid is None:
+                return
+            job = self._jobs.get(jid)
+            if job is not None and job.status == "queued":
+                self._run(job)
+
+    def _run(self, job: Job) -> None:
+        with job.cond:
+            if job.status != "queued":  # cancelled while queued
+                return
+            if job.cancel_event.is_set():
+                self._set(job, status="cancelled", message="cancelled before start",
+                          finished=utc_now(), error="cancelled before it started",
+                          error_type="JobCancelled")
+                job.fn = None
+                done = True
+            else:
+                self._set(job, status="running", started=utc_now(), message="started")
+                done = False
+        self._persist(job)
+        if done:
+            return
+        try:
+            out = job.fn(JobContext(job, self))
+            if hasattr(out, "model_dump"):
+                out = out.model_dump(mode="json")
+            if not isinstance(out, dict):
+                raise TypeError(f"job function returned {type(out).__name__}, expected a dict")
+            final = dict(status="succeeded", result=out, progress=1.0,
+                         message="done" if not job.cancel_event.is_set()
+                         else "finished before the cancellation took effect")
+        except JobCancelled as exc:
+            if self._closed:
+                final = dict(status="interrupted", error=INTERRUPTED_MSG, error_type="Interrupted",
+                             message="server shutting down")
+            else:
+                final = dict(status="cancelled", error=str(exc) or "cancelled",
+                             error_type="JobCancelled", message="cancelled")
+        except Exception as exc:  # the job's failure is its result; the worker keeps going
+            log.exception("job %s (%s) failed", job.id, job.kind)
+            final = dict(status="failed", error=f"{type(exc).__name__}: {exc}",
+                         error_type=type(exc).__name__, message="failed")
+        self._update(job, finished=utc_now(), force=True, **final)
+        job.fn = None  # drop closures (models, tensors) once finished
+        self._evict()
+
+    # -- state changes ------------------------------------------------------------------------
+    def _set(self, job: Job, **fields: Any) -> None:
+        for k, v in fields.items():
+            setattr(job, k, v)
+        job.version += 1
+        job.cond.notify_all()
+
+    def _update(self, job: Job, force: bool = False, **fields: Any) -> None:
+        with job.cond:
+            if job.done and not force:
+                return
+            self._set(job, **fields)
+            now = time.monotonic()
+            due = force or now - job.last_persist >= self.persist_interval
+        if due:  # throttled: progress ticks reach SQLite at most every persist_interval
+            self._persist(job)
+
+    def _persist(self, job: Job) -> None:
+        job.last_persist = time.monotonic()
+        try:
+            self.store.save_job(job.snapshot())
+        except Exception:  # a full disk must not kill the job; the live state is still served
+            log.exception("could not persist job %s", job.id)
+
+    def _evict(self) -> None:
+        with self._lock:
+            done = [j for j in self._jobs.values() if j.done]
+            for j in done[: max(0, len(done) - self.max_in_memory)]:
+                del self._jobs[j.id]  # still served from the store by get()
+
+    # -- queries ------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        rec = self.store.load_job(job_id)
+        if rec is None:
+            raise JobNotFound(f"no job with id {job_id!r}; use list_jobs to see known jobs")
+        return Job(rec)
+
+    def wait(self, job_id: str, timeout: float | None,
+             on_progress: Callable[[float, str], None] | None = None) -> Job:
+        """Block up to `timeout` seconds (None: until done) for the job to finish. on_progress is
+        called in this thread with (fraction, message) whenever they change, first right away."""
+        job = self.get(job_id)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        seen, delivered = -1, None
+        while True:
+            with job.cond:
+                while job.version == seen and not job.done:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    job.cond.wait(left)
+                seen, state, done = job.version, (job.progress, job.message), job.done
+            if on_progress is not None and state != delivered:
+                delivered = state
+                try:
+                    on_progress(*state)
+                except Exception:  # e.g. the client went away: keep waiting, stop reporting
+                    log.debug("progress callback failed for %s; not calling it again", job_id,
+                              exc_info=True)
+                    on_progress = None
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cooperative: a queued job is cancelled now; a running one when it next checks."""
+        job = self.get(job_id)
+        job.cancel_event.set()
+        with job.cond:
+            queued = job.status == "queued" and job.id in self._jobs
+            if queued:
+                self._set(job, status="cancelled", message="cancelled before start",
+                          finished=utc_now(), error="cancelled before it started",
+                          error_type="JobCancelled")
+                job.fn = None
+            elif job.status == "running":
+                self._set(job, message="cancellation requested")
+        if queued:
+            self._persist(job)
+        return job
+
+    def list(self, status: str | None = None, limit: int = 100) -> list[JobRecord]:
+        """Newest first; live jobs of this process merged with those stored by earlier ones."""
+        live = {j.id: j.snapshot() for j in list(self._jobs.values())}
+        recs = dict(live)
+        for rec in self.store.load_jobs(status=status, limit=limit):
+            recs.setdefault(rec.job_id, rec)
+        out = [r for r in recs.values() if status is None or r.status == status]
+        return sorted(out, key=lambda r: (r.created, r.job_id), reverse=True)[:limit]
+
+    def shutdown(self, wait: bool = False, timeout: float | None = None) -> None:
+        """Stop accepting jobs; cancel queued ones and ask running ones to stop (they end as
+        interrupted). With wait, join the workers (up to timeout)."""
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel_event.set()
+            with job.cond:
+                was_queued = job.status == "queued"
+                if was_queued:
+                    self._set(job, status="interrupted", error=INTERRUPTED_MSG,
+                              error_type="Interrupted", message="server shutting down",
+                              finished=utc_now())
+            if was_queued:
+                self._persist(job)
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join(timeout)
