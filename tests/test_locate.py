@@ -93,8 +93,8 @@ async def test_locate_errors_and_cache(store_dir):
         assert first["cost"]["activation_cache_hits"] == 0
         second = await call(c, "locate", args)
         assert second["result"]["cached"] is True and second["result"]["run_id"] == first["run_id"]
-        # other sites on the same (model, task, n, seed) reuse the clean/counterfactual activations
-        third = await finish(c, await call(c, "locate", {**args, "sites": ["z", "mlp_out"]}))
+        # another grid on the same (model, task, n, seed) reuses the clean/counterfactual activations
+        third = await finish(c, await call(c, "locate", {**args, "positions": ["END"], "layers": [1]}))
         assert third["run_id"] != first["run_id"] and third["cost"]["activation_cache_hits"] == 1
 
 
