@@ -1,0 +1,186 @@
+"""Plot helpers for results. Each returns a matplotlib Figure; save it with RunHandle.save_figure.
+
+Figures are built with `matplotlib.figure.Figure` + the Agg canvas, never through pyplot: no global
+backend switch, no pyplot figure registry to leak memory in a long-running server, thread-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+TITLE_SIZE, LABEL_SIZE, TICK_SIZE = 12, 10.5, 9
+MAX_TICKS = 40  # beyond this many labels on an axis, show every k-th
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, x))
+
+
+def _ticks(n: int) -> np.ndarray:
+    step = max(1, int(np.ceil(n / MAX_TICKS)))
+    return np.arange(0, n, step)
+
+
+def heatmap(values, row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+            title: str = "", cbar_label: str = "", center_zero: bool = True,
+            annotate: bool | None = None, xlabel: str | None = None, ylabel: str | None = None,
+            fmt: str = ".2f", cmap: str | None = None) -> Figure:
+    """Rows × columns heatmap (e.g. layers × positions). NaN cells are grey.
+
+    center_zero: diverging colormap with limits symmetric around 0 (effects can be negative).
+    annotate: write values in cells; by default only when the grid is small enough to read.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1:
+        v = v[None, :]
+    if v.ndim != 2:
+        raise ValueError(f"heatmap needs a 2-D array, got shape {v.shape}")
+    nr, nc = v.shape
+    fig = _figure(_clamp(2.2 + 0.55 * nc, 4.5, 14), _clamp(1.4 + 0.32 * nr, 3.0, 12))
+    ax = fig.add_subplot()
+    finite = v[np.isfinite(v)]
+    if center_zero:
+        lim = float(np.abs(finite).max()) if finite.size else 1.0
+        lim = lim if lim > 0 else 1.0
+        norm, cmap_name = Normalize(-lim, lim), cmap or "RdBu_r"
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm, cmap_name = Normalize(lo, hi if hi > lo else lo + 1.0), cmap or "viridis"
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap_name].with_extremes(bad="#bdbdbd")
+    im = ax.imshow(np.ma.masked_invalid(v), cmap=cm, norm=norm, aspect="auto",
+                   interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.9)
+    cbar.set_label(cbar_label, fontsize=LABEL_SIZE)
+    cbar.ax.tick_params(labelsize=TICK_SIZE)
+    for set_ticks, labels, n in ((ax.set_xticks, col_labels, nc), (ax.set_yticks, row_labels, nr)):
+        idx = _ticks(n)
+        set_ticks(idx, [str(labels[i]) if labels is not None else str(i) for i in idx],
+                  fontsize=TICK_SIZE)
+    if col_labels is not None and max((len(str(s)) for s in col_labels), default=0) > 3:
+        ax.tick_params(axis="x", labelrotation=60)
+        for lab in ax.get_xticklabels():
+            lab.set_horizontalalignment("right")
+    if annotate is None:
+        annotate = nr * nc <= 150 and nr <= 16 and nc <= 16
+    if annotate:
+        for i in range(nr):
+            for j in range(nc):
+                if np.isfinite(v[i, j]):
+                    r, g, b, _ = cm(norm(v[i, j]))
+                    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                    ax.text(j, i, format(v[i, j], fmt), ha="center", va="center",
+                            fontsize=max(6.0, TICK_SIZE - 1), color="white" if dark else "black")
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    return fig
+
+
+def bar_with_ci(labels: Sequence[str], means, lo=None, hi=None, title: str = "",
+                ylabel: str = "", color: str = "#4477aa", ref: float | None = 0.0) -> Figure:
+    """Bars with confidence intervals (lo/hi are interval bounds, not widths).
+    Horizontal layout when there are many bars or long labels, so labels stay readable."""
+    m = np.asarray(means, dtype=float)
+    n = len(m)
+    horizontal = n > 12 or max((len(str(s)) for s in labels), default=0) > 14
+    err = None
+    if lo is not None and hi is not None:
+        err = np.clip(np.vstack([m - np.asarray(lo, float), np.asarray(hi, float) - m]), 0, None)
+    if horizontal:
+        fig = _figure(7.5, _clamp(1.2 + 0.28 * n, 3.0, 14))
+        ax = fig.add_subplot()
+        y = np.arange(n)
+        ax.barh(y, m, xerr=err, color=color, ecolor="#333333", capsize=3)
+        ax.set_yticks(y, [str(s) for s in labels], fontsize=TICK_SIZE)
+        ax.invert_yaxis()  # first label on top
+        ax.set_xlabel(ylabel, fontsize=LABEL_SIZE)
+        if ref is not None:
+            ax.axvline(ref, color="black", lw=0.8)
+    else:
+        fig = _figure(_clamp(1.5 + 0.6 * n, 4.5, 12), 4.2)
+        ax = fig.add_subplot()
+        x = np.arange(n)
+        ax.bar(x, m, yerr=err, color=color, ecolor="#333333", capsize=3)
+        ax.set_xticks(x, [str(s) for s in labels], fontsize=TICK_SIZE,
+                      rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
+        ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+        if ref is not None:
+            ax.axhline(ref, color="black", lw=0.8)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.grid(axis="x" if horizontal else "y", alpha=0.3)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    return fig
+
+
+def line_plot(x, ys: Mapping[str, Sequence[float]], title: str = "", xlabel: str = "",
+              ylabel: str = "", ci: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+              xscale: str | None = None, hlines: Mapping[str, float] | None = None) -> Figure:
+    """One line per series; optional shaded CI bands (lo, hi) per series, and labelled reference
+    lines (e.g. {"chance": 0.5}). xscale="log" suits faithfulness curves over % of edges."""
+    fig = _figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    xv = np.asarray(x, dtype=float)
+    for name, vals in ys.items():
+        (line,) = ax.plot(xv, np.asarray(vals, float), marker="o", ms=3.5, lw=1.6, label=str(name))
+        if ci and name in ci:
+            lo, hi = ci[name]
+            ax.fill_between(xv, np.asarray(lo, float), np.asarray(hi, float),
+                            color=line.get_color(), alpha=0.2, lw=0)
+    for name, yv in (hlines or {}).items():
+        ax.axhline(yv, color="grey", ls="--", lw=1)
+        ax.annotate(str(name), (0.01, yv), xycoords=("axes fraction", "data"),
+                    fontsize=TICK_SIZE, color="grey", va="bottom")
+    if xscale:
+        ax.set_xscale(xscale)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.grid(alpha=0.3)
+    if len(ys) > 1 or ci:
+        ax.legend(fontsize=TICK_SIZE, frameon=False)
+    return fig
+
+
+def histogram(series: Mapping[str, Sequence[float]], title: str = "", xlabel: str = "",
+              bins: int = 30) -> Figure:
+    """Overlaid histograms on shared bins (e.g. a metric on clean vs counterfactual prompts), with a
+    dashed line at each series' mean and one at 0."""
+    fig = _figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    arrays = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in series.items()}
+    allv = np.concatenate([a for a in arrays.values() if a.size]) if arrays else np.zeros(1)
+    edges = np.histogram_bin_edges(allv, bins=bins)
+    for name, a in arrays.items():
+        (patches := ax.hist(a, bins=edges, alpha=0.55, label=f"{name} (mean {a.mean():.2f})")[2])
+        ax.axvline(a.mean(), color=patches[0].get_facecolor(), ls="--", lw=1.5)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    ax.set_ylabel("examples", fontsize=LABEL_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.legend(fontsize=TICK_SIZE, frameon=False)
+    return fig
+
+
+def to_png(fig: Figure, dpi: int = 120) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()

@@ -1,0 +1,335 @@
+"""The artifact store: `{root}/{task}/{model}/{tool}/{run_id}/` plus a SQLite index.
+
+A run is written into `{root}/.staging/{run_id}/` and renamed into place only by `finish()` (with
+`manifest.json` written last inside staging), so a directory in the layout that holds
+`manifest.json` is always a complete run; a crash leaves only a staging dir (ignored) and an index row
+that `mark_running_interrupted()` turns into `interrupted`. Failed runs are published too, for
+debugging, with `failure.json` instead of `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import provenance
+from .fsutil import (atomic_write_bytes, atomic_write_json, check_relpath, dumps, safe_join,
+                     sanitize_component, tree_files, tree_size, utc_now)
+from .index import SqliteIndex
+from .records import (ArtifactFileNotFound, JobRecord, RunNotComplete, RunNotFound, RunRecord,
+                      StoreError)
+
+MANIFEST, FAILURE, RESULT = "manifest.json", "failure.json", "result.json"
+STAGING = ".staging"
+INTERRUPTED_MSG = "interrupted: the server stopped before this run finished; run the request again"
+
+
+def params_hash(params: Mapping[str, Any]) -> str:
+    """Stable hash of tool parameters: sorted-key compact JSON -> sha256 -> 16 hex."""
+    text = json.dumps(json.loads(dumps(dict(params), indent=None)), sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class RunHandle:
+    """Writes the files of one run into its staging directory; `finish()` publishes it.
+
+    Usable as a context manager: leaving the block by an exception (or without `finish()`) records
+    the run as failed.
+    """
+
+    def __init__(self, store: ArtifactStore, record: RunRecord, staging: Path,
+                 manifest_base: dict[str, Any]):
+        self.store, self.record, self.staging_dir = store, record, staging
+        self._base = manifest_base
+        self._t0 = time.monotonic()
+        self.state = "open"  # open | complete | failed
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    @property
+    def final_dir(self) -> Path:
+        return self.store.root / self.record.rel_path
+
+    def path(self, name: str) -> Path:
+        """Where file `name` (may contain sub-folders) goes in staging; its parent exists."""
+        if self.state != "open":
+            raise StoreError(f"run {self.run_id} is already {self.state}; cannot write {name!r}")
+        target = safe_join(self.staging_dir, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        target = self.path(name)
+        atomic_write_bytes(target, data)
+        return target
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        target = self.path(name if name.endswith(".json") else name + ".json")
+        atomic_write_json(target, obj)
+        return target
+
+    def write_tensors(self, name: str, tensors: Mapping[str, Any],
+                      metadata: Mapping[str, str] | None = None) -> Path:
+        import torch
+        from safetensors.torch import save
+
+        clean, seen = {}, set()
+        for key, t in tensors.items():
+            t = torch.as_tensor(t).detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            # safetensors refuses shared or partially-viewed storage: copy those
+            if ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+            clean[str(key)] = t
+        meta = {str(k): str(v) for k, v in (metadata or {}).items()} or None
+        fname = name if name.endswith(".safetensors") else name + ".safetensors"
+        return self.write_bytes(fname, save(clean, metadata=meta))
+
+    def save_figure(self, name: str, fig: Any, dpi: int = 120) -> Path:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        if "matplotlib.pyplot" in sys.modules:  # free pyplot-managed figures; no-op otherwise
+            sys.modules["matplotlib.pyplot"].close(fig)
+        return self.write_bytes(name if name.endswith(".png") else name + ".png", buf.getvalue())
+
+    def _manifest(self, status: str, **extra: Any) -> dict[str, Any]:
+        finished = utc_now()
+        files = {f: (self.staging_dir / f).stat().st_size for f in tree_files(self.staging_dir)}
+        return {**self._base, "status": status, **extra,
+                "timings": {"created": self.record.created, "finished": finished,
+                            "seconds": round(time.monotonic() - self._t0, 4)},
+                "files": files}
+
+    def finish(self, result: Mapping[str, Any], metrics: Mapping[str, Any] | None = None,
+               summary: str | None = None) -> RunRecord:
+        """Write result.json and manifest.json, publish the run, mark it complete. Returns its record."""
+        if self.state != "open":
+            raise StoreError(f"run {self.run_id} is already {self.state}")
+        atomic_write_json(self.path(RESULT), result)
+        if summary is None and isinstance(result.get("summary"), str):
+            summary = result["summary"]
+        metrics = json.loads(dumps(dict(metrics or {}), indent=None))
+        manifest = self._manifest("complete", key_metrics=metrics, summary=summary)
+        atomic_write_json(self.path(MANIFEST), manifest)  # last file: its presence means complete
+        self.store._publish(self.staging_dir, self.final_dir)
+        self.state = "complete"
+        self.record = self.record.model_copy(update=dict(
+            status="complete", finished=manifest["timings"]["finished"],
+            seconds=manifest["timings"]["seconds"], key_metrics=metrics, summary=summary))
+        self.store.index.upsert_run(self.record)
+        return self.record
+
+    def fail(self, error: str) -> RunRecord:
+        """Record the run as failed; what was written stays (as failure.json + files) for debugging."""
+        if self.state != "open":
+            return self.record
+        manifest = self._manifest("failed", error=error)
+        atomic_write_json(self.path(FAILURE), manifest)
+        try:
+            self.store._publish(self.staging_dir, self.final_dir)
+        except OSError:
+            pass  # staging stays; the index still says failed
+        self.state = "failed"
+        self.record = self.record.model_copy(update=dict(
+            status="failed", finished=manifest["timings"]["finished"],
+            seconds=manifest["timings"]["seconds"], error=error))
+        self.store.index.upsert_run(self.record)
+        return self.record
+
+    def __enter__(self) -> RunHandle:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.state == "open":
+            self.fail(f"{exc_type.__name__}: {exc}" if exc_type else "run ended without finish()")
+        return False
+
+
+class ArtifactStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        index_path = self.root / "index.sqlite"
+        lost = not index_path.exists() and any(self._published_dirs())
+        self.index = SqliteIndex(index_path)
+        if lost:
+            self.rebuild_index()
+
+    @classmethod
+    def from_env(cls, default: str | os.PathLike[str] = "./artifacts") -> ArtifactStore:
+        return cls(os.environ.get("MCP_INTERP_STORE") or default)
+
+    params_hash = staticmethod(params_hash)
+
+    # -- writing ------------------------------------------------------------------------------
+    def create_run(self, tool: str, task: str, model: str, params: Mapping[str, Any],
+                   seed: int | None = None, model_info: Mapping[str, Any] | None = None,
+                   task_hash: str | None = None, tool_version: str | None = None) -> RunHandle:
+        info = json.loads(dumps(dict(model_info or {}), indent=None))
+        run_id = self._new_run_id()
+        rel = "/".join((sanitize_component(task), sanitize_component(model),
+                        sanitize_component(tool), run_id))
+        rec = RunRecord(run_id=run_id, tool=tool, task=task, model=model,
+                        params_hash=params_hash(params), status="running", created=utc_now(),
+                        rel_path=rel, task_hash=task_hash, weight_hash=info.get("weight_hash"))
+        staging = self.root / STAGING / run_id
+        staging.mkdir(parents=True)
+        base = {"format": 1, "run_id": run_id, "tool": tool,
+                "tool_version": tool_version or provenance.tool_version(),
+                "task": {"name": task, "hash": task_hash},
+                "model": {**info, "id": model, "weight_hash": info.get("weight_hash")},
+                "params": json.loads(dumps(dict(params), indent=None)),
+                "params_hash": rec.params_hash, "seed": seed,
+                "environment": provenance.environment()}
+        self.index.upsert_run(rec)
+        return RunHandle(self, rec, staging, base)
+
+    def _new_run_id(self) -> str:
+        while True:  # time-sortable to the second, random suffix for uniqueness
+            run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+            if not self.index.run_exists(run_id) and not (self.root / STAGING / run_id).exists():
+                return run_id
+
+    def _publish(self, staging: Path, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, final)  # atomic on one filesystem; fails if `final` exists
+
+    # -- reading ------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunRecord:
+        rec = self.index.get_run(run_id)
+        if rec is None:
+            raise RunNotFound(f"no run with id {run_id!r} in the store at {self.root}; "
+                              "use list_runs to see the stored runs")
+        return rec
+
+    def list_runs(self, task: str | None = None, model: str | None = None, tool: str | None = None,
+                  status: str | None = None, limit: int | None = 50) -> list[RunRecord]:
+        return self.index.query_runs(limit=limit, task=task, model=model, tool=tool, status=status)
+
+    def find_cached(self, tool: str, task: str, model: str, params_hash: str,
+                    task_hash: str | None = None, weight_hash: str | None = None) -> RunRecord | None:
+        """Newest complete run with the same inputs whose files are still on disk."""
+        for rec in self.index.query_runs(limit=5, tool=tool, task=task, model=model,
+                                         params_hash=params_hash, status="complete",
+                                         task_hash=task_hash, weight_hash=weight_hash):
+            if (self.root / rec.rel_path / MANIFEST).is_file():
+                return rec
+        return None
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / self.get_run(run_id).rel_path
+
+    def read_result(self, run_id: str) -> dict[str, Any]:
+        rec = self.get_run(run_id)
+        if rec.status != "complete":
+            why = f": {rec.error}" if rec.error else ""
+            raise RunNotComplete(f"run {run_id} is {rec.status}{why}; it has no result")
+        return json.loads((self.root / rec.rel_path / RESULT).read_text("utf-8"))
+
+    def read_manifest(self, run_id: str) -> dict[str, Any]:
+        d = self.run_dir(run_id)
+        for name in (MANIFEST, FAILURE):
+            if (d / name).is_file():
+                return json.loads((d / name).read_text("utf-8"))
+        raise RunNotComplete(f"run {run_id} has no manifest (status {self.get_run(run_id).status})")
+
+    def list_files(self, run_id: str) -> list[str]:
+        d = self.run_dir(run_id)
+        return tree_files(d) if d.is_dir() else []
+
+    def resolve_file(self, run_id: str, relpath: str) -> Path:
+        """Absolute path of a file inside a run; raises UnsafePath for anything that escapes it."""
+        check_relpath(relpath)
+        d = self.run_dir(run_id)
+        if not d.is_dir():
+            raise ArtifactFileNotFound(f"run {run_id} has no files yet (status "
+                                       f"{self.get_run(run_id).status})")
+        target = safe_join(d, relpath)
+        if not target.is_file():
+            avail = ", ".join(self.list_files(run_id)[:20])
+            raise ArtifactFileNotFound(f"run {run_id} has no file {relpath!r}; files: {avail}")
+        return target
+
+    def size_bytes(self) -> int:
+        return tree_size(self.root)
+
+    # -- recovery -----------------------------------------------------------------------------
+    def _published_dirs(self):
+        for p in self.root.glob("*/*/*/*"):
+            rel = p.relative_to(self.root)
+            if p.is_dir() and not any(part.startswith(".") for part in rel.parts):
+                if (p / MANIFEST).is_file() or (p / FAILURE).is_file():
+                    yield p
+
+    def _record_from_disk(self, d: Path) -> RunRecord | None:
+        try:
+            name = MANIFEST if (d / MANIFEST).is_file() else FAILURE
+            m = json.loads((d / name).read_text("utf-8"))
+            t = m.get("timings", {})
+            return RunRecord(
+                run_id=m["run_id"], tool=m["tool"], task=m["task"]["name"], model=m["model"]["id"],
+                params_hash=m["params_hash"], created=t["created"], finished=t.get("finished"),
+                status="complete" if name == MANIFEST else "failed", seconds=t.get("seconds"),
+                rel_path=d.relative_to(self.root).as_posix(), key_metrics=m.get("key_metrics") or {},
+                summary=m.get("summary"), task_hash=m["task"].get("hash"),
+                weight_hash=m["model"].get("weight_hash"), error=m.get("error"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable manifest: not indexed, never served as complete
+
+    def rebuild_index(self) -> int:
+        """Reconstruct the runs table from the manifests on disk. Returns the number of runs."""
+        disk = [r for r in map(self._record_from_disk, self._published_dirs()) if r is not None]
+        ids = {r.run_id for r in disk}
+        keep = [r for r in self.index.query_runs(limit=None)
+                if r.run_id not in ids and r.status in ("running", "interrupted")]
+        self.index.replace_all_runs(disk + keep)
+        return len(disk)
+
+    def mark_running_interrupted(self) -> int:
+        """At startup: runs left 'running' by a dead server become 'interrupted' (or complete/failed
+        if their publish happened but the index update did not). Returns how many changed."""
+        n = 0
+        for rec in self.index.query_runs(limit=None, status="running"):
+            d = self.root / rec.rel_path
+            disk = self._record_from_disk(d) if d.is_dir() else None
+            if disk is not None:
+                self.index.upsert_run(disk)
+            else:
+                self.index.set_run_status(rec.run_id, "interrupted", INTERRUPTED_MSG)
+            n += 1
+        return n
+
+    def clean_staging(self, older_than_s: float = 86400.0) -> int:
+        """Delete staging dirs of crashed runs older than `older_than_s`; returns how many."""
+        n, now = 0, time.time()
+        for d in (self.root / STAGING).glob("*"):
+            if d.is_dir() and now - d.stat().st_mtime > older_than_s:
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n
+
+    # -- jobs (persisted for mcp_interp.tools.jobs) -------------------------------------------
+    def save_job(self, record: JobRecord) -> None:
+        self.index.save_job(record)
+
+    def load_job(self, job_id: str) -> JobRecord | None:
+        return self.index.load_job(job_id)
+
+    def load_jobs(self, status: str | None = None, limit: int | None = 100) -> list[JobRecord]:
+        return self.index.load_jobs(status=status, limit=limit)
+
+    def interrupt_jobs(self, message: str) -> int:
+        """Mark every queued/running job as interrupted (called when a job manager starts)."""
+        return self.index.interrupt_jobs(message, utc_now())
