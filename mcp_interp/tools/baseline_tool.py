@@ -13,7 +13,7 @@ from ..artifacts import plots
 from ..methods.baseline import counterfactual_check, run_baseline as compute_baseline
 from ..methods.stats import ci_dict
 from .common import DEFAULT_MODEL, Stat, dataset, get_model, get_task, validate_or_raise
-from .runner import WAIT_FIELD, JobView, ProgressFn, cached_result, run_job
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
@@ -60,9 +60,7 @@ class BaselineResult(BaseModel):
     cached: bool = False
 
 
-class RunBaselineOutput(BaseModel):
-    status: str
-    job: JobView | None = None
+class RunBaselineOutput(HeavyOutput):
     result: BaselineResult | None = None
 
 
@@ -145,11 +143,5 @@ def _work(app: AppContext, args: RunBaselineInput, params: dict):
 
 def run_baseline(app: AppContext, args: RunBaselineInput, progress: ProgressFn | None = None) -> RunBaselineOutput:
     spec = get_task(app, args.task)  # fail fast on an unknown task, before a job exists
-    params = args.model_dump(exclude={"wait_seconds", "force"})
-    if not args.force and (hit := cached_result(app, TOOL, spec.name, args.model, params)):
-        return RunBaselineOutput(status="complete", result=BaselineResult.model_validate(hit))
-    view = run_job(app, TOOL, f"baseline {spec.name} on {args.model} (n={args.n})",
-                   _work(app, args, params), args.wait_seconds, progress)
-    if view.status == "complete":
-        return RunBaselineOutput(status="complete", result=BaselineResult.model_validate(view.result))
-    return RunBaselineOutput(status=view.status, job=view)
+    return run_heavy(app, TOOL, args, spec.name, args.model, f"baseline {spec.name} on {args.model} (n={args.n})",
+                     lambda params: _work(app, args, params), RunBaselineOutput, progress)

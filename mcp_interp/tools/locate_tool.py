@@ -18,7 +18,7 @@ from ..tasks.dataset import TaskDataset
 from ..tasks.spec import TaskSpec
 from .common import DEFAULT_MODEL, Stat, dataset, get_model, get_task, validate_or_raise
 from .errors import ToolError
-from .runner import WAIT_FIELD, JobView, ProgressFn, cached_result, run_job
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
@@ -83,9 +83,7 @@ class LocateResult(BaseModel):
     cached: bool = False
 
 
-class LocateOutput(BaseModel):
-    status: str
-    job: JobView | None = None
+class LocateOutput(HeavyOutput):
     result: LocateResult | None = None
 
 
@@ -279,11 +277,6 @@ def _plots(run, site, mean, layers, labels, spec, args, n) -> dict[str, str]:
 
 def locate(app: AppContext, args: LocateInput, progress: ProgressFn | None = None) -> LocateOutput:
     spec = get_task(app, args.task)
-    params = args.model_dump(exclude={"wait_seconds", "force"})
-    if not args.force and (hit := cached_result(app, TOOL, spec.name, args.model, params)):
-        return LocateOutput(status="complete", result=LocateResult.model_validate(hit))
-    view = run_job(app, TOOL, f"locate {spec.name} on {args.model} ({', '.join(args.sites)}, n={args.n})",
-                   _work(app, args, params), args.wait_seconds, progress)
-    if view.status == "complete":
-        return LocateOutput(status="complete", result=LocateResult.model_validate(view.result))
-    return LocateOutput(status=view.status, job=view)
+    return run_heavy(app, TOOL, args, spec.name, args.model,
+                     f"locate {spec.name} on {args.model} ({', '.join(args.sites)}, n={args.n})",
+                     lambda params: _work(app, args, params), LocateOutput, progress)

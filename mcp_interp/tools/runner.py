@@ -64,3 +64,23 @@ def run_job(app: AppContext, kind: str, description: str, work: Callable[[Any], 
         view.message = (f"{view.message} — still running after {wait_seconds:.0f} s; call get_job(job_id="
                         f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
     return view
+
+
+class HeavyOutput(BaseModel):
+    """What a heavy tool returns: the result when it finished within wait_seconds, else the job to poll."""
+
+    status: JobState
+    job: JobView | None = Field(None, description="Set while the job is still running: poll get_job(job.job_id).")
+
+
+def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str, description: str,
+              make_work: Callable[[dict], Callable[[Any], dict]], output: type[HeavyOutput],
+              progress: ProgressFn | None) -> HeavyOutput:
+    """The run-cache, then the job: the one path every heavy tool takes."""
+    params = args.model_dump(exclude={"wait_seconds", "force"})
+    if not getattr(args, "force", False) and (hit := cached_result(app, tool, task, model, params)):
+        return output(status="complete", result=hit)
+    view = run_job(app, tool, description, make_work(params), args.wait_seconds, progress)
+    if view.status == "complete":
+        return output(status="complete", result=view.result)
+    return output(status=view.status, job=view)
