@@ -37,8 +37,9 @@ class JobView(BaseModel):
 
 
 def job_view(job) -> JobView:
+    """From a live Job or a stored JobRecord."""
     status = "complete" if job.status == "succeeded" else job.status
-    return JobView(job_id=job.id, kind=job.kind, status=status, progress=float(job.progress or 0.0),
+    return JobView(job_id=getattr(job, "job_id", None) or job.id, kind=job.kind, status=status, progress=float(job.progress or 0.0),
                    message=job.message or "", error=job.error, result=job.result)
 
 
@@ -53,9 +54,12 @@ def cached_result(app: AppContext, tool: str, task: str, model: str, params: dic
 
 
 def run_job(app: AppContext, kind: str, description: str, work: Callable[[Any], dict],
-            wait_seconds: float, progress: ProgressFn | None) -> JobView:
-    """Submit `work(job_ctx) -> result dict`; wait; return the job's view (complete or still running)."""
-    job = app.jobs.submit(kind, work, description=description)
+            wait_seconds: float, progress: ProgressFn | None, key: str | None = None) -> JobView:
+    """Submit `work(job_ctx) -> result dict`; wait; return the job's view (complete or still running).
+
+    With `key`, an identical request that is already queued or running is joined rather than started twice.
+    """
+    job = app.jobs.submit(kind, work, description=description, key=key)
     job = app.jobs.wait(job.id, wait_seconds, on_progress=progress)
     view = job_view(job)
     if view.status == "failed":
@@ -80,7 +84,8 @@ def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str
     params = args.model_dump(exclude={"wait_seconds", "force"})
     if not getattr(args, "force", False) and (hit := cached_result(app, tool, task, model, params)):
         return output(status="complete", result=hit)
-    view = run_job(app, tool, description, make_work(params), args.wait_seconds, progress)
+    key = f"{tool}|{task}|{model}|{params_hash(params)}"
+    view = run_job(app, tool, description, make_work(params), args.wait_seconds, progress, key=key)
     if view.status == "complete":
         return output(status="complete", result=view.result)
     return output(status=view.status, job=view)
