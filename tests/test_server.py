@@ -173,3 +173,15 @@ async def test_restarted_server_serves_finished_runs_and_jobs(store_dir):
         if job_id:
             job = await call(c, "get_job", {"job_id": job_id, "wait_seconds": 0})
             assert job["status"] == "complete" and job["result"]["run_id"] == res["run_id"]
+
+
+async def test_redefined_task_is_not_served_from_the_cache(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        await call(c, "define_task", {**copy_spec(), "validate_with_model": TOY})
+        args = {"model": TOY, "task": "toy-copy", "n": 8}
+        first = await finish(c, await call(c, "run_baseline", args))
+        assert (await call(c, "run_baseline", args))["result"]["cached"] is True
+        await call(c, "define_task", {**copy_spec(templates=["{y}{x}{y}:"]), "validate_with_model": TOY,
+                                      "overwrite": True})
+        again = await finish(c, await call(c, "run_baseline", args))
+        assert again["run_id"] != first["run_id"] and not again.get("cached")

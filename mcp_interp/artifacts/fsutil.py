@@ -25,11 +25,6 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_utc(stamp: str) -> float:
-    return _dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=_dt.timezone.utc).timestamp()
-
-
 def sanitize_component(name: str | None) -> str:
     """A readable, filesystem-safe directory name for a task / model / tool id.
 

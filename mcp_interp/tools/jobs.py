@@ -200,7 +200,15 @@ class JobManager:
             log.exception("job %s (%s) failed", job.id, job.kind)
             final = dict(status="failed", error=f"{type(exc).__name__}: {exc}",
                          error_type=type(exc).__name__, message="failed")
-        self._update(job, finished=utc_now(), force=True, **final)
+        final["finished"] = utc_now()
+        # durable before visible: a waiter that sees the job finished can rely on the store
+        job.last_persist = time.monotonic()
+        try:
+            self.store.save_job(job.snapshot().model_copy(update=final))
+        except Exception:
+            log.exception("could not persist job %s", job.id)
+        with job.cond:
+            self._set(job, **final)
         job.fn = None  # drop closures (models, tensors) once finished
         self._evict()
 
@@ -211,13 +219,12 @@ class JobManager:
         job.version += 1
         job.cond.notify_all()
 
-    def _update(self, job: Job, force: bool = False, **fields: Any) -> None:
+    def _update(self, job: Job, **fields: Any) -> None:
         with job.cond:
-            if job.done and not force:
+            if job.done:
                 return
             self._set(job, **fields)
-            now = time.monotonic()
-            due = force or now - job.last_persist >= self.persist_interval
+            due = time.monotonic() - job.last_persist >= self.persist_interval
         if due:  # throttled: progress ticks reach SQLite at most every persist_interval
             self._persist(job)
 
