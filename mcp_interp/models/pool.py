@@ -150,7 +150,7 @@ class ModelPool:
             if entry is None:
                 raise ModelLoadError(f"unknown toy model {model_id!r}; registered: "
                                      f"{', '.join('toy/' + n for n in sorted(toy.toy_models())) or 'none'}")
-            model, tok = entry.builder()
+            model, tok = toy.build_toy(entry, self.cache_dir)
             model.to(self.device, print_details=False)
             model.eval()
             model.requires_grad_(False)

@@ -1,7 +1,9 @@
 """Registry of in-project toy models, addressed as `toy/<name>`.
 
-A toy model is whatever a zero-argument builder returns: `(HookedTransformer, tokenizer)`, the
-tokenizer satisfying `tasks.tokenizer.Tokenizer` (usually a `CharTokenizer`). Builders must be
+A toy model is whatever a builder returns: `(HookedTransformer, tokenizer)`, the tokenizer
+satisfying `tasks.tokenizer.Tokenizer` (usually a `CharTokenizer`). Builders take no arguments, or an
+optional `cache_dir` (the pool's model cache, for models trained on first use). An entry's `meta`
+holds ground truth for tests and tools (planted circuits, trained heads). Builders must be
 deterministic (fixed seeds, or weights loaded from a file in the repo) because artifacts record a
 hash of the weights and expect to reproduce it.
 
@@ -16,17 +18,20 @@ to its device, puts it in eval mode and freezes the parameters.
 
 from __future__ import annotations
 
+import inspect
 import string
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from .tokenizers import CharTokenizer
 
-Builder = Callable[[], "tuple[HookedTransformer, Any]"]
+# Called as builder(), or builder(cache_dir=...) when it accepts `cache_dir` (trained models cache there).
+Builder = Callable[..., "tuple[HookedTransformer, Any]"]
 
 # Lowercase letters, digits, space and the punctuation toy tasks need (brackets, sentences).
 TOY_ALPHABET = string.ascii_lowercase + string.digits + " ()[]{}.,:;!?'-="
@@ -37,13 +42,16 @@ class ToyEntry:
     name: str
     builder: Builder
     description: str
+    # Ground truth and provenance (e.g. the planted circuit, the trained heads); see planted.py.
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ToyEntry] = {}
 _LOCK = threading.Lock()
 
 
-def register_toy(name: str, builder: Builder, description: str, *, replace: bool = False) -> None:
+def register_toy(name: str, builder: Builder, description: str, *, replace: bool = False,
+                 meta: Mapping[str, Any] | None = None) -> None:
     """Register `toy/<name>`. `name` may be given with or without the `toy/` prefix.
 
     Re-registering an existing name raises unless `replace=True` (so two modules cannot silently
@@ -55,7 +63,16 @@ def register_toy(name: str, builder: Builder, description: str, *, replace: bool
     with _LOCK:
         if name in _REGISTRY and not replace:
             raise ValueError(f"toy model {name!r} is already registered")
-        _REGISTRY[name] = ToyEntry(name, builder, description)
+        _REGISTRY[name] = ToyEntry(name, builder, description, dict(meta or {}))
+
+
+def build_toy(entry: ToyEntry, cache_dir: str | Path | None = None) -> "tuple[HookedTransformer, Any]":
+    """Run the entry's builder, passing `cache_dir` to builders that take one."""
+    try:
+        takes_cache = "cache_dir" in inspect.signature(entry.builder).parameters
+    except (TypeError, ValueError):
+        takes_cache = False
+    return entry.builder(cache_dir=cache_dir) if takes_cache else entry.builder()
 
 
 def unregister_toy(name: str) -> None:
@@ -104,3 +121,10 @@ register_toy("tiny-random", build_tiny_random,
              "random 2-layer transformer (d_model 32, 4 heads, MLPs), char tokenizer; for plumbing tests")
 register_toy("tiny-attn-only", build_tiny_attn_only,
              "random 2-layer attention-only transformer (d_model 32, 4 heads), char tokenizer")
+
+# Trained (induction-2l, parens-classifier) and planted-circuit (planted-<regime>) models. Those
+# modules import this one, so this stays at the end.
+from . import planted as _planted, trained as _trained  # noqa: E402
+
+_trained.register()
+_planted.register()

@@ -1,0 +1,366 @@
+"""Planted-circuit models: weights set by hand, so which components matter is known by construction.
+
+They are the ground truth that attribution methods are graded against (DESIGN §4): exact patching
+must recover the circuit, and each cheap method must be shown failing on the decoy built to fool
+it. Registered as `toy/planted-<regime>` for the regimes in `PLANTED_REGIMES`.
+
+Task (`PLANTED_TASK`, one spec for all regimes): the prompt is a letter x in a..h, three digits and
+'=', e.g. "c394=", and the answer is the letter after x (cyclic: h -> a), e.g. 'd'. The digits are
+distractors. Counterfactual `resample_x` changes x (only position 0 changes, and the answer too).
+
+Architecture (all regimes): 2 layers, 4 heads of d_head 8, MLPs of 32 ReLU neurons, no LayerNorm,
+learned-style absolute positions, d_model 96, `CharTokenizer(TOY_ALPHABET)`. No LayerNorm means the
+residual stream is exactly the sum of the component outputs, so every weight below has a readable
+effect. The residual stream is split into named one-hot subspaces:
+
+    TOK    one dim per vocabulary token (the embedding is the identity into TOK)
+    POS    one dim per position (the positional embedding is the identity into POS)
+    MOVED  one dim per letter a..h: the mover head writes x here
+    DEC    one dim per letter: decoy heads write x here
+    OUT    one dim per letter: the unembedding reads only OUT (OUT_j -> logit of letter j)
+    JUNK   scratch space that nothing reads: inert components write only here
+
+The circuit (every regime): L0H0 ("mover") attends from '=' to position 0 and copies x into MOVED;
+MLP1 maps MOVED_x to OUT_succ(x) with one ReLU neuron per letter. Logit difference (answer vs the
+counterfactual answer) is +L on clean inputs and -L on counterfactual ones. Every other head and
+every other MLP neuron is "inert": small random weights (fixed seed) reading anything but writing
+only into JUNK, so its activations vary with the input but it has exactly no effect on the logits.
+
+Regimes and their decoys (see `_build` for the weights and why they are set as they are):
+  clean             the circuit alone.
+  correlated-decoy  L0H1 copies x (3x louder than the mover) into DEC, and MLP0 turns DEC into a
+                    one-hot of x in JUNK. Both are perfectly correlated with the answer, and have the
+                    largest activation differences in the model, but nothing reads DEC or JUNK:
+                    exact effect 0, gradient 0. Fools activation-difference / probing / correlation
+                    scores; gradient-based scores and patching give 0.
+  saturated-decoy   L0H1 copies x into DEC; MLP1 has one extra ReLU neuron per letter reading DEC
+                    with gain K and bias -(K - eps), writing W to OUT_succ(v). When v = x the neuron
+                    sits eps above its threshold (active, slope K); when v != x it is far below
+                    (flat). So the gradient of the metric w.r.t. L0H1 is large (W*K) at both the
+                    clean and the counterfactual input, but moving x there and back only changes the
+                    neuron outputs by eps: exact effect 2*W*eps ~ 0, while attribution patching,
+                    gradient and gradient x activation give ~W*K, more than the real circuit.
+                    (Integrated gradients integrates along the path and gets it right.)
+  cancelling-pair   L0H2 and L0H3 both attend to position 0 and write +A and -A times
+                    one-hot(succ(x)) into OUT: each alone moves the logit difference by 2A (more
+                    than the whole circuit), together exactly 0. Fools every single-component
+                    method; only joint interventions (circuit faithfulness) see through it.
+
+Ground truth: `planted_meta(regime)` (also the registry entry's `meta`). Components are named by
+their TransformerLens hook plus head index: `{"name": "L0H0", "hook": "blocks.0.attn.hook_z",
+"layer": 0, "head": 0, "kind": "head"}` or `{"name": "MLP1", "hook": "blocks.1.hook_mlp_out",
+"layer": 1, "head": None, "kind": "mlp"}`; `meta["circuit"]` is the set whose joint removal kills
+the behaviour (and which alone reproduces it), `meta["decoys"]` components with ~0 exact effect
+that fool a named cheap method, `meta["cancelling_pairs"]` pairs with large individual but ~0 joint
+effect, `meta["inert"]` the rest, and `meta["components"]` all ten with a `label`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from .tokenizers import CharTokenizer
+from .toy import TOY_ALPHABET
+
+PLANTED_REGIMES = ("clean", "correlated-decoy", "saturated-decoy", "cancelling-pair")
+
+DOMAIN = "abcdefgh"  # values of x, and of the answer
+SUCC = {c: DOMAIN[(i + 1) % len(DOMAIN)] for i, c in enumerate(DOMAIN)}
+DIGITS = "0123456789"
+END_CHAR = "="
+
+PLANTED_TASK: dict[str, Any] = {
+    "name": "planted",
+    "description": "Planted-circuit task for the toy/planted-* models: 'c394=' -> 'd', the letter after the "
+                   "first character (a..h, cyclic); the three digits are distractors. Ground truth per model "
+                   "in its registry metadata.",
+    "variables": {
+        "x": {"values": list(DOMAIN), "description": "the letter the answer is computed from (position 0)"},
+        "d1": {"values": list(DIGITS), "description": "distractor"},
+        "d2": {"values": list(DIGITS), "description": "distractor"},
+        "d3": {"values": list(DIGITS), "description": "distractor"},
+    },
+    "mechanisms": {"y": {"lookup": dict(SUCC), "key": "x", "description": "the letter after x"}},
+    "templates": ["{x}{d1}{d2}{d3}" + END_CHAR],
+    "answer": "{y}",
+    "counterfactuals": [
+        {"name": "resample_x", "kind": "resample", "variables": ["x"],
+         "description": "a different x: only position 0 changes, and the answer with it"},
+        {"name": "resample_digits", "kind": "resample", "variables": ["d1", "d2", "d3"], "changes_answer": False,
+         "description": "new distractor digits: the answer is unchanged"},
+    ],
+    "positions": {"X": {"variable": "x"}},
+    "metric": "logit_diff",
+    "default_n": 32,
+}
+# One task serves every regime (register it once); keyed by regime for symmetry with the models.
+PLANTED_TASKS: dict[str, dict[str, Any]] = {r: PLANTED_TASK for r in PLANTED_REGIMES}
+
+# ---------------------------------------------------------------- sizes and residual layout
+
+N_LAYERS, N_HEADS, D_HEAD, D_MLP, N_CTX = 2, 4, 8, 32, 8
+D_VOCAB = len(TOY_ALPHABET)
+_TOK_ID = {c: i for i, c in enumerate(TOY_ALPHABET)}
+_NL = len(DOMAIN)
+
+TOK = list(range(0, D_VOCAB))                           # 52 dims
+POS = list(range(TOK[-1] + 1, TOK[-1] + 1 + N_CTX))      # 8
+MOVED = list(range(POS[-1] + 1, POS[-1] + 1 + _NL))      # 8
+DEC = list(range(MOVED[-1] + 1, MOVED[-1] + 1 + _NL))    # 8
+OUT = list(range(DEC[-1] + 1, DEC[-1] + 1 + _NL))        # 8
+JUNK = list(range(OUT[-1] + 1, OUT[-1] + 1 + 12))        # 12
+D_MODEL = JUNK[-1] + 1                                    # 96
+
+# ---------------------------------------------------------------- constants of the construction
+
+ATTN_LOGIT = 20.0  # attention score of the mover-style heads on position 0 (others get 0): weight 1 - 4e-9
+L_LOGIT = 6.0      # the circuit's logit for the answer: clean logit diff +L, counterfactual -L
+DECOY_GAIN = 3.0   # correlated decoy: its z is 3 one-hot(x) (louder than the mover's 1 one-hot(x))
+SAT_K = 10.0       # saturated decoy: gain of the near-threshold neurons
+SAT_EPS = 0.02     # ... how far above threshold the neuron of x sits (its whole dynamic range)
+SAT_W = 2.0        # ... their output weight: gradient W*K = 20, exact effect 2*W*eps = 0.08
+CANCEL_A = 2 * L_LOGIT  # cancelling pair: each writes +-A one-hot(succ(x)) into OUT
+INERT_STD = 0.3    # inert components' random weights
+INERT_SEED = 1234
+
+
+def _component(name: str) -> dict[str, Any]:
+    if name.startswith("MLP"):
+        layer = int(name[3:])
+        return {"name": name, "hook": f"blocks.{layer}.hook_mlp_out", "layer": layer, "head": None, "kind": "mlp"}
+    layer, head = int(name[1]), int(name[3])
+    return {"name": name, "hook": f"blocks.{layer}.attn.hook_z", "layer": layer, "head": head, "kind": "head"}
+
+
+ALL_COMPONENTS = [f"L{l}H{h}" for l in range(N_LAYERS) for h in range(N_HEADS)] + [f"MLP{l}" for l in range(N_LAYERS)]
+
+
+def planted_meta(regime: str) -> dict[str, Any]:
+    """Ground truth for `toy/planted-<regime>` (see the module docstring for the format)."""
+    if regime not in PLANTED_REGIMES:
+        raise ValueError(f"unknown planted regime {regime!r}; one of {PLANTED_REGIMES}")
+    roles = {"L0H0": ("circuit", "mover: attends from '=' to position 0 and copies x into MOVED"),
+             "MLP1": ("circuit", "mapper: one ReLU neuron per letter, MOVED_x -> +L on the logit of succ(x)")}
+    decoys: list[dict[str, Any]] = []
+    pairs: list[list[dict[str, Any]]] = []
+    sat = SAT_W * SAT_EPS if regime == "saturated-decoy" else 0.0
+    span = 2 * (L_LOGIT + sat)  # m(x) - m(x'): the denominator of every normalised effect
+    if regime == "correlated-decoy":
+        roles["L0H1"] = ("decoy", "copies x (3x the mover's amplitude) into DEC, which nothing reads")
+        roles["MLP0"] = ("decoy", "one-hot of x from DEC into JUNK, which nothing reads")
+        for n in ("L0H1", "MLP0"):
+            decoys.append({**_component(n), "role": roles[n][1], "exact_effect": 0.0, "linear_estimate": 0.0,
+                           "fools": ["activation difference", "correlation / probing"]})
+    elif regime == "saturated-decoy":
+        roles["L0H1"] = ("decoy", "copies x into DEC; MLP1 reads DEC through near-threshold ReLUs "
+                                  "(gain K, dynamic range eps): large gradient, ~0 effect")
+        roles["MLP1"] = ("circuit", roles["MLP1"][1] + "; also holds the decoy's near-threshold neurons")
+        decoys.append({**_component("L0H1"), "role": roles["L0H1"][1],
+                       "exact_effect": 2 * SAT_W * SAT_EPS / span, "linear_estimate": SAT_W * SAT_K / span,
+                       "fools": ["attribution patching (AtP, AtP*)", "gradient", "gradient x activation"]})
+    elif regime == "cancelling-pair":
+        roles["L0H2"] = ("cancelling", "writes +A one-hot(succ(x)) into OUT")
+        roles["L0H3"] = ("cancelling", "writes -A one-hot(succ(x)) into OUT, cancelling L0H2 exactly")
+        pairs.append([{**_component(n), "role": roles[n][1], "effect_alone": sign * 2 * CANCEL_A / span}
+                      for n, sign in (("L0H2", 1.0), ("L0H3", -1.0))])
+    components = []
+    for n in ALL_COMPONENTS:
+        label, role = roles.get(n, ("inert", "random weights writing only into JUNK: exactly no effect"))
+        components.append({**_component(n), "label": label, "role": role})
+    circuit = [c for c in components if c["label"] == "circuit"]
+    return {
+        "kind": "planted", "regime": regime, "task": PLANTED_TASK["name"], "task_spec": copy.deepcopy(PLANTED_TASK),
+        "metric": "logit_diff", "counterfactual": "resample_x",
+        "expected": {"clean_logit_diff": L_LOGIT + sat, "counterfactual_logit_diff": -(L_LOGIT + sat),
+                     "accuracy": 1.0},
+        # Effects below are normalised patching effects on counterfactual resample_x:
+        # noising (m(x) - m(x with c from x')) / (m(x) - m(x')), denoising (m(x' with c from x) - m(x')) /
+        # (m(x) - m(x')); the two coincide for these models. linear_estimate is what attribution
+        # patching ((a(x) - a(x')) . dm/da) gives. Circuit components: 1.0 each (0.993 with the
+        # saturated decoy's eps), inert: exactly 0.
+        "effect_convention": "normalised: 1.0 = the whole clean-vs-counterfactual logit difference",
+        "circuit": circuit,
+        "important": [c["hook"] if c["head"] is None else f"{c['hook']}[{c['head']}]" for c in circuit],
+        "decoys": decoys,
+        "cancelling_pairs": pairs,
+        "inert": [c for c in components if c["label"] == "inert"],
+        "components": components,
+        "constants": {"attn_logit": ATTN_LOGIT, "L": L_LOGIT, "decoy_gain": DECOY_GAIN, "sat_K": SAT_K,
+                      "sat_eps": SAT_EPS, "sat_W": SAT_W, "cancel_A": CANCEL_A},
+    }
+
+
+# ---------------------------------------------------------------- construction
+
+def _cfg(regime: str) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS, d_head=D_HEAD, d_mlp=D_MLP, n_ctx=N_CTX,
+        d_vocab=D_VOCAB, act_fn="relu", normalization_type=None, positional_embedding_type="standard",
+        attn_only=False, default_prepend_bos=False, model_name=f"toy-planted-{regime}", device="cpu",
+    )
+
+
+def _mover_qk(attn: Any, head: int) -> None:
+    """Query from the '=' token, key from position 0: score ATTN_LOGIT on position 0 at the final
+    position and 0 everywhere else (TL divides q.k by sqrt(d_head), so each side gets sqrt of
+    ATTN_LOGIT*sqrt(d_head)). Other query positions get all-zero scores (uniform attention), which
+    is harmless: only the final position is read out."""
+    a = math.sqrt(ATTN_LOGIT * math.sqrt(D_HEAD))
+    attn.W_Q[head, TOK[_TOK_ID[END_CHAR]], 0] = a
+    attn.W_K[head, POS[0], 0] = a
+
+
+def _copy_letters_v(attn: Any, head: int, gain: float) -> None:
+    """V: letter i (token) -> gain * e_i in head space, so z = gain * one-hot(x) at the final position.
+    Digits and '=' map to 0."""
+    for i, c in enumerate(DOMAIN):
+        attn.W_V[head, TOK[_TOK_ID[c]], i] = gain
+
+
+def _inert_head(attn: Any, head: int, gen: torch.Generator) -> None:
+    """Random Q, K, V over the whole residual stream; O writes only into JUNK."""
+    for W in (attn.W_Q, attn.W_K, attn.W_V):
+        W[head] = torch.randn(D_MODEL, D_HEAD, generator=gen) * INERT_STD
+    attn.W_O[head, :, JUNK] = torch.randn(D_HEAD, len(JUNK), generator=gen) * INERT_STD
+
+
+def _inert_neurons(mlp: Any, neurons: range, gen: torch.Generator) -> None:
+    """Random input weights from the whole residual stream, output only into JUNK."""
+    for n in neurons:
+        mlp.W_in[:, n] = torch.randn(D_MODEL, generator=gen) * INERT_STD
+        mlp.b_in[n] = float(torch.randn(1, generator=gen)) * INERT_STD
+        mlp.W_out[n, JUNK] = torch.randn(len(JUNK), generator=gen) * INERT_STD
+
+
+@torch.no_grad()
+def _build(regime: str) -> HookedTransformer:
+    if regime not in PLANTED_REGIMES:
+        raise ValueError(f"unknown planted regime {regime!r}; one of {PLANTED_REGIMES}")
+    model = HookedTransformer(_cfg(regime), move_to_device=False)
+    for p in model.parameters():
+        p.zero_()
+    gen = torch.Generator().manual_seed(INERT_SEED)  # inert weights: fixed per regime
+
+    # Embeddings: identity into TOK and POS, so every dimension below means one thing.
+    for t in range(D_VOCAB):
+        model.embed.W_E[t, TOK[t]] = 1.0
+    for p in range(N_CTX):
+        model.pos_embed.W_pos[p, POS[p]] = 1.0
+    # Unembedding reads only OUT: logit(letter j) = OUT_j; every other token's logit is 0.
+    for j, c in enumerate(DOMAIN):
+        model.unembed.W_U[OUT[j], _TOK_ID[c]] = 1.0
+
+    a0, m0 = model.blocks[0].attn, model.blocks[0].mlp
+    a1, m1 = model.blocks[1].attn, model.blocks[1].mlp
+
+    # --- the circuit (all regimes)
+    # L0H0 mover: z = one-hot(x) at '=', written to MOVED.
+    _mover_qk(a0, 0)
+    _copy_letters_v(a0, 0, 1.0)
+    for i in range(_NL):
+        a0.W_O[0, i, MOVED[i]] = 1.0
+    # MLP1 mapper, neurons 0..7: h_i = ReLU(2 MOVED_i - 1) is 1 for i = x and 0 otherwise (the -1 bias
+    # makes it a clean threshold at 0.5, robust to the mover's 4e-9 leakage); it writes L to OUT_succ(i).
+    for i, c in enumerate(DOMAIN):
+        m1.W_in[MOVED[i], i] = 2.0
+        m1.b_in[i] = -1.0
+        m1.W_out[i, OUT[DOMAIN.index(SUCC[c])]] = L_LOGIT
+    used1 = _NL  # MLP1 neurons in use so far
+
+    # --- regime-specific components
+    heads0 = {0}
+    if regime == "correlated-decoy":
+        # L0H1: same attention as the mover, z = 3 one-hot(x) (largest activation difference in the
+        # model), W_O scaled by 1/3 so DEC = one-hot(x). Nothing reads DEC except MLP0 below.
+        _mover_qk(a0, 1)
+        _copy_letters_v(a0, 1, DECOY_GAIN)
+        for i in range(_NL):
+            a0.W_O[1, i, DEC[i]] = 1.0 / DECOY_GAIN
+        heads0.add(1)
+        # MLP0 neurons 0..7: ReLU(2 DEC_i - 1) = one-hot(x) at '=', written with gain 3 into JUNK: a
+        # second correlated decoy whose output no one reads.
+        for i in range(_NL):
+            m0.W_in[DEC[i], i] = 2.0
+            m0.b_in[i] = -1.0
+            m0.W_out[i, JUNK[i]] = DECOY_GAIN
+        _inert_neurons(m0, range(_NL, D_MLP), gen)
+    else:
+        _inert_neurons(m0, range(D_MLP), gen)
+
+    if regime == "saturated-decoy":
+        # L0H1: DEC = one-hot(x) at '='.
+        _mover_qk(a0, 1)
+        _copy_letters_v(a0, 1, 1.0)
+        for i in range(_NL):
+            a0.W_O[1, i, DEC[i]] = 1.0
+        heads0.add(1)
+        # MLP1 neurons 8..15: g_v = ReLU(K DEC_v - (K - eps)), written with weight W to OUT_succ(v).
+        # DEC_v = 1 (v = x): pre-activation +eps, active, slope K -> d metric / d DEC_v = +-W K.
+        # DEC_v = 0 (v != x): pre-activation -(K - eps), flat.
+        # Patching x -> x' turns g_x from eps to 0 and g_x' from 0 to eps: the logit difference moves
+        # by only 2 W eps, while the first-order estimate (a - a') . grad is W K at either endpoint.
+        for i, c in enumerate(DOMAIN):
+            n = used1 + i
+            m1.W_in[DEC[i], n] = SAT_K
+            m1.b_in[n] = -(SAT_K - SAT_EPS)
+            m1.W_out[n, OUT[DOMAIN.index(SUCC[c])]] = SAT_W
+        used1 += _NL
+
+    if regime == "cancelling-pair":
+        # L0H2 / L0H3: same attention and values as the mover; O maps letter i to +A / -A on
+        # OUT_succ(i), i.e. straight onto the answer logit. Both heads compute identical z (same
+        # weights), so their outputs cancel exactly in the unpatched model.
+        for h, sign in ((2, 1.0), (3, -1.0)):
+            _mover_qk(a0, h)
+            _copy_letters_v(a0, h, 1.0)
+            for i, c in enumerate(DOMAIN):
+                a0.W_O[h, i, OUT[DOMAIN.index(SUCC[c])]] = sign * CANCEL_A
+            heads0.add(h)
+
+    # --- everything else is inert (random, writes only into JUNK)
+    for h in range(N_HEADS):
+        if h not in heads0:
+            _inert_head(a0, h, gen)
+        _inert_head(a1, h, gen)
+    _inert_neurons(m1, range(used1, D_MLP), gen)
+    model.eval()
+    return model
+
+
+def build_planted(regime: str) -> tuple[HookedTransformer, CharTokenizer]:
+    """`toy/planted-<regime>`: (model, tokenizer). Deterministic; no training, no cache needed."""
+    return _build(regime), CharTokenizer(TOY_ALPHABET)
+
+
+def _builder(regime: str):
+    def build() -> tuple[HookedTransformer, CharTokenizer]:
+        return build_planted(regime)
+
+    build.__name__ = f"build_planted_{regime.replace('-', '_')}"
+    return build
+
+
+_DESCRIPTIONS = {
+    "clean": "the circuit alone: L0H0 (mover) -> MLP1 (mapper); every other component inert",
+    "correlated-decoy": "circuit L0H0 -> MLP1, plus decoys L0H1 and MLP0 perfectly correlated with the answer "
+                        "but never read (exact effect 0)",
+    "saturated-decoy": "circuit L0H0 -> MLP1, plus decoy L0H1 feeding near-threshold ReLUs in MLP1: large "
+                       "gradient / attribution-patching score, exact effect ~0",
+    "cancelling-pair": "circuit L0H0 -> MLP1, plus L0H2 and L0H3 writing +-A onto the answer logit: each alone "
+                       "has twice the circuit's effect, together exactly 0",
+}
+
+
+def register() -> None:
+    from .toy import register_toy
+
+    for regime in PLANTED_REGIMES:
+        register_toy(f"planted-{regime}", _builder(regime),
+                     f"planted-circuit model ({regime}) for the `planted` task ('c394=' -> 'd'): "
+                     f"{_DESCRIPTIONS[regime]}. Ground truth in the entry's meta.",
+                     meta=planted_meta(regime))
