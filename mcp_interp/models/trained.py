@@ -154,6 +154,15 @@ def load_or_train(name: str, model_cfg: dict, train_cfg: dict,
         return model, info
 
 
+def _optimise(opt, loss, step: int, cfg: dict) -> float:
+    """One scheduled AdamW step on `loss`; returns the loss value."""
+    _adamw_step_schedule(opt, step, cfg["steps"], cfg["lr"], cfg["warmup"])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _adamw_step_schedule(opt: torch.optim.Optimizer, step: int, steps: int, lr: float, warmup: int) -> None:
     frac = min(1.0, (step + 1) / warmup) if warmup else 1.0
     decay = 0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi)).item())  # cosine to 0
@@ -210,11 +219,7 @@ def _train_induction(model: HookedTransformer, cfg: dict) -> dict:
         # predictions at positions a+p .. a+2p-2 (inside the repeat) of the tokens after them
         pred = logits[:, a + p:-1].reshape(-1, logits.shape[-1])
         loss = torch.nn.functional.cross_entropy(pred, toks[:, a + p + 1:].reshape(-1))
-        _adamw_step_schedule(opt, step, cfg["steps"], cfg["lr"], cfg["warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(_optimise(opt, loss, step, cfg))
     model.eval()
     with torch.no_grad():
         acc = induction_task_accuracy(model)
@@ -366,11 +371,7 @@ def _train_parens(model: HookedTransformer, cfg: dict) -> dict:
         target = torch.tensor([y if is_balanced(s) else n_ for s in strings])
         logits = model(parens_tokens(strings))[:, -1]
         loss = torch.nn.functional.cross_entropy(logits, target)
-        _adamw_step_schedule(opt, step, cfg["steps"], cfg["lr"], cfg["warmup"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(_optimise(opt, loss, step, cfg))
     model.eval()
     return {"final_loss": round(sum(losses[-50:]) / 50, 4), **parens_accuracy(model, cfg)}
 
