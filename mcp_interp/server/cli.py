@@ -18,8 +18,8 @@ def _serve(args: argparse.Namespace) -> int:
     local = args.host in ("127.0.0.1", "localhost", "::1")
     token = os.environ.get("MCP_INTERP_TOKEN")
     if not local and not token:
-        print("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
-              "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.", file=sys.stderr)
+        sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
+                         "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
         return 2
     hosts = [f"{args.host}:{args.port}", f"127.0.0.1:{args.port}", f"localhost:{args.port}"]
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,

@@ -6,6 +6,7 @@ Shows progress in the terminal and writes a markdown report with plots into the 
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,5 +127,5 @@ def run_demo(store: str | None = None, model: str = "smollm2-135m", n: int = 16)
         console.print(f"[red]demo failed:[/red] {e}")
         return 1
     console.print(f"[green]Report written to[/green] {report}")
-    print(report)
+    sys.stdout.write(f"{report}\n")  # the report path, for scripts (the demo is not the stdio server)
     return 0

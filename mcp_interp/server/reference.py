@@ -64,4 +64,5 @@ def update_readme(path: str = "README.md") -> bool:
 
 
 if __name__ == "__main__":
-    print("README.md updated" if update_readme() else "README.md already up to date")
+    import sys
+    sys.stdout.write("README.md updated\n" if update_readme() else "README.md already up to date\n")
