@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import expressions
-from .causal import TEMPLATE, CausalModel, TaskSpecError
+from .causal import CausalModel, TaskSpecError
 from .dataset import TaskDataset, build_dataset
 from .spec import RESERVED_POSITIONS, TaskSpec, template_fields
 from .tokenizer import Tokenizer
@@ -180,4 +180,4 @@ def check_answer_set_tokens(spec: TaskSpec, tokenizer: Tokenizer) -> list[Proble
     return [Problem("answer_set.candidates", f"{len(multi)} candidates are not single tokens: {multi[:5]}")]
 
 
-__all__ = ["Problem", "ValidationReport", "check_static", "check_with_tokenizer", "TEMPLATE"]
+__all__ = ["Problem", "ValidationReport", "check_static", "check_with_tokenizer"]

@@ -54,9 +54,7 @@ def get_model(app: AppContext, model_id: str):
 def get_tokenizer(app: AppContext, model_id: str):
     """The model's tokenizer, without loading weights when the pool can avoid it."""
     try:
-        if hasattr(app.pool, "get_tokenizer"):
-            return app.pool.get_tokenizer(model_id)
-        return app.pool.get(model_id).tokenizer
+        return app.pool.get_tokenizer(model_id)
     except ModelLoadError as e:
         raise ToolError(f"model: {e}") from None
 
