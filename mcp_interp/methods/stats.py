@@ -28,3 +28,16 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
 def ci_dict(values, **kw) -> dict:
     mean, lo, hi = bootstrap_ci(values, **kw)
     return {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(np.asarray(values).shape[0])}
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (Mann-Whitney; ties count one half)."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -17,14 +17,16 @@ effect. The residual stream is split into named one-hot subspaces:
     POS    one dim per position (the positional embedding is the identity into POS)
     MOVED  one dim per letter a..h: the mover head writes x here
     DEC    one dim per letter: decoy heads write x here
+    CAN    one dim per letter: the cancelling pair writes +-A one-hot(x) here
     OUT    one dim per letter: the unembedding reads only OUT (OUT_j -> logit of letter j)
     JUNK   scratch space that nothing reads: inert components write only here
 
 The circuit (every regime): L0H0 ("mover") attends from '=' to position 0 and copies x into MOVED;
 MLP1 maps MOVED_x to OUT_succ(x) with one ReLU neuron per letter. Logit difference (answer vs the
 counterfactual answer) is +L on clean inputs and -L on counterfactual ones. Every other head and
-every other MLP neuron is "inert": small random weights (fixed seed) reading anything but writing
-only into JUNK, so its activations vary with the input but it has exactly no effect on the logits.
+every other MLP neuron is "inert": small random weights (fixed seed) reading the distractor digits and
+positions and writing only into JUNK, so its activations vary with the digits but it has exactly no
+effect on the logits (and it does not change under resample_x).
 
 Regimes and their decoys (see `_build` for the weights and why they are set as they are):
   clean             the circuit alone.
@@ -41,18 +43,30 @@ Regimes and their decoys (see `_build` for the weights and why they are set as t
                     neuron outputs by eps: exact effect 2*W*eps ~ 0, while attribution patching,
                     gradient and gradient x activation give ~W*K, more than the real circuit.
                     (Integrated gradients integrates along the path and gets it right.)
-  cancelling-pair   L0H2 and L0H3 both attend to position 0 and write +A and -A times
-                    one-hot(succ(x)) into OUT: each alone moves the logit difference by 2A (more
-                    than the whole circuit), together exactly 0. Fools every single-component
-                    method; only joint interventions (circuit faithfulness) see through it.
+  cancelling-pair   L0H2 and L0H3 both attend to position 0 and write +A and -A times one-hot(x)
+                    into CAN, which MLP1 reads through ReLUs thresholded at A/2 (one per letter,
+                    writing to OUT_succ(v)). In the unpatched model CAN = 0, every such neuron sits
+                    below threshold and the gradient through the pair is exactly 0 at x, at x' and
+                    along the straight path between them; but patching either member alone makes
+                    CAN = +-A(e_x - e_x') and moves the logit difference by +-2L (effect +-1.0).
+                    Each member is causally important on its own, and every gradient-based method
+                    (AtP, AtP*, gradient, gradient x activation, integrated gradients, EAP, EAP-IG)
+                    scores both 0; patching both together does nothing, so the minimal faithful
+                    circuit is still L0H0 -> MLP1.
 
-Ground truth: `planted_meta(regime)` (also the registry entry's `meta`). Components are named by
+Seeds: `build_planted(regime, seed)` permutes which layer-0 heads play which role and redraws the
+inert weights, so a method cannot have learned the layout; seed 0 is the registered layout below.
+
+Ground truth: `planted_meta(regime, seed)` (also the registry entry's `meta`). Components are named by
 their TransformerLens hook plus head index: `{"name": "L0H0", "hook": "blocks.0.attn.hook_z",
 "layer": 0, "head": 0, "kind": "head"}` or `{"name": "MLP1", "hook": "blocks.1.hook_mlp_out",
 "layer": 1, "head": None, "kind": "mlp"}`; `meta["circuit"]` is the set whose joint removal kills
 the behaviour (and which alone reproduces it), `meta["decoys"]` components with ~0 exact effect
 that fool a named cheap method, `meta["cancelling_pairs"]` pairs with large individual but ~0 joint
-effect, `meta["inert"]` the rest, and `meta["components"]` all ten with a `label`.
+effect, `meta["inert"]` the rest, and `meta["components"]` all ten with a `label`. `meta["important"]` lists
+the components whose single-component exact patching effect is non-negligible (circuit and
+cancelling members): the positives of the attribution AUROC. `meta["important_edges"]` does the
+same for edges `sender->receiver` (senders embed/LxHy/MLPx, receivers LxHy.q|k|v, MLPx, logits).
 """
 
 from __future__ import annotations
@@ -112,9 +126,10 @@ TOK = list(range(0, D_VOCAB))                           # 52 dims
 POS = list(range(TOK[-1] + 1, TOK[-1] + 1 + N_CTX))      # 8
 MOVED = list(range(POS[-1] + 1, POS[-1] + 1 + _NL))      # 8
 DEC = list(range(MOVED[-1] + 1, MOVED[-1] + 1 + _NL))    # 8
-OUT = list(range(DEC[-1] + 1, DEC[-1] + 1 + _NL))        # 8
+CAN = list(range(DEC[-1] + 1, DEC[-1] + 1 + _NL))        # 8
+OUT = list(range(CAN[-1] + 1, CAN[-1] + 1 + _NL))        # 8
 JUNK = list(range(OUT[-1] + 1, OUT[-1] + 1 + 12))        # 12
-D_MODEL = JUNK[-1] + 1                                    # 96
+D_MODEL = JUNK[-1] + 1                                    # 104
 
 # ---------------------------------------------------------------- constants of the construction
 
@@ -124,7 +139,9 @@ DECOY_GAIN = 3.0   # correlated decoy: its z is 3 one-hot(x) (louder than the mo
 SAT_K = 10.0       # saturated decoy: gain of the near-threshold neurons
 SAT_EPS = 0.02     # ... how far above threshold the neuron of x sits (its whole dynamic range)
 SAT_W = 2.0        # ... their output weight: gradient W*K = 20, exact effect 2*W*eps = 0.08
-CANCEL_A = 2 * L_LOGIT  # cancelling pair: each writes +-A one-hot(succ(x)) into OUT
+CANCEL_A = 1.0     # cancelling pair: each writes +-A one-hot(x) into CAN ...
+CANCEL_THETA = 0.5  # ... read by ReLU(CAN_v - theta) neurons ...
+CANCEL_W = 2 * L_LOGIT / (CANCEL_A - CANCEL_THETA)  # ... writing W to OUT_succ(v): one member alone = +-2L
 INERT_STD = 0.3    # inert components' random weights
 INERT_SEED = 1234
 
@@ -140,41 +157,56 @@ def _component(name: str) -> dict[str, Any]:
 ALL_COMPONENTS = [f"L{l}H{h}" for l in range(N_LAYERS) for h in range(N_HEADS)] + [f"MLP{l}" for l in range(N_LAYERS)]
 
 
-def planted_meta(regime: str) -> dict[str, Any]:
-    """Ground truth for `toy/planted-<regime>` (see the module docstring for the format)."""
+def role_heads(seed: int = 0) -> dict[str, int]:
+    """Which layer-0 head plays which role: the identity for seed 0, a seeded permutation otherwise."""
+    order = list(range(N_HEADS))
+    if seed:
+        order = torch.randperm(N_HEADS, generator=torch.Generator().manual_seed(10_007 + seed)).tolist()
+    return dict(zip(("mover", "decoy", "plus", "minus"), order))
+
+
+def planted_meta(regime: str, seed: int = 0) -> dict[str, Any]:
+    """Ground truth for `toy/planted-<regime>` built with `seed` (see the module docstring)."""
     if regime not in PLANTED_REGIMES:
         raise ValueError(f"unknown planted regime {regime!r}; one of {PLANTED_REGIMES}")
-    roles = {"L0H0": ("circuit", "mover: attends from '=' to position 0 and copies x into MOVED"),
+    rh = role_heads(seed)
+    mover, decoy, plus, minus = (f"L0H{rh[r]}" for r in ("mover", "decoy", "plus", "minus"))
+    roles = {mover: ("circuit", "mover: attends from '=' to position 0 and copies x into MOVED"),
              "MLP1": ("circuit", "mapper: one ReLU neuron per letter, MOVED_x -> +L on the logit of succ(x)")}
     decoys: list[dict[str, Any]] = []
     pairs: list[list[dict[str, Any]]] = []
     sat = SAT_W * SAT_EPS if regime == "saturated-decoy" else 0.0
     span = 2 * (L_LOGIT + sat)  # m(x) - m(x'): the denominator of every normalised effect
+    # Edges with an effect of their own: x enters the mover through its value input, and so on.
+    edges = [f"embed->{mover}.v", f"{mover}->MLP1", "MLP1->logits"]
     if regime == "correlated-decoy":
-        roles["L0H1"] = ("decoy", "copies x (3x the mover's amplitude) into DEC, which nothing reads")
+        roles[decoy] = ("decoy", "copies x (3x the mover's amplitude) into DEC, which nothing reads")
         roles["MLP0"] = ("decoy", "one-hot of x from DEC into JUNK, which nothing reads")
-        for n in ("L0H1", "MLP0"):
+        for n in (decoy, "MLP0"):
             decoys.append({**_component(n), "role": roles[n][1], "exact_effect": 0.0, "linear_estimate": 0.0,
                            "fools": ["activation difference", "correlation / probing"]})
     elif regime == "saturated-decoy":
-        roles["L0H1"] = ("decoy", "copies x into DEC; MLP1 reads DEC through near-threshold ReLUs "
-                                  "(gain K, dynamic range eps): large gradient, ~0 effect")
+        roles[decoy] = ("decoy", "copies x into DEC; MLP1 reads DEC through near-threshold ReLUs "
+                                 "(gain K, dynamic range eps): large gradient, ~0 effect")
         roles["MLP1"] = ("circuit", roles["MLP1"][1] + "; also holds the decoy's near-threshold neurons")
-        decoys.append({**_component("L0H1"), "role": roles["L0H1"][1],
+        decoys.append({**_component(decoy), "role": roles[decoy][1],
                        "exact_effect": 2 * SAT_W * SAT_EPS / span, "linear_estimate": SAT_W * SAT_K / span,
-                       "fools": ["attribution patching (AtP, AtP*)", "gradient", "gradient x activation"]})
+                       "fools": ["attribution patching (AtP, AtP*)", "gradient", "gradient x activation", "EAP"]})
     elif regime == "cancelling-pair":
-        roles["L0H2"] = ("cancelling", "writes +A one-hot(succ(x)) into OUT")
-        roles["L0H3"] = ("cancelling", "writes -A one-hot(succ(x)) into OUT, cancelling L0H2 exactly")
-        pairs.append([{**_component(n), "role": roles[n][1], "effect_alone": sign * 2 * CANCEL_A / span}
-                      for n, sign in (("L0H2", 1.0), ("L0H3", -1.0))])
+        roles[plus] = ("cancelling", "writes +A one-hot(x) into CAN, read by thresholded ReLUs in MLP1")
+        roles[minus] = ("cancelling", "writes -A one-hot(x) into CAN, cancelling the other member exactly")
+        pairs.append([{**_component(n), "role": roles[n][1], "effect_alone": sign * 2 * L_LOGIT / span,
+                       "fools": ["every gradient-based method (zero gradient at x, x' and between)"]}
+                      for n, sign in ((plus, 1.0), (minus, -1.0))])
+        edges += [f"embed->{plus}.v", f"embed->{minus}.v", f"{plus}->MLP1", f"{minus}->MLP1"]
     components = []
     for n in ALL_COMPONENTS:
         label, role = roles.get(n, ("inert", "random weights writing only into JUNK: exactly no effect"))
         components.append({**_component(n), "label": label, "role": role})
     circuit = [c for c in components if c["label"] == "circuit"]
     return {
-        "kind": "planted", "regime": regime, "task": PLANTED_TASK["name"], "task_spec": copy.deepcopy(PLANTED_TASK),
+        "kind": "planted", "regime": regime, "seed": seed, "task": PLANTED_TASK["name"],
+        "task_spec": copy.deepcopy(PLANTED_TASK),
         "metric": "logit_diff", "counterfactual": "resample_x",
         "expected": {"clean_logit_diff": L_LOGIT + sat, "counterfactual_logit_diff": -(L_LOGIT + sat),
                      "accuracy": 1.0},
@@ -185,13 +217,15 @@ def planted_meta(regime: str) -> dict[str, Any]:
         # saturated decoy's eps), inert: exactly 0.
         "effect_convention": "normalised: 1.0 = the whole clean-vs-counterfactual logit difference",
         "circuit": circuit,
-        "important": [c["hook"] if c["head"] is None else f"{c['hook']}[{c['head']}]" for c in circuit],
+        "important": [c["name"] for c in components if c["label"] in ("circuit", "cancelling")],
+        "important_edges": edges,
         "decoys": decoys,
         "cancelling_pairs": pairs,
         "inert": [c for c in components if c["label"] == "inert"],
         "components": components,
         "constants": {"attn_logit": ATTN_LOGIT, "L": L_LOGIT, "decoy_gain": DECOY_GAIN, "sat_K": SAT_K,
-                      "sat_eps": SAT_EPS, "sat_W": SAT_W, "cancel_A": CANCEL_A},
+                      "sat_eps": SAT_EPS, "sat_W": SAT_W, "cancel_A": CANCEL_A, "cancel_theta": CANCEL_THETA,
+                      "cancel_W": CANCEL_W},
     }
 
 
@@ -222,29 +256,36 @@ def _copy_letters_v(attn: Any, head: int, gain: float) -> None:
         attn.W_V[head, TOK[_TOK_ID[c]], i] = gain
 
 
+# What inert components read: the distractor digits and the positions. resample_x leaves both
+# unchanged, so inert components are identical on x and x' (a method that flags them flags noise),
+# while resample_digits moves them (they are not constant).
+_INERT_READ = [TOK[_TOK_ID[d]] for d in DIGITS] + POS
+
+
 def _inert_head(attn: Any, head: int, gen: torch.Generator) -> None:
-    """Random Q, K, V over the whole residual stream; O writes only into JUNK."""
+    """Random Q, K, V reading the digits and positions; O writes only into JUNK."""
     for W in (attn.W_Q, attn.W_K, attn.W_V):
-        W[head] = torch.randn(D_MODEL, D_HEAD, generator=gen) * INERT_STD
+        W[head, _INERT_READ] = torch.randn(len(_INERT_READ), D_HEAD, generator=gen) * INERT_STD
     attn.W_O[head, :, JUNK] = torch.randn(D_HEAD, len(JUNK), generator=gen) * INERT_STD
 
 
 def _inert_neurons(mlp: Any, neurons: range, gen: torch.Generator) -> None:
-    """Random input weights from the whole residual stream, output only into JUNK."""
+    """Random input weights from the digits and positions, output only into JUNK."""
     for n in neurons:
-        mlp.W_in[:, n] = torch.randn(D_MODEL, generator=gen) * INERT_STD
+        mlp.W_in[_INERT_READ, n] = torch.randn(len(_INERT_READ), generator=gen) * INERT_STD
         mlp.b_in[n] = float(torch.randn(1, generator=gen)) * INERT_STD
         mlp.W_out[n, JUNK] = torch.randn(len(JUNK), generator=gen) * INERT_STD
 
 
 @torch.no_grad()
-def _build(regime: str) -> HookedTransformer:
+def _build(regime: str, seed: int = 0) -> HookedTransformer:
     if regime not in PLANTED_REGIMES:
         raise ValueError(f"unknown planted regime {regime!r}; one of {PLANTED_REGIMES}")
     model = HookedTransformer(_cfg(regime), move_to_device=False)
     for p in model.parameters():
         p.zero_()
-    gen = torch.Generator().manual_seed(INERT_SEED)  # inert weights: fixed per regime
+    gen = torch.Generator().manual_seed(INERT_SEED + seed)  # inert weights: fixed per (regime, seed)
+    rh = role_heads(seed)
 
     # Embeddings: identity into TOK and POS, so every dimension below means one thing.
     for t in range(D_VOCAB):
@@ -259,11 +300,12 @@ def _build(regime: str) -> HookedTransformer:
     a1, m1 = model.blocks[1].attn, model.blocks[1].mlp
 
     # --- the circuit (all regimes)
-    # L0H0 mover: z = one-hot(x) at '=', written to MOVED.
-    _mover_qk(a0, 0)
-    _copy_letters_v(a0, 0, 1.0)
+    # Mover: z = one-hot(x) at '=', written to MOVED.
+    mover = rh["mover"]
+    _mover_qk(a0, mover)
+    _copy_letters_v(a0, mover, 1.0)
     for i in range(_NL):
-        a0.W_O[0, i, MOVED[i]] = 1.0
+        a0.W_O[mover, i, MOVED[i]] = 1.0
     # MLP1 mapper, neurons 0..7: h_i = ReLU(2 MOVED_i - 1) is 1 for i = x and 0 otherwise (the -1 bias
     # makes it a clean threshold at 0.5, robust to the mover's 4e-9 leakage); it writes L to OUT_succ(i).
     for i, c in enumerate(DOMAIN):
@@ -273,15 +315,16 @@ def _build(regime: str) -> HookedTransformer:
     used1 = _NL  # MLP1 neurons in use so far
 
     # --- regime-specific components
-    heads0 = {0}
+    heads0 = {mover}
+    decoy = rh["decoy"]
     if regime == "correlated-decoy":
-        # L0H1: same attention as the mover, z = 3 one-hot(x) (largest activation difference in the
-        # model), W_O scaled by 1/3 so DEC = one-hot(x). Nothing reads DEC except MLP0 below.
-        _mover_qk(a0, 1)
-        _copy_letters_v(a0, 1, DECOY_GAIN)
+        # Decoy head: same attention as the mover, z = 3 one-hot(x) (largest activation difference in
+        # the model), W_O scaled by 1/3 so DEC = one-hot(x). Nothing reads DEC except MLP0 below.
+        _mover_qk(a0, decoy)
+        _copy_letters_v(a0, decoy, DECOY_GAIN)
         for i in range(_NL):
-            a0.W_O[1, i, DEC[i]] = 1.0 / DECOY_GAIN
-        heads0.add(1)
+            a0.W_O[decoy, i, DEC[i]] = 1.0 / DECOY_GAIN
+        heads0.add(decoy)
         # MLP0 neurons 0..7: ReLU(2 DEC_i - 1) = one-hot(x) at '=', written with gain 3 into JUNK: a
         # second correlated decoy whose output no one reads.
         for i in range(_NL):
@@ -293,12 +336,12 @@ def _build(regime: str) -> HookedTransformer:
         _inert_neurons(m0, range(D_MLP), gen)
 
     if regime == "saturated-decoy":
-        # L0H1: DEC = one-hot(x) at '='.
-        _mover_qk(a0, 1)
-        _copy_letters_v(a0, 1, 1.0)
+        # Decoy head: DEC = one-hot(x) at '='.
+        _mover_qk(a0, decoy)
+        _copy_letters_v(a0, decoy, 1.0)
         for i in range(_NL):
-            a0.W_O[1, i, DEC[i]] = 1.0
-        heads0.add(1)
+            a0.W_O[decoy, i, DEC[i]] = 1.0
+        heads0.add(decoy)
         # MLP1 neurons 8..15: g_v = ReLU(K DEC_v - (K - eps)), written with weight W to OUT_succ(v).
         # DEC_v = 1 (v = x): pre-activation +eps, active, slope K -> d metric / d DEC_v = +-W K.
         # DEC_v = 0 (v != x): pre-activation -(K - eps), flat.
@@ -312,15 +355,22 @@ def _build(regime: str) -> HookedTransformer:
         used1 += _NL
 
     if regime == "cancelling-pair":
-        # L0H2 / L0H3: same attention and values as the mover; O maps letter i to +A / -A on
-        # OUT_succ(i), i.e. straight onto the answer logit. Both heads compute identical z (same
-        # weights), so their outputs cancel exactly in the unpatched model.
-        for h, sign in ((2, 1.0), (3, -1.0)):
+        # The pair: same attention and values as the mover; O writes +A / -A one-hot(x) into CAN.
+        # Both compute identical z (same weights), so CAN is exactly 0 in the unpatched model.
+        for h, sign in ((rh["plus"], 1.0), (rh["minus"], -1.0)):
             _mover_qk(a0, h)
             _copy_letters_v(a0, h, 1.0)
-            for i, c in enumerate(DOMAIN):
-                a0.W_O[h, i, OUT[DOMAIN.index(SUCC[c])]] = sign * CANCEL_A
+            for i in range(_NL):
+                a0.W_O[h, i, CAN[i]] = sign * CANCEL_A
             heads0.add(h)
+        # MLP1 neurons 8..15: c_v = ReLU(CAN_v - theta) -> W on OUT_succ(v). At CAN = 0 they sit at
+        # -theta: flat, zero gradient. One member patched alone gives CAN_v = +-A on x or x'.
+        for i, c in enumerate(DOMAIN):
+            n = used1 + i
+            m1.W_in[CAN[i], n] = 1.0
+            m1.b_in[n] = -CANCEL_THETA
+            m1.W_out[n, OUT[DOMAIN.index(SUCC[c])]] = CANCEL_W
+        used1 += _NL
 
     # --- everything else is inert (random, writes only into JUNK)
     for h in range(N_HEADS):
@@ -332,9 +382,9 @@ def _build(regime: str) -> HookedTransformer:
     return model
 
 
-def build_planted(regime: str) -> tuple[HookedTransformer, CharTokenizer]:
-    """`toy/planted-<regime>`: (model, tokenizer). Deterministic; no training, no cache needed."""
-    return _build(regime), CharTokenizer(TOY_ALPHABET)
+def build_planted(regime: str, seed: int = 0) -> tuple[HookedTransformer, CharTokenizer]:
+    """`toy/planted-<regime>` (seed 0) or a re-drawn variant: (model, tokenizer). Deterministic; no training."""
+    return _build(regime, seed), CharTokenizer(TOY_ALPHABET)
 
 
 def _builder(regime: str):
@@ -351,8 +401,9 @@ _DESCRIPTIONS = {
                         "but never read (exact effect 0)",
     "saturated-decoy": "circuit L0H0 -> MLP1, plus decoy L0H1 feeding near-threshold ReLUs in MLP1: large "
                        "gradient / attribution-patching score, exact effect ~0",
-    "cancelling-pair": "circuit L0H0 -> MLP1, plus L0H2 and L0H3 writing +-A onto the answer logit: each alone "
-                       "has twice the circuit's effect, together exactly 0",
+    "cancelling-pair": "circuit L0H0 -> MLP1, plus L0H2 and L0H3 writing +-A one-hot(x) into a subspace MLP1 "
+                       "reads through thresholded ReLUs: each alone moves the answer as much as the circuit, "
+                       "together exactly 0, and every gradient through them is 0",
 }
 
 

@@ -91,6 +91,14 @@ def get_toy(name: str) -> ToyEntry | None:
         return _REGISTRY.get(name.removeprefix("toy/"))
 
 
+def toy_tasks() -> dict[str, dict]:
+    """Task specs that toy models bring with them (`meta["task_spec"]`), keyed by task name."""
+    with _LOCK:
+        entries = list(_REGISTRY.values())
+    return {e.meta["task_spec"]["name"]: e.meta["task_spec"] for e in entries
+            if e.meta and isinstance(e.meta.get("task_spec"), dict)}
+
+
 def seeded_model(cfg: HookedTransformerConfig, seed: int) -> HookedTransformer:
     """Randomly initialised model, reproducible, without disturbing the global torch RNG."""
     with torch.random.fork_rng(devices=[]):

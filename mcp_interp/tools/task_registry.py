@@ -9,8 +9,16 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..models.toy import toy_tasks
 from ..tasks.builtin import BUILTIN_TASKS
 from ..tasks.spec import TaskSpec
+
+
+def builtin_tasks() -> dict[str, TaskSpec]:
+    """The built-in tasks plus the tasks of the registered toy models (e.g. `planted`)."""
+    out = {n: TaskSpec.model_validate(d) for n, d in toy_tasks().items()}
+    out.update(BUILTIN_TASKS)  # a toy can never shadow a built-in
+    return out
 
 
 def task_hash(spec: TaskSpec) -> str:
@@ -23,6 +31,7 @@ class TaskRegistry:
         self.dir = Path(root) / "_tasks"  # task names never start with '_', so no clash with runs
         self._lock = threading.Lock()
         self._user: dict[str, TaskSpec] = {}
+        self._builtin = builtin_tasks()
         if self.dir.is_dir():
             for f in sorted(self.dir.glob("*.json")):
                 try:
@@ -32,13 +41,13 @@ class TaskRegistry:
                 self._user[spec.name] = spec
 
     def names(self) -> list[str]:
-        return sorted({*BUILTIN_TASKS, *self._user})
+        return sorted({*self._builtin, *self._user})
 
     def is_builtin(self, name: str) -> bool:
-        return name in BUILTIN_TASKS and name not in self._user
+        return name in self._builtin and name not in self._user
 
     def get(self, name: str) -> TaskSpec | None:
-        return self._user.get(name) or BUILTIN_TASKS.get(name)
+        return self._user.get(name) or self._builtin.get(name)
 
     def put(self, spec: TaskSpec) -> None:
         with self._lock:

@@ -1,0 +1,235 @@
+"""Node attribution: exact patching and the cheap estimates of it (DESIGN §3).
+
+Every method estimates, per example, the effect of denoising one node: m(x' with the node taken
+from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
+
+  exact        one patched forward per node (batched over nodes): the ground truth.
+  atp          attribution patching: (a(x) - a(x')) . dm/da at x'. 2 forwards + 1 backward.
+  atp_star     AtP with GradDrop (Kramar et al. 2024): for each layer l, the AtP estimate with the
+               gradient from the residual stream into layer l's block (its q/k/v and MLP inputs)
+               dropped; the score is sum_l |AtP_l| / (L - 1), signed like AtP. It recovers nodes whose direct
+               and indirect effects cancel at first order. (The QK fix of AtP* is applied on edges,
+               see edge_attribution.py: for a node's own output it is already exact.)
+  grad         gradient saliency: the norm of dm/da at x (unsigned; no counterfactual).
+  grad_act     gradient x activation at x: a(x) . dm/da(x) (no counterfactual).
+  ig           integrated gradients from x' to x: (a(x) - a(x')) . mean over alpha of dm/da along the
+               straight path between the two inputs' embeddings (midpoint rule, `ig_steps` points).
+  act_diff     |a(x) - a(x')|: how much the node changes. Not causal: the correlation-style baseline
+               that planted decoys are built to fool.
+
+Examples are grouped by length (no padding); each group is processed in chunks of `batch_size`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .components import Node, has_mlps, node_hooks, node_mask_hooks, node_values, split_inputs
+from .errors import Cancelled
+from .forward import group_by_length
+from .metrics import Metric
+
+NODE_METHODS = ("exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff")
+SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act": True, "ig": True, "act_diff": False}
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class NodeScores:
+    method: str
+    nodes: list[Node]
+    per_example: Tensor  # [n, nodes], metric units
+    m_clean: Tensor      # [n]
+    m_corrupt: Tensor    # [n]
+    forwards: int = 0    # in example-forward units (one forward of one prompt = 1)
+    backwards: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def normalised(self) -> Tensor:
+        """Mean score / mean(m(x) - m(x')): 1.0 = the node alone restores the clean behaviour."""
+        return self.per_example.mean(0) / (self.m_clean - self.m_corrupt).mean()
+
+
+def _check(should_cancel):
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
+
+
+def _final_metric(model, logits: Tensor, metric: Metric, idx: Tensor) -> Tensor:
+    return metric.from_logits(model, logits[:, -1], idx)
+
+
+def _run_cache(model, toks: Tensor, names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    cache: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        cache[hook.name] = act.detach()
+
+    with torch.no_grad():
+        logits = model.run_with_hooks(toks, fwd_hooks=[(n, keep) for n in names])
+    return logits, cache
+
+
+class _GradGate(torch.autograd.Function):
+    """Identity forward; backward multiplies by gate[key] (to drop the gradient through a layer)."""
+
+    @staticmethod
+    def forward(ctx, x, gate, key):
+        ctx.gate, ctx.key = gate, key
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.gate.get(ctx.key, 1.0), None, None
+
+
+def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, embed_override=None,
+           gate: dict | None = None):
+    """Forward with activations at `names` kept as graph nodes; returns (metric [b], acts).
+
+    embed_override(act) replaces hook_embed (the integrated-gradients path); `gate` installs _GradGate
+    on every block's inputs (q/k/v and MLP input hooks: call inside components.split_inputs) so the
+    caller can drop a layer from the backward pass by setting gate[layer] = 0."""
+    acts: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        if not act.requires_grad:  # frozen weights: make it a leaf the backward can reach
+            act = act.detach().clone().requires_grad_(True)
+        acts[hook.name] = act
+        return act
+
+    hooks = [(n, keep) for n in names]
+    if embed_override is not None:
+        hooks.insert(0, ("hook_embed", lambda act, hook: embed_override(act)))
+    if gate is not None:
+        sites = ["hook_q_input", "hook_k_input", "hook_v_input"] + (["hook_mlp_in"] if has_mlps(model) else [])
+        for l in range(model.cfg.n_layers):
+            hooks += [(f"blocks.{l}.{site}", lambda act, hook, l=l: _GradGate.apply(act, gate, l)) for site in sites]
+    with torch.enable_grad():
+        logits = model.run_with_hooks(toks, fwd_hooks=hooks)
+        m = _final_metric(model, logits, metric, idx)
+    return m, acts
+
+
+def _chunks(clean: Sequence[Tensor], batch_size: int):
+    for _, idx in sorted(group_by_length([c.tolist() for c in clean]).items()):
+        for s in range(0, len(idx), batch_size):
+            yield idx[s:s + batch_size]
+
+
+def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
+                metric: Metric, positions: Tensor | None = None, ig_steps: int = 10, batch_size: int = 16,
+                node_chunk: int = 32, progress: Progress | None = None, should_cancel=None) -> NodeScores:
+    """Per-example denoising effect estimates of `method` for every node (see module docstring)."""
+    if method not in NODE_METHODS:
+        raise ValueError(f"unknown method {method!r}; one of {NODE_METHODS}")
+    t0 = time.perf_counter()
+    n = len(clean)
+    dev = model.cfg.device
+    names = node_hooks(nodes)
+    out = torch.zeros(n, len(nodes))
+    m_x, m_cf = torch.zeros(n), torch.zeros(n)
+    fw = bw = 0
+    done = 0
+    for chunk in _chunks(clean, batch_size):
+        _check(should_cancel)
+        idx = torch.tensor(chunk)
+        x = torch.stack([clean[i] for i in chunk]).to(dev)
+        xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
+        pos = positions[idx] if positions is not None else None
+        lx, ax = _run_cache(model, x, names)
+        lc, ac = _run_cache(model, xc, names)
+        fw += 2 * len(chunk)
+        mx, mc = _final_metric(model, lx, metric, idx).detach().cpu(), _final_metric(model, lc, metric, idx).detach().cpu()
+        m_x[idx], m_cf[idx] = mx, mc
+        delta = {k: ax[k] - ac[k] for k in names}
+        if method == "act_diff":
+            s = node_values(nodes, {k: d.pow(2) for k, d in delta.items()}, pos).sqrt()
+        elif method in ("atp", "grad"):
+            m, acts = _grads(model, xc if method == "atp" else x, names, metric, idx)
+            g = dict(zip(names, torch.autograd.grad(m.sum(), [acts[k] for k in names])))
+            fw, bw = fw + len(chunk), bw + len(chunk)
+            if method == "atp":
+                s = node_values(nodes, {k: delta[k] * g[k] for k in names}, pos)
+            else:
+                s = node_values(nodes, {k: g[k].pow(2) for k in names}, pos).sqrt()
+        elif method == "grad_act":
+            m, acts = _grads(model, x, names, metric, idx)
+            g = dict(zip(names, torch.autograd.grad(m.sum(), [acts[k] for k in names])))
+            fw, bw = fw + len(chunk), bw + len(chunk)
+            s = node_values(nodes, {k: ax[k] * g[k] for k in names}, pos)
+        elif method == "ig":
+            s, f, b = _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, ig_steps)
+            fw, bw = fw + f, bw + b
+        elif method == "atp_star":
+            s, f, b = _graddrop_chunk(model, xc, idx, nodes, names, metric, delta, pos)
+            fw, bw = fw + f, bw + b
+        else:  # exact
+            s, f = _exact_chunk(model, xc, idx, nodes, ax, pos, metric, mc, node_chunk, should_cancel)
+            fw += f
+        out[idx] = s.detach().float().cpu()
+        done += len(chunk)
+        if progress:
+            progress(done / n, f"{method}: {done}/{n} examples")
+    return NodeScores(method, nodes, out, m_x, m_cf, fw, bw, time.perf_counter() - t0)
+
+
+def _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, steps: int):
+    """Integrated gradients along the straight line between the two inputs' token embeddings."""
+    with torch.no_grad():
+        e_x, e_c = model.embed(x), model.embed(xc)
+    b = len(x)
+    alphas = (torch.arange(steps, dtype=e_x.dtype, device=e_x.device) + 0.5) / steps
+    total = {k: torch.zeros_like(delta[k]) for k in names}
+    for a in alphas:
+        m, acts = _grads(model, x, names, metric, idx, embed_override=lambda act, a=a: e_c + a * (e_x - e_c))
+        g = torch.autograd.grad(m.sum(), [acts[k] for k in names])
+        for k, gk in zip(names, g):
+            total[k] += gk / steps
+    s = node_values(nodes, {k: delta[k] * total[k] for k in names}, pos)
+    return s, steps * b, steps * b
+
+
+def _graddrop_chunk(model, xc, idx, nodes, names, metric, delta, pos):
+    """AtP*'s GradDrop: one forward at x', one backward per dropped layer (plus the plain one)."""
+    L = model.cfg.n_layers
+    gate: dict[int, float] = {}
+    with split_inputs(model):
+        m, acts = _grads(model, xc, names, metric, idx, gate=gate)
+    per_drop = []
+    for drop in [None, *range(L)]:
+        gate.clear()
+        if drop is not None:
+            gate[drop] = 0.0
+        g = torch.autograd.grad(m.sum(), [acts[k] for k in names], retain_graph=drop != L - 1)
+        per_drop.append(node_values(nodes, {k: delta[k] * gk for k, gk in zip(names, g)}, pos))
+    plain = per_drop[0]
+    s = torch.sign(plain) * sum(d.abs() for d in per_drop[1:]) / max(L - 1, 1)
+    return s, len(xc), (L + 1) * len(xc)
+
+
+def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, node_chunk: int, should_cancel):
+    """Denoise one node at a time, many nodes per batched forward."""
+    b = len(xc)
+    s = torch.zeros(b, len(nodes))
+    fw = 0
+    for a in range(0, len(nodes), node_chunk):
+        _check(should_cancel)
+        block = list(range(a, min(a + node_chunk, len(nodes))))
+        keep = torch.ones(len(block), len(nodes), dtype=torch.bool)  # keep = stay on x'
+        for r, j in enumerate(block):
+            keep[r, j] = False
+        hooks = node_mask_hooks(nodes, keep, clean_cache, pos, rows_per_mask=b)
+        with torch.no_grad():
+            logits = model.run_with_hooks(xc.repeat(len(block), 1), fwd_hooks=hooks)
+        m = _final_metric(model, logits, metric, idx.repeat(len(block))).cpu().view(len(block), b)
+        s[:, block] = (m - m_corrupt[None]).T
+        fw += len(block) * b
+    return s, fw
