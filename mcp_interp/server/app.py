@@ -10,7 +10,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from .. import __version__
 from ..prompts import templates
-from ..tools import baseline_tool, job_tools, locate_tool, model_tools, run_tools, task_tools
+from ..tools import attribute_tool, baseline_tool, job_tools, locate_tool, model_tools, run_tools, task_tools
 from ..tools.context import AppContext
 from ..tools.runner import JobView
 from .registration import register_tool
@@ -23,7 +23,9 @@ Workflow (each step's result says what to do next):
 2. run_baseline(model, task): does the model solve it? Only intervene on behaviour the model has.
    Check that each counterfactual generator changes the label and the model follows it.
 3. locate(model, task, sites, positions): activation patching over layers x positions x sites; read `flow`,
-   `best_cells` and the heatmaps. (attribute, train_das, scrub_hypothesis come next.)
+   `best_cells` and the heatmaps.
+4. attribute(model, task, method, level): rank heads / MLPs / neurons / positions / edges; read the faithfulness
+   curve (CPR, CMD) and `circuit`. Cheap methods (atp, eap_ig) can be fooled: compare_exact=true checks them.
 Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
 {{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
 the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
@@ -94,6 +96,19 @@ def _register_tools(server: MCPServer) -> None:
                       "carries the information (`flow`), heatmaps (PNG resources) and the full grid (safetensors). "
                       "The engine equals a hook-per-cell loop and skips cells that cannot change anything. Run "
                       "run_baseline first. Runs as a job; identical requests return the stored run."))
+    at = attribute_tool
+    register_tool(server, at.attribute, name="attribute", input_model=at.AttributeInput, output_model=at.AttributeOutput,
+                  progress=True, description=(
+                      "Which components carry the behaviour, and is the circuit they form faithful? Scores attention "
+                      "heads, MLP layers, neurons of one layer, named positions, or edges (sender output -> receiver "
+                      "q/k/v/MLP input) with exact patching or a cheap estimate (atp, atp_star, grad, grad_act, ig, "
+                      "act_diff; eap, eap_ig for edges). Scores are normalised denoising effects (1 = the unit alone "
+                      "restores the clean behaviour), with bootstrap CIs for node levels. Then evaluates the top-k% "
+                      "circuits (k = 0.1..100) with everything outside patched from the counterfactual: faithfulness "
+                      "f = (m(C) - m(empty)) / (m(full) - m(empty)), CPR and CMD as MIB defines them, and the smallest "
+                      "circuit with f >= 0.8. compare_exact=true also runs exact patching and reports the correlation "
+                      "and the cost of each. Plots: layer x head heatmap, faithfulness curve, circuit graph. Runs as a "
+                      "job; identical requests return the stored run."))
     r = run_tools
     register_tool(server, r.list_runs, name="list_runs", input_model=r.ListRunsInput, output_model=r.ListRunsOutput,
                   read_only=True, description="Stored runs, newest first, filtered by task / model / tool / status, "

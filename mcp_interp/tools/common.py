@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import BaseModel, Field
 
+from ..methods.metrics import LogitDiffMetric, ProbMetric
 from ..models import ModelLoadError
 from ..tasks.causal import TaskSpecError
 from ..tasks.dataset import TaskDataset, build_dataset
@@ -81,3 +83,39 @@ def example_pairs(ds: TaskDataset, k: int, tokenizer: Any | None = None) -> list
         out.append(ExamplePair(prompt=e.prompt, answer=e.answer, counterfactual_prompt=e.cf_prompt,
                                counterfactual_answer=e.cf_answer, positions=e.positions, tokens=toks))
     return out
+
+
+def counterfactual_name(spec: TaskSpec, variable: str | None, counterfactual: str | None) -> str | None:
+    """The generator to use: `counterfactual`, or the one that resamples exactly `variable`."""
+    if variable is None:
+        return counterfactual
+    if counterfactual is not None:
+        raise ToolError("variable: give either `variable` or `counterfactual`, not both.")
+    for cf in spec.counterfactuals:
+        if cf.kind == "resample" and cf.variables == [variable]:
+            return cf.name
+    raise ToolError(f"variable: task {spec.name!r} has no generator that resamples exactly {variable!r}. "
+                    f"Generators: {[(c.name, c.kind, c.variables) for c in spec.counterfactuals]}. Fix: pass one as "
+                    f"`counterfactual`, or define_task with a resample generator for {variable!r}.")
+
+
+def check_pairs(ds: TaskDataset, metric: str) -> None:
+    """Clean and counterfactual prompts must align token by token, and a logit difference needs a gap."""
+    bad = [i for i, e in enumerate(ds.examples) if len(e.tokens) != len(e.cf_tokens)]
+    if bad:
+        ex = "; ".join(f"{ds.examples[i].prompt!r} vs {ds.examples[i].cf_prompt!r}" for i in bad[:2])
+        raise ToolError(f"counterfactual: {len(bad)} of {len(ds)} pairs differ in token length, so positions cannot be "
+                        f"aligned (e.g. {ex}). Fix: pick a generator that keeps the length, or values of equal length.")
+    if metric == "logit_diff":
+        same = [i for i, e in enumerate(ds.examples) if e.answer_id == e.cf_answer_id]
+        if same:
+            raise ToolError(f"counterfactual: {ds.counterfactual!r} leaves the answer unchanged in {len(same)} pairs, so "
+                            f"the logit difference has no gap to restore. Fix: a generator that changes the answer.")
+
+
+def task_metric(name: str, ds: TaskDataset):
+    """The per-example metric object for logit_diff or prob."""
+    answer = torch.tensor([e.answer_id for e in ds.examples])
+    if name == "prob":
+        return ProbMetric(answer)
+    return LogitDiffMetric(answer, torch.tensor([e.cf_answer_id for e in ds.examples]))

@@ -11,12 +11,11 @@ from pydantic import BaseModel, Field
 
 from ..artifacts import plots
 from ..methods.locate import dominant_positions, grid_cells, normalised_effects, top_cells
-from ..methods.metrics import LogitDiffMetric, ProbMetric
 from ..methods.patching import Cancelled, patch_sweep
 from ..methods.stats import ci_dict
 from ..tasks.dataset import TaskDataset
-from ..tasks.spec import TaskSpec
-from .common import DEFAULT_MODEL, Stat, dataset, get_model, get_task, validate_or_raise
+from .common import (DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, get_model, get_task,
+                     task_metric, validate_or_raise)
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
 from .task_registry import task_hash
@@ -87,19 +86,6 @@ class LocateOutput(HeavyOutput):
     result: LocateResult | None = None
 
 
-def _counterfactual_name(spec: TaskSpec, args: LocateInput) -> str | None:
-    if args.variable is None:
-        return args.counterfactual
-    if args.counterfactual is not None:
-        raise ToolError("variable: give either `variable` or `counterfactual`, not both.")
-    for cf in spec.counterfactuals:
-        if cf.kind == "resample" and cf.variables == [args.variable]:
-            return cf.name
-    raise ToolError(f"variable: task {spec.name!r} has no generator that resamples exactly {args.variable!r}. "
-                    f"Generators: {[(c.name, c.kind, c.variables) for c in spec.counterfactuals]}. Fix: pass one as "
-                    f"`counterfactual`, or define_task with a resample generator for {args.variable!r}.")
-
-
 def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str], torch.Tensor]:
     lengths = {len(e.tokens) for e in ds.examples}
     mode = args.positions
@@ -125,26 +111,6 @@ def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str]
     return names, torch.tensor([[e.positions[p] for p in names] for e in ds.examples])
 
 
-def _check(ds: TaskDataset, metric: str) -> None:
-    bad = [i for i, e in enumerate(ds.examples) if len(e.tokens) != len(e.cf_tokens)]
-    if bad:
-        ex = "; ".join(f"{ds.examples[i].prompt!r} vs {ds.examples[i].cf_prompt!r}" for i in bad[:2])
-        raise ToolError(f"counterfactual: {len(bad)} of {len(ds)} pairs differ in token length, so positions cannot be "
-                        f"aligned (e.g. {ex}). Fix: pick a generator that keeps the length, or values of equal length.")
-    if metric == "logit_diff":
-        same = [i for i, e in enumerate(ds.examples) if e.answer_id == e.cf_answer_id]
-        if same:
-            raise ToolError(f"counterfactual: {ds.counterfactual!r} leaves the answer unchanged in {len(same)} pairs, so "
-                            f"the logit difference has no gap to restore. Fix: a generator that changes the answer.")
-
-
-def _metric(name: str, ds: TaskDataset):
-    answer = torch.tensor([e.answer_id for e in ds.examples])
-    if name == "prob":
-        return ProbMetric(answer)
-    return LogitDiffMetric(answer, torch.tensor([e.cf_answer_id for e in ds.examples]))
-
-
 def _work(app: AppContext, args: LocateInput, params: dict):
     def work(job) -> dict:
         t0 = time.time()
@@ -161,11 +127,11 @@ def _work(app: AppContext, args: LocateInput, params: dict):
         if bad:
             raise ToolError(f"layers: {bad} out of range; {args.model} has layers 0..{cfg.n_layers - 1}.")
         validate_or_raise(spec, lm.tokenizer, args.model)
-        ds = dataset(spec, lm.tokenizer, args.n, args.seed, _counterfactual_name(spec, args))
-        _check(ds, metric_name)
+        ds = dataset(spec, lm.tokenizer, args.n, args.seed, counterfactual_name(spec, args.variable, args.counterfactual))
+        check_pairs(ds, metric_name)
         labels, pos = _positions(ds, args, lm.tokenizer)
         cells = grid_cells(args.sites, layers, len(labels), cfg.n_heads)
-        metric = _metric(metric_name, ds)
+        metric = task_metric(metric_name, ds)
         clean = [torch.tensor(e.tokens) for e in ds.examples]
         corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
         with lm.use():

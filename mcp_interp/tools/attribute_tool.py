@@ -1,0 +1,279 @@
+"""Tool attribute: which components (or edges) carry the behaviour, and is the circuit they form faithful?"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from ..artifacts import plots
+from ..methods.attribute import run_attribution
+from ..methods.errors import Cancelled
+from ..methods.stats import ci_dict
+from .common import (DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, get_model, get_task,
+                     task_metric, validate_or_raise)
+from .errors import ToolError
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
+from .task_registry import task_hash
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+TOOL = "attribute"
+Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "eap", "eap_ig"]
+NODE_ONLY = {"atp", "atp_star", "grad", "grad_act", "ig", "act_diff"}
+EDGE_ONLY = {"eap", "eap_ig"}
+METHOD_DOC = (
+    "exact: activation patching, one forward per unit (ground truth, slowest). atp: attribution patching "
+    "(a(x)-a(x'))·∇m at x', 2 forwards + 1 backward for all units. atp_star: AtP with GradDrop (recovers units whose "
+    "direct and indirect effects cancel). grad: |∇m| at x. grad_act: a(x)·∇m(x). ig: integrated gradients along the "
+    "embedding path x'→x (ig_steps). act_diff: |a(x)-a(x')|, not causal, for contrast. eap / eap_ig: edge "
+    "attribution patching (plain / integrated gradients) — level 'edges' only. exact on 'edges' patches each edge "
+    "(small models only).")
+
+
+class AttributeInput(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
+    task: str = Field(..., description="Task name (list_tasks / define_task).")
+    method: Method = Field("atp", description=METHOD_DOC)
+    level: Literal["heads", "mlps", "neurons", "positions", "edges"] = Field(
+        "heads", description="Units to score: attention heads, MLP layers, the neurons of MLP `layer`, the task's "
+        "named positions of the residual stream at `layer`, or edges (sender output -> receiver q/k/v/MLP input).")
+    layer: int | None = Field(None, description="For level 'neurons' (required) and 'positions' (default 0).")
+    counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
+    variable: str | None = Field(None, description="Instead of `counterfactual`: the generator that resamples exactly "
+                                 "this variable.")
+    metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
+    n: int = Field(16, ge=2, le=512, description="Number of clean/counterfactual pairs.")
+    seed: int = 0
+    ig_steps: int = Field(10, ge=1, le=100, description="Integration points for ig / eap_ig.")
+    compare_exact: bool = Field(False, description="Also run exact patching on the same units and report the "
+                                "correlation with it and the cost of each (node levels only).")
+    faithfulness: bool = Field(True, description="Evaluate circuits of the top k% units (k = 0.1 .. 100) with "
+                               "everything outside patched from the counterfactual; report CPR and CMD.")
+    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    wait_seconds: float = WAIT_FIELD
+
+
+class UnitScore(BaseModel):
+    name: str
+    score: float = Field(description="normalised estimate of the unit's denoising effect (1.0 = restores all)")
+    ci95: list[float] | None = None
+
+
+class FaithfulnessCurve(BaseModel):
+    fractions: list[float]
+    counts: list[int] = Field(description="units in the circuit at each fraction")
+    signed: list[float] = Field(description="f of the top-k circuits ranked by signed score")
+    absolute: list[float] = Field(description="f of the top-k circuits ranked by |score|")
+    cpr: float = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
+    cmd: float = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
+
+
+class AttributeResult(BaseModel):
+    run_id: str
+    task: str
+    model: str
+    method: str
+    level: str
+    counterfactual: str
+    metric: str
+    n: int
+    seed: int
+    clean_metric: Stat
+    counterfactual_metric: Stat
+    n_units: int
+    top: list[UnitScore] = Field(description="the 15 units with the largest |score|")
+    circuit: dict = Field(description="smallest top-k circuit (signed ranking) with faithfulness >= 0.8, or the most "
+                          "faithful one: size, fraction, faithfulness, units")
+    faithfulness: FaithfulnessCurve | None = None
+    comparison_with_exact: dict | None = None
+    summary: str
+    warnings: list[str]
+    files: dict[str, str]
+    cost: dict
+    cached: bool = False
+
+
+class AttributeOutput(HeavyOutput):
+    result: AttributeResult | None = None
+
+
+def _check_args(args: AttributeInput, n_layers: int) -> None:
+    if args.level == "edges" and args.method in NODE_ONLY:
+        raise ToolError(f"method: {args.method!r} scores nodes; for level 'edges' use eap, eap_ig or exact.")
+    if args.level != "edges" and args.method in EDGE_ONLY:
+        raise ToolError(f"method: {args.method!r} scores edges; pass level='edges' or a node method "
+                        f"(atp, atp_star, ig, exact, ...).")
+    if args.level == "neurons" and args.layer is None:
+        raise ToolError("layer: level 'neurons' scores the neurons of one MLP layer; pass `layer`.")
+    if args.layer is not None and not 0 <= args.layer < n_layers:
+        raise ToolError(f"layer: {args.layer} out of range 0..{n_layers - 1}.")
+    if args.compare_exact and args.level == "edges":
+        raise ToolError("compare_exact: only for node levels (exact edge patching is one forward per edge).")
+
+
+def _work(app: AppContext, args: AttributeInput, params: dict):
+    def work(job) -> dict:
+        t0 = time.time()
+        spec = get_task(app, args.task)
+        metric_name = args.metric or spec.metric
+        if metric_name not in ("logit_diff", "prob"):
+            raise ToolError(f"metric: attribution needs a per-token metric (logit_diff or prob); task {spec.name!r} "
+                            f"uses {metric_name!r}. Fix: pass metric='logit_diff' or 'prob'.")
+        job.progress(0.01, f"loading {args.model}")
+        lm = get_model(app, args.model)
+        cfg = lm.model.cfg
+        _check_args(args, cfg.n_layers)
+        if args.level in ("mlps", "neurons") and cfg.attn_only:
+            raise ToolError(f"level: {args.model} is attention-only; it has no MLPs. Use heads, positions or edges.")
+        validate_or_raise(spec, lm.tokenizer, args.model)
+        ds = dataset(spec, lm.tokenizer, args.n, args.seed, counterfactual_name(spec, args.variable, args.counterfactual))
+        check_pairs(ds, metric_name)
+        metric = task_metric(metric_name, ds)
+        names = ds.position_names
+        positions = torch.tensor([[e.positions[p] for p in names] for e in ds.examples]) if names else None
+        if args.level == "positions" and not names:
+            raise ToolError(f"level: task {spec.name!r} has no named positions to score.")
+        clean = [torch.tensor(e.tokens) for e in ds.examples]
+        corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
+        with lm.use():
+            try:
+                rep = run_attribution(lm.model, args.method, args.level, clean, corrupt, metric, positions, names,
+                                      layer=args.layer if args.level == "neurons" else (args.layer or 0),
+                                      ig_steps=args.ig_steps, compare_exact=args.compare_exact,
+                                      faithfulness=args.faithfulness, seed=args.seed,
+                                      progress=lambda f, m: job.progress(0.03 + 0.92 * f, m),
+                                      should_cancel=lambda: job.cancelled)
+            except Cancelled:
+                job.check_cancelled()
+                raise
+            except ValueError as e:
+                raise ToolError(f"method: {e}") from None
+        job.progress(0.96, "plots and store")
+        return _store(app, args, spec, lm, ds, rep, metric_name, params, t0)
+    return work
+
+
+def _store(app, args, spec, lm, ds, rep, metric_name, params, t0) -> dict:
+    run = app.store.create_run(TOOL, spec.name, args.model, params, seed=args.seed,
+                               model_info={"weight_hash": lm.weight_hash, "device": lm.device}, task_hash=task_hash(spec))
+    try:
+        order = np.argsort(-np.abs(np.nan_to_num(rep.scores)), kind="stable")
+        top = [UnitScore(name=rep.units[i], score=round(float(rep.scores[i]), 4),
+                         ci95=None if rep.lo is None else [round(float(rep.lo[i]), 4), round(float(rep.hi[i]), 4)])
+               for i in order[:15]]
+        tensors = {"scores": torch.as_tensor(rep.scores, dtype=torch.float32),
+                   "metric.clean": torch.as_tensor(rep.m_clean), "metric.counterfactual": torch.as_tensor(rep.m_corrupt)}
+        if rep.per_example is not None:
+            tensors["per_example"] = torch.as_tensor(rep.per_example, dtype=torch.float32)
+        run.write_tensors("scores.safetensors", tensors)
+        faith = None
+        if rep.curves:
+            s, a = rep.curves["signed"], rep.curves["abs"]
+            faith = FaithfulnessCurve(fractions=s.fractions, counts=s.counts, signed=s.faithfulness,
+                                      absolute=a.faithfulness, cpr=round(s.area, 4), cmd=round(a.area, 4))
+        run.write_json("scores.json", {"units": rep.units, "layers": rep.layers, "scores": rep.scores.tolist(),
+                                       "ci95_low": None if rep.lo is None else rep.lo.tolist(),
+                                       "ci95_high": None if rep.hi is None else rep.hi.tolist(),
+                                       "faithfulness": faith.model_dump() if faith else None, "circuit": rep.circuit,
+                                       "comparison_with_exact": rep.comparison,
+                                       "prompts": [e.prompt for e in ds.examples],
+                                       "counterfactual_prompts": [e.cf_prompt for e in ds.examples]})
+        files = {k: f"artifact://{run.run_id}/{k}" for k in ("scores.safetensors", "scores.json", "result.json")}
+        files.update(_plots(run, args, spec, lm, rep, len(ds)))
+        gap = float(np.mean(rep.m_clean) - np.mean(rep.m_corrupt))
+        warnings = []
+        if abs(gap) < 0.5 and metric_name == "logit_diff":
+            warnings.append(f"the clean-counterfactual gap is small ({gap:.3f}): normalised scores are noisy")
+        if args.method == "act_diff":
+            warnings.append("act_diff is not causal: it flags components that change, whether or not they matter")
+        if rep.circuit and not rep.circuit["reached_target"]:
+            warnings.append(f"no circuit on the curve reaches faithfulness {rep.circuit['target']}; the most faithful "
+                            f"one is reported")
+        t = top[0]
+        summary = f"{args.method} on {args.level}: top {t.name} ({t.score:+.2f})"
+        if rep.circuit:
+            summary += (f"; circuit of {rep.circuit['size']} units ({100 * rep.circuit['fraction']:g}%) has faithfulness "
+                        f"{rep.circuit['faithfulness']:.2f}; CPR {faith.cpr:.3f}, CMD {faith.cmd:.3f}")
+        if rep.comparison:
+            summary += (f"; vs exact patching: Pearson {rep.comparison['pearson']:.2f}, "
+                        f"{rep.comparison['speedup']:.1f}x faster" if rep.comparison.get("speedup") else "")
+        cost = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rep.cost.items()}
+        cost["total_seconds"] = round(time.time() - t0, 2)
+        result = AttributeResult(
+            run_id=run.run_id, task=spec.name, model=args.model, method=args.method, level=args.level,
+            counterfactual=ds.counterfactual, metric=metric_name, n=len(ds), seed=args.seed,
+            clean_metric=Stat(**ci_dict(rep.m_clean, seed=args.seed)),
+            counterfactual_metric=Stat(**ci_dict(rep.m_corrupt, seed=args.seed)),
+            n_units=len(rep.units), top=top, circuit=rep.circuit, faithfulness=faith,
+            comparison_with_exact=rep.comparison, summary=summary, warnings=warnings, files=files, cost=cost)
+        out = result.model_dump(mode="json")
+        run.finish(out, metrics={"top_unit": t.name, "top_score": t.score,
+                                 **({"cpr": faith.cpr, "cmd": faith.cmd} if faith else {})})
+    except BaseException as e:
+        run.fail(f"{type(e).__name__}: {e}")
+        raise
+    return out
+
+
+def _save(run, name, fig) -> dict[str, str]:
+    run.save_figure(name, fig)
+    return {name: f"artifact://{run.run_id}/{name}"}
+
+
+def _plots(run, args, spec, lm, rep, n) -> dict[str, str]:
+    what = f"{spec.name} on {args.model}, {args.method}, n={n}"
+    files = {}
+    if args.level == "heads":
+        cfg = lm.model.cfg
+        grid = rep.scores.reshape(cfg.n_layers, cfg.n_heads)
+        files |= _save(run, "heads_heatmap.png", plots.heatmap(
+            grid, row_labels=[str(l) for l in range(cfg.n_layers)], col_labels=[str(h) for h in range(cfg.n_heads)],
+            title=f"head attribution (normalised)\n{what}", cbar_label="score", xlabel="head", ylabel="layer"))
+    elif args.level != "edges":
+        order = np.argsort(-np.abs(rep.scores), kind="stable")[:30]
+        files |= _save(run, "scores_bar.png", plots.bar_with_ci(
+            [rep.units[i] for i in order], rep.scores[order],
+            None if rep.lo is None else rep.lo[order], None if rep.hi is None else rep.hi[order],
+            title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"))
+    if rep.curves:
+        s, a = rep.curves["signed"], rep.curves["abs"]
+        files |= _save(run, "faithfulness.png", plots.line_plot(
+            [100 * f for f in s.fractions], {f"signed ranking (CPR {s.area:.2f})": s.faithfulness,
+                                             f"|score| ranking (CMD {a.area:.2f})": a.faithfulness},
+            title=f"circuit faithfulness\n{what}", xlabel="% of units in the circuit", ylabel="faithfulness f",
+            xscale="log", hlines={"full model": 1.0, "counterfactual": 0.0}))
+    if rep.circuit:
+        units = rep.circuit["units"][:40]
+        score = dict(zip(rep.units, rep.scores.tolist()))
+        layer_of = dict(zip(rep.units, rep.layers))
+        if args.level == "edges":
+            edges = [(u.split("->")[0], u.split("->")[1], score[u]) for u in units]
+            ends = {e[0] for e in edges} | {e[1].split(".")[0] for e in edges}
+            nodes = [(x, _node_layer(x, lm.model.cfg.n_layers), 0.0) for x in sorted(ends)]
+        else:
+            edges, nodes = [], [(u, layer_of[u], score[u]) for u in units]
+        files |= _save(run, "circuit.png", plots.layered_graph(
+            nodes, edges, title=f"circuit: {len(units)} {args.level} (f = {rep.circuit['faithfulness']:.2f})\n{what}"))
+    return files
+
+
+def _node_layer(name: str, n_layers: int) -> float:
+    if name == "embed":
+        return -1
+    if name == "logits":
+        return n_layers
+    if name.startswith("MLP"):
+        return int(name[3:]) + 0.5  # an MLP sits above its layer's heads
+    return int(name[1:].split("H")[0].split("G")[0])
+
+
+def attribute(app: AppContext, args: AttributeInput, progress: ProgressFn | None = None) -> AttributeOutput:
+    spec = get_task(app, args.task)
+    return run_heavy(app, TOOL, args, spec.name, args.model,
+                     f"attribute {spec.name} on {args.model} ({args.method}, {args.level}, n={args.n})",
+                     lambda params: _work(app, args, params), AttributeOutput, progress)
