@@ -133,6 +133,8 @@ register_toy("tiny-attn-only", build_tiny_attn_only,
 # Trained (induction-2l, parens-classifier) and planted-circuit (planted-<regime>) models. Those
 # modules import this one, so this stays at the end.
 from . import planted as _planted, trained as _trained  # noqa: E402
+from . import planted_direction as _pd  # noqa: E402
 
 _trained.register()
 _planted.register()
+_pd.register()
