@@ -76,12 +76,17 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
                                                          "wait_seconds": 60}))["result"]
             heads = (await _call(client, bar, "locate", {"model": model, "task": "ioi-demo", "n": n, "sites": ["z"],
                                                          "positions": ["END"], "wait_seconds": 60}))["result"]
+            attr = (await _call(client, bar, "attribute", {"model": model, "task": "ioi-demo", "n": n,
+                                                           "method": "atp", "level": "heads",
+                                                           "wait_seconds": 120}))["result"]
         report_dir = Path(server_store_root(store)) / "_reports" / time.strftime("demo-%Y%m%d-%H%M%S")
         report_dir.mkdir(parents=True, exist_ok=True)
         await _save_resource(client, base["files"]["metric_hist.png"], report_dir / "baseline_hist.png")
         await _save_resource(client, resid["files"]["resid_pre_heatmap.png"], report_dir / "locate_resid.png")
         z_png = next(k for k in heads["files"] if k.startswith("z_heatmap"))
         await _save_resource(client, heads["files"][z_png], report_dir / "locate_heads.png")
+        await _save_resource(client, attr["files"]["heads_heatmap.png"], report_dir / "attribute_heads.png")
+        await _save_resource(client, attr["files"]["faithfulness.png"], report_dir / "attribute_faithfulness.png")
     m = base["metrics"]
     lines = [
         f"# mcp-interp demo — IOI on {model}", "",
@@ -109,6 +114,18 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
         *[f"| {c['layer']} | {c['head']} | {c['effect']:.2f} | {c['ci95'][0]:.2f} .. {c['ci95'][1]:.2f} |"
           for c in heads["best_cells"]["z"]], "",
         "![per-head patching at END](locate_heads.png)", "",
+        "## 3. Attribute: which heads carry it, and is the circuit faithful?", "",
+        f"Attribution patching over all heads at all positions (run `{attr['run_id']}`: {attr['cost']['forwards']} "
+        f"example-forwards and {attr['cost']['backwards']} backwards in {attr['cost']['seconds']:.1f} s; the faithfulness "
+        f"curve took {attr['cost']['faithfulness_seconds']:.0f} s).", "",
+        f"**{attr['summary']}**", "",
+        "| head | AtP score | 95% CI |", "|---|---|---|",
+        *[f"| {u['name']} | {u['score']:+.2f} | {u['ci95'][0]:+.2f} .. {u['ci95'][1]:+.2f} |" for u in attr["top"][:8]], "",
+        f"Circuit: the top {attr['circuit']['size']} heads keep faithfulness {attr['circuit']['faithfulness']:.2f} with "
+        "everything else patched from the counterfactual (f > 1: the negative heads left out were pushing against "
+        "the answer).", "",
+        "![head attribution](attribute_heads.png)", "",
+        "![faithfulness curve](attribute_faithfulness.png)", "",
     ]
     report = report_dir / "report.md"
     report.write_text("\n".join(lines))
