@@ -124,6 +124,33 @@ def _chunks(clean: Sequence[Tensor], batch_size: int):
             yield idx[s:s + batch_size]
 
 
+@dataclass
+class PairChunk:
+    """One batch of same-length pairs, run once on each side with the named activations cached."""
+    idx: Tensor
+    x: Tensor
+    xc: Tensor
+    cache_x: dict[str, Tensor]
+    cache_c: dict[str, Tensor]
+    m_x: Tensor  # metric per example, on CPU
+    m_c: Tensor
+
+
+def pair_chunks(model, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric, names: list[str],
+                batch_size: int, should_cancel=None, names_x: list[str] | None = None):
+    """Yield PairChunk per batch (cancellation checked between batches)."""
+    dev = model.cfg.device
+    for chunk in _chunks(clean, batch_size):
+        _check(should_cancel)
+        idx = torch.tensor(chunk)
+        x = torch.stack([clean[i] for i in chunk]).to(dev)
+        xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
+        lx, cx = _run_cache(model, x, names if names_x is None else names_x)
+        lc, cc = _run_cache(model, xc, names)
+        yield PairChunk(idx, x, xc, cx, cc, _final_metric(model, lx, metric, idx).detach().cpu(),
+                        _final_metric(model, lc, metric, idx).detach().cpu())
+
+
 def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
                 metric: Metric, positions: Tensor | None = None, ig_steps: int = 10, batch_size: int = 16,
                 node_chunk: int = 32, progress: Progress | None = None, should_cancel=None) -> NodeScores:
@@ -132,23 +159,17 @@ def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], 
         raise ValueError(f"unknown method {method!r}; one of {NODE_METHODS}")
     t0 = time.perf_counter()
     n = len(clean)
-    dev = model.cfg.device
     names = node_hooks(nodes)
     out = torch.zeros(n, len(nodes))
     m_x, m_cf = torch.zeros(n), torch.zeros(n)
     fw = bw = 0
     done = 0
-    for chunk in _chunks(clean, batch_size):
-        _check(should_cancel)
-        idx = torch.tensor(chunk)
-        x = torch.stack([clean[i] for i in chunk]).to(dev)
-        xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
+    for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel):
+        idx, x, xc, ax, ac, mc = pc.idx, pc.x, pc.xc, pc.cache_x, pc.cache_c, pc.m_c
+        chunk = idx.tolist()
         pos = positions[idx] if positions is not None else None
-        lx, ax = _run_cache(model, x, names)
-        lc, ac = _run_cache(model, xc, names)
         fw += 2 * len(chunk)
-        mx, mc = _final_metric(model, lx, metric, idx).detach().cpu(), _final_metric(model, lc, metric, idx).detach().cpu()
-        m_x[idx], m_cf[idx] = mx, mc
+        m_x[idx], m_cf[idx] = pc.m_x, mc
         delta = {k: ax[k] - ac[k] for k in names}
         if method == "act_diff":
             s = node_values(nodes, {k: d.pow(2) for k, d in delta.items()}, pos).sqrt()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attribution import Progress, _check, _chunks, _final_metric, _run_cache
+from .attribution import Progress, _check, _final_metric, pair_chunks
 from .components import (Receiver, Sender, edge_mask_allowed, receiver_hook, receivers, sender_hooks,
                          sender_outputs, senders, split_inputs)
 from .metrics import Metric
@@ -86,19 +86,12 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
     fw = bw = done = 0
     groups = _receiver_groups(model, R)
     s_names = sender_hooks(model, S)
-    dev = model.cfg.device
     with split_inputs(model):
-        for chunk in _chunks(clean, batch_size):
-            _check(should_cancel)
-            idx = torch.tensor(chunk)
-            x = torch.stack([clean[i] for i in chunk]).to(dev)
-            xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
-            lx, cx = _run_cache(model, x, s_names)
-            lc, cc = _run_cache(model, xc, s_names)
+        for pc in pair_chunks(model, clean, corrupt, metric, s_names, batch_size, should_cancel):
+            idx, x, xc, cx, cc, mc = pc.idx, pc.x, pc.xc, pc.cache_x, pc.cache_c, pc.m_c
+            chunk = idx.tolist()
             fw += 2 * len(chunk)
-            m_x[idx] = _final_metric(model, lx, metric, idx).cpu()
-            mc = _final_metric(model, lc, metric, idx).cpu()
-            m_cf[idx] = mc
+            m_x[idx], m_cf[idx] = pc.m_x, mc
             with torch.no_grad():
                 delta = sender_outputs(model, cx, S) - sender_outputs(model, cc, S)  # [b, p, S, d]
             if method == "exact":

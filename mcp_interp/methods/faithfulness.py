@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attribution import _check, _chunks, _final_metric, _run_cache
+from .attribution import _final_metric, pair_chunks
 from .components import Node, Receiver, Sender, node_hooks, node_mask_hooks, sender_hooks, split_inputs
 from .edge_attribution import masked_forward
 from .metrics import Metric
@@ -60,21 +60,13 @@ def node_circuit_metrics(model, nodes: list[Node], keep: Tensor, clean: Sequence
     names = node_hooks(nodes)
     tot = torch.zeros(len(keep))
     mx = mc = 0.0
-    dev = model.cfg.device
-    for chunk in _chunks(clean, batch_size):
-        _check(should_cancel)
-        idx = torch.tensor(chunk)
-        x = torch.stack([clean[i] for i in chunk]).to(dev)
-        xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
-        lx, _ = _run_cache(model, x, [])
-        lc, cc = _run_cache(model, xc, names)
-        mx += float(_final_metric(model, lx, metric, idx).sum())
-        mc += float(_final_metric(model, lc, metric, idx).sum())
-        pos = positions[idx] if positions is not None else None
-        hooks = node_mask_hooks(nodes, keep, cc, pos, rows_per_mask=len(chunk))
+    for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel, names_x=[]):
+        mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
+        pos = positions[pc.idx] if positions is not None else None
+        hooks = node_mask_hooks(nodes, keep, pc.cache_c, pos, rows_per_mask=len(pc.idx))
         with torch.no_grad():
-            logits = model.run_with_hooks(x.repeat(len(keep), 1), fwd_hooks=hooks)
-        tot += _final_metric(model, logits, metric, idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
+            logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks)
+        tot += _final_metric(model, logits, metric, pc.idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n
 
@@ -85,22 +77,14 @@ def edge_circuit_metrics(model, S: list[Sender], R: list[Receiver], allowed: Ten
     """Same for edge circuits: keep [K, n_allowed_edges] over the allowed edges in row-major order."""
     tot = torch.zeros(len(keep))
     mx = mc = 0.0
-    dev = model.cfg.device
     names = sender_hooks(model, S)
     full = torch.zeros(len(keep), *allowed.shape, dtype=torch.bool)
     full[:, allowed] = ~keep  # edges outside the circuit carry the counterfactual value
     with split_inputs(model):
-        for chunk in _chunks(clean, batch_size):
-            _check(should_cancel)
-            idx = torch.tensor(chunk)
-            x = torch.stack([clean[i] for i in chunk]).to(dev)
-            xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
-            lx, _ = _run_cache(model, x, [])
-            lc, cc = _run_cache(model, xc, names)
-            mx += float(_final_metric(model, lx, metric, idx).sum())
-            mc += float(_final_metric(model, lc, metric, idx).sum())
+        for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel, names_x=[]):
+            mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
             for a in range(0, len(keep), 4):  # a few circuits per forward bounds memory
-                m = masked_forward(model, x, cc, full[a:a + 4], metric, idx, S, R)
+                m = masked_forward(model, pc.x, pc.cache_c, full[a:a + 4], metric, pc.idx, S, R)
                 tot[a:a + 4] += m.sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n
