@@ -10,7 +10,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from .. import __version__
 from ..prompts import templates
-from ..tools import attribute_tool, baseline_tool, job_tools, locate_tool, model_tools, run_tools, task_tools
+from ..tools import attribute_tool, baseline_tool, das_tool, job_tools, locate_tool, model_tools, run_tools, scrub_tool, task_tools
 from ..tools.context import AppContext
 from ..tools.runner import JobView
 from .registration import register_tool
@@ -26,6 +26,11 @@ Workflow (each step's result says what to do next):
    `best_cells` and the heatmaps.
 4. attribute(model, task, method, level): rank heads / MLPs / neurons / positions / edges; read the faithfulness
    curve (CPR, CMD) and `circuit`. Cheap methods (atp, eap_ig) can be fooled: compare_exact=true checks them.
+5. train_das(model, task, variable, site, layer | from_locate_run, k): is the variable a (low-dim) subspace there?
+   Read held-out test_iia vs the random_rotation / full_vector controls; k=[1,2,4,...] gives the rank curve's knee.
+   eval_das(run_id) re-tests a saved rotation on new data or another counterfactual.
+6. scrub_hypothesis(model, task, hypothesis): causal scrubbing of a circuit hypothesis (nodes, parents, what
+   each represents); read loss_recovered (1 = fully explained) vs the zero/mean ablations and per-node contributions.
 Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
 {{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
 the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
@@ -109,6 +114,48 @@ def _register_tools(server: MCPServer) -> None:
                       "circuit with f >= 0.8. compare_exact=true also runs exact patching and reports the correlation "
                       "and the cost of each. Plots: layer x head heatmap, faithfulness curve, circuit graph. Runs as a "
                       "job; identical requests return the stored run."))
+    sh = scrub_tool
+    register_tool(server, sh.scrub_hypothesis, name="scrub_hypothesis", input_model=sh.ScrubInput,
+                  output_model=sh.ScrubOutput, progress=True, description=(
+                      "Test a circuit hypothesis by causal scrubbing (Chan et al. 2022): every activation the "
+                      "hypothesis says cannot matter is resampled from other inputs (those that agree on what it "
+                      "says matters), and the score is the fraction of the loss recovered, (L_random - L_scrubbed) / "
+                      "(L_random - L_model), with the same for the task metric, over `seeds` resampling seeds. "
+                      "Hypothesis JSON: `interp` = named values of the task's causal model (a variable or restricted "
+                      "expression); `nodes` = model nodes {name, kind: embed|head|mlp|resid, layer, head, position "
+                      "(task position name, token index, list, or 'all'), interp (what it represents; default "
+                      "'input'), "
+                      "parents (nodes whose outputs matter for it; omitted = leaf) or, for heads, inputs {q,k,v}}; "
+                      "`output.parents` = nodes that matter directly. Example: {\"interp\": [{\"name\": \"x\", "
+                      "\"value\": \"x\"}], \"nodes\": [{\"name\": \"mover\", \"kind\": \"head\", \"layer\": 0, "
+                      "\"head\": 0, \"position\": \"END\", \"interp\": \"x\", \"parents\": [\"emb\"]}, {\"name\": "
+                      "\"emb\", \"kind\": \"embed\", \"position\": \"X\", \"interp\": \"x\"}], \"output\": "
+                      "{\"parents\": [\"mover\"]}}. Or 'everything' / 'nothing' (the identities: 1 and ~0). Also "
+                      "reports zero- and mean-ablation of the same unimportant inputs (off-distribution, for contrast) "
+                      "and per node the cost of dropping its claim or sharpening its interpretation. Stores "
+                      "hypothesis.json, per-example losses (safetensors), the hypothesis graph coloured by "
+                      "contribution and a recovered-fraction bar chart (PNG resources). Runs as a job; identical "
+                      "requests return the stored run."))
+    dt = das_tool
+    register_tool(server, dt.train_das_tool, name="train_das", input_model=dt.TrainDasInput,
+                  output_model=dt.TrainDasOutput, progress=True, description=(
+                      "Is a task variable represented along a subspace of one site? Distributed alignment search "
+                      "(DAS): trains a d x k rotation (model frozen) at one site (resid_pre/resid_post/attn_out/"
+                      "mlp_out at `layer`, or z of one head) and named position so that interchanging that subspace "
+                      "from a source prompt makes the model output the causal model's counterfactual label. Reports "
+                      "train and held-out IIA (no base prompt shared between splits: shared_bases = 0) with 95% "
+                      "bootstrap CIs, and controls on the same test split: a random rotation of the same k and "
+                      "full-vector patching. k as a list runs a rank sweep (IIA vs k, knee); method='boundless' "
+                      "learns k. from_locate_run takes site, layer, head and position from a locate run's best cell. "
+                      "Stores rotation.safetensors, split.json (train/test base prompts), learning-curve, rank-curve "
+                      "and IIA-vs-controls plots. Runs as a job; identical requests return the stored run."))
+    register_tool(server, dt.eval_das_tool, name="eval_das", input_model=dt.EvalDasInput,
+                  output_model=dt.EvalDasOutput, progress=True, description=(
+                      "Evaluate the rotation saved by a train_das run on a freshly built interchange dataset (by "
+                      "default the run's task, variable, counterfactual, n and seed; another task, variable, "
+                      "counterfactual or seed tests transfer). Returns IIA with a 95% bootstrap CI, the random-rotation "
+                      "and full-vector controls, and how many evaluated base prompts were in the run's training split. "
+                      "Runs as a job."))
     r = run_tools
     register_tool(server, r.list_runs, name="list_runs", input_model=r.ListRunsInput, output_model=r.ListRunsOutput,
                   read_only=True, description="Stored runs, newest first, filtered by task / model / tool / status, "

@@ -1,0 +1,121 @@
+"""train_das / eval_das through a real MCP client, on the planted-direction toy (known answer)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mcp import Client
+from safetensors.torch import load_file
+
+from mcp_interp.methods.das import Site
+from mcp_interp.models.toy import build_toy, get_toy
+from mcp_interp.server.app import build_server
+from mcp_interp.tasks.interchange import build_interchange_dataset
+from mcp_interp.tasks.spec import TaskSpec
+
+from mcp_helpers import call, call_error, finish
+
+pytestmark = pytest.mark.anyio
+MODEL = "toy/planted-direction"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _reference_correct(model, examples, R: torch.Tensor, site: Site) -> torch.Tensor:
+    """Plain TransformerLens: cache the source, hook the base run, full forward; argmax == label."""
+    out = []
+    with torch.no_grad():
+        for e in examples:
+            _, cache = model.run_with_cache(torch.tensor([e.source_tokens]), names_filter=site.hook)
+            src = cache[site.hook][0, e.source_pos]
+
+            def hook(act, hook, src=src, p=e.base_pos):
+                act = act.clone()
+                h = act[0, p]
+                act[0, p] = h + (src - h) @ R @ R.T
+                return act
+
+            out.append(model.run_with_hooks(torch.tensor([e.base_tokens]), fwd_hooks=[(site.hook, hook)])[0, -1])
+    return torch.stack(out).argmax(-1) == torch.tensor([e.label_id for e in examples])
+
+
+async def test_train_das_on_planted_direction(store_dir):
+    entry = get_toy(MODEL)
+    meta = entry.meta
+    task, layer = meta["task_spec"]["name"], meta["site"]["layer"]
+    u = torch.tensor(meta["direction"])
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        out = await finish(c, await call(c, "train_das", {
+            "model": MODEL, "task": task, "variable": "g", "site": "resid_pre", "layer": layer, "k": 1,
+            "n_train": 128, "n_test": 64, "wait_seconds": 120}))
+        assert out["site"]["hook"] == meta["site"]["hook"] and out["k"] == 1
+        assert out["test_iia"]["mean"] >= 0.95 and out["test_iia"]["n"] == out["n_test"]
+        assert out["controls"]["random_rotation"]["mean"] <= 0.1
+        assert out["shared_bases"] == 0 and out["n_test_bases"] > 0 and out["n_train_bases"] > 0
+        assert len(out["learning_curve"]) == 10 and not out["warnings"]
+        assert {"rotation.safetensors", "split.json", "learning_curve.png", "iia_bar.png"} <= set(out["files"])
+
+        # the split as stored, read back through the MCP resource
+        split = json.loads((await c.read_resource(out["files"]["split.json"])).contents[0].text)
+        assert split["test_bases"] and not set(split["test_bases"]) & set(split["train_bases"])
+        assert len(split["test"]) == out["n_test"]
+
+        # the stored rotation: the planted direction, and the reported IIA from plain hooks
+        from mcp_interp.artifacts.store import ArtifactStore
+        path = ArtifactStore(store_dir).resolve_file(out["run_id"], "rotation.safetensors")
+        R = load_file(str(path))["rotation"]
+        assert R.shape == (81, 1) and abs(float(R[:, 0] @ u)) >= 0.95
+        model, tok = build_toy(entry)
+        data = build_interchange_dataset(TaskSpec.model_validate(meta["task_spec"]), tok, "g",
+                                         n=out["data"]["n"], seed=out["data"]["seed"],
+                                         test_fraction=out["data"]["test_fraction"])
+        assert sorted({e.base_key for e in data.test}) == split["test_bases"]
+        correct = _reference_correct(model, data.test, R, Site(out["site"]["hook"]))
+        assert float(correct.float().mean()) == pytest.approx(out["test_iia"]["mean"])
+
+        # eval_das on the saved run reproduces the held-out IIA, and transfers to a generator's sources
+        ev = await finish(c, await call(c, "eval_das", {"run_id": out["run_id"], "split": "test",
+                                                        "wait_seconds": 120}))
+        assert ev["iia"]["mean"] == pytest.approx(out["test_iia"]["mean"]) and ev["bases_seen_in_training"] == 0
+        assert ev["controls"]["random_rotation"]["mean"] <= 0.1
+        ev2 = await finish(c, await call(c, "eval_das", {"run_id": out["run_id"], "counterfactual": "flip_group",
+                                                         "n": 32, "seed": 5, "wait_seconds": 120}))
+        assert ev2["iia"]["mean"] >= 0.95 and ev2["counterfactual"] == "flip_group"
+
+        # rank sweep: a curve with a knee at 1
+        sw = await finish(c, await call(c, "train_das", {
+            "model": MODEL, "task": task, "variable": "g", "layer": layer, "k": [1, 2, 4], "epochs": 8,
+            "n_train": 192, "n_test": 64, "wait_seconds": 120}))
+        rc = sw["rank_curve"]
+        assert rc["ks"] == [1, 2, 4] and rc["knee_k"] == 1, rc
+        assert min(rc["test_iia"]) >= 0.9
+        assert max(rc["random_iia"]) <= 0.2 and sw["k"] == 1 and "rank_curve.png" in sw["files"]
+        tensors = load_file(str(ArtifactStore(store_dir).resolve_file(sw["run_id"], "rotation.safetensors")))
+        assert {"rotation", "rotation.k1", "rotation.k2", "rotation.k4"} <= set(tensors)
+
+        # bad input names the field
+        base = {"model": MODEL, "task": task, "variable": "g", "layer": layer}
+        err = await call_error(c, "train_das", {**base, "variable": "nope"})
+        assert "variable" in err and "nope" in err
+        err = await call_error(c, "train_das", {**base, "layer": 7})
+        assert "layer" in err
+        err = await call_error(c, "train_das", {**base, "k": 82})
+        assert "k:" in err
+        err = await call_error(c, "train_das", {**base, "from_locate_run": "no-such-run"})
+        assert "from_locate_run" in err
+        err = await call_error(c, "eval_das", {"run_id": "no-such-run"})
+        assert "run_id" in err
