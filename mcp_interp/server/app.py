@@ -10,7 +10,8 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from .. import __version__
 from ..prompts import templates
-from ..tools import attribute_tool, baseline_tool, das_tool, job_tools, locate_tool, model_tools, run_tools, scrub_tool, task_tools
+from ..tools import (attribute_tool, baseline_tool, das_eval_tool, das_tool, job_tools, locate_tool, model_tools,
+                     run_tools, scrub_tool, task_tools)
 from ..tools.context import AppContext
 from ..tools.runner import JobView
 from .registration import register_tool
@@ -149,8 +150,8 @@ def _register_tools(server: MCPServer) -> None:
                       "learns k. from_locate_run takes site, layer, head and position from a locate run's best cell. "
                       "Stores rotation.safetensors, split.json (train/test base prompts), learning-curve, rank-curve "
                       "and IIA-vs-controls plots. Runs as a job; identical requests return the stored run."))
-    register_tool(server, dt.eval_das_tool, name="eval_das", input_model=dt.EvalDasInput,
-                  output_model=dt.EvalDasOutput, progress=True, description=(
+    register_tool(server, das_eval_tool.eval_das_tool, name="eval_das", input_model=das_eval_tool.EvalDasInput,
+                  output_model=das_eval_tool.EvalDasOutput, progress=True, description=(
                       "Evaluate the rotation saved by a train_das run on a freshly built interchange dataset (by "
                       "default the run's task, variable, counterfactual, n and seed; another task, variable, "
                       "counterfactual or seed tests transfer). Returns IIA with a 95% bootstrap CI, the random-rotation "
