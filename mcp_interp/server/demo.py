@@ -79,6 +79,13 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
             attr = (await _call(client, bar, "attribute", {"model": model, "task": "ioi-demo", "n": n,
                                                            "method": "atp", "level": "heads",
                                                            "wait_seconds": 120}))["result"]
+            das = (await _call(client, bar, "train_das", {
+                "model": model, "task": "ioi-demo", "variable": "IO", "counterfactual": "s2_swap", "site": "resid_pre",
+                "layer": 22, "position": "END", "k": [1, 4, 16], "epochs": 4, "n_train": 96, "n_test": 48,
+                "wait_seconds": 180}))["result"]
+            scrubs = [(await _call(client, bar, "scrub_hypothesis", {
+                "model": model, "task": "ioi-demo", "hypothesis": hyp, "n": 64, "seeds": 2, "contributions": True,
+                "wait_seconds": 180}))["result"] for hyp in ("nothing", LATE_END, NAME_MOVERS)]
         report_dir = Path(server_store_root(store)) / "_reports" / time.strftime("demo-%Y%m%d-%H%M%S")
         report_dir.mkdir(parents=True, exist_ok=True)
         await _save_resource(client, base["files"]["metric_hist.png"], report_dir / "baseline_hist.png")
@@ -87,6 +94,8 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
         await _save_resource(client, heads["files"][z_png], report_dir / "locate_heads.png")
         await _save_resource(client, attr["files"]["heads_heatmap.png"], report_dir / "attribute_heads.png")
         await _save_resource(client, attr["files"]["faithfulness.png"], report_dir / "attribute_faithfulness.png")
+        await _save_resource(client, das["files"]["rank_curve.png"], report_dir / "das_rank_curve.png")
+        await _save_resource(client, scrubs[2]["files"]["hypothesis_graph.png"], report_dir / "scrub_graph.png")
     m = base["metrics"]
     lines = [
         f"# mcp-interp demo — IOI on {model}", "",
@@ -126,10 +135,38 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
         "the answer).", "",
         "![head attribution](attribute_heads.png)", "",
         "![faithfulness curve](attribute_faithfulness.png)", "",
+        "## 4. DAS: is the answer name a low-dimensional subspace at END, layer 22?", "",
+        f"Run `{das['run_id']}`: interchange the IO variable (sources from `s2_swap`), rank sweep k = 1, 4, 16; the "
+        f"held-out split shares {das['shared_bases']} base prompts with training.", "",
+        f"**{das['summary']}**", "",
+        "| k | held-out IIA | random rotation |", "|---|---|---|",
+        *[f"| {k} | {a:.2f} | {r:.2f} |" for k, a, r in zip(das["rank_curve"]["ks"], das["rank_curve"]["test_iia"],
+                                                        das["rank_curve"]["random_iia"])],
+        f"| full vector | {das['rank_curve']['full_vector_iia']:.2f} | |", "",
+        "![rank curve](das_rank_curve.png)", "",
+        "## 5. Causal scrubbing: how much do two explanations account for?", "",
+        "| hypothesis | loss recovered | logit-diff recovered | zero ablation | mean ablation |", "|---|---|---|---|---|",
+        *[f"| {r['hypothesis']} (run `{r['run_id']}`) | {r['loss_recovered']['mean']:.2f} ± {r['loss_recovered']['std']:.2f} "
+          f"| {r['metric_recovered']['mean']:.2f} | {r['ablations']['zero']['loss_recovered']['mean']:.2f} "
+          f"| {r['ablations']['mean']['loss_recovered']['mean']:.2f} |" for r in scrubs], "",
+        "`late-END`: only the residual stream entering layer 24 at END matters, and only through the IO name. "
+        "`name-movers`: the six heads that attribution ranks highest, at END, each depending only on the IO name; "
+        "everything else resampled.", "",
+        "![name-mover hypothesis](scrub_graph.png)", "",
     ]
     report = report_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+# Hypotheses for the scrubbing section, built from what locate and attribute show on SmolLM2.
+LATE_END = {"name": "late-END", "interp": [{"name": "IO", "value": "IO"}], "output": {"parents": ["r24"]},
+            "nodes": [{"name": "r24", "kind": "resid", "layer": 24, "position": "END", "interp": "IO"}]}
+_MOVERS = [(23, 3), (20, 0), (29, 1), (23, 0), (24, 4), (29, 0)]
+NAME_MOVERS = {"name": "name-movers", "interp": [{"name": "IO", "value": "IO"}],
+               "output": {"parents": [f"L{l}H{h}" for l, h in _MOVERS]},
+               "nodes": [{"name": f"L{l}H{h}", "kind": "head", "layer": l, "head": h, "position": "END", "interp": "IO"}
+                         for l, h in _MOVERS]}
 
 
 def server_store_root(store: str | None) -> str:
