@@ -16,7 +16,7 @@ from ..methods.stats import ci_dict
 from .common import (DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, get_model, get_task,
                      task_metric, validate_or_raise)
 from .errors import ToolError
-from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class FaithfulnessCurve(BaseModel):
     cmd: float = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
 
 
-class AttributeResult(BaseModel):
+class AttributeResult(RunResult):
     run_id: str
     task: str
     model: str
@@ -91,11 +91,6 @@ class AttributeResult(BaseModel):
                           "faithful one: size, fraction, faithfulness, units")
     faithfulness: FaithfulnessCurve | None = None
     comparison_with_exact: dict | None = None
-    summary: str
-    warnings: list[str]
-    files: dict[str, str]
-    cost: dict
-    cached: bool = False
 
 
 class AttributeOutput(HeavyOutput):
@@ -220,10 +215,6 @@ def _store(app, args, spec, lm, ds, rep, metric_name, params, t0) -> dict:
     return out
 
 
-def _save(run, name, fig) -> dict[str, str]:
-    run.save_figure(name, fig)
-    return {name: f"artifact://{run.run_id}/{name}"}
-
 
 def _plots(run, args, spec, lm, rep, n) -> dict[str, str]:
     what = f"{spec.name} on {args.model}, {args.method}, n={n}"
@@ -231,18 +222,18 @@ def _plots(run, args, spec, lm, rep, n) -> dict[str, str]:
     if args.level == "heads":
         cfg = lm.model.cfg
         grid = rep.scores.reshape(cfg.n_layers, cfg.n_heads)
-        files |= _save(run, "heads_heatmap.png", plots.heatmap(
+        files |= save_png(run, "heads_heatmap.png", plots.heatmap(
             grid, row_labels=[str(l) for l in range(cfg.n_layers)], col_labels=[str(h) for h in range(cfg.n_heads)],
             title=f"head attribution (normalised)\n{what}", cbar_label="score", xlabel="head", ylabel="layer"))
     elif args.level != "edges":
         order = np.argsort(-np.abs(rep.scores), kind="stable")[:30]
-        files |= _save(run, "scores_bar.png", plots.bar_with_ci(
+        files |= save_png(run, "scores_bar.png", plots.bar_with_ci(
             [rep.units[i] for i in order], rep.scores[order],
             None if rep.lo is None else rep.lo[order], None if rep.hi is None else rep.hi[order],
             title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"))
     if rep.curves:
         s, a = rep.curves["signed"], rep.curves["abs"]
-        files |= _save(run, "faithfulness.png", plots.line_plot(
+        files |= save_png(run, "faithfulness.png", plots.line_plot(
             [100 * f for f in s.fractions], {f"signed ranking (CPR {s.area:.2f})": s.faithfulness,
                                              f"|score| ranking (CMD {a.area:.2f})": a.faithfulness},
             title=f"circuit faithfulness\n{what}", xlabel="% of units in the circuit", ylabel="faithfulness f",
@@ -257,7 +248,7 @@ def _plots(run, args, spec, lm, rep, n) -> dict[str, str]:
             nodes = [(x, _node_layer(x, lm.model.cfg.n_layers), 0.0) for x in sorted(ends)]
         else:
             edges, nodes = [], [(u, layer_of[u], score[u]) for u in units]
-        files |= _save(run, "circuit.png", plots.layered_graph(
+        files |= save_png(run, "circuit.png", plots.layered_graph(
             nodes, edges, title=f"circuit: {len(units)} {args.level} (f = {rep.circuit['faithfulness']:.2f})\n{what}"))
     return files
 

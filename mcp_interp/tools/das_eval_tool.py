@@ -18,13 +18,13 @@ from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .common import Stat, get_model, get_task
 from .errors import ToolError
-from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
     from .context import AppContext
 
-from .das_tool import TOOL, DasSite, _das_site, _data_error, _save, _site, _stat
+from .das_tool import TOOL, DasSite, _das_site, _data_error, _site, _stat
 
 EVAL_TOOL = "eval_das"
 
@@ -43,7 +43,7 @@ class EvalDasInput(BaseModel):
     wait_seconds: float = WAIT_FIELD
 
 
-class EvalDasResult(BaseModel):
+class EvalDasResult(RunResult):
     run_id: str
     source_run: str
     task: str
@@ -57,11 +57,6 @@ class EvalDasResult(BaseModel):
     iia_pair: float
     controls: dict[str, Stat]
     bases_seen_in_training: int = Field(description="evaluated base prompts that were in the source run's training split")
-    summary: str
-    warnings: list[str]
-    files: dict[str, str]
-    cost: dict
-    cached: bool = False
 
 
 class EvalDasOutput(HeavyOutput):
@@ -145,7 +140,7 @@ def _eval_work(app: AppContext, args: EvalDasInput, src: dict, params: dict):
                                 f"use split='test' or another seed for held-out numbers")
             files = {"result.json": f"artifact://{run.run_id}/result.json"}
             stats = [iia, *ctrl.values()]
-            files |= _save(run, "iia_bar.png", plots.bar_with_ci(
+            files |= save_png(run, "iia_bar.png", plots.bar_with_ci(
                 ["saved rotation", *ctrl], [x.mean for x in stats], [x.ci95[0] for x in stats],
                 [x.ci95[1] for x in stats], title=f"eval of {args.run_id} on {spec.name}/{variable} ({args.split})",
                 ylabel="IIA"))

@@ -25,7 +25,7 @@ from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .common import DEFAULT_MODEL, Stat, get_model, get_task
 from .errors import ToolError
-from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class RankCurve(BaseModel):
     rule: str
 
 
-class TrainDasResult(BaseModel):
+class TrainDasResult(RunResult):
     run_id: str
     task: str
     model: str
@@ -110,11 +110,6 @@ class TrainDasResult(BaseModel):
     n_test_bases: int
     shared_bases: int = Field(description="base prompts in both train and test (0: the split is clean)")
     data: dict = Field(description="how the interchange data was built (for eval_das and reproduction)")
-    summary: str
-    warnings: list[str]
-    files: dict[str, str]
-    cost: dict
-    cached: bool = False
 
 
 class TrainDasOutput(HeavyOutput):
@@ -331,26 +326,22 @@ def _store(app, args, spec, lm, data, site, res, sweep, params, t0, test_fractio
     return out
 
 
-def _save(run, name, fig) -> dict[str, str]:
-    run.save_figure(name, fig)
-    return {name: f"artifact://{run.run_id}/{name}"}
-
 
 def _plots(run, args, spec, res, test, ctrl, rank, site) -> dict[str, str]:
     what = f"{spec.name} / {args.variable} on {args.model} at {site} ({args.position})"
     files = {}
     epochs = [c["epoch"] for c in res.curve]
-    files |= _save(run, "learning_curve.png", plots.line_plot(
+    files |= save_png(run, "learning_curve.png", plots.line_plot(
         epochs, {"training loss": [c["loss"] for c in res.curve], "train IIA (running)": [c["train_iia"]
                                                                                           for c in res.curve]},
         title=f"DAS learning curve, k={res.k}\n{what}", xlabel="epoch", ylabel="loss / IIA"))
     names = ["train", "test (held out)", *ctrl]
     stats = [_stat(res.train.correct.numpy(), args.seed), test, *ctrl.values()]
-    files |= _save(run, "iia_bar.png", plots.bar_with_ci(
+    files |= save_png(run, "iia_bar.png", plots.bar_with_ci(
         names, [s.mean for s in stats], [s.ci95[0] for s in stats], [s.ci95[1] for s in stats],
         title=f"IIA, k={res.k}, vs controls\n{what}", ylabel="IIA"))
     if rank is not None:
-        files |= _save(run, "rank_curve.png", plots.line_plot(
+        files |= save_png(run, "rank_curve.png", plots.line_plot(
             rank.ks, {"DAS (held out)": rank.test_iia, "random rotation": rank.random_iia},
             title=f"rank sweep (knee k={rank.knee_k})\n{what}", xlabel="k", ylabel="IIA", xscale="log",
             hlines={"full vector": rank.full_vector_iia}))

@@ -17,7 +17,7 @@ from ..tasks.dataset import TaskDataset
 from .common import (DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, get_model, get_task,
                      task_metric, validate_or_raise)
 from .errors import ToolError
-from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class CellEffect(BaseModel):
     ci95: list[float]
 
 
-class LocateResult(BaseModel):
+class LocateResult(RunResult):
     run_id: str
     task: str
     model: str
@@ -75,11 +75,6 @@ class LocateResult(BaseModel):
     best_cells: dict[str, list[CellEffect]] = Field(description="Per site, the 5 cells with the largest |effect|.")
     flow: list[dict] = Field(description="resid_pre: runs of layers whose strongest position is the same — where the "
                              "information sits as depth increases.")
-    summary: str
-    warnings: list[str]
-    files: dict[str, str]
-    cost: dict
-    cached: bool = False
 
 
 class LocateOutput(HeavyOutput):

@@ -79,6 +79,22 @@ def run_job(app: AppContext, kind: str, description: str, work: Callable[[Any], 
     return view
 
 
+class RunResult(BaseModel):
+    """The fields every stored heavy-tool result ends with."""
+
+    summary: str
+    warnings: list[str]
+    files: dict[str, str] = Field(description="file name -> artifact URI (PNG plots, JSON, safetensors)")
+    cost: dict
+    cached: bool = False
+
+
+def save_png(run, name: str, fig) -> dict[str, str]:
+    """Store a figure in the run; return {name: artifact URI} for the result's `files`."""
+    run.save_figure(name, fig)
+    return {name: f"artifact://{run.run_id}/{name}"}
+
+
 class HeavyOutput(BaseModel):
     """What a heavy tool returns: the result when it finished within wait_seconds, else the job to poll."""
 

@@ -17,7 +17,7 @@ from ..methods.hypothesis import Hypothesis, HypothesisError, everything_matters
 from ..methods.scrub import scrub_hypothesis as run_scrub
 from .common import DEFAULT_MODEL, dataset, get_model, get_task, validate_or_raise
 from .errors import ToolError
-from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
+from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
 from .task_registry import task_hash
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class NodeContribution(BaseModel):
     sharpen_effect_metric: float | None = None
 
 
-class ScrubResult(BaseModel):
+class ScrubResult(RunResult):
     run_id: str
     task: str
     model: str
@@ -98,11 +98,6 @@ class ScrubResult(BaseModel):
     contributions: list[NodeContribution]
     tree: dict = Field(description="treeified size: copies, rows run, token layouts")
     interp_stats: dict = Field(description="per interpretation node: number of values and mean agreeing inputs")
-    summary: str
-    warnings: list[str]
-    files: dict[str, str]
-    cost: dict
-    cached: bool = False
 
 
 class ScrubOutput(HeavyOutput):
@@ -204,19 +199,15 @@ def _store(app, args, spec, lm, ds, hyp, res, params, t0) -> dict:
     return out
 
 
-def _save(run, name, fig) -> dict[str, str]:
-    run.save_figure(name, fig)
-    return {name: f"artifact://{run.run_id}/{name}"}
-
 
 def _plots(run, args, spec, res) -> dict[str, str]:
     what = f"{spec.name} on {args.model}, n={res.n}, {len(res.seeds)} seed(s)"
-    files = _save(run, "hypothesis_graph.png", hypothesis_graph(
+    files = save_png(run, "hypothesis_graph.png", hypothesis_graph(
         res.graph, title=f"hypothesis {res.hypothesis!r}: loss recovered {res.scrubbed.recovered.mean:.2f}\n{what}"))
     scores = {"resample": res.scrubbed, **res.ablations}
     means = np.array([s.recovered.mean for s in scores.values()])
     stds = np.array([s.recovered.std for s in scores.values()])
-    files |= _save(run, "recovered_bar.png", plots.bar_with_ci(
+    files |= save_png(run, "recovered_bar.png", plots.bar_with_ci(
         [ABLATION_LABEL[m] for m in scores], means, means - stds, means + stds,
         title=f"loss recovered (± std over seeds)\n{what}", ylabel="fraction of loss recovered"))
     return files
