@@ -10,7 +10,7 @@ from mcp_helpers import call, call_error, finish
 from mcp_interp.evaluation.ground_truth import auroc_table, planted_case
 from mcp_interp.methods.attribution import node_scores
 from mcp_interp.methods.components import nodes_for
-from mcp_interp.methods.edge_attribution import edge_scores, masked_forward
+from mcp_interp.methods.edge_attribution import edge_scores
 from mcp_interp.methods.faithfulness import area, edge_circuit_metrics, node_circuit_metrics
 from mcp_interp.methods.components import receivers, senders, split_inputs
 from mcp_interp.methods.stats import auroc

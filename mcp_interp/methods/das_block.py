@@ -22,7 +22,7 @@ from torch import Tensor
 
 from transformer_lens.components.mlps.mlp import MLP
 
-from .patch_block import LayerWeights, fast_path_ok, layer_weights
+from .patch_block import LayerWeights, fast_path_ok, layer_weights, project_qkv
 
 
 def lean_ok(model) -> bool:
@@ -56,14 +56,7 @@ def lean_block(model, lw: LayerWeights, layer: int, h: Tensor, p: int, past: tup
     B, S, _ = h.shape
     H, dh = cfg.n_heads, cfg.d_head
     Hkv = cfg.n_key_value_heads or H
-    x = blk.ln1(h)
-    qkv = F.linear(x, lw.w_qkv.to(x.dtype), lw.b_qkv.to(x.dtype))
-    q, k, v = qkv.split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
-    q, k, v = q.view(B, S, H, dh), k.view(B, S, Hkv, dh), v.view(B, S, Hkv, dh)
-    if cfg.use_qk_norm:
-        q, k = attn._apply_qk_norm(q, attn.q_norm), attn._apply_qk_norm(k, attn.k_norm)
-    if cfg.positional_embedding_type == "rotary":
-        q, k = attn.apply_rotary(q, p), attn.apply_rotary(k, p)
+    q, k, v = project_qkv(model, lw, layer, h, p)
     if past is not None and p > 0:
         k, v = torch.cat([past[0].to(k.dtype), k], dim=1), torch.cat([past[1].to(v.dtype), v], dim=1)
     mask = torch.arange(k.shape[1], device=h.device)[None, :] <= (p + torch.arange(S, device=h.device))[:, None]

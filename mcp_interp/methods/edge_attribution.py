@@ -142,17 +142,18 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tupl
     return out, len(paths) * b
 
 
-def masked_forward(model, base: Tensor, other: dict[str, Tensor], masks: Tensor, metric: Metric, idx: Tensor,
+def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Metric, idx: Tensor,
                    S: list[Sender], R: list[Receiver]) -> Tensor:
     """Metric [n_masks, b] of a forward on `base` where edge (s, r) with masks[k, s, r] carries s's value
-    from `other` (a sender-hook cache of the other run, b rows) instead of the current one.
+    from the other run (`other`: its sender outputs [b, p, S, d], components.sender_outputs) instead of
+    the current one.
 
     Must run inside components.split_inputs(model)."""
     k, b = masks.shape[0], base.shape[0]
     dev = base.device
     rows = base.repeat(k, 1)
     row_mask = masks.to(dev).float().repeat_interleave(b, 0)  # [k*b, S, R]
-    other_out = sender_outputs(model, other, S).repeat(k, 1, 1, 1)  # [k*b, p, S, d]
+    other_out = other.repeat(k, 1, 1, 1)  # [k*b, p, S, d]
     current: dict[int, Tensor] = {}
     embed_parts: dict[str, Tensor] = {}  # token and positional embedding: sender 0 is their sum
     s_index = {s.name: i for i, s in enumerate(S)}
@@ -210,6 +211,7 @@ def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, sho
     R = receivers(model)
     pairs = allowed.nonzero().tolist()
     out = torch.zeros(len(S), len(R))
+    other = sender_outputs(model, clean_cache, S)
     fw = 0
     for a in range(0, len(pairs), chunk):
         _check(should_cancel)
@@ -217,7 +219,7 @@ def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, sho
         masks = torch.zeros(len(block), len(S), len(R), dtype=torch.bool)
         for k, (i, j) in enumerate(block):
             masks[k, i, j] = True
-        m = masked_forward(model, xc, clean_cache, masks, metric, idx, S, R).cpu()
+        m = masked_forward(model, xc, other, masks, metric, idx, S, R).cpu()
         for k, (i, j) in enumerate(block):
             out[i, j] = (m[k] - m_corrupt).mean()
         fw += len(block) * len(xc)

@@ -100,6 +100,24 @@ def _apply(patches, code: int, act: Tensor) -> Tensor:
     return act
 
 
+def project_qkv(model, lw: LayerWeights, layer: int, h: Tensor, p: int) -> tuple[Tensor, Tensor, Tensor]:
+    """ln1, one fused q/k/v matmul, qk-norm and rotary for rows h [R, S, d_model] starting at position p:
+    q [R, S, H, dh], k and v [R, S, Hkv, dh]."""
+    cfg, attn = model.cfg, model.blocks[layer].attn
+    R, S, _ = h.shape
+    H, dh = cfg.n_heads, cfg.d_head
+    Hkv = cfg.n_key_value_heads or H
+    x = model.blocks[layer].ln1(h)
+    qkv = F.linear(x, lw.w_qkv.to(x.dtype), lw.b_qkv.to(x.dtype))
+    q, k, v = qkv.split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
+    q, k, v = q.view(R, S, H, dh), k.view(R, S, Hkv, dh), v.view(R, S, Hkv, dh)
+    if cfg.use_qk_norm:
+        q, k = attn._apply_qk_norm(q, attn.q_norm), attn._apply_qk_norm(k, attn.k_norm)
+    if cfg.positional_embedding_type == "rotary":
+        q, k = attn.apply_rotary(q, p), attn.apply_rotary(k, p)
+    return q, k, v
+
+
 def fast_block(model, lw: LayerWeights, layer: int, h: Tensor, segs, p: int,
                past: tuple[Tensor, Tensor] | None, patches) -> Tensor:
     """Block `layer` on rows h [R, S=T-p, d_model] (grouped by example as in `segs`)."""
@@ -109,14 +127,7 @@ def fast_block(model, lw: LayerWeights, layer: int, h: Tensor, segs, p: int,
     H, dh = cfg.n_heads, cfg.d_head
     Hkv = cfg.n_key_value_heads or H
     G = H // Hkv
-    x = blk.ln1(h)
-    qkv = F.linear(x, lw.w_qkv, lw.b_qkv)
-    q, k, v = qkv.split([H * dh, Hkv * dh, Hkv * dh], dim=-1)
-    q, k, v = q.view(R, S, H, dh), k.view(R, S, Hkv, dh), v.view(R, S, Hkv, dh)
-    if cfg.use_qk_norm:
-        q, k = attn._apply_qk_norm(q, attn.q_norm), attn._apply_qk_norm(k, attn.k_norm)
-    if cfg.positional_embedding_type == "rotary":
-        q, k = attn.apply_rotary(q, p), attn.apply_rotary(k, p)
+    q, k, v = project_qkv(model, lw, layer, h, p)
     # query head j*G + g reads kv head j: rows of qg are (g, s) pairs
     qg = q.view(R, S, Hkv, G, dh).permute(0, 2, 3, 1, 4).reshape(R, Hkv, G * S, dh)
     s_new = qg @ k.permute(0, 2, 3, 1)  # [R, Hkv, G*S, S]

@@ -278,6 +278,18 @@ def _inert_neurons(mlp: Any, neurons: range, gen: torch.Generator) -> None:
 
 
 @torch.no_grad()
+def identity_io(model: HookedTransformer, tok: list[int], pos: list[int], out: list[int], answers: list[int]) -> None:
+    """Token and positional embeddings as identities into the `tok` / `pos` dims (so every residual dimension
+    means one thing); the unembedding reads only `out`: logit(answers[j]) = resid[out[j]], every other 0."""
+    for t, d in enumerate(tok):
+        model.embed.W_E[t, d] = 1.0
+    for p, d in enumerate(pos):
+        model.pos_embed.W_pos[p, d] = 1.0
+    for j, t in enumerate(answers):
+        model.unembed.W_U[out[j], t] = 1.0
+
+
+@torch.no_grad()
 def _build(regime: str, seed: int = 0) -> HookedTransformer:
     if regime not in PLANTED_REGIMES:
         raise ValueError(f"unknown planted regime {regime!r}; one of {PLANTED_REGIMES}")
@@ -287,14 +299,7 @@ def _build(regime: str, seed: int = 0) -> HookedTransformer:
     gen = torch.Generator().manual_seed(INERT_SEED + seed)  # inert weights: fixed per (regime, seed)
     rh = role_heads(seed)
 
-    # Embeddings: identity into TOK and POS, so every dimension below means one thing.
-    for t in range(D_VOCAB):
-        model.embed.W_E[t, TOK[t]] = 1.0
-    for p in range(N_CTX):
-        model.pos_embed.W_pos[p, POS[p]] = 1.0
-    # Unembedding reads only OUT: logit(letter j) = OUT_j; every other token's logit is 0.
-    for j, c in enumerate(DOMAIN):
-        model.unembed.W_U[OUT[j], _TOK_ID[c]] = 1.0
+    identity_io(model, TOK, POS, OUT, [_TOK_ID[c] for c in DOMAIN])
 
     a0, m0 = model.blocks[0].attn, model.blocks[0].mlp
     a1, m1 = model.blocks[1].attn, model.blocks[1].mlp

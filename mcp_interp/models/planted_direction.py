@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .planted import identity_io
 from .tokenizers import CharTokenizer
 from .toy import TOY_ALPHABET
 
@@ -142,12 +143,7 @@ def _canonical(seed: int) -> HookedTransformer:
     for p in model.parameters():
         p.zero_()
     gen = torch.Generator().manual_seed(5_003 * seed + 11)
-    for t in range(D_VOCAB):
-        model.embed.W_E[t, TOK[t]] = 1.0
-    for p in range(N_CTX):
-        model.pos_embed.W_pos[p, POS[p]] = 1.0
-    for j, c in enumerate(ANSWER_LETTERS):
-        model.unembed.W_U[OUT[j], _TOK[c]] = 1.0
+    identity_io(model, TOK, POS, OUT, [_TOK[c] for c in ANSWER_LETTERS])
 
     a0, m1 = model.blocks[0].attn, model.blocks[1].mlp
     a = math.sqrt(ATTN_LOGIT * math.sqrt(D_HEAD))  # TL divides q.k by sqrt(d_head)

@@ -13,8 +13,7 @@ from ..artifacts import plots
 from ..methods.attribute import run_attribution
 from ..methods.errors import Cancelled
 from ..methods.stats import ci_dict
-from .common import (DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, get_model, get_task,
-                     task_metric, validate_or_raise)
+from .common import DEFAULT_MODEL, Stat, get_model, get_task, pair_dataset, per_token_metric
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
 from .task_registry import task_hash
@@ -115,26 +114,19 @@ def _work(app: AppContext, args: AttributeInput, params: dict):
     def work(job) -> dict:
         t0 = time.time()
         spec = get_task(app, args.task)
-        metric_name = args.metric or spec.metric
-        if metric_name not in ("logit_diff", "prob"):
-            raise ToolError(f"metric: attribution needs a per-token metric (logit_diff or prob); task {spec.name!r} "
-                            f"uses {metric_name!r}. Fix: pass metric='logit_diff' or 'prob'.")
+        metric_name = per_token_metric(spec, args.metric, "attribution")
         job.progress(0.01, f"loading {args.model}")
         lm = get_model(app, args.model)
         cfg = lm.model.cfg
         _check_args(args, cfg.n_layers)
         if args.level in ("mlps", "neurons") and cfg.attn_only:
             raise ToolError(f"level: {args.model} is attention-only; it has no MLPs. Use heads, positions or edges.")
-        validate_or_raise(spec, lm.tokenizer, args.model)
-        ds = dataset(spec, lm.tokenizer, args.n, args.seed, counterfactual_name(spec, args.variable, args.counterfactual))
-        check_pairs(ds, metric_name)
-        metric = task_metric(metric_name, ds)
+        ds, metric, clean, corrupt = pair_dataset(spec, lm, args.model, args.n, args.seed, args.variable,
+                                                  args.counterfactual, metric_name)
         names = ds.position_names
         positions = torch.tensor([[e.positions[p] for p in names] for e in ds.examples]) if names else None
         if args.level == "positions" and not names:
             raise ToolError(f"level: task {spec.name!r} has no named positions to score.")
-        clean = [torch.tensor(e.tokens) for e in ds.examples]
-        corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
         with lm.use():
             try:
                 rep = run_attribution(lm.model, args.method, args.level, clean, corrupt, metric, positions, names,

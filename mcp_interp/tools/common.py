@@ -119,3 +119,23 @@ def task_metric(name: str, ds: TaskDataset):
     if name == "prob":
         return ProbMetric(answer)
     return LogitDiffMetric(answer, torch.tensor([e.cf_answer_id for e in ds.examples]))
+
+
+def per_token_metric(spec: TaskSpec, metric: str | None, tool: str) -> str:
+    """The metric a patching-style tool uses: the requested one or the task's, which must be per-token."""
+    name = metric or spec.metric
+    if name not in ("logit_diff", "prob"):
+        raise ToolError(f"metric: {tool} needs a per-token metric (logit_diff or prob); task {spec.name!r} uses "
+                        f"{name!r}. Fix: pass metric='logit_diff' or 'prob'.")
+    return name
+
+
+def pair_dataset(spec: TaskSpec, lm, model_id: str, n: int, seed: int, variable: str | None,
+                 counterfactual: str | None, metric_name: str):
+    """Validated clean/counterfactual pairs for patching: (dataset, metric, clean tokens, counterfactual tokens)."""
+    validate_or_raise(spec, lm.tokenizer, model_id)
+    ds = dataset(spec, lm.tokenizer, n, seed, counterfactual_name(spec, variable, counterfactual))
+    check_pairs(ds, metric_name)
+    clean = [torch.tensor(e.tokens) for e in ds.examples]
+    corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
+    return ds, task_metric(metric_name, ds), clean, corrupt

@@ -14,8 +14,7 @@ from ..methods.locate import dominant_positions, grid_cells, normalised_effects,
 from ..methods.patching import Cancelled, patch_sweep
 from ..methods.stats import ci_dict
 from ..tasks.dataset import TaskDataset
-from .common import (DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, get_model, get_task,
-                     task_metric, validate_or_raise)
+from .common import DEFAULT_MODEL, Stat, get_model, get_task, pair_dataset, per_token_metric
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy
 from .task_registry import task_hash
@@ -110,10 +109,7 @@ def _work(app: AppContext, args: LocateInput, params: dict):
     def work(job) -> dict:
         t0 = time.time()
         spec = get_task(app, args.task)
-        metric_name = args.metric or spec.metric
-        if metric_name not in ("logit_diff", "prob"):
-            raise ToolError(f"metric: locate patches towards a per-token metric (logit_diff or prob); task "
-                            f"{spec.name!r} uses {metric_name!r}. Fix: pass metric='logit_diff' or 'prob'.")
+        metric_name = per_token_metric(spec, args.metric, "locate")
         job.progress(0.01, f"loading {args.model}")
         lm = get_model(app, args.model)
         cfg = lm.model.cfg
@@ -121,14 +117,10 @@ def _work(app: AppContext, args: LocateInput, params: dict):
         bad = [l for l in layers if not 0 <= l < cfg.n_layers]
         if bad:
             raise ToolError(f"layers: {bad} out of range; {args.model} has layers 0..{cfg.n_layers - 1}.")
-        validate_or_raise(spec, lm.tokenizer, args.model)
-        ds = dataset(spec, lm.tokenizer, args.n, args.seed, counterfactual_name(spec, args.variable, args.counterfactual))
-        check_pairs(ds, metric_name)
+        ds, metric, clean, corrupt = pair_dataset(spec, lm, args.model, args.n, args.seed, args.variable,
+                                                  args.counterfactual, metric_name)
         labels, pos = _positions(ds, args, lm.tokenizer)
         cells = grid_cells(args.sites, layers, len(labels), cfg.n_heads)
-        metric = task_metric(metric_name, ds)
-        clean = [torch.tensor(e.tokens) for e in ds.examples]
-        corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
         with lm.use():
             try:
                 res = patch_sweep(lm.model, clean, corrupt, pos, cells, metric, direction=args.direction,
