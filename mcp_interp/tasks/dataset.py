@@ -86,7 +86,7 @@ def _answer_set_ids(spec: TaskSpec, tokenizer: Tokenizer, setting: dict[str, Any
     return good, bad
 
 
-def _encode(tokenizer: Tokenizer, text: str, field_name: str) -> tuple[list[int], list[tuple[int, int]]]:
+def encode_text(tokenizer: Tokenizer, text: str, field_name: str) -> tuple[list[int], list[tuple[int, int]]]:
     try:
         return tokenizer.encode_with_offsets(text)
     except ValueError as e:  # e.g. a character-level toy tokenizer meeting an unknown character
@@ -120,8 +120,8 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
             continue
         seen.add(rendered.text)
         cf_rendered = model.render(cf)
-        tokens, offsets = _encode(tokenizer, rendered.text, "templates")
-        cf_tokens, _ = _encode(tokenizer, cf_rendered.text, "templates")
+        tokens, offsets = encode_text(tokenizer, rendered.text, "templates")
+        cf_tokens, _ = encode_text(tokenizer, cf_rendered.text, "templates")
         positions = {}
         for pname, pspec in spec.positions.items():
             idx = resolve_position(pspec, rendered, offsets, base)
@@ -132,7 +132,7 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
         positions["END"] = len(tokens) - 1
         answer, cf_answer = model.answer(base), model.answer(cf)
         ex = Example(base, cf, rendered.text, cf_rendered.text, tokens, cf_tokens, answer, cf_answer,
-                     _encode(tokenizer, answer, "answer")[0], _encode(tokenizer, cf_answer, "answer")[0], positions)
+                     encode_text(tokenizer, answer, "answer")[0], encode_text(tokenizer, cf_answer, "answer")[0], positions)
         if spec.answer_set is not None:
             ex.good_ids, ex.bad_ids = _answer_set_ids(spec, tokenizer, base)
             ex.cf_good_ids, ex.cf_bad_ids = _answer_set_ids(spec, tokenizer, cf)
