@@ -10,7 +10,7 @@ batch order, seed, optimiser (AdamW, no weight decay) and the same initial rotat
 so their held-out IIAs should agree up to float noise (which a few hundred optimiser steps can
 amplify a little); the difference and the overlap of the learned subspaces are printed.
 
-Ours: `mcp_interp.methods.das.train_das` (cached source/base activations, suffix-only forward from
+Ours: `mcp_interp.methods.das.train.train_das` (cached source/base activations, suffix-only forward from
 the site on, final-position unembedding). Baseline "TL hooks": what a user writes with
 TransformerLens — per step, `run_with_cache` on the source prompts for the site activation, then
 `run_with_hooks` on the base prompts with a hook applying h + R R^T (h_src - h), full forward,
@@ -62,7 +62,7 @@ from mcp_interp.tasks.spec import TaskSpec  # noqa: E402
 
 def load(args):
     if args.model == "planted-direction":
-        from mcp_interp.models.planted_direction import PLANTED_DIRECTION_TASK, SITE_HOOK, build_planted_direction
+        from mcp_interp.toymodels.planted_direction import PLANTED_DIRECTION_TASK, SITE_HOOK, build_planted_direction
         model, tok = build_planted_direction(args.seed)
         spec, variable = TaskSpec.model_validate(PLANTED_DIRECTION_TASK), "g"
         site = args.site or SITE_HOOK

@@ -27,9 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mcp_interp.methods.metrics import LogitDiffMetric  # noqa: E402
-from mcp_interp.methods.patch_runner import forward_flops  # noqa: E402
-from mcp_interp.methods.patching import Cell, patch_sweep  # noqa: E402
+from mcp_interp.methods.core import LogitDiffMetric  # noqa: E402
+from mcp_interp.methods.patching import Cell, forward_flops, patch_sweep  # noqa: E402
 
 NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mike", "Lisa",
          "Mark", "Kate", "Peter", "Alice", "Bob", "Jack", "Laura", "Sam", "Ben", "Ryan", "Chris",

@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import torch
 from mcp import Client
+from mcp_helpers import call, call_error, finish
 from safetensors.torch import load_file
 
-from mcp_helpers import call, call_error, finish
 from mcp_interp.evaluation.ground_truth import auroc_table, planted_case
-from mcp_interp.methods.attribution import node_scores
-from mcp_interp.methods.components import nodes_for
-from mcp_interp.methods.edge_attribution import edge_scores
-from mcp_interp.methods.faithfulness import area, edge_circuit_metrics, node_circuit_metrics
-from mcp_interp.methods.components import receivers, senders, split_inputs
-from mcp_interp.methods.stats import auroc
+from mcp_interp.methods.attribution.components import nodes_for, receivers, senders, split_inputs
+from mcp_interp.methods.attribution.edges import edge_scores
+from mcp_interp.methods.attribution.faithfulness import area, edge_circuit_metrics, node_circuit_metrics
+from mcp_interp.methods.attribution.nodes import node_scores
+from mcp_interp.methods.core.stats import auroc
 from mcp_interp.server.app import build_server
 
 pytestmark = pytest.mark.anyio
@@ -155,7 +154,7 @@ async def test_attribute_finds_the_trained_induction_heads(store_dir):
     """On the 2-layer attention-only model trained here: exact head patching of the repeated token (x6 ->
     another letter) puts the induction head in layer 1 on top and a previous-token head in layer 0 second."""
     from mcp_interp.models.toy import build_toy, get_toy
-    from mcp_interp.models.trained import induction_heads
+    from mcp_interp.toymodels.trained import induction_heads
 
     model, _ = build_toy(get_toy("toy/induction-2l"))
     roles = induction_heads(model)

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from mcp_interp.methods.core.progress import Cancelled
+from mcp_interp.methods.das.runner import intervened_logits
 from mcp_interp.methods.das import (Site, evaluate_rotation, find_knee, prepare, random_rotation, rank_sweep,
-                                    train_boundless_das, train_das)
-from mcp_interp.methods.das_runner import intervened_logits
-from mcp_interp.methods.errors import Cancelled
-from mcp_interp.models.planted_direction import (PLANTED_DIRECTION_TASK, SITE_HOOK, build_planted_direction,
-                                                 planted_direction_meta)
-from mcp_interp.models.toy import get_toy, seeded_model
+                                          train_boundless_das, train_das)
+from mcp_interp.models.toy import get_toy
 from mcp_interp.tasks.causal import CausalModel, TaskSpecError
 from mcp_interp.tasks.interchange import build_interchange_dataset
 from mcp_interp.tasks.spec import TaskSpec
+from mcp_interp.toymodels import seeded_model, toy_tasks
+from mcp_interp.toymodels.planted_direction import (PLANTED_DIRECTION_TASK, SITE_HOOK, build_planted_direction,
+                                                    planted_direction_meta)
 
 SPEC = TaskSpec.model_validate(PLANTED_DIRECTION_TASK)
 
@@ -275,7 +276,7 @@ def test_progress_and_cancel():
 def test_registry_and_sites():
     entry = get_toy("toy/planted-direction")
     assert entry is not None and entry.meta["direction"] == planted_direction_meta(0)["direction"]
-    assert entry.meta["site"]["hook"] == SITE_HOOK and entry.meta["task_spec"]["name"] == "planted-direction"
+    assert entry.meta["site"]["hook"] == SITE_HOOK and entry.meta["task"] == "planted-direction" in toy_tasks()
     a, b = planted_direction_meta(0)["direction"], planted_direction_meta(1)["direction"]
     assert abs(float(torch.tensor(a) @ torch.tensor(b))) < 0.9  # the seed moves the direction
     model = build_planted_direction(0)[0]

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from mcp import Client
+from mcp_helpers import call, call_error, finish
 from safetensors.torch import load_file
 
 from mcp_interp.methods.das import Site
@@ -14,8 +15,7 @@ from mcp_interp.models.toy import build_toy, get_toy
 from mcp_interp.server.app import build_server
 from mcp_interp.tasks.interchange import build_interchange_dataset
 from mcp_interp.tasks.spec import TaskSpec
-
-from mcp_helpers import call, call_error, finish
+from mcp_interp.toymodels import toy_tasks
 
 pytestmark = pytest.mark.anyio
 MODEL = "toy/planted-direction"
@@ -55,7 +55,7 @@ def _reference_correct(model, examples, R: torch.Tensor, site: Site) -> torch.Te
 async def test_train_das_on_planted_direction(store_dir):
     entry = get_toy(MODEL)
     meta = entry.meta
-    task, layer = meta["task_spec"]["name"], meta["site"]["layer"]
+    task, layer = meta["task"], meta["site"]["layer"]
     u = torch.tensor(meta["direction"])
     server = build_server(store_dir)
     async with Client(server) as c:
@@ -80,7 +80,7 @@ async def test_train_das_on_planted_direction(store_dir):
         R = load_file(str(path))["rotation"]
         assert R.shape == (81, 1) and abs(float(R[:, 0] @ u)) >= 0.95
         model, tok = build_toy(entry)
-        data = build_interchange_dataset(TaskSpec.model_validate(meta["task_spec"]), tok, "g",
+        data = build_interchange_dataset(TaskSpec.model_validate(toy_tasks()[meta["task"]]), tok, "g",
                                          n=out["data"]["n"], seed=out["data"]["seed"],
                                          test_fraction=out["data"]["test_fraction"])
         assert sorted({e.base_key for e in data.test}) == split["test_bases"]

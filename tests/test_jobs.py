@@ -5,11 +5,11 @@ import time
 
 import pytest
 from mcp import Client
-
 from mcp_helpers import call
+
 from mcp_interp.artifacts import ArtifactStore
+from mcp_interp.runtime.jobs import JobCancelled, JobManager, JobNotFound
 from mcp_interp.server.app import build_server
-from mcp_interp.tools.jobs import JobCancelled, JobManager, JobNotFound
 
 
 def test_result_progress_in_waiting_thread_and_failure(tmp_path):

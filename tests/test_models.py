@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcp_interp.models import (
-    TOY_ALPHABET, CharTokenizer, HFTokenizerAdapter, ModelLoadError, ModelPool, register_toy,
-    smollm2_gguf_path, unregister_toy,
-)
-from mcp_interp.models.toy import build_tiny_random, seeded_model, _tiny_cfg
+from mcp_interp.models import (CharTokenizer, HFTokenizerAdapter, ModelLoadError, ModelPool, register_toy,
+                               smollm2_gguf_path, unregister_toy)
+from mcp_interp.toymodels import TOY_ALPHABET, seeded_model
+from mcp_interp.toymodels.tiny import build_tiny_random
+from mcp_interp.toymodels.tiny import tiny_cfg as _tiny_cfg
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 

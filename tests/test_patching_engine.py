@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mcp_interp.methods.errors import Cancelled
-from mcp_interp.methods.metrics import LogitDiffMetric, ProbMetric
+from mcp_interp.methods.core.metrics import LogitDiffMetric, ProbMetric
+from mcp_interp.methods.core.progress import Cancelled
 from mcp_interp.methods.patching import Cell, naive_patch_sweep, patch_sweep
 
 L, H, V = 3, 4, 50

@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from mcp_interp.methods.errors import Cancelled
-from mcp_interp.methods.hypothesis import HypothesisError, check_hypothesis, everything_matters, nothing_matters
-from mcp_interp.methods.scrub import Scrubber, scrub_hypothesis
-from mcp_interp.methods.scrub_run import CleanRun, Executor
-from mcp_interp.methods.scrub_tree import Sampler, interp_values, layout_groups, plan_tree, resolve_positions
-from mcp_interp.models.planted import PLANTED_TASK
+from mcp_interp.methods.core.progress import Cancelled
+from mcp_interp.methods.scrubbing.executor import CleanRun, Executor
+from mcp_interp.methods.scrubbing.hypothesis import (HypothesisError, check_hypothesis, everything_matters,
+                                                     nothing_matters)
+from mcp_interp.methods.scrubbing.scrubber import Scrubber, scrub_hypothesis
+from mcp_interp.methods.scrubbing.tree import Sampler, interp_values, layout_groups, plan_tree, resolve_positions
 from mcp_interp.models.toy import build_toy, get_toy
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
 from mcp_interp.tasks.dataset import build_dataset
 from mcp_interp.tasks.spec import TaskSpec
+from mcp_interp.toymodels.planted import PLANTED_TASK
 
 PLANTED = TaskSpec.model_validate(PLANTED_TASK)
 XY = [{"name": "x", "value": "x"}, {"name": "y", "value": "y"}]
@@ -432,7 +433,7 @@ def test_induction_replication():
 
 def parens_mix_task(n_parens: int = 12, seed: int = 0) -> TaskSpec:
     """The parens task on 12-paren strings, half balanced (the built-in one is ~5 % balanced)."""
-    from mcp_interp.models.trained import is_balanced
+    from mcp_interp.toymodels.trained import is_balanced
 
     strings = ["".join(p) for p in itertools.product("()", repeat=n_parens)]
     bal = [s for s in strings if is_balanced(s)]

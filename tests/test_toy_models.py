@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from mcp_interp.models import ModelPool, get_toy, toy_models
-from mcp_interp.models import trained as T
-from mcp_interp.models.planted import (
-    ALL_COMPONENTS, PLANTED_REGIMES, PLANTED_TASK, PLANTED_TASKS, build_planted, planted_meta,
-)
 from mcp_interp.models.toy import build_toy
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
 from mcp_interp.tasks.dataset import build_dataset
 from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.tasks.validation import check_with_tokenizer
+from mcp_interp.toymodels import toy_tasks
+from mcp_interp.toymodels import trained as T
+from mcp_interp.toymodels.planted import (ALL_COMPONENTS, PLANTED_REGIMES, PLANTED_TASK, PLANTED_TASKS, build_planted,
+                                          planted_meta)
 
 # ------------------------------------------------------------------ helpers (plain TL hooks)
 
@@ -159,7 +159,7 @@ def test_planted_registry_and_task_spec():
         for c in meta["components"]:
             assert c["hook"] in model.hook_dict
         spec = TaskSpec.model_validate(PLANTED_TASKS[regime])
-        assert spec.name == "planted" and TaskSpec.model_validate(meta["task_spec"]) == spec
+        assert spec.name == "planted" and TaskSpec.model_validate(toy_tasks()[meta["task"]]) == spec
     report = check_with_tokenizer(TaskSpec.model_validate(PLANTED_TASK), build_planted("clean")[1])
     assert not report.errors and not report.warnings
     assert report.stats["resample_x"]["answer_changes"] == 1.0
@@ -244,7 +244,7 @@ def test_cheap_methods_fail_on_their_decoys():
 
 def test_planted_seeds_permute_roles():
     """Another seed puts the roles on other heads and redraws the inert weights; the meta follows."""
-    from mcp_interp.models.planted import role_heads
+    from mcp_interp.toymodels.planted import role_heads
 
     seen = {tuple(role_heads(s).values()) for s in range(8)}
     assert len(seen) > 3

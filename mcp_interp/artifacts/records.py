@@ -58,7 +58,7 @@ class RunRecord(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """The persisted state of one job (see mcp_interp.tools.jobs)."""
+    """The persisted state of one job (see mcp_interp.runtime.jobs)."""
 
     job_id: str
     kind: str

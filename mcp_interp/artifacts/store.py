@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import provenance
-from .fsutil import (atomic_write_bytes, atomic_write_json, check_relpath, dumps, safe_join,
-                     sanitize_component, tree_files, tree_size, utc_now)
+from .fsutil import (atomic_write_bytes, atomic_write_json, check_relpath, dumps, safe_join, sanitize_component,
+                     tree_files, tree_size, utc_now)
 from .index import SqliteIndex
-from .records import (ArtifactFileNotFound, JobRecord, RunNotComplete, RunNotFound, RunRecord,
-                      StoreError)
+from .records import ArtifactFileNotFound, JobRecord, RunNotComplete, RunNotFound, RunRecord, StoreError
 
 MANIFEST, FAILURE, RESULT = "manifest.json", "failure.json", "result.json"
 STAGING = ".staging"
@@ -320,7 +319,7 @@ class ArtifactStore:
                 n += 1
         return n
 
-    # -- jobs (persisted for mcp_interp.tools.jobs) -------------------------------------------
+    # -- jobs (persisted for mcp_interp.runtime.jobs) -------------------------------------------
     def save_job(self, record: JobRecord) -> None:
         self.index.save_job(record)
 

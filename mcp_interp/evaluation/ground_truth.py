@@ -15,14 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..methods.attribution import NODE_METHODS, node_scores
-from ..methods.components import nodes_for
-from ..methods.edge_attribution import EDGE_METHODS, edge_scores
-from ..methods.metrics import LogitDiffMetric
-from ..methods.stats import auroc
-from ..models.planted import PLANTED_REGIMES, PLANTED_TASK, build_planted, planted_meta
+from ..methods.attribution import EDGE_METHODS, NODE_METHODS, edge_scores, node_scores, nodes_for
+from ..methods.core import LogitDiffMetric, auroc
 from ..tasks.dataset import build_dataset
 from ..tasks.spec import TaskSpec
+from ..toymodels.planted import PLANTED_REGIMES, PLANTED_TASK, build_planted, planted_meta
 
 NULL_ROW = "null (exact, scrambled labels)"
 

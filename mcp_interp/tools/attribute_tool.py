@@ -10,16 +10,15 @@ import torch
 from pydantic import BaseModel, Field
 
 from ..artifacts import plots
-from ..methods.attribute import run_attribution
-from ..methods.errors import Cancelled
-from ..methods.stats import ci_dict
+from ..methods.attribution import run_attribution
+from ..methods.core import Cancelled, ci_dict
+from ..runtime.task_registry import task_hash
 from .common import DEFAULT_MODEL, Stat, get_model, get_task, pair_dataset, per_token_metric
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 TOOL = "attribute"
 Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "eap", "eap_ig"]

@@ -10,14 +10,15 @@ import torch
 from pydantic import BaseModel, Field
 
 from ..artifacts import plots
-from ..methods.baseline import counterfactual_check, run_baseline as compute_baseline
-from ..methods.stats import ci_dict
+from ..methods.baseline import counterfactual_check
+from ..methods.baseline import run_baseline as compute_baseline
+from ..methods.core import ci_dict
+from ..runtime.task_registry import task_hash
 from .common import DEFAULT_MODEL, Stat, dataset, get_model, get_task, validate_or_raise
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, run_heavy
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 TOOL = "run_baseline"
 SOLVES_AT = 0.8  # primary accuracy needed to call the task solved

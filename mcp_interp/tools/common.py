@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import BaseModel, Field
 
-from ..methods.metrics import LogitDiffMetric, ProbMetric
+from ..methods.core import LogitDiffMetric, ProbMetric
 from ..models import ModelLoadError
 from ..tasks.causal import TaskSpecError
 from ..tasks.dataset import TaskDataset, build_dataset
@@ -16,7 +16,7 @@ from ..tasks.validation import check_with_tokenizer
 from .errors import ToolError
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 DEFAULT_MODEL = "smollm2-135m"
 

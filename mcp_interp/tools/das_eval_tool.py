@@ -12,17 +12,17 @@ from safetensors.torch import load_file
 
 from ..artifacts import plots
 from ..artifacts.records import StoreError
+from ..methods.core import Cancelled
 from ..methods.das import evaluate_rotation, prepare, random_rotation
-from ..methods.errors import Cancelled
+from ..runtime.task_registry import task_hash
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .common import Stat, get_model, get_task
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 from .das_tool import TOOL, DasSite, _das_site, _data_error, _site, _stat
 

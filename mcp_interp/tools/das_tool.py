@@ -18,18 +18,17 @@ from pydantic import BaseModel, Field
 
 from ..artifacts import plots
 from ..artifacts.records import StoreError
+from ..methods.core import Cancelled, ci_dict
 from ..methods.das import Site, random_rotation, rank_sweep, train_boundless_das, train_das
-from ..methods.errors import Cancelled
-from ..methods.stats import ci_dict
+from ..runtime.task_registry import task_hash
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .common import DEFAULT_MODEL, Stat, get_model, get_task
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 TOOL = "train_das"
 SiteKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]

@@ -10,7 +10,7 @@ from .errors import ToolError
 from .runner import JobView, ProgressFn, job_view
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 
 class GetJobInput(BaseModel):

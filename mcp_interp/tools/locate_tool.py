@@ -10,17 +10,18 @@ import torch
 from pydantic import BaseModel, Field
 
 from ..artifacts import plots
-from ..methods.locate import dominant_positions, grid_cells, normalised_effects, top_cells
-from ..methods.patching import Cancelled, patch_sweep
-from ..methods.stats import ci_dict
+from ..methods.core import ci_dict
+from ..methods.patching import dominant_positions, grid_cells, normalised_effects, top_cells
+from ..methods.core import Cancelled
+from ..methods.patching import patch_sweep
+from ..runtime.task_registry import task_hash
 from ..tasks.dataset import TaskDataset
 from .common import DEFAULT_MODEL, Stat, get_model, get_task, pair_dataset, per_token_metric
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 TOOL = "locate"
 SiteName = Literal["resid_pre", "attn_out", "mlp_out", "z"]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from .common import DEFAULT_MODEL, get_model
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 
 class ListModelsOutput(BaseModel):

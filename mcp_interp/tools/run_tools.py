@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from .errors import ToolError
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 
 class ListRunsInput(BaseModel):

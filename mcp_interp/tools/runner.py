@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from ..artifacts import params_hash
+from ..runtime.task_registry import task_hash
 from .errors import ToolError
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 ProgressFn = Callable[[float, str], None]
 DEFAULT_WAIT = 50.0  # well under Claude Code's ~120 s before it backgrounds a call

@@ -12,16 +12,16 @@ from pydantic import BaseModel, Field
 
 from ..artifacts import plots
 from ..artifacts.graph_plot import hypothesis_graph
-from ..methods.errors import Cancelled
-from ..methods.hypothesis import Hypothesis, HypothesisError, everything_matters, nothing_matters
-from ..methods.scrub import scrub_hypothesis as run_scrub
+from ..methods.core import Cancelled
+from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
+from ..methods.scrubbing import scrub_hypothesis as run_scrub
+from ..runtime.task_registry import task_hash
 from .common import DEFAULT_MODEL, dataset, get_model, get_task, validate_or_raise
 from .errors import ToolError
 from .runner import WAIT_FIELD, HeavyOutput, ProgressFn, RunResult, run_heavy, save_png
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 TOOL = "scrub_hypothesis"
 ABLATION_LABEL = {"resample": "resampling (scrubbing)", "zero": "zero ablation", "mean": "mean ablation"}

@@ -7,14 +7,16 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from ..runtime.task_registry import task_hash
 from ..tasks.causal import CausalModel
 from ..tasks.spec import TaskSpec
-from .common import DEFAULT_MODEL, ExamplePair, dataset, example_pairs, get_task as _get_task, get_tokenizer, validate_or_raise
+from .common import DEFAULT_MODEL, ExamplePair, dataset, example_pairs
+from .common import get_task as _get_task
+from .common import get_tokenizer, validate_or_raise
 from .errors import ToolError
-from .task_registry import task_hash
 
 if TYPE_CHECKING:
-    from .context import AppContext
+    from ..runtime.context import AppContext
 
 
 class DefineTaskInput(TaskSpec):

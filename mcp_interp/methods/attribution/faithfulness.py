@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attribution import _final_metric, pair_chunks
-from .components import (Node, Receiver, Sender, node_hooks, node_mask_hooks, sender_hooks, sender_outputs,
-                         split_inputs)
-from .edge_attribution import masked_forward
-from .metrics import Metric
+from ..core.metrics import Metric
+from .components import Node, Receiver, Sender, node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
+from .edges import masked_forward
+from .nodes import final_metric, pair_chunks
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -67,7 +66,7 @@ def node_circuit_metrics(model, nodes: list[Node], keep: Tensor, clean: Sequence
         hooks = node_mask_hooks(nodes, keep, pc.cache_c, pos, rows_per_mask=len(pc.idx))
         with torch.no_grad():
             logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks)
-        tot += _final_metric(model, logits, metric, pc.idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
+        tot += final_metric(model, logits, metric, pc.idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n
 

@@ -24,10 +24,10 @@ from torch import Tensor
 from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from .errors import Cancelled
-from .hypothesis_nodes import OUTPUT, CNode, Compiled
-from .metrics import final_normed
-from .scrub_tree import TreePlan
+from ..core.metrics import final_normed
+from ..core.progress import check_cancelled
+from .nodes import OUTPUT, CNode, Compiled
+from .tree import TreePlan
 
 Mode = Literal["resample", "zero", "mean"]
 ROW_BUDGET_BYTES = 256 * 2**20  # activations of one batched call, roughly
@@ -171,8 +171,7 @@ class Executor:
         for tid, t in enumerate(plan.nodes):
             stages.setdefault(nodes[t.node].stage, []).append(tid)
         for stage in sorted(stages):
-            if self.should_cancel is not None and self.should_cancel():
-                raise Cancelled("scrubbing cancelled")
+            check_cancelled(self.should_cancel, "scrubbing")
             todo = []
             for tid in stages[stage]:
                 t, c = plan.nodes[tid], nodes[plan.nodes[tid].node]

@@ -23,20 +23,19 @@ Examples are grouped by length (no padding); each group is processed in chunks o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..core.forward import group_by_length
+from ..core.metrics import Metric
+from ..core.progress import Progress, check_cancelled
 from .components import Node, has_mlps, node_hooks, node_mask_hooks, node_values, split_inputs
-from .errors import Cancelled
-from .forward import group_by_length
-from .metrics import Metric
 
 NODE_METHODS = ("exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff")
 SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act": True, "ig": True, "act_diff": False}
-Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -57,12 +56,7 @@ class NodeScores:
         return self.per_example.mean(0) / (self.m_clean - self.m_corrupt).mean()
 
 
-def _check(should_cancel):
-    if should_cancel is not None and should_cancel():
-        raise Cancelled()
-
-
-def _final_metric(model, logits: Tensor, metric: Metric, idx: Tensor) -> Tensor:
+def final_metric(model, logits: Tensor, metric: Metric, idx: Tensor) -> Tensor:
     return metric.from_logits(model, logits[:, -1], idx)
 
 
@@ -114,7 +108,7 @@ def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, e
             hooks += [(f"blocks.{l}.{site}", lambda act, hook, l=l: _GradGate.apply(act, gate, l)) for site in sites]
     with torch.enable_grad():
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
-        m = _final_metric(model, logits, metric, idx)
+        m = final_metric(model, logits, metric, idx)
     return m, acts
 
 
@@ -141,14 +135,14 @@ def pair_chunks(model, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metri
     """Yield PairChunk per batch (cancellation checked between batches)."""
     dev = model.cfg.device
     for chunk in _chunks(clean, batch_size):
-        _check(should_cancel)
+        check_cancelled(should_cancel)
         idx = torch.tensor(chunk)
         x = torch.stack([clean[i] for i in chunk]).to(dev)
         xc = torch.stack([corrupt[i] for i in chunk]).to(dev)
         lx, cx = _run_cache(model, x, names if names_x is None else names_x)
         lc, cc = _run_cache(model, xc, names)
-        yield PairChunk(idx, x, xc, cx, cc, _final_metric(model, lx, metric, idx).detach().cpu(),
-                        _final_metric(model, lc, metric, idx).detach().cpu())
+        yield PairChunk(idx, x, xc, cx, cc, final_metric(model, lx, metric, idx).detach().cpu(),
+                        final_metric(model, lc, metric, idx).detach().cpu())
 
 
 def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
@@ -242,7 +236,7 @@ def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, nod
     s = torch.zeros(b, len(nodes))
     fw = 0
     for a in range(0, len(nodes), node_chunk):
-        _check(should_cancel)
+        check_cancelled(should_cancel)
         block = list(range(a, min(a + node_chunk, len(nodes))))
         keep = torch.ones(len(block), len(nodes), dtype=torch.bool)  # keep = stay on x'
         for r, j in enumerate(block):
@@ -250,7 +244,7 @@ def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, nod
         hooks = node_mask_hooks(nodes, keep, clean_cache, pos, rows_per_mask=b)
         with torch.no_grad():
             logits = model.run_with_hooks(xc.repeat(len(block), 1), fwd_hooks=hooks)
-        m = _final_metric(model, logits, metric, idx.repeat(len(block))).cpu().view(len(block), b)
+        m = final_metric(model, logits, metric, idx.repeat(len(block))).cpu().view(len(block), b)
         s[:, block] = (m - m_corrupt[None]).T
         fw += len(block) * b
     return s, fw

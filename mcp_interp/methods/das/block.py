@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from transformer_lens.components.mlps.mlp import MLP
 
-from .patch_block import LayerWeights, fast_path_ok, layer_weights, project_qkv
+from ..core.block import LayerWeights, fast_path_ok, layer_weights, project_qkv
 
 
 def lean_ok(model) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..tasks.dataset import TaskDataset
+from ...tasks.dataset import TaskDataset
 
 
 @dataclass

@@ -71,15 +71,14 @@ same for edges `sender->receiver` (senders embed/LxHy/MLPx, receivers LxHy.q|k|v
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .tokenizers import CharTokenizer
-from .toy import TOY_ALPHABET
+from ..models.tokenizers import CharTokenizer
+from .common import TOY_ALPHABET
 
 PLANTED_REGIMES = ("clean", "correlated-decoy", "saturated-decoy", "cancelling-pair")
 
@@ -92,7 +91,7 @@ PLANTED_TASK: dict[str, Any] = {
     "name": "planted",
     "description": "Planted-circuit task for the toy/planted-* models: 'c394=' -> 'd', the letter after the "
                    "first character (a..h, cyclic); the three digits are distractors. Ground truth per model "
-                   "in its registry metadata.",
+                   "in the model's registry metadata.",
     "variables": {
         "x": {"values": list(DOMAIN), "description": "the letter the answer is computed from (position 0)"},
         "d1": {"values": list(DIGITS), "description": "distractor"},
@@ -206,7 +205,6 @@ def planted_meta(regime: str, seed: int = 0) -> dict[str, Any]:
     circuit = [c for c in components if c["label"] == "circuit"]
     return {
         "kind": "planted", "regime": regime, "seed": seed, "task": PLANTED_TASK["name"],
-        "task_spec": copy.deepcopy(PLANTED_TASK),
         "metric": "logit_diff", "counterfactual": "resample_x",
         "expected": {"clean_logit_diff": L_LOGIT + sat, "counterfactual_logit_diff": -(L_LOGIT + sat),
                      "accuracy": 1.0},
@@ -413,7 +411,7 @@ _DESCRIPTIONS = {
 
 
 def register() -> None:
-    from .toy import register_toy
+    from ..models.toy import register_toy
 
     for regime in PLANTED_REGIMES:
         register_toy(f"planted-{regime}", _builder(regime),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .patching import Cell, PatchResult
+from .engine import Cell, PatchResult
 
 
 def grid_cells(sites: Sequence[str], layers: Sequence[int], n_positions: int, n_heads: int) -> list[Cell]:

@@ -12,12 +12,12 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from torch import Tensor
 
-from .attribution import NODE_METHODS, node_scores
+from ..core.metrics import Metric
+from ..core.stats import bootstrap_ci
 from .components import nodes_for
-from .edge_attribution import EDGE_METHODS, edge_scores
+from .edges import EDGE_METHODS, edge_scores
 from .faithfulness import FRACTIONS, Curve, edge_circuit_metrics, faithfulness_curves, node_circuit_metrics
-from .metrics import Metric
-from .stats import bootstrap_ci
+from .nodes import NODE_METHODS, node_scores
 
 CIRCUIT_TARGET = 0.8  # the reported circuit: the smallest on the curve reaching this faithfulness
 

@@ -28,15 +28,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .errors import Cancelled
-from .metrics import Metric
-from .patch_block import fast_path_ok, layer_weights
-from .patch_runner import (SITE_CODES, Rows, act_name, cached_run, chunk_bounds, forward_flops,
-                           run_rows)
+from ..core.block import fast_path_ok, layer_weights
+from ..core.metrics import Metric
+from ..core.progress import Cancelled, Progress, check_cancelled
+from .runner import SITE_CODES, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
 
 Site = Literal["resid_pre", "attn_out", "mlp_out", "z"]
 Direction = Literal["denoise", "noise"]
-Progress = Callable[[float, str], None]
 
 __all__ = ["ActivationCache", "Cancelled", "Cell", "PatchResult", "Site", "naive_patch_sweep", "patch_sweep"]
 
@@ -175,11 +173,6 @@ def _base_src(direction, clean_t, corrupt_t):
     return (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
 
 
-def _check_cancel(should_cancel):
-    if should_cancel is not None and should_cancel():
-        raise Cancelled("patching sweep cancelled")
-
-
 def _naive_costs(model, metric, clean, n_cells) -> tuple[int, int]:
     cfg = model.cfg
     tl = fl = 0
@@ -218,7 +211,7 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metri
         out_clean[ex], out_corrupt[ex] = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
         rows = torch.arange(len(idx), device=dev)
         for j, c in enumerate(cells):
-            _check_cancel(should_cancel)
+            check_cancelled(should_cancel, "patching sweep")
             name = act_name(model, c.site, c.layer)
             pos = positions[ex, c.pos].to(dev)
             src = src_cache[name]
@@ -328,7 +321,7 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Met
     res.extra["block"] = "lean" if use_lean else "tl"
     done_ex = 0
     for T, idx in buckets:
-        _check_cancel(should_cancel)
+        check_cancelled(should_cancel, "patching sweep")
         ex = torch.tensor(idx)
         ct = torch.stack([clean[i] for i in idx])
         xt = torch.stack([corrupt[i] for i in idx])
@@ -356,7 +349,7 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Met
         work = 0.0
         for p, rows in sorted(plans.items()):
             for a, b in chunk_bounds(len(rows), T - p, T, max_rows):
-                _check_cancel(should_cancel)
+                check_cancelled(should_cancel, "patching sweep")
                 chunk = rows.slice(a, b)
                 resid, ids, tl, fl = run_rows(model, bc, chunk, p, resid_names, site_names, fast)
                 ids = ids.cpu()

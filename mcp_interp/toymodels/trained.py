@@ -44,8 +44,8 @@ from typing import Any, Callable
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .tokenizers import CharTokenizer
-from .toy import TOY_ALPHABET, seeded_model
+from ..models.tokenizers import CharTokenizer
+from .common import TOY_ALPHABET, seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ _KEY_LOCKS_GUARD = threading.Lock()
 # ---------------------------------------------------------------- cache
 
 def _default_cache_dir() -> Path:
-    from .loaders import default_cache_dir  # lazy: loaders pulls in transformers
+    from ..models.loaders import default_cache_dir
 
     return default_cache_dir()
 
@@ -415,7 +415,7 @@ INDUCTION_DESCRIPTION = (
     "2-layer attention-only transformer (d_model 64, 4 heads of 16, LayerNorm, shortformer positions, n_ctx 32, "
     "char tokenizer) trained here on repeated random letters: previous-token attention in layer 0 (strongest "
     "L0H3, shared by all layer-0 heads) and induction heads in layer 1 (all four, strongest L1H1); scores from "
-    "mcp_interp.models.trained.induction_heads; solves the `induction` task"
+    "mcp_interp.toymodels.trained.induction_heads; solves the `induction` task"
 )
 PARENS_DESCRIPTION = (
     "2-layer transformer with MLPs (d_model 64, 4 heads, d_mlp 128, char tokenizer) trained here to "
@@ -424,13 +424,13 @@ PARENS_DESCRIPTION = (
 
 
 def register() -> None:
-    from .toy import register_toy
+    from ..models.toy import register_toy
 
     register_toy("induction-2l", build_induction_2l, INDUCTION_DESCRIPTION, meta={
         "kind": "trained", "task": "induction",
         "ground_truth": {
             "prev_token_layer": 0, "induction_layer": 1,
-            "heads_from": "mcp_interp.models.trained.induction_heads(model)",
+            "heads_from": "mcp_interp.toymodels.trained.induction_heads(model)",
             # Measured on the reference training run (seed 0, torch 2.13 CPU); recompute with
             # induction_heads(model) rather than trusting these if the weights hash differs.
             "reference": {"prev_token_scores": [[0.40, 0.47, 0.36, 0.57], [0.03, 0.03, 0.03, 0.03]],

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .attribution import Progress, _check, _final_metric, pair_chunks
-from .components import (Receiver, Sender, edge_mask_allowed, receiver_hook, receivers, sender_hooks,
-                         sender_outputs, senders, split_inputs)
-from .metrics import Metric
+from ..core.metrics import Metric
+from ..core.progress import Progress, check_cancelled
+from .components import (Receiver, Sender, edge_mask_allowed, receiver_hook, receivers, sender_hooks, sender_outputs,
+                         senders, split_inputs)
+from .nodes import final_metric, pair_chunks
 
 EDGE_METHODS = ("eap", "eap_ig", "exact")
 MAX_EXACT_EDGES = 5000
@@ -134,7 +135,7 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tupl
             hooks.insert(0, ("hook_embed", lambda act, hook, path=path: path(act)))
         with torch.enable_grad():
             logits = model.run_with_hooks(xc if path is None else x, fwd_hooks=hooks)
-            m = _final_metric(model, logits, metric, idx)
+            m = final_metric(model, logits, metric, idx)
             grads = torch.autograd.grad(m.sum(), [acts[n] for n in names])
         for n, g in zip(names, grads):
             for j, r in groups[n]:
@@ -204,7 +205,7 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
         hooks.append((name, lambda a, hook, js=js: on_receiver(a, hook, js)))
     with torch.no_grad():
         logits = model.run_with_hooks(rows, fwd_hooks=hooks)
-    return _final_metric(model, logits, metric, idx.repeat(k)).view(k, b)
+    return final_metric(model, logits, metric, idx.repeat(k)).view(k, b)
 
 
 def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, chunk: int = 16):
@@ -214,7 +215,7 @@ def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, sho
     other = sender_outputs(model, clean_cache, S)
     fw = 0
     for a in range(0, len(pairs), chunk):
-        _check(should_cancel)
+        check_cancelled(should_cancel)
         block = pairs[a:a + chunk]
         masks = torch.zeros(len(block), len(S), len(R), dtype=torch.bool)
         for k, (i, j) in enumerate(block):

@@ -24,16 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..tasks.dataset import TaskDataset
-from .errors import Cancelled
+from ...tasks.dataset import TaskDataset
+from ..core.progress import Cancelled, Progress
+from .executor import CleanRun, Executor, Mode, check_architecture, device_of
 from .hypothesis import INPUT, OUTPUT, Compiled, Hypothesis, check_hypothesis
-from .hypothesis_nodes import reachable
-from .scrub_run import CleanRun, Executor, Mode, check_architecture, device_of
-from .scrub_score import SeedStats, TaskScore, recovered, recovered_metric
-from .scrub_tree import (Sampler, TreeTooLarge, exact_nodes, interp_values, layout_groups, plan_tree, position_warnings,
-                         resolve_positions, tree_size)
-
-Progress = Callable[[float, str], None]
+from .nodes import reachable
+from .score import SeedStats, TaskScore, recovered, recovered_metric
+from .tree import (Sampler, TreeTooLarge, exact_nodes, interp_values, layout_groups, plan_tree, position_warnings,
+                   resolve_positions, tree_size)
 
 __all__ = ["Cancelled", "Contribution", "Scores", "ScrubResult", "Scrubber", "graph_data", "scrub_hypothesis"]
 

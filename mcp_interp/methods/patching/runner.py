@@ -22,7 +22,7 @@ from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from .patch_block import fast_block, past_kv, segments
+from ..core.block import fast_block, past_kv, segments
 
 SITE_CODES = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "z": 3}
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..tasks import expressions
-from ..tasks.dataset import TaskDataset
-from .hypothesis_nodes import INPUT, OUTPUT, Compiled, HypothesisError, check_overlaps, components, reads
+from ...tasks import expressions
+from ...tasks.dataset import TaskDataset
+from .nodes import INPUT, OUTPUT, Compiled, HypothesisError, check_overlaps, components, reads
 
 
 class TreeTooLarge(HypothesisError):

@@ -28,9 +28,9 @@ from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from .das_block import lean_block, lean_ok, lean_weights, rotate_past_keys
-from .errors import Cancelled
-from .metrics import final_normed
+from ..core.metrics import final_normed
+from ..core.progress import check_cancelled
+from .block import lean_block, lean_ok, lean_weights, rotate_past_keys
 
 _SITE_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
 _KINDS = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_attn_out": "attn_out",
@@ -181,8 +181,7 @@ def prepare(model, examples, site: Site, max_batch: int = 64, block: str = "auto
         by_len.setdefault(len(f["base"][i]), []).append(i)
     for T, idx in sorted(by_len.items()):
         for a in range(0, len(idx), max_batch):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled("DAS cancelled while caching activations")
+            check_cancelled(should_cancel, "DAS activation caching")
             chunk = idx[a:a + max_batch]
             nb = len(chunk)
             base_t = torch.tensor([f["base"][i] for i in chunk], device=dev)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .das import (DASCache, DASResult, Progress, Site, _caches, _delta, _fit, _result, _Rotation, train_das)
+from ..core.progress import Progress
+from .train import (DASCache, DASResult, Rotation, Site, das_result, fit_rotation, prepare_caches, subspace_delta,
+                    train_das)
 
 __all__ = ["RankSweep", "find_knee", "rank_sweep", "train_boundless_das"]
 
@@ -40,9 +42,9 @@ def train_boundless_das(model, data, site: Site | str, *, epochs: int = 20, lr: 
     d = site.dim(model)
     if not 0.0 < boundary_init < 1.0:
         raise ValueError("boundary_init is a fraction of the dimensions, strictly between 0 and 1")
-    dc_tr, dc_te = _caches(model, data, site, caches, block, progress, should_cancel)
+    dc_tr, dc_te = prepare_caches(model, data, site, caches, block, progress, should_cancel)
     dev = dc_tr.s_base.device
-    rot = _Rotation(d, d, seed).to(dev)
+    rot = Rotation(d, d, seed).to(dev)
     beta = nn.Parameter(torch.tensor(float(boundary_init), device=dev))  # b = d * beta, beta kept in [0, 1]
     opt = torch.optim.AdamW([{"params": rot.parameters(), "lr": lr},
                              {"params": [beta], "lr": boundary_lr}], weight_decay=0.0)
@@ -61,7 +63,7 @@ def train_boundless_das(model, data, site: Site | str, *, epochs: int = 20, lr: 
     counter = {"token_layers": 0, "rows": 0, "steps": 0, "epochs": epochs}
     t_train = time.perf_counter()
     with torch.enable_grad():
-        curve = _fit(model, dc_tr, opt, lambda ex: _delta(rot.weight, dc_tr, ex, mask()), epochs, batch_size,
+        curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex, mask()), epochs, batch_size,
                      seed, progress, should_cancel, counter, penalty=lambda: boundary_penalty * beta,
                      on_step=on_step, label="boundless DAS")
     counter["train_seconds"] = time.perf_counter() - t_train
@@ -79,7 +81,7 @@ def train_boundless_das(model, data, site: Site | str, *, epochs: int = 20, lr: 
     info = {"boundary": b, "effective_k": k_eff, "final_temperature": state["T"],
             "mask": final_mask.tolist(), "rotation_full": R_full.float().cpu(),
             "evaluated_k": k_hard}
-    return _result(model, site, k_hard, R_full[:, :k_hard], dc_tr, dc_te, curve, counter, t0, params, seed,
+    return das_result(model, site, k_hard, R_full[:, :k_hard], dc_tr, dc_te, curve, counter, t0, params, seed,
                    controls, boundless=info)
 
 
@@ -118,7 +120,7 @@ def rank_sweep(model, data, site: Site | str, ks: Sequence[int] = (1, 2, 4, 8, 1
     ks = sorted({int(k) for k in ks if 1 <= k <= site.dim(model)})
     if not ks:
         raise ValueError(f"no k in 1..{site.dim(model)}")
-    caches = _caches(model, data, site, None, block, progress, should_cancel)
+    caches = prepare_caches(model, data, site, None, block, progress, should_cancel)
     results = []
     for j, k in enumerate(ks):
         sub = None

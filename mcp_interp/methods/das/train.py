@@ -37,14 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from .das_runner import DASCache, Site, intervened_logits, naive_token_layers, prepare
-from .errors import Cancelled
+from ..core.progress import Progress, check_cancelled
+from .runner import DASCache, Site, intervened_logits, naive_token_layers, prepare
 
-Progress = Callable[[float, str], None]
-
-__all__ = ["DASCache", "DASResult", "EvalResult", "RankSweep", "Site", "evaluate_rotation", "find_knee",
-           "initial_rotation", "prepare", "random_rotation", "rank_sweep", "register_orthogonal",
-           "train_boundless_das", "train_das"]
+__all__ = ["DASCache", "DASResult", "EvalResult", "Rotation", "Site", "das_result", "evaluate_rotation", "fit_rotation",
+           "initial_rotation", "prepare", "prepare_caches", "random_rotation", "register_orthogonal", "subspace_delta",
+           "train_das"]
 
 
 @dataclass
@@ -94,7 +92,7 @@ def initial_rotation(d: int, k: int, seed: int) -> Tensor:
     return w
 
 
-class _Rotation(nn.Module):
+class Rotation(nn.Module):
     """d x k matrix with orthonormal columns (the orthogonal parametrisation keeps it so)."""
 
     def __init__(self, d: int, k: int, seed: int, init: Tensor | None = None):
@@ -121,16 +119,11 @@ def random_rotation(d: int, k: int, seed: int) -> Tensor:
     return (q * torch.sign(torch.diagonal(r))[None, :]).float()
 
 
-def _delta(R: Tensor, dc: DASCache, ex: Tensor, mask: Tensor | None = None) -> Tensor:
+def subspace_delta(R: Tensor, dc: DASCache, ex: Tensor, mask: Tensor | None = None) -> Tensor:
     diff = dc.diff[ex.to(dc.diff.device)].to(R.dtype) @ R
     if mask is not None:
         diff = diff * mask
     return diff @ R.T
-
-
-def _check_cancel(should_cancel) -> None:
-    if should_cancel is not None and should_cancel():
-        raise Cancelled("DAS cancelled")
 
 
 @torch.no_grad()
@@ -169,18 +162,18 @@ def evaluate_rotation(model, rotation: Tensor, site: Site | str, data, split: st
     R = rotation.to(device=dc.s_base.device, dtype=torch.float32)
     if R.shape[0] != site.dim(model):
         raise ValueError(f"rotation has {R.shape[0]} rows; site {site} has dimension {site.dim(model)}")
-    return _evaluate(model, dc, lambda ex: _delta(R, dc, ex), batch_size)
+    return _evaluate(model, dc, lambda ex: subspace_delta(R, dc, ex), batch_size)
 
 
 def _controls(model, dc_test: DASCache, k: int, seed: int, counter: dict) -> dict[str, EvalResult]:
     d = dc_test.s_base.shape[1]
     Rr = random_rotation(d, k, seed).to(dc_test.s_base.device)
     full = lambda ex: dc_test.diff[ex.to(dc_test.diff.device)]  # replace the whole vector
-    return {"random_rotation": _evaluate(model, dc_test, lambda ex: _delta(Rr, dc_test, ex), counter=counter),
+    return {"random_rotation": _evaluate(model, dc_test, lambda ex: subspace_delta(Rr, dc_test, ex), counter=counter),
             "full_vector": _evaluate(model, dc_test, full, counter=counter)}
 
 
-def _caches(model, data, site: Site, caches, block: str = "auto", progress=None,
+def prepare_caches(model, data, site: Site, caches, block: str = "auto", progress=None,
             should_cancel=None) -> tuple[DASCache, DASCache]:
     if caches is not None:
         if any(c.site != site for c in caches):
@@ -190,7 +183,7 @@ def _caches(model, data, site: Site, caches, block: str = "auto", progress=None,
     return prepare(model, data.train, site, **kw), prepare(model, data.test, site, **kw)
 
 
-def _fit(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, epochs: int, batch_size: int, seed: int,
+def fit_rotation(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, epochs: int, batch_size: int, seed: int,
          progress, should_cancel, counter: dict, penalty: Callable[[], Tensor] | None = None,
          on_step: Callable[[int, int], None] | None = None, label: str = "DAS") -> list[dict[str, float]]:
     """The training loop shared by DAS and boundless DAS (model frozen; only `params` move)."""
@@ -202,7 +195,7 @@ def _fit(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, ep
         perm = torch.randperm(dc.n, generator=g)
         loss_sum = hits = 0.0
         for a in range(0, dc.n, batch_size):
-            _check_cancel(should_cancel)
+            check_cancelled(should_cancel, "DAS")
             if on_step is not None:
                 on_step(step, total)
             ex = perm[a:a + batch_size]
@@ -226,9 +219,9 @@ def _fit(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, ep
     return curve
 
 
-def _result(model, site, k, R, dc_tr, dc_te, curve, counter, t0, params, seed, controls, boundless=None):
+def das_result(model, site, k, R, dc_tr, dc_te, curve, counter, t0, params, seed, controls, boundless=None):
     t_eval = time.perf_counter()
-    delta = lambda dc: (lambda ex: _delta(R, dc, ex))
+    delta = lambda dc: (lambda ex: subspace_delta(R, dc, ex))
     train_r, test_r = _evaluate(model, dc_tr, delta(dc_tr), counter=counter), _evaluate(model, dc_te, delta(dc_te),
                                                                                          counter=counter)
     base = _evaluate(model, dc_te, lambda ex: None, counter=counter)
@@ -274,18 +267,18 @@ def train_das(model, data, site: Site | str, k: int = 1, *, epochs: int = 10, lr
         raise ValueError(f"k={k} must be in 1..{d} (the site's dimension)")
     if restarts < 1:
         raise ValueError("restarts must be >= 1")
-    dc_tr, dc_te = _caches(model, data, site, caches, block, progress, should_cancel)
+    dc_tr, dc_te = prepare_caches(model, data, site, caches, block, progress, should_cancel)
     if init_rotation is not None and tuple(init_rotation.shape) != (d, k):
         raise ValueError(f"init_rotation must be {d} x {k}, got {tuple(init_rotation.shape)}")
     counter = {"token_layers": 0, "rows": 0, "steps": 0, "epochs": epochs * restarts}
     t_train = time.perf_counter()
     best, runs = None, []
     for i in range(restarts):
-        rot = _Rotation(d, k, seed + i, init_rotation if i == 0 else None).to(dc_tr.s_base.device)
+        rot = Rotation(d, k, seed + i, init_rotation if i == 0 else None).to(dc_tr.s_base.device)
         opt = torch.optim.AdamW(rot.parameters(), lr=lr, weight_decay=weight_decay)
         sub = None if progress is None else (lambda f, m, i=i: progress((i + f) / restarts, m))
         with torch.enable_grad():
-            curve = _fit(model, dc_tr, opt, lambda ex: _delta(rot.weight, dc_tr, ex), epochs, batch_size, seed + i,
+            curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex), epochs, batch_size, seed + i,
                          sub, should_cancel, counter, label="DAS" if restarts == 1 else f"DAS restart {i + 1}")
         runs.append({"seed": seed + i, "final_train_loss": curve[-1]["loss"],
                      "final_train_iia": curve[-1]["train_iia"]})
@@ -297,11 +290,6 @@ def train_das(model, data, site: Site | str, k: int = 1, *, epochs: int = 10, lr
     params = {"k": k, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
               "weight_decay": weight_decay, "restarts": restarts, "optimizer": "AdamW",
               "loss": "cross-entropy at the final position"}
-    res = _result(model, site, k, R, dc_tr, dc_te, curve, counter, t0, params, seed, controls)
+    res = das_result(model, site, k, R, dc_tr, dc_te, curve, counter, t0, params, seed, controls)
     res.extra.update({"restarts": runs, "chosen_seed": chosen})
     return res
-
-
-# "How many dimensions?": boundless DAS and the rank sweep live beside this module (imported last,
-# as they build on everything above).
-from .das_search import RankSweep, find_knee, rank_sweep, train_boundless_das  # noqa: E402

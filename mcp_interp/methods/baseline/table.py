@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..tasks.dataset import TaskDataset
-from .forward import final_logits
-from .stats import ci_dict
+from ...tasks.dataset import TaskDataset
+from ..core.forward import final_logits
+from ..core.stats import ci_dict
 
 
 @dataclass

@@ -9,9 +9,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..models.toy import toy_tasks
 from ..tasks.builtin import BUILTIN_TASKS
 from ..tasks.spec import TaskSpec
+from ..toymodels import toy_tasks
 
 
 def builtin_tasks() -> dict[str, TaskSpec]:

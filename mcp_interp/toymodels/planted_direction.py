@@ -31,16 +31,15 @@ standard-basis coordinate means anything (DAS cannot get lucky with an axis-alig
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from ..models.tokenizers import CharTokenizer
+from .common import TOY_ALPHABET
 from .planted import identity_io
-from .tokenizers import CharTokenizer
-from .toy import TOY_ALPHABET
 
 LETTERS = "abcdefgh"
 LO, HI = "abcd", "efgh"
@@ -119,7 +118,6 @@ def planted_direction_meta(seed: int = 0) -> dict[str, Any]:
     q = haar_rotation(seed)
     return {
         "kind": "planted-direction", "seed": seed, "task": PLANTED_DIRECTION_TASK["name"],
-        "task_spec": copy.deepcopy(PLANTED_DIRECTION_TASK),
         "variable": "g", "values": dict(SIGN),
         "site": {"hook": SITE_HOOK, "layer": SITE_LAYER, "kind": "resid_pre", "position": "END", "head": None},
         # unit vector: residual . direction = +1 for g = 'lo', -1 for 'hi' (at the site, END)
@@ -205,7 +203,7 @@ def build_planted_direction(seed: int = 0) -> tuple[HookedTransformer, CharToken
 
 
 def register() -> None:
-    from .toy import register_toy
+    from ..models.toy import register_toy
 
     register_toy("planted-direction", build_planted_direction,
                  "planted-direction model for the `planted-direction` task ('c204=' -> 'k'): the binary "

@@ -1,0 +1,32 @@
+"""Models the project builds itself: random tiny ones, hand-set planted circuits, toys trained here.
+
+Importing this package registers every toy with the model layer's registry (`models.toy`), which
+imports it lazily by name on its first lookup; the model layer never imports it. The tasks these
+models solve are task specs, served through `toy_tasks()` to the task registry, not carried in model
+metadata (an entry's meta names its task).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import planted, planted_direction, tiny, trained
+from .common import TOY_ALPHABET, seeded_model
+
+
+def toy_tasks() -> dict[str, dict[str, Any]]:
+    """Task specs (as dicts) of the tasks that only toy models solve, keyed by task name."""
+    specs = (planted.PLANTED_TASK, planted_direction.PLANTED_DIRECTION_TASK)
+    return {s["name"]: s for s in specs}
+
+
+def register() -> None:
+    tiny.register()
+    trained.register()
+    planted.register()
+    planted_direction.register()
+
+
+register()
+
+__all__ = ["TOY_ALPHABET", "seeded_model", "toy_tasks", "register"]
