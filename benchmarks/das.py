@@ -62,19 +62,19 @@ from mcp_interp.tasks.spec import TaskSpec  # noqa: E402
 
 def load(args):
     if args.model == "planted-direction":
-        from mcp_interp.toymodels.planted_direction import PLANTED_DIRECTION_TASK, SITE_HOOK, build_planted_direction
+        from mcp_interp.toymodels.planted_direction import PLANTED_DIRECTION_TASK, SITE_LAYER, build_planted_direction
         model, tok = build_planted_direction(args.seed)
         spec, variable = TaskSpec.model_validate(PLANTED_DIRECTION_TASK), "g"
-        site = args.site or SITE_HOOK
+        layer = SITE_LAYER if args.layer is None else args.layer
     else:
         from mcp_interp.models import ModelPool
         from mcp_interp.tasks.builtin import BUILTIN_TASKS
         lm = ModelPool(device="cpu").get(args.model)
         model, tok = lm.model, lm.tokenizer
         spec, variable = BUILTIN_TASKS["ioi"], "IO"
-        site = args.site or "blocks.22.hook_resid_pre"
+        layer = 22 if args.layer is None else args.layer
         args.counterfactual = args.counterfactual or "s2_swap"
-    return model, tok, spec, variable, Site(site, args.head)
+    return model, tok, spec, variable, Site(args.site, layer, head=args.head)
 
 
 # ---------------------------------------------------------------- baseline: the usual TL-hook loop
@@ -205,7 +205,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--site", default=None, help="TL hook name (default: the model's usual site)")
+    ap.add_argument("--site", default="resid_pre", choices=["resid_pre", "resid_post", "attn_out", "mlp_out", "z"])
+    ap.add_argument("--layer", type=int, default=None, help="default: the model's usual site (planted: 1, SmolLM2: 22)")
     ap.add_argument("--head", type=int, default=None)
     ap.add_argument("--position", default="END")
     ap.add_argument("--counterfactual", default=None, help="source generator (default: fresh samples; IOI: s2_swap)")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..artifacts.records import StoreError
 from ..methods.core import Cancelled, ci_dict
-from ..methods.das import Site, random_rotation, rank_sweep, train_boundless_das, train_das
+from ..methods.das import Site, check_site, random_rotation, rank_sweep, train_boundless_das, train_das
 from ..runtime.task_registry import task_hash
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
@@ -173,9 +173,9 @@ def _site(args_site: str, layer: int, head: int | None, model) -> Site:
         raise ToolError(f"head: {head} out of range 0..{cfg.n_heads - 1}.")
     if args_site == "mlp_out" and cfg.attn_only:
         raise ToolError("site: the model is attention-only; it has no MLP output. Use resid_pre, attn_out or z.")
-    site = Site.of(args_site, layer, head)
+    site = Site(args_site, layer, head=head)
     try:
-        site.check(model)
+        check_site(model, site)
     except ValueError as e:
         raise ToolError(f"site: {e}") from None
     return site

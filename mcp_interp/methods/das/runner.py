@@ -19,7 +19,6 @@ of one call (never left on the shared model).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,69 +29,17 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from ..core.metrics import final_normed
 from ..core.progress import check_cancelled
+from ..core.sites import Site
 from .block import lean_block, lean_ok, lean_weights, rotate_past_keys
 
-_SITE_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
-_KINDS = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_attn_out": "attn_out",
-          "hook_mlp_out": "mlp_out", "attn.hook_z": "z"}
+DAS_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "z")
 
 
-@dataclass(frozen=True)
-class Site:
-    """Where DAS intervenes: a TransformerLens hook name, plus a head index for `blocks.L.attn.hook_z`."""
-
-    hook: str
-    head: int | None = None
-
-    @property
-    def layer(self) -> int:
-        return int(self._match().group(1))
-
-    @property
-    def kind(self) -> str:
-        return _KINDS[self._match().group(2)]
-
-    def _match(self) -> re.Match:
-        m = _SITE_RE.match(self.hook)
-        if m is None:
-            raise ValueError(f"unsupported DAS site {self.hook!r}: use blocks.L.hook_resid_pre, hook_resid_post, "
-                             f"hook_attn_out, hook_mlp_out, or blocks.L.attn.hook_z with a head")
-        return m
-
-    @classmethod
-    def of(cls, kind: str, layer: int, head: int | None = None) -> "Site":
-        """Site.of('resid_pre', 5) == Site('blocks.5.hook_resid_pre'); kinds as in `kind`."""
-        inv = {v: k for k, v in _KINDS.items()}
-        if kind not in inv:
-            raise ValueError(f"unknown site kind {kind!r}; one of {sorted(inv)}")
-        return cls(f"blocks.{layer}.{inv[kind]}", head)
-
-    def check(self, model) -> None:
-        cfg, kind, layer = model.cfg, self.kind, self.layer
-        if not 0 <= layer < cfg.n_layers:
-            raise ValueError(f"{self.hook}: layer {layer} out of range 0..{cfg.n_layers - 1}")
-        if (kind == "z") != (self.head is not None):
-            raise ValueError(f"{self.hook}: a head index is required for attn.hook_z and only there")
-        if kind == "z" and not 0 <= self.head < cfg.n_heads:
-            raise ValueError(f"{self.hook}: head {self.head} out of range 0..{cfg.n_heads - 1}")
-        if kind == "mlp_out" and cfg.attn_only:
-            raise ValueError(f"{self.hook}: the model is attention-only")
-
-    def dim(self, model) -> int:
-        return model.cfg.d_head if self.kind == "z" else model.cfg.d_model
-
-    @property
-    def start_layer(self) -> int:
-        """First block that must run: the site's own block, or the next one for sites that are added
-        straight into the residual stream after their block (resid_post, mlp_out)."""
-        return self.layer + 1 if self.kind in ("resid_post", "mlp_out") else self.layer
-
-    @property
-    def on_residual(self) -> bool:
-        return self.kind in ("resid_pre", "resid_post", "mlp_out")
-
-    def __str__(self) -> str:
-        return self.hook if self.head is None else f"{self.hook}[{self.head}]"
+def check_site(model, site: Site) -> None:
+    """ValueError unless DAS can intervene at `site` in `model` (one of DAS_KINDS, in range)."""
+    if site.kind not in DAS_KINDS:
+        raise ValueError(f"DAS does not intervene at {site.kind!r} sites; use one of {', '.join(DAS_KINDS)}")
+    site.check(model)
 
 
 @dataclass
@@ -329,4 +276,4 @@ def naive_token_layers(model, dc: DASCache, ex: Tensor) -> int:
     return int(2 * dc.lengths[ex].sum()) * model.cfg.n_layers
 
 
-__all__ = ["DASCache", "Site", "intervened_logits", "naive_token_layers", "prepare", "unembed_final"]
+__all__ = ["DAS_KINDS", "DASCache", "Site", "check_site", "intervened_logits", "naive_token_layers", "prepare", "unembed_final"]

@@ -15,16 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from ..core.progress import Progress
+from .runner import check_site
 from .train import (DASCache, DASResult, Rotation, Site, das_result, fit_rotation, prepare_caches, subspace_delta,
                     train_das)
 
 __all__ = ["RankSweep", "find_knee", "rank_sweep", "train_boundless_das"]
 
 
-def train_boundless_das(model, data, site: Site | str, *, epochs: int = 20, lr: float = 1e-2,
+def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float = 1e-2,
                         boundary_lr: float = 1e-2, batch_size: int = 32, seed: int = 0,
                         temperature: tuple[float, float] = (50.0, 0.1), boundary_init: float = 0.5,
-                        boundary_penalty: float = 1.0, head: int | None = None, controls: bool = True,
+                        boundary_penalty: float = 1.0, controls: bool = True,
                         caches: tuple[DASCache, DASCache] | None = None, block: str = "auto",
                         progress: Progress | None = None,
                         should_cancel: Callable[[], bool] | None = None) -> DASResult:
@@ -37,8 +38,7 @@ def train_boundless_das(model, data, site: Site | str, *, epochs: int = 20, lr: 
     controls are then computed with that hard boundary (rotation = the first k columns).
     """
     t0 = time.perf_counter()
-    site = Site(site, head) if isinstance(site, str) else site
-    site.check(model)
+    check_site(model, site)
     d = site.dim(model)
     if not 0.0 < boundary_init < 1.0:
         raise ValueError("boundary_init is a fraction of the dimensions, strictly between 0 and 1")
@@ -111,12 +111,11 @@ def find_knee(ks: Sequence[int], iia: Sequence[float], control: Sequence[float],
     return None
 
 
-def rank_sweep(model, data, site: Site | str, ks: Sequence[int] = (1, 2, 4, 8, 16, 32), *,
-               knee_fraction: float = 0.9, head: int | None = None, block: str = "auto",
+def rank_sweep(model, data, site: Site, ks: Sequence[int] = (1, 2, 4, 8, 16, 32), *,
+               knee_fraction: float = 0.9, block: str = "auto",
                progress: Progress | None = None,
                should_cancel: Callable[[], bool] | None = None, **train_kw) -> RankSweep:
     """Held-out IIA(k) for each k (same data, seed and schedule), the random control per k, and the knee."""
-    site = Site(site, head) if isinstance(site, str) else site
     ks = sorted({int(k) for k in ks if 1 <= k <= site.dim(model)})
     if not ks:
         raise ValueError(f"no k in 1..{site.dim(model)}")

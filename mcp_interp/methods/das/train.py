@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from ..core.progress import Progress, check_cancelled
-from .runner import DASCache, Site, intervened_logits, naive_token_layers, prepare
+from .runner import DASCache, Site, check_site, intervened_logits, naive_token_layers, prepare
 
 __all__ = ["DASCache", "DASResult", "EvalResult", "Rotation", "Site", "das_result", "evaluate_rotation", "fit_rotation",
            "initial_rotation", "prepare", "prepare_caches", "random_rotation", "register_orthogonal", "subspace_delta",
@@ -152,12 +152,11 @@ def _as_examples(data, split: str):
     return list(data)
 
 
-def evaluate_rotation(model, rotation: Tensor, site: Site | str, data, split: str = "test",
-                      head: int | None = None, batch_size: int = 256, cache: DASCache | None = None,
+def evaluate_rotation(model, rotation: Tensor, site: Site, data, split: str = "test",
+                      batch_size: int = 256, cache: DASCache | None = None,
                       block: str = "auto") -> EvalResult:
     """IIA of a saved rotation (d x k) on another dataset (InterchangeData split, or a list of examples;
     split "train", "test" or "all")."""
-    site = Site(site, head) if isinstance(site, str) else site
     dc = cache or prepare(model, _as_examples(data, split), site, block=block)
     R = rotation.to(device=dc.s_base.device, dtype=torch.float32)
     if R.shape[0] != site.dim(model):
@@ -242,8 +241,8 @@ def das_result(model, site, k, R, dc_tr, dc_te, curve, counter, t0, params, seed
                      params, boundless)
 
 
-def train_das(model, data, site: Site | str, k: int = 1, *, epochs: int = 10, lr: float = 1e-2,
-              batch_size: int = 32, seed: int = 0, weight_decay: float = 0.0, head: int | None = None,
+def train_das(model, data, site: Site, k: int = 1, *, epochs: int = 10, lr: float = 1e-2,
+              batch_size: int = 32, seed: int = 0, weight_decay: float = 0.0,
               init_rotation: Tensor | None = None, restarts: int = 1, controls: bool = True,
               caches: tuple[DASCache, DASCache] | None = None, block: str = "auto",
               progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> DASResult:
@@ -251,7 +250,7 @@ def train_das(model, data, site: Site | str, k: int = 1, *, epochs: int = 10, lr
 
     data: tasks.interchange.InterchangeData (or anything with .train/.test lists of examples
     carrying base_tokens, source_tokens, base_pos, source_pos, label_id, base_answer_id).
-    site: a Site or a hook name (with `head` for attn.hook_z). caches: (train, test) from
+    site: where to intervene (a core Site of a DAS_KINDS kind; z needs its head). caches: (train, test) from
     `prepare`, to share the cached runs across calls (rank sweeps). block: "auto", "lean" or "tl"
     (see das_runner.prepare). AdamW on the rotation only; init_rotation overrides the seeded start.
     restarts: train from seeds seed, seed+1, ... and keep the rotation with the lowest final
@@ -260,8 +259,7 @@ def train_das(model, data, site: Site | str, k: int = 1, *, epochs: int = 10, lr
     orthogonal to the variable can settle there; a few restarts make that unlikely.
     """
     t0 = time.perf_counter()
-    site = Site(site, head) if isinstance(site, str) else site
-    site.check(model)
+    check_site(model, site)
     d = site.dim(model)
     if not 1 <= k <= d:
         raise ValueError(f"k={k} must be in 1..{d} (the site's dimension)")
