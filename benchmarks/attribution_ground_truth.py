@@ -3,7 +3,7 @@
     python benchmarks/attribution_ground_truth.py [--seeds 8] [--n 16] [--threads 1]
 
 Each seed rebuilds the planted models with the circuit's roles on permuted heads and fresh inert
-weights (mcp_interp/models/planted.py), so no method can lean on a fixed layout. Node methods score
+weights (mcp_interp/toymodels/planted.py), so no method can lean on a fixed layout. Node methods score
 the ten components (heads, MLPs); edge methods the 110 edges. Units are ranked by |score|; the
 positives are the components / edges whose single-unit exact patching effect is non-negligible.
 The null row is exact patching graded against shuffled labels.

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mcp_interp.methods.core import LogitDiffMetric  # noqa: E402
-from mcp_interp.methods.patching import Cell, forward_flops, patch_sweep  # noqa: E402
+from mcp_interp.methods.core import LogitDiffMetric, Site  # noqa: E402
+from mcp_interp.methods.patching import forward_flops, patch_sweep  # noqa: E402
 
 NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Emma", "Mike", "Lisa",
          "Mark", "Kate", "Peter", "Alice", "Bob", "Jack", "Laura", "Sam", "Ben", "Ryan", "Chris",
@@ -160,11 +160,11 @@ def main():
           f"2048^3 matmul peak {matmul_peak():.1f} GFLOP/s")
 
     all_pos = torch.arange(T).repeat(args.n, 1)
-    resid_cells = [Cell("resid_pre", l, p) for l in range(L) for p in range(T)]
+    resid_cells = [Site("resid_pre", l, position=p) for l in range(L) for p in range(T)]
     res_a = patch_sweep(model, clean, corrupt, all_pos, resid_cells, metric)
     print(f"clean logit diff {res_a.clean.mean():.3f}, counterfactual {res_a.corrupt.mean():.3f}")
     final_pos = torch.full((args.n, 1), T - 1)
-    head_cells = [Cell("z", l, 0, h) for l in range(L) for h in range(H)]
+    head_cells = [Site("z", l, head=h, position=0) for l in range(L) for h in range(H)]
     res_b = patch_sweep(model, clean, corrupt, final_pos, head_cells, metric)
     res_a_tl = patch_sweep(model, clean, corrupt, all_pos, resid_cells, metric, block="tl")
     res_b_tl = patch_sweep(model, clean, corrupt, final_pos, head_cells, metric, block="tl")

@@ -8,11 +8,9 @@ from mcp_helpers import call, call_error, finish
 from safetensors.torch import load_file
 
 from mcp_interp.evaluation.ground_truth import auroc_table, planted_case
-from mcp_interp.methods.attribution.components import nodes_for, receivers, senders, split_inputs
-from mcp_interp.methods.attribution.edges import edge_scores
-from mcp_interp.methods.attribution.faithfulness import area, edge_circuit_metrics, node_circuit_metrics
-from mcp_interp.methods.attribution.nodes import node_scores
-from mcp_interp.methods.core.stats import auroc
+from mcp_interp.methods.attribution import (Edge, area, edge_circuit_metrics, edge_scores, node_circuit_metrics,
+                                            node_scores, nodes_for, receivers, run_attribution, senders)
+from mcp_interp.methods.core import Site, auroc
 from mcp_interp.server.app import build_server
 
 pytestmark = pytest.mark.anyio
@@ -58,11 +56,11 @@ def test_exact_scores_equal_a_plain_hook_loop():
     _, cache = model.run_with_cache(x)
     m_cf = metric.from_logits(model, model(xc)[:, -1], torch.arange(6))
     for j, nd in enumerate(nodes):
-        name = f"blocks.{nd.layer}.attn.hook_z" if nd.kind == "head" else f"blocks.{nd.layer}.mlp.hook_post"
+        name = f"blocks.{nd.layer}.attn.hook_z" if nd.kind == "z" else f"blocks.{nd.layer}.mlp.hook_post"
 
         def patch(act, hook, nd=nd):
-            if nd.kind == "head":
-                act[:, :, nd.index] = cache[hook.name][:, :, nd.index]
+            if nd.kind == "z":
+                act[:, :, nd.head] = cache[hook.name][:, :, nd.head]
             else:
                 act[:] = cache[hook.name]
             return act
@@ -106,6 +104,39 @@ def test_edge_identities():
 
 def test_area_is_trapezoid_on_the_fraction_axis():
     assert area([0.0, 0.5, 1.0], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+
+
+def test_units_are_sites_and_their_names_render_from_them():
+    """Nodes, senders and receivers are core Sites on the hooks attribution patches; names render as before
+    (grouped keys and values as LxGy under GQA); a report carries each unit's Site / Edge beside its name."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    model, clean, corrupt, metric, meta = planted_case("clean", 3, n=4)
+    heads, mlps = nodes_for(model, "heads"), nodes_for(model, "mlps")
+    assert heads[5] == Site("z", 1, head=1) and heads[5].name == "L1H1" and heads[5].hook == "blocks.1.attn.hook_z"
+    assert mlps[1].name == "MLP1" and mlps[1].hook == "blocks.1.mlp.hook_post"
+    assert nodes_for(model, "neurons", layer=1)[7].name == "L1N7"
+    pos = nodes_for(model, "positions", layer=1, position_names=["X"])
+    assert pos == [Site("resid_pre", 1, position="X")] and pos[0].name == "P:X"
+    S, R = senders(model), receivers(model)
+    assert [s.name for s in S[:6]] == ["embed", "L0H0", "L0H1", "L0H2", "L0H3", "MLP0"]
+    assert S[5].hook == "blocks.0.hook_mlp_out" and R[-1] == Site("logits", 2) and R[8].hook == "blocks.0.hook_v_input"
+    assert Edge(S[0], R[8]).name == "embed->L0H0.v"
+    gqa = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_heads=4, d_head=4, n_key_value_heads=2,
+                                                    d_mlp=8, d_vocab=10, n_ctx=8, act_fn="relu", device="cpu"))
+    assert [r.name for r in receivers(gqa)] == ["L0H0.q", "L0H1.q", "L0H2.q", "L0H3.q", "L0G0.k", "L0G1.k",
+                                                "L0G0.v", "L0G1.v", "MLP0", "logits"]
+    rep = run_attribution(model, "eap", "edges", clean, corrupt, metric)
+    assert rep.units == [e.name for e in rep.components] and rep.layers == [e.receiver.layer for e in rep.components]
+    nodes, edges = rep.circuit_graph()
+    top3 = {f"{s}->{r}" + (f".{label}" if label else "") for s, r, label, _ in edges[:3]}
+    assert top3 == set(meta["important_edges"])  # the planted circuit: embed->L0Hm.v, L0Hm->MLP1, MLP1->logits
+    ends = dict((n, h) for n, h, _ in nodes)
+    assert ends["embed"] == -1 and ends["MLP1"] == 1.5 and ends["logits"] == 2
+    assert all(r in ends and s in ends for s, r, _, _ in edges) and {e[2] for e in edges} <= {"", "q", "k", "v"}
+    rep = run_attribution(model, "atp", "positions", clean, corrupt, metric, torch.zeros(4, 1, dtype=torch.long), ["X"],
+                          layer=0, faithfulness=False)
+    assert rep.units == ["P:X"] and rep.components == [Site("resid_pre", 0, position="X")]
 
 
 # ------------------------------------------------------------------ the MCP tool

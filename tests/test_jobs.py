@@ -8,7 +8,8 @@ from mcp import Client
 from mcp_helpers import call
 
 from mcp_interp.artifacts import ArtifactStore
-from mcp_interp.runtime.jobs import JobCancelled, JobManager, JobNotFound
+from mcp_interp.methods.core import Cancelled
+from mcp_interp.runtime.jobs import JobManager, JobNotFound
 from mcp_interp.server.app import build_server
 
 
@@ -24,7 +25,7 @@ def test_result_progress_in_waiting_thread_and_failure(tmp_path):
     seen = []
     job = jm.submit("t", work, description="five steps")
     done = jm.wait(job.id, 10, on_progress=lambda p, m: seen.append((threading.get_ident(), p, m)))
-    assert done.status == "succeeded" and done.result == {"answer": 42}
+    assert done.status == "complete" and done.result == {"answer": 42}
     assert seen and {tid for tid, _, _ in seen} == {threading.get_ident()}
 
     bad = jm.submit("t", lambda ctx: 1 / 0)
@@ -78,6 +79,26 @@ async def test_list_jobs_tool(store_dir, anyio_backend):
         jobs = (await call(c, "list_jobs"))["jobs"]
         assert jobs and jobs[0]["kind"] == "run_baseline" and jobs[0]["status"] == "complete"
         assert jobs[0]["result"] is None  # listings stay small
+        # the filter speaks the status vocabulary the views show
+        done = (await call(c, "list_jobs", {"status": "complete"}))["jobs"]
+        assert [j["job_id"] for j in done] == [jobs[0]["job_id"]]
+        assert (await call(c, "list_jobs", {"status": "running"}))["jobs"] == []
+
+
+def test_stores_from_before_the_status_rename_read_complete(tmp_path):
+    """An index row an older server wrote as "succeeded" is read (and filtered) as "complete"."""
+    import sqlite3
+
+    store = ArtifactStore(tmp_path)
+    jm = JobManager(store)
+    job = jm.wait(jm.submit("t", lambda ctx: {"v": 1}).id, 5)
+    jm.shutdown(wait=True, timeout=5)
+    with sqlite3.connect(tmp_path / "index.sqlite") as con:
+        con.execute("UPDATE jobs SET status = 'succeeded' WHERE job_id = ?", (job.id,))
+    jm2 = JobManager(ArtifactStore(tmp_path))
+    assert jm2.get(job.id).status == "complete" and jm2.get(job.id).result == {"v": 1}
+    assert [r.job_id for r in jm2.list(status="complete")] == [job.id]
+    jm2.shutdown()
 
 
 # -- job manager unit tests (no MCP) -------------------------------------------------------
@@ -98,9 +119,9 @@ def test_result_returned_and_persisted(mgr, store):
     job = mgr.submit("locate", lambda ctx: {"answer": 42}, description="tiny")
     assert job.id.startswith("job-") and len(job.id) == 14
     done = mgr.wait(job.id, timeout=5)
-    assert done.status == "succeeded" and done.result == {"answer": 42} and done.progress == 1.0
+    assert done.status == "complete" and done.result == {"answer": 42} and done.progress == 1.0
     assert store.load_job(job.id).result == {"answer": 42}
-    assert [r.job_id for r in mgr.list(status="succeeded")] == [job.id]
+    assert [r.job_id for r in mgr.list(status="complete")] == [job.id]
 
 
 def test_wait_timeout_returns_running_job(mgr):
@@ -117,7 +138,7 @@ def test_wait_timeout_returns_running_job(mgr):
     assert 0.15 <= time.monotonic() - t0 < 2
     assert got.status == "running" and got.progress == 0.25 and got.message == "a quarter"
     release.set()
-    assert mgr.wait(job.id, timeout=5).status == "succeeded"
+    assert mgr.wait(job.id, timeout=5).status == "complete"
 
 
 def test_progress_callback_runs_in_waiting_thread(mgr):
@@ -139,7 +160,7 @@ def test_progress_callback_runs_in_waiting_thread(mgr):
             acked[int(message.split()[1])].set()
 
     done = mgr.wait(job.id, timeout=10, on_progress=on_progress)
-    assert done.status == "succeeded"
+    assert done.status == "complete"
     assert threads == {threading.get_ident()}  # never called from the worker
     assert [(0.25, "step 1"), (0.5, "step 2"), (0.75, "step 3")] == [
         c for c in calls if c[1].startswith("step")]
@@ -163,7 +184,7 @@ def test_cancel_running_cooperative_job(mgr, store):
     assert started.wait(5)
     mgr.cancel(job.id)
     done = mgr.wait(job.id, timeout=5)
-    assert done.status == "cancelled" and done.error_type == "JobCancelled" and done.result is None
+    assert done.status == "cancelled" and done.error_type == "Cancelled" and done.result is None
     assert store.load_job(job.id).status == "cancelled"
 
 
@@ -174,7 +195,7 @@ def test_cancel_queued_job_immediately(store):
     second = m.submit("later", lambda ctx: {"ran": True})
     assert m.cancel(second.id).status == "cancelled"
     gate.set()
-    assert m.wait(first.id, 5).status == "succeeded"
+    assert m.wait(first.id, 5).status == "complete"
     time.sleep(0.05)
     assert m.get(second.id).status == "cancelled" and m.get(second.id).result is None
     m.shutdown(wait=True, timeout=5)
@@ -228,7 +249,7 @@ def test_restart_serves_results_and_interrupts_running(store):
     run = store.list_runs(status="running")[0]
     # "restart": a new manager on the same store (the old one is simply abandoned)
     m2 = JobManager(store)
-    assert m2.get(finished.id).status == "succeeded" and m2.get(finished.id).result == {"x": 1}
+    assert m2.get(finished.id).status == "complete" and m2.get(finished.id).result == {"x": 1}
     got = m2.get(running.id)
     assert got.status == "interrupted" and "submit the same request again" in got.error
     assert m2.wait(running.id, timeout=1).status == "interrupted"  # returns at once
@@ -257,4 +278,4 @@ def test_shutdown_interrupts_cooperative_jobs(store):
     assert store.load_job(queued.id).status == "interrupted"
     with pytest.raises(RuntimeError):
         m.submit("x", lambda ctx: {})
-    assert issubclass(JobCancelled, Exception)
+    assert issubclass(Cancelled, Exception)

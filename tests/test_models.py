@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import ast
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from mcp_interp.models import (CharTokenizer, HFTokenizerAdapter, ModelLoadError, ModelPool, register_toy,
                                smollm2_gguf_path, unregister_toy)
-from mcp_interp.toymodels import TOY_ALPHABET, seeded_model
+from mcp_interp.toymodels import TOY_ALPHABET
 from mcp_interp.toymodels.tiny import build_tiny_random
-from mcp_interp.toymodels.tiny import tiny_cfg as _tiny_cfg
 
 IOI = "When Mary and John went to the store, John gave a drink to"
 
@@ -126,17 +123,6 @@ def test_register_toy_api():
         assert avail["toy/test-dummy"]["description"] == "replaced"
     finally:
         unregister_toy("test-dummy")
-
-
-def test_models_layer_imports_nothing_else_of_ours():
-    pkg = Path(__file__).resolve().parents[1] / "mcp_interp" / "models"
-    for f in pkg.glob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                assert not node.module.startswith("mcp_interp") or node.module.startswith("mcp_interp.models"), f
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    assert not a.name.startswith("mcp_interp") or a.name.startswith("mcp_interp.models"), f
 
 
 # ------------------------------------------------------------------ pool

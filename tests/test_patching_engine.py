@@ -8,7 +8,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mcp_interp.methods.core.metrics import LogitDiffMetric, ProbMetric
 from mcp_interp.methods.core.progress import Cancelled
-from mcp_interp.methods.patching import Cell, naive_patch_sweep, patch_sweep
+from mcp_interp.methods.core.sites import Site
+from mcp_interp.methods.patching import cell_dict, grid_cells, naive_patch_sweep, patch_sweep
 
 L, H, V = 3, 4, 50
 TOL = 1e-4
@@ -73,7 +74,8 @@ def _random_cells(n_cols, k, seed=0):
     for _ in range(k):
         site = rng.choice(["resid_pre", "attn_out", "mlp_out", "z"])
         layer = rng.randrange(L + (site == "resid_pre"))
-        cells.append(Cell(site, layer, rng.randrange(n_cols), rng.randrange(H) if site == "z" else None))
+        pos = rng.randrange(n_cols)
+        cells.append(Site(site, layer, head=rng.randrange(H) if site == "z" else None, position=pos))
     return cells
 
 
@@ -86,9 +88,9 @@ def _positions(clean):
 
 
 def _all_cells(n_cols):
-    cells = [Cell("resid_pre", l, c) for l in range(L + 1) for c in range(n_cols)]
-    cells += [Cell(s, l, c) for s in ("attn_out", "mlp_out") for l in range(L) for c in range(n_cols)]
-    return cells + [Cell("z", l, c, h) for l in range(L) for c in range(n_cols) for h in range(H)]
+    cells = [Site("resid_pre", l, position=c) for l in range(L + 1) for c in range(n_cols)]
+    cells += [Site(s, l, position=c) for s in ("attn_out", "mlp_out") for l in range(L) for c in range(n_cols)]
+    return cells + [Site("z", l, head=h, position=c) for l in range(L) for c in range(n_cols) for h in range(H)]
 
 
 @pytest.mark.parametrize("direction,block", [("denoise", "lean"), ("noise", "lean"), ("denoise", "tl")])
@@ -125,8 +127,8 @@ def test_attention_only_model_without_norms():
     model = HookedTransformer(cfg).eval()
     clean, corrupt, metric = _data(LENGTHS, seed=8)
     pos = _positions(clean)
-    cells = [c for c in _all_cells(pos.shape[1]) if c.site != "mlp_out" and c.layer <= 2]
-    cells = [c for c in cells if c.layer < 2 or c.site == "resid_pre"]
+    cells = [c for c in _all_cells(pos.shape[1]) if c.kind != "mlp_out" and c.layer <= 2]
+    cells = [c for c in cells if c.layer < 2 or c.kind == "resid_pre"]
     fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
     ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
     assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
@@ -146,7 +148,7 @@ def test_prob_metric_and_small_batches_match_naive(model):
 def test_all_positions_when_lengths_match(model):
     clean, corrupt, metric = _data([9] * 4, seed=2)
     pos = torch.arange(9).repeat(4, 1)
-    cells = [Cell("resid_pre", l, p) for l in range(L) for p in range(9)]
+    cells = [Site("resid_pre", l, position=p) for l in range(L) for p in range(9)]
     fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
     ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
     assert (fast.patched - ref.patched).abs().max() <= TOL
@@ -171,8 +173,8 @@ def test_identities(model, direction):
     diff = torch.stack([(c != x).nonzero()[0, 0] for c, x in zip(clean, corrupt)])
     # columns: the differing token, token 0 (before it), END
     pos = torch.stack([diff, torch.zeros(3, dtype=torch.long), torch.tensor([7, 7, 10])], dim=1)
-    cells = [Cell("resid_pre", 0, 0), Cell("resid_pre", 0, 1), Cell("z", 1, 1, 2), Cell("mlp_out", 2, 1),
-             Cell("resid_pre", L, 2), Cell("resid_pre", L, 0)]
+    cells = [Site("resid_pre", 0, position=0), Site("resid_pre", 0, position=1), Site("z", 1, head=2, position=1),
+             Site("mlp_out", 2, position=1), Site("resid_pre", L, position=2), Site("resid_pre", L, position=0)]
     res = patch_sweep(model, clean, corrupt, pos, cells, metric, direction=direction)
     src, base = (res.clean, res.corrupt) if direction == "denoise" else (res.corrupt, res.clean)
     big = (src - base).abs() > 0.1
@@ -221,15 +223,32 @@ def test_validation_errors(model):
     clean, corrupt, metric = _data([6, 9], seed=7)
     pos = _positions(clean)
     with pytest.raises(ValueError, match="lengths differ"):
-        patch_sweep(model, clean, [corrupt[0], corrupt[1][:-1]], pos, [Cell("resid_pre", 0, 0)], metric)
-    for bad in (Cell("z", 0, 0), Cell("attn_out", 0, 0, 1), Cell("mlp_out", L, 0), Cell("resid_pre", 0, 9),
-                Cell("z", 0, 0, H), Cell("bogus", 0, 0)):
+        patch_sweep(model, clean, [corrupt[0], corrupt[1][:-1]], pos, [Site("resid_pre", 0, position=0)], metric)
+    # a malformed Site fails when it is made, one the model or the grid lacks when the sweep checks it
+    for bad in (lambda: Site("z", 0, position=0), lambda: Site("attn_out", 0, head=1, position=0),
+                lambda: Site("mlp_out", L, position=0), lambda: Site("resid_pre", 0, position=9),
+                lambda: Site("z", 0, head=H, position=0), lambda: Site("bogus", 0, position=0),
+                lambda: Site("resid_pre", 0), lambda: Site("resid_pre", 0, position="END"),
+                lambda: Site("mlp_post", 0, position=0), lambda: Site("resid_pre", L + 1, position=0)):
         with pytest.raises(ValueError):
-            patch_sweep(model, clean, corrupt, pos, [bad], metric)
+            patch_sweep(model, clean, corrupt, pos, [bad()], metric)
     with pytest.raises(ValueError, match="outside"):
-        patch_sweep(model, clean, corrupt, torch.full((2, 1), 8), [Cell("resid_pre", 0, 0)], metric)
+        patch_sweep(model, clean, corrupt, torch.full((2, 1), 8), [Site("resid_pre", 0, position=0)], metric)
     with pytest.raises(ValueError, match="direction"):
-        patch_sweep(model, clean, corrupt, pos, [Cell("resid_pre", 0, 0)], metric, direction="sideways")
+        patch_sweep(model, clean, corrupt, pos, [Site("resid_pre", 0, position=0)], metric, direction="sideways")
+
+
+def test_grid_cells_are_sites_in_grid_order_and_store_as_before():
+    cells = grid_cells(["resid_pre", "z"], [1, 2], 3, 2)
+    assert all(isinstance(c, Site) for c in cells) and len(cells) == 2 * 3 + 2 * 3 * 2
+    assert cells[:4] == [Site("resid_pre", 1, position=p) for p in range(3)] + [Site("resid_pre", 2, position=0)]
+    assert cells[6:9] == [Site("z", 1, head=0, position=0), Site("z", 1, head=1, position=0),
+                          Site("z", 1, head=0, position=1)]
+    assert [c.label for c in cells[6:8]] == ["L1H0@0", "L1H1@0"]
+    # grid.json keeps the keys and order cells were stored with
+    assert cell_dict(cells[0]) == {"site": "resid_pre", "layer": 1, "pos": 0, "head": None}
+    assert list(cell_dict(cells[7])) == ["site", "layer", "pos", "head"]
+    assert cell_dict(cells[7]) == {"site": "z", "layer": 1, "pos": 0, "head": 1}
 
 
 # ---------------------------------------------------------------- the real model
@@ -256,11 +275,11 @@ def test_smollm2_engine_matches_naive():
     pos = torch.tensor([[3, T - 5, T - 4, T - 1]]).repeat(4, 1)  # B, S2, the verb, END
     rng = random.Random(0)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    cells = [Cell("resid_pre", 0, 1), Cell("resid_pre", n_layers, 3)]
+    cells = [Site("resid_pre", 0, position=1), Site("resid_pre", n_layers, position=3)]
     for _ in range(13):
         site = rng.choice(["resid_pre", "attn_out", "mlp_out", "z"])
-        cells.append(Cell(site, rng.randrange(n_layers), rng.randrange(1, 4),
-                          rng.randrange(n_heads) if site == "z" else None))
+        layer, p = rng.randrange(n_layers), rng.randrange(1, 4)
+        cells.append(Site(site, layer, head=rng.randrange(n_heads) if site == "z" else None, position=p))
     for direction, cs in (("denoise", cells), ("noise", cells[:6])):
         fast = patch_sweep(model, clean, corrupt, pos, cs, metric, direction=direction)
         ref = naive_patch_sweep(model, clean, corrupt, pos, cs, metric, direction=direction)
@@ -274,8 +293,8 @@ def test_activation_cache_reuse_is_exact_and_hits(model):
     clean, corrupt, metric = _data(LENGTHS)
     pos = _positions(clean)
     cache = ActivationCache()
-    resid = [c for c in _all_cells(pos.shape[1]) if c.site == "resid_pre"]
-    heads = [c for c in _all_cells(pos.shape[1]) if c.site == "z"]
+    resid = [c for c in _all_cells(pos.shape[1]) if c.kind == "resid_pre"]
+    heads = [c for c in _all_cells(pos.shape[1]) if c.kind == "z"]
     a = patch_sweep(model, clean, corrupt, pos, resid, metric, act_cache=cache)
     assert cache.misses == 3 and cache.hits == 0  # three length buckets
     b = patch_sweep(model, clean, corrupt, pos, resid, metric, act_cache=cache)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from mcp_interp.methods.core.progress import Cancelled
+from mcp_interp.methods.core import Cancelled, Site
+from mcp_interp.methods.scrubbing import (HypothesisError, Scrubber, check_hypothesis, everything_matters,
+                                          nothing_matters, scrub_hypothesis, site_of, unit_label)
+# the machinery under the API, for the brute-force reference that replays its sampled tree
 from mcp_interp.methods.scrubbing.executor import CleanRun, Executor
-from mcp_interp.methods.scrubbing.hypothesis import (HypothesisError, check_hypothesis, everything_matters,
-                                                     nothing_matters)
-from mcp_interp.methods.scrubbing.scrubber import Scrubber, scrub_hypothesis
 from mcp_interp.methods.scrubbing.tree import Sampler, interp_values, layout_groups, plan_tree, resolve_positions
 from mcp_interp.models.toy import build_toy, get_toy
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
@@ -114,6 +114,25 @@ def test_wrong_interpretation_is_caught(planted):
     hyp["nodes"][0]["interp"] = "d1"
     res = scrub_hypothesis(model, ds, hyp, seeds=(0, 1), contributions=False, ablations=())
     assert res.scrubbed.recovered.mean < 0.3
+
+
+def test_compiled_nodes_hold_core_sites(planted):
+    """Each schema kind compiles to one core Site, whose hook exists in the model; kinds, layers and the
+    labels results show are rendered from it."""
+    model, _ = planted["clean"]
+    hyp = planted_hypothesis(0)
+    hyp["nodes"] += [{"name": "r0", "kind": "resid", "layer": 0, "position": [0, 1]},
+                     {"name": "rfin", "kind": "resid", "layer": 2, "position": "END"}]
+    nodes = {c.name: c for c in check_hypothesis(hyp, PLANTED, model).nodes}
+    expect = {"mapper": (Site("mlp_out", 1), "MLP1@END"), "mover": (Site("z", 0, head=0), "L0H0@END"),
+              "emb_x": (Site("embed", -1), "embed@X"), "r0": (Site("resid_pre", 0), "resid0@0,1"),
+              "rfin": (Site("resid_post", 1), "resid2@END"), "output": (Site("logits", 2), "output")}
+    for name, (site, label) in expect.items():
+        c = nodes[name]
+        assert (c.site, c.label) == (site, label) and c.site.hook in model.hook_dict
+        assert site_of(c.kind, c.layer, c.head, 2) == site and unit_label(site) == label.split("@")[0]
+    assert (nodes["rfin"].kind, nodes["rfin"].layer, nodes["output"].kind, nodes["emb_x"].layer) == ("resid", 2,
+                                                                                                  "output", -1)
 
 
 def test_graph_plot(planted):
@@ -475,7 +494,10 @@ def test_parens_replication():
     sc = Scrubber(model, ds)
     run = lambda h: scrub_hypothesis(model, ds, h, seeds=(0, 1, 2), scrubber=sc, contributions=False)  # noqa: E731
     assert abs(run(everything_matters(model)).scrubbed.recovered.mean - 1) < 1e-5
-    assert abs(run(nothing_matters(model)).scrubbed.recovered.mean) < 0.05
+    # The null recovers 0 up to resampling noise: a trained model's seeds spread by ~0.05, so the bound is
+    # three standard errors of the 3-seed mean (still far below any hypothesis that explains something).
+    null = run(nothing_matters(model)).scrubbed.recovered
+    assert abs(null.mean) < max(0.05, 3 * null.std / np.sqrt(len(null.per_seed)))
     high, detailed = run(parens_hypothesis(False)), run(parens_hypothesis(True))
     # Reference run: MLPs 0.86, detailed 0.77 (Redwood on theirs: 88-93 % high level, 72 % detailed).
     assert 0.75 < high.scrubbed.recovered.mean < 0.97

@@ -8,7 +8,7 @@ from mcp import Client
 
 from mcp_interp.server.app import build_server
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
-from mcp_interp.tools import baseline_tool
+from mcp_interp.tools import TOOLS, baseline
 
 from mcp_helpers import call, call_error, finish
 
@@ -51,6 +51,23 @@ async def test_lists_tools_prompts_resources(store_dir):
         assert "Where is IO?" in p.messages[0].content.text and "Gate 1" in p.messages[0].content.text
         templates = [t.uri_template for t in (await c.list_resource_templates()).resource_templates]
         assert "artifact://{run_id}/{name}.png" in templates
+
+
+async def test_server_publishes_the_tool_registry(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        tools = (await c.list_tools()).tools
+    assert [(t.name, t.description, t.annotations.read_only_hint) for t in tools] == [
+        (s.name, s.description, s.read_only) for s in TOOLS]
+
+
+async def test_list_models_shows_loaded_models(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        assert (await call(c, "list_models"))["loaded"] == []
+        loaded = await call(c, "load_model", {"model": TOY})
+        out = await call(c, "list_models")
+        assert [m["id"] for m in out["loaded"]] == [TOY]
+        assert out["loaded"][0]["weight_hash"] == loaded["weight_hash"]
+        assert any(m["id"] == TOY and m["loaded"] for m in out["models"])
 
 
 async def test_task_tools(store_dir):
@@ -140,7 +157,7 @@ async def test_resources_refuse_paths_outside_the_run(store_dir):
 
 
 async def test_cancel_job(store_dir, monkeypatch):
-    real = baseline_tool.compute_baseline
+    real = baseline.compute_baseline
 
     def slow(model, ds, progress=None, **kw):
         for i in range(40):  # a slow, cancellable stand-in for the forward passes
@@ -149,7 +166,7 @@ async def test_cancel_job(store_dir, monkeypatch):
                 progress(i / 40, "slow")
         return real(model, ds)
 
-    monkeypatch.setattr(baseline_tool, "compute_baseline", slow)
+    monkeypatch.setattr(baseline, "compute_baseline", slow)
     async with Client(build_server(store_dir)) as c:
         out = await call(c, "run_baseline", {"model": TOY, "task": "induction", "n": 8, "wait_seconds": 0.3})
         assert out["status"] == "running"

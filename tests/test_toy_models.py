@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from mcp_interp.methods.core.sites import Site
 from mcp_interp.models import ModelPool, get_toy, toy_models
 from mcp_interp.models.toy import build_toy
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
@@ -20,8 +21,8 @@ from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.tasks.validation import check_with_tokenizer
 from mcp_interp.toymodels import toy_tasks
 from mcp_interp.toymodels import trained as T
-from mcp_interp.toymodels.planted import (ALL_COMPONENTS, PLANTED_REGIMES, PLANTED_TASK, PLANTED_TASKS, build_planted,
-                                          planted_meta)
+from mcp_interp.toymodels.planted import (ALL_COMPONENTS, COMPONENTS, PLANTED_REGIMES, PLANTED_TASK, PLANTED_TASKS,
+                                          build_planted, planted_meta)
 
 # ------------------------------------------------------------------ helpers (plain TL hooks)
 
@@ -40,10 +41,12 @@ def _logit_diff(logits: torch.Tensor, ans: torch.Tensor, cf_ans: torch.Tensor) -
     return (last.gather(1, ans[:, None]) - last.gather(1, cf_ans[:, None])).squeeze(1).mean()
 
 
+_HOOK_HEAD = {c["name"]: (c["hook"], c["head"]) for c in COMPONENTS}
+
+
 def _comp(name: str) -> tuple[str, int | None]:
-    if name.startswith("MLP"):
-        return f"blocks.{int(name[3:])}.hook_mlp_out", None
-    return f"blocks.{int(name[1])}.attn.hook_z", int(name[3])
+    """(hook, head or None) of a planted component, looked up by its name (never parsed)."""
+    return _HOOK_HEAD[name]
 
 
 def _patch_hooks(names: list[str], source: dict | None):
@@ -168,6 +171,20 @@ def test_planted_registry_and_task_spec():
     assert [[c["name"] for c in p] for p in planted_meta("cancelling-pair")["cancelling_pairs"]] == [["L0H2", "L0H3"]]
     with pytest.raises(ValueError):
         planted_meta("nope")
+
+
+def test_planted_components_speak_the_site_vocabulary():
+    """Names and hooks in the ground truth are those of the core Site of each component."""
+    assert ALL_COMPONENTS == [c["name"] for c in COMPONENTS]
+    for c in COMPONENTS:
+        site = Site("z", c["layer"], head=c["head"]) if c["kind"] == "head" else Site("mlp_out", c["layer"])
+        assert (c["name"], c["hook"]) == (site.name, site.hook)
+    names = {c["name"] for c in COMPONENTS}
+    for regime in PLANTED_REGIMES:
+        for seed in (0, 3):
+            meta = planted_meta(regime, seed)
+            listed = meta["circuit"] + meta["decoys"] + meta["inert"] + [c for p in meta["cancelling_pairs"] for c in p]
+            assert {c["name"] for c in listed} <= names and set(meta["important"]) <= names
 
 
 def test_planted_models_deterministic():

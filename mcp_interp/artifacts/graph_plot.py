@@ -1,6 +1,6 @@
 """Figure of a causal-scrubbing hypothesis graph, nodes coloured by their contribution.
 
-Takes the plot-ready dict of `methods.scrub.graph_data` (`{"nodes": [...], "edges": [...]}`; each
+Takes the plot-ready dict of `methods.scrubbing.graph_data` (`{"nodes": [...], "edges": [...]}`; each
 node has `name`, `label`, `interp`, `stage` and the value to colour by). Drawn with plain matplotlib
 (Figure + Agg canvas, no pyplot): rows are evaluation stages (embeddings at the bottom, the output at
 the top), so every edge points upwards, from parent to child.
@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 
 def hypothesis_graph(graph: Mapping, title: str = "", value: str = "drop_effect",
                      cbar_label: str = "loss recovered lost when the claim is dropped") -> Figure:
+    """The hypothesis graph as a Figure (graph, colour bar): nodes labelled by name, unit label and interp
+    node, coloured by `value` (a diverging map centred on 0; grey where None), edges tagged by interp."""
     nodes, edges = list(graph["nodes"]), list(graph["edges"])
     stages = sorted({n["stage"] for n in nodes})
     rows: dict[int, list[dict]] = {s: [n for n in nodes if n["stage"] == s] for s in stages}

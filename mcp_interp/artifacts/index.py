@@ -43,6 +43,8 @@ class SqliteIndex:
         with self._write_lock, self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            # stores written before the job vocabulary was unified called a finished job "succeeded"
+            con.execute("UPDATE jobs SET status = 'complete' WHERE status = 'succeeded'")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

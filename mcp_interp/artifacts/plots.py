@@ -178,11 +178,13 @@ def histogram(series: Mapping[str, Sequence[float]], title: str = "", xlabel: st
     return fig
 
 
-def layered_graph(nodes: Sequence[tuple[str, float, float]], edges: Sequence[tuple[str, str, float]] = (),
+def layered_graph(nodes: Sequence[tuple[str, float, float]], edges: Sequence[tuple[str, str, str, float]] = (),
                   title: str = "", cbar_label: str = "score") -> Figure:
-    """A graph drawn by layer: nodes (name, layer, value) bottom-up by layer, side by side within one;
-    edges (sender, receiver, value). Node colour and edge colour/width follow the value (diverging
-    around 0). Receivers named 'X.q|k|v' are drawn at node X."""
+    """A graph drawn by layer. nodes: (name, height, value), bottom-up by height (a layer; e.g. an MLP half a
+    layer above its heads), side by side within one. edges: (sender node, receiver node, input label, value):
+    an arrow between two nodes, annotated with the input it enters ("q", "k", "v"; "" for none). Node colour
+    and edge colour/width follow the value (diverging around 0). Attribution builds both lists with
+    `AttributionReport.circuit_graph()`."""
     fig = _figure(8.0, 6.0)
     ax = fig.add_subplot()
     by_layer: dict[float, list[str]] = {}
@@ -194,25 +196,24 @@ def layered_graph(nodes: Sequence[tuple[str, float, float]], edges: Sequence[tup
     for layer, names in by_layer.items():
         for i, name in enumerate(names):
             xy[name] = ((i + 1) / (len(names) + 1), layer)
-    vals = [abs(v) for v in val.values()] + [abs(e[2]) for e in edges]
+    vals = [abs(v) for v in val.values()] + [abs(e[3]) for e in edges]
     lim = max(vals) if vals and max(vals) > 0 else 1.0
     norm = Normalize(-lim, lim)
     import matplotlib
     cmap = matplotlib.colormaps["RdBu_r"]
-    for s, r, v in edges:
-        r0 = r.split(".")[0]
-        if s in xy and r0 in xy:
-            (x0, y0), (x1, y1) = xy[s], xy[r0]
+    for s, r, label, v in edges:
+        if s in xy and r in xy:
+            (x0, y0), (x1, y1) = xy[s], xy[r]
             ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
                         arrowprops={"arrowstyle": "-|>", "color": cmap(norm(v)), "lw": 0.8 + 3.0 * abs(v) / lim,
                                     "shrinkA": 9, "shrinkB": 9, "alpha": 0.85})
-            if r.count("."):
-                ax.annotate(r.split(".")[1], ((x0 + 2 * x1) / 3, (y0 + 2 * y1) / 3), fontsize=7, color="#555555")
+            if label:
+                ax.annotate(label, ((x0 + 2 * x1) / 3, (y0 + 2 * y1) / 3), fontsize=7, color="#555555")
     for name, (x, y) in xy.items():
         ax.scatter([x], [y], s=420, color=cmap(norm(val[name])), edgecolors="black", zorder=3)
         ax.annotate(name, (x, y), ha="center", va="center", fontsize=7, zorder=4)
     layers = sorted(by_layer)
-    ax.set_yticks(layers, [str(l) for l in layers], fontsize=TICK_SIZE)
+    ax.set_yticks(layers, [f"{l:g}" for l in layers], fontsize=TICK_SIZE)
     ax.set_ylabel("layer", fontsize=LABEL_SIZE)
     ax.set_xticks([])
     ax.set_xlim(0, 1)

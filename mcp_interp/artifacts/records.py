@@ -10,8 +10,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 RunStatus = Literal["running", "complete", "failed", "interrupted"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
-JOB_TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+# One status vocabulary for jobs, from the job manager through the index to the published JobView.
+JobStatus = Literal["complete", "running", "queued", "failed", "cancelled", "interrupted"]
+JOB_TERMINAL: frozenset[str] = frozenset({"complete", "failed", "cancelled", "interrupted"})
 
 
 class StoreError(Exception):

@@ -25,6 +25,10 @@ NULL_ROW = "null (exact, scrambled labels)"
 
 
 def planted_case(regime: str, seed: int, n: int = 16):
+    """`toy/planted-<regime>` built with `seed` and n clean / counterfactual pairs of the planted task.
+
+    Returns (model, clean [n x [pos]] tokens, corrupt [n x [pos]], LogitDiffMetric of answer vs counterfactual
+    answer, meta with the ground truth: "important" unit names, "important_edges" edge names)."""
     model, tok = build_planted(regime, seed)
     ds = build_dataset(TaskSpec.model_validate(PLANTED_TASK), tok, n, seed, "resample_x")
     clean = [torch.tensor(e.tokens) for e in ds.examples]

@@ -17,17 +17,14 @@ import threading
 import time
 from typing import Any, Callable
 
-from mcp_interp.artifacts import JOB_TERMINAL, ArtifactStore, JobRecord
-from mcp_interp.artifacts.fsutil import utc_now
+from ..artifacts import JOB_TERMINAL, ArtifactStore, JobRecord
+from ..artifacts.fsutil import utc_now
+from ..methods.core import Cancelled, Progress, span
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED_MSG = ("interrupted: the server stopped before this job finished; submit the same "
                    "request again (runs that completed are served from the store's cache)")
-
-
-class JobCancelled(Exception):
-    """Raised inside a job (by ctx.check_cancelled or a reporter) when cancellation was requested."""
 
 
 class JobNotFound(KeyError):
@@ -82,9 +79,14 @@ class JobContext:
     def cancelled(self) -> bool:
         return self._job.cancel_event.is_set()
 
+    def should_cancel(self) -> bool:
+        """The `should_cancel` callback methods/ code takes."""
+        return self.cancelled
+
     def check_cancelled(self) -> None:
+        """Raise `Cancelled` (the one cancellation exception, shared with methods/) once cancellation was requested."""
         if self.cancelled:
-            raise JobCancelled(f"job {self._job.id} was cancelled")
+            raise Cancelled(f"job {self._job.id} was cancelled")
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Record progress (fraction clamped to [0, 1]); thread-safe, wakes waiters."""
@@ -92,15 +94,14 @@ class JobContext:
         f = min(1.0, max(0.0, f)) if math.isfinite(f) else self._job.progress
         self._mgr._update(self._job, progress=f, message=str(message))
 
-    def reporter(self, start: float = 0.0, end: float = 1.0,
-                 check_cancel: bool = True) -> Callable[[float, str], None]:
+    def reporter(self, start: float = 0.0, end: float = 1.0, check_cancel: bool = True) -> Progress:
         """A `progress(fraction, message)` callback for methods/ code, mapped onto [start, end]
-        of this job; with check_cancel it raises JobCancelled, giving methods cancellation free."""
+        of this job; with check_cancel it raises Cancelled, giving methods cancellation free."""
         def report(fraction: float, message: str = "") -> None:
             if check_cancel:
                 self.check_cancelled()
-            self.progress(start + (end - start) * float(fraction), message)
-        return report
+            self.progress(fraction, message)
+        return span(report, start, end)
 
 
 class JobManager:
@@ -171,7 +172,7 @@ class JobManager:
             if job.cancel_event.is_set():
                 self._set(job, status="cancelled", message="cancelled before start",
                           finished=utc_now(), error="cancelled before it started",
-                          error_type="JobCancelled")
+                          error_type="Cancelled")
                 job.fn = None
                 done = True
             else:
@@ -186,16 +187,16 @@ class JobManager:
                 out = out.model_dump(mode="json")
             if not isinstance(out, dict):
                 raise TypeError(f"job function returned {type(out).__name__}, expected a dict")
-            final = dict(status="succeeded", result=out, progress=1.0,
+            final = dict(status="complete", result=out, progress=1.0,
                          message="done" if not job.cancel_event.is_set()
                          else "finished before the cancellation took effect")
-        except JobCancelled as exc:
+        except Cancelled as exc:
             if self._closed:
                 final = dict(status="interrupted", error=INTERRUPTED_MSG, error_type="Interrupted",
                              message="server shutting down")
             else:
                 final = dict(status="cancelled", error=str(exc) or "cancelled",
-                             error_type="JobCancelled", message="cancelled")
+                             error_type="Cancelled", message="cancelled")
         except Exception as exc:  # the job's failure is its result; the worker keeps going
             log.exception("job %s (%s) failed", job.id, job.kind)
             final = dict(status="failed", error=f"{type(exc).__name__}: {exc}",
@@ -252,7 +253,7 @@ class JobManager:
         return Job(rec)
 
     def wait(self, job_id: str, timeout: float | None,
-             on_progress: Callable[[float, str], None] | None = None) -> Job:
+             on_progress: Progress | None = None) -> Job:
         """Block up to `timeout` seconds (None: until done) for the job to finish. on_progress is
         called in this thread with (fraction, message) whenever they change, first right away."""
         job = self.get(job_id)
@@ -286,7 +287,7 @@ class JobManager:
             if queued:
                 self._set(job, status="cancelled", message="cancelled before start",
                           finished=utc_now(), error="cancelled before it started",
-                          error_type="JobCancelled")
+                          error_type="Cancelled")
                 job.fn = None
             elif job.status == "running":
                 self._set(job, message="cancellation requested")

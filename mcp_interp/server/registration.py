@@ -1,4 +1,5 @@
-"""Expose plain tool functions `fn(app, args, [progress])` as MCP tools with flat, typed arguments.
+"""Expose a `ToolSpec` (a plain function `fn(app, args, [progress])` and its models) as an MCP tool with flat,
+typed arguments.
 
 The pydantic input model is the single source of truth: its fields become the tool's parameters
 (and so its JSON schema), its output model the tool's output schema. Blocking work runs in a worker
@@ -20,6 +21,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
+from ..methods.core import Progress
+from ..tools import ToolSpec
 from ..tools.errors import ToolError
 
 log = logging.getLogger("mcp_interp")
@@ -42,9 +45,9 @@ def _format_validation(e: ValidationError) -> str:
     return "invalid arguments — " + "; ".join(parts)
 
 
-def register_tool(server: MCPServer, fn: Callable, *, name: str, description: str,
-                  input_model: type[BaseModel] | None, output_model: type[BaseModel],
-                  progress: bool = False, read_only: bool = False) -> None:
+def register_tool(server: MCPServer, spec: ToolSpec) -> None:
+    fn, name, input_model, output_model = spec.fn, spec.name, spec.input_model, spec.output_model
+
     async def tool(**kwargs: Any) -> Any:
         ctx: Context = kwargs.pop("ctx")
         app = ctx.request_context.lifespan_context
@@ -57,7 +60,7 @@ def register_tool(server: MCPServer, fn: Callable, *, name: str, description: st
             except ValidationError as e:
                 raise ToolError(_format_validation(e)) from None
             call = partial(fn, app, args)
-        if progress:
+        if spec.progress:
             call = partial(call, progress=_progress_bridge(ctx))
         try:
             return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
@@ -71,11 +74,11 @@ def register_tool(server: MCPServer, fn: Callable, *, name: str, description: st
     tool.__signature__ = inspect.Signature(params, return_annotation=output_model)  # type: ignore[attr-defined]
     tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": output_model}
     tool.__name__ = name
-    server.add_tool(tool, name=name, description=description,
-                    annotations=ToolAnnotations(readOnlyHint=read_only, openWorldHint=False))
+    server.add_tool(tool, name=name, description=spec.description,
+                    annotations=ToolAnnotations(readOnlyHint=spec.read_only, openWorldHint=False))
 
 
-def _progress_bridge(ctx: Context) -> Callable[[float, str], None]:
+def _progress_bridge(ctx: Context) -> Progress:
     """A callback usable from the worker thread that reports MCP progress on the event loop."""
     def report(fraction: float, message: str) -> None:
         try:

@@ -1,0 +1,26 @@
+"""The MCP tools: one module per tool (its input and result models, its function, its `ToolSpec`), and the
+registry the server registers from. Adding a tool = one module here and one line in `TOOLS`."""
+
+from . import attribute, baseline, das, jobs, locate, models, runs, scrub, tasks
+from .base import ToolSpec
+
+TOOLS: list[ToolSpec] = [
+    tasks.DEFINE_TASK,
+    tasks.LIST_TASKS,
+    tasks.GET_TASK,
+    models.LIST_MODELS,
+    models.LOAD_MODEL,
+    baseline.RUN_BASELINE,
+    locate.LOCATE,
+    attribute.ATTRIBUTE,
+    scrub.SCRUB_HYPOTHESIS,
+    das.TRAIN_DAS,
+    das.EVAL_DAS,
+    runs.LIST_RUNS,
+    runs.GET_RUN,
+    jobs.GET_JOB,
+    jobs.CANCEL_JOB,
+    jobs.LIST_JOBS,
+]
+
+__all__ = ["TOOLS", "ToolSpec"]

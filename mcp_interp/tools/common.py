@@ -38,7 +38,7 @@ class ExamplePair(BaseModel):
     tokens: list[str] | None = None
 
 
-def get_task(app: AppContext, name: str) -> TaskSpec:
+def resolve_task(app: AppContext, name: str) -> TaskSpec:
     spec = app.tasks.get(name)
     if spec is None:
         raise ToolError(f"task: unknown task {name!r}. Known tasks: {', '.join(app.tasks.names())}. "
@@ -46,14 +46,14 @@ def get_task(app: AppContext, name: str) -> TaskSpec:
     return spec
 
 
-def get_model(app: AppContext, model_id: str):
+def resolve_model(app: AppContext, model_id: str):
     try:
         return app.pool.get(model_id)
     except ModelLoadError as e:
         raise ToolError(f"model: {e}") from None
 
 
-def get_tokenizer(app: AppContext, model_id: str):
+def resolve_tokenizer(app: AppContext, model_id: str):
     """The model's tokenizer, without loading weights when the pool can avoid it."""
     try:
         return app.pool.get_tokenizer(model_id)

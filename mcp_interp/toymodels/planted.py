@@ -57,16 +57,18 @@ Regimes and their decoys (see `_build` for the weights and why they are set as t
 Seeds: `build_planted(regime, seed)` permutes which layer-0 heads play which role and redraws the
 inert weights, so a method cannot have learned the layout; seed 0 is the registered layout below.
 
-Ground truth: `planted_meta(regime, seed)` (also the registry entry's `meta`). Components are named by
-their TransformerLens hook plus head index: `{"name": "L0H0", "hook": "blocks.0.attn.hook_z",
-"layer": 0, "head": 0, "kind": "head"}` or `{"name": "MLP1", "hook": "blocks.1.hook_mlp_out",
-"layer": 1, "head": None, "kind": "mlp"}`; `meta["circuit"]` is the set whose joint removal kills
-the behaviour (and which alone reproduces it), `meta["decoys"]` components with ~0 exact effect
-that fool a named cheap method, `meta["cancelling_pairs"]` pairs with large individual but ~0 joint
-effect, `meta["inert"]` the rest, and `meta["components"]` all ten with a `label`. `meta["important"]` lists
-the components whose single-component exact patching effect is non-negligible (circuit and
-cancelling members): the positives of the attribution AUROC. `meta["important_edges"]` does the
-same for edges `sender->receiver` (senders embed/LxHy/MLPx, receivers LxHy.q|k|v, MLPx, logits).
+Ground truth: `planted_meta(regime, seed)` (also the registry entry's `meta`). Components (`COMPONENTS`)
+are built from (layer, head) / layer, their names and hooks rendered in the core Site vocabulary
+(`Site("z", l, head=h)`, `Site("mlp_out", l)` of methods.core.sites; never parsed back):
+`{"name": "L0H0", "hook": "blocks.0.attn.hook_z", "layer": 0, "head": 0, "kind": "head"}` or
+`{"name": "MLP1", "hook": "blocks.1.hook_mlp_out", "layer": 1, "head": None, "kind": "mlp"}`;
+`meta["circuit"]` is the set whose joint removal kills the behaviour (and which alone reproduces it),
+`meta["decoys"]` components with ~0 exact effect that fool a named cheap method, `meta["cancelling_pairs"]`
+pairs with large individual but ~0 joint effect, `meta["inert"]` the rest, and `meta["components"]` all
+ten with a `label`. `meta["important"]` lists the components whose single-component exact patching
+effect is non-negligible (circuit and cancelling members): the positives of the attribution AUROC.
+`meta["important_edges"]` does the same for edges `sender->receiver` (senders embed/LxHy/MLPx,
+receivers LxHy.q|k|v, MLPx, logits).
 """
 
 from __future__ import annotations
@@ -145,15 +147,20 @@ INERT_STD = 0.3    # inert components' random weights
 INERT_SEED = 1234
 
 
-def _component(name: str) -> dict[str, Any]:
-    if name.startswith("MLP"):
-        layer = int(name[3:])
-        return {"name": name, "hook": f"blocks.{layer}.hook_mlp_out", "layer": layer, "head": None, "kind": "mlp"}
-    layer, head = int(name[1]), int(name[3])
-    return {"name": name, "hook": f"blocks.{layer}.attn.hook_z", "layer": layer, "head": head, "kind": "head"}
+def _unit(layer: int, head: int | None = None) -> dict[str, Any]:
+    """A head's output (`head` given) or an MLP's output, as meta describes components. Name and hook are
+    those of the core `Site("z", layer, head=head)` / `Site("mlp_out", layer)`; they are rendered here because
+    toymodels may not import methods (tests/test_toy_models.py checks that the two agree)."""
+    if head is None:
+        return {"name": f"MLP{layer}", "hook": f"blocks.{layer}.hook_mlp_out", "layer": layer, "head": None,
+                "kind": "mlp"}
+    return {"name": f"L{layer}H{head}", "hook": f"blocks.{layer}.attn.hook_z", "layer": layer, "head": head,
+            "kind": "head"}
 
 
-ALL_COMPONENTS = [f"L{l}H{h}" for l in range(N_LAYERS) for h in range(N_HEADS)] + [f"MLP{l}" for l in range(N_LAYERS)]
+# Every head of every layer, then every MLP: the order of ALL_COMPONENTS and meta["components"].
+COMPONENTS = [_unit(l, h) for l in range(N_LAYERS) for h in range(N_HEADS)] + [_unit(l) for l in range(N_LAYERS)]
+ALL_COMPONENTS = [c["name"] for c in COMPONENTS]
 
 
 def role_heads(seed: int = 0) -> dict[str, int]:
@@ -168,40 +175,41 @@ def planted_meta(regime: str, seed: int = 0) -> dict[str, Any]:
     """Ground truth for `toy/planted-<regime>` built with `seed` (see the module docstring)."""
     if regime not in PLANTED_REGIMES:
         raise ValueError(f"unknown planted regime {regime!r}; one of {PLANTED_REGIMES}")
-    rh = role_heads(seed)
-    mover, decoy, plus, minus = (f"L0H{rh[r]}" for r in ("mover", "decoy", "plus", "minus"))
+    units = {r: _unit(0, h) for r, h in role_heads(seed).items()}
+    mover, decoy, plus, minus = (units[r]["name"] for r in ("mover", "decoy", "plus", "minus"))
+    mlp0, mlp1 = _unit(0), _unit(1)
     roles = {mover: ("circuit", "mover: attends from '=' to position 0 and copies x into MOVED"),
-             "MLP1": ("circuit", "mapper: one ReLU neuron per letter, MOVED_x -> +L on the logit of succ(x)")}
+             mlp1["name"]: ("circuit", "mapper: one ReLU neuron per letter, MOVED_x -> +L on the logit of succ(x)")}
     decoys: list[dict[str, Any]] = []
     pairs: list[list[dict[str, Any]]] = []
     sat = SAT_W * SAT_EPS if regime == "saturated-decoy" else 0.0
     span = 2 * (L_LOGIT + sat)  # m(x) - m(x'): the denominator of every normalised effect
     # Edges with an effect of their own: x enters the mover through its value input, and so on.
-    edges = [f"embed->{mover}.v", f"{mover}->MLP1", "MLP1->logits"]
+    edges = [f"embed->{mover}.v", f"{mover}->{mlp1['name']}", f"{mlp1['name']}->logits"]
     if regime == "correlated-decoy":
         roles[decoy] = ("decoy", "copies x (3x the mover's amplitude) into DEC, which nothing reads")
-        roles["MLP0"] = ("decoy", "one-hot of x from DEC into JUNK, which nothing reads")
-        for n in (decoy, "MLP0"):
-            decoys.append({**_component(n), "role": roles[n][1], "exact_effect": 0.0, "linear_estimate": 0.0,
+        roles[mlp0["name"]] = ("decoy", "one-hot of x from DEC into JUNK, which nothing reads")
+        for u in (units["decoy"], mlp0):
+            decoys.append({**u, "role": roles[u["name"]][1], "exact_effect": 0.0, "linear_estimate": 0.0,
                            "fools": ["activation difference", "correlation / probing"]})
     elif regime == "saturated-decoy":
         roles[decoy] = ("decoy", "copies x into DEC; MLP1 reads DEC through near-threshold ReLUs "
                                  "(gain K, dynamic range eps): large gradient, ~0 effect")
-        roles["MLP1"] = ("circuit", roles["MLP1"][1] + "; also holds the decoy's near-threshold neurons")
-        decoys.append({**_component(decoy), "role": roles[decoy][1],
+        roles[mlp1["name"]] = ("circuit", roles[mlp1["name"]][1] + "; also holds the decoy's near-threshold neurons")
+        decoys.append({**units["decoy"], "role": roles[decoy][1],
                        "exact_effect": 2 * SAT_W * SAT_EPS / span, "linear_estimate": SAT_W * SAT_K / span,
                        "fools": ["attribution patching (AtP, AtP*)", "gradient", "gradient x activation", "EAP"]})
     elif regime == "cancelling-pair":
         roles[plus] = ("cancelling", "writes +A one-hot(x) into CAN, read by thresholded ReLUs in MLP1")
         roles[minus] = ("cancelling", "writes -A one-hot(x) into CAN, cancelling the other member exactly")
-        pairs.append([{**_component(n), "role": roles[n][1], "effect_alone": sign * 2 * L_LOGIT / span,
+        pairs.append([{**units[r], "role": roles[units[r]["name"]][1], "effect_alone": sign * 2 * L_LOGIT / span,
                        "fools": ["every gradient-based method (zero gradient at x, x' and between)"]}
-                      for n, sign in ((plus, 1.0), (minus, -1.0))])
-        edges += [f"embed->{plus}.v", f"embed->{minus}.v", f"{plus}->MLP1", f"{minus}->MLP1"]
+                      for r, sign in (("plus", 1.0), ("minus", -1.0))])
+        edges += [f"embed->{plus}.v", f"embed->{minus}.v", f"{plus}->{mlp1['name']}", f"{minus}->{mlp1['name']}"]
     components = []
-    for n in ALL_COMPONENTS:
-        label, role = roles.get(n, ("inert", "random weights writing only into JUNK: exactly no effect"))
-        components.append({**_component(n), "label": label, "role": role})
+    for u in COMPONENTS:
+        label, role = roles.get(u["name"], ("inert", "random weights writing only into JUNK: exactly no effect"))
+        components.append({**u, "label": label, "role": role})
     circuit = [c for c in components if c["label"] == "circuit"]
     return {
         "kind": "planted", "regime": regime, "seed": seed, "task": PLANTED_TASK["name"],

@@ -1,6 +1,7 @@
 """Edge attribution (EAP, EAP-IG) and the masked forward that patches edges exactly.
 
-An edge s -> r carries sender s's output into receiver r's input (components.py). Denoising an edge
+An edge s -> r carries sender s's output into receiver r's input (components.py: senders and
+receivers are core `Site`s, an `Edge` pairs them). Denoising an edge
 runs x' and gives receiver r the clean value of s instead of its x' value, all else unchanged:
 r's input becomes resid_r + (s(x) - s(x')). Estimates (Syed et al. 2023; Hanna et al. 2024):
 
@@ -25,8 +26,9 @@ from torch import Tensor
 
 from ..core.metrics import Metric
 from ..core.progress import Progress, check_cancelled
-from .components import (Receiver, Sender, edge_mask_allowed, receiver_hook, receivers, sender_hooks, sender_outputs,
-                         senders, split_inputs)
+from ..core.sites import Site
+from .components import (QKV, Edge, edge_mask_allowed, receiver_slot, receivers, sender_hooks, sender_outputs, senders,
+                         split_inputs)
 from .nodes import final_metric, pair_chunks
 
 EDGE_METHODS = ("eap", "eap_ig", "exact")
@@ -35,44 +37,58 @@ MAX_EXACT_EDGES = 5000
 
 @dataclass
 class EdgeScores:
+    """Edge scores of one method over n examples.
+
+    senders [S] and receivers [R] are the `Site`s indexing rows and columns; allowed [S, R] bool marks the
+    edges that exist (`components.edge_allowed`); scores [S, R] is the mean estimated denoising effect per
+    edge in metric units (0 where not allowed); m_clean, m_corrupt [n] the metric on x and x'; forwards /
+    backwards count example-forwards (one prompt through the model = 1)."""
+
     method: str
-    senders: list[Sender]
-    receivers: list[Receiver]
-    allowed: Tensor     # [S, R] bool
-    scores: Tensor      # [S, R] mean over examples, metric units (0 where not allowed)
-    m_clean: Tensor     # [n]
-    m_corrupt: Tensor   # [n]
+    senders: list[Site]
+    receivers: list[Site]
+    allowed: Tensor
+    scores: Tensor
+    m_clean: Tensor
+    m_corrupt: Tensor
     forwards: int = 0
     backwards: int = 0
     seconds: float = 0.0
 
     @property
     def normalised(self) -> Tensor:
+        """[S, R] scores / mean(m(x) - m(x')): 1.0 = the edge alone restores the clean behaviour."""
         return self.scores / (self.m_clean - self.m_corrupt).mean()
 
+    def edges(self) -> list[Edge]:
+        """The allowed edges in row-major (sender, receiver) order: the order of `edge_names` and `flat`."""
+        return [Edge(self.senders[i], self.receivers[j]) for i, j in self.allowed.nonzero().tolist()]
+
     def edge_names(self) -> list[str]:
-        return [f"{self.senders[i].name}->{self.receivers[j].name}" for i, j in self.allowed.nonzero().tolist()]
+        """Names of the allowed edges ("L0H0->MLP1"), in `edges()` order."""
+        return [e.name for e in self.edges()]
 
     def flat(self) -> Tensor:
-        """Normalised scores of the allowed edges, in edge_names() order."""
+        """[n_allowed] normalised scores of the allowed edges, in `edges()` order."""
         return self.normalised[self.allowed]
 
 
-def _receiver_groups(model, R: list[Receiver]) -> dict[str, list[tuple[int, Receiver]]]:
-    groups: dict[str, list[tuple[int, Receiver]]] = {}
+def _receiver_groups(R: list[Site]) -> dict[str, list[tuple[int, Site]]]:
+    """Receivers by hook name (several heads share one q/k/v input hook): hook -> [(column in R, receiver)]."""
+    groups: dict[str, list[tuple[int, Site]]] = {}
     for j, r in enumerate(R):
-        groups.setdefault(receiver_hook(r, model.cfg.n_layers), []).append((j, r))
+        groups.setdefault(r.hook, []).append((j, r))
     return groups
-
-
-def _slot(r: Receiver, act: Tensor) -> Tensor:
-    """The receiver's input inside its hook tensor: [b, p, d]."""
-    return act[:, :, r.head] if r.kind in ("q", "k", "v") else act
 
 
 def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric,
                 ig_steps: int = 10, batch_size: int = 16, progress: Progress | None = None,
                 should_cancel=None) -> EdgeScores:
+    """Score every edge of `model` with `method` (one of EDGE_METHODS, see the module docstring).
+
+    clean, corrupt: n token sequences, [pos] each (x and x' of one pair share a length; pairs of equal length
+    are batched, `batch_size` at a time); metric: per-example metric of the final-position logits.
+    ValueError for an unknown method, or for "exact" on more than MAX_EXACT_EDGES edges."""
     if method not in EDGE_METHODS:
         raise ValueError(f"unknown edge method {method!r}; one of {EDGE_METHODS}")
     S, R = senders(model), receivers(model)
@@ -85,7 +101,7 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
     total = torch.zeros(len(S), len(R))
     m_x, m_cf = torch.zeros(n), torch.zeros(n)
     fw = bw = done = 0
-    groups = _receiver_groups(model, R)
+    groups = _receiver_groups(R)
     s_names = sender_hooks(model, S)
     with split_inputs(model):
         for pc in pair_chunks(model, clean, corrupt, metric, s_names, batch_size, should_cancel):
@@ -111,7 +127,8 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
 
 
 def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tuple[Tensor, int]:
-    """dm/d(receiver input) at x' (ig_steps = 0) or averaged along the embedding path: [b, p, R, d]."""
+    """dm/d(receiver input) at x' (ig_steps = 0) or averaged along the embedding path: ([batch, pos, R, d_model],
+    forwards run)."""
     names = list(groups)
     b, p = xc.shape
     out = torch.zeros(b, p, len(R), model.cfg.d_model, device=xc.device)
@@ -139,33 +156,35 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tupl
             grads = torch.autograd.grad(m.sum(), [acts[n] for n in names])
         for n, g in zip(names, grads):
             for j, r in groups[n]:
-                out[:, :, j] += _slot(r, g.detach()) / len(paths)
+                out[:, :, j] += receiver_slot(r, g.detach()) / len(paths)
     return out, len(paths) * b
 
 
 def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Metric, idx: Tensor,
-                   S: list[Sender], R: list[Receiver]) -> Tensor:
-    """Metric [n_masks, b] of a forward on `base` where edge (s, r) with masks[k, s, r] carries s's value
-    from the other run (`other`: its sender outputs [b, p, S, d], components.sender_outputs) instead of
-    the current one.
+                   S: list[Site], R: list[Site]) -> Tensor:
+    """The exact edge intervention: a forward on `base` where edge (s, r) with masks[k, s, r] carries s's value
+    from the other run instead of the current one.
 
-    Must run inside components.split_inputs(model)."""
+    base: [batch, pos] tokens; other: the other run's sender outputs [batch, pos, n_senders, d_model]
+    (`components.sender_outputs`); masks: [n_masks, n_senders, n_receivers] bool; idx: [batch] example
+    indices for `metric`. Returns the metric [n_masks, batch]. Must run inside components.split_inputs(model)."""
     k, b = masks.shape[0], base.shape[0]
     dev = base.device
     rows = base.repeat(k, 1)
     row_mask = masks.to(dev).float().repeat_interleave(b, 0)  # [k*b, S, R]
     other_out = other.repeat(k, 1, 1, 1)  # [k*b, p, S, d]
     current: dict[int, Tensor] = {}
-    embed_parts: dict[str, Tensor] = {}  # token and positional embedding: sender 0 is their sum
-    s_index = {s.name: i for i, s in enumerate(S)}
-    head_senders = {}
+    embed_parts: dict[str, Tensor] = {}  # token and positional embedding: the embed sender is their sum
+    embed_i = next(i for i, s in enumerate(S) if s.kind == "embed")
+    mlp_senders = {s.layer: i for i, s in enumerate(S) if s.kind == "mlp_out"}
+    head_senders: dict[int, list[tuple[int, Site]]] = {}
     for i, s in enumerate(S):
-        if s.head is not None:
+        if s.kind == "z":
             head_senders.setdefault(s.layer, []).append((i, s))
 
     def on_embed_part(act, hook):
         embed_parts[hook.name] = act
-        current[0] = sum(embed_parts.values())
+        current[embed_i] = sum(embed_parts.values())
         return act
 
     def on_z(act, hook, layer):
@@ -185,7 +204,7 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
             if not srcs:
                 continue
             corr = sum(row_mask[:, i, j, None, None] * (other_out[:, :, i] - current[i]) for i in srcs)
-            if r.kind in ("q", "k", "v"):
+            if r.kind in QKV:
                 out[:, :, r.head] = out[:, :, r.head] + corr
             else:
                 out = out + corr
@@ -198,10 +217,10 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
     for l in range(model.cfg.n_layers):
         if l in head_senders:
             hooks.append((f"blocks.{l}.attn.hook_z", lambda a, hook, l=l: on_z(a, hook, l)))
-        if f"MLP{l}" in s_index:
-            hooks.append((f"blocks.{l}.hook_mlp_out", lambda a, hook, i=s_index[f"MLP{l}"]: on_mlp(a, hook, i)))
+        if l in mlp_senders:
+            hooks.append((S[mlp_senders[l]].hook, lambda a, hook, i=mlp_senders[l]: on_mlp(a, hook, i)))
     # Receivers read senders computed earlier in the same forward; TL runs hooks in forward order.
-    for name, js in _receiver_groups(model, R).items():
+    for name, js in _receiver_groups(R).items():
         hooks.append((name, lambda a, hook, js=js: on_receiver(a, hook, js)))
     with torch.no_grad():
         logits = model.run_with_hooks(rows, fwd_hooks=hooks)
@@ -209,6 +228,8 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
 
 
 def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, chunk: int = 16):
+    """One masked forward per allowed edge (`chunk` edges per batched forward): ([S, R] mean effect in metric
+    units, forwards run)."""
     R = receivers(model)
     pairs = allowed.nonzero().tolist()
     out = torch.zeros(len(S), len(R))

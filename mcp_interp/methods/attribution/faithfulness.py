@@ -11,7 +11,7 @@ evaluation code does (x = k / N).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ..core.metrics import Metric
-from .components import Node, Receiver, Sender, node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
+from ..core.sites import Site
+from .components import node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
 from .edges import masked_forward
 from .nodes import final_metric, pair_chunks
 
@@ -28,23 +29,29 @@ FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 @dataclass
 class Curve:
-    ranking: str           # "signed" | "abs"
+    """One faithfulness curve: ranking "signed" | "abs"; counts[i] units in the circuit at fractions[i];
+    faithfulness[i] its f; area: CPR (signed) or CMD (area under |1 - f|, abs)."""
+
+    ranking: str
     fractions: list[float]
-    counts: list[int]      # units in the circuit at each fraction
+    counts: list[int]
     faithfulness: list[float]
-    area: float            # CPR for signed, CMD (area of |1 - f|) for abs
+    area: float
 
 
 def circuit_counts(n_units: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
+    """Circuit sizes: round(fraction * n_units) for each fraction."""
     return [int(round(f * n_units)) for f in fractions]
 
 
 def area(fractions: Sequence[float], values: Sequence[float]) -> float:
+    """Trapezoid area under values over the fraction axis."""
     return float(np.trapezoid(np.asarray(values, float), np.asarray(fractions, float)))
 
 
 def top_k_masks(scores: Tensor, counts: Sequence[int], ranking: str) -> Tensor:
-    """[len(counts), n_units] bool: the top-count units by signed or absolute score."""
+    """scores [n_units] -> [len(counts), n_units] bool: the top-count units by signed or absolute score
+    (ties keep unit order)."""
     key = scores if ranking == "signed" else scores.abs()
     order = torch.argsort(key, descending=True, stable=True)
     masks = torch.zeros(len(counts), len(scores), dtype=torch.bool)
@@ -53,16 +60,20 @@ def top_k_masks(scores: Tensor, counts: Sequence[int], ranking: str) -> Tensor:
     return masks
 
 
-def node_circuit_metrics(model, nodes: list[Node], keep: Tensor, clean: Sequence[Tensor], corrupt: Sequence[Tensor],
-                         metric: Metric, positions: Tensor | None = None, batch_size: int = 16,
+def node_circuit_metrics(model, nodes: list[Site], keep: Tensor, clean: Sequence[Tensor], corrupt: Sequence[Tensor],
+                         metric: Metric, positions: Mapping[str, Tensor] | None = None, batch_size: int = 16,
                          should_cancel=None) -> tuple[Tensor, float, float]:
-    """Mean metric of x with nodes outside each circuit (keep[k] False) taken from x': ([K], m(x), m(x'))."""
+    """Mean metric of x with the nodes outside each circuit taken from x'.
+
+    keep: [K, n_nodes] bool (True = in circuit k, stays on x); clean, corrupt: n token sequences [pos];
+    positions: position name -> [n] token index (position nodes only). Returns (metric [K], m(x), m(x')),
+    means over the n examples."""
     names = node_hooks(nodes)
     tot = torch.zeros(len(keep))
     mx = mc = 0.0
     for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel, names_x=[]):
         mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
-        pos = positions[pc.idx] if positions is not None else None
+        pos = {k: v[pc.idx] for k, v in positions.items()} if positions is not None else None
         hooks = node_mask_hooks(nodes, keep, pc.cache_c, pos, rows_per_mask=len(pc.idx))
         with torch.no_grad():
             logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks)
@@ -71,10 +82,11 @@ def node_circuit_metrics(model, nodes: list[Node], keep: Tensor, clean: Sequence
     return tot / n, mx / n, mc / n
 
 
-def edge_circuit_metrics(model, S: list[Sender], R: list[Receiver], allowed: Tensor, keep: Tensor,
+def edge_circuit_metrics(model, S: list[Site], R: list[Site], allowed: Tensor, keep: Tensor,
                          clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric, batch_size: int = 8,
                          should_cancel=None) -> tuple[Tensor, float, float]:
-    """Same for edge circuits: keep [K, n_allowed_edges] over the allowed edges in row-major order."""
+    """Same for edge circuits: S senders, R receivers, allowed [S, R] bool, keep [K, n_allowed_edges] over the
+    allowed edges in row-major order (`EdgeScores.edges()` order). Returns (metric [K], m(x), m(x'))."""
     tot = torch.zeros(len(keep))
     mx = mc = 0.0
     names = sender_hooks(model, S)
@@ -91,10 +103,12 @@ def edge_circuit_metrics(model, S: list[Sender], R: list[Receiver], allowed: Ten
     return tot / n, mx / n, mc / n
 
 
-def faithfulness_curves(evaluate, scores: Tensor, fractions: Sequence[float] = FRACTIONS) -> dict[str, Curve]:
-    """Signed-ranking curve (CPR) and absolute-ranking curve (CMD).
+def faithfulness_curves(evaluate: Callable[[Tensor], tuple[Tensor, float, float]], scores: Tensor,
+                        fractions: Sequence[float] = FRACTIONS) -> dict[str, Curve]:
+    """Signed-ranking curve (CPR) and absolute-ranking curve (CMD) of scores [n_units]: {"signed", "abs"}.
 
-    evaluate(keep [K, n_units]) -> (metric [K], m(x), m(x')) runs the circuits."""
+    evaluate(keep [K, n_units] bool) -> (metric [K], m(x), m(x')) runs the circuits (node_circuit_metrics
+    or edge_circuit_metrics with the other arguments bound)."""
     counts = circuit_counts(len(scores), fractions)
     rankings = ("signed", "abs")
     # Both rankings' circuits in one evaluation: the clean and counterfactual runs are paid once.

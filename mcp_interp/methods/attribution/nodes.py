@@ -9,7 +9,7 @@ from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
                gradient from the residual stream into layer l's block (its q/k/v and MLP inputs)
                dropped; the score is sum_l |AtP_l| / (L - 1), signed like AtP. It recovers nodes whose direct
                and indirect effects cancel at first order. (The QK fix of AtP* is applied on edges,
-               see edge_attribution.py: for a node's own output it is already exact.)
+               see edges.py: for a node's own output it is already exact.)
   grad         gradient saliency: the norm of dm/da at x (unsigned; no counterfactual).
   grad_act     gradient x activation at x: a(x) . dm/da(x) (no counterfactual).
   ig           integrated gradients from x' to x: (a(x) - a(x')) . mean over alpha of dm/da along the
@@ -17,13 +17,14 @@ from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
   act_diff     |a(x) - a(x')|: how much the node changes. Not causal: the correlation-style baseline
                that planted decoys are built to fool.
 
-Examples are grouped by length (no padding); each group is processed in chunks of `batch_size`.
+Nodes are core `Site`s (components.nodes_for). Examples are grouped by length (no padding); each
+group is processed in chunks of `batch_size`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +33,8 @@ from torch import Tensor
 from ..core.forward import group_by_length
 from ..core.metrics import Metric
 from ..core.progress import Progress, check_cancelled
-from .components import Node, has_mlps, node_hooks, node_mask_hooks, node_values, split_inputs
+from ..core.sites import Site
+from .components import has_mlps, node_hooks, node_mask_hooks, node_values, split_inputs
 
 NODE_METHODS = ("exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff")
 SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act": True, "ig": True, "act_diff": False}
@@ -40,27 +42,35 @@ SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act
 
 @dataclass
 class NodeScores:
+    """Node scores of one method over n examples.
+
+    nodes: the scored `Site`s; per_example [n, n_nodes] the estimated denoising effect in metric units;
+    m_clean, m_corrupt [n] the metric on x and x'; forwards / backwards count example-forwards (one prompt
+    through the model = 1)."""
+
     method: str
-    nodes: list[Node]
-    per_example: Tensor  # [n, nodes], metric units
-    m_clean: Tensor      # [n]
-    m_corrupt: Tensor    # [n]
-    forwards: int = 0    # in example-forward units (one forward of one prompt = 1)
+    nodes: list[Site]
+    per_example: Tensor
+    m_clean: Tensor
+    m_corrupt: Tensor
+    forwards: int = 0
     backwards: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
     @property
     def normalised(self) -> Tensor:
-        """Mean score / mean(m(x) - m(x')): 1.0 = the node alone restores the clean behaviour."""
+        """[n_nodes] mean score / mean(m(x) - m(x')): 1.0 = the node alone restores the clean behaviour."""
         return self.per_example.mean(0) / (self.m_clean - self.m_corrupt).mean()
 
 
 def final_metric(model, logits: Tensor, metric: Metric, idx: Tensor) -> Tensor:
+    """The metric of the final position: logits [batch, pos, d_vocab], idx [batch] example indices -> [batch]."""
     return metric.from_logits(model, logits[:, -1], idx)
 
 
 def _run_cache(model, toks: Tensor, names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """No-grad forward of toks [batch, pos]: (logits [batch, pos, d_vocab], hook name -> detached activation)."""
     cache: dict[str, Tensor] = {}
 
     def keep(act, hook):
@@ -112,7 +122,8 @@ def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, e
     return m, acts
 
 
-def _chunks(clean: Sequence[Tensor], batch_size: int):
+def _chunks(clean: Sequence[Tensor], batch_size: int) -> Iterator[list[int]]:
+    """Example indices in batches of equal length, at most batch_size each."""
     for _, idx in sorted(group_by_length([c.tolist() for c in clean]).items()):
         for s in range(0, len(idx), batch_size):
             yield idx[s:s + batch_size]
@@ -120,19 +131,26 @@ def _chunks(clean: Sequence[Tensor], batch_size: int):
 
 @dataclass
 class PairChunk:
-    """One batch of same-length pairs, run once on each side with the named activations cached."""
+    """One batch of b same-length pairs, run once on each side with the named activations cached.
+
+    idx [b] example indices; x, xc [b, pos] clean and counterfactual tokens (on the model's device);
+    cache_x, cache_c: hook name -> detached activation [b, pos, ...]; m_x, m_c [b] the metric, on CPU."""
+
     idx: Tensor
     x: Tensor
     xc: Tensor
     cache_x: dict[str, Tensor]
     cache_c: dict[str, Tensor]
-    m_x: Tensor  # metric per example, on CPU
+    m_x: Tensor
     m_c: Tensor
 
 
 def pair_chunks(model, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric, names: list[str],
-                batch_size: int, should_cancel=None, names_x: list[str] | None = None):
-    """Yield PairChunk per batch (cancellation checked between batches)."""
+                batch_size: int, should_cancel=None, names_x: list[str] | None = None) -> Iterator[PairChunk]:
+    """One PairChunk per batch of equal-length pairs (cancellation checked between batches).
+
+    clean, corrupt: n token sequences [pos] each; names: hooks to cache on both runs (names_x: on the clean
+    run instead, when given)."""
     dev = model.cfg.device
     for chunk in _chunks(clean, batch_size):
         check_cancelled(should_cancel)
@@ -145,10 +163,17 @@ def pair_chunks(model, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metri
                         final_metric(model, lc, metric, idx).detach().cpu())
 
 
-def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
-                metric: Metric, positions: Tensor | None = None, ig_steps: int = 10, batch_size: int = 16,
-                node_chunk: int = 32, progress: Progress | None = None, should_cancel=None) -> NodeScores:
-    """Per-example denoising effect estimates of `method` for every node (see module docstring)."""
+def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
+                metric: Metric, positions: Mapping[str, Tensor] | None = None, ig_steps: int = 10,
+                batch_size: int = 16, node_chunk: int = 32, progress: Progress | None = None,
+                should_cancel=None) -> NodeScores:
+    """Per-example denoising effect estimates of `method` (one of NODE_METHODS, see the module docstring) for
+    every node.
+
+    clean, corrupt: n token sequences [pos] each (x and x' of one pair share a length); metric: per-example
+    metric of the final-position logits; positions: position name -> [n] token index of that named
+    position in each example (position nodes only); node_chunk: exact patching's nodes per batched
+    forward. ValueError for an unknown method."""
     if method not in NODE_METHODS:
         raise ValueError(f"unknown method {method!r}; one of {NODE_METHODS}")
     t0 = time.perf_counter()
@@ -161,7 +186,7 @@ def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], 
     for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel):
         idx, x, xc, ax, ac, mc = pc.idx, pc.x, pc.xc, pc.cache_x, pc.cache_c, pc.m_c
         chunk = idx.tolist()
-        pos = positions[idx] if positions is not None else None
+        pos = {k: v[idx] for k, v in positions.items()} if positions is not None else None
         fw += 2 * len(chunk)
         m_x[idx], m_cf[idx] = pc.m_x, mc
         delta = {k: ax[k] - ac[k] for k in names}
@@ -197,7 +222,8 @@ def node_scores(model, method: str, nodes: list[Node], clean: Sequence[Tensor], 
 
 
 def _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, steps: int):
-    """Integrated gradients along the straight line between the two inputs' token embeddings."""
+    """Integrated gradients along the straight line between the two inputs' token embeddings:
+    ([batch, n_nodes], forwards, backwards)."""
     with torch.no_grad():
         e_x, e_c = model.embed(x), model.embed(xc)
     b = len(x)
@@ -213,7 +239,8 @@ def _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, steps: int):
 
 
 def _graddrop_chunk(model, xc, idx, nodes, names, metric, delta, pos):
-    """AtP*'s GradDrop: one forward at x', one backward per dropped layer (plus the plain one)."""
+    """AtP*'s GradDrop: one forward at x', one backward per dropped layer (plus the plain one):
+    ([batch, n_nodes], forwards, backwards)."""
     L = model.cfg.n_layers
     gate: dict[int, float] = {}
     with split_inputs(model):
@@ -231,7 +258,8 @@ def _graddrop_chunk(model, xc, idx, nodes, names, metric, delta, pos):
 
 
 def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, node_chunk: int, should_cancel):
-    """Denoise one node at a time, many nodes per batched forward."""
+    """Denoise one node at a time, node_chunk nodes per batched forward: ([batch, n_nodes] effect in metric
+    units, forwards)."""
     b = len(xc)
     s = torch.zeros(b, len(nodes))
     fw = 0

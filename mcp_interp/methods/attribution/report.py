@@ -1,10 +1,13 @@
 """One attribution run end to end: scores, their uncertainty, the circuit, its faithfulness, and
-(optionally) the agreement with exact patching. Plain data out; the tool layer stores and plots it."""
+(optionally) the agreement with exact patching. Plain data out; the tool layer stores and plots it.
+
+Every unit comes with its structure: `AttributionReport.components[i]` is the `Site` (node levels) or
+`Edge` (level "edges") whose name is `units[i]`, so consumers never parse unit names."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,8 +16,9 @@ from scipy.stats import pearsonr, spearmanr
 from torch import Tensor
 
 from ..core.metrics import Metric
+from ..core.sites import Site
 from ..core.stats import bootstrap_ci
-from .components import nodes_for
+from .components import QKV, Edge, nodes_for, receiver_unit
 from .edges import EDGE_METHODS, edge_scores
 from .faithfulness import FRACTIONS, Curve, edge_circuit_metrics, faithfulness_curves, node_circuit_metrics
 from .nodes import NODE_METHODS, node_scores
@@ -22,26 +26,64 @@ from .nodes import NODE_METHODS, node_scores
 CIRCUIT_TARGET = 0.8  # the reported circuit: the smallest on the curve reaching this faithfulness
 
 
+GraphNode = tuple[str, float, float]        # (name, height in the drawing, value)
+GraphEdge = tuple[str, str, str, float]     # (sender node, receiver node, input label "q"/"k"/"v" or "", value)
+
+
 @dataclass
 class AttributionReport:
+    """Scores of one method at one level, and what they imply.
+
+    units [U] unit names ("L3H2", "MLP1", "P:IO", "L0H0->MLP1"); components [U] the `Site` (node levels) or
+    `Edge` (edges) each name renders from; layers [U] each unit's layer (the receiver's for edges);
+    scores [U] normalised scores (1.0 = restores the clean behaviour); lo, hi [U] 95% bootstrap CI and
+    per_example [n, U] in metric units (node levels; None for edges); m_clean, m_corrupt [n] the metric on
+    x and x'; curves {"signed", "abs"} faithfulness curves; circuit: the reported circuit (size, fraction,
+    faithfulness, reached_target, target, units); comparison: agreement with exact patching (`compare`);
+    cost: forwards, backwards, seconds."""
+
     method: str
     level: str
     units: list[str]
-    layers: list[int]               # layer of each unit (receiver layer for edges)
-    scores: np.ndarray              # normalised, per unit
-    lo: np.ndarray | None           # 95% bootstrap CI (node levels)
+    layers: list[int]
+    scores: np.ndarray
+    lo: np.ndarray | None
     hi: np.ndarray | None
-    per_example: np.ndarray | None  # [n, units] metric units (node levels)
+    per_example: np.ndarray | None
     m_clean: np.ndarray
     m_corrupt: np.ndarray
     curves: dict[str, Curve] = field(default_factory=dict)
     circuit: dict = field(default_factory=dict)
     comparison: dict | None = None
     cost: dict = field(default_factory=dict)
+    components: list[Site] | list[Edge] = field(default_factory=list)
+
+    def circuit_graph(self, max_units: int = 40) -> tuple[list[GraphNode], list[GraphEdge]]:
+        """The first `max_units` units of the reported circuit as a layered graph, the input of
+        `artifacts.plots.layered_graph`.
+
+        Node levels: nodes (unit name, layer, score), no edges. Edges: nodes are the edges' ends (senders, and
+        the component each receiver is an input of: "L1H0" for "L1H0.q", "MLP1", "logits") at `Site.plot_layer`
+        (embed -1, an MLP half a layer above its heads, logits n_layers), value 0, sorted by name; edges are
+        (sender node, receiver node, "q"/"k"/"v" or "", score) in circuit order."""
+        units = self.circuit.get("units", [])[:max_units]
+        score = dict(zip(self.units, self.scores.tolist()))
+        if self.level != "edges":
+            layer_of = dict(zip(self.units, self.layers))
+            return [(u, layer_of[u], score[u]) for u in units], []
+        edge_of = {c.name: c for c in self.components}
+        heights: dict[str, float] = {}
+        edges = []
+        for u in units:
+            e = edge_of[u]
+            s, r = e.sender, e.receiver
+            heights[s.name], heights[receiver_unit(r)] = s.plot_layer, r.plot_layer
+            edges.append((s.name, receiver_unit(r), r.kind if r.kind in QKV else "", score[u]))
+        return [(n, heights[n], 0.0) for n in sorted(heights)], edges
 
 
 def _circuit(units: list[str], scores: np.ndarray, curve: Curve) -> dict:
-    """Smallest circuit of the signed ranking that reaches CIRCUIT_TARGET (else the most faithful)."""
+    """Smallest circuit of the signed ranking that reaches CIRCUIT_TARGET (else the most faithful); scores [U]."""
     f = np.asarray(curve.faithfulness, float)
     ok = [i for i, v in enumerate(f) if np.isfinite(v) and v >= CIRCUIT_TARGET and curve.counts[i] > 0]
     i = ok[0] if ok else int(np.nanargmax(f))
@@ -52,11 +94,20 @@ def _circuit(units: list[str], scores: np.ndarray, curve: Curve) -> dict:
 
 
 def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], corrupt: Sequence[Tensor],
-                    metric: Metric, positions: Tensor | None = None, position_names: list[str] | None = None,
-                    layer: int | None = None, ig_steps: int = 10, compare_exact: bool = False,
-                    faithfulness: bool = True, fractions: Sequence[float] = FRACTIONS, seed: int = 0,
-                    progress=None, should_cancel=None) -> AttributionReport:
+                    metric: Metric, positions: Tensor | Mapping[str, Tensor] | None = None,
+                    position_names: list[str] | None = None, layer: int | None = None, ig_steps: int = 10,
+                    compare_exact: bool = False, faithfulness: bool = True, fractions: Sequence[float] = FRACTIONS,
+                    seed: int = 0, progress=None, should_cancel=None) -> AttributionReport:
+    """Score the units of `level` ("heads", "mlps", "neurons", "positions" or "edges") with `method`, then
+    (faithfulness) evaluate the top-k circuits and (compare_exact, node levels) compare with exact patching.
+
+    clean, corrupt: n token sequences [pos] each; metric: per-example metric of the final-position logits;
+    positions: [n, n_position_names] token index of each of `position_names` in each example (or a mapping
+    position name -> [n]); layer: of the neurons / positions levels; seed: of the bootstrap CIs;
+    progress(fraction, message). ValueError for a method that does not score the level."""
     progress = progress or (lambda f, m: None)
+    if isinstance(positions, Tensor):
+        positions = dict(zip(position_names, positions.unbind(1))) if position_names else None
     t0 = time.perf_counter()
     span = 0.75 if (faithfulness or compare_exact) else 0.95
     if level == "edges":
@@ -64,13 +115,11 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
             raise ValueError(f"method {method!r} does not score edges; edge methods: {EDGE_METHODS}")
         es = edge_scores(model, method, clean, corrupt, metric, ig_steps=ig_steps,
                          progress=lambda f, m: progress(span * f, m), should_cancel=should_cancel)
-        units = es.edge_names()
-        recv_layer = {r.name: r.layer for r in es.receivers}
-        layers = [recv_layer[u.split("->")[1]] for u in units]
-        scores = es.flat().numpy()
-        rep = AttributionReport(method, level, units, layers, scores, None, None, None, es.m_clean.numpy(),
-                                es.m_corrupt.numpy(),
-                                cost={"forwards": es.forwards, "backwards": es.backwards, "seconds": es.seconds})
+        edges = es.edges()
+        rep = AttributionReport(method, level, [e.name for e in edges], [e.receiver.layer for e in edges],
+                                es.flat().numpy(), None, None, None, es.m_clean.numpy(), es.m_corrupt.numpy(),
+                                cost={"forwards": es.forwards, "backwards": es.backwards, "seconds": es.seconds},
+                                components=edges)
 
         def evaluate(keep):
             return edge_circuit_metrics(model, es.senders, es.receivers, es.allowed, keep, clean, corrupt, metric,
@@ -87,7 +136,8 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
         mean, lo, hi = bootstrap_ci(per / gap if gap else per, seed=seed)
         rep = AttributionReport(method, level, [n.name for n in nodes], [n.layer for n in nodes],
                                 ns.normalised.numpy(), lo, hi, per, ns.m_clean.numpy(), ns.m_corrupt.numpy(),
-                                cost={"forwards": ns.forwards, "backwards": ns.backwards, "seconds": ns.seconds})
+                                cost={"forwards": ns.forwards, "backwards": ns.backwards, "seconds": ns.seconds},
+                                components=nodes)
         if compare_exact and method != "exact":
             ex = node_scores(model, "exact", nodes, clean, corrupt, metric, positions=positions,
                              progress=lambda f, m: progress(span * (0.5 + 0.5 * f), "exact: " + m),
@@ -108,7 +158,11 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
 
 
 def compare(scores: np.ndarray, exact: np.ndarray, units: list[str], cost: dict, ex) -> dict:
-    """How well a cheap method's scores track exact patching, and what each cost."""
+    """How well a cheap method's scores [U] track exact patching's [U] (both normalised), and what each cost.
+
+    cost: the cheap method's ({"seconds": ...}); ex: exact patching's NodeScores (forwards, seconds).
+    Returns pearson, spearman, spearman_abs, top{k}_overlap (k = min(10, U), by |score|), exact_scores
+    {unit: score}, exact_cost, speedup."""
     k = min(10, len(units))
     top = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:k].tolist())  # noqa: E731
     ok = np.isfinite(scores) & np.isfinite(exact)

@@ -15,11 +15,13 @@ from ..core.stats import ci_dict
 
 @dataclass
 class BaselineTable:
-    """Per-example columns (numpy arrays of length n)."""
+    """Per-example columns (numpy arrays [n]): logit_diff, prob, accuracy, ... on clean and counterfactual
+    prompts (answer-set tasks: prob_diff, accuracy, ...), plus the argmax tokens pred / cf_pred."""
 
     columns: dict[str, np.ndarray]
 
     def summary(self, seed: int = 0) -> dict[str, dict]:
+        """Per column (pred / cf_pred excluded): {"mean", "ci95": [lo, hi] (bootstrap over examples), "n"}."""
         return {k: ci_dict(v, seed=seed) for k, v in self.columns.items() if k not in ("pred", "cf_pred")}
 
 
@@ -67,6 +69,9 @@ def _answer_set_columns(logits: torch.Tensor, cf_logits: torch.Tensor, ds: TaskD
 
 def run_baseline(model, ds: TaskDataset, batch_size: int = 32,
                  progress: Callable[[float, str], None] | None = None) -> BaselineTable:
+    """Final-position logits [n, d_vocab] of every clean and counterfactual prompt (2n forwards, batched by
+    length), reduced to per-example columns: single-token tasks compare the answer with the counterfactual
+    answer, answer-set tasks the probability mass of the correct set with the wrong one."""
     n = len(ds)
     done = [0]
 
@@ -87,6 +92,7 @@ def counterfactual_check(model, ds: TaskDataset, batch_size: int = 32) -> dict[s
 
     "Follows" means the model's top candidate on the counterfactual prompt is the counterfactual label
     (for answer-set tasks: lies in the counterfactual's correct set).
+    Returns {"label_changes", "follows"}: [n] float arrays of 0/1.
     """
     cf_logits = final_logits(model, [e.cf_tokens for e in ds.examples], batch_size)
     changes = np.array([e.answer != e.cf_answer for e in ds.examples], dtype=np.float64)

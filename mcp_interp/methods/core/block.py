@@ -23,6 +23,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 
 
 def fast_path_ok(model) -> bool:
+    """Whether `fast_block` computes what this model's own blocks compute (else use TransformerLens' blocks)."""
     cfg = model.cfg
     arch = cfg.original_architecture or ""
     attn = model.blocks[0].attn
@@ -45,6 +46,8 @@ def fast_path_ok(model) -> bool:
 
 @dataclass
 class LayerWeights:
+    """One layer's attention (and gated-MLP) weights, fused and laid out for F.linear."""
+
     w_qkv: Tensor   # [(H + 2 Hkv) d_head, d_model]
     b_qkv: Tensor
     w_o: Tensor     # [d_model, H d_head]
@@ -54,6 +57,8 @@ class LayerWeights:
 
 
 def layer_weights(model, layer: int) -> LayerWeights:
+    """Fused weights of block `layer`: Q/K/V as one matrix (GQA keys/values unrepeated), W_O flattened,
+    and W_gate/W_in stacked for a gated MLP (other MLPs run through TransformerLens' apply_mlp)."""
     attn, mlp = model.blocks[layer].attn, getattr(model.blocks[layer], "mlp", None)
     gqa = model.cfg.n_key_value_heads is not None
     wk, wv = (attn._W_K, attn._W_V) if gqa else (attn.W_K, attn.W_V)
@@ -75,7 +80,8 @@ def layer_weights(model, layer: int) -> LayerWeights:
 
 
 def past_kv(model, kv_entry, nb: int, layer: int) -> tuple[Tensor, Tensor]:
-    """The base run's keys (rotated, [nb, Hkv, d_head, T]) and values ([nb, Hkv, T, d_head])."""
+    """The base run's keys (rotated, [nb, Hkv, d_head, T]) and values ([nb, Hkv, T, d_head]) of a KV-cache
+    entry whose first nb rows are the base run; keys are transposed so scores are one matmul."""
     k, v = kv_entry.past_keys[:nb], kv_entry.past_values[:nb]
     if model.cfg.positional_embedding_type == "rotary":
         k = model.blocks[layer].attn.apply_rotary(k, 0)
@@ -83,7 +89,7 @@ def past_kv(model, kv_entry, nb: int, layer: int) -> tuple[Tensor, Tensor]:
 
 
 def segments(ex_sorted: Tensor) -> list[tuple[int, int, int]]:
-    """(example, start, end) of each run of equal values in a sorted example vector."""
+    """(example, start, end) of each run of equal values in a sorted example vector [R]."""
     ex_u, counts = torch.unique_consecutive(ex_sorted.cpu(), return_counts=True)
     ends = counts.cumsum(0).tolist()
     starts = [0] + ends[:-1]
@@ -120,7 +126,13 @@ def project_qkv(model, lw: LayerWeights, layer: int, h: Tensor, p: int) -> tuple
 
 def fast_block(model, lw: LayerWeights, layer: int, h: Tensor, segs, p: int,
                past: tuple[Tensor, Tensor] | None, patches) -> Tensor:
-    """Block `layer` on rows h [R, S=T-p, d_model] (grouped by example as in `segs`)."""
+    """Block `layer` on rows h [R, S=T-p, d_model] (grouped by example as in `segs`); returns [R, S, d_model].
+
+    past: the base run's keys/values from `past_kv` (None when p == 0); each row attends to its example's
+    past at positions < p and to its own new positions causally. patches: (site code, row indices, values,
+    heads or None) written at the row's first position (position p) into z (code 3, [.., H, d_head]),
+    attn_out (1) or mlp_out (2) on their way; resid patches are applied by the caller.
+    """
     cfg, blk = model.cfg, model.blocks[layer]
     attn = blk.attn
     R, S, _ = h.shape

@@ -18,13 +18,23 @@ from torch import Tensor
 
 
 class Metric(Protocol):
-    def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor: ...
-    def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor: ...
-    def n_unembed_columns(self, model) -> int: ...
+    """A per-example scalar read at the final position (see the module docstring)."""
+
+    def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
+        """resid [rows, d_model] before ln_final, example_idx [rows] -> metric [rows] float32."""
+        ...
+
+    def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
+        """logits [rows, d_vocab], example_idx [rows] -> metric [rows] float32."""
+        ...
+
+    def n_unembed_columns(self, model) -> int:
+        """How many unembedding columns `from_final_resid` reads per row (for FLOP counts)."""
+        ...
 
 
 def final_normed(model, resid: Tensor) -> Tensor:
-    """ln_final applied to [rows, d_model] (identity for models without a final norm)."""
+    """ln_final applied to [rows, d_model] -> [rows, d_model] (identity for models without a final norm)."""
     if model.cfg.normalization_type is None:
         return resid
     return model.ln_final(resid)
@@ -36,7 +46,8 @@ def _softcap(model, logits: Tensor) -> Tensor:
 
 
 def column_logits(model, resid: Tensor, token_ids: Tensor) -> Tensor:
-    """logit[row, token_ids[row]] for each row, using only those unembedding columns."""
+    """logit[row, token_ids[row]] for each row: resid [rows, d_model] (before ln_final), token_ids [rows]
+    -> [rows], using only those unembedding columns (output soft cap applied)."""
     x = final_normed(model, resid)
     w = model.unembed.W_U[:, token_ids.to(model.unembed.W_U.device)]  # [d_model, rows]
     out = (x * w.T.to(x.dtype)).sum(-1) + model.unembed.b_U[token_ids].to(x.dtype)
@@ -49,7 +60,7 @@ def _idx(t: Tensor, example_idx: Tensor, device) -> Tensor:
 
 @dataclass
 class LogitDiffMetric:
-    """m = logit[answer] - logit[cf_answer] at the final position (per-example token ids)."""
+    """m = logit[answer] - logit[cf_answer] at the final position; answer, cf_answer: [n] token ids."""
 
     answer: Tensor
     cf_answer: Tensor
@@ -62,23 +73,26 @@ class LogitDiffMetric:
             raise ValueError("answer and cf_answer must have the same length")
 
     def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
+        """resid [rows, d_model] -> [rows]: two unembedding columns per row."""
         a = _idx(self.answer, example_idx, resid.device)
         b = _idx(self.cf_answer, example_idx, resid.device)
         return (column_logits(model, resid, a) - column_logits(model, resid, b)).float()
 
     def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
+        """logits [rows, d_vocab] -> [rows]."""
         a = _idx(self.answer, example_idx, logits.device)
         b = _idx(self.cf_answer, example_idx, logits.device)
         rows = torch.arange(len(logits), device=logits.device)
         return (logits[rows, a] - logits[rows, b]).float()
 
     def n_unembed_columns(self, model) -> int:
+        """2: the answer's and the counterfactual answer's."""
         return 2
 
 
 @dataclass
 class ProbMetric:
-    """m = softmax(logits)[answer] at the final position (needs the full unembedding)."""
+    """m = softmax(logits)[answer] at the final position (needs the full unembedding); answer: [n] token ids."""
 
     answer: Tensor
     name: str = "prob"
@@ -87,13 +101,16 @@ class ProbMetric:
         self.answer = torch.as_tensor(self.answer, dtype=torch.long).flatten()
 
     def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
+        """resid [rows, d_model] -> [rows]: unembeds the whole vocabulary (the softmax needs it)."""
         logits = _softcap(model, model.unembed(final_normed(model, resid)[:, None])[:, 0])
         return self.from_logits(model, logits, example_idx)
 
     def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
+        """logits [rows, d_vocab] -> [rows] probabilities (softmax in float32)."""
         a = _idx(self.answer, example_idx, logits.device)
         rows = torch.arange(len(logits), device=logits.device)
         return torch.softmax(logits.float(), dim=-1)[rows, a]
 
     def n_unembed_columns(self, model) -> int:
+        """d_vocab_out: every column."""
         return model.cfg.d_vocab_out

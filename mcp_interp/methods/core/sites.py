@@ -77,7 +77,7 @@ class Site:
         if k == "z":
             return f"L{l}H{self.head}"
         if k in ("q", "k", "v"):
-            return f"L{l}{'G' if self.grouped else 'H'}{self.head}.{k}"
+            return f"{self.unit}.{k}"
         if k == "mlp_post" and self.neuron is not None:
             return f"L{l}N{self.neuron}"
         if k in MLP_KINDS:
@@ -85,6 +85,14 @@ class Site:
         if k in RESID_KINDS and isinstance(self.position, str):
             return f"P:{self.position}"
         return f"{k}{l}"
+
+    @property
+    def unit(self) -> str:
+        """The component this site belongs to: the head or key-value group of a q/k/v input ("L3H2",
+        "L3G1"), else `name`."""
+        if self.kind in ("q", "k", "v"):
+            return f"L{self.layer}{'G' if self.grouped else 'H'}{self.head}"
+        return self.name
 
     @property
     def label(self) -> str:

@@ -9,8 +9,9 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
                  axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and percentile bootstrap CI of the mean along `axis` (examples).
 
-    Works on a vector (returns scalars as 0-d arrays) or a matrix of per-example columns at once,
-    resampling the same example indices for every column so cells stay comparable.
+    Works on a vector [n] (returns scalars as 0-d arrays) or a matrix of per-example columns at once
+    ([n, cells] -> three [cells] arrays), resampling the same example indices for every column so cells
+    stay comparable. Fewer than 2 examples: the CI collapses to the mean.
     """
     x = np.asarray(values, dtype=np.float64)
     x = np.moveaxis(x, axis, 0)
@@ -26,12 +27,14 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
 
 
 def ci_dict(values, **kw) -> dict:
+    """{"mean", "ci95": [lo, hi], "n"} of a vector [n] of per-example values (kw go to `bootstrap_ci`)."""
     mean, lo, hi = bootstrap_ci(values, **kw)
     return {"mean": float(mean), "ci95": [float(lo), float(hi)], "n": int(np.asarray(values).shape[0])}
 
 
 def auroc(scores, labels) -> float:
-    """Area under the ROC curve of `scores` for binary `labels` (Mann-Whitney; ties count one half)."""
+    """Area under the ROC curve of `scores` [n] for binary `labels` [n] (Mann-Whitney; ties count one half);
+    NaN when one class is empty."""
     from scipy.stats import rankdata
 
     s = np.asarray(scores, dtype=np.float64)

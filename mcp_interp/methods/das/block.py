@@ -32,6 +32,7 @@ def lean_ok(model) -> bool:
 
 @torch.no_grad()
 def lean_weights(model, layers: range) -> dict[int, LayerWeights]:
+    """The fused per-layer weights `lean_block` reads, for each layer in `layers` (copied once)."""
     return {l: layer_weights(model, l) for l in layers}
 
 
@@ -46,6 +47,7 @@ def rotate_past_keys(model, layer: int, keys: Tensor) -> Tensor:
 def lean_block(model, lw: LayerWeights, layer: int, h: Tensor, p: int, past: tuple[Tensor, Tensor] | None,
                z_delta: Tensor | None = None, attn_delta: Tensor | None = None) -> Tensor:
     """Block `layer` on h [B, S, d_model] (positions p..p+S-1) attending to past [B, p, Hkv, dh] (k, v).
+    Returns the residual leaving the block, [B, S, d_model]; differentiable in h and the deltas.
 
     z_delta [B, S, H, d_head] / attn_delta [B, S, d_model] are added to the head outputs / the
     attention output before they move on (the DAS intervention at those sites).

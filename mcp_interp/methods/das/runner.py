@@ -55,7 +55,12 @@ class _Bucket:
 
 @dataclass
 class DASCache:
-    """Everything about a set of interchange examples that does not depend on the rotation."""
+    """Everything about a set of interchange examples that does not depend on the rotation.
+
+    d_site = site.dim(model). Buckets group examples by (length T, base position p); each holds the base
+    residual entering the start block [nb, T - p, d_model] and, per block from there, the base run's
+    keys and values at positions < p ([nb, p, n_kv_heads, d_head]).
+    """
 
     site: Site
     n: int
@@ -71,7 +76,7 @@ class DASCache:
     lengths: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # [n] T per example
     base_pos: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     diff: Tensor | None = None  # [n, d_site] s_src - s_base: all an interchange needs of the two
-    block: str = "tl"  # "lean": das_block.lean_block (past keys stored rotated); "tl": TransformerLens' blocks
+    block: str = "tl"  # "lean": block.lean_block (past keys stored rotated); "tl": TransformerLens' blocks
     weights: dict = field(default_factory=dict)  # layer -> LayerWeights for the lean block
 
 
@@ -86,8 +91,10 @@ def prepare(model, examples, site: Site, max_batch: int = 64, block: str = "auto
             progress=None, should_cancel=None) -> DASCache:
     """Run base and source prompts once (batched by length) and keep what the suffix forward needs.
 
+    examples: objects with base_tokens, source_tokens (same length T), base_pos, source_pos, label_id,
+    base_answer_id (tasks.interchange). The source run stops after the site's block. Returns a DASCache.
     Plain no_grad (not inference_mode) so the cached tensors can feed autograd later.
-    block: "lean" (das_block.lean_block), "tl" (TransformerLens' blocks, any architecture), or
+    block: "lean" (block.lean_block), "tl" (TransformerLens' blocks, any architecture), or
     "auto" (lean where it reproduces the model). progress(0.0, message) reports the caching runs;
     should_cancel() -> True raises Cancelled between batches.
     """
@@ -276,4 +283,4 @@ def naive_token_layers(model, dc: DASCache, ex: Tensor) -> int:
     return int(2 * dc.lengths[ex].sum()) * model.cfg.n_layers
 
 
-__all__ = ["DAS_KINDS", "DASCache", "Site", "check_site", "intervened_logits", "naive_token_layers", "prepare", "unembed_final"]
+__all__ = ["DAS_KINDS", "DASCache", "check_site", "intervened_logits", "naive_token_layers", "prepare", "unembed_final"]

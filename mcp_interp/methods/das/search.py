@@ -1,6 +1,6 @@
 """How many dimensions does a variable need? Boundless DAS and the rank sweep (IIA vs k with its knee).
 
-Both build on das.py's trainer and evaluation, so their numbers (IIA, controls, costs) mean the same
+Both build on train.py's trainer and evaluation, so their numbers (IIA, controls, costs) mean the same
 thing as there. The knee, not the arg-max, is what to report: extra dimensions often add a little
 train IIA by fitting the examples rather than the variable.
 """
@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..core.progress import Progress
-from .runner import check_site
-from .train import (DASCache, DASResult, Rotation, Site, das_result, fit_rotation, prepare_caches, subspace_delta,
-                    train_das)
+from ..core.sites import Site
+from .runner import DASCache, check_site
+from .train import DASResult, Rotation, das_result, fit_rotation, prepare_caches, subspace_delta, train_das
 
 __all__ = ["RankSweep", "find_knee", "rank_sweep", "train_boundless_das"]
 
@@ -29,13 +29,15 @@ def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float 
                         caches: tuple[DASCache, DASCache] | None = None, block: str = "auto",
                         progress: Progress | None = None,
                         should_cancel: Callable[[], bool] | None = None) -> DASResult:
-    """Boundless DAS: a full d x d rotation with a learned boundary b = d * beta (beta in [0, 1]).
+    """Boundless DAS: a full [d, d] rotation with a learned boundary b = d * beta (beta in [0, 1]).
 
     Rotated coordinate i is interchanged with weight sigmoid((b - i - 1/2) / T); T goes from
     temperature[0] to temperature[1] geometrically over training; the loss adds
     boundary_penalty * b / d (as in Wu et al.'s reference code), which pushes b down to what the
     labels need. Effective k = round(b) = the coordinates with mask > 1/2; train/test IIA and the
-    controls are then computed with that hard boundary (rotation = the first k columns).
+    controls are then computed with that hard boundary (rotation = the first k columns, [d, k]).
+    Returns a DASResult whose `boundless` holds the boundary, effective k, final mask [d] and the full
+    rotation [d, d].
     """
     t0 = time.perf_counter()
     check_site(model, site)
@@ -87,6 +89,8 @@ def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float 
 
 @dataclass
 class RankSweep:
+    """Held-out IIA against k: one entry per k in `ks` (sorted), the knee and the rule that chose it."""
+
     ks: list[int]
     test_iia: list[float]
     random_iia: list[float]
@@ -115,7 +119,10 @@ def rank_sweep(model, data, site: Site, ks: Sequence[int] = (1, 2, 4, 8, 16, 32)
                knee_fraction: float = 0.9, block: str = "auto",
                progress: Progress | None = None,
                should_cancel: Callable[[], bool] | None = None, **train_kw) -> RankSweep:
-    """Held-out IIA(k) for each k (same data, seed and schedule), the random control per k, and the knee."""
+    """Held-out IIA(k) for each k (same data, seed and schedule), the random control per k, and the knee.
+
+    ks outside 1..d are dropped; the caching forwards run once for all k. train_kw go to `train_das`.
+    """
     ks = sorted({int(k) for k in ks if 1 <= k <= site.dim(model)})
     if not ks:
         raise ValueError(f"no k in 1..{site.dim(model)}")

@@ -18,10 +18,13 @@ logit". Both come per example, for bootstrap CIs. Held-out IIA is on a split tha
 prompt with training (tasks/interchange.py). Controls go through the same evaluation code: a
 seeded random rotation of the same k, and full-vector patching at the same site.
 
-Speed: see das_runner.py (cached source/base activations, suffix-only forward, final-position
-unembedding) and das_block.py. Boundless DAS and the rank sweep with its knee: das_search.py
-(re-exported here). Callbacks: progress(fraction, message); should_cancel() -> True raises
-Cancelled (checked between batches, also while caching).
+Speed: see runner.py (cached source/base activations, suffix-only forward, final-position
+unembedding) and block.py. Boundless DAS and the rank sweep with its knee: search.py.
+Callbacks: progress(fraction, message); should_cancel() -> True raises Cancelled (checked between
+batches, also while caching).
+
+Shapes: d = the site's width (`Site.dim`: d_model, or d_head for a head's z), k = the subspace's
+dimension, n = examples.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from ..core.progress import Progress, check_cancelled
-from .runner import DASCache, Site, check_site, intervened_logits, naive_token_layers, prepare
+from ..core.sites import Site
+from .runner import DASCache, check_site, intervened_logits, naive_token_layers, prepare
 
-__all__ = ["DASCache", "DASResult", "EvalResult", "Rotation", "Site", "das_result", "evaluate_rotation", "fit_rotation",
-           "initial_rotation", "prepare", "prepare_caches", "random_rotation", "register_orthogonal", "subspace_delta",
+__all__ = ["DASResult", "EvalResult", "Rotation", "das_result", "evaluate_rotation", "fit_rotation",
+           "initial_rotation", "prepare_caches", "random_rotation", "register_orthogonal", "subspace_delta",
            "train_das"]
 
 
@@ -58,13 +62,16 @@ class EvalResult:
     n: int
 
     def summary(self) -> dict[str, Any]:
+        """iia, iia_pair, n and the mean logit difference, as plain numbers."""
         return {"iia": self.iia, "iia_pair": self.iia_pair, "n": self.n,
                 "mean_logit_diff": float(self.logit_diff.mean()) if self.n else float("nan")}
 
 
 @dataclass
 class DASResult:
-    site: str
+    """A trained (or boundless-trained) rotation at one site, its IIA on both splits, controls and costs."""
+
+    site: str                            # str(Site): hook name[head]
     k: int
     rotation: Tensor                     # [d_site, k], orthonormal columns, CPU float32
     train: EvalResult
@@ -78,6 +85,7 @@ class DASResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        """The headline numbers: site, k, train/test IIA, base accuracy, control IIAs, seconds (effective k)."""
         return {"site": self.site, "k": self.k, "train_iia": self.train.iia, "test_iia": self.test.iia,
                 "test_iia_pair": self.test.iia_pair, "base_accuracy": self.base_accuracy,
                 **{f"{name}_iia": r.iia for name, r in self.controls.items()},
@@ -86,14 +94,14 @@ class DASResult:
 
 
 def initial_rotation(d: int, k: int, seed: int) -> Tensor:
-    """The seeded starting point of training (d x k, orthonormal columns); baselines reuse it."""
+    """The seeded starting point of training: [d, k] with orthonormal columns; baselines reuse it."""
     w = torch.empty(d, k)
     nn.init.orthogonal_(w, generator=torch.Generator().manual_seed(seed))
     return w
 
 
 class Rotation(nn.Module):
-    """d x k matrix with orthonormal columns (the orthogonal parametrisation keeps it so)."""
+    """A trainable `weight` [d, k] with orthonormal columns (the orthogonal parametrisation keeps it so)."""
 
     def __init__(self, d: int, k: int, seed: int, init: Tensor | None = None):
         super().__init__()
@@ -113,13 +121,18 @@ def register_orthogonal(module: nn.Module, seed: int) -> None:
 
 
 def random_rotation(d: int, k: int, seed: int) -> Tensor:
-    """A seeded random d x k matrix with orthonormal columns (the control)."""
+    """A seeded random [d, k] matrix with orthonormal columns (the control; QR of a Gaussian, sign-fixed)."""
     g = torch.Generator().manual_seed(1_000_003 + seed)
     q, r = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))[None, :]).float()
 
 
 def subspace_delta(R: Tensor, dc: DASCache, ex: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The interchange as an additive shift of the base activation: R diag(mask) R^T (s_src - s_base).
+
+    R [d, k]; ex [m] example indices (CPU long); mask [k] soft weights per rotated coordinate (boundless
+    DAS; None = all 1). Returns delta [m, d], differentiable in R and mask.
+    """
     diff = dc.diff[ex.to(dc.diff.device)].to(R.dtype) @ R
     if mask is not None:
         diff = diff * mask
@@ -155,8 +168,9 @@ def _as_examples(data, split: str):
 def evaluate_rotation(model, rotation: Tensor, site: Site, data, split: str = "test",
                       batch_size: int = 256, cache: DASCache | None = None,
                       block: str = "auto") -> EvalResult:
-    """IIA of a saved rotation (d x k) on another dataset (InterchangeData split, or a list of examples;
-    split "train", "test" or "all")."""
+    """IIA of a saved rotation [d, k] at `site` on another dataset (InterchangeData split, or a list of
+    examples; split "train", "test" or "all"). cache: a `prepare`d DASCache of exactly these examples
+    (skips the caching forwards). Returns an EvalResult with per-example [n] tensors."""
     dc = cache or prepare(model, _as_examples(data, split), site, block=block)
     R = rotation.to(device=dc.s_base.device, dtype=torch.float32)
     if R.shape[0] != site.dim(model):
@@ -174,6 +188,8 @@ def _controls(model, dc_test: DASCache, k: int, seed: int, counter: dict) -> dic
 
 def prepare_caches(model, data, site: Site, caches, block: str = "auto", progress=None,
             should_cancel=None) -> tuple[DASCache, DASCache]:
+    """(train, test) DASCaches of data.train and data.test at `site`: `caches` when given (checked to be for
+    this site), else `prepare`d now."""
     if caches is not None:
         if any(c.site != site for c in caches):
             raise ValueError(f"the caches were prepared for {caches[0].site}, not {site}")
@@ -185,7 +201,13 @@ def prepare_caches(model, data, site: Site, caches, block: str = "auto", progres
 def fit_rotation(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, epochs: int, batch_size: int, seed: int,
          progress, should_cancel, counter: dict, penalty: Callable[[], Tensor] | None = None,
          on_step: Callable[[int, int], None] | None = None, label: str = "DAS") -> list[dict[str, float]]:
-    """The training loop shared by DAS and boundless DAS (model frozen; only `params` move)."""
+    """The training loop shared by DAS and boundless DAS (model frozen; only the optimiser's parameters move).
+
+    delta_of(ex [m]) -> [m, d]: the intervention for a batch of example indices. Cross-entropy towards
+    dc.labels at the final position, plus penalty() when given; on_step(step, total) runs before each
+    step. counter (token_layers, rows, steps) is updated in place. Returns per epoch
+    {"epoch", "loss", "train_iia"} (train_iia: running, during the epoch).
+    """
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(dc.n / batch_size)
     total = epochs * steps_per_epoch
@@ -219,6 +241,8 @@ def fit_rotation(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Call
 
 
 def das_result(model, site, k, R, dc_tr, dc_te, curve, counter, t0, params, seed, controls, boundless=None):
+    """Evaluate a trained rotation R [d, k] on both caches (and the controls on the test cache when
+    `controls`) and assemble the DASResult with its costs; t0 = the run's start (perf_counter)."""
     t_eval = time.perf_counter()
     delta = lambda dc: (lambda ex: subspace_delta(R, dc, ex))
     train_r, test_r = _evaluate(model, dc_tr, delta(dc_tr), counter=counter), _evaluate(model, dc_te, delta(dc_te),
@@ -246,13 +270,13 @@ def train_das(model, data, site: Site, k: int = 1, *, epochs: int = 10, lr: floa
               init_rotation: Tensor | None = None, restarts: int = 1, controls: bool = True,
               caches: tuple[DASCache, DASCache] | None = None, block: str = "auto",
               progress: Progress | None = None, should_cancel: Callable[[], bool] | None = None) -> DASResult:
-    """Train a d x k DAS rotation at `site` on data.train; evaluate on data.train and data.test.
+    """Train a [d, k] DAS rotation at `site` on data.train; evaluate on data.train and data.test.
 
     data: tasks.interchange.InterchangeData (or anything with .train/.test lists of examples
     carrying base_tokens, source_tokens, base_pos, source_pos, label_id, base_answer_id).
     site: where to intervene (a core Site of a DAS_KINDS kind; z needs its head). caches: (train, test) from
     `prepare`, to share the cached runs across calls (rank sweeps). block: "auto", "lean" or "tl"
-    (see das_runner.prepare). AdamW on the rotation only; init_rotation overrides the seeded start.
+    (see runner.prepare). AdamW on the rotation only; init_rotation overrides the seeded start.
     restarts: train from seeds seed, seed+1, ... and keep the rotation with the lowest final
     training loss (never chosen on test data). DAS has local optima: e.g. a subspace that only
     *disrupts* the base answer lowers the loss without producing the label, and a start nearly

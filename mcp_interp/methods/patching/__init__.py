@@ -1,8 +1,11 @@
-"""Activation patching: the exact fast engine, its naive reference, and localisation grids."""
+"""Activation patching: the exact fast engine, its naive reference, and localisation grids.
 
-from .engine import ActivationCache, Cell, PatchResult, naive_patch_sweep, patch_sweep
-from .grid import dominant_positions, grid_cells, normalised_effects, top_cells
-from .runner import forward_flops
+Cells are core `Site`s (kind resid_pre / attn_out / mlp_out / z, `position` = a position column).
+"""
 
-__all__ = ["ActivationCache", "Cell", "PatchResult", "dominant_positions", "forward_flops", "grid_cells",
-           "naive_patch_sweep", "normalised_effects", "patch_sweep", "top_cells"]
+from .engine import ActivationCache, PatchResult, naive_patch_sweep, patch_sweep
+from .grid import cell_dict, dominant_positions, grid_cells, normalised_effects, top_cells
+from .runner import act_name, forward_flops
+
+__all__ = ["ActivationCache", "PatchResult", "act_name", "cell_dict", "dominant_positions", "forward_flops",
+           "grid_cells", "naive_patch_sweep", "normalised_effects", "patch_sweep", "top_cells"]

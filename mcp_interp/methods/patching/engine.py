@@ -1,16 +1,18 @@
 """Exact activation patching: a fast engine and the naive reference loop.
 
 Example i has clean tokens clean[i] and counterfactual tokens corrupt[i] of the same length T_i
-(lengths may differ across examples; both paths bucket by length). positions[i, c] is the token
-index in example i of position column c; a Cell patches one site at (layer, column[, head]).
-Denoising runs the corrupt input and writes the clean activation in; noising the reverse. The
-metric is read at each example's final token; raw values only (callers normalise).
+(lengths may differ across examples; both paths bucket by length). positions [n, P]: positions[i, c]
+is the token index in example i of position column c (negative counts from the end). A cell is a core
+`Site` of kind resid_pre, attn_out, mlp_out or z (z with its `head`) whose `position` is a column index
+c: it patches that activation at token positions[i, c] of every example i. Denoising runs the corrupt
+input and writes the clean activation in; noising the reverse. The metric is read at each example's
+final token; raw values only (callers normalise).
 
 `patch_sweep` returns what `naive_patch_sweep` (one hooked forward per cell) returns, to float
-noise, while running only what a patch can change: see patch_runner.py for how. Recomputed rows
-go through patch_block.fast_block (no TL hook points: hooks left on the model would act on the
+noise, while running only what a patch can change: see runner.py for how. Recomputed rows go
+through core.block.fast_block (no TL hook points: hooks left on the model would act on the
 cached runs but not there) or, with block="tl" or an unsupported architecture, TL's own blocks.
-Special cell: site "resid_pre" with layer == n_layers is the final residual stream
+Special cell: kind "resid_pre" with layer == n_layers is the final residual stream
 (blocks.{L-1}.hook_resid_post).
 """
 
@@ -30,13 +32,13 @@ from torch import Tensor
 
 from ..core.block import fast_path_ok, layer_weights
 from ..core.metrics import Metric
-from ..core.progress import Cancelled, Progress, check_cancelled
-from .runner import SITE_CODES, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
+from ..core.progress import Progress, check_cancelled
+from ..core.sites import Site
+from .runner import SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
 
-Site = Literal["resid_pre", "attn_out", "mlp_out", "z"]
 Direction = Literal["denoise", "noise"]
 
-__all__ = ["ActivationCache", "Cancelled", "Cell", "PatchResult", "Site", "naive_patch_sweep", "patch_sweep"]
+__all__ = ["ActivationCache", "Direction", "PatchResult", "naive_patch_sweep", "patch_sweep"]
 
 
 class ActivationCache:
@@ -58,7 +60,9 @@ class ActivationCache:
         h = hashlib.sha256(base_t.cpu().numpy().tobytes() + b"|" + src_t.cpu().numpy().tobytes()).hexdigest()
         return id(model), tuple(base_t.shape), h
 
-    def get(self, model, base_t: Tensor, src_t: Tensor, names: set[str]):
+    def get(self, model, base_t: Tensor, src_t: Tensor, names: set[str]) -> tuple[BucketCache, bool]:
+        """The cached run of base_t [nb, T] and src_t [nb, T] holding at least the hooks in `names`, and
+        whether it was a hit (False: it was just computed, with the union of the old and new names)."""
         key = self._key(model, base_t, src_t)
         with self._lock:
             entry = self._entries.get(key)
@@ -78,20 +82,14 @@ class ActivationCache:
         return bc, False
 
 
-@dataclass(frozen=True)
-class Cell:
-    site: Site
-    layer: int
-    pos: int               # position column (index into positions[i, :])
-    head: int | None = None
-
-
 @dataclass
 class PatchResult:
+    """Raw metric values of a sweep (CPU float32) and what it cost; column j of `patched` is cells[j]."""
+
     clean: Tensor            # [n] metric on clean inputs
     corrupt: Tensor          # [n] metric on counterfactual inputs
     patched: Tensor          # [n, n_cells] metric after patching each cell
-    cells: list[Cell]
+    cells: list[Site]
     direction: str
     seconds: float = 0.0
     n_pairs: int = 0         # examples x cells
@@ -105,14 +103,16 @@ class PatchResult:
 
     @property
     def gflops_per_s(self) -> float:
+        """Achieved matmul throughput of the sweep (flops / seconds), in GFLOP/s."""
         return self.flops / self.seconds / 1e9 if self.seconds > 0 else float("nan")
 
     def normalised(self) -> Tensor:
-        """(m_patched - m_base) / (m_source - m_base) per example: 1 = fully restored."""
+        """(m_patched - m_base) / (m_source - m_base) per example: [n, n_cells]; 1 = fully restored."""
         base, src = (self.corrupt, self.clean) if self.direction == "denoise" else (self.clean, self.corrupt)
         return (self.patched - base[:, None]) / (src - base)[:, None]
 
     def cost(self) -> dict:
+        """Time and work: pairs, skipped pairs, rows run, token-layers and GFLOPs next to the naive loop's."""
         return {"seconds": self.seconds, "pairs": self.n_pairs, "skipped": self.n_skipped,
                 "rows_run": self.n_forward_rows, "token_layers": self.token_layers,
                 "naive_token_layers": self.naive_token_layers, "gflop": self.flops / 1e9,
@@ -141,19 +141,23 @@ def _validate(model, clean, corrupt, positions, cells, direction):
     if (positions < 0).any() or (positions >= lens[:, None]).any():
         raise ValueError("a position index is outside its example")
     for c in cells:
-        if c.site not in SITE_CODES:
-            raise ValueError(f"unknown site {c.site!r}; expected one of {list(SITE_CODES)}")
-        top = cfg.n_layers if c.site == "resid_pre" else cfg.n_layers - 1
+        if not isinstance(c, Site):
+            raise ValueError(f"cells must be core Sites, not {type(c).__name__}")
+        if c.kind not in SITE_CODES:
+            raise ValueError(f"unknown site {c.kind!r}; expected one of {list(SITE_CODES)}")
+        top = cfg.n_layers if c.kind == "resid_pre" else cfg.n_layers - 1
         if not 0 <= c.layer <= top:
-            raise ValueError(f"{c}: layer out of range 0..{top}")
-        if not 0 <= c.pos < positions.shape[1]:
-            raise ValueError(f"{c}: position column out of range 0..{positions.shape[1] - 1}")
-        if (c.site == "z") != (c.head is not None):
-            raise ValueError(f"{c}: a head is required for site 'z' and only there")
-        if c.site == "z" and not 0 <= c.head < cfg.n_heads:
-            raise ValueError(f"{c}: head out of range 0..{cfg.n_heads - 1}")
-        if c.site == "mlp_out" and cfg.attn_only:
-            raise ValueError(f"{c}: the model is attention-only")
+            raise ValueError(f"{c.label}: layer out of range 0..{top}")
+        if not hasattr(c.position, "__index__") or isinstance(c.position, bool):
+            raise ValueError(f"{c.label}: position must be a position column index, not {c.position!r}")
+        if not 0 <= c.position < positions.shape[1]:
+            raise ValueError(f"{c.label}: position column out of range 0..{positions.shape[1] - 1}")
+        if (c.kind == "z") != (c.head is not None):
+            raise ValueError(f"{c.label}: a head is required for site 'z' and only there")
+        if c.kind == "z" and not 0 <= c.head < cfg.n_heads:
+            raise ValueError(f"{c.label}: head out of range 0..{cfg.n_heads - 1}")
+        if c.kind == "mlp_out" and cfg.attn_only:
+            raise ValueError(f"{c.label}: the model is attention-only")
     return clean, corrupt, positions
 
 
@@ -185,11 +189,17 @@ def _naive_costs(model, metric, clean, n_cells) -> tuple[int, int]:
 # ---------------------------------------------------------------- the naive reference
 
 @torch.inference_mode()
-def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Metric,
+def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Metric,
                       direction: Direction = "denoise", max_rows: int = 16384,
                       progress: Progress | None = None,
                       should_cancel: Callable[[], bool] | None = None) -> PatchResult:
-    """One full forward with a TransformerLens hook per cell (per length bucket): the reference."""
+    """One full forward with a TransformerLens hook per cell (per length bucket): the reference.
+
+    Same arguments and result as `patch_sweep` (clean, corrupt: n token sequences [T_i]; positions [n, P];
+    cells: Sites whose `position` is a column of positions), computed the obvious way: for each cell, the
+    whole base batch [nb, T] runs again with the source activation written in at [rows, positions[:, c]].
+    max_rows bounds the examples of one length bucket run together.
+    """
     t0 = time.perf_counter()
     clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
     n, L, dev = len(clean), model.cfg.n_layers, model.cfg.device
@@ -202,7 +212,7 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metri
         xt = torch.stack([corrupt[i] for i in idx]).to(dev)
         mask = torch.ones_like(ct)
         base_t, src_t = _base_src(direction, ct, xt)
-        names = {act_name(model, c.site, c.layer) for c in cells}
+        names = {act_name(model, c) for c in cells}
         src_logits, src_cache = model.run_with_cache(src_t, names_filter=lambda nm: nm in names,
                                                      attention_mask=mask)
         base_logits = model(base_t, attention_mask=mask)
@@ -212,8 +222,8 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metri
         rows = torch.arange(len(idx), device=dev)
         for j, c in enumerate(cells):
             check_cancelled(should_cancel, "patching sweep")
-            name = act_name(model, c.site, c.layer)
-            pos = positions[ex, c.pos].to(dev)
+            name = act_name(model, c)
+            pos = positions[ex, c.position].to(dev)
             src = src_cache[name]
 
             def hook(act, hook, src=src, pos=pos, head=c.head):
@@ -241,6 +251,9 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metri
 def _plan_bucket(model, bc, ex_local_pos, cells, first_diff, m_base, m_src, patched_b):
     """Answer every pair that needs no computation; return the rest as Rows grouped by token p.
 
+    ex_local_pos [nb, P] token indices; first_diff [nb]; m_base, m_src [nb]; patched_b [nb, n_cells] is
+    filled in place for the answered pairs. Returns ({p: Rows}, number of pairs answered).
+
     A pair needs nothing when the patched activation equals the base one: the position precedes
     the first differing token (causal attention), or the cached activations are bitwise equal.
     """
@@ -249,26 +262,26 @@ def _plan_bucket(model, bc, ex_local_pos, cells, first_diff, m_base, m_src, patc
     todo: list[Tensor] = []  # [k, 6] rows of (p, example, cell, layer, site, head)
     skipped = 0
     for j, c in enumerate(cells):
-        p = ex_local_pos[:, c.pos]  # [nb]
-        if c.site == "resid_pre" and c.layer == L:
+        p = ex_local_pos[:, c.position]  # [nb]
+        if c.kind == "resid_pre" and c.layer == L:
             # The final residual only reaches the metric through the last position.
             patched_b[:, j] = torch.where(p == T - 1, m_src, m_base)
             skipped += nb
             continue
-        name = act_name(model, c.site, c.layer)
+        name = act_name(model, c)
         if name not in same_cache:
             a, s = bc.base(name), bc.src(name)
-            dims = tuple(range(3 if c.site == "z" else 2, a.ndim))
+            dims = tuple(range(3 if c.kind == "z" else 2, a.ndim))
             same_cache[name] = (a == s).all(dim=dims).cpu()  # [nb, T] or [nb, T, heads]
         same = same_cache[name][torch.arange(nb), p]
-        if c.site == "z":
+        if c.kind == "z":
             same = same[:, c.head]
         trivial = same | (p < first_diff)
         patched_b[trivial, j] = m_base[trivial]
         skipped += int(trivial.sum())
         e = (~trivial).nonzero().flatten()
         if len(e):
-            const = torch.tensor([j, c.layer, SITE_CODES[c.site], -1 if c.head is None else c.head])
+            const = torch.tensor([j, c.layer, SITE_CODES[c.kind], -1 if c.head is None else c.head])
             todo.append(torch.cat([p[e, None], e[:, None], const.expand(len(e), 4)], dim=1))
     plans = {}
     if todo:
@@ -280,7 +293,7 @@ def _plan_bucket(model, bc, ex_local_pos, cells, first_diff, m_base, m_src, patc
 
 
 @torch.inference_mode()
-def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Metric,
+def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Metric,
                 direction: Direction = "denoise", max_rows: int = 16384,
                 progress: Progress | None = None,
                 should_cancel: Callable[[], bool] | None = None,
@@ -288,9 +301,16 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Met
                 act_cache: ActivationCache | None = None) -> PatchResult:
     """Exact patching of every cell, computing only what each patch can change.
 
+    clean, corrupt: n token sequences (1-D, [T_i]; clean[i] and corrupt[i] of one length).
+    positions: [n, P] token index of each position column per example (negative: from the end).
+    cells: Sites of kind resid_pre (layer 0..n_layers; n_layers = the final residual), attn_out, mlp_out
+    or z (with `head`), each with `position` = a column 0..P-1 of `positions`.
+    metric: read at the final token from the final residual stream (only its unembedding columns).
+    Returns a PatchResult: clean, corrupt [n] and patched [n, len(cells)] metric values, equal to
+    `naive_patch_sweep`'s to float noise.
     max_rows bounds the query tokens (rows x recomputed positions) in one batched forward, and
     4*max_rows the cached keys it reads; lower it to save memory.
-    block: "lean" runs recomputed rows through patch_block.fast_block, "tl" through
+    block: "lean" runs recomputed rows through core.block.fast_block, "tl" through
     TransformerLens' own blocks (any architecture); "auto" picks lean where it applies.
     act_cache: reuse the cached clean/counterfactual runs of earlier sweeps on the same inputs.
     """
@@ -311,11 +331,11 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Cell], metric: Met
     n_cols = metric.n_unembed_columns(model)
     # the cached base+source run of a bucket holds 2 x its tokens: keep that within max_rows
     buckets = _buckets(clean, max(1, max_rows // 2))
-    final_name = act_name(model, "resid_pre", L)
+    final_name = act_name(model, Site("resid_pre", L))
     layers = sorted({c.layer for c in cells if c.layer < L})
-    resid_names = {l: act_name(model, "resid_pre", l) for l in layers}
-    site_names = {(SITE_CODES[c.site], c.layer): act_name(model, c.site, c.layer)
-                  for c in cells if not (c.site == "resid_pre" and c.layer == L)}
+    resid_names = {l: act_name(model, Site("resid_pre", l)) for l in layers}
+    site_names = {(SITE_CODES[c.kind], c.layer): act_name(model, c)
+                  for c in cells if not (c.kind == "resid_pre" and c.layer == L)}
     names = {final_name, *resid_names.values(), *site_names.values()}
     fast = {l: layer_weights(model, l) for l in range(layers[0], L)} if use_lean and layers else None
     res.extra["block"] = "lean" if use_lean else "tl"

@@ -1,4 +1,8 @@
-"""Localisation grids: which cells to patch, and normalised effects with bootstrap CIs."""
+"""Localisation grids: which cells to patch, and normalised effects with bootstrap CIs.
+
+A cell is a core `Site` whose `position` is a position column (see engine.py); a grid is every cell of
+some kinds × layers × columns (× heads for z), flattened in the order `grid_cells` gives.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,39 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .engine import Cell, PatchResult
+from ..core.sites import Site
+from .engine import PatchResult
 
 
-def grid_cells(sites: Sequence[str], layers: Sequence[int], n_positions: int, n_heads: int) -> list[Cell]:
-    """Every (site, layer, position column[, head]) cell, in a fixed order (site, layer, position, head)."""
+def grid_cells(sites: Sequence[str], layers: Sequence[int], n_positions: int, n_heads: int) -> list[Site]:
+    """Every (kind, layer, position column[, head]) cell as a Site, in a fixed order (kind, layer, position,
+    head): for kinds other than z that is len(layers) * n_positions cells per kind, reshapeable to
+    [layer, position]; for z, n_heads times as many, reshapeable to [layer, position, head].
+
+    sites: patch site kinds (resid_pre, attn_out, mlp_out, z).
+    """
     cells = []
     for site in sites:
         for layer in layers:
             for p in range(n_positions):
                 if site == "z":
-                    cells += [Cell("z", layer, p, h) for h in range(n_heads)]
+                    cells += [Site("z", layer, head=h, position=p) for h in range(n_heads)]
                 else:
-                    cells.append(Cell(site, layer, p))  # type: ignore[arg-type]
+                    cells.append(Site(site, layer, position=p))
     return cells
+
+
+def cell_dict(cell: Site) -> dict:
+    """A cell as stored in artifacts (locate's grid.json): {"site": kind, "layer", "pos": position column,
+    "head": head or None}, in that key order (the format written before cells were Sites)."""
+    return {"site": cell.kind, "layer": cell.layer, "pos": cell.position, "head": cell.head}
 
 
 def normalised_effects(res: PatchResult, n_boot: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
     """Normalised effect per cell, as a ratio of example means, with a percentile bootstrap over examples.
+
+    Returns {"mean", "lo", "hi": [n_cells] (95% percentile bootstrap, n_boot resamples of the examples),
+    "per_example": [n, n_cells], "gap": mean(m_source - m_base)}, numpy float64.
 
     Denoising: (mean m_patched − mean m_cf) / (mean m_clean − mean m_cf): 1 = the patch restores the clean
     behaviour, 0 = no effect. Noising: (mean m_patched − mean m_clean) / (mean m_cf − mean m_clean): 1 = the
@@ -59,7 +78,8 @@ def normalised_effects(res: PatchResult, n_boot: int = 1000, seed: int = 0) -> d
 def dominant_positions(mean: np.ndarray, layers: Sequence[int], labels: Sequence[str]) -> list[dict]:
     """Runs of consecutive layers whose strongest position (by effect) is the same: where the information sits.
 
-    mean: [n_layers_selected, n_positions]. Returns [{layers: [first, last], position, mean_effect}].
+    mean: [n_layers_selected, n_positions] (NaN rows are skipped); layers: the layer of each row; labels: the
+    name of each position column. Returns [{layers: [first, last], position: label, mean_effect}].
     """
     runs: list[dict] = []
     prev = None
@@ -80,7 +100,10 @@ def dominant_positions(mean: np.ndarray, layers: Sequence[int], labels: Sequence
 
 
 def top_cells(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int = 5) -> list[tuple[tuple[int, ...], float, float, float]]:
-    """The k cells with the largest |effect|: (index tuple, effect, lo, hi)."""
+    """The k cells with the largest |effect| (NaN last): (index tuple into mean, effect, lo, hi).
+
+    mean, lo, hi: one grid of any shape, e.g. [layer, position] or [layer, position, head].
+    """
     flat = np.nan_to_num(np.abs(mean), nan=-1).ravel()
     order = np.argsort(-flat, kind="stable")[:k]
     return [(tuple(int(i) for i in np.unravel_index(j, mean.shape)), float(mean.flat[j]), float(lo.flat[j]),

@@ -11,6 +11,9 @@ at layer l, positions p..T-1 only, and runs blocks l..L-1 attending to the base 
 keys/values for positions < p. Rows with the same p share one batch; sorted by start layer they
 form a staircase: rows join the batch at their own layer (before that they equal the base run,
 so they need no computation), and each block runs once over all rows present.
+
+Shapes: nb = examples in a length bucket, T = their token length, R = rows in a batch, S = T - p
+recomputed positions of a row.
 """
 
 from __future__ import annotations
@@ -23,17 +26,21 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from ..core.block import fast_block, past_kv, segments
+from ..core.sites import Site
 
+# The site kinds activation patching covers, and the integer code each carries inside the engine's row
+# tensors (Rows.site) and patch lists (fast_block's `patches`). Internal: the public vocabulary is `Site`.
 SITE_CODES = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "z": 3}
 
 
-def act_name(model, site: str, layer: int) -> str:
-    """TransformerLens hook name of a site; resid_pre at layer n_layers is the final residual."""
+def act_name(model, site: Site) -> str:
+    """TransformerLens hook name holding `site`'s activation ([batch, pos, d_model], or [batch, pos, n_heads,
+    d_head] for z). Special case: resid_pre at layer n_layers is the final residual stream
+    (blocks.{n_layers-1}.hook_resid_post), the input of ln_final / the unembedding."""
     n = model.cfg.n_layers
-    if site == "resid_pre":
-        return f"blocks.{layer}.hook_resid_pre" if layer < n else f"blocks.{n - 1}.hook_resid_post"
-    return {"attn_out": f"blocks.{layer}.hook_attn_out", "mlp_out": f"blocks.{layer}.hook_mlp_out",
-            "z": f"blocks.{layer}.attn.hook_z"}[site]
+    if site.kind == "resid_pre" and site.layer >= n:
+        return f"blocks.{n - 1}.hook_resid_post"
+    return site.hook
 
 
 def _hook_module(model, site_code: int, layer: int):
@@ -67,6 +74,13 @@ def forward_flops(cfg, batch: int, seq: int, unembed_cols: int) -> int:
 
 @dataclass
 class BucketCache:
+    """The base and source runs of one length bucket, run once as one batch of 2 nb sequences.
+
+    acts holds each cached hook's activation for both runs stacked ([2 nb, T, d_model], or [2 nb, T,
+    n_heads, d_head] for z): base rows first, then source rows. kv is the base+source KV cache of every
+    layer (keys/values as attention appends them: post QK-norm, pre-rotary).
+    """
+
     nb: int                 # examples in the bucket; rows [0, nb) are base, [nb, 2nb) source
     T: int
     acts: dict[str, Tensor]  # hook name -> [2nb, T, ...]
@@ -74,20 +88,25 @@ class BucketCache:
     _past: dict = field(default_factory=dict)
 
     def past(self, model, layer: int) -> tuple[Tensor, Tensor]:
-        """The base run's rotated keys and values at `layer`, laid out for the lean block."""
+        """The base run's rotated keys [nb, n_kv_heads, d_head, T] and values [nb, n_kv_heads, T, d_head] at
+        `layer`, laid out for the lean block (computed once per layer, then reused)."""
         if layer not in self._past:
             self._past[layer] = past_kv(model, self.kv[layer], self.nb, layer)
         return self._past[layer]
 
     def base(self, name: str) -> Tensor:
+        """The base run's activation at hook `name`: [nb, T, ...]."""
         return self.acts[name][: self.nb]
 
     def src(self, name: str) -> Tensor:
+        """The source run's activation at hook `name`: [nb, T, ...]."""
         return self.acts[name][self.nb:]
 
 
 @torch.inference_mode()
 def cached_run(model, base_tokens: Tensor, src_tokens: Tensor, names: set[str]) -> BucketCache:
+    """One forward of base_tokens [nb, T] and src_tokens [nb, T] together, caching the hooks in `names`
+    and every layer's keys/values; no logits are computed (return_type=None)."""
     toks = torch.cat([base_tokens, src_tokens]).to(model.cfg.device)
     kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(toks))
     # An explicit all-ones mask: no pad-token masking, no tokenizer needed.
@@ -101,27 +120,33 @@ def cached_run(model, base_tokens: Tensor, src_tokens: Tensor, names: set[str]) 
 
 @dataclass
 class Rows:
-    """Work items sharing one start token p, sorted by start layer."""
+    """Work items sharing one start token p, sorted by start layer: one (example, cell) pair per row.
+
+    Every field is a [R] long tensor (CPU).
+    """
 
     ex: Tensor     # local example index in the bucket
     cell: Tensor   # column in the output
     layer: Tensor
-    site: Tensor   # SITE_CODES
+    site: Tensor   # SITE_CODES of the cell's kind
     head: Tensor   # -1 unless z
 
     def __len__(self) -> int:
         return len(self.ex)
 
     def sorted(self) -> "Rows":
+        """The same rows, stably sorted by start layer (the staircase order `run_rows` needs)."""
         o = torch.argsort(self.layer, stable=True)
         return Rows(self.ex[o], self.cell[o], self.layer[o], self.site[o], self.head[o])
 
     def slice(self, a: int, b: int) -> "Rows":
+        """Rows a..b-1."""
         return Rows(self.ex[a:b], self.cell[a:b], self.layer[a:b], self.site[a:b], self.head[a:b])
 
 
 def chunk_bounds(n_rows: int, seq_q: int, seq_k: int, max_rows: int) -> list[tuple[int, int]]:
-    """Split rows so a batch holds at most max_rows query tokens and 4*max_rows cached keys."""
+    """Split n_rows rows (seq_q recomputed positions each, attending to seq_k keys) into (start, end)
+    chunks so a batch holds at most max_rows query tokens and 4*max_rows cached keys; at least one row each."""
     per = max(1, min(max_rows // max(seq_q, 1), (4 * max_rows) // max(seq_k, 1)))
     return [(a, min(a + per, n_rows)) for a in range(0, n_rows, per)]
 
@@ -157,9 +182,11 @@ def run_rows(model, bc: BucketCache, rows: Rows, p: int, resid_names: dict[int, 
              site_names: dict[tuple[int, int], str], fast: dict | None) -> tuple[Tensor, Tensor, int, int]:
     """Run one staircase batch of rows (sorted by layer) that all patch token p.
 
-    fast: per-layer LayerWeights for the lean block, or None for TransformerLens' blocks.
-    Returns (final residual at the last position, the row index of each output row, token-layers
-    run, FLOPs). Active rows are kept grouped by example so the lean block can share past keys.
+    resid_names: layer -> hook of the residual entering it; site_names: (site code, layer) -> hook of the
+    patched activation. fast: per-layer LayerWeights for the lean block, or None for TransformerLens' blocks.
+    Returns (final residual at the last position [R, d_model], ids [R]: the index in `rows` of each output
+    row, token-layers run, FLOPs). Output rows come grouped by example (not in `rows` order) so the lean
+    block can share each example's past keys.
     """
     cfg, L, T, dev = model.cfg, model.cfg.n_layers, bc.T, model.cfg.device
     ex_all = rows.ex.to(dev)

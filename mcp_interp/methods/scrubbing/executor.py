@@ -26,7 +26,8 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ..core.metrics import final_normed
 from ..core.progress import check_cancelled
-from .nodes import OUTPUT, CNode, Compiled
+from ..core.sites import n_kv_heads
+from .nodes import OUTPUT, CNode, Compiled, ModelShape, components, site_of
 from .tree import TreePlan
 
 Mode = Literal["resample", "zero", "mean"]
@@ -34,7 +35,8 @@ ROW_BUDGET_BYTES = 256 * 2**20  # activations of one batched call, roughly
 
 
 def check_architecture(model) -> None:
-    """The decomposition needs the residual stream to be a plain sum of per-head and MLP outputs."""
+    """ValueError unless the residual stream is a plain sum of per-head and MLP outputs (pre-norm blocks),
+    which the decomposition of every copy's input needs."""
     cfg = model.cfg
     if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(f"causal scrubbing needs pre-norm blocks whose outputs add into the residual stream; "
@@ -42,29 +44,35 @@ def check_architecture(model) -> None:
 
 
 def device_of(model) -> torch.device:
+    """The device of the model's parameters."""
     return next(model.parameters()).device
 
 
 def input_key(c: CNode, cfg) -> tuple[str, int]:
-    """Which clean residual stream a node reads: ('pre', l) or ('mid', l) (the MLP's)."""
+    """Which clean residual stream a node reads: ('pre', l), the stream entering block l (l = n_layers: the
+    final one, which the output reads), or ('mid', l), between attention and MLP (a sequential MLP's)."""
     if c.kind == "mlp" and not cfg.parallel_attn_mlp:
         return "mid", c.layer
     return "pre", c.layer
 
 
 class CleanRun:
-    """Activations of every example of one layout group, computed once."""
+    """Activations of every example of one layout group, computed once.
+
+    tokens: [n, T]. Keeps, for all n examples, the residual streams every copy reads (`resid[('pre', l)]`,
+    `resid[('mid', l)]`: [n, T, d_model]) and the output of every component, by its Site's hook (`act`:
+    hook_z [n, T, n_heads, d_head], hook_mlp_out and the streams [n, T, d_model]).
+    """
 
     @torch.inference_mode()
     def __init__(self, model, tokens: Tensor, chunk: int = 256):
         cfg, L = model.cfg, model.cfg.n_layers
         self.model, self.cfg, self.n, self.T = model, cfg, tokens.shape[0], tokens.shape[1]
-        names = {f"blocks.{l}.hook_resid_pre" for l in range(L)} | {f"blocks.{L - 1}.hook_resid_post"}
-        names |= {f"blocks.{l}.attn.hook_z" for l in range(L)}
-        if not cfg.attn_only:
-            names |= {f"blocks.{l}.hook_mlp_out" for l in range(L)}
-            if not cfg.parallel_attn_mlp:
-                names |= {f"blocks.{l}.hook_resid_mid" for l in range(L)}
+        streams = {("pre", l): site_of("resid", l, None, L).hook for l in range(L + 1)}
+        if not cfg.attn_only and not cfg.parallel_attn_mlp:  # (no core Site kind names the mid stream)
+            streams |= {("mid", l): f"blocks.{l}.hook_resid_mid" for l in range(L)}
+        # every head's hook_z and every MLP's output (the embeddings are the stream entering block 0)
+        names = set(streams.values()) | {c.site.hook for c in components(ModelShape.of(model)) if c.kind != "embed"}
         if cfg.positional_embedding_type == "shortformer":
             names.add("hook_pos_embed")
         parts: dict[str, list[Tensor]] = {k: [] for k in names}
@@ -73,13 +81,9 @@ class CleanRun:
                                             return_type=None)
             for k in names:
                 parts[k].append(cache[k])
-        act = {k: torch.cat(v) for k, v in parts.items()}
-        self.resid: dict[tuple[str, int], Tensor] = {("pre", l): act[f"blocks.{l}.hook_resid_pre"] for l in range(L)}
-        self.resid[("pre", L)] = act[f"blocks.{L - 1}.hook_resid_post"]
-        if not cfg.attn_only and not cfg.parallel_attn_mlp:
-            self.resid |= {("mid", l): act[f"blocks.{l}.hook_resid_mid"] for l in range(L)}
-        self.z = [act[f"blocks.{l}.attn.hook_z"] for l in range(L)]
-        self.mlp = [act[f"blocks.{l}.hook_mlp_out"] for l in range(L)] if not cfg.attn_only else []
+        self.act: dict[str, Tensor] = {k: torch.cat(v) for k, v in parts.items()}
+        act = self.act
+        self.resid: dict[tuple[str, int], Tensor] = {k: act[h] for k, h in streams.items()}
         self.sf = act["hook_pos_embed"][:1] if "hook_pos_embed" in act else None
         self.W_O = [model.blocks[l].attn.W_O for l in range(L)]
         b_O = [model.blocks[l].attn.b_O for l in range(L)]
@@ -90,29 +94,32 @@ class CleanRun:
         self._means: dict = {}
 
     def out(self, c: CNode, idx: Tensor, pos: Tensor) -> Tensor:
-        """Clean output of node c on examples idx at positions pos: [m, |pos|, d_model]."""
-        if c.kind == "embed":
+        """Clean output of node c on examples idx [m] at positions pos [p]: [m, p, d_model] (a head's: its
+        hook_z through its W_O)."""
+        s = c.site
+        if s.kind == "embed":  # token (+ positional) embeddings: the stream entering block 0
             return self.resid[("pre", 0)][idx][:, pos]
-        if c.kind == "resid":
-            return self.resid[("pre", c.layer)][idx][:, pos]
-        if c.kind == "mlp":
-            return self.mlp[c.layer][idx][:, pos]
-        z = self.z[c.layer][idx][:, pos, c.head]  # [m, p, d_head]
-        return z @ self.W_O[c.layer][c.head]
+        if s.head is None:
+            return self.act[s.hook][idx][:, pos]
+        z = self.act[s.hook][idx][:, pos, s.head]  # [m, p, d_head]
+        return z @ self.W_O[s.layer][s.head]
 
     def mean_out(self, c: CNode, pos: Tensor) -> Tensor:
-        key = ("out", c.kind, c.layer, c.head)
+        """Mean over the group of node c's clean output, at positions pos [p]: [p, d_model]."""
+        key = ("out", c.site)
         if key not in self._means:
             all_ = torch.arange(self.n, device=pos.device)
             self._means[key] = self.out(c, all_, torch.arange(self.T, device=pos.device)).mean(0)
         return self._means[key][pos]
 
     def mean_resid(self, key: tuple[str, int]) -> Tensor:
+        """Mean over the group of a residual stream (`input_key`): [T, d_model]."""
         if key not in self._means:
             self._means[key] = self.resid[key].mean(0)
         return self._means[key]
 
     def logits(self, idx: Tensor) -> Tensor:
+        """The model's own final-position logits on examples idx [m]: [m, d_vocab] float32."""
         return unembed_last(self.model, self.resid[("pre", self.cfg.n_layers)][idx])
 
 
@@ -123,12 +130,14 @@ def unembed_last(model, resid: Tensor) -> Tensor:
 
 
 class Background:
-    """What fills a copy's input wherever the hypothesis claims nothing."""
+    """What fills a copy's input wherever the hypothesis claims nothing: the clean run on the copy's random
+    inputs r [m] (resample), the group mean (mean) or zero component outputs (zero: only the biases)."""
 
     def __init__(self, clean: CleanRun, mode: Mode):
         self.clean, self.mode = clean, mode
 
     def resid(self, key: tuple[str, int], r: Tensor) -> Tensor:
+        """The background of a residual stream (`input_key`) for random inputs r [m]: [m, T, d_model], a copy."""
         c = self.clean
         if self.mode == "resample":
             return c.resid[key][r].clone()
@@ -137,6 +146,8 @@ class Background:
         return c.const[key].expand(len(r), c.T, -1).clone()
 
     def out(self, p: CNode, r: Tensor, pos: Tensor) -> Tensor | None:
+        """The background's share of node p's output at positions pos [p]: [m, p, d_model] ([p, d_model]
+        broadcast under mean ablation); None under zero ablation (nothing to subtract)."""
         c = self.clean
         if p.kind == "resid":
             return self.resid(("pre", p.layer), r)[:, pos]
@@ -148,7 +159,12 @@ class Background:
 
 
 class Executor:
-    """Evaluates a TreePlan bottom-up; every copy of a stage in one batched call."""
+    """Evaluates a TreePlan bottom-up; every copy of a stage in one batched call.
+
+    `positions`: node index -> [p] token indices (tree.resolve_positions); `shortcuts`: take known results
+    (exact copies, copies fed only by their random input) from the clean run instead of computing them.
+    `rows_run` counts copies x examples computed.
+    """
 
     def __init__(self, model, compiled: Compiled, clean: CleanRun, positions: dict[int, np.ndarray], mode: Mode,
                  shortcuts: bool = True, should_cancel: Callable[[], bool] | None = None):
@@ -226,8 +242,10 @@ class Executor:
         return [v[:, self.pos[plan.nodes[tid].node]] for tid, v in zip(tids, res)]
 
     def _heads(self, plan: TreePlan, tids: list[int], inputs: list[dict[str, Tensor]]) -> list[Tensor]:
+        """Copies of heads of one layer, inputs [n, T, d_model] per path each -> outputs [n, T, d_model] each."""
         nodes, cfg = self.compiled.nodes, self.model.cfg
-        l = nodes[plan.nodes[tids[0]].node].layer
+        site = nodes[plan.nodes[tids[0]].node].site  # hook_z of the layer (every head of it)
+        l = site.layer
         block = self.model.blocks[l]
         qkv = {}
         for p in ("q", "k", "v"):
@@ -240,12 +258,11 @@ class Executor:
         if self.clean.sf is not None:
             q, k = q + self.clean.sf, k + self.clean.sf
         if cfg.use_split_qkv_input or cfg.use_attn_in:
-            kv_heads = cfg.n_key_value_heads if cfg.n_key_value_heads and not cfg.ungroup_grouped_query_attention \
-                else cfg.n_heads
+            kv_heads = n_kv_heads(cfg)
             q = q[:, :, None].expand(-1, -1, cfg.n_heads, -1)
             k, v = (t[:, :, None].expand(-1, -1, kv_heads, -1) for t in (k, v))
         got: list[Tensor] = []
-        with self.model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", lambda z, hook: got.append(z))]):
+        with self.model.hooks(fwd_hooks=[(site.hook, lambda z, hook: got.append(z))]):
             block.attn(query_input=q, key_input=k, value_input=v)
         z = got[0]  # [rows, T, heads, d_head]
         heads = torch.tensor([nodes[plan.nodes[tid].node].head for tid in tids], device=self.dev)

@@ -25,12 +25,13 @@ the input by the task's causal model) and model nodes (components at token posit
   With no parents nothing matters: the output is the model's output on a random input.
 
 Everything not named — other components, and named components at other positions — is unimportant.
-Scrubbing (scrub.py) evaluates a copy of each node per path from the output: an important parent is
+Scrubbing (scrubber.py) evaluates a copy of each node per path from the output: an important parent is
 computed on a fresh input that agrees with the child's input on the parent's interpretation node;
 all unimportant contributions to one copy come from one shared random input.
 
 `check_hypothesis` raises `HypothesisError` naming the offending field (`nodes[2].layer: ...`) and
-returns a `Compiled` hypothesis with warnings for claims that are legal but cannot matter.
+returns a `Compiled` hypothesis with warnings for claims that are legal but cannot matter; its nodes
+hold the core `Site` of their component (nodes.py maps the schema's kinds onto Sites).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ...tasks import expressions
 from ...tasks.causal import TEMPLATE
 from ...tasks.spec import TaskSpec
 from .nodes import (INPUT, OUTPUT, CNode, Compiled, HypothesisError, ModelShape, Position, check_overlaps, components,
-                    reachable, reads, stage_of)
+                    reachable, reads, site_of)
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_\-.]{0,63}$"
 
@@ -97,6 +98,7 @@ class Hypothesis(BaseModel):
     output: OutputNode = Field(default_factory=OutputNode)
 
     def node(self, name: str) -> ModelNode:
+        """The model node named `name` (KeyError if none)."""
         for n in self.nodes:
             if n.name == name:
                 return n
@@ -129,7 +131,9 @@ def _check_position(pos: Position, field_: str, spec: TaskSpec) -> None:
 
 
 def check_hypothesis(hyp: Hypothesis | dict, spec: TaskSpec, model_or_cfg: Any) -> Compiled:
-    """Validate a hypothesis against a task spec and a model (or its config); see the module docstring."""
+    """Validate a hypothesis (a `Hypothesis` or its JSON dict) against a task spec and a model (or its config);
+    see the module docstring. Positions are checked by name here and resolved per token layout later
+    (tree.resolve_positions)."""
     if isinstance(hyp, dict):
         hyp = parse_hypothesis(hyp)
     shape = ModelShape.of(model_or_cfg)
@@ -167,11 +171,11 @@ def check_hypothesis(hyp: Hypothesis | dict, spec: TaskSpec, model_or_cfg: Any) 
         for path, names in raw.items():
             sub = f"{f}.inputs.{path}" if n.inputs is not None else f"{f}.parents"
             paths[path] = [_resolve(p, index, f"{sub}[{j}]") for j, p in enumerate(names)]
-        nodes.append(CNode(i, n.name, n.kind, layer, n.head, n.position, n.interp, paths, stage_of(n.kind, layer),
+        nodes.append(CNode(i, n.name, site_of(n.kind, layer, n.head, shape.n_layers), n.position, n.interp, paths,
                            leaf))
-    out = CNode(len(nodes), OUTPUT, OUTPUT, shape.n_layers, None, "END", hyp.output.interp or INPUT,
-                {"resid": [_resolve(p, index, f"output.parents[{j}]") for j, p in enumerate(hyp.output.parents)]},
-                stage_of(OUTPUT, shape.n_layers))
+    out = CNode(len(nodes), OUTPUT, site_of(OUTPUT, shape.n_layers, None, shape.n_layers), "END",
+                hyp.output.interp or INPUT,
+                {"resid": [_resolve(p, index, f"output.parents[{j}]") for j, p in enumerate(hyp.output.parents)]})
     if hyp.output.interp is not None and hyp.output.interp not in interp:
         raise HypothesisError("output.interp", f"unknown interpretation node {hyp.output.interp!r}")
     nodes.append(out)
@@ -281,5 +285,5 @@ def nothing_matters(model_or_cfg: Any) -> Hypothesis:
                       output=OutputNode(parents=[]))
 
 
-__all__ = ["Compiled", "CNode", "Hypothesis", "HypothesisError", "INPUT", "InterpNode", "ModelNode", "ModelShape",
-           "OutputNode", "check_hypothesis", "everything_matters", "nothing_matters", "parse_hypothesis"]
+__all__ = ["Hypothesis", "InterpNode", "ModelNode", "OutputNode", "check_hypothesis", "everything_matters",
+           "nothing_matters", "parse_hypothesis"]

@@ -28,15 +28,18 @@ class SeedStats:
 
     @classmethod
     def of(cls, values) -> SeedStats:
+        """From one value per seed ([seeds])."""
         v = np.asarray(values, dtype=np.float64)
         return cls(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, [float(x) for x in v])
 
     def as_dict(self) -> dict:
+        """JSON-ready {mean, std, per_seed}."""
         return {"mean": self.mean, "std": self.std, "per_seed": self.per_seed}
 
 
 class TaskScore:
-    """Per-example loss and metric of final-position logits against given examples' labels."""
+    """Per-example loss and metric of final-position logits against given examples' labels (the answer token,
+    the counterfactual answer token, and the good / bad token sets of prob_diff)."""
 
     def __init__(self, ds: TaskDataset):
         self.metric_name = ds.spec.metric
@@ -46,7 +49,8 @@ class TaskScore:
         self.bad = [torch.tensor(e.bad_ids, dtype=torch.long) for e in ds.examples]
 
     def pair_matrices(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """loss[j, i] and metric[j, i]: logits of row j scored against example labels[i]."""
+        """logits [m, d_vocab], labels [k] example indices -> loss [m, k] and metric [m, k]: row j of logits
+        scored against example labels[i] (float32, CPU)."""
         logits = logits.float().cpu()
         a, b = self.answer[labels], self.cf_answer[labels]
         loss = -torch.log_softmax(logits, -1)[:, a]
@@ -63,7 +67,8 @@ class TaskScore:
         return loss, metric
 
     def score(self, logits: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row loss and metric of logits[k] against example labels[k]."""
+        """logits [m, d_vocab], labels [m] -> per-row loss and metric [m] (float64) of logits[k] against example
+        labels[k]."""
         loss, metric = [], []
         for k0 in range(0, len(labels), 256):
             ls, ms = self.pair_matrices(logits[k0:k0 + 256], labels[k0:k0 + 256])
@@ -72,7 +77,8 @@ class TaskScore:
         return torch.cat(loss).numpy().astype(np.float64), torch.cat(metric).numpy().astype(np.float64)
 
     def random(self, logits: Tensor, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per reference i in idx: mean over inputs j in idx of the scores of logits[j] against i's label."""
+        """logits [n, d_vocab] (dataset order), idx [k] one layout's examples -> loss and metric [k] (float64): per
+        reference i in idx, the mean over inputs j in idx of logits[j] scored against i's label."""
         ls, ms = self.pair_matrices(logits[torch.as_tensor(idx)], torch.as_tensor(idx))
         return ls.mean(0).numpy().astype(np.float64), ms.mean(0).numpy().astype(np.float64)
 

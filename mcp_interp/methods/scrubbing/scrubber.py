@@ -5,8 +5,9 @@ when every activation is resampled in every way the hypothesis says cannot matte
     res.scrubbed.recovered.mean      # loss recovered, mean over seeds
     res.summary()                    # JSON-ready, no arrays
 
-Semantics of the hypothesis: hypothesis.py. Treeification and sampling: scrub_tree.py. Batched
-execution: scrub_run.py. Loss, metric and baselines: scrub_score.py.
+Semantics of the hypothesis: hypothesis.py (its compiled nodes and their core Sites: nodes.py).
+Treeification and sampling: tree.py. Batched execution: executor.py. Loss, metric and baselines:
+score.py.
 
 Beside the score of the hypothesis (resampling ablation, as the method defines it), it reports the
 same tree with the unimportant contributions zero- or mean-ablated instead (for contrast: those take
@@ -25,20 +26,21 @@ import numpy as np
 import torch
 
 from ...tasks.dataset import TaskDataset
-from ..core.progress import Cancelled, Progress
+from ..core.progress import Progress
 from .executor import CleanRun, Executor, Mode, check_architecture, device_of
-from .hypothesis import INPUT, OUTPUT, Compiled, Hypothesis, check_hypothesis
-from .nodes import reachable
+from .hypothesis import Hypothesis, check_hypothesis
+from .nodes import INPUT, OUTPUT, Compiled, reachable
 from .score import SeedStats, TaskScore, recovered, recovered_metric
 from .tree import (Sampler, TreeTooLarge, exact_nodes, interp_values, layout_groups, plan_tree, position_warnings,
                    resolve_positions, tree_size)
 
-__all__ = ["Cancelled", "Contribution", "Scores", "ScrubResult", "Scrubber", "graph_data", "scrub_hypothesis"]
+__all__ = ["Contribution", "Scores", "ScrubResult", "Scrubber", "graph_data", "scrub_hypothesis"]
 
 
 @dataclass
 class Scores:
-    """One hypothesis under one ablation mode, over the seeds."""
+    """One hypothesis under one ablation mode, over the seeds: each score's mean, std and per-seed values
+    (a seed's value is over all n examples), and per-example loss and metric averaged over seeds ([n])."""
 
     loss: SeedStats  # L_scrubbed
     metric: SeedStats  # m_scrubbed
@@ -48,6 +50,7 @@ class Scores:
     per_example_metric: np.ndarray
 
     def as_dict(self) -> dict:
+        """The four SeedStats, JSON-ready (no per-example arrays)."""
         return {k: getattr(self, k).as_dict() for k in ("recovered", "recovered_metric", "loss", "metric")}
 
 
@@ -67,6 +70,7 @@ class Contribution:
     sharpen_effect_metric: float | None = None
 
     def as_dict(self) -> dict:
+        """JSON-ready: the dropped / sharpened loss recovered and the effects (no per-example arrays)."""
         return {"name": self.name, "label": self.label, "interp": self.interp,
                 "recovered_dropped": self.dropped.recovered.as_dict(), "drop_effect": self.drop_effect,
                 "drop_effect_metric": self.drop_effect_metric,
@@ -76,6 +80,11 @@ class Contribution:
 
 @dataclass
 class ScrubResult:
+    """What `scrub_hypothesis` returns: baselines (mean over the n examples), the hypothesis's scores under
+    resampling and each extra ablation, per-node contributions, the plot-ready `graph` (graph_data), the
+    tree's size, interpretation-node statistics, warnings, and `per_example` arrays ([n] each: loss and
+    metric of the model, of random inputs and scrubbed)."""
+
     hypothesis: str
     n: int
     seeds: list[int]
@@ -115,6 +124,9 @@ class Scrubber:
     random input is that input's clean output; a copy whose parents add up to its whole input through
     `input` is its own input's clean output, and is not expanded). Results are the same either way up
     to float noise; tests turn it off to exercise the full computation.
+
+    Holds the model's final-position logits `logits_model` [n, d_vocab] and the per-example baselines
+    `loss_model`, `metric_model`, `loss_random`, `metric_random` ([n] each, dataset order).
     """
 
     def __init__(self, model, dataset: TaskDataset, *, shortcuts: bool = True, max_tree_nodes: int = 20_000):
@@ -152,7 +164,8 @@ class Scrubber:
 
     def logits(self, compiled: Compiled, mode: Mode, seed: int,
                should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-        """Scrubbed final-position logits for every example (dataset order): one tree sample per seed."""
+        """Scrubbed final-position logits for every example, in dataset order: [n, d_vocab] float32 on the CPU.
+        One tree sample per (seed, layout group)."""
         out = torch.empty_like(self.logits_model)
         values = interp_values(compiled, self.ds)
         for gi, g in enumerate(self.groups):
@@ -167,7 +180,8 @@ class Scrubber:
 
     def scores(self, compiled: Compiled, mode: Mode, seeds: Sequence[int], tick: Callable[[], None] = lambda: None,
                should_cancel: Callable[[], bool] | None = None) -> Scores:
-        """Loss, metric and both recovery scores of one hypothesis under one ablation mode, over seeds."""
+        """Loss, metric and both recovery scores of one hypothesis under one ablation mode, over seeds; `tick`
+        is called after each seed."""
         losses, metrics = [], []
         for s in seeds:
             ls, ms = self.score.score(self.logits(compiled, mode, s, should_cancel), torch.arange(len(self.ds)))
@@ -202,7 +216,8 @@ def _sharpen(hyp: Hypothesis, name: str) -> Hypothesis:
 
 
 def graph_data(compiled: Compiled, contributions: list[Contribution]) -> dict:
-    """Plot-ready hypothesis graph: nodes (with contributions) and edges (parent -> child, by path)."""
+    """Plot-ready hypothesis graph: nodes (name, label, schema kind / layer / head, position, interp, stage,
+    and their contributions) and edges (parent -> child, by path). Drawn by artifacts.graph_plot."""
     contrib = {c.name: c for c in contributions}
     nodes, edges = [], []
     for c in compiled.nodes:

@@ -4,7 +4,7 @@ The recursion of `run_scrub` (Chan et al. 2022) is unrolled into a tree *plan* b
 one `TreeNode` per path from the output, each holding, for all n reference inputs at once, the input
 it represents (`x`, index array) and the one random input (`r`) that supplies all of its unimportant
 contributions. An important parent's copy gets a fresh input agreeing with the child's `x` on the
-parent's interpretation node. Sampling everything up front lets the executor (scrub_run.py) batch
+parent's interpretation node. Sampling everything up front lets the executor (executor.py) batch
 every copy of a layer into one forward, and lets a brute-force reference replay the same draws.
 
 Resampling never crosses token layouts: examples are grouped by (length, named-position indices) and
@@ -29,14 +29,15 @@ class TreeTooLarge(HypothesisError):
 
 @dataclass
 class Group:
-    """Examples sharing one token layout: resampling stays inside a group."""
+    """Examples sharing one token layout (length, named-position indices): resampling stays inside a group."""
 
-    idx: np.ndarray  # dataset indices
+    idx: np.ndarray  # [n_group] dataset indices
     length: int
     positions: dict[str, int]
 
 
 def layout_groups(ds: TaskDataset) -> list[Group]:
+    """The dataset's examples grouped by token layout, in order of first appearance."""
     groups: dict[tuple, list[int]] = {}
     for i, e in enumerate(ds.examples):
         key = (len(e.tokens), tuple(sorted(e.positions.items())))
@@ -53,7 +54,8 @@ def _hashable(v: Any) -> Any:
 
 
 def interp_values(compiled: Compiled, ds: TaskDataset) -> dict[str, list[Any]]:
-    """Value of every interpretation node on every example (INPUT: the token tuple)."""
+    """Value of every interpretation node on every example, in dataset order (INPUT: the token tuple);
+    values are made hashable (lists -> tuples). HypothesisError names the interp entry that fails."""
     out: dict[str, list[Any]] = {INPUT: [tuple(e.tokens) for e in ds.examples]}
     for i, it in enumerate(compiled.hypothesis.interp):
         vals = []
@@ -72,7 +74,10 @@ def interp_values(compiled: Compiled, ds: TaskDataset) -> dict[str, list[Any]]:
 
 
 class Sampler:
-    """Draws, per reference, a uniform input of the group that agrees on an interpretation node."""
+    """Draws, per reference, a uniform input of the group that agrees on an interpretation node.
+
+    `values`: interp_values of the whole dataset; `local`: [n] the group's dataset indices. Inputs are
+    local indices 0..n-1 into the group."""
 
     def __init__(self, values: dict[str, list[Any]], local: np.ndarray, rng: np.random.Generator):
         self.rng, self.n = rng, len(local)
@@ -88,6 +93,8 @@ class Sampler:
             self._tables[name] = (cls, order, starts, counts)
 
     def agree(self, name: str, x: np.ndarray) -> np.ndarray:
+        """[m] local inputs -> [m] fresh inputs, each uniform among those agreeing with x[i] on `name` (itself
+        included; INPUT: x itself)."""
         if name == INPUT:  # the same input (duplicates of its tokens would give identical activations)
             return x.copy()
         cls, order, starts, counts = self._tables[name]
@@ -96,6 +103,7 @@ class Sampler:
         return order[starts[c] + np.minimum(pick, counts[c] - 1)]
 
     def random(self) -> np.ndarray:
+        """[n] uniform local inputs, one per reference."""
         return self.rng.integers(0, self.n, size=self.n)
 
     def agreeing_fraction(self, name: str) -> float:
@@ -107,7 +115,8 @@ class Sampler:
 
 
 def resolve_positions(compiled: Compiled, group: Group) -> dict[int, np.ndarray]:
-    """Token indices of every node in this layout; errors name the node."""
+    """Token indices of every node in this layout: node index -> [p] sorted positions (the output: [T - 1]).
+    Errors name the node; overlapping parents at shared positions raise here."""
     T = group.length
     out: dict[int, np.ndarray] = {}
     for c in compiled.nodes:
@@ -160,10 +169,10 @@ def exact_nodes(compiled: Compiled, positions: dict[int, np.ndarray], T: int) ->
     """Nodes whose every copy outputs its clean value on its own input: leaves (by definition), and nodes
     whose parents add up to the whole residual stream on every path at every position, each through
     `input`, and are exact themselves. Such copies are looked up, not expanded (so everything_matters
-    stays one copy per node). Coverage is a boolean (component x position) grid per path."""
+    stays one copy per node). Coverage is a boolean [component, T] grid per path."""
     shape = compiled.shape
     comps = components(shape)
-    row = {(k.kind, k.layer, k.head): i for i, k in enumerate(comps)}
+    row = {k.site: i for i, k in enumerate(comps)}
     exact: set[int] = set()
     for c in sorted(compiled.nodes, key=lambda n: n.stage):
         if c.leaf:
@@ -181,7 +190,7 @@ def exact_nodes(compiled: Compiled, positions: dict[int, np.ndarray], T: int) ->
                     ok = False
                     break
                 rows = ([i for i, k in enumerate(comps) if reads(p, k, shape)] if p.kind == "resid"
-                        else [row[(p.kind, p.layer, p.head)]])
+                        else [row[p.site]])
                 got[np.ix_(rows, positions[pi])] = True
             ok = ok and bool(got[need].all())
         if ok:
@@ -193,6 +202,8 @@ def exact_nodes(compiled: Compiled, positions: dict[int, np.ndarray], T: int) ->
 
 @dataclass
 class TreeNode:
+    """One copy of a compiled node in the treeified hypothesis, for all n references at once."""
+
     node: int  # compiled node index
     x: np.ndarray  # [n] local indices: the input this copy represents
     r: np.ndarray  # [n] the shared random input of its unimportant contributions
@@ -202,11 +213,14 @@ class TreeNode:
 
 @dataclass
 class TreePlan:
+    """Every copy of the tree (the root, the output, first; a parent's copy after its child's) for n references."""
+
     nodes: list[TreeNode]  # the root (output) first
     n: int
 
 
 def tree_size(compiled: Compiled, exact: set[int]) -> int:
+    """Copies in the tree: one per path from the output, an exact node's copy counting once (not expanded)."""
     memo: dict[int, int] = {}
 
     def size(i: int) -> int:
@@ -218,7 +232,9 @@ def tree_size(compiled: Compiled, exact: set[int]) -> int:
 
 
 def plan_tree(compiled: Compiled, sampler: Sampler, exact: set[int], max_nodes: int) -> TreePlan:
-    """Sample the whole tree: the root copy represents each reference input itself."""
+    """Sample the whole tree: the root copy represents each reference input itself (x = arange(n)); every
+    copy draws its random input, every important parent's copy an input agreeing with its child's x on
+    the parent's interpretation node. TreeTooLarge beyond `max_nodes` copies."""
     size = tree_size(compiled, exact)
     if size > max_nodes:
         raise TreeTooLarge("nodes", f"the hypothesis treeifies into {size} copies of model nodes (one per path "

@@ -1,4 +1,4 @@
-"""Tools list_models and load_model."""
+"""Tools list_models and load_model: what the model pool can serve, and loading one now."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from .common import DEFAULT_MODEL, get_model
+from .base import ToolSpec
+from .common import DEFAULT_MODEL, resolve_model
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -21,13 +22,24 @@ class ListModelsOutput(BaseModel):
     id_forms: list[str]
 
 
+def _loaded(lm) -> dict[str, Any]:
+    return {"id": lm.model_id, "source": lm.source, "device": str(lm.device), "n_params": lm.n_params,
+            "memory_mb": round(lm.memory_bytes / 2**20, 2), "weight_hash": lm.weight_hash, "in_use": lm.in_use}
+
+
 def list_models(app: AppContext) -> ListModelsOutput:
     budget = getattr(app.pool, "memory_budget_bytes", None)
     return ListModelsOutput(
-        models=app.pool.available(), loaded=app.pool.loaded(), memory_used_mb=app.pool.memory_used() / 2**20,
-        memory_budget_mb=budget / 2**20 if budget else None, device=app.pool.device,
+        models=app.pool.available(), loaded=[_loaded(lm) for lm in app.pool.loaded()],
+        memory_used_mb=app.pool.memory_used() / 2**20, memory_budget_mb=budget / 2**20 if budget else None,
+        device=app.pool.device,
         id_forms=["smollm2-135m (bundled)", "toy/<name>", "hf:<local dir>", "gguf:<local file>",
                   "<TransformerLens official name> (needs the local Hugging Face cache)"])
+
+
+LIST_MODELS = ToolSpec(
+    "list_models", fn=list_models, input_model=None, output_model=ListModelsOutput, read_only=True,
+    description="Available models (bundled, toy, local), which are loaded, memory use, device.")
 
 
 class LoadModelInput(BaseModel):
@@ -46,10 +58,16 @@ class LoadModelOutput(BaseModel):
 
 
 def load_model(app: AppContext, args: LoadModelInput) -> LoadModelOutput:
-    lm = get_model(app, args.model)
+    lm = resolve_model(app, args.model)
     cfg = lm.model.cfg
     keys = ("n_layers", "d_model", "n_heads", "d_head", "n_key_value_heads", "d_mlp", "d_vocab", "n_ctx",
             "normalization_type", "positional_embedding_type", "attn_only")
     return LoadModelOutput(model=lm.model_id, source=lm.source, device=str(lm.device), n_params=lm.n_params,
                            memory_mb=lm.memory_bytes / 2**20, load_seconds=round(lm.load_seconds, 2),
                            weight_hash=lm.weight_hash, config={k: getattr(cfg, k, None) for k in keys})
+
+
+LOAD_MODEL = ToolSpec(
+    "load_model", fn=load_model, input_model=LoadModelInput, output_model=LoadModelOutput, description=(
+        "Load a model into the pool now (tools load lazily anyway) and show its config: layers, heads, d_model, "
+        "grouped-query KV heads. The first SmolLM2 load converts the GGUF (~1 min); later starts read a cache."))

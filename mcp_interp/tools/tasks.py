@@ -1,4 +1,4 @@
-"""Tools define_task, list_tasks, get_task."""
+"""Tools define_task, list_tasks, get_task: causal tasks, validated against a tokenizer before any weights load."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from ..runtime.task_registry import task_hash
 from ..tasks.causal import CausalModel
 from ..tasks.spec import TaskSpec
-from .common import DEFAULT_MODEL, ExamplePair, dataset, example_pairs
-from .common import get_task as _get_task
-from .common import get_tokenizer, validate_or_raise
+from .base import ToolSpec
+from .common import (DEFAULT_MODEL, ExamplePair, dataset, example_pairs, resolve_task, resolve_tokenizer,
+                     validate_or_raise)
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -40,13 +40,25 @@ def define_task(app: AppContext, args: DefineTaskInput) -> DefineTaskOutput:
     if app.tasks.get(spec.name) is not None and not args.overwrite:
         kind = "a built-in task" if app.tasks.is_builtin(spec.name) else "an existing task"
         raise ToolError(f"name: {spec.name!r} is {kind}. Fix: choose another name or pass overwrite=true.")
-    tok = get_tokenizer(app, args.validate_with_model)
+    tok = resolve_tokenizer(app, args.validate_with_model)
     report = validate_or_raise(spec, tok, args.validate_with_model)
     app.tasks.put(spec)
     ds = dataset(spec, tok, min(spec.default_n, 32), 0, None)
     return DefineTaskOutput(name=spec.name, task_hash=task_hash(spec), validated_with=args.validate_with_model,
                             counterfactuals=report.stats, warnings=[str(w) for w in report.warnings],
                             examples=example_pairs(ds, 3, tok))
+
+
+DEFINE_TASK = ToolSpec(
+    "define_task", fn=define_task, input_model=DefineTaskInput, output_model=DefineTaskOutput, description=(
+        "Define a causal task: input variables (values or range), mechanisms (restricted expressions "
+        "like \"IO if order == 'ABB' else S\" or lookup tables), constraints, prompt templates with "
+        "{variable} slots, the answer template (mind the leading space), counterfactual generators "
+        "(resample | resample_all | swap | assign), named positions (by variable slot or literal text; "
+        "END is implicit) and the metric (logit_diff | prob | accuracy | prob_diff with answer_set). "
+        "Validated against validate_with_model's tokenizer: single-token answers, resolvable positions, "
+        "generators that change the answer when they claim to, enough distinct examples. Errors name "
+        "the field and the examples. get_task('ioi') shows a complete example spec."))
 
 
 class TaskSummary(BaseModel):
@@ -70,7 +82,13 @@ def _summary(app: AppContext, spec: TaskSpec) -> TaskSummary:
 
 
 def list_tasks(app: AppContext) -> ListTasksOutput:
-    return ListTasksOutput(tasks=[_summary(app, _get_task(app, n)) for n in app.tasks.names()])
+    return ListTasksOutput(tasks=[_summary(app, resolve_task(app, n)) for n in app.tasks.names()])
+
+
+LIST_TASKS = ToolSpec(
+    "list_tasks", fn=list_tasks, input_model=None, output_model=ListTasksOutput, read_only=True,
+    description="List built-in and defined tasks with their variables, counterfactual generators, named positions "
+    "and metric.")
 
 
 class GetTaskInput(BaseModel):
@@ -89,10 +107,10 @@ class GetTaskOutput(BaseModel):
 
 
 def get_task(app: AppContext, args: GetTaskInput) -> GetTaskOutput:
-    spec = _get_task(app, args.task)
+    spec = resolve_task(app, args.task)
     examples: list[ExamplePair] = []
     if args.model is not None:
-        tok = get_tokenizer(app, args.model)
+        tok = resolve_tokenizer(app, args.model)
         examples = example_pairs(dataset(spec, tok, args.n_examples, args.seed, args.counterfactual), args.n_examples, tok)
     else:
         cm, rng = CausalModel(spec), random.Random(args.seed)
@@ -108,3 +126,9 @@ def get_task(app: AppContext, args: GetTaskInput) -> GetTaskOutput:
                                         counterfactual_prompt=cm.render(other).text,
                                         counterfactual_answer=cm.answer(other)))
     return GetTaskOutput(summary=_summary(app, spec), task_hash=task_hash(spec), spec=spec, examples=examples)
+
+
+GET_TASK = ToolSpec(
+    "get_task", fn=get_task, input_model=GetTaskInput, output_model=GetTaskOutput, read_only=True,
+    description="A task's full spec and a few rendered clean/counterfactual pairs with labels; with `model`, also "
+    "the tokens and resolved positions. Use it as a template for define_task.")

@@ -1,4 +1,4 @@
-"""Tools get_job, cancel_job, list_jobs."""
+"""Tools get_job, cancel_job, list_jobs: the jobs heavy tools run as."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from ..methods.core import Progress
+from .base import JobView, ToolSpec, job_view
 from .errors import ToolError
-from .runner import JobView, ProgressFn, job_view
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -25,9 +26,15 @@ def _lookup(app: AppContext, job_id: str):
         raise ToolError(f"job_id: no job {job_id!r}. Fix: list_jobs shows the known jobs.") from None
 
 
-def get_job(app: AppContext, args: GetJobInput, progress: ProgressFn | None = None) -> JobView:
+def get_job(app: AppContext, args: GetJobInput, progress: Progress | None = None) -> JobView:
     _lookup(app, args.job_id)
     return job_view(app.jobs.wait(args.job_id, args.wait_seconds, on_progress=progress))
+
+
+GET_JOB = ToolSpec(
+    "get_job", fn=get_job, input_model=GetJobInput, output_model=JobView, progress=True, read_only=True,
+    description="Long-poll a job: waits up to wait_seconds, then returns its status, progress and, once complete, "
+    "the tool's full result.")
 
 
 class CancelJobInput(BaseModel):
@@ -40,8 +47,13 @@ def cancel_job(app: AppContext, args: CancelJobInput) -> JobView:
     return job_view(app.jobs.get(args.job_id))
 
 
+CANCEL_JOB = ToolSpec(
+    "cancel_job", fn=cancel_job, input_model=CancelJobInput, output_model=JobView,
+    description="Cancel a queued or running job (cooperative: it stops at the next checkpoint).")
+
+
 class ListJobsInput(BaseModel):
-    status: str | None = Field(None, description="queued, running, succeeded, failed, cancelled or interrupted")
+    status: str | None = Field(None, description="queued, running, complete, failed, cancelled or interrupted")
 
 
 class ListJobsOutput(BaseModel):
@@ -53,3 +65,8 @@ def list_jobs(app: AppContext, args: ListJobsInput) -> ListJobsOutput:
     for v in views:
         v.result = None  # the listing stays small; get_job returns a result
     return ListJobsOutput(jobs=views)
+
+
+LIST_JOBS = ToolSpec(
+    "list_jobs", fn=list_jobs, input_model=ListJobsInput, output_model=ListJobsOutput, read_only=True,
+    description="Jobs of this store (including ones interrupted by a server restart).")

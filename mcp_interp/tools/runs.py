@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from .base import ToolSpec, artifact_uri
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ def list_runs(app: AppContext, args: ListRunsInput) -> ListRunsOutput:
     return ListRunsOutput(runs=[_summary(r) for r in recs], store=str(app.store.root))
 
 
+LIST_RUNS = ToolSpec(
+    "list_runs", fn=list_runs, input_model=ListRunsInput, output_model=ListRunsOutput, read_only=True,
+    description="Stored runs, newest first, filtered by task / model / tool / status, with their key metrics.")
+
+
 class GetRunInput(BaseModel):
     run_id: str
 
@@ -66,12 +72,18 @@ def get_run(app: AppContext, args: GetRunInput) -> GetRunOutput:
         rec = app.store.get_run(args.run_id)
     except KeyError:
         raise _not_found(args.run_id) from None
-    files = {f: f"artifact://{rec.run_id}/{f}" for f in app.store.list_files(rec.run_id)}
+    files = {f: artifact_uri(rec.run_id, f) for f in app.store.list_files(rec.run_id)}
     result = manifest = None
     if rec.status == "complete":
         result = app.store.read_result(rec.run_id)
         manifest = app.store.read_manifest(rec.run_id)
     return GetRunOutput(run=_summary(rec), files=files, result=result, manifest=manifest)
+
+
+GET_RUN = ToolSpec(
+    "get_run", fn=get_run, input_model=GetRunInput, output_model=GetRunOutput, read_only=True,
+    description="One stored run: its result, manifest (versions, model weight hash, task hash, parameters, seed, "
+    "timings) and file URIs (artifact://<run_id>/<file>, readable as resources).")
 
 
 def read_artifact(app: AppContext, run_id: str, name: str) -> bytes:

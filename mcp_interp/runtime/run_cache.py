@@ -1,0 +1,29 @@
+"""The run cache: the same tool, task, model and parameters return the stored run instead of recomputing."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..artifacts import params_hash
+from .task_registry import task_hash
+
+if TYPE_CHECKING:
+    from .context import AppContext
+
+
+def cached_result(app: AppContext, tool: str, task: str, model: str, params: dict) -> dict | None:
+    """The stored result of an identical earlier request, if one completed.
+
+    Identical means the same parameters, the same task spec (a redefined task has a new hash) and, when
+    the model is loaded, the same weights.
+    """
+    spec = app.tasks.get(task)
+    loaded = {lm.model_id: lm for lm in app.pool.loaded()}
+    rec = app.store.find_cached(tool, task, model, params_hash(params),
+                                task_hash=task_hash(spec) if spec else None,
+                                weight_hash=loaded[model].weight_hash if model in loaded else None)
+    if rec is None:
+        return None
+    result = app.store.read_result(rec.run_id)
+    result["cached"] = True
+    return result

@@ -1,0 +1,235 @@
+"""Tool attribute: which components (or edges) carry the behaviour, and is the circuit they form faithful?"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from ..artifacts import plots
+from ..methods.attribution import run_attribution
+from ..methods.core import Progress, ci_dict
+from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, Stat, pair_dataset, per_token_metric, resolve_task
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from ..runtime.context import AppContext
+
+TOOL = "attribute"
+Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "eap", "eap_ig"]
+NODE_ONLY = {"atp", "atp_star", "grad", "grad_act", "ig", "act_diff"}
+EDGE_ONLY = {"eap", "eap_ig"}
+METHOD_DOC = (
+    "exact: activation patching, one forward per unit (ground truth, slowest). atp: attribution patching "
+    "(a(x)-a(x'))·∇m at x', 2 forwards + 1 backward for all units. atp_star: AtP with GradDrop (recovers units whose "
+    "direct and indirect effects cancel). grad: |∇m| at x. grad_act: a(x)·∇m(x). ig: integrated gradients along the "
+    "embedding path x'→x (ig_steps). act_diff: |a(x)-a(x')|, not causal, for contrast. eap / eap_ig: edge "
+    "attribution patching (plain / integrated gradients) — level 'edges' only. exact on 'edges' patches each edge "
+    "(small models only).")
+
+
+class AttributeInput(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
+    task: str = Field(..., description="Task name (list_tasks / define_task).")
+    method: Method = Field("atp", description=METHOD_DOC)
+    level: Literal["heads", "mlps", "neurons", "positions", "edges"] = Field(
+        "heads", description="Units to score: attention heads, MLP layers, the neurons of MLP `layer`, the task's "
+        "named positions of the residual stream at `layer`, or edges (sender output -> receiver q/k/v/MLP input).")
+    layer: int | None = Field(None, description="For level 'neurons' (required) and 'positions' (default 0).")
+    counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
+    variable: str | None = Field(None, description="Instead of `counterfactual`: the generator that resamples exactly "
+                                 "this variable.")
+    metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
+    n: int = Field(16, ge=2, le=512, description="Number of clean/counterfactual pairs.")
+    seed: int = 0
+    ig_steps: int = Field(10, ge=1, le=100, description="Integration points for ig / eap_ig.")
+    compare_exact: bool = Field(False, description="Also run exact patching on the same units and report the "
+                                "correlation with it and the cost of each (node levels only).")
+    faithfulness: bool = Field(True, description="Evaluate circuits of the top k% units (k = 0.1 .. 100) with "
+                               "everything outside patched from the counterfactual; report CPR and CMD.")
+    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    wait_seconds: float = WAIT_FIELD
+
+
+class UnitScore(BaseModel):
+    name: str
+    score: float = Field(description="normalised estimate of the unit's denoising effect (1.0 = restores all)")
+    ci95: list[float] | None = None
+
+
+class FaithfulnessCurve(BaseModel):
+    fractions: list[float]
+    counts: list[int] = Field(description="units in the circuit at each fraction")
+    signed: list[float] = Field(description="f of the top-k circuits ranked by signed score")
+    absolute: list[float] = Field(description="f of the top-k circuits ranked by |score|")
+    cpr: float = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
+    cmd: float = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
+
+
+class AttributeResult(RunResult):
+    run_id: str
+    task: str
+    model: str
+    method: str
+    level: str
+    counterfactual: str
+    metric: str
+    n: int
+    seed: int
+    clean_metric: Stat
+    counterfactual_metric: Stat
+    n_units: int
+    top: list[UnitScore] = Field(description="the 15 units with the largest |score|")
+    circuit: dict = Field(description="smallest top-k circuit (signed ranking) with faithfulness >= 0.8, or the most "
+                          "faithful one: size, fraction, faithfulness, units")
+    faithfulness: FaithfulnessCurve | None = None
+    comparison_with_exact: dict | None = None
+
+
+class AttributeOutput(HeavyOutput):
+    result: AttributeResult | None = None
+
+
+def _check_args(args: AttributeInput, n_layers: int) -> None:
+    if args.level == "edges" and args.method in NODE_ONLY:
+        raise ToolError(f"method: {args.method!r} scores nodes; for level 'edges' use eap, eap_ig or exact.")
+    if args.level != "edges" and args.method in EDGE_ONLY:
+        raise ToolError(f"method: {args.method!r} scores edges; pass level='edges' or a node method "
+                        f"(atp, atp_star, ig, exact, ...).")
+    if args.level == "neurons" and args.layer is None:
+        raise ToolError("layer: level 'neurons' scores the neurons of one MLP layer; pass `layer`.")
+    if args.layer is not None and not 0 <= args.layer < n_layers:
+        raise ToolError(f"layer: {args.layer} out of range 0..{n_layers - 1}.")
+    if args.compare_exact and args.level == "edges":
+        raise ToolError("compare_exact: only for node levels (exact edge patching is one forward per edge).")
+
+
+def _attribute(run: ToolRun, args: AttributeInput) -> tuple[AttributeResult, dict]:
+    spec = resolve_task(run.app, args.task)
+    metric_name = per_token_metric(spec, args.metric, "attribution")
+    lm = run.load(args.model)
+    cfg = lm.model.cfg
+    _check_args(args, cfg.n_layers)
+    if args.level in ("mlps", "neurons") and cfg.attn_only:
+        raise ToolError(f"level: {args.model} is attention-only; it has no MLPs. Use heads, positions or edges.")
+    ds, metric, clean, corrupt = pair_dataset(spec, lm, args.model, args.n, args.seed, args.variable,
+                                              args.counterfactual, metric_name)
+    names = ds.position_names
+    positions = torch.tensor([[e.positions[p] for p in names] for e in ds.examples]) if names else None
+    if args.level == "positions" and not names:
+        raise ToolError(f"level: task {spec.name!r} has no named positions to score.")
+    with lm.use():
+        try:
+            rep = run_attribution(lm.model, args.method, args.level, clean, corrupt, metric, positions, names,
+                                  layer=args.layer if args.level == "neurons" else (args.layer or 0),
+                                  ig_steps=args.ig_steps, compare_exact=args.compare_exact,
+                                  faithfulness=args.faithfulness, seed=args.seed,
+                                  progress=run.span(end=0.95), should_cancel=run.should_cancel)
+        except ValueError as e:
+            raise ToolError(f"method: {e}") from None
+    run.progress(0.96, "plots and store")
+    return _result(run, args, spec, lm, ds, rep, metric_name)
+
+
+def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[AttributeResult, dict]:
+    run.open(spec, args.model, lm, args.seed)
+    order = np.argsort(-np.abs(np.nan_to_num(rep.scores)), kind="stable")
+    top = [UnitScore(name=rep.units[i], score=round(float(rep.scores[i]), 4),
+                     ci95=None if rep.lo is None else [round(float(rep.lo[i]), 4), round(float(rep.hi[i]), 4)])
+           for i in order[:15]]
+    tensors = {"scores": torch.as_tensor(rep.scores, dtype=torch.float32),
+               "metric.clean": torch.as_tensor(rep.m_clean), "metric.counterfactual": torch.as_tensor(rep.m_corrupt)}
+    if rep.per_example is not None:
+        tensors["per_example"] = torch.as_tensor(rep.per_example, dtype=torch.float32)
+    run.write_tensors("scores.safetensors", tensors)
+    faith = None
+    if rep.curves:
+        s, a = rep.curves["signed"], rep.curves["abs"]
+        faith = FaithfulnessCurve(fractions=s.fractions, counts=s.counts, signed=s.faithfulness,
+                                  absolute=a.faithfulness, cpr=round(s.area, 4), cmd=round(a.area, 4))
+    run.write_json("scores.json", {"units": rep.units, "layers": rep.layers, "scores": rep.scores.tolist(),
+                                   "ci95_low": None if rep.lo is None else rep.lo.tolist(),
+                                   "ci95_high": None if rep.hi is None else rep.hi.tolist(),
+                                   "faithfulness": faith.model_dump() if faith else None, "circuit": rep.circuit,
+                                   "comparison_with_exact": rep.comparison,
+                                   "prompts": [e.prompt for e in ds.examples],
+                                   "counterfactual_prompts": [e.cf_prompt for e in ds.examples]})
+    run.publish("result.json")
+    _plots(run, args, spec, lm, rep, len(ds))
+    gap = float(np.mean(rep.m_clean) - np.mean(rep.m_corrupt))
+    warnings = []
+    if abs(gap) < 0.5 and metric_name == "logit_diff":
+        warnings.append(f"the clean-counterfactual gap is small ({gap:.3f}): normalised scores are noisy")
+    if args.method == "act_diff":
+        warnings.append("act_diff is not causal: it flags components that change, whether or not they matter")
+    if rep.circuit and not rep.circuit["reached_target"]:
+        warnings.append(f"no circuit on the curve reaches faithfulness {rep.circuit['target']}; the most faithful "
+                        f"one is reported")
+    t = top[0]
+    summary = f"{args.method} on {args.level}: top {t.name} ({t.score:+.2f})"
+    if rep.circuit:
+        summary += (f"; circuit of {rep.circuit['size']} units ({100 * rep.circuit['fraction']:g}%) has faithfulness "
+                    f"{rep.circuit['faithfulness']:.2f}; CPR {faith.cpr:.3f}, CMD {faith.cmd:.3f}")
+    if rep.comparison:
+        summary += (f"; vs exact patching: Pearson {rep.comparison['pearson']:.2f}, "
+                    f"{rep.comparison['speedup']:.1f}x faster" if rep.comparison.get("speedup") else "")
+    result = AttributeResult(
+        run_id=run.run_id, task=spec.name, model=args.model, method=args.method, level=args.level,
+        counterfactual=ds.counterfactual, metric=metric_name, n=len(ds), seed=args.seed,
+        clean_metric=Stat(**ci_dict(rep.m_clean, seed=args.seed)),
+        counterfactual_metric=Stat(**ci_dict(rep.m_corrupt, seed=args.seed)),
+        n_units=len(rep.units), top=top, circuit=rep.circuit, faithfulness=faith,
+        comparison_with_exact=rep.comparison, summary=summary, warnings=warnings, files=run.files,
+        cost=run.cost(rep.cost))
+    return result, {"top_unit": t.name, "top_score": t.score, **({"cpr": faith.cpr, "cmd": faith.cmd} if faith else {})}
+
+
+def _plots(run: ToolRun, args, spec, lm, rep, n) -> None:
+    what = f"{spec.name} on {args.model}, {args.method}, n={n}"
+    if args.level == "heads":
+        cfg = lm.model.cfg
+        grid = rep.scores.reshape(cfg.n_layers, cfg.n_heads)
+        run.save_figure("heads_heatmap.png", plots.heatmap(
+            grid, row_labels=[str(l) for l in range(cfg.n_layers)], col_labels=[str(h) for h in range(cfg.n_heads)],
+            title=f"head attribution (normalised)\n{what}", cbar_label="score", xlabel="head", ylabel="layer"))
+    elif args.level != "edges":
+        order = np.argsort(-np.abs(rep.scores), kind="stable")[:30]
+        run.save_figure("scores_bar.png", plots.bar_with_ci(
+            [rep.units[i] for i in order], rep.scores[order],
+            None if rep.lo is None else rep.lo[order], None if rep.hi is None else rep.hi[order],
+            title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"))
+    if rep.curves:
+        s, a = rep.curves["signed"], rep.curves["abs"]
+        run.save_figure("faithfulness.png", plots.line_plot(
+            [100 * f for f in s.fractions], {f"signed ranking (CPR {s.area:.2f})": s.faithfulness,
+                                             f"|score| ranking (CMD {a.area:.2f})": a.faithfulness},
+            title=f"circuit faithfulness\n{what}", xlabel="% of units in the circuit", ylabel="faithfulness f",
+            xscale="log", hlines={"full model": 1.0, "counterfactual": 0.0}))
+    if rep.circuit:
+        nodes, edges = rep.circuit_graph(max_units=40)
+        size = len(rep.circuit["units"][:40])
+        run.save_figure("circuit.png", plots.layered_graph(
+            nodes, edges, title=f"circuit: {size} {args.level} (f = {rep.circuit['faithfulness']:.2f})\n{what}"))
+
+
+def attribute(app: AppContext, args: AttributeInput, progress: Progress | None = None) -> AttributeOutput:
+    spec = resolve_task(app, args.task)
+    return run_heavy(app, TOOL, args, spec.name, args.model,
+                     f"attribute {spec.name} on {args.model} ({args.method}, {args.level}, n={args.n})",
+                     _attribute, AttributeOutput, progress)
+
+
+ATTRIBUTE = ToolSpec(
+    TOOL, fn=attribute, input_model=AttributeInput, output_model=AttributeOutput, progress=True, description=(
+        "Which components carry the behaviour, and is the circuit they form faithful? Scores attention heads, MLP "
+        "layers, neurons of one layer, named positions, or edges (sender output -> receiver q/k/v/MLP input) with "
+        "exact patching or a cheap estimate (atp, atp_star, grad, grad_act, ig, act_diff; eap, eap_ig for edges). "
+        "Scores are normalised denoising effects (1 = the unit alone restores the clean behaviour), with bootstrap "
+        "CIs for node levels. Then evaluates the top-k% circuits (k = 0.1..100) with everything outside patched "
+        "from the counterfactual: faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)), CPR and CMD as MIB "
+        "defines them, and the smallest circuit with f >= 0.8. compare_exact=true also runs exact patching and "
+        "reports the correlation and the cost of each. Plots: layer x head heatmap, faithfulness curve, circuit "
+        "graph. Runs as a job; identical requests return the stored run."))

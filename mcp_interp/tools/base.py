@@ -1,0 +1,212 @@
+"""The shape of every tool, and the one path every heavy tool takes.
+
+A tool is a plain function `fn(app, args[, progress]) -> Output` plus a `ToolSpec` declared next to it (MCP
+name, description, input and output models, flags); `tools.TOOLS` lists the specs and the server registers
+them. A heavy tool hands `run_heavy` a work function `work(run, args)`: the run cache, the job, progress,
+cancellation, the stored run (created, failed on any exception, finished) and its files with their
+`artifact://` URIs live here, so the work function only resolves its arguments, calls a method and builds
+its result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from ..artifacts import JobStatus, params_hash
+from ..methods.core import Progress
+from ..runtime.run_cache import cached_result
+from ..runtime.task_registry import task_hash
+from .common import resolve_model
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from ..artifacts import RunHandle
+    from ..runtime.context import AppContext
+    from ..runtime.jobs import JobContext
+    from ..tasks.spec import TaskSpec
+
+DEFAULT_WAIT = 50.0  # well under Claude Code's ~120 s before it backgrounds a call
+WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for the result before returning a "
+                   "job handle (poll it with get_job). Keep under ~100 s for Claude Code.")
+LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method has finished
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One MCP tool: `fn(app, args)` (or `fn(app)` without an input model; with `progress`, also a
+    `progress=` callback) returning an instance of `output_model`."""
+
+    name: str
+    description: str
+    fn: Callable[..., BaseModel]
+    input_model: type[BaseModel] | None
+    output_model: type[BaseModel]
+    progress: bool = False
+    read_only: bool = False
+
+
+def artifact_uri(run_id: str, name: str) -> str:
+    """The MCP resource URI of one file of a stored run."""
+    return f"artifact://{run_id}/{name}"
+
+
+# ------------------------------------------------------------------ jobs as the client sees them
+
+class JobView(BaseModel):
+    """Where a job stands. `result` holds the tool's full output once complete."""
+
+    job_id: str
+    kind: str
+    status: JobStatus
+    progress: float = Field(description="0..1")
+    message: str
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+
+def job_view(job) -> JobView:
+    """From a live Job or a stored JobRecord."""
+    return JobView(job_id=getattr(job, "job_id", None) or job.id, kind=job.kind, status=job.status,
+                   progress=float(job.progress or 0.0), message=job.message or "", error=job.error, result=job.result)
+
+
+class HeavyOutput(BaseModel):
+    """What a heavy tool returns: the result when it finished within wait_seconds, else the job to poll."""
+
+    status: JobStatus
+    job: JobView | None = Field(None, description="Set while the job is still running: poll get_job(job.job_id).")
+
+
+class RunResult(BaseModel):
+    """The fields every stored heavy-tool result ends with."""
+
+    summary: str
+    warnings: list[str]
+    files: dict[str, str] = Field(description="file name -> artifact URI (PNG plots, JSON, safetensors)")
+    cost: dict
+    cached: bool = False
+
+
+# ------------------------------------------------------------------ one execution of a heavy tool
+
+class ToolRun:
+    """What a heavy tool's work function sees inside its job.
+
+    Progress: `load` reports the model load, `span()` is the method's progress callback mapped onto the job's
+    compute span (it also raises `Cancelled` once the job is cancelled), `progress` sets a checkpoint.
+    Storage: `open` creates the run in the store after the computation (a refused request leaves no run);
+    `write_json` / `write_tensors` / `save_figure` write a file and publish its URI in `files`, `publish`
+    names files written by the store itself (result.json, manifest.json), in the order `files` lists them.
+    """
+
+    def __init__(self, app: AppContext, tool: str, params: dict, job: JobContext, stack: ExitStack):
+        self.app, self.tool, self.params, self.job = app, tool, params, job
+        self.files: dict[str, str] = {}
+        self._stack = stack
+        self._run: RunHandle | None = None
+        self._t0 = time.time()
+
+    # -- progress and cancellation
+    def progress(self, fraction: float, message: str) -> None:
+        self.job.progress(fraction, message)
+
+    def span(self, start: float = LOADED, end: float = COMPUTED) -> Progress:
+        return self.job.reporter(start, end)
+
+    def should_cancel(self) -> bool:
+        return self.job.cancelled
+
+    def check_cancelled(self) -> None:
+        self.job.check_cancelled()
+
+    def load(self, model_id: str, at: float = 0.01):
+        """The model from the pool, reporting the load as progress."""
+        self.progress(at, f"loading {model_id}")
+        return resolve_model(self.app, model_id)
+
+    def seconds(self) -> float:
+        """Wall time since the job started, for the result's cost."""
+        return round(time.time() - self._t0, 2)
+
+    def cost(self, measured: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """A method's cost (floats to 3 decimals), then `extra`, then total_seconds."""
+        return {**{k: (round(v, 3) if isinstance(v, float) else v) for k, v in measured.items()}, **extra,
+                "total_seconds": self.seconds()}
+
+    # -- the stored run
+    def open(self, spec: TaskSpec, model_id: str, lm, seed: int | None) -> None:
+        """Create the run: its id and files exist from here on; leaving the job by an exception marks it failed."""
+        self._run = self._stack.enter_context(self.app.store.create_run(
+            self.tool, spec.name, model_id, self.params, seed=seed,
+            model_info={"weight_hash": lm.weight_hash, "device": lm.device}, task_hash=task_hash(spec)))
+
+    @property
+    def run_id(self) -> str:
+        return self._handle.run_id
+
+    @property
+    def _handle(self) -> RunHandle:
+        if self._run is None:
+            raise RuntimeError(f"{self.tool}: open() the run before writing to it")
+        return self._run
+
+    def publish(self, *names: str) -> None:
+        self.files.update({n: artifact_uri(self.run_id, n) for n in names})
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self._handle.write_json(name, obj)
+        self.publish(name)
+
+    def write_tensors(self, name: str, tensors: dict) -> None:
+        self._handle.write_tensors(name, tensors)
+        self.publish(name)
+
+    def save_figure(self, name: str, fig) -> None:
+        self._handle.save_figure(name, fig)
+        self.publish(name)
+
+    def finish(self, result: BaseModel, metrics: dict[str, Any]) -> dict:
+        out = result.model_dump(mode="json")
+        self._handle.finish(out, metrics=metrics)
+        return out
+
+
+Work = Callable[[ToolRun, Any], tuple[BaseModel, dict]]
+
+
+def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str, description: str, work: Work,
+              output: type[HeavyOutput], progress: Progress | None) -> HeavyOutput:
+    """The run cache, then the job: the one path every heavy tool takes.
+
+    `work(run, args)` runs inside the job and returns (result, key metrics for the index); the result is
+    stored as the run's result.json and becomes the job's result. `args.wait_seconds` bounds the wait;
+    `args.force` (when the input has it) skips the cache. An identical request that is still running is
+    joined rather than started twice.
+    """
+    params = args.model_dump(exclude={"wait_seconds", "force"})
+    if not getattr(args, "force", False) and (hit := cached_result(app, tool, task, model, params)):
+        return output(status="complete", result=hit)
+
+    def job_fn(job: JobContext) -> dict:
+        with ExitStack() as stack:
+            run = ToolRun(app, tool, params, job, stack)
+            result, metrics = work(run, args)
+            return run.finish(result, metrics)
+
+    wait = args.wait_seconds
+    job = app.jobs.submit(tool, job_fn, description=description, key=f"{tool}|{task}|{model}|{params_hash(params)}")
+    view = job_view(app.jobs.wait(job.id, wait, on_progress=progress))
+    if view.status == "failed":
+        raise ToolError(view.error or f"{tool} failed")
+    if view.status == "complete":
+        return output(status="complete", result=view.result)
+    if view.status in ("running", "queued"):
+        view.message = (f"{view.message} — still running after {wait:.0f} s; call get_job(job_id="
+                        f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
+    return output(status=view.status, job=view)

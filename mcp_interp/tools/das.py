@@ -1,0 +1,480 @@
+"""Tools train_das and eval_das: is a task variable represented along a (low-dimensional) subspace at one site?
+
+Distributed alignment search (methods/das) trains a d x k rotation at one site so that interchanging the
+subspace between a base and a source run produces the causal model's counterfactual label. Held-out IIA is on
+base prompts never seen in training (tasks/interchange.py); the random-rotation and full-vector controls run on
+the same test split. eval_das re-tests a saved rotation on new data, another counterfactual or another task.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file
+
+from ..artifacts import plots
+from ..artifacts.records import StoreError
+from ..methods import das as das_methods
+from ..methods.core import Progress, Site, ci_dict
+from ..tasks.causal import TaskSpecError
+from ..tasks.interchange import build_interchange_dataset
+from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, Stat, resolve_task
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from ..runtime.context import AppContext
+
+TRAIN_TOOL, EVAL_TOOL = "train_das", "eval_das"
+SiteKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
+_LOCATE_SITES = {"resid_pre", "resid_post", "attn_out", "mlp_out", "z"}
+
+
+class TrainDasInput(BaseModel):
+    model: str | None = Field(None, description=f"Model id (list_models). Default: from_locate_run's model, else "
+                              f"{DEFAULT_MODEL}.")
+    task: str | None = Field(None, description="Task name (list_tasks). Required unless from_locate_run gives it.")
+    variable: str = Field(..., description="The causal variable (input variable or mechanism) to align, e.g. 'IO'.")
+    site: SiteKind | None = Field(None, description="Where to intervene (default resid_pre): the residual stream "
+                                  "before/after block `layer`, an attention or MLP output, or z = one head's output "
+                                  "(needs `head`). With from_locate_run: only that site's cells are considered.")
+    layer: int | None = Field(None, description="Block index (required unless from_locate_run).")
+    head: int | None = Field(None, description="Head index, for site 'z' only.")
+    position: str = Field("END", description="Named task position of the base prompt to intervene at.")
+    source_position: str | None = Field(None, description="Named position of the source prompt (default: position).")
+    from_locate_run: str | None = Field(None, description="Run id of an earlier `locate` run: use its best cell "
+                                        "(site, layer, head, position; restricted to `site` if you pass one), its "
+                                        "task and model.")
+    k: int | list[int] = Field(1, description="Subspace dimension; a list runs a rank sweep (held-out IIA vs k with "
+                               "controls) and reports the knee.")
+    method: Literal["das", "boundless"] = Field("das", description="das: fixed k. boundless: learns k with a "
+                                                "soft mask over a full rotation (Boundless DAS); `k` is ignored.")
+    epochs: int = Field(10, ge=1, le=200)
+    lr: float = Field(1e-2, gt=0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=1024)
+    n_train: int = Field(128, ge=1, le=8192, description="Training examples (base prompts split from test).")
+    n_test: int = Field(64, ge=1, le=4096, description="Held-out examples (no base prompt shared with training).")
+    seed: int = 0
+    restarts: int = Field(1, ge=1, le=10, description="Train from seeds seed..seed+restarts-1; keep the lowest "
+                          "final training loss (never chosen on test data).")
+    counterfactual: str | None = Field(None, description="Source generator of the task (default: fresh samples of "
+                                       "the causal model).")
+    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    wait_seconds: float = WAIT_FIELD
+
+
+class DasSite(BaseModel):
+    kind: str
+    hook: str
+    layer: int
+    head: int | None = None
+    position: str
+    source_position: str
+
+
+class RankCurve(BaseModel):
+    ks: list[int]
+    test_iia: list[float]
+    random_iia: list[float]
+    full_vector_iia: float
+    knee_k: int | None = Field(description="smallest k whose gain over the random control reaches 90% of the best")
+    rule: str
+
+
+class TrainDasResult(RunResult):
+    run_id: str
+    task: str
+    model: str
+    variable: str
+    site: DasSite
+    k: int = Field(description="dimension of the reported rotation (the knee for a sweep; effective k for boundless)")
+    method: str
+    counterfactual: str | None
+    train_iia: Stat
+    test_iia: Stat = Field(description="held-out IIA (argmax over the vocabulary == counterfactual label)")
+    test_iia_pair: float = Field(description="held-out: label logit > base answer logit")
+    controls: dict[str, Stat] = Field(description="random_rotation (same k) and full_vector patching, on the test split")
+    base_accuracy: float = Field(description="test base prompts without intervention: argmax == base answer")
+    rank_curve: RankCurve | None = None
+    learning_curve: list[dict]
+    boundless: dict | None = None
+    n_train: int
+    n_test: int
+    n_train_bases: int
+    n_test_bases: int
+    shared_bases: int = Field(description="base prompts in both train and test (0: the split is clean)")
+    data: dict = Field(description="how the interchange data was built (for eval_das and reproduction)")
+
+
+class TrainDasOutput(HeavyOutput):
+    result: TrainDasResult | None = None
+
+
+def _from_locate(app: AppContext, args: TrainDasInput) -> TrainDasInput:
+    """Fill task, model, site, layer, head and position from a locate run's best cell."""
+    try:
+        res = app.store.read_result(args.from_locate_run)
+    except StoreError as e:
+        raise ToolError(f"from_locate_run: {e}. Fix: pass the run_id of a completed `locate` run (list_runs "
+                        f"tool='locate').") from None
+    cells = res.get("best_cells")
+    if not isinstance(cells, dict) or not cells:
+        raise ToolError(f"from_locate_run: run {args.from_locate_run} is not a `locate` run (no best_cells).")
+    if args.site is not None:
+        if args.site not in cells:
+            raise ToolError(f"site: locate run {args.from_locate_run} has no cells for site {args.site!r}; it has "
+                            f"{sorted(cells)}.")
+        pool = list(cells[args.site])
+    else:
+        pool = [c for s, cs in cells.items() if s in _LOCATE_SITES for c in cs]
+    pool = [c for c in pool if c.get("effect") is not None]
+    if not pool:
+        raise ToolError(f"from_locate_run: run {args.from_locate_run} has no usable cells for DAS.")
+    best = max(pool, key=lambda c: abs(c["effect"]))
+    upd = {"site": best["site"], "layer": int(best["layer"]), "head": best.get("head"),
+           "position": str(best["position"])}
+    if args.task is None:
+        upd["task"] = res.get("task")
+    if args.model is None:
+        upd["model"] = res.get("model", DEFAULT_MODEL)
+    return args.model_copy(update=upd)
+
+
+def _resolve(app: AppContext, args: TrainDasInput) -> TrainDasInput:
+    if args.from_locate_run:
+        args = _from_locate(app, args)
+    args = args.model_copy(update={"model": args.model or DEFAULT_MODEL, "site": args.site or "resid_pre"})
+    if args.task is None:
+        raise ToolError("task: required (or pass from_locate_run to take the task from a locate run).")
+    if args.layer is None:
+        raise ToolError("layer: pass the block index of the site, or from_locate_run to use a locate run's best cell.")
+    ks = args.k if isinstance(args.k, list) else [args.k]
+    if not ks:
+        raise ToolError("k: an empty list; pass an int or a list such as [1, 2, 4, 8].")
+    if args.method == "boundless" and isinstance(args.k, list):
+        raise ToolError("k: boundless DAS learns k itself; pass method='das' for a rank sweep.")
+    return args
+
+
+def _site(args_site: str, layer: int, head: int | None, model) -> Site:
+    cfg = model.cfg
+    if not 0 <= layer < cfg.n_layers:
+        raise ToolError(f"layer: {layer} out of range 0..{cfg.n_layers - 1}.")
+    if args_site == "z" and head is None:
+        raise ToolError("head: site 'z' is one head's output; pass `head`.")
+    if args_site != "z" and head is not None:
+        raise ToolError(f"head: only for site 'z'; drop it or use site='z' (got site {args_site!r}).")
+    if head is not None and not 0 <= head < cfg.n_heads:
+        raise ToolError(f"head: {head} out of range 0..{cfg.n_heads - 1}.")
+    if args_site == "mlp_out" and cfg.attn_only:
+        raise ToolError("site: the model is attention-only; it has no MLP output. Use resid_pre, attn_out or z.")
+    site = Site(args_site, layer, head=head)
+    try:
+        das_methods.check_site(model, site)
+    except ValueError as e:
+        raise ToolError(f"site: {e}") from None
+    return site
+
+
+def _interchange_data(spec, tokenizer, variable: str, **kw):
+    """The interchange dataset, with a dataset refusal named after the tool's field."""
+    try:
+        return build_interchange_dataset(spec, tokenizer, variable, **kw)
+    except TaskSpecError as e:
+        field = {"n": "n_train", "variable": "variable", "position": "position", "source_position": "source_position",
+                 "counterfactual": "counterfactual"}.get(e.field, f"task.{e.field}")
+        raise ToolError(f"{field}: {e.message}") from None
+
+
+def _iia(correct, seed: int) -> Stat:
+    """IIA: the mean of per-example correctness with its bootstrap CI."""
+    return Stat(**ci_dict(np.asarray(correct, dtype=np.float64), seed=seed))
+
+
+def _das_site(site: Site, position: str, source_position: str) -> DasSite:
+    return DasSite(kind=site.kind, hook=site.hook, layer=site.layer, head=site.head, position=position,
+                   source_position=source_position)
+
+
+# ------------------------------------------------------------------ train_das
+
+def _train_das(run: ToolRun, args: TrainDasInput) -> tuple[TrainDasResult, dict]:
+    spec = resolve_task(run.app, args.task)
+    lm = run.load(args.model)
+    model = lm.model
+    site = _site(args.site, args.layer, args.head, model)
+    d = site.dim(model)
+    ks = sorted(set(args.k)) if isinstance(args.k, list) else [args.k]
+    if args.method == "das" and any(not 1 <= k <= d for k in ks):
+        raise ToolError(f"k: {ks} must lie in 1..{d} (the dimension of {site}).")
+    n = args.n_train + args.n_test
+    test_fraction = args.n_test / n
+    data = _interchange_data(spec, lm.tokenizer, args.variable, n=n, seed=args.seed, position=args.position,
+                             source_position=args.source_position, test_fraction=test_fraction,
+                             counterfactual=args.counterfactual)
+    kw = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+          "progress": run.span(), "should_cancel": run.should_cancel}
+    sweep = None
+    with lm.use():
+        try:
+            if args.method == "boundless":
+                res = das_methods.train_boundless_das(model, data, site, **kw)
+            elif len(ks) > 1 or isinstance(args.k, list):
+                sweep = das_methods.rank_sweep(model, data, site, ks=ks, restarts=args.restarts, **kw)
+                pick = sweep.knee_k if sweep.knee_k is not None else ks[int(np.argmax(sweep.test_iia))]
+                res = sweep.results[sweep.ks.index(pick)]
+            else:
+                res = das_methods.train_das(model, data, site, ks[0], restarts=args.restarts, **kw)
+        except ValueError as e:
+            raise ToolError(f"site: {e}") from None
+    run.progress(0.95, "plots and store")
+    return _train_result(run, args, spec, lm, data, site, res, sweep, test_fraction)
+
+
+def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fraction) -> tuple[TrainDasResult, dict]:
+    run.open(spec, args.model, lm, args.seed)
+    tensors = {"rotation": res.rotation.float().contiguous()}
+    if sweep is not None:
+        tensors |= {f"rotation.k{r.k}": r.rotation.float().contiguous() for r in sweep.results}
+    if res.boundless:
+        tensors["rotation_full"] = res.boundless["rotation_full"].float().contiguous()
+        tensors["mask"] = torch.tensor(res.boundless["mask"], dtype=torch.float32)
+    run.write_tensors("rotation.safetensors", tensors)
+    train_bases, test_bases = {e.base_key for e in data.train}, {e.base_key for e in data.test}
+    shared = len(train_bases & test_bases)
+    ex = lambda e: {"base": e.base_key, "source": e.source_prompt, "label": e.label, "base_answer": e.base_answer}
+    run.write_json("split.json", {"train_bases": sorted(train_bases), "test_bases": sorted(test_bases),
+                                  "train": [ex(e) for e in data.train], "test": [ex(e) for e in data.test]})
+    run.publish("result.json")
+    seed = args.seed
+    test, ctrl = _iia(res.test.correct.numpy(), seed), {k: _iia(v.correct.numpy(), seed)
+                                                         for k, v in res.controls.items()}
+    train = _iia(res.train.correct.numpy(), seed)
+    rank = None
+    if sweep is not None:
+        rank = RankCurve(ks=sweep.ks, test_iia=sweep.test_iia, random_iia=sweep.random_iia,
+                         full_vector_iia=sweep.full_vector_iia, knee_k=sweep.knee_k, rule=sweep.rule)
+    boundless = None
+    if res.boundless:
+        boundless = {k: v for k, v in res.boundless.items() if k not in ("rotation_full", "mask")}
+    _plots(run, args, spec, res, train, test, ctrl, rank, site)
+    warnings = []
+    rnd, full = ctrl.get("random_rotation"), ctrl.get("full_vector")
+    if rnd is not None and test.ci95[0] <= rnd.ci95[1]:
+        warnings.append(f"held-out IIA {test.mean:.2f} is not above the random-rotation control "
+                        f"(CI up to {rnd.ci95[1]:.2f}): no evidence that {args.variable!r} lives in a "
+                        f"{res.k}-dim subspace here")
+        if full is not None and full.mean < 0.5:
+            warnings.append(f"full-vector patching is also low ({full.mean:.2f}): {site} at "
+                            f"{args.position} probably does not carry {args.variable!r}; try another layer or "
+                            f"position (locate)")
+    if res.base_accuracy < 0.8:
+        warnings.append(f"the model answers only {res.base_accuracy:.0%} of the test base prompts correctly; "
+                        f"IIA on a task it does not solve means little (run_baseline)")
+    if train.mean - test.mean > 0.15:
+        warnings.append(f"train IIA {train.mean:.2f} >> held-out {test.mean:.2f}: the rotation overfits; use "
+                        f"more n_train or a smaller k")
+    if shared:
+        warnings.append(f"{shared} base prompts are in both splits")
+    if sweep is not None and sweep.knee_k is None:
+        warnings.append("no k beats its random control: the rank curve has no knee")
+    summary = (f"DAS k={res.k} at {site} ({args.position}) for {args.variable!r}: held-out IIA {test.mean:.2f} "
+               f"[{test.ci95[0]:.2f}, {test.ci95[1]:.2f}]")
+    if rnd is not None:
+        summary += f"; random rotation {rnd.mean:.2f}"
+    if full is not None:
+        summary += f", full vector {full.mean:.2f}"
+    if rank is not None:
+        summary += f"; rank sweep {rank.ks}: knee k={rank.knee_k}"
+    if boundless:
+        summary += f"; boundless effective k={boundless['effective_k']}"
+    extra = {"chosen_seed": res.extra["chosen_seed"], "restarts": res.extra["restarts"]} if res.extra else {}
+    result = TrainDasResult(
+        run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable,
+        site=_das_site(site, data.position, data.source_position), k=res.k, method=args.method,
+        counterfactual=args.counterfactual, train_iia=train, test_iia=test,
+        test_iia_pair=round(res.test.iia_pair, 4), controls=ctrl, base_accuracy=res.base_accuracy,
+        rank_curve=rank, learning_curve=res.curve, boundless=boundless,
+        n_train=len(data.train), n_test=len(data.test), n_train_bases=len(train_bases),
+        n_test_bases=len(test_bases), shared_bases=shared,
+        data={"n": len(data), "seed": args.seed, "test_fraction": test_fraction, "position": data.position,
+              "source_position": data.source_position, "counterfactual": args.counterfactual,
+              "require_change": data.require_change, **extra},
+        summary=summary, warnings=warnings, files=run.files, cost=run.cost(res.cost))
+    return result, {"test_iia": test.mean, "k": res.k, "site": str(site), **({"random_iia": rnd.mean} if rnd else {})}
+
+
+def _plots(run: ToolRun, args, spec, res, train, test, ctrl, rank, site) -> None:
+    what = f"{spec.name} / {args.variable} on {args.model} at {site} ({args.position})"
+    epochs = [c["epoch"] for c in res.curve]
+    run.save_figure("learning_curve.png", plots.line_plot(
+        epochs, {"training loss": [c["loss"] for c in res.curve], "train IIA (running)": [c["train_iia"]
+                                                                                          for c in res.curve]},
+        title=f"DAS learning curve, k={res.k}\n{what}", xlabel="epoch", ylabel="loss / IIA"))
+    names = ["train", "test (held out)", *ctrl]
+    stats = [train, test, *ctrl.values()]
+    run.save_figure("iia_bar.png", plots.bar_with_ci(
+        names, [s.mean for s in stats], [s.ci95[0] for s in stats], [s.ci95[1] for s in stats],
+        title=f"IIA, k={res.k}, vs controls\n{what}", ylabel="IIA"))
+    if rank is not None:
+        run.save_figure("rank_curve.png", plots.line_plot(
+            rank.ks, {"DAS (held out)": rank.test_iia, "random rotation": rank.random_iia},
+            title=f"rank sweep (knee k={rank.knee_k})\n{what}", xlabel="k", ylabel="IIA", xscale="log",
+            hlines={"full vector": rank.full_vector_iia}))
+
+
+def train_das(app: AppContext, args: TrainDasInput, progress: Progress | None = None) -> TrainDasOutput:
+    args = _resolve(app, args)
+    spec = resolve_task(app, args.task)
+    return run_heavy(app, TRAIN_TOOL, args, spec.name, args.model,
+                     f"train_das {spec.name}/{args.variable} on {args.model} ({args.method}, {args.site} "
+                     f"L{args.layer}, k={args.k})", _train_das, TrainDasOutput, progress)
+
+
+TRAIN_DAS = ToolSpec(
+    TRAIN_TOOL, fn=train_das, input_model=TrainDasInput, output_model=TrainDasOutput, progress=True, description=(
+        "Is a task variable represented along a subspace of one site? Distributed alignment search (DAS): trains "
+        "a d x k rotation (model frozen) at one site (resid_pre/resid_post/attn_out/mlp_out at `layer`, or z of "
+        "one head) and named position so that interchanging that subspace from a source prompt makes the model "
+        "output the causal model's counterfactual label. Reports train and held-out IIA (no base prompt shared "
+        "between splits: shared_bases = 0) with 95% bootstrap CIs, and controls on the same test split: a random "
+        "rotation of the same k and full-vector patching. k as a list runs a rank sweep (IIA vs k, knee); "
+        "method='boundless' learns k. from_locate_run takes site, layer, head and position from a locate run's "
+        "best cell. Stores rotation.safetensors, split.json (train/test base prompts), learning-curve, rank-curve "
+        "and IIA-vs-controls plots. Runs as a job; identical requests return the stored run."))
+
+
+# ------------------------------------------------------------------ eval_das
+
+class EvalDasInput(BaseModel):
+    run_id: str = Field(..., description="A train_das run whose rotation to evaluate.")
+    model: str | None = Field(None, description="Default: the run's model.")
+    task: str | None = Field(None, description="Default: the run's task (another task tests transfer).")
+    variable: str | None = Field(None, description="Default: the run's variable.")
+    counterfactual: str | None = Field(None, description="Source generator (default: the run's).")
+    n: int | None = Field(None, ge=2, le=8192, description="Examples (default: the run's n_train + n_test).")
+    seed: int | None = Field(None, description="Dataset seed (default: the run's; with the defaults above, "
+                             "split='test' reproduces the run's held-out IIA).")
+    split: Literal["all", "train", "test"] = Field("all", description="Which part of the new dataset's "
+                                                   "base-prompt split to evaluate on.")
+    wait_seconds: float = WAIT_FIELD
+
+
+class EvalDasResult(RunResult):
+    run_id: str
+    source_run: str
+    task: str
+    model: str
+    variable: str
+    site: DasSite
+    k: int
+    counterfactual: str | None
+    split: str
+    iia: Stat
+    iia_pair: float
+    controls: dict[str, Stat]
+    bases_seen_in_training: int = Field(description="evaluated base prompts that were in the source run's training split")
+
+
+class EvalDasOutput(HeavyOutput):
+    result: EvalDasResult | None = None
+
+
+def _source_run(app: AppContext, run_id: str) -> dict:
+    try:
+        rec = app.store.get_run(run_id)
+        res = app.store.read_result(run_id)
+    except StoreError as e:
+        raise ToolError(f"run_id: {e}. Fix: pass the run_id of a completed train_das run.") from None
+    if rec.tool != TRAIN_TOOL or "site" not in res:
+        raise ToolError(f"run_id: run {run_id} is a {rec.tool!r} run, not train_das; it has no rotation.")
+    return res
+
+
+def _eval_das(run: ToolRun, args: EvalDasInput, src: dict) -> tuple[EvalDasResult, dict]:
+    model_id, task = args.model or src["model"], args.task or src["task"]
+    variable = args.variable or src["variable"]
+    cf = args.counterfactual if args.counterfactual is not None else src["counterfactual"]
+    dinfo = src["data"]
+    n, seed = args.n or dinfo["n"], dinfo["seed"] if args.seed is None else args.seed
+    spec = resolve_task(run.app, task)
+    try:
+        R = load_file(str(run.app.store.resolve_file(args.run_id, "rotation.safetensors")))["rotation"]
+    except StoreError as e:
+        raise ToolError(f"run_id: {e}") from None
+    lm = run.load(model_id, at=0.05)
+    s = src["site"]
+    site = _site(s["kind"], s["layer"], s["head"], lm.model)
+    d = site.dim(lm.model)
+    if R.shape[0] != d:
+        raise ToolError(f"model: the rotation has {R.shape[0]} rows but {site} of {model_id} has dimension {d}; "
+                        f"evaluate on a model with the same width.")
+    data = _interchange_data(spec, lm.tokenizer, variable, n=n, seed=seed, position=s["position"],
+                             source_position=s["source_position"], test_fraction=dinfo["test_fraction"],
+                             counterfactual=cf)
+    examples = data.train + data.test if args.split == "all" else data.split(args.split)
+    if not examples:
+        raise ToolError(f"split: the new dataset's {args.split!r} split is empty; use split='all'.")
+    run.progress(0.2, "caching base and source runs")
+    with lm.use():
+        try:
+            cache = das_methods.prepare(lm.model, examples, site, should_cancel=run.should_cancel)
+            r = das_methods.evaluate_rotation(lm.model, R, site, examples, cache=cache)
+            run.progress(0.7, "controls")
+            rnd = das_methods.evaluate_rotation(lm.model, das_methods.random_rotation(d, R.shape[1], seed), site,
+                                                examples, cache=cache)
+            full = das_methods.evaluate_rotation(lm.model, torch.eye(d), site, examples, cache=cache)
+        except ValueError as e:
+            raise ToolError(f"run_id: {e}") from None
+    train_bases = set()
+    try:
+        split = json.loads(run.app.store.resolve_file(args.run_id, "split.json").read_text("utf-8"))
+        train_bases = set(split["train_bases"])
+    except (StoreError, KeyError, ValueError):
+        pass
+    seen = len({e.base_key for e in examples} & train_bases) if task == src["task"] else 0
+    run.open(spec, model_id, lm, seed)
+    iia = _iia(r.correct.numpy(), seed)
+    ctrl = {"random_rotation": _iia(rnd.correct.numpy(), seed), "full_vector": _iia(full.correct.numpy(), seed)}
+    warnings = []
+    if iia.ci95[0] <= ctrl["random_rotation"].ci95[1]:
+        warnings.append(f"IIA {iia.mean:.2f} is not above the random-rotation control")
+    if seen:
+        warnings.append(f"{seen} of the evaluated base prompts were in the source run's training split; "
+                        f"use split='test' or another seed for held-out numbers")
+    run.publish("result.json")
+    stats = [iia, *ctrl.values()]
+    run.save_figure("iia_bar.png", plots.bar_with_ci(
+        ["saved rotation", *ctrl], [x.mean for x in stats], [x.ci95[0] for x in stats],
+        [x.ci95[1] for x in stats], title=f"eval of {args.run_id} on {spec.name}/{variable} ({args.split})",
+        ylabel="IIA"))
+    result = EvalDasResult(
+        run_id=run.run_id, source_run=args.run_id, task=spec.name, model=model_id, variable=variable,
+        site=_das_site(site, data.position, data.source_position), k=int(R.shape[1]), counterfactual=cf,
+        split=args.split, iia=iia, iia_pair=round(r.iia_pair, 4), controls=ctrl, bases_seen_in_training=seen,
+        summary=(f"rotation of {args.run_id} (k={R.shape[1]}, {site}) on {spec.name}/{variable}, "
+                 f"{args.split} n={len(examples)}: IIA {iia.mean:.2f} [{iia.ci95[0]:.2f}, {iia.ci95[1]:.2f}]; "
+                 f"random {ctrl['random_rotation'].mean:.2f}, full vector {ctrl['full_vector'].mean:.2f}"),
+        warnings=warnings, files=run.files, cost={"total_seconds": run.seconds(),
+                                                  "cache_seconds": round(cache.seconds, 3)})
+    return result, {"iia": iia.mean, "source_run": args.run_id}
+
+
+def eval_das(app: AppContext, args: EvalDasInput, progress: Progress | None = None) -> EvalDasOutput:
+    src = _source_run(app, args.run_id)
+    task, model = args.task or src["task"], args.model or src["model"]
+    spec = resolve_task(app, task)
+    return run_heavy(app, EVAL_TOOL, args, spec.name, model, f"eval_das {args.run_id} on {spec.name} ({model})",
+                     lambda run, args: _eval_das(run, args, src), EvalDasOutput, progress)
+
+
+EVAL_DAS = ToolSpec(
+    EVAL_TOOL, fn=eval_das, input_model=EvalDasInput, output_model=EvalDasOutput, progress=True, description=(
+        "Evaluate the rotation saved by a train_das run on a freshly built interchange dataset (by default the "
+        "run's task, variable, counterfactual, n and seed; another task, variable, counterfactual or seed tests "
+        "transfer). Returns IIA with a 95% bootstrap CI, the random-rotation and full-vector controls, and how many "
+        "evaluated base prompts were in the run's training split. Runs as a job."))
