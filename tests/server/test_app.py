@@ -2,7 +2,6 @@
 
 import time
 
-import anyio
 import pytest
 from mcp import Client
 

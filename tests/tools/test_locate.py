@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from mcp import Client
-from safetensors.torch import load_file
 
 from mcp_helpers import call, call_error, finish
 from mcp_interp.server.app import build_server
@@ -45,7 +44,6 @@ async def test_locate_identities_and_hook_loop_on_toy(store_dir):
         assert "resid_pre_heatmap.png" in run_dir_files and any(f.startswith("z_heatmap") for f in run_dir_files)
         blob = await c.read_resource(f"artifact://{res['run_id']}/effects.safetensors")
     import base64
-    import io
     from safetensors.torch import load
     t = load(base64.b64decode(blob.contents[0].blob))
     mean = t["resid_pre.mean"].numpy()  # [layer, position]

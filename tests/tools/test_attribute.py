@@ -1,0 +1,79 @@
+"""The attribute tool through MCP: planted circuits and the trained induction model."""
+
+import numpy as np
+import pytest
+from mcp import Client
+from mcp_helpers import call, call_error, finish
+
+from mcp_interp.server.app import build_server
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+# ------------------------------------------------------------------ the MCP tool
+
+async def test_attribute_tool_on_planted(store_dir):
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        tasks = await call(c, "list_tasks")
+        assert "planted" in [t["name"] for t in tasks["tasks"]]
+        out = await finish(c, await call(c, "attribute", {
+            "model": "toy/planted-saturated-decoy", "task": "planted", "method": "atp", "level": "heads",
+            "n": 8, "compare_exact": True, "wait_seconds": 120}))
+        top = {u["name"]: u["score"] for u in out["top"]}
+        assert top["L0H1"] > 1.5 and abs(out["comparison_with_exact"]["exact_scores"]["L0H1"]) < 0.02
+        assert out["comparison_with_exact"]["exact_scores"]["L0H0"] > 0.95
+        f = out["faithfulness"]
+        assert f["fractions"][-1] == 1.0 and f["signed"][-1] == pytest.approx(1.0, abs=1e-4)
+        # CPR/CMD recomputed from the stored curves.
+        assert f["cpr"] == pytest.approx(float(np.trapezoid(f["signed"], f["fractions"])), abs=1e-3)
+        assert f["cmd"] == pytest.approx(float(np.trapezoid(np.abs(1 - np.array(f["absolute"])), f["fractions"])), abs=1e-3)
+        assert set(out["files"]) >= {"heads_heatmap.png", "faithfulness.png", "circuit.png", "scores.safetensors"}
+        res = await c.read_resource(out["files"]["faithfulness.png"])
+        assert res.contents[0].mime_type == "image/png"
+
+        # Edges with EAP-IG on the planted clean model: the circuit is the three planted edges.
+        out = await finish(c, await call(c, "attribute", {
+            "model": "toy/planted-clean", "task": "planted", "method": "eap_ig", "level": "edges", "n": 8,
+            "wait_seconds": 120}))
+        assert {u["name"] for u in out["top"][:3]} == {"embed->L0H0.v", "L0H0->MLP1", "MLP1->logits"}
+        assert out["circuit"]["faithfulness"] == pytest.approx(1.0, abs=1e-3) and out["circuit"]["size"] <= 6
+        run = await call(c, "get_run", {"run_id": out["run_id"]})
+        assert run["run"]["status"] == "complete" and run["result"]["circuit"] == out["circuit"]
+
+        # Bad input: clear errors naming the field.
+        err = await call_error(c, "attribute", {"model": "toy/planted-clean", "task": "planted", "method": "eap",
+                                                "level": "heads"})
+        assert "method" in err and "edges" in err
+        err = await call_error(c, "attribute", {"model": "toy/planted-clean", "task": "planted", "level": "neurons"})
+        assert "layer" in err
+        err = await call_error(c, "attribute", {"model": "toy/planted-clean", "task": "planted", "level": "heads",
+                                                "layer": 7})
+        assert "layer" in err
+
+
+async def test_attribute_finds_the_trained_induction_heads(store_dir):
+    """On the 2-layer attention-only model trained here: exact head patching of the repeated token (x6 ->
+    another letter) puts the induction head in layer 1 on top and a previous-token head in layer 0 second."""
+    from mcp_interp.models.toy import build_toy, get_toy
+    from mcp_interp.toymodels.trained import induction_heads
+
+    model, _ = build_toy(get_toy("toy/induction-2l"))
+    roles = induction_heads(model)
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        out = await finish(c, await call(c, "attribute", {
+            "model": "toy/induction-2l", "task": "induction", "method": "atp", "level": "heads", "n": 32,
+            "compare_exact": True, "wait_seconds": 300}))
+    exact = out["comparison_with_exact"]["exact_scores"]
+    ranked = sorted(exact, key=lambda k: -abs(exact[k]))
+    best1 = max((k for k in exact if k.startswith("L1")), key=lambda k: exact[k])
+    best0 = max((k for k in exact if k.startswith("L0")), key=lambda k: exact[k])
+    assert best1 == f"L1H{roles['induction_head']['head']}" or exact[best1] > 0.3
+    assert ranked[0].startswith("L1") and exact[best0] > 0.05
+    assert out["comparison_with_exact"]["pearson"] > 0.8
