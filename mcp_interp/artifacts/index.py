@@ -3,13 +3,22 @@
 One short-lived connection per call (sqlite3 connections are not shareable across threads) plus a
 process-wide write lock; WAL mode lets readers proceed while a writer commits, and busy_timeout
 covers a second process using the same store.
+
+Several server processes may share one store (Claude Code starts one stdio server per session). Each
+registers as an *owner* with a heartbeat; jobs and running runs carry their owner, so a server starting
+up interrupts only what belongs to owners that are dead (heartbeat older than the lease, or a process
+on this host that no longer exists), and a job key is claimed atomically (BEGIN IMMEDIATE), so identical
+requests sent to different servers join one job.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +39,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress REAL, message TEXT, created TEXT NOT NULL, started TEXT, finished TEXT,
     result TEXT, error TEXT, error_type TEXT);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, heartbeat REAL NOT NULL);
 """
+# columns added after the first release: (table, column, declaration)
+_MIGRATIONS = (("jobs", "owner", "TEXT"), ("jobs", "cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
+               ("runs", "owner", "TEXT"))
+LEASE_SECONDS = 15.0  # an owner whose heartbeat is older than this is dead
+HOST = socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host exists and is not a zombie (a kill -9'd child not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 _RUN_COLS = tuple(RunRecord.model_fields)
 _JOB_COLS = tuple(JobRecord.model_fields)
@@ -43,6 +74,14 @@ class SqliteIndex:
         with self._write_lock, self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            for table, col, decl in _MIGRATIONS:
+                have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+                if col not in have:
+                    try:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {decl}")
+                    except sqlite3.OperationalError:  # another process added it first
+                        pass
+            con.execute("CREATE INDEX IF NOT EXISTS jobs_key ON jobs (key, status)")
             # stores written before the job vocabulary was unified called a finished job "succeeded"
             con.execute("UPDATE jobs SET status = 'complete' WHERE status = 'succeeded'")
 
@@ -65,13 +104,19 @@ class SqliteIndex:
             return con.execute(sql, args).fetchall()
 
     # -- runs ---------------------------------------------------------------------------------
-    def upsert_run(self, rec: RunRecord) -> None:
+    def upsert_run(self, rec: RunRecord, owner: str | None = None) -> None:
+        """Insert or update a run (its owner column is set when given, kept otherwise)."""
         row = rec.model_dump()
         row["key_metrics"] = dumps(row["key_metrics"], indent=None)
-        cols = ", ".join(_RUN_COLS)
-        marks = ", ".join("?" for _ in _RUN_COLS)
-        self._write(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})",
-                    [row[c] for c in _RUN_COLS])
+        cols = [*_RUN_COLS, *(["owner"] if owner else [])]
+        row["owner"] = owner
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "run_id")
+        self._write(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
+                    f"ON CONFLICT(run_id) DO UPDATE SET {updates}", [row[c] for c in cols])
+
+    def running_runs_owned(self) -> dict[str, str | None]:
+        """run_id -> owner of every run still marked running."""
+        return {r["run_id"]: r["owner"] for r in self._read("SELECT run_id, owner FROM runs WHERE status = 'running'")}
 
     def run_exists(self, run_id: str) -> bool:
         return bool(self._read("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)))
@@ -113,10 +158,59 @@ class SqliteIndex:
 
     # -- jobs ---------------------------------------------------------------------------------
     def save_job(self, rec: JobRecord) -> None:
-        row = rec.model_dump()
-        row["result"] = None if row["result"] is None else dumps(row["result"], indent=None)
-        self._write(f"INSERT OR REPLACE INTO jobs ({', '.join(_JOB_COLS)}) VALUES "
-                    f"({', '.join('?' for _ in _JOB_COLS)})", [row[c] for c in _JOB_COLS])
+        row = _job_row(rec)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLS if c != "job_id")
+        self._write(f"INSERT INTO jobs ({', '.join(_JOB_COLS)}) VALUES ({', '.join('?' for _ in _JOB_COLS)}) "
+                    f"ON CONFLICT(job_id) DO UPDATE SET {updates}", [row[c] for c in _JOB_COLS])
+
+    def claim_job(self, rec: JobRecord, alive: set[str]) -> JobRecord | None:
+        """Atomically (across processes): the queued/running job with `rec.key` whose owner is alive, or else
+        insert `rec` and return None. Identical requests sent to two servers thus share one job."""
+        row = _job_row(rec)
+        with self._write_lock, self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for r in con.execute("SELECT * FROM jobs WHERE key = ? AND status IN ('queued', 'running') "
+                                     "ORDER BY created DESC", (rec.key,)).fetchall():
+                    if r["owner"] in alive:
+                        con.execute("COMMIT")
+                        return _job(r)
+                con.execute(f"INSERT INTO jobs ({', '.join(_JOB_COLS)}) VALUES ({', '.join('?' for _ in _JOB_COLS)})",
+                            [row[c] for c in _JOB_COLS])
+                con.execute("COMMIT")
+                return None
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def request_cancel(self, job_id: str) -> None:
+        self._write("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        rows = self._read("SELECT job_id FROM jobs WHERE owner = ? AND cancel_requested = 1 AND status IN "
+                          "('queued', 'running')", (owner,))
+        return [r["job_id"] for r in rows]
+
+    # -- owners (server processes sharing this store) -------------------------------------------
+    def heartbeat(self, owner: str, pid: int | None = None) -> None:
+        self._write("INSERT OR REPLACE INTO owners (owner, host, pid, heartbeat) VALUES (?, ?, ?, ?)",
+                    (owner, HOST, os.getpid() if pid is None else pid, time.time()))
+
+    def remove_owner(self, owner: str) -> None:
+        self._write("DELETE FROM owners WHERE owner = ?", (owner,))
+
+    def alive_owners(self, lease: float = LEASE_SECONDS) -> set[str]:
+        """Owners with a fresh heartbeat whose process (when on this host) still exists."""
+        now, out = time.time(), set()
+        for r in self._read("SELECT owner, host, pid, heartbeat FROM owners"):
+            if now - r["heartbeat"] <= lease and (r["host"] != HOST or pid_alive(r["pid"])):
+                out.add(r["owner"])
+        return out
+
+    def interrupt_job_if_running(self, job_id: str, message: str, finished: str) -> None:
+        self._write("UPDATE jobs SET status = 'interrupted', message = ?, error = ?, error_type = 'Interrupted', "
+                    "finished = ? WHERE job_id = ? AND status IN ('queued', 'running')",
+                    (message, message, finished, job_id))
 
     def load_job(self, job_id: str) -> JobRecord | None:
         rows = self._read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
@@ -133,21 +227,30 @@ class SqliteIndex:
             args.append(int(limit))
         return [_job(r) for r in self._read(sql, args)]
 
-    def interrupt_jobs(self, message: str, finished: str) -> int:
+    def interrupt_jobs(self, message: str, finished: str, alive: set[str] | None = None) -> int:
+        """Mark queued/running jobs interrupted, except those of the `alive` owners."""
+        keep = sorted(alive or ())
+        cond = f" AND (owner IS NULL OR owner NOT IN ({', '.join('?' for _ in keep)}))" if keep else ""
         return self._write(
             "UPDATE jobs SET status = 'interrupted', message = ?, error = ?, "
-            "error_type = 'Interrupted', finished = ? WHERE status IN ('queued', 'running')",
-            (message, message, finished))
+            f"error_type = 'Interrupted', finished = ? WHERE status IN ('queued', 'running'){cond}",
+            (message, message, finished, *keep))
 
 
 def _run(row: sqlite3.Row) -> RunRecord:
-    d = dict(row)
+    d = {k: row[k] for k in row.keys() if k in _RUN_COLS}
     d["key_metrics"] = json.loads(d["key_metrics"]) if d.get("key_metrics") else {}
     return RunRecord(**d)
 
 
+def _job_row(rec: JobRecord) -> dict:
+    row = rec.model_dump()
+    row["result"] = None if row["result"] is None else dumps(row["result"], indent=None)
+    return row
+
+
 def _job(row: sqlite3.Row) -> JobRecord:
-    d = dict(row)
+    d = {k: row[k] for k in row.keys() if k in _JOB_COLS}
     d["result"] = json.loads(d["result"]) if d.get("result") else None
     d["progress"] = d.get("progress") or 0.0
     d["message"] = d.get("message") or ""

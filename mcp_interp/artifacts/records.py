@@ -74,3 +74,4 @@ class JobRecord(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
+    owner: str | None = Field(None, description="the server process running it (see the index's owners)")

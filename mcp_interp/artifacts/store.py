@@ -163,6 +163,7 @@ class ArtifactStore:
         index_path = self.root / "index.sqlite"
         lost = not index_path.exists() and any(self._published_dirs())
         self.index = SqliteIndex(index_path)
+        self.owner: str | None = None  # the server process writing runs (set by its job manager)
         if lost:
             self.rebuild_index()
 
@@ -184,6 +185,7 @@ class ArtifactStore:
                         params_hash=params_hash(params), status="running", created=utc_now(),
                         rel_path=rel, task_hash=task_hash, weight_hash=info.get("weight_hash"))
         staging = self.root / STAGING / run_id
+        self.index.upsert_run(rec, owner=self.owner)  # owned before its staging dir exists: never swept live
         staging.mkdir(parents=True)
         base = {"format": 1, "run_id": run_id, "tool": tool,
                 "tool_version": tool_version or provenance.tool_version(),
@@ -192,7 +194,6 @@ class ArtifactStore:
                 "params": json.loads(dumps(dict(params), indent=None)),
                 "params_hash": rec.params_hash, "seed": seed,
                 "environment": provenance.environment()}
-        self.index.upsert_run(rec)
         return RunHandle(self, rec, staging, base)
 
     def _new_run_id(self) -> str:
@@ -296,17 +297,40 @@ class ArtifactStore:
         self.index.replace_all_runs(disk + keep)
         return len(disk)
 
-    def mark_running_interrupted(self) -> int:
+    def mark_running_interrupted(self, alive: set[str] | None = None) -> int:
         """At startup: runs left 'running' by a dead server become 'interrupted' (or complete/failed
-        if their publish happened but the index update did not). Returns how many changed."""
+        if their publish happened but the index update did not); runs of the `alive` owners (other
+        servers on this store) are left alone. Returns how many changed."""
         n = 0
+        owners = self.index.running_runs_owned()
         for rec in self.index.query_runs(limit=None, status="running"):
+            if alive and owners.get(rec.run_id) in alive:
+                continue
             d = self.root / rec.rel_path
             disk = self._record_from_disk(d) if d.is_dir() else None
             if disk is not None:
                 self.index.upsert_run(disk)
             else:
                 self.index.set_run_status(rec.run_id, "interrupted", INTERRUPTED_MSG)
+            n += 1
+        return n
+
+    def sweep_staging(self, alive: set[str] | None = None, grace_s: float = 120.0) -> int:
+        """At startup: delete the staging dirs of runs no live server is writing (debris of a crash).
+        A dir whose run is 'running' under an `alive` owner stays, and so does a young dir with no index
+        row. Returns how many were removed."""
+        live = {rid for rid, owner in self.index.running_runs_owned().items() if owner in (alive or set())}
+        n, now = 0, time.time()
+        for d in (self.root / STAGING).glob("*"):
+            if not d.is_dir() or d.name in live:
+                continue
+            try:
+                young = now - d.stat().st_mtime < grace_s
+            except OSError:
+                continue
+            if young and not self.index.run_exists(d.name):
+                continue  # a run being created right now by some process
+            shutil.rmtree(d, ignore_errors=True)
             n += 1
         return n
 
@@ -329,6 +353,7 @@ class ArtifactStore:
     def load_jobs(self, status: str | None = None, limit: int | None = 100) -> list[JobRecord]:
         return self.index.load_jobs(status=status, limit=limit)
 
-    def interrupt_jobs(self, message: str) -> int:
-        """Mark every queued/running job as interrupted (called when a job manager starts)."""
-        return self.index.interrupt_jobs(message, utc_now())
+    def interrupt_jobs(self, message: str, alive: set[str] | None = None) -> int:
+        """Mark queued/running jobs as interrupted unless an `alive` owner runs them (called when a job manager
+        starts)."""
+        return self.index.interrupt_jobs(message, utc_now(), alive)

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.components import Unembed
 
 from .errors import ModelLoadError
 
@@ -81,6 +82,102 @@ def _arch(hf_model: Any) -> str:
     return archs[0] if archs else type(hf_model).__name__
 
 
+def _rope(hf_config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """The rope parameters (transformers 5 `rope_parameters`, per layer type when nested; 4.x `rope_scaling`)."""
+    rope = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+    if layer_type is not None and isinstance(rope.get(layer_type), dict):
+        return dict(rope[layer_type])
+    if isinstance(rope.get("full_attention"), dict):
+        return dict(rope["full_attention"])
+    return rope
+
+
+def _rope_theta(rope: dict[str, Any], hf_config: Any, default: float = 10000.0) -> float:
+    return float(rope.get("rope_theta") or getattr(hf_config, "rope_theta", None) or default)
+
+
+def _gemma_cfg_dict(hf_config: Any, arch: str) -> dict[str, Any]:
+    """TL config for Gemma 1/2/3 from HF fields. TL itself only has per-name tables for these
+    (`google/gemma-2-2b`, ...), so a local or GGUF checkpoint needs its config built from fields."""
+    n_heads = hf_config.num_attention_heads
+    d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_heads
+    act = getattr(hf_config, "hidden_activation", None) or hf_config.hidden_act
+    rope_full = _rope(hf_config, "full_attention")
+    cfg: dict[str, Any] = {
+        "d_model": hf_config.hidden_size, "d_head": d_head, "n_heads": n_heads,
+        # always set: TL's Gemma converter writes grouped-query weights (_W_K, _W_V)
+        "n_key_value_heads": getattr(hf_config, "num_key_value_heads", None) or n_heads,
+        "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings, "eps": float(hf_config.rms_norm_eps),
+        "d_vocab": hf_config.vocab_size, "act_fn": act, "normalization_type": "RMS", "final_rms": True,
+        "gated_mlp": True, "positional_embedding_type": "rotary", "rotary_dim": d_head,
+        "rotary_adjacent_pairs": False, "rotary_base": _rope_theta(rope_full, hf_config),
+        "use_attn_scale": True, "attn_scale": float(getattr(hf_config, "query_pre_attn_scalar", None) or d_head) ** 0.5,
+    }
+    if arch == "GemmaForCausalLM":
+        return cfg
+    cfg["use_normalization_before_and_after"] = True
+    layer_types = getattr(hf_config, "layer_types", None) or ["full_attention"] * hf_config.num_hidden_layers
+    cfg["attn_types"] = ["local" if t == "sliding_attention" else "global" for t in layer_types]
+    if "local" in cfg["attn_types"]:
+        cfg.update(use_local_attn=True, window_size=int(hf_config.sliding_window))
+    for hf_key, tl_key in (("attn_logit_softcapping", "attn_scores_soft_cap"),
+                           ("final_logit_softcapping", "output_logits_soft_cap")):
+        if getattr(hf_config, hf_key, None):
+            cfg[tl_key] = float(getattr(hf_config, hf_key))
+    if arch == "Gemma3ForCausalLM":
+        cfg["use_qk_norm"] = True
+        local = _rope(hf_config, "sliding_attention")
+        local_theta = local.get("rope_theta") or getattr(hf_config, "rope_local_base_freq", None)
+        if local_theta is not None:
+            cfg["rotary_base_local"] = float(local_theta)
+        rope_type = (rope_full.get("rope_type") or rope_full.get("type") or "default").lower()
+        if rope_type == "linear":  # Gemma 3 4B+: linear scaling on global layers only, as TL implements it
+            cfg["rotary_scaling_factor"] = float(rope_full.get("factor", 1.0))
+        elif rope_type != "default":
+            raise ModelLoadError(f"{arch}: rope scaling {rope_type!r} is not supported by TransformerLens")
+    return cfg
+
+
+def _olmo_cfg_dict(hf_config: Any, arch: str) -> dict[str, Any]:
+    """TL config for OLMo 1/2 from HF fields (TL has only per-name tables for them)."""
+    n_heads = hf_config.num_attention_heads
+    n_kv = getattr(hf_config, "num_key_value_heads", None) or n_heads
+    if n_kv != n_heads:  # TL's OLMo/OLMo-2 converters reshape K and V with n_heads
+        raise ModelLoadError(f"{arch} with grouped-query attention ({n_heads} query / {n_kv} KV heads) is not "
+                             "supported by TransformerLens' OLMo converters")
+    if getattr(hf_config, "attention_bias", False):
+        raise ModelLoadError(f"{arch} with attention biases is not supported by TransformerLens' OLMo converters")
+    rope = _rope(hf_config)
+    if (rope.get("rope_type") or "default") != "default":
+        raise ModelLoadError(f"{arch}: rope scaling {rope.get('rope_type')!r} is not supported by TransformerLens")
+    cfg: dict[str, Any] = {
+        "d_model": hf_config.hidden_size, "d_head": hf_config.hidden_size // n_heads, "n_heads": n_heads,
+        "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers,
+        "n_ctx": hf_config.max_position_embeddings, "d_vocab": hf_config.vocab_size, "act_fn": hf_config.hidden_act,
+        "positional_embedding_type": "rotary", "rotary_dim": hf_config.hidden_size // n_heads,
+        "rotary_adjacent_pairs": False, "rotary_base": _rope_theta(rope, hf_config), "gated_mlp": True,
+        "attn_types": ["global"] * hf_config.num_hidden_layers,
+    }
+    if arch == "OlmoForCausalLM":  # non-parametric LayerNorm (eps 1e-5 in HF), optional q/k/v clipping
+        cfg.update(normalization_type="LN", eps=1e-5, clip_qkv=getattr(hf_config, "clip_qkv", None))
+    else:
+        cfg.update(normalization_type="RMS", eps=float(hf_config.rms_norm_eps))
+    return cfg
+
+
+# Architectures TL converts (it has their weight converter) but configures only from a table of
+# official names; for any other checkpoint of theirs we build the config from the HF fields.
+_FIELD_CONFIGS = {
+    "GemmaForCausalLM": _gemma_cfg_dict, "Gemma2ForCausalLM": _gemma_cfg_dict,
+    "Gemma3ForCausalLM": _gemma_cfg_dict, "OlmoForCausalLM": _olmo_cfg_dict, "Olmo2ForCausalLM": _olmo_cfg_dict,
+}
+
+# HookedTransformer architectures TL 3.9 converts, for error messages.
+SUPPORTED_FAMILIES = ("GPT-2, GPT-Neo, GPT-NeoX/Pythia, GPT-J, OPT, BLOOM, Llama, Mistral, Mixtral, Qwen/Qwen2/Qwen3, "
+                      "Phi/Phi-3, Gemma 1/2/3 (text), OLMo/OLMo-2/OLMo-3/OLMoE, Apertus, gpt-oss")
+
+
 def hf_to_tl(hf_model: Any, default_prepend_bos: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(TL config dict, TL state dict) for a loaded float HF causal LM."""
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
@@ -115,7 +212,10 @@ def _generic_hf_to_tl(hf_model: Any, arch: str, default_prepend_bos: bool):
         path = str(Path(tmp) / "model")
         hf_config.save_pretrained(path)
         try:
-            cfg_dict = loading.convert_hf_model_config(path)
+            if arch in _FIELD_CONFIGS:
+                cfg_dict = {**_FIELD_CONFIGS[arch](hf_config, arch), "original_architecture": arch}
+            else:
+                cfg_dict = loading.convert_hf_model_config(path)
             cfg_dict.update(
                 model_name=str(getattr(hf_model.config, "_name_or_path", "") or arch).split("/")[-1],
                 init_weights=False, from_checkpoint=False, n_devices=1, tokenizer_name=None,
@@ -126,13 +226,25 @@ def _generic_hf_to_tl(hf_model: Any, arch: str, default_prepend_bos: bool):
             sd = loading.get_pretrained_state_dict(path, cfg, hf_model)
         except ModelLoadError:
             raise
-        except Exception as e:  # TL raises ValueError/KeyError/NotImplementedError/AttributeError
+        except NotImplementedError as e:  # TL has no branch (config or weights) for this architecture
+            raise ModelLoadError(
+                f"architecture {arch} is not supported by TransformerLens {_tl_version()} "
+                f"(HookedTransformer cannot convert it: {e}). Supported families: {SUPPORTED_FAMILIES}."
+            ) from e
+        except Exception as e:  # TL raises ValueError/KeyError/AttributeError on configs it half-knows
             raise ModelLoadError(
                 f"architecture {arch} could not be converted to a TransformerLens HookedTransformer "
-                f"({type(e).__name__}: {e}). Supported families include GPT-2, GPT-Neo(X)/Pythia, "
-                "Llama, Mistral, Qwen2/3, Gemma 1-3, Phi, OLMo."
+                f"({type(e).__name__}: {e}). Supported families: {SUPPORTED_FAMILIES}."
             ) from e
+    # JSON-able (cached on disk): TL's converter may leave non-JSON values such as a dtype
+    cfg_dict = {k: v for k, v in cfg_dict.items() if k not in ("dtype", "device")}
     return cfg_dict, sd
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
 
 
 def attach_hf_tokenizer(model: HookedTransformer, tok: Any) -> None:
@@ -150,24 +262,41 @@ def attach_hf_tokenizer(model: HookedTransformer, tok: Any) -> None:
         tok.padding_side = "right"
 
 
+class Float32Unembed(Unembed):
+    """The unembedding of a bfloat16/float16 model, kept in float32: logits (and every metric read from
+    them) are computed in float32 from the low-precision residual stream."""
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        return super().forward(residual.to(self.W_U.dtype))
+
+
 def build_hooked(
     cfg_dict: dict[str, Any] | HookedTransformerConfig,
     state_dict: dict[str, torch.Tensor],
     device: str,
     hf_tokenizer: Any | None = None,
     processed: bool = False,
+    dtype: torch.dtype = torch.float32,
+    n_devices: int = 1,
 ) -> HookedTransformer:
     """HookedTransformer from a config dict and a state dict, eval mode, params frozen.
 
     `processed=False`: a converter's output, loaded through TL (fills missing zero biases; all
     folding/centering disabled). `processed=True`: a saved parameter dict of a built model (cache).
+    `dtype`: float32, or bfloat16/float16 (then the unembedding stays float32, see Float32Unembed).
+    `n_devices` > 1 splits the layers over cuda:0..n-1 (TransformerLens' pipeline split).
     """
     if isinstance(cfg_dict, HookedTransformerConfig):  # e.g. from TL's official-name config
         cfg_dict = {k: v for k, v in cfg_dict.to_dict().items() if k not in ("n_params",)}
+    if n_devices > 1 and not str(device).startswith("cuda"):
+        raise ModelLoadError(f"n_devices={n_devices} needs CUDA devices (device is {device!r})")
     cfg = HookedTransformerConfig.from_dict(
-        {**cfg_dict, "device": device, "dtype": torch.float32, "init_weights": False, "tokenizer_name": None}
+        {**cfg_dict, "device": device, "dtype": dtype, "init_weights": False, "tokenizer_name": None,
+         "n_devices": n_devices}
     )
     model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    if dtype != torch.float32:  # cast the float32 weights before loading (assign keeps the given dtype)
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     if processed:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         params = {n for n, _ in model.named_parameters()}
@@ -178,7 +307,13 @@ def build_hooked(
             state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
             fold_value_biases=False, refactor_factored_attn_matrices=False,
         )
-    model.to(device, print_details=False)  # TL prints otherwise; stdout is the MCP stdio channel
+    if dtype != torch.float32:
+        model.unembed.__class__ = Float32Unembed
+        model.unembed.float()
+    if n_devices > 1:
+        model.move_model_modules_to_device()  # block i on cuda:(i * n_devices // n_layers)
+    else:
+        model.to(device, print_details=False)  # TL prints otherwise; stdout is the MCP stdio channel
     model.eval()
     # Frozen weights; gradients w.r.t. activations still flow (hooks can require grad).
     model.requires_grad_(False)
@@ -193,10 +328,16 @@ def param_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def model_memory(model: torch.nn.Module) -> tuple[int, int]:
-    """(parameter count, bytes of parameters + buffers)."""
+    """(parameter count, bytes of parameters + buffers): the storages really held, each counted once
+    (tied or shared tensors, views), on whatever devices they live."""
     n = sum(p.numel() for p in model.parameters())
-    nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    return n, nbytes
+    storages: dict[tuple[str, int], int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.device.type == "meta":
+            continue
+        st = t.untyped_storage()
+        storages[(str(t.device), st.data_ptr())] = st.nbytes()
+    return n, sum(storages.values())
 
 
 def state_dict_hash(sd: dict[str, torch.Tensor], n: int = 16) -> str:

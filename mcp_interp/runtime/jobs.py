@@ -1,24 +1,34 @@
 """Background jobs for heavy tools (DESIGN §2.2): plain Python threads, no MCP here.
 
-A tool submits `fn(ctx) -> dict`; the MCP layer then `wait()`s up to `wait_seconds` in a worker
-thread of its own, forwarding progress. `on_progress` runs in the *waiting* thread, never the job's,
-so the server can hop back to its event loop (anyio.from_thread.run) from there. Job records live
-in the artifact store's SQLite index: a restart serves finished results and marks what was queued or
-running as interrupted.
+A tool submits `fn(ctx) -> dict`; the MCP layer then waits up to `wait_seconds` on its event loop
+(`wait_async`: no worker thread is held while waiting, so many long-polls never starve other requests),
+forwarding every progress stage the job recorded. Plain Python callers use the blocking `wait()`.
+
+Job records live in the artifact store's SQLite index, with the job's owner: this manager's server
+process, which keeps a heartbeat there. Several servers may share one store: a starting server marks
+interrupted only what dead owners left queued or running; a request whose key matches a live job of
+another server joins that job (read back from the index) instead of computing it twice; cancelling such
+a job asks its owner, which polls for requests with its heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+import anyio
+import anyio.to_thread
 
 from ..artifacts import JOB_TERMINAL, ArtifactStore, JobRecord
 from ..artifacts.fsutil import utc_now
+from ..artifacts.index import HOST, LEASE_SECONDS
 from ..methods.core import Cancelled, Progress, span
 
 log = logging.getLogger(__name__)
@@ -40,11 +50,16 @@ class Job:
         self.status, self.progress, self.message = rec.status, rec.progress, rec.message
         self.created, self.started, self.finished = rec.created, rec.started, rec.finished
         self.result, self.error, self.error_type = rec.result, rec.error, rec.error_type
+        self.owner = rec.owner
+        self.remote = False  # run by another server process on the same store: state is read from the index
         self.fn = fn
         self.cond = threading.Condition()
         self.version = 0  # bumped on every change, under `cond`
         self.cancel_event = threading.Event()
         self.last_persist = 0.0
+        # progress stages as (version, fraction, message), so a waiter reports each stage even when it
+        # wakes after several; thinned to message changes and steps of >= 1%
+        self.events: deque[tuple[int, float, str]] = deque(maxlen=128)
 
     @property
     def done(self) -> bool:
@@ -56,7 +71,7 @@ class Job:
                              key=self.key, status=self.status, progress=self.progress,
                              message=self.message, created=self.created, started=self.started,
                              finished=self.finished, result=self.result, error=self.error,
-                             error_type=self.error_type)
+                             error_type=self.error_type, owner=self.owner)
 
     def to_dict(self) -> dict[str, Any]:
         return self.snapshot().model_dump()
@@ -106,19 +121,44 @@ class JobContext:
 
 class JobManager:
     def __init__(self, store: ArtifactStore, max_workers: int = 2, persist_interval: float = 2.0,
-                 max_in_memory: int = 200, recover: bool = True):
+                 max_in_memory: int = 200, recover: bool = True, heartbeat_interval: float = 2.0,
+                 lease: float = LEASE_SECONDS, remote_poll: float = 0.5):
         self.store, self.max_workers = store, max(1, int(max_workers))
         self.persist_interval, self.max_in_memory = persist_interval, max_in_memory
+        self.heartbeat_interval, self.lease, self.remote_poll = heartbeat_interval, lease, remote_poll
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closed = False
-        if recover:  # one server per store is assumed: whatever was live is from a dead process
-            n = store.interrupt_jobs(INTERRUPTED_MSG)
-            m = store.mark_running_interrupted()
-            if n or m:
-                log.info("marked %d jobs and %d runs from a previous server as interrupted", n, m)
+        self._stop = threading.Event()
+        self.owner = f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+        store.owner = self.owner
+        store.index.heartbeat(self.owner)
+        if recover:  # whatever dead servers left queued or running; live servers' jobs are theirs
+            alive = self.alive_owners()
+            n = store.interrupt_jobs(INTERRUPTED_MSG, alive)
+            m = store.mark_running_interrupted(alive)
+            k = store.sweep_staging(alive)
+            if n or m or k:
+                log.info("marked %d jobs and %d runs of stopped servers as interrupted; removed %d staging dirs",
+                         n, m, k)
+        self._beat = threading.Thread(target=self._heartbeat, name="mcp-interp-heartbeat", daemon=True)
+        self._beat.start()
+
+    # -- owners ---------------------------------------------------------------------------------
+    def alive_owners(self) -> set[str]:
+        return self.store.index.alive_owners(self.lease) | {self.owner}
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            try:
+                self.store.index.heartbeat(self.owner)
+                for jid in self.store.index.cancel_requests(self.owner):  # asked by another server
+                    if jid in self._jobs and not self._jobs[jid].cancel_event.is_set():
+                        self.cancel(jid)
+            except Exception:  # a locked or full disk: try again next beat
+                log.debug("heartbeat failed", exc_info=True)
 
     # -- submission and execution -------------------------------------------------------------
     def submit(self, kind: str, fn: Callable[[JobContext], Any], *, description: str = "",
@@ -133,10 +173,18 @@ class JobManager:
                     if job.key == key and not job.done:
                         return job
             job = Job(JobRecord(job_id=self._new_id(), kind=kind, description=description, key=key,
-                                status="queued", message="queued", created=utc_now()), fn)
+                                status="queued", message="queued", created=utc_now(), owner=self.owner), fn)
+            if key is not None:  # atomically across processes: join another live server's identical job
+                other = self.store.index.claim_job(job.snapshot(), self.alive_owners())
+                if other is not None:
+                    remote = Job(other)
+                    remote.remote = True
+                    return remote
             self._jobs[job.id] = job
             self._ensure_workers()
-        self._persist(job)
+        job.last_persist = time.monotonic()
+        if key is None:
+            self._persist(job)
         self._queue.put(job.id)
         return job
 
@@ -225,6 +273,9 @@ class JobManager:
             if job.done:
                 return
             self._set(job, **fields)
+            last = job.events[-1] if job.events else None
+            if last is None or last[2] != job.message or abs(job.progress - last[1]) >= 0.01:
+                job.events.append((job.version, job.progress, job.message))
             due = time.monotonic() - job.last_persist >= self.persist_interval
         if due:  # throttled: progress ticks reach SQLite at most every persist_interval
             self._persist(job)
@@ -249,8 +300,29 @@ class JobManager:
             return job
         rec = self.store.load_job(job_id)
         if rec is None:
-            raise JobNotFound(f"no job with id {job_id!r}; use list_jobs to see known jobs")
-        return Job(rec)
+            shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
+            raise JobNotFound(f"no job with id {shown!r}; use list_jobs to see known jobs")
+        job = Job(rec)
+        job.remote = rec.owner != self.owner and not job.done
+        return job
+
+    def refresh(self, job: Job) -> Job:
+        """Re-read a remote job from the index; one whose owner died is marked interrupted."""
+        if not job.remote or job.done:
+            return job
+        rec = self.store.load_job(job.id)
+        if rec is not None and rec.status not in JOB_TERMINAL and rec.owner not in self.alive_owners():
+            self.store.index.interrupt_job_if_running(job.id, INTERRUPTED_MSG, utc_now())
+            rec = self.store.load_job(job.id)
+        if rec is None:
+            return job
+        with job.cond:
+            changed = (rec.status, rec.progress, rec.message) != (job.status, job.progress, job.message)
+            if changed:
+                self._set(job, status=rec.status, progress=rec.progress, message=rec.message, result=rec.result,
+                          error=rec.error, error_type=rec.error_type, finished=rec.finished, started=rec.started)
+                job.events.append((job.version, job.progress, job.message))
+        return job
 
     def wait(self, job_id: str, timeout: float | None,
              on_progress: Progress | None = None) -> Job:
@@ -260,12 +332,16 @@ class JobManager:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         seen, delivered = -1, None
         while True:
+            self.refresh(job)
             with job.cond:
                 while job.version == seen and not job.done:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         break
-                    job.cond.wait(left)
+                    job.cond.wait(self.remote_poll if job.remote and (left is None or left > self.remote_poll)
+                                  else left)
+                    if job.remote:
+                        break
                 seen, state, done = job.version, (job.progress, job.message), job.done
             if on_progress is not None and state != delivered:
                 delivered = state
@@ -278,9 +354,44 @@ class JobManager:
             if done or (deadline is not None and time.monotonic() >= deadline):
                 return job
 
-    def cancel(self, job_id: str) -> Job:
-        """Cooperative: a queued job is cancelled now; a running one when it next checks."""
+    async def wait_async(self, job_id: str, timeout: float | None,
+                         on_progress: Callable[[float, str], Awaitable[None]] | None = None,
+                         poll: float = 0.05) -> Job:
+        """`wait` on the event loop: sleeps between looks at the job, so waiting holds no thread. Reports every
+        recorded progress stage (fraction, message) once, in order, then the current state."""
         job = self.get(job_id)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        seen, delivered, last_refresh = -1, None, 0.0
+        while True:
+            if job.remote and time.monotonic() - last_refresh >= self.remote_poll:
+                last_refresh = time.monotonic()
+                await anyio.to_thread.run_sync(self.refresh, job)  # one short index read
+            if job.version != seen:
+                with job.cond:
+                    states = [(f, m) for v, f, m in job.events if v > seen] + [(job.progress, job.message)]
+                    seen = job.version
+                for state in states:
+                    if on_progress is not None and state != delivered:
+                        delivered = state
+                        try:
+                            await on_progress(*state)
+                        except Exception:
+                            log.debug("progress callback failed for %s", job_id, exc_info=True)
+                            on_progress = None
+            if job.done or (deadline is not None and time.monotonic() >= deadline):
+                return job
+            left = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
+            await anyio.sleep(left)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cooperative: a queued job is cancelled now; a running one when it next checks. A job of another
+        server on this store is asked to stop through the index (its owner polls for that)."""
+        job = self.get(job_id)
+        if job.remote:
+            self.store.index.request_cancel(job_id)
+            with job.cond:
+                self._set(job, message="cancellation requested from the server process that runs it")
+            return job
         job.cancel_event.set()
         with job.cond:
             queued = job.status == "queued" and job.id in self._jobs
@@ -307,6 +418,7 @@ class JobManager:
     def shutdown(self, wait: bool = False, timeout: float | None = None) -> None:
         """Stop accepting jobs; cancel queued ones and ask running ones to stop (they end as
         interrupted). With wait, join the workers (up to timeout)."""
+        self._stop.set()
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())
@@ -325,3 +437,8 @@ class JobManager:
         if wait:
             for t in self._threads:
                 t.join(timeout)
+        if wait or not any(j.status == "running" for j in jobs):
+            try:  # others may now treat whatever is left as a dead server's
+                self.store.index.remove_owner(self.owner)
+            except Exception:
+                log.debug("could not remove owner row", exc_info=True)

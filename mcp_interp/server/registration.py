@@ -3,7 +3,10 @@ typed arguments.
 
 The pydantic input model is the single source of truth: its fields become the tool's parameters
 (and so its JSON schema), its output model the tool's output schema. Blocking work runs in a worker
-thread; progress from the job's waiting thread is forwarded as MCP progress notifications.
+thread; waiting for a job (a heavy tool's `wait_seconds`, get_job's long-poll) happens on the event loop
+instead (the tool returns a `Deferred`), so long-polls hold no thread and never starve other requests.
+Progress is forwarded as MCP progress notifications. Whatever goes wrong reaches the client as a
+`ToolError` that names the problem, cut to a bounded length.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from ..methods.core import Progress
+from ..models import ModelLoadError
+from ..tasks.causal import TaskSpecError
+from ..tasks.expressions import ExpressionError
 from ..tools import ToolSpec
+from ..tools.base import Deferred, deferring
 from ..tools.errors import ToolError
 
 log = logging.getLogger("mcp_interp")
@@ -35,6 +42,16 @@ def _parameters(input_model: type[BaseModel] | None) -> list[inspect.Parameter]:
         ann = Annotated[field.annotation, Field(description=field.description)] if field.description else field.annotation
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
     return params
+
+
+MAX_ERROR_CHARS = 3000
+
+
+def _bounded(message: str) -> str:
+    """An error message of bounded size: a huge input is never echoed back in full."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[:MAX_ERROR_CHARS - 200] + f" ... [{len(message) - MAX_ERROR_CHARS + 200} characters cut]"
 
 
 def _format_validation(e: ValidationError) -> str:
@@ -63,12 +80,23 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
         if spec.progress:
             call = partial(call, progress=_progress_bridge(ctx))
         try:
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-        except ToolError:
-            raise
+            out = await anyio.to_thread.run_sync(partial(deferring, call), abandon_on_cancel=True)
+            if isinstance(out, Deferred):
+                job = await app.jobs.wait_async(out.job_id, out.wait,
+                                                on_progress=_async_progress(ctx) if spec.progress else None)
+                out = out.finish(job)
+            return out
+        except ToolError as e:
+            raise ToolError(_bounded(str(e))) from None
+        except TaskSpecError as e:  # a task spec that fails while it is used (e.g. a template that cannot format)
+            raise ToolError(_bounded(f"task.{e.field}: {e.message}")) from None
+        except ExpressionError as e:
+            raise ToolError(_bounded(f"task: {e}")) from None
+        except ModelLoadError as e:
+            raise ToolError(_bounded(f"model: {e}")) from None
         except Exception as e:  # never crash the server; say what happened
             log.exception("tool %s failed", name)
-            raise ToolError(f"{name} failed unexpectedly: {type(e).__name__}: {e}") from e
+            raise ToolError(_bounded(f"{name} failed unexpectedly: {type(e).__name__}: {e}")) from e
 
     params = [*_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     tool.__signature__ = inspect.Signature(params, return_annotation=output_model)  # type: ignore[attr-defined]
@@ -76,6 +104,15 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
     tool.__name__ = name
     server.add_tool(tool, name=name, description=spec.description,
                     annotations=ToolAnnotations(readOnlyHint=spec.read_only, openWorldHint=False))
+
+
+def _async_progress(ctx: Context):
+    async def report(fraction: float, message: str) -> None:
+        try:
+            await ctx.report_progress(float(fraction), 1.0, message)
+        except Exception:  # best-effort, as in the thread bridge
+            pass
+    return report
 
 
 def _progress_bridge(ctx: Context) -> Progress:

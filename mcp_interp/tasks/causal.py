@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import expressions
-from .spec import CounterfactualSpec, TaskSpec, template_fields
+from .expressions import excerpt
+from .spec import MAX_PROMPT_CHARS, CounterfactualSpec, IntRange, TaskSpec, template_fields
 
 TEMPLATE = "_template"  # implicit input variable: which template renders the setting
 
@@ -121,8 +122,7 @@ class CausalModel:
             new = dict(inputs)
             if cf.kind == "resample":
                 for v in cf.variables:
-                    choices = [x for x in self.domains[v] if x != inputs[v]]
-                    new[v] = rng.choice(choices)
+                    new[v] = _choice_other(rng, self.domains[v], inputs[v])
             elif cf.kind == "resample_all":
                 for v in self.inputs:
                     new[v] = rng.choice(self.domains[v])
@@ -157,11 +157,31 @@ def render_template(template: str, setting: dict[str, Any]) -> Rendered:
         pos += len(literal)
         if field is None:
             continue
-        text = format(setting[field], spec or "")
+        try:
+            template_fields("{%s:%s}" % (field, spec or ""))  # bounded widths, no nested fields
+            text = format(setting[field], spec or "")
+        except (ValueError, TypeError) as e:
+            raise TaskSpecError("templates", f"slot {{{field}:{(spec or '')[:20]}}} cannot format the value "
+                                f"{excerpt(setting.get(field), 40)}: {excerpt(str(e), 120)}. Fix: drop or change the "
+                                f"format spec") from None
         slots.append(Slot(field, text, pos, pos + len(text)))
         out.append(text)
         pos += len(text)
+        if pos > MAX_PROMPT_CHARS:
+            raise TaskSpecError("templates", f"a rendered prompt is longer than {MAX_PROMPT_CHARS} characters. "
+                                f"Fix: shorter templates or values")
     return Rendered("".join(out), slots)
+
+
+def _choice_other(rng: random.Random, domain, current: Any) -> Any:
+    """rng.choice over the domain without `current`, never listing the domain (a range may be huge); draws the
+    same value as rng.choice([x for x in domain if x != current])."""
+    n = len(domain)
+    if current in domain and isinstance(domain, IntRange):
+        i = rng.randrange(n - 1)
+        value = domain[i]
+        return value if value < current else domain[i + 1]
+    return rng.choice([x for x in domain if x != current])
 
 
 __all__ = ["CausalModel", "Rendered", "Slot", "TaskSpecError", "TEMPLATE", "render_template", "template_fields"]

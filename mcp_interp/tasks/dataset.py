@@ -93,6 +93,14 @@ def encode_text(tokenizer: Tokenizer, text: str, field_name: str) -> tuple[list[
         raise TaskSpecError(field_name, f"the model's tokenizer cannot encode {text!r}: {e}") from None
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str, field_name: str = "templates") -> tuple[list[int], list[tuple[int, int]]]:
+    """A prompt's ids and spans, after the tokens the model expects first (the tokenizer's optional
+    `prompt_prefix_ids`, e.g. Gemma's BOS; their spans are empty, so no named position resolves to them)."""
+    ids, offsets = encode_text(tokenizer, text, field_name)
+    prefix = list(getattr(tokenizer, "prompt_prefix_ids", None) or [])
+    return prefix + ids, [(0, 0)] * len(prefix) + offsets
+
+
 def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
                   counterfactual: str | None = None, distinct: bool = True) -> TaskDataset:
     """n clean/counterfactual pairs with distinct clean prompts (when `distinct`), deterministic in seed."""
@@ -120,8 +128,8 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
             continue
         seen.add(rendered.text)
         cf_rendered = model.render(cf)
-        tokens, offsets = encode_text(tokenizer, rendered.text, "templates")
-        cf_tokens, _ = encode_text(tokenizer, cf_rendered.text, "templates")
+        tokens, offsets = encode_prompt(tokenizer, rendered.text)
+        cf_tokens, _ = encode_prompt(tokenizer, cf_rendered.text)
         positions = {}
         for pname, pspec in spec.positions.items():
             idx = resolve_position(pspec, rendered, offsets, base)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .causal import CausalModel, Rendered, TaskSpecError
-from .dataset import encode_text, resolve_position
+from .dataset import encode_prompt, encode_text, resolve_position
 from .spec import TaskSpec
 from .tokenizer import Tokenizer
 
@@ -188,7 +188,7 @@ def build_interchange_dataset(spec: TaskSpec, tokenizer: Tokenizer, variable: st
         rendered = model.render(base)
         if rendered.text in seen:
             continue
-        tokens, offsets = encode_text(tokenizer, rendered.text, "templates")
+        tokens, offsets = encode_prompt(tokenizer, rendered.text)
         base_answer = model.answer(base)
         made: list[InterchangeExample] = []
         for _ in range(50 * sources_per_base):
@@ -202,7 +202,7 @@ def build_interchange_dataset(spec: TaskSpec, tokenizer: Tokenizer, variable: st
                 no_change += 1
                 continue
             src_rendered = model.render(src)
-            src_tokens, src_offsets = encode_text(tokenizer, src_rendered.text, "templates")
+            src_tokens, src_offsets = encode_prompt(tokenizer, src_rendered.text)
             if len(src_tokens) != len(tokens):
                 length_misses += 1
                 continue

@@ -12,7 +12,7 @@ from ..artifacts import plots
 from ..methods.attribution import run_attribution
 from ..methods.core import Progress, ci_dict
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Stat, pair_dataset, per_token_metric, resolve_task
+from .common import DEFAULT_MODEL, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -24,8 +24,10 @@ NODE_ONLY = {"atp", "atp_star", "grad", "grad_act", "ig", "act_diff"}
 EDGE_ONLY = {"eap", "eap_ig"}
 METHOD_DOC = (
     "exact: activation patching, one forward per unit (ground truth, slowest). atp: attribution patching "
-    "(a(x)-a(x'))·∇m at x', 2 forwards + 1 backward for all units. atp_star: AtP with GradDrop (recovers units whose "
-    "direct and indirect effects cancel). grad: |∇m| at x. grad_act: a(x)·∇m(x). ig: integrated gradients along the "
+    "(a(x)-a(x'))·∇m at x', 2 forwards + 1 backward for all units. atp_star: AtP* (Kramár et al. 2024): AtP with the "
+    "QK fix (attention patterns a unit's change reaches are recomputed exactly, so a saturated softmax no longer "
+    "hides it) and GradDrop (units whose direct and indirect effects cancel), on exact patching's scale. "
+    "grad: |∇m| at x. grad_act: a(x)·∇m(x). ig: integrated gradients along the "
     "embedding path x'→x (ig_steps). act_diff: |a(x)-a(x')|, not causal, for contrast. eap / eap_ig: edge "
     "attribution patching (plain / integrated gradients) — level 'edges' only. exact on 'edges' patches each edge "
     "(small models only).")
@@ -35,16 +37,18 @@ class AttributeInput(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks / define_task).")
     method: Method = Field("atp", description=METHOD_DOC)
-    level: Literal["heads", "mlps", "neurons", "positions", "edges"] = Field(
-        "heads", description="Units to score: attention heads, MLP layers, the neurons of MLP `layer`, the task's "
-        "named positions of the residual stream at `layer`, or edges (sender output -> receiver q/k/v/MLP input).")
+    level: Literal["heads", "mlps", "neurons", "positions", "qkv", "edges"] = Field(
+        "heads", description="Units to score: attention heads (outputs), MLP layers, the neurons of MLP `layer`, the "
+        "task's named positions of the residual stream at `layer`, qkv (each head's query, key and value input: "
+        "L3H2.q, L3H2.k, L3H2.v; per key-value group L3G1.k under GQA), or edges (sender output -> receiver "
+        "q/k/v/MLP input).")
     layer: int | None = Field(None, description="For level 'neurons' (required) and 'positions' (default 0).")
     counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
     variable: str | None = Field(None, description="Instead of `counterfactual`: the generator that resamples exactly "
                                  "this variable.")
     metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
     n: int = Field(16, ge=2, le=512, description="Number of clean/counterfactual pairs.")
-    seed: int = 0
+    seed: Seed = 0
     ig_steps: int = Field(10, ge=1, le=100, description="Integration points for ig / eap_ig.")
     compare_exact: bool = Field(False, description="Also run exact patching on the same units and report the "
                                 "correlation with it and the cost of each (node levels only).")
@@ -67,6 +71,8 @@ class FaithfulnessCurve(BaseModel):
     absolute: list[float] = Field(description="f of the top-k circuits ranked by |score|")
     cpr: float = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
     cmd: float = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
+    empty: float | None = Field(None, description="f of the empty circuit (every unit from the counterfactual); near "
+                                "1 means these units do not carry the difference and the curve is uninformative")
 
 
 class AttributeResult(RunResult):
@@ -84,7 +90,8 @@ class AttributeResult(RunResult):
     n_units: int
     top: list[UnitScore] = Field(description="the 15 units with the largest |score|")
     circuit: dict = Field(description="smallest top-k circuit (signed ranking) with faithfulness >= 0.8, or the most "
-                          "faithful one: size, fraction, faithfulness, units")
+                          "faithful one: size, fraction, faithfulness, units; uninformative=true (with reason) when "
+                          "the empty circuit already reaches 0.8")
     faithfulness: FaithfulnessCurve | None = None
     comparison_with_exact: dict | None = None
 
@@ -149,7 +156,8 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
     if rep.curves:
         s, a = rep.curves["signed"], rep.curves["abs"]
         faith = FaithfulnessCurve(fractions=s.fractions, counts=s.counts, signed=s.faithfulness,
-                                  absolute=a.faithfulness, cpr=round(s.area, 4), cmd=round(a.area, 4))
+                                  absolute=a.faithfulness, cpr=round(s.area, 4), cmd=round(a.area, 4),
+                                  empty=round(s.empty, 4) if np.isfinite(s.empty) else None)
     run.write_json("scores.json", {"units": rep.units, "layers": rep.layers, "scores": rep.scores.tolist(),
                                    "ci95_low": None if rep.lo is None else rep.lo.tolist(),
                                    "ci95_high": None if rep.hi is None else rep.hi.tolist(),
@@ -165,17 +173,23 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
         warnings.append(f"the clean-counterfactual gap is small ({gap:.3f}): normalised scores are noisy")
     if args.method == "act_diff":
         warnings.append("act_diff is not causal: it flags components that change, whether or not they matter")
-    if rep.circuit and not rep.circuit["reached_target"]:
+    uninformative = bool(rep.circuit and rep.circuit.get("uninformative"))
+    if uninformative:
+        warnings.append(f"faithfulness curve uninformative: {rep.circuit['reason']}")
+    elif rep.circuit and not rep.circuit["reached_target"]:
         warnings.append(f"no circuit on the curve reaches faithfulness {rep.circuit['target']}; the most faithful "
                         f"one is reported")
     t = top[0]
     summary = f"{args.method} on {args.level}: top {t.name} ({t.score:+.2f})"
-    if rep.circuit:
+    if uninformative:
+        summary += f"; faithfulness curve uninformative ({rep.circuit['reason'].split(':')[0]})"
+    elif rep.circuit:
         summary += (f"; circuit of {rep.circuit['size']} units ({100 * rep.circuit['fraction']:g}%) has faithfulness "
                     f"{rep.circuit['faithfulness']:.2f}; CPR {faith.cpr:.3f}, CMD {faith.cmd:.3f}")
     if rep.comparison:
-        summary += (f"; vs exact patching: Pearson {rep.comparison['pearson']:.2f}, "
-                    f"{rep.comparison['speedup']:.1f}x faster" if rep.comparison.get("speedup") else "")
+        c = rep.comparison
+        summary += (f"; vs exact patching: Pearson {c['pearson']:.2f}, top-{c['top_k']} overlap {c['top_k_overlap']:.2f} "
+                    f"(chance {c['top_k_chance']:.2f})" + (f", {c['speedup']:.1f}x faster" if c.get("speedup") else ""))
     result = AttributeResult(
         run_id=run.run_id, task=spec.name, model=args.model, method=args.method, level=args.level,
         counterfactual=ds.counterfactual, metric=metric_name, n=len(ds), seed=args.seed,
@@ -208,7 +222,7 @@ def _plots(run: ToolRun, args, spec, lm, rep, n) -> None:
                                              f"|score| ranking (CMD {a.area:.2f})": a.faithfulness},
             title=f"circuit faithfulness\n{what}", xlabel="% of units in the circuit", ylabel="faithfulness f",
             xscale="log", hlines={"full model": 1.0, "counterfactual": 0.0}))
-    if rep.circuit:
+    if rep.circuit and rep.circuit["units"]:
         nodes, edges = rep.circuit_graph(max_units=40)
         size = len(rep.circuit["units"][:40])
         run.save_figure("circuit.png", plots.layered_graph(
@@ -230,6 +244,8 @@ ATTRIBUTE = ToolSpec(
         "Scores are normalised denoising effects (1 = the unit alone restores the clean behaviour), with bootstrap "
         "CIs for node levels. Then evaluates the top-k% circuits (k = 0.1..100) with everything outside patched "
         "from the counterfactual: faithfulness f = (m(C) - m(empty)) / (m(full) - m(empty)), CPR and CMD as MIB "
-        "defines them, and the smallest circuit with f >= 0.8. compare_exact=true also runs exact patching and "
+        "defines them, and the smallest circuit with f >= 0.8 (flagged uninformative when the empty circuit already "
+        "has f >= 0.8). atp_star applies AtP*'s QK fix, so heads behind a saturated attention softmax are not missed; "
+        "level qkv scores each head's query/key/value input. compare_exact=true also runs exact patching and "
         "reports the correlation and the cost of each. Plots: layer x head heatmap, faithfulness curve, circuit "
         "graph. Runs as a job; identical requests return the stored run."))

@@ -10,6 +10,7 @@ its result.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from ..artifacts import JobStatus, params_hash
 from ..methods.core import Progress
+from ..models import normalize_model_id
 from ..runtime.run_cache import cached_result
 from ..runtime.task_registry import task_hash
 from .common import resolve_model
@@ -49,6 +51,36 @@ class ToolSpec:
     output_model: type[BaseModel]
     progress: bool = False
     read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A tool's answer that still has to wait for job `job_id` (up to `wait` seconds): the server waits on its
+    event loop, holding no worker thread, then calls `finish(job)` (a live Job or a JobRecord)."""
+
+    job_id: str
+    wait: float
+    finish: Callable[[Any], BaseModel]
+
+
+_deferring = threading.local()
+
+
+def deferring(call: Callable[[], Any]) -> Any:
+    """Run `call()` (in a worker thread) so that job waits inside it come back as `Deferred` instead of blocking."""
+    _deferring.on = True
+    try:
+        return call()
+    finally:
+        _deferring.on = False
+
+
+def wait_for_job(app: AppContext, job_id: str, wait: float, finish: Callable[[Any], BaseModel],
+                 progress: Progress | None) -> BaseModel | Deferred:
+    """Wait for a job and `finish` it, or, inside `deferring`, hand the wait to the server's event loop."""
+    if getattr(_deferring, "on", False):
+        return Deferred(job_id, wait, finish)
+    return finish(app.jobs.wait(job_id, wait, on_progress=progress))
 
 
 def artifact_uri(run_id: str, name: str) -> str:
@@ -126,9 +158,13 @@ class ToolRun:
         self.job.check_cancelled()
 
     def load(self, model_id: str, at: float = 0.01):
-        """The model from the pool, reporting the load as progress."""
+        """The model from the pool, reporting the load as progress, then the next stage."""
         self.progress(at, f"loading {model_id}")
-        return resolve_model(self.app, model_id)
+        t0 = time.perf_counter()
+        lm = resolve_model(self.app, model_id)
+        self.progress(max(at, LOADED * 0.9), f"{model_id} ready ({time.perf_counter() - t0:.1f} s); preparing "
+                      f"examples")
+        return lm
 
     def seconds(self) -> float:
         """Wall time since the job started, for the result's cost."""
@@ -143,8 +179,21 @@ class ToolRun:
     def open(self, spec: TaskSpec, model_id: str, lm, seed: int | None) -> None:
         """Create the run: its id and files exist from here on; leaving the job by an exception marks it failed."""
         self._run = self._stack.enter_context(self.app.store.create_run(
-            self.tool, spec.name, model_id, self.params, seed=seed,
-            model_info={"weight_hash": lm.weight_hash, "device": lm.device}, task_hash=task_hash(spec)))
+            self.tool, spec.name, getattr(lm, "model_id", model_id), self.params, seed=seed,
+            model_info={"weight_hash": lm.weight_hash, "device": str(lm.device),
+                        "dtype": getattr(lm, "dtype", "float32"), "n_devices": getattr(lm, "n_devices", 1)},
+            task_hash=task_hash(spec)))
+
+    def open_untasked(self, label: str, model_id: str, lm, seed: int | None) -> None:
+        """`open` for a run that belongs to no task (e.g. an SAE trained on a text corpus): stored under `label`."""
+        self._run = self._stack.enter_context(self.app.store.create_run(
+            self.tool, label, model_id, self.params, seed=seed,
+            model_info={"weight_hash": lm.weight_hash, "device": lm.device}))
+
+    @property
+    def final_dir(self):
+        """Where the run's files will live once it is finished (for results that name a directory)."""
+        return self._handle.final_dir
 
     @property
     def run_id(self) -> str:
@@ -161,6 +210,10 @@ class ToolRun:
 
     def write_json(self, name: str, obj: Any) -> None:
         self._handle.write_json(name, obj)
+        self.publish(name)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._handle.write_bytes(name, data)
         self.publish(name)
 
     def write_tensors(self, name: str, tensors: dict) -> None:
@@ -180,6 +233,29 @@ class ToolRun:
 Work = Callable[[ToolRun, Any], tuple[BaseModel, dict]]
 
 
+def _failure_message(tool: str, error_type: str | None, error: str | None) -> str:
+    """What the agent reads for a failed job: a refusal as it was raised, anything else named as unexpected."""
+    error = error or f"{tool} failed"
+    named = {"ToolError": "", "ModelLoadError": "model: ", "TaskSpecError": "task.", "ExpressionError": "task: "}
+    if error_type in named:
+        return named[error_type] + error.removeprefix(f"{error_type}: ")
+    return f"{tool} failed unexpectedly: {error}"
+
+
+def request_params(app: AppContext, args: BaseModel, model: str) -> dict:
+    """The parameters that identify a request in the run cache and the job key: the arguments (model id
+    normalised, wait/force left out), plus the model's dtype and device split when they are not the defaults."""
+    params = args.model_dump(exclude={"wait_seconds", "force"})
+    if isinstance(params.get("model"), str):
+        params["model"] = normalize_model_id(params["model"])
+    settings = app.pool.settings(model)
+    if settings["dtype"] != "float32" or settings["n_devices"] != 1:
+        # A reduced-precision or split model is another computation: never serve it a float32 run (or the
+        # reverse). Left out at the defaults so float32 requests keep their stored runs.
+        params["model_settings"] = {"dtype": settings["dtype"], "n_devices": settings["n_devices"]}
+    return params
+
+
 def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str, description: str, work: Work,
               output: type[HeavyOutput], progress: Progress | None) -> HeavyOutput:
     """The run cache, then the job: the one path every heavy tool takes.
@@ -189,7 +265,8 @@ def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str
     `args.force` (when the input has it) skips the cache. An identical request that is still running is
     joined rather than started twice.
     """
-    params = args.model_dump(exclude={"wait_seconds", "force"})
+    model = normalize_model_id(model)  # hf:dir/ and hf:./dir are one model, one cache entry
+    params = request_params(app, args, model)
     if not getattr(args, "force", False) and (hit := cached_result(app, tool, task, model, params)):
         return output(status="complete", result=hit)
 
@@ -201,12 +278,16 @@ def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str
 
     wait = args.wait_seconds
     job = app.jobs.submit(tool, job_fn, description=description, key=f"{tool}|{task}|{model}|{params_hash(params)}")
-    view = job_view(app.jobs.wait(job.id, wait, on_progress=progress))
-    if view.status == "failed":
-        raise ToolError(view.error or f"{tool} failed")
-    if view.status == "complete":
-        return output(status="complete", result=view.result)
-    if view.status in ("running", "queued"):
-        view.message = (f"{view.message} — still running after {wait:.0f} s; call get_job(job_id="
-                        f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
-    return output(status=view.status, job=view)
+
+    def finish(done) -> HeavyOutput:
+        view = job_view(done)
+        if view.status == "failed":
+            raise ToolError(_failure_message(tool, getattr(done, "error_type", None), view.error))
+        if view.status == "complete":
+            return output(status="complete", result=view.result)
+        if view.status in ("running", "queued"):
+            view.message = (f"{view.message} — still running after {wait:.0f} s; call get_job(job_id="
+                            f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
+        return output(status=view.status, job=view)
+
+    return wait_for_job(app, job.id, wait, finish, progress)  # type: ignore[return-value]

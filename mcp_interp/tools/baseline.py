@@ -13,7 +13,7 @@ from ..methods.baseline import counterfactual_check
 from ..methods.baseline import run_baseline as compute_baseline
 from ..methods.core import Progress, ci_dict
 from .base import WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Stat, dataset, resolve_task, validate_or_raise
+from .common import DEFAULT_MODEL, Seed, Stat, dataset, resolve_task, validate_or_raise
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -27,7 +27,7 @@ class RunBaselineInput(BaseModel):
     task: str = Field(..., description="Task name (list_tasks / define_task).")
     counterfactual: str | None = Field(None, description="Generator for the clean/counterfactual pairs (default: the task's first).")
     n: int = Field(32, ge=2, le=2048, description="Number of examples.")
-    seed: int = Field(0, description="Seed for sampling examples (and bootstrap).")
+    seed: Seed = Field(0, description="Seed for sampling examples (and bootstrap), 0..2**32-1.")
     force: bool = Field(False, description="Recompute even if an identical run is stored.")
     wait_seconds: float = WAIT_FIELD
 
@@ -63,21 +63,30 @@ class RunBaselineOutput(HeavyOutput):
     result: BaselineResult | None = None
 
 
-def _verdict(metric: str, acc: dict, metrics: dict) -> tuple[bool, str]:
+ACCURACY_NAMES = {"pairwise_accuracy": "pairwise accuracy (the answer's logit beats the counterfactual answer's)",
+                  "accuracy": "top-1 accuracy (the answer is the model's most likely next token)"}
+
+
+def _verdict(metric: str, acc: dict, metrics: dict, key: str = "accuracy") -> tuple[bool, str]:
+    """(solves, verdict) from the primary accuracy `acc` (summary[key]); the verdict names which accuracy it is
+    and, for pairwise accuracy, quotes top-1 accuracy beside it."""
     a = acc["mean"]
     diff = metrics.get("logit_diff") or metrics.get("prob_diff")
     diff_ok = diff is None or diff["ci95"][0] > 0
     solves = a >= SOLVES_AT and diff_ok
+    what = ACCURACY_NAMES.get(key, "accuracy") if metric != "prob_diff" else "accuracy (top candidate in the correct set)"
     tail = ""
+    if key == "pairwise_accuracy" and "accuracy" in metrics:
+        tail += f"; top-1 accuracy {metrics['accuracy']['mean']:.2f}"
     if diff is not None:
         name = "logit difference" if "logit_diff" in metrics else "probability difference"
-        tail = f", mean {name} {diff['mean']:.2f} (95% CI {diff['ci95'][0]:.2f}..{diff['ci95'][1]:.2f})"
+        tail += f", mean {name} {diff['mean']:.2f} (95% CI {diff['ci95'][0]:.2f}..{diff['ci95'][1]:.2f})"
     if solves:
-        return True, f"the model solves this task: accuracy {a:.2f}{tail}. Interventions on it are meaningful."
+        return True, f"the model solves this task: {what} {a:.2f}{tail}. Interventions on it are meaningful."
     if a >= 0.6 and diff_ok:
-        return False, (f"the model only partly solves this task: accuracy {a:.2f}{tail}. Effects will be noisy; "
+        return False, (f"the model only partly solves this task: {what} {a:.2f}{tail}. Effects will be noisy; "
                        f"consider restricting to examples it gets right or a larger model.")
-    return False, (f"the model does not solve this task: accuracy {a:.2f}{tail} — interventions on it would mean "
+    return False, (f"the model does not solve this task: {what} {a:.2f}{tail} — interventions on it would mean "
                    f"nothing. Check the prompt format, the answer's leading space, or use another model.")
 
 
@@ -98,7 +107,7 @@ def _run_baseline(run: ToolRun, args: RunBaselineInput) -> tuple[BaselineResult,
                                               model_follows=Stat(**ci_dict(cols["follows"], seed=args.seed))))
     summary = table.summary(seed=args.seed)
     primary_key = {"logit_diff": "pairwise_accuracy", "prob_diff": "accuracy"}.get(spec.metric, "accuracy")
-    solves, verdict = _verdict(spec.metric, summary[primary_key], summary)
+    solves, verdict = _verdict(spec.metric, summary[primary_key], summary, primary_key)
     run.open(spec, args.model, lm, args.seed)
     run.publish("result.json", "manifest.json")
     rows = []

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..methods.core import LogitDiffMetric, ProbMetric
 from ..models import ModelLoadError
@@ -19,14 +20,33 @@ if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
 DEFAULT_MODEL = "smollm2-135m"
+# Every seed input: numpy and torch generators take 0..2**32-1; anything else is refused by name.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Random seed, 0..4294967295.")]
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """JSON has no NaN or infinity: an undefined number is null (and the result's warnings say why)."""
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 class Stat(BaseModel):
-    """A mean over examples with its 95% bootstrap confidence interval."""
+    """A mean over examples with its 95% bootstrap confidence interval; null where undefined (e.g. a ratio whose
+    denominator is 0)."""
 
-    mean: float
-    ci95: list[float] = Field(description="[low, high] percentile bootstrap interval of the mean")
+    mean: float | None = Field(description="null when undefined")
+    ci95: list[float | None] = Field(description="[low, high] percentile bootstrap interval of the mean (null "
+                                     "where undefined)")
     n: int
+
+    @field_validator("mean", mode="after")
+    @classmethod
+    def _finite(cls, v):
+        return finite_or_none(v)
+
+    @field_validator("ci95", mode="after")
+    @classmethod
+    def _finite_ci(cls, v):
+        return [finite_or_none(x) for x in v]
 
 
 class ExamplePair(BaseModel):

@@ -23,7 +23,7 @@ from ..methods.core import Progress, Site, ci_dict
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Stat, resolve_task
+from .common import DEFAULT_MODEL, Seed, Stat, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -52,13 +52,15 @@ class TrainDasInput(BaseModel):
     k: int | list[int] = Field(1, description="Subspace dimension; a list runs a rank sweep (held-out IIA vs k with "
                                "controls) and reports the knee.")
     method: Literal["das", "boundless"] = Field("das", description="das: fixed k. boundless: learns k with a "
-                                                "soft mask over a full rotation (Boundless DAS); `k` is ignored.")
+                                                "soft mask over a full rotation (Boundless DAS; at least 200 steps, "
+                                                "epochs raised if needed; the learned boundary is pruned to the "
+                                                "smallest k keeping train IIA); `k` is ignored.")
     epochs: int = Field(10, ge=1, le=200)
     lr: float = Field(1e-2, gt=0, le=1.0)
     batch_size: int = Field(32, ge=1, le=1024)
     n_train: int = Field(128, ge=1, le=8192, description="Training examples (base prompts split from test).")
     n_test: int = Field(64, ge=1, le=4096, description="Held-out examples (no base prompt shared with training).")
-    seed: int = 0
+    seed: Seed = 0
     restarts: int = Field(1, ge=1, le=10, description="Train from seeds seed..seed+restarts-1; keep the lowest "
                           "final training loss (never chosen on test data).")
     counterfactual: str | None = Field(None, description="Source generator of the task (default: fresh samples of "
@@ -357,7 +359,7 @@ class EvalDasInput(BaseModel):
     variable: str | None = Field(None, description="Default: the run's variable.")
     counterfactual: str | None = Field(None, description="Source generator (default: the run's).")
     n: int | None = Field(None, ge=2, le=8192, description="Examples (default: the run's n_train + n_test).")
-    seed: int | None = Field(None, description="Dataset seed (default: the run's; with the defaults above, "
+    seed: Seed | None = Field(None, description="Dataset seed (default: the run's; with the defaults above, "
                              "split='test' reproduces the run's held-out IIA).")
     split: Literal["all", "train", "test"] = Field("all", description="Which part of the new dataset's "
                                                    "base-prompt split to evaluate on.")

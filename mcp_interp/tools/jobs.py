@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from ..methods.core import Progress
-from .base import JobView, ToolSpec, job_view
+from .base import JobView, ToolSpec, job_view, wait_for_job
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class GetJobInput(BaseModel):
-    job_id: str
+    job_id: str = Field(..., max_length=64)
     wait_seconds: float = Field(30.0, ge=0, le=600, description="Long-poll: wait up to this long for the job to finish.")
 
 
@@ -26,9 +26,14 @@ def _lookup(app: AppContext, job_id: str):
         raise ToolError(f"job_id: no job {job_id!r}. Fix: list_jobs shows the known jobs.") from None
 
 
+def _cancel_view(app: AppContext, job_id: str) -> JobView:
+    job = app.jobs.cancel(job_id)
+    return job_view(job if job.remote else app.jobs.get(job_id))
+
+
 def get_job(app: AppContext, args: GetJobInput, progress: Progress | None = None) -> JobView:
     _lookup(app, args.job_id)
-    return job_view(app.jobs.wait(args.job_id, args.wait_seconds, on_progress=progress))
+    return wait_for_job(app, args.job_id, args.wait_seconds, job_view, progress)  # type: ignore[return-value]
 
 
 GET_JOB = ToolSpec(
@@ -38,13 +43,12 @@ GET_JOB = ToolSpec(
 
 
 class CancelJobInput(BaseModel):
-    job_id: str
+    job_id: str = Field(..., max_length=64)
 
 
 def cancel_job(app: AppContext, args: CancelJobInput) -> JobView:
     _lookup(app, args.job_id)
-    app.jobs.cancel(args.job_id)
-    return job_view(app.jobs.get(args.job_id))
+    return _cancel_view(app, args.job_id)
 
 
 CANCEL_JOB = ToolSpec(

@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..artifacts import plots
 from ..methods.core import Progress, ci_dict
 from ..methods.patching import cell_dict, dominant_positions, grid_cells, normalised_effects, patch_sweep, top_cells
+from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Stat, pair_dataset, per_token_metric, resolve_task
+from .common import DEFAULT_MODEL, Seed, Stat, finite_or_none, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -31,18 +32,37 @@ class LocateInput(BaseModel):
     counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
     variable: str | None = Field(None, description="Instead of `counterfactual`: use the generator that resamples "
                                  "exactly this variable.")
-    sites: list[SiteName] = Field(["resid_pre"], min_length=1, description="resid_pre, attn_out, mlp_out, z (per head).")
-    layers: list[int] | None = Field(None, description="Layers to patch (default: all).")
+    sites: list[SiteName] = Field(["resid_pre"], min_length=1, max_length=16,
+                                  description="resid_pre, attn_out, mlp_out, z (per head); repeats are dropped.")
+    layers: list[int] | None = Field(None, min_length=1, max_length=1024, description="Layers to patch (default: all).")
     positions: Literal["auto", "named", "all"] | list[str] = Field(
-        "auto", description="'named' (the task's positions + END), 'all' (every token; needs one prompt length), "
-        "a list of named positions, or 'auto' (all if the prompts share a length, else named).")
+        "auto", description="'named' (the task's positions + END), 'all' (every token: by index when the prompts "
+        "share a length; otherwise aligned by the named positions and END, the tokens between them right-aligned; "
+        "the result's `alignment` says how), a list of named positions, or 'auto' (all if the prompts share a length, "
+        "else named).")
     direction: Literal["denoise", "noise"] = Field("denoise", description="denoise: patch clean into the counterfactual "
                                                    "run; noise: patch counterfactual into the clean run.")
     metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
     n: int = Field(16, ge=2, le=1024, description="Number of clean/counterfactual pairs.")
-    seed: int = 0
+    seed: Seed = 0
     force: bool = Field(False, description="Recompute even if an identical run is stored.")
     wait_seconds: float = WAIT_FIELD
+
+    @field_validator("sites", mode="after")
+    @classmethod
+    def _dedupe_sites(cls, v):
+        return list(dict.fromkeys(v))
+
+    @field_validator("positions", mode="after")
+    @classmethod
+    def _positions_list(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one position name, or 'named' / 'all' / 'auto'")
+            if len(v) > 256:
+                raise ValueError("at most 256 position names")
+            return list(dict.fromkeys(v))
+        return v
 
 
 class CellEffect(BaseModel):
@@ -50,8 +70,19 @@ class CellEffect(BaseModel):
     layer: int
     position: str
     head: int | None = None
-    effect: float = Field(description="normalised effect (ratio of example means)")
-    ci95: list[float]
+    effect: float | None = Field(description="normalised effect (ratio of example means); null when undefined (the "
+                                 "clean and counterfactual metrics coincide, so there is no gap to normalise by)")
+    ci95: list[float | None] = Field(description="95% bootstrap interval; null where undefined")
+
+    @field_validator("effect", mode="after")
+    @classmethod
+    def _finite(cls, v):
+        return finite_or_none(v)
+
+    @field_validator("ci95", mode="after")
+    @classmethod
+    def _finite_ci(cls, v):
+        return [finite_or_none(x) for x in v]
 
 
 class LocateResult(RunResult):
@@ -67,6 +98,7 @@ class LocateResult(RunResult):
     clean_metric: Stat
     counterfactual_metric: Stat
     positions: list[str] = Field(description="Column labels of the grids.")
+    alignment: str = Field("", description="How the position columns map to each prompt's tokens.")
     layers: list[int]
     best_cells: dict[str, list[CellEffect]] = Field(description="Per site, the 5 cells with the largest |effect|.")
     flow: list[dict] = Field(description="resid_pre: runs of layers whose strongest position is the same — where the "
@@ -77,29 +109,24 @@ class LocateOutput(HeavyOutput):
     result: LocateResult | None = None
 
 
-def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str], torch.Tensor]:
+def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str], torch.Tensor, str, list[str]]:
+    """(column labels, [n, P] token index per example, how columns map to tokens, warnings)."""
     lengths = {len(e.tokens) for e in ds.examples}
     mode = args.positions
     if mode == "auto":
         mode = "all" if len(lengths) == 1 else "named"
     if mode == "all":
-        if len(lengths) != 1:
-            raise ToolError(f"positions: 'all' needs prompts of one token length, these have {sorted(lengths)}. "
-                            f"Fix: positions='named' (per-example named positions) or a single template.")
-        T = lengths.pop()
-        first = ds.examples[0]
-        labels = []
-        for t in range(T):
-            named = [k for k in ds.position_names if all(e.positions[k] == t for e in ds.examples)]
-            tok = tokenizer.decode([first.tokens[t]])
-            labels.append(f"{t} {named[0]}" if named else f"{t} {tok!r}")
-        return labels, torch.arange(T).repeat(len(ds), 1)
+        al = align_columns([e.tokens for e in ds.examples],
+                           {k: [e.positions[k] for e in ds.examples] for k in ds.position_names},
+                           lambda t: tokenizer.decode([t]))
+        return al.labels, torch.tensor(al.index), al.statement, al.warnings
     names = ds.position_names if mode == "named" else list(mode)
     unknown = [p for p in names if p not in ds.position_names]
     if unknown:
         raise ToolError(f"positions: {unknown} are not positions of task {ds.spec.name!r}; it has "
                         f"{ds.position_names}. Fix: use those names, 'named' or 'all'.")
-    return names, torch.tensor([[e.positions[p] for p in names] for e in ds.examples])
+    return (names, torch.tensor([[e.positions[p] for p in names] for e in ds.examples]),
+            "named positions, each resolved in every prompt (a column follows its named token wherever it is)", [])
 
 
 def _locate(run: ToolRun, args: LocateInput) -> tuple[LocateResult, dict]:
@@ -113,21 +140,23 @@ def _locate(run: ToolRun, args: LocateInput) -> tuple[LocateResult, dict]:
         raise ToolError(f"layers: {bad} out of range; {args.model} has layers 0..{cfg.n_layers - 1}.")
     ds, metric, clean, corrupt = pair_dataset(spec, lm, args.model, args.n, args.seed, args.variable,
                                               args.counterfactual, metric_name)
-    labels, pos = _positions(ds, args, lm.tokenizer)
+    labels, pos, alignment, pos_warnings = _positions(ds, args, lm.tokenizer)
     cells = grid_cells(args.sites, layers, len(labels), cfg.n_heads)
     with lm.use():
         res = patch_sweep(lm.model, clean, corrupt, pos, cells, metric, direction=args.direction,
                           progress=run.span(), should_cancel=run.should_cancel, act_cache=run.app.activations)
     run.progress(0.94, "bootstrap and plots")
     eff = normalised_effects(res, seed=args.seed)
-    return _result(run, args, spec, lm, ds, labels, layers, cells, res, eff, metric_name)
+    return _result(run, args, spec, lm, ds, (labels, pos, alignment, pos_warnings), layers, cells, res, eff,
+                   metric_name)
 
 
 def _reshape(v: np.ndarray, site: str, n_layers: int, n_pos: int, n_heads: int) -> np.ndarray:
     return v.reshape(*v.shape[:-1], n_layers, n_pos, n_heads) if site == "z" else v.reshape(*v.shape[:-1], n_layers, n_pos)
 
 
-def _result(run: ToolRun, args, spec, lm, ds, labels, layers, cells, res, eff, metric_name) -> tuple[LocateResult, dict]:
+def _result(run: ToolRun, args, spec, lm, ds, columns, layers, cells, res, eff, metric_name) -> tuple[LocateResult, dict]:
+    labels, pos, alignment, pos_warnings = columns
     H, L, P = lm.model.cfg.n_heads, len(layers), len(labels)
     run.open(spec, args.model, lm, args.seed)
     tensors, best, offset, flow = {}, {}, 0, []
@@ -149,21 +178,30 @@ def _result(run: ToolRun, args, spec, lm, ds, labels, layers, cells, res, eff, m
     tensors["metric.clean"], tensors["metric.counterfactual"] = res.clean, res.corrupt
     tensors["metric.patched"] = res.patched
     run.write_tensors("effects.safetensors", tensors)
-    run.write_json("grid.json", {"sites": args.sites, "layers": layers, "positions": labels, "n_heads": H,
+    run.write_json("grid.json", {"sites": args.sites, "layers": layers, "positions": labels, "alignment": alignment,
+                                 "position_index": pos.tolist(), "n_heads": H,
                                  "cells": [cell_dict(c) for c in cells], "direction": args.direction,
                                  "metric": metric_name, "prompts": [e.prompt for e in ds.examples],
                                  "counterfactual_prompts": [e.cf_prompt for e in ds.examples],
                                  "tensor_layout": "effects.safetensors: {site}.mean/lo/hi [layer, position(, head)], "
                                  "{site}.per_example [example, layer, position(, head)], metric.* per example"})
     run.publish("result.json")
-    warnings = []
+    warnings = list(pos_warnings)
+    undefined = int(np.sum(~np.isfinite(eff["mean"])) + np.sum(~np.isfinite(eff["lo"]) | ~np.isfinite(eff["hi"])))
+    if undefined:
+        warnings.append(f"{undefined} effects or interval bounds are undefined and reported as null: the clean and "
+                        f"counterfactual metrics coincide (in every example, or in bootstrap resamples), so there is "
+                        f"no gap to normalise by. Fix: a counterfactual that changes the metric, or a larger n")
     if abs(eff["gap"]) < 0.5 and metric_name == "logit_diff":
         warnings.append(f"the clean-counterfactual gap is small ({eff['gap']:.3f}): normalised effects are noisy")
-    top_site = max(best, key=lambda s: abs(best[s][0].effect) if best[s] else 0)
+    top_site = max(best, key=lambda s: abs(best[s][0].effect or 0.0) if best[s] else 0)
     c0 = best[top_site][0]
     head = f" head {c0.head}" if c0.head is not None else ""
-    summary = (f"strongest cell: {top_site} layer {c0.layer}{head} at {c0.position}: effect {c0.effect:.2f} "
-               f"[{c0.ci95[0]:.2f}, {c0.ci95[1]:.2f}]")
+    def num(x):
+        return "undefined" if x is None else f"{x:.2f}"
+
+    summary = (f"strongest cell: {top_site} layer {c0.layer}{head} at {c0.position}: effect {num(c0.effect)} "
+               f"[{num(c0.ci95[0])}, {num(c0.ci95[1])}]")
     if flow:
         summary += "; residual stream: " + ", ".join(
             f"L{f['layers'][0]}-{f['layers'][1]} at {f['position']} ({f['mean_effect']:.2f})" for f in flow)
@@ -176,7 +214,7 @@ def _result(run: ToolRun, args, spec, lm, ds, labels, layers, cells, res, eff, m
                        f"; 95% percentile bootstrap over examples"),
         clean_metric=Stat(**ci_dict(res.clean.numpy(), seed=args.seed)),
         counterfactual_metric=Stat(**ci_dict(res.corrupt.numpy(), seed=args.seed)),
-        positions=labels, layers=layers, best_cells=best, flow=flow, summary=summary, warnings=warnings,
+        positions=labels, alignment=alignment, layers=layers, best_cells=best, flow=flow, summary=summary, warnings=warnings,
         files=run.files, cost=run.cost(res.cost(), activation_cache_hits=res.extra.get("cache_hits", 0)))
     return result, {"top_site": top_site, "top_effect": c0.effect, "top_layer": c0.layer, "top_position": c0.position}
 
@@ -213,7 +251,8 @@ LOCATE = ToolSpec(
         "attn_out, mlp_out, z = per head) on clean/counterfactual pairs. Denoising (default) patches the clean "
         "activation into the counterfactual run; the normalised effect (m_patched - m_cf) / (m_clean - m_cf) is 1 "
         "where one cell restores the behaviour and 0 where it does nothing, with 95% bootstrap CIs over examples. "
-        "Positions: the task's named positions, all tokens, or a list. Returns the best cells per site, the layer "
+        "Positions: the task's named positions, all tokens (prompts of different lengths are aligned by the named "
+        "positions and END; `alignment` states how), or a list. Returns the best cells per site, the layer "
         "ranges where the residual stream carries the information (`flow`), heatmaps (PNG resources) and the full "
         "grid (safetensors). The engine equals a hook-per-cell loop and skips cells that cannot change anything. "
         "Run run_baseline first. Runs as a job; identical requests return the stored run."))

@@ -15,7 +15,7 @@ from ..methods.core import Progress
 from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
 from ..methods.scrubbing import scrub_hypothesis as run_scrub
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, dataset, resolve_task, validate_or_raise
+from .common import DEFAULT_MODEL, Seed, dataset, resolve_task, validate_or_raise
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class ScrubInput(BaseModel):
     hypothesis: Hypothesis | Literal["everything", "nothing"] = Field(..., description=HYPOTHESIS_DOC)
     n: int = Field(64, ge=4, le=1024, description="Number of dataset examples (each is the reference input once "
                    "per seed). Resampling draws agreeing inputs from these, so use enough for every value.")
-    seed: int = Field(0, description="Dataset seed.")
+    seed: Seed = Field(0, description="Dataset seed, 0..2**32-1.")
     seeds: int = Field(3, ge=1, le=16, description="Number of resampling seeds (0..seeds-1); results give mean, "
                        "std and per-seed values.")
     ablations: list[Literal["zero", "mean"]] = Field(
@@ -211,7 +211,9 @@ SCRUB_HYPOTHESIS = ToolSpec(
         "\"value\": \"x\"}], \"nodes\": [{\"name\": \"mover\", \"kind\": \"head\", \"layer\": 0, \"head\": 0, "
         "\"position\": \"END\", \"interp\": \"x\", \"parents\": [\"emb\"]}, {\"name\": \"emb\", \"kind\": "
         "\"embed\", \"position\": \"X\", \"interp\": \"x\"}], \"output\": {\"parents\": [\"mover\"]}}. Or "
-        "'everything' / 'nothing' (the identities: 1 and ~0). Also reports zero- and mean-ablation of the same "
+        "'everything' / 'nothing' (the identities: 1 and ~0). Resampled inputs share the reference input's token "
+        "layout (same length, named positions at the same indices), so a position means the same slot in both; "
+        "varied layouts are scrubbed within each layout group. Also reports zero- and mean-ablation of the same "
         "unimportant inputs (off-distribution, for contrast) and per node the cost of dropping its claim or "
         "sharpening its interpretation. Stores hypothesis.json, per-example losses (safetensors), the hypothesis "
         "graph coloured by contribution and a recovered-fraction bar chart (PNG resources). Runs as a job; "

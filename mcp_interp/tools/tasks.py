@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 from ..runtime.task_registry import task_hash
 from ..tasks.causal import CausalModel
 from ..tasks.spec import TaskSpec
+from ..tasks.validation import check_with_tokenizer
 from .base import ToolSpec
-from .common import (DEFAULT_MODEL, ExamplePair, dataset, example_pairs, resolve_task, resolve_tokenizer,
-                     validate_or_raise)
+from .common import DEFAULT_MODEL, ExamplePair, Seed, dataset, example_pairs, resolve_task, resolve_tokenizer
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ class DefineTaskInput(TaskSpec):
     """A task spec (all TaskSpec fields) plus how to validate and store it."""
 
     validate_with_model: str = Field(DEFAULT_MODEL, description="Model whose tokenizer the spec is checked against.")
-    overwrite: bool = Field(False, description="Replace an existing user task of the same name.")
+    overwrite: bool = Field(False, description="Replace an existing user-defined task of the same name (built-in "
+                            "tasks are never replaced: choose a new name).")
 
 
 class DefineTaskOutput(BaseModel):
@@ -37,16 +38,35 @@ class DefineTaskOutput(BaseModel):
 
 def define_task(app: AppContext, args: DefineTaskInput) -> DefineTaskOutput:
     spec = TaskSpec.model_validate(args.model_dump(exclude={"validate_with_model", "overwrite"}))
+    if app.tasks.is_builtin(spec.name):
+        raise ToolError(f"name: {spec.name!r} is a built-in task and cannot be replaced (not even with overwrite=true). "
+                        f"Fix: choose another name, e.g. '{spec.name}-custom'; get_task('{spec.name}') gives its spec "
+                        f"to start from.")
     if app.tasks.get(spec.name) is not None and not args.overwrite:
         kind = "a built-in task" if app.tasks.is_builtin(spec.name) else "an existing task"
         raise ToolError(f"name: {spec.name!r} is {kind}. Fix: choose another name or pass overwrite=true.")
     tok = resolve_tokenizer(app, args.validate_with_model)
-    report = validate_or_raise(spec, tok, args.validate_with_model)
+    report = check_with_tokenizer(spec, tok, n=min(spec.default_n, 32))
+    if not report.ok:
+        raise ToolError(f"task {spec.name!r} is not valid for {args.validate_with_model}'s tokenizer. "
+                        + report.summary() + _tokenizer_hint(report, args.validate_with_model))
     app.tasks.put(spec)
     ds = dataset(spec, tok, min(spec.default_n, 32), 0, None)
     return DefineTaskOutput(name=spec.name, task_hash=task_hash(spec), validated_with=args.validate_with_model,
                             counterfactuals=report.stats, warnings=[str(w) for w in report.warnings],
                             examples=example_pairs(ds, 3, tok))
+
+
+def _tokenizer_hint(report, model_id: str) -> str:
+    """When an error depends on the tokenizer (encoding, single-token answers, position offsets): say which
+    tokenizer checked it and how to check against the model the task is meant for."""
+    tokenish = [p for p in report.errors if p.field in ("templates", "answer", "answer_set.candidates")
+                or p.field.startswith("positions.") or "tokenizer" in p.message]
+    if not tokenish:
+        return ""
+    return (f" Token-level checks use the tokenizer of validate_with_model ({model_id!r}, the default when it is not "
+            f"given). Fix: if the task is meant for another model, pass validate_with_model='<that model id>' "
+            f"(list_models), e.g. a toy/... model for character-level tasks.")
 
 
 DEFINE_TASK = ToolSpec(
@@ -96,7 +116,7 @@ class GetTaskInput(BaseModel):
     model: str | None = Field(None, description="Tokenize examples with this model's tokenizer (shows tokens and positions).")
     counterfactual: str | None = Field(None, description="Which generator's pairs to show (default: the first).")
     n_examples: int = Field(3, ge=1, le=20)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class GetTaskOutput(BaseModel):

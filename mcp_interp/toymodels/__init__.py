@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import planted, planted_direction, tiny, trained
+from . import planted, planted_direction, planted_features, planted_switch, tiny, trained
 from .common import TOY_ALPHABET, seeded_model
 
 
 def toy_tasks() -> dict[str, dict[str, Any]]:
     """Task specs (as dicts) of the tasks that only toy models solve, keyed by task name."""
-    specs = (planted.PLANTED_TASK, planted_direction.PLANTED_DIRECTION_TASK)
+    specs = (planted.PLANTED_TASK, planted_direction.PLANTED_DIRECTION_TASK, planted_features.PLANTED_FEATURES_TASK,
+             planted_switch.PLANTED_SWITCH_TASK)
     return {s["name"]: s for s in specs}
 
 
@@ -25,6 +26,8 @@ def register() -> None:
     trained.register()
     planted.register()
     planted_direction.register()
+    planted_features.register()
+    planted_switch.register()
 
 
 register()

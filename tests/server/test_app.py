@@ -134,6 +134,7 @@ async def test_baseline_on_toy_model_with_progress_store_and_resources(store_dir
         assert runs[0]["run_id"] == res["run_id"] and runs[0]["status"] == "complete"
         got = await call(c, "get_run", {"run_id": res["run_id"]})
         assert got["manifest"]["model"]["id"] == TOY and got["manifest"]["params"]["n"] == 24
+        assert got["manifest"]["model"]["dtype"] == "float32" and got["manifest"]["model"]["device"] in ("cpu", "cuda")
         assert "examples.json" in got["files"]
         # files are resources
         r = await c.read_resource(f"artifact://{res['run_id']}/examples.json")

@@ -33,3 +33,60 @@ def test_demo_writes_a_report_with_plots(tmp_path):
     assert "the model solves this task" in text and "## 2. Locate" in text
     for png in ("baseline_hist.png", "locate_resid.png", "locate_heads.png"):
         assert (report.parent / png).stat().st_size > 1000
+
+
+def test_allowed_hosts_follow_the_bind_address():
+    import socket
+
+    from mcp_interp.server.cli import allowed_hosts
+
+    wild = allowed_hosts("0.0.0.0", 8765)
+    assert f"{socket.gethostname()}:8765" in wild and "127.0.0.1:8765" in wild
+    assert "10.1.2.3:8765" in allowed_hosts("10.1.2.3", 8765) and f"{socket.gethostname()}:8765" not in \
+        allowed_hosts("10.1.2.3", 8765)
+    assert {"box.lan:8765", "box.lan:9000", "[fe80::1]:8765"} <= set(
+        allowed_hosts("127.0.0.1", 8765, ["box.lan", "box.lan:9000", "fe80::1"]))
+
+
+def test_http_off_loopback_accepts_its_host_names_with_the_token(tmp_path):
+    """Bound beyond 127.0.0.1 with a token, a client that names the server as it knows it (an --allowed-host here;
+    the machine's names when bound to 0.0.0.0) gets through with the token, and only with it."""
+    import os
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MCP_INTERP_TOKEN": "s3cret"}
+    proc = subprocess.Popen([*CLI, "--store", str(tmp_path / "s"), "serve", "--http", "--host", "127.0.0.2", "--port",
+                             str(port), "--allowed-host", "box.example"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+    def post(host: str, token: str | None) -> int:
+        headers = {"Host": host, "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.post(f"http://127.0.0.2:{port}/mcp", json=init, headers=headers, timeout=30).status_code
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.2", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        assert post(f"box.example:{port}", "s3cret") == 200
+        assert post(f"127.0.0.2:{port}", "s3cret") == 200
+        assert post(f"box.example:{port}", None) == 401
+        assert post(f"box.example:{port}", "wrong") == 401
+        assert post(f"evil.example:{port}", "s3cret") == 421
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -77,3 +77,45 @@ async def test_attribute_finds_the_trained_induction_heads(store_dir):
     assert best1 == f"L1H{roles['induction_head']['head']}" or exact[best1] > 0.3
     assert ranked[0].startswith("L1") and exact[best0] > 0.05
     assert out["comparison_with_exact"]["pearson"] > 0.8
+
+
+async def test_attribute_atp_star_agrees_with_exact_behind_a_saturated_softmax(store_dir):
+    """toy/planted-switch through MCP: the selector head's effect runs through a saturated softmax downstream.
+    Plain AtP scores it ~0, exact patching 1; AtP* (QK fix) agrees with exact on every head and on the q/k/v
+    input units, and on exact patching's scale (the reader in the last of 3 layers is 1, not 1.5)."""
+    async with Client(build_server(store_dir)) as c:
+        base = {"model": "toy/planted-switch", "task": "planted-switch", "n": 8, "wait_seconds": 120}
+        atp = await finish(c, await call(c, "attribute", {**base, "method": "atp", "faithfulness": False}))
+        atp_scores = {u["name"]: u["score"] for u in atp["top"]}
+        assert abs(atp_scores.get("L0H0", 0.0)) < 0.01
+        out = await finish(c, await call(c, "attribute", {**base, "method": "atp_star", "compare_exact": True}))
+        star = {u["name"]: u["score"] for u in out["top"]}
+        exact = out["comparison_with_exact"]["exact_scores"]
+        assert exact["L0H0"] == pytest.approx(1.0, abs=1e-3) and exact["L2H0"] == pytest.approx(1.0, abs=1e-3)
+        for unit, v in exact.items():
+            assert star.get(unit, 0.0) == pytest.approx(v, abs=1e-3), unit
+        cmp = out["comparison_with_exact"]
+        assert cmp["top_k"] == 1 and cmp["top_k_overlap"] == 1.0 and cmp["top_k_chance"] == pytest.approx(1 / 6)
+        assert "atp_star" in out["summary"] and "top-1 overlap" in out["summary"]
+        out = await finish(c, await call(c, "attribute", {**base, "method": "atp_star", "level": "qkv",
+                                                          "compare_exact": True}))
+        star = {u["name"]: u["score"] for u in out["top"]}
+        exact = out["comparison_with_exact"]["exact_scores"]
+        assert exact["L2H0.q"] == pytest.approx(1.0, abs=1e-3) and star["L2H0.q"] == pytest.approx(1.0, abs=1e-3)
+        assert exact["L0H0.v"] == pytest.approx(1.0, abs=1e-3) and star["L0H0.v"] == pytest.approx(1.0, abs=1e-3)
+        assert out["n_units"] == 18 and out["circuit"]["faithfulness"] == pytest.approx(1.0, abs=1e-3)
+
+
+async def test_attribute_flags_an_uninformative_faithfulness_curve(store_dir):
+    """The neurons of MLP0 in toy/planted-clean are inert: with all of them taken from the counterfactual the model
+    still behaves like the clean run (f(empty) = 1), so no circuit of them means anything. The tool says so instead
+    of reporting 'circuit of 1 unit has faithfulness 1.00'."""
+    async with Client(build_server(store_dir)) as c:
+        out = await finish(c, await call(c, "attribute", {
+            "model": "toy/planted-clean", "task": "planted", "method": "atp", "level": "neurons", "layer": 0, "n": 8,
+            "compare_exact": True, "wait_seconds": 120}))
+    assert out["faithfulness"]["empty"] == pytest.approx(1.0, abs=1e-4)
+    assert out["circuit"]["uninformative"] is True and out["circuit"]["size"] == 0 and out["circuit"]["units"] == []
+    assert "uninformative" in out["summary"] and any("uninformative" in w for w in out["warnings"])
+    assert "circuit.png" not in out["files"]
+    assert out["comparison_with_exact"]["top_k"] == 3  # 10% of 32 neurons, not min(10, 32)

@@ -119,3 +119,18 @@ async def test_train_das_on_planted_direction(store_dir):
         assert "from_locate_run" in err
         err = await call_error(c, "eval_das", {"run_id": "no-such-run"})
         assert "run_id" in err
+
+
+async def test_boundless_defaults_find_the_one_dimensional_planted_subspace(store_dir):
+    """Boundless DAS through MCP with every training setting at its default (10 epochs of 128 examples): the
+    planted variable is one direction of 81, and the run must say k = 1 (it kept k ~ 20 before the minimum step
+    count and the pruning of the learned boundary), with held-out IIA ~1 and the random control at chance."""
+    meta = get_toy(MODEL).meta
+    async with Client(build_server(store_dir)) as c:
+        out = await finish(c, await call(c, "train_das", {
+            "model": MODEL, "task": meta["task"], "variable": "g", "layer": meta["site"]["layer"], "method": "boundless",
+            "wait_seconds": 120}))
+    b = out["boundless"]
+    assert out["k"] == 1 and b["effective_k"] == 1 and b["learned_k"] >= 1
+    assert out["test_iia"]["mean"] >= 0.95 and out["controls"]["random_rotation"]["mean"] <= 0.1
+    assert b["pruning"]["train_iia"]["1"] >= 0.95 and "effective k=1" in out["summary"]

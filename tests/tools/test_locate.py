@@ -103,3 +103,41 @@ async def test_locate_noising_identity(store_dir):
         # noising layer 0 at the only differing token reproduces the counterfactual run: effect 1
         cells = {(c["layer"], c["position"]): c["effect"] for c in res["best_cells"]["resid_pre"]}
         assert cells[(0, "FIRST_X6")] == pytest.approx(1.0, abs=1e-5)
+
+
+def _task(name: str, templates: list[str], positions: dict) -> dict:
+    return {"name": name, "description": "x copied; slots move between templates",
+            "variables": {"x": {"values": list("abcd")}, "y": {"values": list("efgh")}},
+            "templates": templates, "answer": "{x}",
+            "counterfactuals": [{"name": "rx", "kind": "resample", "variables": ["x"]}],
+            "positions": positions, "default_n": 16, "validate_with_model": TOY}
+
+
+async def test_locate_all_labels_moving_slots_honestly(store_dir):
+    """One prompt length, but x sits at index 0 in one template and 1 in the other: positions='all' must not
+    label those columns with the first prompt's token, and must warn that the named position moves."""
+    async with Client(build_server(store_dir)) as c:
+        await call(c, "define_task", _task("moving-slot", ["{x}{y}=", "{y}{x}="], {"X": {"variable": "x"}}))
+        res = await finish(c, await call(c, "locate", {"model": TOY, "task": "moving-slot", "positions": "all",
+                                                       "n": 16, "layers": [0]}))
+    assert res["positions"] == ["0 (varies)", "1 (varies)", "2 END"]
+    assert any("X at index 0 in" in w and "positions='named'" in w for w in res["warnings"])
+    assert "aligned by index" in res["alignment"]
+    for cell in res["best_cells"]["resid_pre"]:
+        assert cell["position"] in res["positions"]
+
+
+async def test_locate_all_aligns_prompts_of_different_lengths(store_dir):
+    """Templates of 3 and 5 tokens: positions='all' aligns them by the named positions (X, Y, END) instead of
+    refusing, says so, and each column patches the right token in every prompt (resid_pre at layer 0 at X, the
+    only token resample_x changes, restores the clean run exactly)."""
+    async with Client(build_server(store_dir)) as c:
+        await call(c, "define_task", _task("two-lengths", ["{x}{y}=", "{x}zz{y}="],
+                                           {"X": {"variable": "x"}, "Y": {"variable": "y"}}))
+        res = await finish(c, await call(c, "locate", {"model": TOY, "task": "two-lengths", "positions": "all",
+                                                       "n": 16, "layers": [0, 1]}))
+    assert res["positions"] == ["X", "Y", "END"], res["positions"]
+    assert "aligned by the named positions X, Y, END" in res["alignment"]
+    assert any("no column" in w for w in res["warnings"])
+    cells = {(c["layer"], c["position"]): c["effect"] for c in res["best_cells"]["resid_pre"]}
+    assert cells[(0, "X")] == pytest.approx(1.0, abs=1e-5)

@@ -86,3 +86,11 @@ async def test_scrub_tool_on_planted(store_dir):
         assert "hypothesis.nodes[0].interp" in err
         err = await call_error(c, "scrub_hypothesis", _args("clean", "all of it"))
         assert "hypothesis" in err
+
+
+async def test_description_states_the_token_layout_rule(store_dir):
+    """An agent only sees the description: it must say that resampled inputs share the reference's token layout."""
+    async with Client(build_server(store_dir)) as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+    d = tools["scrub_hypothesis"].description
+    assert "token layout" in d and "same length" in d and len(d) <= 2048

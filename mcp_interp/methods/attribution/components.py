@@ -9,9 +9,12 @@ differing token are identical in both runs, so that equals patching from the fir
 | mlps | Site("mlp_post", l) | MLP3 | blocks.l.mlp.hook_post (*) |
 | neurons | Site("mlp_post", l, neuron=i) | L3N7 | blocks.l.mlp.hook_post[..., i] |
 | positions | Site("resid_pre", l, position="IO") | P:IO | blocks.l.hook_resid_pre at the token of named position IO |
+| qkv | Site("q" \| "k" \| "v", l, head=h) | L3H2.q, L3G1.k | blocks.l.hook_{q,k,v}_input[:, :, h] (split q/k/v inputs) |
 
 (*) patching the MLP's hidden activations is patching its output; gradients there only see what the
-MLP can write. Named positions are looked up in a `positions` mapping: position name -> [batch] token
+MLP can write. A head's query / key / value input node is the residual stream as that head's query, key
+or value reads it (keys and values per key-value group under GQA): patching it patches the head's query,
+key or value vector exactly; it needs `split_inputs`. Named positions are looked up in a `positions` mapping: position name -> [batch] token
 index.
 
 Edges (`Edge`) run from a sender's output through the residual stream into a receiver's input.
@@ -36,8 +39,8 @@ from torch import Tensor
 
 from ..core.sites import Site, n_kv_heads
 
-Level = Literal["heads", "mlps", "neurons", "positions"]
-NODE_LEVELS = ("heads", "mlps", "neurons", "positions")
+Level = Literal["heads", "mlps", "neurons", "positions", "qkv"]
+NODE_LEVELS = ("heads", "mlps", "neurons", "positions", "qkv")
 QKV = ("q", "k", "v")
 
 
@@ -53,8 +56,9 @@ def nodes_for(model, level: str, layer: int | None = None, position_names: list[
 
     level: "heads" (every head of every layer, layer-major), "mlps" (every MLP), "neurons" (the d_mlp
     neurons of MLP `layer`), "positions" (the residual stream entering block `layer`, default 0, at each
-    of `position_names`). Returns one `Site` per node; ValueError for an unknown level or a site the
-    model lacks."""
+    of `position_names`), "qkv" (each head's query input and each key-value head's key and value input, layer
+    by layer, in `receivers` order). Returns one `Site` per node; ValueError for an unknown level or a site
+    the model lacks."""
     cfg = model.cfg
     if level == "heads":
         sites = [Site("z", l, head=h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
@@ -66,6 +70,8 @@ def nodes_for(model, level: str, layer: int | None = None, position_names: list[
         sites = [Site("mlp_post", layer, neuron=i) for i in range(cfg.d_mlp)]
     elif level == "positions":
         sites = [Site("resid_pre", layer or 0, position=p) for p in position_names or []]
+    elif level == "qkv":
+        sites = [r for r in receivers(model) if r.kind in QKV]
     else:
         raise ValueError(f"unknown level {level!r}; one of {NODE_LEVELS}")
     for s in sites[:1] + sites[-1:]:  # the extremes of a level: enough to catch a layer or index out of range
@@ -75,7 +81,7 @@ def nodes_for(model, level: str, layer: int | None = None, position_names: list[
 
 def _part(site: Site) -> str:
     """Which slice of its hook tensor a node occupies: head | neuron | position | whole."""
-    if site.kind == "z" and site.position is None:
+    if site.kind in ("z", *QKV) and site.position is None:
         return "head"
     if site.kind == "mlp_post" and site.neuron is not None and site.position is None:
         return "neuron"
@@ -83,7 +89,7 @@ def _part(site: Site) -> str:
         return "position"
     if site.kind in ("resid_pre", "resid_post", "attn_out", "mlp_post", "mlp_out") and site.position is None:
         return "whole"
-    raise ValueError(f"{site.label}: attribution nodes are head outputs (z), MLP activations (mlp_post, one neuron "
+    raise ValueError(f"{site.label}: attribution nodes are head outputs (z) or q/k/v inputs, MLP activations (mlp_post, one neuron "
                      f"or all), whole residual / output sites, or the residual stream at a named position")
 
 

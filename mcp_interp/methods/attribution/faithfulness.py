@@ -12,6 +12,7 @@ evaluation code does (x = k / N).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from ..core.metrics import Metric
 from ..core.sites import Site
-from .components import node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
+from .components import QKV, node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
 from .edges import masked_forward
 from .nodes import final_metric, pair_chunks
 
@@ -30,13 +31,16 @@ FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 @dataclass
 class Curve:
     """One faithfulness curve: ranking "signed" | "abs"; counts[i] units in the circuit at fractions[i];
-    faithfulness[i] its f; area: CPR (signed) or CMD (area under |1 - f|, abs)."""
+    faithfulness[i] its f; area: CPR (signed) or CMD (area under |1 - f|, abs); empty: f of the empty circuit
+    (every unit of the level from x'). f(empty) is 0 only when the level carries the whole difference: units
+    that leave it near 1 cannot be told apart by the curve."""
 
     ranking: str
     fractions: list[float]
     counts: list[int]
     faithfulness: list[float]
     area: float
+    empty: float = float("nan")
 
 
 def circuit_counts(n_units: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
@@ -71,13 +75,14 @@ def node_circuit_metrics(model, nodes: list[Site], keep: Tensor, clean: Sequence
     names = node_hooks(nodes)
     tot = torch.zeros(len(keep))
     mx = mc = 0.0
-    for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel, names_x=[]):
-        mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
-        pos = {k: v[pc.idx] for k, v in positions.items()} if positions is not None else None
-        hooks = node_mask_hooks(nodes, keep, pc.cache_c, pos, rows_per_mask=len(pc.idx))
-        with torch.no_grad():
-            logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks)
-        tot += final_metric(model, logits, metric, pc.idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
+    with split_inputs(model) if any(n.kind in QKV for n in nodes) else nullcontext():
+        for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel, names_x=[]):
+            mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
+            pos = {k: v[pc.idx] for k, v in positions.items()} if positions is not None else None
+            hooks = node_mask_hooks(nodes, keep, pc.cache_c, pos, rows_per_mask=len(pc.idx))
+            with torch.no_grad():
+                logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks)
+            tot += final_metric(model, logits, metric, pc.idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n
 
@@ -111,13 +116,17 @@ def faithfulness_curves(evaluate: Callable[[Tensor], tuple[Tensor, float, float]
     or edge_circuit_metrics with the other arguments bound)."""
     counts = circuit_counts(len(scores), fractions)
     rankings = ("signed", "abs")
-    # Both rankings' circuits in one evaluation: the clean and counterfactual runs are paid once.
-    m, mx, mc = evaluate(torch.cat([top_k_masks(scores, counts, r) for r in rankings]))
+    # Both rankings' circuits and the empty circuit in one evaluation: the clean and counterfactual runs are
+    # paid once.
+    empty = torch.zeros(1, len(scores), dtype=torch.bool)
+    m, mx, mc = evaluate(torch.cat([top_k_masks(scores, counts, r) for r in rankings] + [empty]))
     denom = mx - mc
+    ok = abs(denom) > 1e-12
+    f_empty = float((m[-1] - mc) / denom) if ok else float("nan")
     out = {}
     for i, ranking in enumerate(rankings):
         mi = m[i * len(counts):(i + 1) * len(counts)]
-        f = ((mi - mc) / denom).tolist() if abs(denom) > 1e-12 else [float("nan")] * len(counts)
+        f = ((mi - mc) / denom).tolist() if ok else [float("nan")] * len(counts)
         a = area(fractions, f) if ranking == "signed" else area(fractions, [abs(1 - v) for v in f])
-        out[ranking] = Curve(ranking, list(fractions), counts, f, a)
+        out[ranking] = Curve(ranking, list(fractions), counts, f, a, f_empty)
     return out

@@ -5,11 +5,10 @@ from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
 
   exact        one patched forward per node (batched over nodes): the ground truth.
   atp          attribution patching: (a(x) - a(x')) . dm/da at x'. 2 forwards + 1 backward.
-  atp_star     AtP with GradDrop (Kramar et al. 2024): for each layer l, the AtP estimate with the
-               gradient from the residual stream into layer l's block (its q/k/v and MLP inputs)
-               dropped; the score is sum_l |AtP_l| / (L - 1), signed like AtP. It recovers nodes whose direct
-               and indirect effects cancel at first order. (The QK fix of AtP* is applied on edges,
-               see edges.py: for a node's own output it is already exact.)
+  atp_star     AtP* (Kramar et al. 2024, atp_star.py): AtP with the QK fix (every later attention pattern
+               the node's residual write reaches is recomputed exactly, only what follows the pattern is
+               linearised) and GradDrop (the estimate with the gradient through each layer's inputs dropped;
+               the term of largest magnitude is kept), on the metric's scale like exact patching.
   grad         gradient saliency: the norm of dm/da at x (unsigned; no counterfactual).
   grad_act     gradient x activation at x: a(x) . dm/da(x) (no counterfactual).
   ig           integrated gradients from x' to x: (a(x) - a(x')) . mean over alpha of dm/da along the
@@ -17,7 +16,8 @@ from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
   act_diff     |a(x) - a(x')|: how much the node changes. Not causal: the correlation-style baseline
                that planted decoys are built to fool.
 
-Nodes are core `Site`s (components.nodes_for). Examples are grouped by length (no padding); each
+Nodes are core `Site`s (components.nodes_for); query/key/value input nodes (level "qkv") run with split
+q/k/v inputs. Examples are grouped by length (no padding); each
 group is processed in chunks of `batch_size`.
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +35,8 @@ from ..core.forward import group_by_length
 from ..core.metrics import Metric
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
-from .components import has_mlps, node_hooks, node_mask_hooks, node_values, split_inputs
+from .atp_star import atp_star_chunk
+from .components import QKV, node_hooks, node_mask_hooks, node_values, split_inputs
 
 NODE_METHODS = ("exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff")
 SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act": True, "ig": True, "act_diff": False}
@@ -81,26 +83,10 @@ def _run_cache(model, toks: Tensor, names: list[str]) -> tuple[Tensor, dict[str,
     return logits, cache
 
 
-class _GradGate(torch.autograd.Function):
-    """Identity forward; backward multiplies by gate[key] (to drop the gradient through a layer)."""
-
-    @staticmethod
-    def forward(ctx, x, gate, key):
-        ctx.gate, ctx.key = gate, key
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * ctx.gate.get(ctx.key, 1.0), None, None
-
-
-def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, embed_override=None,
-           gate: dict | None = None):
+def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, embed_override=None):
     """Forward with activations at `names` kept as graph nodes; returns (metric [b], acts).
 
-    embed_override(act) replaces hook_embed (the integrated-gradients path); `gate` installs _GradGate
-    on every block's inputs (q/k/v and MLP input hooks: call inside components.split_inputs) so the
-    caller can drop a layer from the backward pass by setting gate[layer] = 0."""
+    embed_override(act) replaces hook_embed (the integrated-gradients path)."""
     acts: dict[str, Tensor] = {}
 
     def keep(act, hook):
@@ -112,10 +98,6 @@ def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, e
     hooks = [(n, keep) for n in names]
     if embed_override is not None:
         hooks.insert(0, ("hook_embed", lambda act, hook: embed_override(act)))
-    if gate is not None:
-        sites = ["hook_q_input", "hook_k_input", "hook_v_input"] + (["hook_mlp_in"] if has_mlps(model) else [])
-        for l in range(model.cfg.n_layers):
-            hooks += [(f"blocks.{l}.{site}", lambda act, hook, l=l: _GradGate.apply(act, gate, l)) for site in sites]
     with torch.enable_grad():
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
         m = final_metric(model, logits, metric, idx)
@@ -181,8 +163,20 @@ def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], 
     names = node_hooks(nodes)
     out = torch.zeros(n, len(nodes))
     m_x, m_cf = torch.zeros(n), torch.zeros(n)
-    fw = bw = 0
-    done = 0
+    extra: dict = {"attention_forwards": 0} if method == "atp_star" else {}
+    split = split_inputs(model) if any(n.kind in QKV for n in nodes) else nullcontext()
+    with split:
+        fw, bw, _ = _node_loop(model, method, nodes, clean, corrupt, metric, positions, ig_steps, batch_size,
+                                  node_chunk, progress, should_cancel, names, out, m_x, m_cf, extra)
+    return NodeScores(method, nodes, out, m_x, m_cf, fw, bw, time.perf_counter() - t0, extra)
+
+
+def _node_loop(model, method, nodes, clean, corrupt, metric, positions, ig_steps, batch_size, node_chunk, progress,
+               should_cancel, names, out, m_x, m_cf, extra) -> tuple[int, int, int]:
+    """node_scores' loop over batches of pairs: fills out [n, n_nodes], m_x, m_cf [n]; returns (forwards,
+    backwards, examples done)."""
+    n = len(clean)
+    fw = bw = done = 0
     for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel):
         idx, x, xc, ax, ac, mc = pc.idx, pc.x, pc.xc, pc.cache_x, pc.cache_c, pc.m_c
         chunk = idx.tolist()
@@ -209,16 +203,21 @@ def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], 
             s, f, b = _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, ig_steps)
             fw, bw = fw + f, bw + b
         elif method == "atp_star":
-            s, f, b = _graddrop_chunk(model, xc, idx, nodes, names, metric, delta, pos)
-            fw, bw = fw + f, bw + b
-        else:  # exact
-            s, f = _exact_chunk(model, xc, idx, nodes, ax, pos, metric, mc, node_chunk, should_cancel)
+            s, info = atp_star_chunk(model, xc, idx, nodes, metric, delta, ax, pos)
+            fw, bw = fw + info["forwards"], bw + info["backwards"]
+            extra["attention_forwards"] += info["attention_forwards"]
+        else:  # exact: progress per block of nodes, so a long sweep over one batch of examples still moves
+            def block_done(k, total, done=done, size=len(chunk)):
+                if progress:
+                    progress((done + size * k / total) / n, f"exact: {k}/{total} nodes of examples "
+                             f"{done + 1}-{done + size} of {n}")
+            s, f = _exact_chunk(model, xc, idx, nodes, ax, pos, metric, mc, node_chunk, should_cancel, block_done)
             fw += f
         out[idx] = s.detach().float().cpu()
         done += len(chunk)
         if progress:
             progress(done / n, f"{method}: {done}/{n} examples")
-    return NodeScores(method, nodes, out, m_x, m_cf, fw, bw, time.perf_counter() - t0)
+    return fw, bw, done
 
 
 def _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, steps: int):
@@ -238,28 +237,10 @@ def _ig_chunk(model, x, xc, idx, nodes, names, metric, delta, pos, steps: int):
     return s, steps * b, steps * b
 
 
-def _graddrop_chunk(model, xc, idx, nodes, names, metric, delta, pos):
-    """AtP*'s GradDrop: one forward at x', one backward per dropped layer (plus the plain one):
-    ([batch, n_nodes], forwards, backwards)."""
-    L = model.cfg.n_layers
-    gate: dict[int, float] = {}
-    with split_inputs(model):
-        m, acts = _grads(model, xc, names, metric, idx, gate=gate)
-    per_drop = []
-    for drop in [None, *range(L)]:
-        gate.clear()
-        if drop is not None:
-            gate[drop] = 0.0
-        g = torch.autograd.grad(m.sum(), [acts[k] for k in names], retain_graph=drop != L - 1)
-        per_drop.append(node_values(nodes, {k: delta[k] * gk for k, gk in zip(names, g)}, pos))
-    plain = per_drop[0]
-    s = torch.sign(plain) * sum(d.abs() for d in per_drop[1:]) / max(L - 1, 1)
-    return s, len(xc), (L + 1) * len(xc)
-
-
-def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, node_chunk: int, should_cancel):
+def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, node_chunk: int, should_cancel,
+                 on_block=None):
     """Denoise one node at a time, node_chunk nodes per batched forward: ([batch, n_nodes] effect in metric
-    units, forwards)."""
+    units, forwards). on_block(nodes done, n_nodes) after each batched forward."""
     b = len(xc)
     s = torch.zeros(b, len(nodes))
     fw = 0
@@ -275,4 +256,6 @@ def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, nod
         m = final_metric(model, logits, metric, idx.repeat(len(block))).cpu().view(len(block), b)
         s[:, block] = (m - m_corrupt[None]).T
         fw += len(block) * b
+        if on_block is not None:
+            on_block(block[-1] + 1, len(nodes))
     return s, fw

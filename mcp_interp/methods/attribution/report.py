@@ -24,6 +24,7 @@ from .faithfulness import FRACTIONS, Curve, edge_circuit_metrics, faithfulness_c
 from .nodes import NODE_METHODS, node_scores
 
 CIRCUIT_TARGET = 0.8  # the reported circuit: the smallest on the curve reaching this faithfulness
+TOP_K_FRACTION = 0.1  # compare(): overlap of the top 10% of units with exact patching's
 
 
 GraphNode = tuple[str, float, float]        # (name, height in the drawing, value)
@@ -83,14 +84,29 @@ class AttributionReport:
 
 
 def _circuit(units: list[str], scores: np.ndarray, curve: Curve) -> dict:
-    """Smallest circuit of the signed ranking that reaches CIRCUIT_TARGET (else the most faithful); scores [U]."""
+    """Smallest circuit of the signed ranking that reaches CIRCUIT_TARGET (else the most faithful); scores [U].
+
+    `uninformative` (with `reason`) when the curve cannot rank circuits: the empty circuit (every unit from x')
+    already reaches the target (the units at this level do not carry the clean-counterfactual difference, the
+    rest of the model does), or no faithfulness is finite (m(x) = m(x')). Then size is 0 and units empty."""
     f = np.asarray(curve.faithfulness, float)
+    base = {"target": CIRCUIT_TARGET, "empty_faithfulness": curve.empty}
+    if not np.isfinite(f).any():
+        return {**base, "size": 0, "fraction": 0.0, "faithfulness": float("nan"), "reached_target": False,
+                "units": [], "uninformative": True,
+                "reason": "faithfulness is undefined: the metric is the same on the clean and counterfactual inputs"}
+    if np.isfinite(curve.empty) and curve.empty >= CIRCUIT_TARGET:
+        return {**base, "size": 0, "fraction": 0.0, "faithfulness": float(curve.empty), "reached_target": True,
+                "units": [], "uninformative": True,
+                "reason": f"the empty circuit (all {len(units)} units from the counterfactual) already has faithfulness "
+                          f"{curve.empty:.2f}: these units do not carry the clean-counterfactual difference, so the "
+                          f"curve cannot rank circuits; score another level (heads, positions, edges)"}
     ok = [i for i, v in enumerate(f) if np.isfinite(v) and v >= CIRCUIT_TARGET and curve.counts[i] > 0]
     i = ok[0] if ok else int(np.nanargmax(f))
     k = curve.counts[i]
     order = np.argsort(-scores, kind="stable")[:k]
-    return {"size": k, "fraction": curve.fractions[i], "faithfulness": float(f[i]),
-            "reached_target": bool(ok), "target": CIRCUIT_TARGET, "units": [units[j] for j in order]}
+    return {**base, "size": k, "fraction": curve.fractions[i], "faithfulness": float(f[i]),
+            "reached_target": bool(ok), "units": [units[j] for j in order], "uninformative": False}
 
 
 def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], corrupt: Sequence[Tensor],
@@ -161,9 +177,11 @@ def compare(scores: np.ndarray, exact: np.ndarray, units: list[str], cost: dict,
     """How well a cheap method's scores [U] track exact patching's [U] (both normalised), and what each cost.
 
     cost: the cheap method's ({"seconds": ...}); ex: exact patching's NodeScores (forwards, seconds).
-    Returns pearson, spearman, spearman_abs, top{k}_overlap (k = min(10, U), by |score|), exact_scores
-    {unit: score}, exact_cost, speedup."""
-    k = min(10, len(units))
+    Returns pearson, spearman, spearman_abs, top_k_overlap (the share of exact patching's top k units by |score|
+    that the method also ranks top k, k = TOP_K_FRACTION of the U units, at least 1 and at most U - 1, so it
+    can tell rankings apart), top_k, top_k_chance (k / U: the expected overlap of a random ranking),
+    exact_scores {unit: score}, exact_cost, speedup."""
+    k = int(min(max(1, round(TOP_K_FRACTION * len(units))), max(1, len(units) - 1)))
     top = lambda s: set(np.argsort(-np.abs(s), kind="stable")[:k].tolist())  # noqa: E731
     ok = np.isfinite(scores) & np.isfinite(exact)
     pear = pearsonr(scores[ok], exact[ok]).statistic if ok.sum() > 2 and np.std(scores[ok]) > 0 else float("nan")
@@ -171,7 +189,7 @@ def compare(scores: np.ndarray, exact: np.ndarray, units: list[str], cost: dict,
     spear_abs = spearmanr(np.abs(scores[ok]), np.abs(exact[ok])).statistic if ok.sum() > 2 and np.std(scores[ok]) > 0 \
         else float("nan")
     return {"pearson": float(pear), "spearman": float(spear), "spearman_abs": float(spear_abs),
-            f"top{k}_overlap": len(top(scores) & top(exact)) / k,
+            "top_k_overlap": len(top(scores) & top(exact)) / k, "top_k": k, "top_k_chance": k / len(units),
             "exact_scores": {u: float(v) for u, v in zip(units, exact)},
             "exact_cost": {"forwards": ex.forwards, "seconds": ex.seconds},
             "speedup": ex.seconds / cost["seconds"] if cost.get("seconds") else None}

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .metrics import final_normed
+
 
 def group_by_length(token_lists: Sequence[Sequence[int]]) -> dict[int, list[int]]:
     """Example indices grouped by token length (no padding needed inside a group)."""
@@ -28,7 +30,7 @@ def final_logits(model, token_lists: Sequence[Sequence[int]], batch_size: int = 
             toks = torch.tensor([list(token_lists[i]) for i in chunk], device=device)
             # Only the final position is unembedded: stop at the residual stream, then unembed one row.
             resid = model(toks, return_type=None, stop_at_layer=model.cfg.n_layers)[:, -1:]
-            logits = model.unembed(model.ln_final(resid))[:, 0]
+            logits = model.unembed(final_normed(model, resid))[:, 0]  # planted toys have no ln_final
             out[chunk] = logits.float().cpu()
             if progress:
                 progress(len(chunk))

@@ -48,9 +48,9 @@ def _softcap(model, logits: Tensor) -> Tensor:
 def column_logits(model, resid: Tensor, token_ids: Tensor) -> Tensor:
     """logit[row, token_ids[row]] for each row: resid [rows, d_model] (before ln_final), token_ids [rows]
     -> [rows], using only those unembedding columns (output soft cap applied)."""
-    x = final_normed(model, resid)
+    x = final_normed(model, resid).float()  # float32 like the model's own unembedding (bf16/fp16 models too)
     w = model.unembed.W_U[:, token_ids.to(model.unembed.W_U.device)]  # [d_model, rows]
-    out = (x * w.T.to(x.dtype)).sum(-1) + model.unembed.b_U[token_ids].to(x.dtype)
+    out = (x * w.T.to(device=x.device, dtype=x.dtype)).sum(-1) + model.unembed.b_U[token_ids].to(device=x.device, dtype=x.dtype)
     return _softcap(model, out)
 
 

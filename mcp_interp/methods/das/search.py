@@ -7,6 +7,7 @@ train IIA by fitting the examples rather than the variable.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from torch import Tensor, nn
 from ..core.progress import Progress
 from ..core.sites import Site
 from .runner import DASCache, check_site
-from .train import DASResult, Rotation, das_result, fit_rotation, prepare_caches, subspace_delta, train_das
+from .train import (DASResult, Rotation, das_result, evaluate_rotation, fit_rotation, prepare_caches, subspace_delta,
+                    train_das)
 
 __all__ = ["RankSweep", "find_knee", "rank_sweep", "train_boundless_das"]
 
@@ -25,7 +27,8 @@ __all__ = ["RankSweep", "find_knee", "rank_sweep", "train_boundless_das"]
 def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float = 1e-2,
                         boundary_lr: float = 1e-2, batch_size: int = 32, seed: int = 0,
                         temperature: tuple[float, float] = (50.0, 0.1), boundary_init: float = 0.5,
-                        boundary_penalty: float = 1.0, controls: bool = True,
+                        boundary_penalty: float = 1.0, controls: bool = True, min_steps: int = 200,
+                        prune_tolerance: float = 0.02,
                         caches: tuple[DASCache, DASCache] | None = None, block: str = "auto",
                         progress: Progress | None = None,
                         should_cancel: Callable[[], bool] | None = None) -> DASResult:
@@ -34,10 +37,18 @@ def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float 
     Rotated coordinate i is interchanged with weight sigmoid((b - i - 1/2) / T); T goes from
     temperature[0] to temperature[1] geometrically over training; the loss adds
     boundary_penalty * b / d (as in Wu et al.'s reference code), which pushes b down to what the
-    labels need. Effective k = round(b) = the coordinates with mask > 1/2; train/test IIA and the
-    controls are then computed with that hard boundary (rotation = the first k columns, [d, k]).
-    Returns a DASResult whose `boundless` holds the boundary, effective k, final mask [d] and the full
-    rotation [d, d].
+    labels need. Two defaults make it find small subspaces on short runs (measured on
+    toy/planted-direction, whose variable is one direction of 81: with 40 steps the boundary stopped at
+    k ~ 20 with the variable spread over the first few rotated coordinates):
+      - at least `min_steps` optimiser steps (epochs are raised when `epochs` gives fewer; reported as
+        params["epochs_run"]): the mask's slope is what orders the rotated coordinates, and ordering
+        takes steps;
+      - pruning: the learned boundary round(b) is only an upper bound; the reported k is the smallest
+        k <= round(b) whose hard-boundary train IIA (first k rotated coordinates) is within
+        `prune_tolerance` of round(b)'s (training data only, never the test split).
+    Train/test IIA and the controls are computed with that hard boundary (rotation = the first k
+    columns, [d, k]). Returns a DASResult whose `boundless` holds the boundary, the learned k, the
+    effective (pruned) k with the train IIA of each k tried, final mask [d] and the full rotation [d, d].
     """
     t0 = time.perf_counter()
     check_site(model, site)
@@ -62,10 +73,11 @@ def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float 
     def mask() -> Tensor:
         return torch.sigmoid((d * beta - coords) / state["T"])
 
-    counter = {"token_layers": 0, "rows": 0, "steps": 0, "epochs": epochs}
+    epochs_run = max(epochs, math.ceil(min_steps / max(math.ceil(dc_tr.n / batch_size), 1)))
+    counter = {"token_layers": 0, "rows": 0, "steps": 0, "epochs": epochs_run}
     t_train = time.perf_counter()
     with torch.enable_grad():
-        curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex, mask()), epochs, batch_size,
+        curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex, mask()), epochs_run, batch_size,
                      seed, progress, should_cancel, counter, penalty=lambda: boundary_penalty * beta,
                      on_step=on_step, label="boundless DAS")
     counter["train_seconds"] = time.perf_counter() - t_train
@@ -75,16 +87,38 @@ def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float 
         k_eff = int(round(b))
         R_full = rot.weight.detach().clone()
         final_mask = mask().cpu()
-    k_hard = max(k_eff, 1)
-    params = {"epochs": epochs, "lr": lr, "boundary_lr": boundary_lr, "batch_size": batch_size, "seed": seed,
-              "temperature": list(temperature), "boundary_init": boundary_init,
-              "boundary_penalty": boundary_penalty, "optimizer": "AdamW",
+    k_learned = max(k_eff, 1)
+    tried = _prune(model, R_full, site, dc_tr, k_learned, prune_tolerance)
+    k_hard = min(k for k, ok in tried.items() if ok["kept"])
+    params = {"epochs": epochs, "epochs_run": epochs_run, "min_steps": min_steps, "lr": lr, "boundary_lr": boundary_lr,
+              "batch_size": batch_size, "seed": seed, "temperature": list(temperature), "boundary_init": boundary_init,
+              "boundary_penalty": boundary_penalty, "prune_tolerance": prune_tolerance, "optimizer": "AdamW",
               "loss": "cross-entropy at the final position + boundary_penalty * b / d"}
-    info = {"boundary": b, "effective_k": k_eff, "final_temperature": state["T"],
+    info = {"boundary": b, "learned_k": k_eff, "effective_k": k_hard, "final_temperature": state["T"],
+            "pruning": {"rule": f"smallest k <= learned k with train IIA >= train IIA(learned k) - {prune_tolerance}",
+                        "train_iia": {str(k): v["train_iia"] for k, v in tried.items()}},
             "mask": final_mask.tolist(), "rotation_full": R_full.float().cpu(),
             "evaluated_k": k_hard}
     return das_result(model, site, k_hard, R_full[:, :k_hard], dc_tr, dc_te, curve, counter, t0, params, seed,
                    controls, boundless=info)
+
+
+def _prune(model, R_full: Tensor, site: Site, dc: DASCache, k_max: int, tol: float) -> dict[int, dict]:
+    """Train IIA of the first k rotated coordinates for k = 1, 2, 3, 4, 6, 8, 12, ... up to k_max (and k_max),
+    stopping at the first k within `tol` of k_max's: {k: {"train_iia", "kept"}} (kept: that k passes)."""
+    ref = evaluate_rotation(model, R_full[:, :k_max], site, None, cache=dc).iia
+    out: dict[int, dict] = {}
+    cands, k = [], 1
+    while k < k_max:
+        cands.append(k)
+        k = k + 1 if k < 4 else int(k * 1.5)
+    for k in cands:
+        iia = evaluate_rotation(model, R_full[:, :k], site, None, cache=dc).iia
+        out[k] = {"train_iia": round(float(iia), 4), "kept": iia >= ref - tol}
+        if out[k]["kept"]:
+            return out
+    out[k_max] = {"train_iia": round(float(ref), 4), "kept": True}
+    return out
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Activations at one site, from a forward pass that stops as soon as the site has been computed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..core import Progress, ShouldCancel, Site, check_cancelled
+
+FEATURE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post")
+
+
+def check_feature_site(model, site: Site) -> None:
+    """ValueError unless features can live at `site` (a whole-vector site of `model`)."""
+    if site.kind not in FEATURE_KINDS:
+        raise ValueError(f"site kind {site.kind!r}: features live at one of {FEATURE_KINDS}")
+    site.check(model)
+
+
+def stop_layer(model, site: Site) -> int | None:
+    """The `stop_at_layer` that runs the model only up to (and including) the block holding `site`."""
+    last = site.layer + 1
+    return None if last >= model.cfg.n_layers else last
+
+
+@dataclass
+class Activations:
+    """acts [n_tokens, d] at a site; seq [n_tokens] and pos [n_tokens] say where each row came from."""
+
+    acts: torch.Tensor
+    seq: torch.Tensor
+    pos: torch.Tensor
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.acts) / max(self.seconds, 1e-9)
+
+
+@torch.no_grad()
+def site_activations(model, site: Site, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Activation at `site` for a batch of equal-length sequences `tokens` [b, T]: [b, T, d], or [b, d] at
+    `positions` [b] (one index per row). Runs blocks 0..site.layer only."""
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(act, hook):
+        store["x"] = act.detach()
+
+    model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(site.hook, grab)],
+                         stop_at_layer=stop_layer(model, site), return_type=None)
+    x = store["x"]
+    if positions is not None:
+        x = x[torch.arange(x.shape[0], device=x.device), positions.to(x.device)]
+    return x
+
+
+@torch.no_grad()
+def collect_activations(model, site: Site, sequences: Sequence[Sequence[int]], batch_size: int = 16,
+                        skip_first: int = 0, progress: Progress | None = None,
+                        should_cancel: ShouldCancel | None = None, dtype=torch.float32) -> Activations:
+    """Every token's activation at `site` over `sequences` (lists of token ids, any lengths; equal lengths are
+    batched together), kept on the CPU. `skip_first` drops each sequence's first positions (e.g. the attention
+    sink of a real model)."""
+    import time
+
+    t0 = time.time()
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(sequences):
+        by_len.setdefault(len(s), []).append(i)
+    batches = [(L, idx[j:j + batch_size]) for L, idx in sorted(by_len.items()) for j in range(0, len(idx), batch_size)]
+    acts, seqs, poss = [], [], []
+    for b, (L, idx) in enumerate(batches):
+        check_cancelled(should_cancel, "activation collection")
+        x = site_activations(model, site, torch.tensor([list(sequences[i]) for i in idx]))
+        x = x[:, skip_first:].to("cpu", dtype)
+        acts.append(x.reshape(-1, x.shape[-1]))
+        seqs.append(torch.tensor(idx).repeat_interleave(x.shape[1]))
+        poss.append(torch.arange(skip_first, L).repeat(len(idx)))
+        if progress is not None:
+            progress((b + 1) / len(batches), f"activations: batch {b + 1}/{len(batches)}")
+    d = site.dim(model)
+    return Activations(torch.cat(acts) if acts else torch.zeros(0, d), torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.long),
+                       torch.cat(poss) if poss else torch.zeros(0, dtype=torch.long), time.time() - t0)
+
+
+__all__ = ["Activations", "FEATURE_KINDS", "check_feature_site", "collect_activations", "site_activations", "stop_layer"]

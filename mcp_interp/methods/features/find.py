@@ -1,0 +1,227 @@
+"""Which features carry a variable, and do they matter?
+
+Ranking (correlational): at one position per prompt, each feature's value against the variable's value —
+AUROC for two values (0.5 = chance; |AUROC - 0.5| ranks), eta^2 (between-value share of variance) for more —
+with rank-test p-values (Mann-Whitney / Kruskal-Wallis) and label-permutation p-values beside them,
+Benjamini-Hochberg q-values across all features, and percentile-bootstrap CIs
+for the top features.
+Causal tests: on clean prompts, set a feature to 0 (zero), to its mean (mean), to its value on the
+counterfactual prompt (patch), or add alpha (steer), keeping the rest of the site (the error term) as it was;
+effect = (m_clean - m_intervened) / mean(m_clean - m_cf): 1 = the intervention moves the task metric all the
+way to the counterfactual, 0 = nothing. An untouched feature must give exactly the clean metric (identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core import Progress, ShouldCancel, bootstrap_ci, check_cancelled
+from ..core.metrics import final_normed
+from .sources import intervention_hook
+
+INTERVENTIONS = ("zero", "mean", "patch", "steer")
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH-adjusted q-values of p-values `p` [m] (monotone, capped at 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p)
+    q = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(q[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def _auroc_from_ranks(ranks: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """ranks [n, F], pos [..., n] 0/1 -> AUROC [..., F]."""
+    n1 = pos.sum(-1, keepdims=True)
+    n0 = pos.shape[-1] - n1
+    return (pos @ ranks - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def _eta2(x: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """x [n, F], onehot [..., n, C] -> eta^2 [..., F]."""
+    counts = onehot.sum(-2)  # [..., C]
+    sums = np.swapaxes(onehot, -1, -2) @ x  # [..., C, F]
+    mean = x.mean(0)
+    ss_b = (sums ** 2 / np.maximum(counts, 1)[..., None]).sum(-2) - len(x) * mean ** 2
+    ss_t = ((x - mean) ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_t > 1e-12, ss_b / ss_t, 0.0)
+
+
+@dataclass
+class Ranking:
+    stat: str                 # "auroc" or "eta2"
+    classes: list             # variable values; for auroc, AUROC is P(feature higher on classes[0])
+    score: np.ndarray         # [F] AUROC or eta^2
+    strength: np.ndarray      # [F] what is ranked: |AUROC - 0.5| * 2, or eta^2
+    p: np.ndarray             # [F] rank-test p-values (Mann-Whitney / Kruskal-Wallis, asymptotic, tie-corrected)
+    q: np.ndarray             # [F] BH q-values of p
+    order: np.ndarray         # features by strength, strongest first
+    ci: dict = field(default_factory=dict)  # feature -> (lo, hi) of score, for the top features
+    n_perm: int = 0
+    n: int = 0
+    p_perm: np.ndarray | None = None  # [F] label-permutation p-values (floor 1 / (n_perm + 1))
+
+
+def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_boot: int = 1000, top: int = 20,
+                  seed: int = 0) -> Ranking:
+    """Rank features (columns of `values` [n, F]) by how well they separate `labels` [n] (see the module doc)."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(values, dtype=np.float64)
+    classes = sorted(set(labels), key=str)
+    if len(classes) < 2:
+        raise ValueError(f"the variable takes a single value ({classes[0]!r}) on these prompts: nothing to separate")
+    y = np.array([classes.index(v) for v in labels])
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(y) for _ in range(n_perm)])  # [P, n]
+    if len(classes) == 2:
+        ranks = rankdata(x, axis=0)
+        pos = (y == 0).astype(np.float64)
+        score = _auroc_from_ranks(ranks, pos)
+        strength = np.abs(score - 0.5) * 2
+        null = np.abs(_auroc_from_ranks(ranks, (perms == 0).astype(np.float64)) - 0.5) * 2  # [P, F]
+        stat = "auroc"
+    else:
+        onehot = np.eye(len(classes))[y]
+        score = _eta2(x, onehot)
+        # rank by epsilon^2 (eta^2 corrected for C - 1 degrees of freedom): with many values and few prompts a
+        # feature firing on one prompt has eta^2 = 1 by construction
+        C = len(classes)
+        strength = 1 - (1 - score) * (n - 1) / max(n - C, 1) if n > C else np.full_like(score, -np.inf)
+        null = np.stack([_eta2(x, np.eye(len(classes))[pp]) for pp in perms]) if n_perm else np.zeros((0, x.shape[1]))
+        stat = "eta2"
+    p_perm = (1 + (null >= strength[None] - 1e-12).sum(0)) / (n_perm + 1)
+    # BH needs p-values finer than 1/(n_perm+1) when there are thousands of features: the rank tests' asymptotic
+    # p-values (Mann-Whitney for two values, Kruskal-Wallis for more; tie-corrected) approximate the exact
+    # permutation distribution of the ranks and have no floor; the label-permutation p is reported beside them.
+    from scipy.stats import kruskal, mannwhitneyu
+
+    with np.errstate(all="ignore"):
+        groups = [x[y == c] for c in range(len(classes))]
+        p_rank = (mannwhitneyu(groups[0], groups[1], axis=0).pvalue if len(classes) == 2
+                  else kruskal(*groups, axis=0).pvalue)
+    p_rank = np.where(np.isfinite(p_rank), p_rank, 1.0)
+    order = np.lexsort((p_rank, -strength))
+    res = Ranking(stat, classes, score, strength, p_rank, benjamini_hochberg(p_rank), order, n_perm=n_perm, n=n,
+                  p_perm=p_perm)
+    # bootstrap CIs of the score for the top features (resampled examples; degenerate resamples skipped)
+    top_idx = order[:top]
+    boots = []
+    for _ in range(n_boot):
+        ii = rng.integers(0, n, n)
+        yy = y[ii]
+        if len(set(yy.tolist())) < len(classes):
+            continue
+        xx = x[ii][:, top_idx]
+        if stat == "auroc":
+            boots.append(_auroc_from_ranks(rankdata(xx, axis=0), (yy == 0).astype(np.float64)))
+        else:
+            boots.append(_eta2(xx, np.eye(len(classes))[yy]))
+    if boots:
+        lo, hi = np.quantile(np.stack(boots), [0.025, 0.975], axis=0)
+        res.ci = {int(f): (float(a), float(b)) for f, a, b in zip(top_idx, lo, hi)}
+    return res
+
+
+# ------------------------------------------------------------------ causal tests
+
+@dataclass
+class CausalPair:
+    """Clean/counterfactual prompts (equal lengths pairwise), the feature position in each, and the metric."""
+
+    clean: list[list[int]]
+    cf: list[list[int]]
+    positions: list[int]
+    cf_positions: list[int]
+    metric: object  # methods.core.Metric
+
+
+@torch.no_grad()
+def _metric_run(model, source, pair: CausalPair, edit, batch_size: int) -> torch.Tensor:
+    """Metric per example on the clean prompts with `edit` applied at the site (None: no hook)."""
+    out = torch.zeros(len(pair.clean))
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(pair.clean):
+        groups.setdefault(len(t), []).append(i)
+    for _, idx in sorted(groups.items()):
+        for j in range(0, len(idx), batch_size):
+            ch = idx[j:j + batch_size]
+            toks = torch.tensor([pair.clean[i] for i in ch], device=model.cfg.device)
+            ex = torch.tensor(ch)
+            hooks = [] if edit is None else [(source.site.hook, intervention_hook(
+                source, torch.tensor([pair.positions[i] for i in ch]), edit, ex))]
+            resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)[:, -1]
+            out[ch] = pair.metric.from_final_resid(model, resid, ex).float().cpu()
+    return out
+
+
+@torch.no_grad()
+def _cf_metric(model, pair: CausalPair, batch_size: int) -> torch.Tensor:
+    out = torch.zeros(len(pair.cf))
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(pair.cf):
+        groups.setdefault(len(t), []).append(i)
+    for _, idx in sorted(groups.items()):
+        for j in range(0, len(idx), batch_size):
+            ch = idx[j:j + batch_size]
+            toks = torch.tensor([pair.cf[i] for i in ch], device=model.cfg.device)
+            resid = model(toks, return_type=None, stop_at_layer=model.cfg.n_layers)[:, -1]
+            out[ch] = pair.metric.from_final_resid(model, resid, torch.tensor(ch)).float().cpu()
+    return out
+
+
+def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kinds: Sequence[str] = ("zero", "patch"),
+                   mean_values: torch.Tensor | None = None, cf_values: torch.Tensor | None = None,
+                   steer_alpha: float | None = None, seed: int = 0, batch_size: int = 32,
+                   progress: Progress | None = None, should_cancel: ShouldCancel | None = None) -> dict:
+    """Effects of intervening on each of `features` (see the module doc). `mean_values` [F] (for mean),
+    `cf_values` [n, F] (feature values on the counterfactual prompts, for patch), `steer_alpha` (for steer).
+    Returns clean / counterfactual metrics, the identity check (no feature changed) and, per feature and kind,
+    the normalised effect with a bootstrap CI, the raw metric change and the per-example effects."""
+    bad = [k for k in kinds if k not in INTERVENTIONS]
+    if bad:
+        raise ValueError(f"interventions {bad}: one of {INTERVENTIONS}")
+    m_clean = _metric_run(model, source, pair, None, batch_size)
+    m_cf = _cf_metric(model, pair, batch_size)
+    m_id = _metric_run(model, source, pair, lambda f, ex: f, batch_size)
+    gap = float((m_clean - m_cf).mean())
+    scale = gap if abs(gap) > 1e-6 else 1.0
+    out = {"clean": m_clean, "counterfactual": m_cf, "gap": gap, "normalised": abs(gap) > 1e-6,
+           "identity_max_abs_diff": float((m_id - m_clean).abs().max()) if len(m_id) else 0.0, "effects": {}}
+    jobs = [(f, k) for f in features for k in kinds if not (k == "steer" and steer_alpha is None)]
+    for t, (feat, kind) in enumerate(jobs):
+        check_cancelled(should_cancel, "causal tests")
+
+        def edit(f, ex, feat=feat, kind=kind):
+            f = f.clone()
+            if kind == "zero":
+                f[:, feat] = 0.0
+            elif kind == "mean":
+                f[:, feat] = float(mean_values[feat])
+            elif kind == "patch":
+                f[:, feat] = cf_values[ex, feat].to(f.device, f.dtype)
+            else:
+                f[:, feat] = f[:, feat] + steer_alpha
+            return f
+
+        m = _metric_run(model, source, pair, edit, batch_size)
+        per = ((m_clean - m) / scale).numpy()
+        mean, lo, hi = bootstrap_ci(per, seed=seed)
+        out["effects"][(int(feat), kind)] = {"effect": float(mean), "ci95": [float(lo), float(hi)],
+                                             "delta_metric": float((m - m_clean).mean()), "per_example": per}
+        if progress is not None:
+            progress((t + 1) / len(jobs), f"causal test {t + 1}/{len(jobs)}: feature {feat} {kind}")
+    return out
+
+
+__all__ = ["CausalPair", "INTERVENTIONS", "Ranking", "benjamini_hochberg", "causal_effects", "rank_features"]

@@ -1,0 +1,160 @@
+"""Tool load_sae: bring any sae-lens SAE directory into the store, checked against the model's site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, Field
+
+from ..methods import features as F
+from ..methods.core import Progress, Site
+from ..tasks.spec import TaskSpec
+from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, dataset, resolve_task
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from ..runtime.context import AppContext
+
+TOOL = "load_sae"
+
+
+def sae_directory(app: AppContext, ref: str) -> Path:
+    """The sae-lens directory behind `ref`: a train_sae / load_sae run id, or a directory path."""
+    try:
+        rec = app.store.get_run(ref)
+    except Exception:
+        rec = None
+    if rec is not None:
+        d = app.store.run_dir(ref) / "sae"
+        if not (d / "cfg.json").is_file():
+            raise ToolError(f"sae: run {ref} ({rec.tool}) holds no SAE; pass a train_sae or load_sae run id.")
+        return d
+    p = Path(ref).expanduser()
+    if not p.is_dir():
+        raise ToolError(f"sae: {ref!r} is neither a stored run id nor a directory. Fix: a train_sae / load_sae run id "
+                        f"(list_runs(tool='train_sae')) or the path of a sae-lens directory (cfg.json + "
+                        f"sae_weights.safetensors).")
+    return p
+
+
+def site_of_hook(model, hook: str | None) -> Site:
+    """The feature site an SAE's hook name names (checked against the model)."""
+    if not hook:
+        raise ToolError("sae: its cfg.json names no hook (metadata.hook_name); cannot tell where it reads.")
+    if hook not in model.hook_dict:
+        raise ToolError(f"sae: hook {hook!r} does not exist in this model (it has blocks 0..{model.cfg.n_layers - 1}).")
+    parts = hook.split(".")
+    kinds = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_attn_out": "attn_out",
+             "hook_mlp_out": "mlp_out"}
+    if len(parts) == 3 and parts[0] == "blocks" and parts[2] in kinds:
+        return Site(kinds[parts[2]], int(parts[1]))
+    raise ToolError(f"sae: hook {hook!r} is not a supported feature site (blocks.L.hook_resid_pre / resid_post / "
+                    f"attn_out / mlp_out).")
+
+
+def checked_sae(app: AppContext, ref: str, lm) -> tuple[object, Site, Path]:
+    """Load the SAE behind `ref` and check it fits `lm`'s model: (sae, site, directory)."""
+    d = sae_directory(app, ref)
+    try:
+        sae = F.load_sae(d, device=lm.device)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise ToolError(f"sae: {e}") from None
+    site = site_of_hook(lm.model, F.sae_hook_name(sae))
+    want = site.dim(lm.model)
+    if int(sae.cfg.d_in) != want:
+        raise ToolError(f"sae: d_in = {sae.cfg.d_in} but {site.hook} of this model has width {want}: the SAE was "
+                        f"trained on another model.")
+    return sae, site, d
+
+
+class LoadSaeInput(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id the SAE belongs to.")
+    path: str | None = Field(None, description="A sae-lens directory (cfg.json + sae_weights.safetensors).")
+    release: str | None = Field(None, description="Instead of path: a SAELens release name (needs the hub).")
+    sae_id: str | None = Field(None, description="With release: the SAE id inside the release.")
+    task: str | None = Field(None, description="Optional: measure reconstruction on this task's prompts (all "
+                             "positions) and store the run under it.")
+    n: int = Field(64, ge=1, le=4096, description="Task prompts for the quality figures.")
+    seed: int = 0
+    force: bool = False
+    wait_seconds: float = WAIT_FIELD
+
+
+class LoadSaeResult(RunResult):
+    run_id: str
+    model: str
+    hook: str
+    architecture: str
+    d_in: int
+    d_sae: int
+    source: str
+    sae_path: str
+    metadata: dict
+    quality: dict | None = Field(None, description="On the task's prompts: explained_variance, mse, l0, dead, dense.")
+
+
+class LoadSaeOutput(HeavyOutput):
+    result: LoadSaeResult | None = None
+
+
+def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
+    lm = run.load(args.model)
+    if args.release:
+        try:
+            from sae_lens import SAE
+
+            sae = SAE.from_pretrained(args.release, args.sae_id or "", device=lm.device)
+        except Exception as e:  # offline, unknown release, ...
+            raise ToolError(f"release: could not fetch {args.release!r}/{args.sae_id!r} ({type(e).__name__}: "
+                            f"{str(e)[:200]}). The hub is unreachable offline: pass `path` to a local sae-lens "
+                            f"directory instead.") from None
+        import tempfile
+
+        tmp = tempfile.mkdtemp()
+        F.save_sae(sae, tmp)
+        ref, source = tmp, f"release {args.release}/{args.sae_id}"
+    elif args.path:
+        ref, source = args.path, args.path
+    else:
+        raise ToolError("path: give `path` (a sae-lens directory) or `release` (+ sae_id).")
+    sae, site, d = checked_sae(run.app, ref, lm)
+    quality = None
+    spec: TaskSpec | None = resolve_task(run.app, args.task) if args.task else None
+    if spec is not None:
+        ds = dataset(spec, lm.tokenizer, args.n, args.seed, None)
+        with lm.use():
+            acts = F.collect_activations(lm.model, site, [e.tokens for e in ds.examples], progress=run.span(),
+                                         should_cancel=run.should_cancel)
+        quality = F.reconstruction_stats(sae, acts.acts)
+        quality.pop("firing_rate")
+        run.open(spec, args.model, lm, args.seed)
+    else:
+        run.open_untasked("sae", args.model, lm, args.seed)
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        run.write_bytes(f"sae/{name}", (Path(d) / name).read_bytes())
+    run.publish("result.json")
+    meta = {k: v for k, v in sae.cfg.metadata.to_dict().items() if isinstance(v, (str, int, float, bool)) or v is None}
+    arch = F.sae_architecture(sae)
+    summary = f"{arch} SAE {int(sae.cfg.d_in)} -> {int(sae.cfg.d_sae)} at {site.hook}, checked against {args.model}"
+    if quality:
+        summary += f"; on {args.task}: explained variance {quality['explained_variance']:.3f}, L0 {quality['l0']:.1f}"
+    result = LoadSaeResult(run_id=run.run_id, model=args.model, hook=site.hook, architecture=arch,
+                           d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), source=source,
+                           sae_path=str(Path(run.final_dir) / "sae"), metadata=meta, quality=quality, summary=summary,
+                           warnings=[], files=run.files, cost=run.cost({}))
+    return result, {"hook": site.hook, "d_sae": int(sae.cfg.d_sae)}
+
+
+def load_sae(app: AppContext, args: LoadSaeInput, progress: Progress | None = None) -> LoadSaeOutput:
+    return run_heavy(app, TOOL, args, args.task or "sae", args.model, f"load_sae {args.path or args.release}",
+                     _load, LoadSaeOutput, progress)
+
+
+LOAD_SAE = ToolSpec(
+    TOOL, fn=load_sae, input_model=LoadSaeInput, output_model=LoadSaeOutput, progress=True, description=(
+        "Load an SAE in sae-lens format (a directory with cfg.json + sae_weights.safetensors; or a SAELens release "
+        "by name where the hub is reachable) and check it against the model: d_in must equal the width of the hook "
+        "it names (metadata.hook_name), which must exist. Copies it into the store; with `task`, reports "
+        "reconstruction quality on the task's prompts. Then: find_features(source='sae', sae=run_id)."))

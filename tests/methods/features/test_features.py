@@ -1,0 +1,108 @@
+"""methods.features against the planted-features toy on seeds no other test uses, and small exact checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mcp_interp.methods import features as F
+from mcp_interp.methods.core import LogitDiffMetric, Site
+from mcp_interp.tasks.dataset import build_dataset
+from mcp_interp.tasks.spec import TaskSpec
+from mcp_interp.toymodels import toy_tasks
+from mcp_interp.toymodels.planted_features import FEATURES, SITE_HOOK, build_planted_features, feature_directions
+
+SITE = Site("resid_pre", 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_benjamini_hochberg_matches_the_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    q = F.benjamini_hochberg(p)
+    assert np.allclose(q, [0.04, 0.16 / 3, 0.16 / 3, 0.5])  # sorted: .01*4, min(.03*2, .04*4/3), .04*4/3, .5
+
+
+def test_rank_features_finds_the_separating_column():
+    rng = np.random.default_rng(0)
+    y = np.array(["a", "b"] * 40)
+    x = rng.normal(size=(80, 30))
+    x[:, 7] += 3.0 * (y == "a")
+    r = F.rank_features(x, y, n_perm=200, top=5)
+    assert r.order[0] == 7 and r.score[7] > 0.95 and r.q[7] < 1e-6 and r.p_perm[7] == 1 / 201
+    assert (r.q[np.arange(30) != 7] > 0.01).mean() > 0.9
+    lo, hi = r.ci[7]
+    assert lo <= r.score[7] <= hi
+    multi = F.rank_features(x, np.array(["a", "b", "c", "d"] * 20), n_perm=50, top=3)
+    assert multi.stat == "eta2" and multi.score.shape == (30,)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_planted_superposition_is_recovered_ranked_and_tested(seed):
+    model, tok = build_planted_features(seed)
+    truth = feature_directions(seed)
+    seqs = F.random_windows(model.cfg.d_vocab, 8, 12_000, seed)
+    acts = F.collect_activations(model, SITE, seqs)
+    perm = torch.randperm(len(acts.acts), generator=torch.Generator().manual_seed(seed))
+    held, train = acts.acts[perm[:1000]], acts.acts[perm[1000:]]
+    sae = F.make_training_sae("topk", model.cfg.d_model, 64, k=4, hook_name=SITE_HOOK, seed=seed)
+    rep = F.train_sae(sae, train, held, n_samples=200_000, batch_size=256, lr=3e-3, seed=seed)
+    assert rep.curve[-1]["explained_variance"] > rep.curve[0]["explained_variance"]
+    rec = F.match_directions(sae.W_dec.detach(), truth)
+    assert rec["mean_max_abs_cos"] >= 0.9, rec
+
+    spec = TaskSpec(**toy_tasks()["planted-features"])
+    ds = build_dataset(spec, tok, 128, seed, "flip_group")
+    clean = [e.tokens for e in ds.examples]
+    cf = [e.cf_tokens for e in ds.examples]
+    pos = [e.positions["END"] for e in ds.examples]
+    src = F.SAEFeatures(sae.eval(), SITE)
+    vals, cf_vals = F.feature_values(model, src, clean, pos), F.feature_values(model, src, cf, pos)
+    r = F.rank_features(vals.numpy(), [e.base["g"] for e in ds.examples], n_perm=200)
+    g_rows = truth[[FEATURES.index("g=lo"), FEATURES.index("g=hi")]]
+    W = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
+    assert (W[int(r.order[0])] @ g_rows.T).abs().max() > 0.9
+    decoy = rec["best_latent"][FEATURES.index("decoy")]
+    metric = LogitDiffMetric([e.answer_id for e in ds.examples], [e.cf_answer_id for e in ds.examples])
+    out = F.causal_effects(model, src, F.CausalPair(clean, cf, pos, pos, metric), [int(r.order[0]), decoy],
+                           ("zero", "patch"), cf_values=cf_vals)
+    assert out["identity_max_abs_diff"] < 1e-4
+    top = out["effects"][(int(r.order[0]), "patch")]
+    assert top["effect"] > 0.3 and top["ci95"][0] > 0
+    for kind in ("zero", "patch"):
+        assert abs(out["effects"][(decoy, kind)]["effect"]) < 0.05
+
+
+def test_untouched_sae_is_the_identity_and_splicing_is_measured():
+    model, tok = build_planted_features(0)
+    sae = F.make_training_sae("topk", model.cfg.d_model, 32, k=4, hook_name=SITE_HOOK, seed=0).eval()
+    toks = torch.tensor(F.random_windows(model.cfg.d_vocab, 6, 60, 1))
+    src = F.SAEFeatures(sae, SITE)
+    hook = F.intervention_hook(src, torch.full((len(toks),), 5), lambda f, ex: f, torch.arange(len(toks)))
+    assert torch.equal(model.run_with_hooks(toks, fwd_hooks=[(SITE_HOOK, hook)]), model(toks))
+    loss = F.spliced_loss(model, sae, SITE, toks.tolist())
+    assert loss["n_tokens"] == toks.numel() - len(toks) and loss["kl_spliced"] >= -1e-6
+
+
+def test_corpus_windows(tmp_path):
+    class Tok:
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    (tmp_path / "a.txt").write_text("x" * 100)
+    (tmp_path / "b.jsonl").write_text('{"text": "yyyyyyyyyy"}\n"zzzzzzzzzz"\n')
+    docs = F.read_texts([tmp_path / "a.txt", tmp_path / "b.jsonl"])
+    assert len(docs) == 3
+    w = F.token_windows(docs, Tok(), 10, 50, seed=0)
+    assert len(w) == 5 and all(len(x) == 10 for x in w)
+    with pytest.raises(ValueError):
+        F.token_windows(docs, Tok(), 10, 10_000)
+    files = F.shakespeare_files()
+    assert len(files) >= 30

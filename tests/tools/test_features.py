@@ -1,0 +1,112 @@
+"""train_sae / load_sae / find_features through a real MCP client, on the planted-features toy (known answer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mcp import Client
+from mcp_helpers import call, call_error, finish
+from safetensors.torch import load_file
+
+from mcp_interp.artifacts.store import ArtifactStore
+from mcp_interp.methods.features import match_directions
+from mcp_interp.models.toy import get_toy
+from mcp_interp.server.app import build_server
+
+pytestmark = pytest.mark.anyio
+MODEL = "toy/planted-features"
+SAE_ARGS = {"model": MODEL, "site": "resid_pre", "layer": 1, "corpus": "random", "tokens": 12000, "context": 8,
+            "architecture": "topk", "d_sae": 64, "k": 4, "epochs": 17, "batch_size": 256, "lr": 3e-3,
+            "splice_windows": 32, "wait_seconds": 120}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+async def test_planted_features_end_to_end(store_dir):
+    meta = get_toy(MODEL).meta
+    truth = torch.tensor(meta["directions"])
+    names = meta["features"]
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        sae = await finish(c, await call(c, "train_sae", SAE_ARGS))
+        assert sae["hook"] == meta["site"]["hook"] and sae["d_in"] == meta["d_model"] and sae["d_sae"] == 64
+        q = sae["quality"]
+        assert q["explained_variance"] > 0.9 and 3.5 <= q["l0"] <= 4.0
+        assert q["fraction_loss_recovered"] > 0.5 and q["kl_spliced"] >= 0
+        assert len(sae["learning_curve"]) >= 5 and sae["throughput"]["train_samples_per_s"] > 0
+        assert {"sae/cfg.json", "sae/sae_weights.safetensors", "learning_curve.png"} <= set(sae["files"])
+
+        # the stored SAE, read by sae-lens itself, recovers the planted directions
+        from sae_lens import SAE
+        lens = SAE.load_from_disk(sae["sae_path"])
+        rec = match_directions(lens.W_dec.detach(), truth)
+        assert rec["mean_max_abs_cos"] >= 0.9, rec
+        decoy_latent = rec["best_latent"][names.index("decoy")]
+        g_latents = {rec["best_latent"][names.index("g=lo")], rec["best_latent"][names.index("g=hi")]}
+
+        out = await finish(c, await call(c, "find_features", {
+            "model": MODEL, "task": meta["task"], "variable": "g", "source": "sae", "sae": sae["run_id"],
+            "n": 128, "n_perm": 500, "test_top": 2, "test_features": [decoy_latent],
+            "interventions": ["zero", "patch"], "wait_seconds": 120}))
+        assert out["identity_max_abs_diff"] < 1e-4
+        assert out["stat"] == "auroc" and out["features"][0]["q"] < 0.05
+        top2 = {r["feature"] for r in out["features"][:2]}
+        assert top2 & g_latents, (top2, g_latents)
+        W = torch.nn.functional.normalize(lens.W_dec.detach(), dim=-1)
+        gdirs = truth[[names.index("g=lo"), names.index("g=hi")]]
+        assert (W[out["features"][0]["feature"]] @ gdirs.T).abs().max() > 0.8
+        eff = {(r["feature"], r["intervention"]): r for r in out["causal"]}
+        top = out["features"][0]["feature"]
+        assert eff[(top, "patch")]["effect"] > 0.3 and eff[(top, "patch")]["ci95"][0] > 0
+        for kind in ("zero", "patch"):
+            d = eff[(decoy_latent, kind)]
+            assert abs(d["effect"]) < 0.05, d
+        assert {"ranking.png", "causal.png", "features.safetensors"} <= set(out["files"])
+
+        # same encodings: sae-lens on the model's own activations = what find_features stored
+        store = ArtifactStore(store_dir)
+        stored = load_file(str(store.resolve_file(out["run_id"], "features.safetensors")))["values.clean"]
+        from mcp_interp.tasks.dataset import build_dataset
+        from mcp_interp.tasks.spec import TaskSpec
+        from mcp_interp.toymodels import toy_tasks
+        from mcp_interp.toymodels.planted_features import build_planted_features
+        model, tok = build_planted_features(0)
+        ds = build_dataset(TaskSpec(**toy_tasks()[meta["task"]]), tok, 128, 0, out["counterfactual"])
+        _, cache = model.run_with_cache(torch.tensor([e.tokens for e in ds.examples]), names_filter=sae["hook"])
+        x = cache[sae["hook"]][:, -1]
+        assert torch.allclose(lens.encode(x), stored, atol=1e-5)
+
+        # load_sae: the stored directory loads and is checked; the wrong model is refused
+        loaded = await finish(c, await call(c, "load_sae", {"model": MODEL, "path": sae["sae_path"],
+                                                             "task": meta["task"], "n": 64}))
+        assert loaded["d_sae"] == 64 and loaded["hook"] == sae["hook"] and loaded["architecture"] == "topk"
+        assert loaded["quality"]["explained_variance"] > 0.8
+        err = await call_error(c, "load_sae", {"model": "toy/planted-direction", "path": sae["sae_path"]})
+        assert "d_in" in err
+
+
+async def test_untouched_and_nothing_ablated_are_identities(store_dir):
+    """Neuron features: steering by 0 is the model itself (effect exactly 0), and so is the identity check."""
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        out = await finish(c, await call(c, "find_features", {
+            "model": MODEL, "task": "planted-features", "variable": "g", "source": "neurons", "layer": 1, "n": 32,
+            "n_perm": 100, "test_top": 2, "interventions": ["steer", "zero"], "steer_alpha": 0.0}))
+        assert out["identity_max_abs_diff"] == 0.0
+        steer = [r for r in out["causal"] if r["intervention"] == "steer"]
+        assert steer and all(r["effect"] == 0.0 and r["delta_metric"] == 0.0 for r in steer)
+        assert out["features"][0]["name"].startswith("L1N")
+        err = await call_error(c, "find_features", {"model": MODEL, "task": "planted-features", "variable": "nope",
+                                                    "source": "neurons", "layer": 1})
+        assert "variable" in err
