@@ -58,7 +58,8 @@ class FeatureRow(BaseModel):
     score: float = Field(description="AUROC (P(feature higher on classes[0])) or eta^2")
     ci95: list[float] | None = None
     strength: float = Field(description="|AUROC - 0.5| x 2, or eta^2: what is ranked")
-    p: float = Field(description="rank-test p-value (Mann-Whitney U for two values, Kruskal-Wallis for more)")
+    p: float = Field(description="rank-test p-value (Mann-Whitney U for two values, Kruskal-Wallis for more; with "
+                     "more values and fewer than 5 prompts for one of them, the larger of that and p_perm)")
     p_perm: float = Field(description="label-permutation p-value of the ranked statistic (floor 1/(n_perm+1))")
     q: float = Field(description="Benjamini-Hochberg q-value of p across all features")
     mean_by_value: dict[str, float]

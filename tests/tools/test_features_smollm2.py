@@ -54,5 +54,5 @@ async def test_smollm2_sae_plumbing_quality_and_identity(store_dir):
             "model": MODEL, "task": "ioi", "variable": "order", "source": "sae", "sae": sae["run_id"],
             "position": "END", "n": 16, "n_perm": 100, "test_top": 1, "interventions": ["zero"],
             "wait_seconds": 120}))
-        assert out["identity_max_abs_diff"] < 1e-3 and out["n_features"] == 1152
+        assert out["identity_max_abs_diff"] < 1e-4 and out["n_features"] == 1152
         assert out["stat"] == "auroc" and out["causal"] and out["features"][0]["name"]

@@ -62,13 +62,17 @@ class Ranking:
     classes: list             # variable values; for auroc, AUROC is P(feature higher on classes[0])
     score: np.ndarray         # [F] AUROC or eta^2
     strength: np.ndarray      # [F] what is ranked: |AUROC - 0.5| * 2, or eta^2
-    p: np.ndarray             # [F] rank-test p-values (Mann-Whitney / Kruskal-Wallis, asymptotic, tie-corrected)
+    p: np.ndarray             # [F] rank-test p-values (Mann-Whitney / Kruskal-Wallis, asymptotic, tie-corrected);
+    #                           with > 2 values and < MIN_GROUP_FOR_ASYMPTOTIC prompts in a value: max(that, p_perm)
     q: np.ndarray             # [F] BH q-values of p
     order: np.ndarray         # features by strength, strongest first
     ci: dict = field(default_factory=dict)  # feature -> (lo, hi) of score, for the top features
     n_perm: int = 0
     n: int = 0
     p_perm: np.ndarray | None = None  # [F] label-permutation p-values (floor 1 / (n_perm + 1))
+
+
+MIN_GROUP_FOR_ASYMPTOTIC = 5  # prompts per value below which Kruskal-Wallis p is not trusted alone
 
 
 def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_boot: int = 1000, top: int = 20,
@@ -100,7 +104,8 @@ def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_bo
         strength = 1 - (1 - score) * (n - 1) / max(n - C, 1) if n > C else np.full_like(score, -np.inf)
         null = np.stack([_eta2(x, np.eye(len(classes))[pp]) for pp in perms]) if n_perm else np.zeros((0, x.shape[1]))
         stat = "eta2"
-    p_perm = (1 + (null >= strength[None] - 1e-12).sum(0)) / (n_perm + 1)
+    observed = strength if len(classes) == 2 else score  # the null holds eta^2 (epsilon^2 is monotone in it)
+    p_perm = (1 + (null >= observed[None] - 1e-12).sum(0)) / (n_perm + 1)
     # BH needs p-values finer than 1/(n_perm+1) when there are thousands of features: the rank tests' asymptotic
     # p-values (Mann-Whitney for two values, Kruskal-Wallis for more; tie-corrected) approximate the exact
     # permutation distribution of the ranks and have no floor; the label-permutation p is reported beside them.
@@ -111,6 +116,11 @@ def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_bo
         p_rank = (mannwhitneyu(groups[0], groups[1], axis=0).pvalue if len(classes) == 2
                   else kruskal(*groups, axis=0).pvalue)
     p_rank = np.where(np.isfinite(p_rank), p_rank, 1.0)
+    if len(classes) > 2 and min(len(g) for g in groups) < MIN_GROUP_FOR_ASYMPTOTIC:
+        # Kruskal-Wallis' chi-square approximation fails with a handful of prompts per value: a sparse latent
+        # that fires on one value's only prompts gets p ~ 1e-5 while its permutation p is 0.01-0.06. The
+        # larger of the two is still a valid p-value (conservative), so BH runs on that.
+        p_rank = np.maximum(p_rank, p_perm if n_perm else 1.0)
     order = np.lexsort((p_rank, -strength))
     res = Ranking(stat, classes, score, strength, p_rank, benjamini_hochberg(p_rank), order, n_perm=n_perm, n=n,
                   p_perm=p_perm)

@@ -44,6 +44,38 @@ def test_rank_features_finds_the_separating_column():
     assert multi.stat == "eta2" and multi.score.shape == (30,)
 
 
+def test_sparse_latents_on_a_many_valued_variable_are_not_called_significant():
+    """20 values with 3 prompts each; 300 latents that fire on two random prompts, five of which happen to share a
+    value (as SAE latents on name tokens do): those five rank first with a large eta^2, yet two random prompts share
+    a value with probability 2/59, so five of 300 is what chance gives: BH must not call them. With so few prompts
+    per value, Kruskal-Wallis' asymptotic p is not used alone (it gave q 1e-3 on such latents of SmolLM2's SAE)."""
+    from scipy.stats import kruskal
+
+    rng = np.random.default_rng(1)
+    y = np.arange(60) % 20
+    x = np.zeros((60, 300))
+    for j in range(300):
+        same = j < 5
+        while True:
+            rows = rng.choice(60, 2, replace=False)
+            if (y[rows[0]] == y[rows[1]]) == same:
+                break
+        x[rows, j] = 1.0 + rng.random(2)
+    r = F.rank_features(x, y, n_perm=200, top=5)
+    assert r.score[:5].min() > 0.6 and set(r.order[:5]) == set(range(5))  # the trap ranks first
+    with np.errstate(all="ignore"):
+        raw = np.nan_to_num(kruskal(*[x[y == c] for c in range(20)], axis=0).pvalue, nan=1.0)
+    assert (r.p >= np.maximum(raw, r.p_perm) - 1e-12).all()  # 3 prompts a value: KW is not trusted alone
+    assert r.p_perm[:5].min() > 1 / 201 and (r.q < 0.05).sum() == 0  # above the floor: chance does this
+    # with enough prompts per value the rank test stands on its own, and a real effect is found
+    # a latent that really tracks the variable still stands out with enough prompts per value
+    y2 = np.repeat(np.arange(4), 30)
+    x2 = rng.normal(size=(120, 50))
+    x2[:, 3] += y2
+    r2 = F.rank_features(x2, y2, n_perm=200, top=3)
+    assert r2.order[0] == 3 and r2.q[3] < 1e-6
+
+
 @pytest.mark.parametrize("seed", [5, 6])
 def test_planted_superposition_is_recovered_ranked_and_tested(seed):
     model, tok = build_planted_features(seed)
