@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from ..methods.core import LogitDiffMetric, ProbMetric
 from ..models import ModelLoadError
@@ -29,24 +29,18 @@ def finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+# A float field that stores NaN / infinity as null (the schema says "number or null").
+MaybeFloat = Annotated[float | None, AfterValidator(finite_or_none)]
+
+
 class Stat(BaseModel):
     """A mean over examples with its 95% bootstrap confidence interval; null where undefined (e.g. a ratio whose
     denominator is 0)."""
 
-    mean: float | None = Field(description="null when undefined")
-    ci95: list[float | None] = Field(description="[low, high] percentile bootstrap interval of the mean (null "
-                                     "where undefined)")
+    mean: MaybeFloat = Field(description="null when undefined")
+    ci95: list[MaybeFloat] = Field(description="[low, high] percentile bootstrap interval of the mean (null "
+                                   "where undefined)")
     n: int
-
-    @field_validator("mean", mode="after")
-    @classmethod
-    def _finite(cls, v):
-        return finite_or_none(v)
-
-    @field_validator("ci95", mode="after")
-    @classmethod
-    def _finite_ci(cls, v):
-        return [finite_or_none(x) for x in v]
 
 
 class ExamplePair(BaseModel):

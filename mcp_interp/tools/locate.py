@@ -14,7 +14,7 @@ from ..methods.patching import cell_dict, dominant_positions, grid_cells, normal
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Seed, Stat, finite_or_none, pair_dataset, per_token_metric, resolve_task
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -70,19 +70,9 @@ class CellEffect(BaseModel):
     layer: int
     position: str
     head: int | None = None
-    effect: float | None = Field(description="normalised effect (ratio of example means); null when undefined (the "
-                                 "clean and counterfactual metrics coincide, so there is no gap to normalise by)")
-    ci95: list[float | None] = Field(description="95% bootstrap interval; null where undefined")
-
-    @field_validator("effect", mode="after")
-    @classmethod
-    def _finite(cls, v):
-        return finite_or_none(v)
-
-    @field_validator("ci95", mode="after")
-    @classmethod
-    def _finite_ci(cls, v):
-        return [finite_or_none(x) for x in v]
+    effect: MaybeFloat = Field(description="normalised effect (ratio of example means); null when undefined (the "
+                               "clean and counterfactual metrics coincide, so there is no gap to normalise by)")
+    ci95: list[MaybeFloat] = Field(description="95% bootstrap interval; null where undefined")
 
 
 class LocateResult(RunResult):
