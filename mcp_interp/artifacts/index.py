@@ -49,6 +49,9 @@ LEASE_SECONDS = 15.0  # an owner whose heartbeat is older than this is dead
 HOST = socket.gethostname()
 
 
+SAME_HOST_LEASE_SECONDS = 600.0
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process of this host exists and is not a zombie (a kill -9'd child not yet reaped)."""
     try:
@@ -118,6 +121,11 @@ class SqliteIndex:
         """run_id -> owner of every run still marked running."""
         return {r["run_id"]: r["owner"] for r in self._read("SELECT run_id, owner FROM runs WHERE status = 'running'")}
 
+    def run_owner(self, run_id: str) -> tuple[bool, str | None, str | None]:
+        """(exists, status, owner) of one run, read now."""
+        rows = self._read("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,))
+        return (True, rows[0]["status"], rows[0]["owner"]) if rows else (False, None, None)
+
     def run_exists(self, run_id: str) -> bool:
         return bool(self._read("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)))
 
@@ -171,7 +179,7 @@ class SqliteIndex:
             con.execute("BEGIN IMMEDIATE")
             try:
                 for r in con.execute("SELECT * FROM jobs WHERE key = ? AND status IN ('queued', 'running') "
-                                     "ORDER BY created DESC", (rec.key,)).fetchall():
+                                     "AND cancel_requested = 0 ORDER BY created DESC", (rec.key,)).fetchall():
                     if r["owner"] in alive:
                         con.execute("COMMIT")
                         return _job(r)
@@ -199,11 +207,17 @@ class SqliteIndex:
     def remove_owner(self, owner: str) -> None:
         self._write("DELETE FROM owners WHERE owner = ?", (owner,))
 
-    def alive_owners(self, lease: float = LEASE_SECONDS) -> set[str]:
+    def alive_owners(self, lease: float = LEASE_SECONDS, same_host_lease: float = SAME_HOST_LEASE_SECONDS) -> set[str]:
         """Owners with a fresh heartbeat whose process (when on this host) still exists."""
         now, out = time.time(), set()
         for r in self._read("SELECT owner, host, pid, heartbeat FROM owners"):
-            if now - r["heartbeat"] <= lease and (r["host"] != HOST or pid_alive(r["pid"])):
+            age = now - r["heartbeat"]
+            if r["host"] == HOST:
+                # the process is the truth on this host: a heartbeat can go stale while it lives (a long C call
+                # holding the GIL, a busy index); the long bound only guards against a reused pid
+                if pid_alive(r["pid"]) and age <= max(lease, same_host_lease):
+                    out.add(r["owner"])
+            elif age <= lease:
                 out.add(r["owner"])
         return out
 

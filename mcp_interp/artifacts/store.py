@@ -328,8 +328,12 @@ class ArtifactStore:
                 young = now - d.stat().st_mtime < grace_s
             except OSError:
                 continue
-            if young and not self.index.run_exists(d.name):
+            exists, status, owner = self.index.run_owner(d.name)  # read now: `live` is a snapshot
+            if young and not exists:
                 continue  # a run being created right now by some process
+            if status == "running" and owner in (alive or set()):
+                continue  # created by a live server after the snapshot
+
             shutil.rmtree(d, ignore_errors=True)
             n += 1
         return n

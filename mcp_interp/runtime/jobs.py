@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from ..artifacts import JOB_TERMINAL, ArtifactStore, JobRecord
 from ..artifacts.fsutil import utc_now
-from ..artifacts.index import HOST, LEASE_SECONDS
+from ..artifacts.index import HOST, LEASE_SECONDS, SAME_HOST_LEASE_SECONDS
 from ..methods.core import Cancelled, Progress, span
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,10 @@ class JobContext:
 class JobManager:
     def __init__(self, store: ArtifactStore, max_workers: int = 2, persist_interval: float = 2.0,
                  max_in_memory: int = 200, recover: bool = True, heartbeat_interval: float = 2.0,
-                 lease: float = LEASE_SECONDS, remote_poll: float = 0.5):
+                 lease: float = LEASE_SECONDS, remote_poll: float = 0.5,
+                 same_host_lease: float = SAME_HOST_LEASE_SECONDS):
         self.store, self.max_workers = store, max(1, int(max_workers))
+        self.same_host_lease = same_host_lease
         self.persist_interval, self.max_in_memory = persist_interval, max_in_memory
         self.heartbeat_interval, self.lease, self.remote_poll = heartbeat_interval, lease, remote_poll
         self._jobs: dict[str, Job] = {}  # insertion order = submission order
@@ -148,7 +150,7 @@ class JobManager:
 
     # -- owners ---------------------------------------------------------------------------------
     def alive_owners(self) -> set[str]:
-        return self.store.index.alive_owners(self.lease) | {self.owner}
+        return self.store.index.alive_owners(self.lease, self.same_host_lease) | {self.owner}
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
@@ -170,7 +172,7 @@ class JobManager:
                 raise RuntimeError("job manager is shut down")
             if key is not None:
                 for job in self._jobs.values():
-                    if job.key == key and not job.done:
+                    if job.key == key and not job.done and not job.cancel_event.is_set():
                         return job
             job = Job(JobRecord(job_id=self._new_id(), kind=kind, description=description, key=key,
                                 status="queued", message="queued", created=utc_now(), owner=self.owner), fn)

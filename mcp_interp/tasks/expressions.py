@@ -75,9 +75,32 @@ def _pow(a: Any, b: Any) -> Any:
     return _check_int(a ** b)
 
 
+def _size(x: Any, budget: int = _MAX_LEN + 1) -> int:
+    """Elements (characters) in `x`, nested containers counted through; stops counting past `budget`."""
+    if isinstance(x, str | bytes):
+        return len(x)
+    if isinstance(x, dict):
+        x = [*x.keys(), *x.values()]
+    if not isinstance(x, list | tuple | set | frozenset):
+        return 1
+    total = 0
+    for item in x:
+        total += _size(item, budget - total)
+        if total >= budget:
+            break
+    return max(total, len(x))
+
+
+def _bounded(x: Any, what: str) -> Any:
+    if _size(x) > _MAX_LEN:
+        raise ValueTooLarge(f"{what} would hold more than {_MAX_LEN} elements")
+    return x
+
+
 def _mult(a: Any, b: Any) -> Any:
     for seq, k in ((a, b), (b, a)):
-        if hasattr(seq, "__len__") and isinstance(k, int) and k * len(seq) > _MAX_LEN:
+        # nested sequences count in full: [[1]*10000]*1000 is ten million elements, not a thousand
+        if hasattr(seq, "__len__") and isinstance(k, int) and k * _size(seq) > _MAX_LEN:
             raise ValueTooLarge(f"a repeated sequence would be longer than {_MAX_LEN}")
     if isinstance(a, int) and isinstance(b, int) and _bits(a) + _bits(b) > MAX_INT_BITS + 1:
         raise ValueTooLarge(f"the product is larger than {MAX_INT_BITS} bits")
@@ -91,7 +114,7 @@ def _lshift(a: Any, b: Any) -> Any:
 
 
 def _add(a: Any, b: Any) -> Any:
-    if hasattr(a, "__len__") and hasattr(b, "__len__") and len(a) + len(b) > _MAX_LEN:
+    if hasattr(a, "__len__") and hasattr(b, "__len__") and _size(a) + _size(b) > _MAX_LEN:
         raise ValueTooLarge(f"a concatenation would be longer than {_MAX_LEN}")
     return _check_int(a + b)
 
@@ -106,9 +129,19 @@ def _zfill(x: Any, n: Any) -> str:
     return str(x).zfill(int(n))
 
 
+def _sum(xs: Any, start: Any = 0) -> Any:
+    """sum() of numbers only: summing lists is quadratic concatenation, a way round the size limits."""
+    items = list(xs)
+    if not all(isinstance(v, int | float | bool) for v in [*items, start]):
+        raise ValueTooLarge("sum() adds numbers only")
+    return _check_int(sum(items, start))
+
+
 FUNCTIONS = {
-    "len": len, "int": int, "str": str, "abs": abs, "min": min, "max": max, "round": round,
-    "sorted": sorted, "sum": sum, "any": any, "all": all, "bool": bool,
+    "len": len, "int": int, "abs": abs, "min": min, "max": max, "round": round,
+    "str": lambda x="": str(_bounded(x, "str()'s argument")),
+    "sorted": lambda x: sorted(_bounded(x, "sorted()'s argument")),
+    "sum": _sum, "any": any, "all": all, "bool": bool,
     "upper": lambda s: str(s).upper(), "lower": lambda s: str(s).lower(),
     "zfill": _zfill,
     "balanced": _balanced, "max_depth": _max_depth, "distinct": _distinct,

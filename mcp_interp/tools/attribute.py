@@ -12,7 +12,7 @@ from ..artifacts import plots
 from ..methods.attribution import run_attribution
 from ..methods.core import Progress, ci_dict
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Seed, Stat, pair_dataset, per_token_metric, resolve_task
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -67,12 +67,14 @@ class UnitScore(BaseModel):
 class FaithfulnessCurve(BaseModel):
     fractions: list[float]
     counts: list[int] = Field(description="units in the circuit at each fraction")
-    signed: list[float] = Field(description="f of the top-k circuits ranked by signed score")
-    absolute: list[float] = Field(description="f of the top-k circuits ranked by |score|")
-    cpr: float = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
-    cmd: float = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
-    empty: float | None = Field(None, description="f of the empty circuit (every unit from the counterfactual); near "
-                                "1 means these units do not carry the difference and the curve is uninformative")
+    signed: list[MaybeFloat] = Field(description="f of the top-k circuits ranked by signed score (null when the "
+                                     "empty circuit keeps the whole behaviour: nothing to normalise by)")
+    absolute: list[MaybeFloat] = Field(description="f of the top-k circuits ranked by |score|")
+    cpr: MaybeFloat = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
+    cmd: MaybeFloat = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
+    empty: float | None = Field(None, description="share of the clean-counterfactual gap the empty circuit (every unit "
+                                "from the counterfactual) keeps, (m(empty) - m(x')) / (m(x) - m(x')); near 1 means these "
+                                "units do not carry the difference and the curve is uninformative")
 
 
 class AttributeResult(RunResult):
@@ -215,13 +217,13 @@ def _plots(run: ToolRun, args, spec, lm, rep, n) -> None:
             [rep.units[i] for i in order], rep.scores[order],
             None if rep.lo is None else rep.lo[order], None if rep.hi is None else rep.hi[order],
             title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"))
-    if rep.curves:
+    if rep.curves and np.isfinite(rep.curves["signed"].faithfulness).any():  # an undefined curve has nothing to draw
         s, a = rep.curves["signed"], rep.curves["abs"]
         run.save_figure("faithfulness.png", plots.line_plot(
             [100 * f for f in s.fractions], {f"signed ranking (CPR {s.area:.2f})": s.faithfulness,
                                              f"|score| ranking (CMD {a.area:.2f})": a.faithfulness},
             title=f"circuit faithfulness\n{what}", xlabel="% of units in the circuit", ylabel="faithfulness f",
-            xscale="log", hlines={"full model": 1.0, "counterfactual": 0.0}))
+            xscale="log", hlines={"full model": 1.0, "empty circuit": 0.0}))
     if rep.circuit and rep.circuit["units"]:
         nodes, edges = rep.circuit_graph(max_units=40)
         size = len(rep.circuit["units"][:40])

@@ -277,7 +277,11 @@ def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str
             return run.finish(result, metrics)
 
     wait = args.wait_seconds
-    job = app.jobs.submit(tool, job_fn, description=description, key=f"{tool}|{task}|{model}|{params_hash(params)}")
+    # The key holds what the run cache keys on too: a redefined task or changed weights never join the old job.
+    spec = app.tasks.get(task)
+    identity = f"{task_hash(spec) if spec else ''}|{app.pool.weight_identity(model) or ''}"
+    job = app.jobs.submit(tool, job_fn, description=description,
+                          key=f"{tool}|{task}|{model}|{params_hash(params)}|{identity}")
 
     def finish(done) -> HeavyOutput:
         view = job_view(done)

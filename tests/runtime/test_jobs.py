@@ -51,9 +51,9 @@ def test_wait_timeout_cancel_and_restart(tmp_path):
     cancelled = jm.submit("t", slow)
     time.sleep(0.1)
     jm.cancel(cancelled.id)
-    # a second manager on the same store, as after a crash (the first one's lease has run out: lease=0):
+    # a second manager on the same store, as after a crash (the first one's lease has run out: leases 0):
     # finished results survive, live jobs are interrupted
-    jm2 = JobManager(store, lease=0.0)
+    jm2 = JobManager(store, lease=0.0, same_host_lease=0.0)
     assert jm2.get(finished.id).result == {"v": 1}
     assert jm2.get(running.id).status == "interrupted"
     gate.set()
@@ -249,7 +249,7 @@ def test_restart_serves_results_and_interrupts_running(store):
         time.sleep(0.01)
     run = store.list_runs(status="running")[0]
     # "restart": a new manager on the same store; the old one is abandoned and its lease has run out (lease=0)
-    m2 = JobManager(store, lease=0.0)
+    m2 = JobManager(store, lease=0.0, same_host_lease=0.0)
     assert m2.get(finished.id).status == "complete" and m2.get(finished.id).result == {"x": 1}
     got = m2.get(running.id)
     assert got.status == "interrupted" and "submit the same request again" in got.error
@@ -280,3 +280,35 @@ def test_shutdown_interrupts_cooperative_jobs(store):
     with pytest.raises(RuntimeError):
         m.submit("x", lambda ctx: {})
     assert issubclass(Cancelled, Exception)
+
+
+def test_a_new_request_never_joins_a_cancelled_job(tmp_path):
+    jm = JobManager(ArtifactStore(tmp_path))
+    release = threading.Event()
+
+    def work(ctx):
+        while not release.wait(0.02):
+            pass  # ignores cancellation until released, like a long C call
+        return {"ok": True}
+
+    first = jm.submit("t", work, key="same")
+    jm.cancel(first.id)
+    second = jm.submit("t", lambda ctx: {"ok": True}, key="same")
+    assert second.id != first.id
+    release.set()
+    assert jm.wait(second.id, 10).status == "complete"
+    jm.shutdown(wait=True)
+
+
+def test_the_staging_sweep_keeps_a_run_a_live_server_opened_after_its_snapshot(tmp_path):
+    store = ArtifactStore(tmp_path)
+    jm = JobManager(store)  # registers this process as a live owner
+    alive = store.index.alive_owners()
+    run = store.create_run("t", "task", "model", {"a": 1})  # opened after `alive` was read ...
+    old = time.time() - 3600
+    import os
+    os.utime(run.staging_dir, (old, old))  # ... and old enough that the young-directory rule does not protect it
+    assert store.sweep_staging(alive=alive) == 0 and run.staging_dir.is_dir()
+    run.finish({"x": 1})
+    assert store.read_result(run.run_id) == {"x": 1}
+    jm.shutdown(wait=True)

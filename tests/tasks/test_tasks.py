@@ -130,3 +130,20 @@ def test_pydantic_rejects_malformed_structure():
 def test_unknown_counterfactual_is_named():
     with pytest.raises(TaskSpecError, match="unknown counterfactual"):
         build_dataset(_spec(), TOK, n=2, counterfactual="nope")
+
+
+def test_nested_repetition_and_list_sums_cannot_grow_past_the_limit():
+    """Repetition counts nested elements in full and sum() adds numbers only, so no expression builds millions of
+    elements (one such C call holds the GIL and freezes the server)."""
+    import time
+
+    from mcp_interp.tasks import expressions as E
+
+    for bad in ("len(str([[1]*10000]*1000))", "len(sum([[1]*10000]*300, []))", "[[1]*100]*200",
+                "len([[0]*50]*150 + [[0]*50]*150)", "sorted([[1]*5000]*3)"):
+        t0 = time.perf_counter()
+        with pytest.raises(E.ExpressionError, match="longer than|more than|numbers only"):
+            E.evaluate(bad, {})
+        assert time.perf_counter() - t0 < 0.5, bad
+    assert E.evaluate("sum([1, 2, 3])", {}) == 6 and E.evaluate("sorted([3, 1])", {}) == [1, 3]
+    assert E.evaluate("str(12) + 'a' * 3", {}) == "12aaa" and E.evaluate("[[0] * 3] * 2", {}) == [[0] * 3] * 2

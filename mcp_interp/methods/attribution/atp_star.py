@@ -63,6 +63,15 @@ def first_reader(site: Site) -> int:
     return site.layer if site.kind == "resid_pre" else site.layer + 1
 
 
+def post_normed(model) -> bool:
+    """Whether a block's attention / MLP output passes a norm before it is added to the residual stream."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    cfg = model.cfg
+    return bool(getattr(cfg, "use_normalization_before_and_after", False)) or \
+        getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES
+
+
 def residual_write(model, site: Site, delta: Tensor, positions: Mapping[str, Tensor] | None = None) -> Tensor:
     """What changing a node by `delta` (its hook's activation shape, batch-leading) adds to the residual
     stream: [batch, pos, d_model]. Head outputs go through W_O, MLP activations through W_out; residual and
@@ -100,6 +109,11 @@ def attention_run(model, layer: int, q_in: Tensor, k_in: Tensor, v_in: Tensor | 
     pos, n_heads, d_head]). Call inside split_inputs."""
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("atp_star's QK fix does not support shortformer positional embeddings; use atp or exact")
+    if post_normed(model):
+        # The QK fix moves later queries/keys by each unit's raw write (dz @ W_O, dpost @ W_out); a block that
+        # normalises its outputs before adding them (Gemma 2/3, OLMo 2) writes something else entirely.
+        raise ValueError("atp_star's QK fix does not support models that normalise block outputs before the residual "
+                         "add (Gemma 2/3, OLMo 2); use atp or exact")
     blk = model.blocks[layer]
     v_in = k_in if v_in is None else v_in
     got: dict[str, Tensor] = {}

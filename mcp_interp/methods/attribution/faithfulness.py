@@ -2,8 +2,8 @@
 
 A circuit C is the top-k units (nodes or edges) of a ranking. Run the clean input x with every unit
 outside C taken from the counterfactual x' and measure f(C) = (m(C) - m(empty)) / (m(M) - m(empty)),
-where m(M) = m(x) (nothing patched) and m(empty) = m(x') (everything patched); metrics are means over
-examples. The curve is f at k = FRACTIONS of all units. CPR is the area under the curve of the
+where m(M) = m(x) (nothing patched) and m(empty) = the empty circuit (every unit patched; for edges that is
+m(x'), for node levels whatever the units do not cover still sees x); metrics are means over examples. The curve is f at k = FRACTIONS of all units. CPR is the area under the curve of the
 circuits ranked by signed score (higher is better); CMD the area under |1 - f| of the circuits ranked
 by absolute score (0 is ideal). Areas use the trapezoid rule over the fraction axis, as MIB's
 evaluation code does (x = k / N).
@@ -31,9 +31,10 @@ FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 @dataclass
 class Curve:
     """One faithfulness curve: ranking "signed" | "abs"; counts[i] units in the circuit at fractions[i];
-    faithfulness[i] its f; area: CPR (signed) or CMD (area under |1 - f|, abs); empty: f of the empty circuit
-    (every unit of the level from x'). f(empty) is 0 only when the level carries the whole difference: units
-    that leave it near 1 cannot be told apart by the curve."""
+    faithfulness[i] its f (normalised by the empty circuit); area: CPR (signed) or CMD (area under |1 - f|, abs);
+    empty: the share of the x-x' gap the empty circuit (every unit of the level from x') keeps,
+    (m(empty) - m(x')) / (m(x) - m(x')). It is 0 only when the level carries the whole difference: units that leave
+    it near 1 cannot be told apart by the curve (f is then undefined)."""
 
     ranking: str
     fractions: list[float]
@@ -120,13 +121,18 @@ def faithfulness_curves(evaluate: Callable[[Tensor], tuple[Tensor, float, float]
     # paid once.
     empty = torch.zeros(1, len(scores), dtype=torch.bool)
     m, mx, mc = evaluate(torch.cat([top_k_masks(scores, counts, r) for r in rankings] + [empty]))
-    denom = mx - mc
-    ok = abs(denom) > 1e-12
-    f_empty = float((m[-1] - mc) / denom) if ok else float("nan")
+    m_empty = float(m[-1])
+    # `empty`: how much of the clean-counterfactual gap the empty circuit keeps (units that do not carry the
+    # difference leave it near 1); f itself is normalised by the empty circuit, as MIB defines it, which for
+    # node levels is not the counterfactual run (whatever the units do not cover still sees x).
+    f_empty = float((m_empty - mc) / (mx - mc)) if abs(mx - mc) > 1e-12 else float("nan")
+    denom = mx - m_empty
+    # an empty circuit that keeps (nearly) all the behaviour leaves nothing to normalise by: the curve is undefined
+    ok = abs(denom) > max(1e-12, 1e-4 * abs(mx - mc))
     out = {}
     for i, ranking in enumerate(rankings):
         mi = m[i * len(counts):(i + 1) * len(counts)]
-        f = ((mi - mc) / denom).tolist() if ok else [float("nan")] * len(counts)
+        f = ((mi - m_empty) / denom).tolist() if ok else [float("nan")] * len(counts)
         a = area(fractions, f) if ranking == "signed" else area(fractions, [abs(1 - v) for v in f])
         out[ranking] = Curve(ranking, list(fractions), counts, f, a, f_empty)
     return out

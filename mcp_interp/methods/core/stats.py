@@ -26,6 +26,21 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
     return mean, lo, hi
 
 
+def ratio_ci(num, den, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """mean(num) / mean(den) with a percentile bootstrap CI that resamples the examples of both (num, den [n],
+    paired): a normaliser estimated from the same examples is uncertain too. Resamples whose denominator is 0
+    are skipped."""
+    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    est = float(a.mean() / b.mean())
+    if len(a) < 2:
+        return est, est, est
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    na, nb = a[idx].mean(axis=1), b[idx].mean(axis=1)
+    ok = nb != 0
+    lo, hi = np.quantile(na[ok] / nb[ok], [alpha / 2, 1 - alpha / 2]) if ok.any() else (np.nan, np.nan)
+    return est, float(lo), float(hi)
+
+
 def ci_dict(values, **kw) -> dict:
     """{"mean", "ci95": [lo, hi], "n"} of a vector [n] of per-example values (kw go to `bootstrap_ci`)."""
     mean, lo, hi = bootstrap_ci(values, **kw)

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core import Progress, ShouldCancel, bootstrap_ci, check_cancelled
-from ..core.metrics import final_normed
+from ..core import Progress, ShouldCancel, bootstrap_ci, check_cancelled, ratio_ci
 from .sources import intervention_hook
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
@@ -226,7 +225,10 @@ def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kin
 
         m = _metric_run(model, source, pair, edit, batch_size)
         per = ((m_clean - m) / scale).numpy()
-        mean, lo, hi = bootstrap_ci(per, seed=seed)
+        if out["normalised"]:  # the gap is estimated from the same examples: resample it with them
+            mean, lo, hi = ratio_ci((m_clean - m).numpy(), (m_clean - m_cf).numpy(), seed=seed)
+        else:
+            mean, lo, hi = bootstrap_ci(per, seed=seed)
         out["effects"][(int(feat), kind)] = {"effect": float(mean), "ci95": [float(lo), float(hi)],
                                              "delta_metric": float((m - m_clean).mean()), "per_example": per}
         if progress is not None:

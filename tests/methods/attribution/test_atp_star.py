@@ -88,3 +88,21 @@ def test_atp_star_reduces_to_atp_for_small_patches():
             errs.append(float((info["plain"] / eps - atp[pc.idx]).abs().max()))
     assert atp.abs().max() > 0.1
     assert errs[0] < 0.02 and errs[1] < errs[0] / 5  # shrinks linearly with eps
+
+
+def test_atp_star_refuses_models_that_normalise_block_outputs():
+    """Gemma 2/3 and OLMo 2 normalise a block's outputs before the residual add, so a unit's raw write (dz @ W_O)
+    is not what later queries and keys see; the QK fix would be wrong there, so it refuses instead (atp is fine)."""
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=20, n_ctx=16,
+                                  act_fn="gelu", normalization_type="RMS", use_normalization_before_and_after=True,
+                                  positional_embedding_type="rotary", device="cpu")
+    model = HookedTransformer(cfg)
+    model.eval()
+    clean = [torch.randint(0, 20, (6,)) for _ in range(2)]
+    corrupt = [torch.where(torch.arange(6) == 2, (c + 1) % 20, c) for c in clean]
+    metric = LogitDiffMetric(torch.tensor([1, 1]), torch.tensor([2, 2]))
+    nodes = nodes_for(model, "heads")
+    assert node_scores(model, "atp", nodes, clean, corrupt, metric).per_example.abs().max() > 0
+    with pytest.raises(ValueError, match="normalise block outputs"):
+        node_scores(model, "atp_star", nodes, clean, corrupt, metric)

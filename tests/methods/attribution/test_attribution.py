@@ -125,3 +125,21 @@ def test_units_are_sites_and_their_names_render_from_them():
     rep = run_attribution(model, "atp", "positions", clean, corrupt, metric, torch.zeros(4, 1, dtype=torch.long), ["X"],
                           layer=0, faithfulness=False)
     assert rep.units == ["P:X"] and rep.components == [Site("resid_pre", 0, position="X")]
+
+
+def test_faithfulness_is_normalised_by_the_empty_circuit_not_the_counterfactual_run():
+    """MIB: f(C) = (m(C) - m(empty)) / (m(M) - m(empty)). For node levels the empty circuit is not x' (what the
+    units do not cover still sees x): here it keeps 40 % of the gap, and f must still run from 0 (empty) to 1."""
+    from mcp_interp.methods.attribution import faithfulness_curves
+
+    mx, mc, m_empty = 3.0, -1.0, 0.6  # the empty circuit keeps (0.6 + 1) / 4 = 40 % of the gap
+
+    def evaluate(keep):
+        frac = keep.float().mean(1)  # a circuit's metric grows linearly with its share of units
+        return m_empty + (mx - m_empty) * frac, mx, mc
+
+    curves = faithfulness_curves(evaluate, torch.arange(10.0))
+    s = curves["signed"]
+    assert s.empty == pytest.approx(0.4)
+    assert s.faithfulness[-1] == pytest.approx(1.0)  # the full circuit
+    assert all(f == pytest.approx(c / 10) for f, c in zip(s.faithfulness, s.counts))  # k units: f = k / 10 from 0
