@@ -86,6 +86,15 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
             scrubs = [(await _call(client, bar, "scrub_hypothesis", {
                 "model": model, "task": "ioi-demo", "hypothesis": hyp, "n": 64, "seeds": 2, "contributions": True,
                 "wait_seconds": 180}))["result"] for hyp in ("nothing", LATE_END, NAME_MOVERS)]
+            # demo-sized SAE (a few thousand tokens; benchmarks/features_smollm2.py has the full run)
+            sae = (await _call(client, bar, "train_sae", {
+                "model": model, "site": "resid_pre", "layer": 22, "corpus": "shakespeare", "tokens": 4096,
+                "context": 64, "skip_first": 1, "expansion": 2, "k": 32, "epochs": 4, "splice_windows": 4,
+                "wait_seconds": 180}))["result"]
+            feats = (await _call(client, bar, "find_features", {
+                "model": model, "task": "ioi-demo", "variable": "order", "source": "sae", "sae": sae["run_id"],
+                "position": "END", "n": 32, "n_perm": 200, "test_top": 2, "interventions": ["zero", "patch"],
+                "wait_seconds": 180}))["result"]
         report_dir = Path(server_store_root(store)) / "_reports" / time.strftime("demo-%Y%m%d-%H%M%S")
         report_dir.mkdir(parents=True, exist_ok=True)
         await _save_resource(client, base["files"]["metric_hist.png"], report_dir / "baseline_hist.png")
@@ -96,6 +105,8 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
         await _save_resource(client, attr["files"]["faithfulness.png"], report_dir / "attribute_faithfulness.png")
         await _save_resource(client, das["files"]["rank_curve.png"], report_dir / "das_rank_curve.png")
         await _save_resource(client, scrubs[2]["files"]["hypothesis_graph.png"], report_dir / "scrub_graph.png")
+        await _save_resource(client, sae["files"]["learning_curve.png"], report_dir / "sae_learning_curve.png")
+        await _save_resource(client, feats["files"]["ranking.png"], report_dir / "features_ranking.png")
     m = base["metrics"]
     lines = [
         f"# mcp-interp demo — IOI on {model}", "",
@@ -153,10 +164,24 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
         "`name-movers`: the six heads that attribution ranks highest, at END, each depending only on the IO name; "
         "everything else resampled.", "",
         "![name-mover hypothesis](scrub_graph.png)", "",
+        "## 6. Features: which SAE latents carry the name order at END?", "",
+        f"A demo-sized SAE at layer 22 (run `{sae['run_id']}`, {sae['d_sae']} latents, Shakespeare tokens): "
+        f"**{sae['summary']}**", "",
+        "![SAE learning curve](sae_learning_curve.png)", "",
+        f"`find_features` for `order` (ABB / BAB) at END (run `{feats['run_id']}`, n={feats['n']}): **{feats['summary']}**", "",
+        "| latent | AUROC | q | intervention | effect | 95% CI |", "|---|---|---|---|---|---|",
+        *[f"| {c['name']} | {next(f['score'] for f in feats['features'] if f['feature'] == c['feature']):.3f} "
+          f"| {next(f['q'] for f in feats['features'] if f['feature'] == c['feature']):.1e} | {c['intervention']} "
+          f"| {_num(c['effect'])} | {_num(c['ci95'][0])} .. {_num(c['ci95'][1])} |" for c in feats["causal"]], "",
+        "![feature ranking](features_ranking.png)", "",
     ]
     report = report_dir / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
 
 
 # Hypotheses for the scrubbing section, built from what locate and attribute show on SmolLM2.

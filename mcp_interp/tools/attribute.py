@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods.attribution import run_attribution
 from ..methods.core import Progress, ci_dict
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
@@ -54,7 +54,7 @@ class AttributeInput(BaseModel):
                                 "correlation with it and the cost of each (node levels only).")
     faithfulness: bool = Field(True, description="Evaluate circuits of the top k% units (k = 0.1 .. 100) with "
                                "everything outside patched from the counterfactual; report CPR and CMD.")
-    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 DEFAULT_WAIT = 50.0  # well under Claude Code's ~120 s before it backgrounds a call
 WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for the result before returning a "
                    "job handle (poll it with get_job). Keep under ~100 s for Claude Code.")
+FORCE_FIELD = Field(False, description="Recompute even if an identical run is stored.")
 LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method has finished
 
 

@@ -12,7 +12,7 @@ from ..artifacts import plots
 from ..methods.baseline import counterfactual_check
 from ..methods.baseline import run_baseline as compute_baseline
 from ..methods.core import Progress, ci_dict
-from .base import WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, dataset, resolve_task, validate_or_raise
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class RunBaselineInput(BaseModel):
     counterfactual: str | None = Field(None, description="Generator for the clean/counterfactual pairs (default: the task's first).")
     n: int = Field(32, ge=2, le=2048, description="Number of examples.")
     seed: Seed = Field(0, description="Seed for sampling examples (and bootstrap), 0..2**32-1.")
-    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
 
 

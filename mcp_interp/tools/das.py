@@ -22,7 +22,7 @@ from ..methods import das as das_methods
 from ..methods.core import Progress, Site, ci_dict
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, resolve_task
 from .errors import ToolError
 
@@ -65,7 +65,7 @@ class TrainDasInput(BaseModel):
                           "final training loss (never chosen on test data).")
     counterfactual: str | None = Field(None, description="Source generator of the task (default: fresh samples of "
                                        "the causal model).")
-    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
 
 

@@ -13,7 +13,7 @@ from ..artifacts import plots
 from ..methods import features as F
 from ..methods.core import Progress, Site, ci_dict
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Stat, check_pairs, counterfactual_name, dataset, resolve_task, task_metric, \
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, check_pairs, counterfactual_name, dataset, resolve_task, task_metric, \
     validate_or_raise
 from .errors import ToolError
 from .load_sae import checked_sae
@@ -47,7 +47,7 @@ class FindFeaturesInput(BaseModel):
         "feature's value from the counterfactual prompt), steer (add steer_alpha to the feature).")
     steer_alpha: float | None = Field(None, description="For 'steer': added to the feature's value (alpha x its "
                                       "decoder direction in the site).")
-    seed: int = 0
+    seed: Seed = 0
     force: bool = False
     wait_seconds: float = WAIT_FIELD
 
@@ -70,9 +70,10 @@ class CausalRow(BaseModel):
     feature: int
     name: str
     intervention: str
-    effect: float = Field(description="(m_clean - m_intervened) / mean(m_clean - m_cf): 1 = all the way to the "
-                          "counterfactual, 0 = no effect")
-    ci95: list[float]
+    effect: MaybeFloat = Field(description="(m_clean - m_intervened) / mean(m_clean - m_cf): 1 = all the way to the "
+                               "counterfactual, 0 = no effect")
+    ci95: list[MaybeFloat] = Field(description="95% bootstrap interval (resampling the normaliser too); null where "
+                                   "undefined")
     delta_metric: float = Field(description="mean change of the raw metric")
 
 

@@ -11,7 +11,7 @@ from ..methods import features as F
 from ..methods.core import Progress, Site
 from ..tasks.spec import TaskSpec
 from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, dataset, resolve_task
+from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class LoadSaeInput(BaseModel):
     task: str | None = Field(None, description="Optional: measure reconstruction on this task's prompts (all "
                              "positions) and store the run under it.")
     n: int = Field(64, ge=1, le=4096, description="Task prompts for the quality figures.")
-    seed: int = 0
+    seed: Seed = 0
     force: bool = False
     wait_seconds: float = WAIT_FIELD
 

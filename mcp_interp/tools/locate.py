@@ -13,7 +13,7 @@ from ..methods.core import Progress, ci_dict
 from ..methods.patching import cell_dict, dominant_positions, grid_cells, normalised_effects, patch_sweep, top_cells
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
@@ -45,7 +45,7 @@ class LocateInput(BaseModel):
     metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
     n: int = Field(16, ge=2, le=1024, description="Number of clean/counterfactual pairs.")
     seed: Seed = 0
-    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
 
     @field_validator("sites", mode="after")

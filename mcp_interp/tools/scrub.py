@@ -14,7 +14,7 @@ from ..artifacts.graph_plot import hypothesis_graph
 from ..methods.core import Progress
 from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
 from ..methods.scrubbing import scrub_hypothesis as run_scrub
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, dataset, resolve_task, validate_or_raise
 from .errors import ToolError
 
@@ -48,7 +48,7 @@ class ScrubInput(BaseModel):
         "mean-ablated instead of resampled (for contrast: those take the model off distribution).")
     contributions: bool = Field(True, description="Per model node: the score when its claim is dropped (the node "
                                 "becomes unimportant) and when its interpretation is sharpened to the whole input.")
-    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
 
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods import features as F
 from ..methods.core import Progress, Site
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, dataset, resolve_task
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -64,8 +64,8 @@ class TrainSaeInput(BaseModel):
     held_out: float = Field(0.1, gt=0, lt=0.5, description="Fraction of windows held out for the quality figures.")
     splice_windows: int = Field(16, ge=0, le=4096, description="Held-out windows on which the reconstruction is "
                                 "spliced into the model (CE loss, KL, fraction of loss recovered); 0 skips it.")
-    seed: int = 0
-    force: bool = Field(False, description="Recompute even if an identical run is stored.")
+    seed: Seed = 0
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
 
 

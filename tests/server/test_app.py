@@ -15,10 +15,6 @@ pytestmark = pytest.mark.anyio
 TOY = "toy/tiny-random"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def copy_spec(**over):
     spec = {

@@ -31,7 +31,8 @@ def test_demo_writes_a_report_with_plots(tmp_path):
     report = Path(out.stdout.strip().splitlines()[-1])
     text = report.read_text()
     assert "the model solves this task" in text and "## 2. Locate" in text
-    for png in ("baseline_hist.png", "locate_resid.png", "locate_heads.png"):
+    assert "## 6. Features" in text
+    for png in ("baseline_hist.png", "locate_resid.png", "locate_heads.png", "features_ranking.png"):
         assert (report.parent / png).stat().st_size > 1000
 
 

@@ -21,10 +21,6 @@ TOY = "toy/tiny-random"
 ARGS = {"model": TOY, "task": "induction", "n": 8}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def slow_server(store_dir, pid_file, seconds: float = 6.0, gate: Path | None = None,
                 where: str = "compute") -> StdioServerParameters:

@@ -10,10 +10,6 @@ from mcp_helpers import call, call_error, finish
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def stdio_params(store_dir) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable,

@@ -10,10 +10,6 @@ from mcp_interp.server.app import build_server
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 # ------------------------------------------------------------------ the MCP tool
 

@@ -9,10 +9,6 @@ from mcp_interp.server.app import build_server
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 async def test_verdict_names_pairwise_accuracy_and_quotes_top1(store_dir):
     """A logit_diff task is judged by pairwise accuracy (answer vs counterfactual answer); the verdict must say so

@@ -17,21 +17,9 @@ from mcp_interp.tasks.interchange import build_interchange_dataset
 from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.toymodels import toy_tasks
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_thread")]
 MODEL = "toy/planted-direction"
 
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _reference_correct(model, examples, R: torch.Tensor, site: Site) -> torch.Tensor:

@@ -13,24 +13,12 @@ from mcp_interp.methods.features import match_directions
 from mcp_interp.models.toy import get_toy
 from mcp_interp.server.app import build_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_thread")]
 MODEL = "toy/planted-features"
 SAE_ARGS = {"model": MODEL, "site": "resid_pre", "layer": 1, "corpus": "random", "tokens": 12000, "context": 8,
             "architecture": "topk", "d_sae": 64, "k": 4, "epochs": 17, "batch_size": 256, "lr": 3e-3,
             "splice_windows": 32, "wait_seconds": 120}
 
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 async def test_planted_features_end_to_end(store_dir):

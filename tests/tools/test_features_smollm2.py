@@ -16,10 +16,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 MODEL = "smollm2-135m"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 async def test_smollm2_sae_plumbing_quality_and_identity(store_dir):
     async with Client(build_server(store_dir)) as c:

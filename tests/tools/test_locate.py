@@ -12,10 +12,6 @@ pytestmark = pytest.mark.anyio
 TOY = "toy/tiny-random"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def hook_patch_metric(model, clean, corrupt, hook, pos, answer, cf_answer, head=None):
     """A plain reference: one forward of the corrupt prompt with the clean activation written in by a hook."""

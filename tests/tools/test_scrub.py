@@ -13,10 +13,6 @@ pytestmark = pytest.mark.anyio
 XY = [{"name": "x", "value": "x"}, {"name": "y", "value": "y"}]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def planted_hypothesis(mover_head: int = 0, name: str = "true") -> dict:
     """output <- MLP1@END ~ y <- L0H{mover_head}@END ~ x <- embed@X ~ x (the planted circuit for head 0)."""

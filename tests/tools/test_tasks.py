@@ -9,10 +9,6 @@ from mcp_interp.server.app import build_server
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def spec(**over):
     s = {"name": "toy-copy2", "description": "copy the first letter",

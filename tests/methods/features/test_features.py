@@ -13,15 +13,9 @@ from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.toymodels import toy_tasks
 from mcp_interp.toymodels.planted_features import FEATURES, SITE_HOOK, build_planted_features, feature_directions
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SITE = Site("resid_pre", 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_benjamini_hochberg_matches_the_definition():

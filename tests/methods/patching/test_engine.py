@@ -11,6 +11,8 @@ from mcp_interp.methods.core.progress import Cancelled
 from mcp_interp.methods.core.sites import Site
 from mcp_interp.methods.patching import cell_dict, grid_cells, naive_patch_sweep, patch_sweep
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L, H, V = 3, 4, 50
 TOL = 1e-4
 
@@ -38,15 +40,6 @@ def _tiny(kind: str) -> HookedTransformer:
             if p.ndim > 1:
                 p.mul_(3)
     return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and on a busy machine OpenMP spin-waits make them slow.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module", params=["ln", "gqa"])
