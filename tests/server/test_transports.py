@@ -5,7 +5,7 @@ import sys
 import pytest
 from mcp import Client, StdioServerParameters
 
-from mcp_helpers import call, call_error, finish
+from mcp_helpers import HttpServer, call, call_error, finish
 
 pytestmark = pytest.mark.anyio
 
@@ -52,32 +52,11 @@ async def test_smollm2_ioi_over_stdio(store_dir):
 
 
 async def test_http_transport_on_loopback(store_dir):
-    import socket
-    import subprocess
-    import time
-
-    import anyio
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "mcp_interp.server.cli", "--store", str(store_dir), "serve",
-                             "--http", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
-                await anyio.sleep(0.5)
-        async with Client(f"http://127.0.0.1:{port}/mcp") as c:
+    with HttpServer(store_dir) as server:
+        async with Client(server.url) as c:
             assert {"locate", "run_baseline"} <= {t.name for t in (await c.list_tools()).tools}
             out = await call(c, "list_models")
             assert any(m["id"] == "smollm2-135m" for m in out["models"])
             loaded = await call(c, "load_model", {"model": "toy/tiny-random"})
             assert loaded["config"]["n_layers"] == 2
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
