@@ -1,4 +1,4 @@
-"""The units attribution scores, as core `Site`s, and the hooks that read and patch them.
+r"""The units attribution scores, as core `Site`s, and the hooks that read and patch them.
 
 Nodes (`nodes_for`), one `Site` each, patched at every position (positions before the first
 differing token are identical in both runs, so that equals patching from the first difference on):
