@@ -219,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unexpected(e: Exception) -> bool:
-    from ..tools.errors import ToolError
-    return not isinstance(e, ToolError)
+    from mcp.server.mcpserver.exceptions import ToolError  # what tools.errors raises, without importing the tools
+
+    from .install import InstallError
+    return not isinstance(e, (ToolError, InstallError))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Project scope (the default, `--project DIR`): `DIR/.mcp.json` and `DIR/.claude/s
 scope (`--user`): the `mcpServers` of `~/.claude.json` and `~/.claude/skills/<name>/SKILL.md`. The entry is a
 stdio server started by this very interpreter with an absolute store path, so it works from any directory.
 Idempotent: a file whose content would not change is not touched, and every other key of a JSON file is kept.
+Imports nothing heavy (no torch, no tools): it runs in a second.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from ..tools.errors import ToolError
+
+class InstallError(Exception):
+    """A refusal: which file or option, what is wrong, what to do."""
 
 SKILL_NAME = re.compile(r"^[a-z0-9-]{1,64}$")  # what Claude Code accepts as a skill name
 MAX_DESCRIPTION = 1024
@@ -93,9 +96,9 @@ def _plan_json(path: Path, name: str, entry: dict[str, Any]) -> Planned:
         try:
             data = json.loads(path.read_text(encoding="utf-8") or "{}")
         except json.JSONDecodeError as e:
-            raise ToolError(f"{path}: not valid JSON ({e}). Fix: repair or move the file, then run install again.")
+            raise InstallError(f"{path}: not valid JSON ({e}). Fix: repair or move the file, then run install again.")
         if not isinstance(data, dict) or not isinstance(data.get("mcpServers", {}), dict):
-            raise ToolError(f"{path}: expected a JSON object whose mcpServers is an object. Fix: repair the file.")
+            raise InstallError(f"{path}: expected a JSON object whose mcpServers is an object. Fix: repair the file.")
     servers = data.setdefault("mcpServers", {})
     status = "unchanged" if servers.get(name) == entry else ("update" if path.exists() else "create")
     servers[name] = entry
@@ -147,7 +150,7 @@ def install_claude(store: str | None, project: str | None, user: bool, name: str
                    print_only: bool = False) -> int:
     proj = Path(project).expanduser().absolute() if project else None
     if proj is not None and not proj.is_dir():
-        raise ToolError(f"--project: {proj} is not a directory. Fix: create it or name an existing project.")
+        raise InstallError(f"--project: {proj} is not a directory. Fix: create it or name an existing project.")
     root = (Path(store).expanduser() if store else default_store(proj, user)).absolute()
     plans = plan_claude(proj, user, root, name)
     for p in plans:
