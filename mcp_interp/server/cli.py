@@ -49,6 +49,12 @@ def allowed_hosts(host: str, port: int, extra: list[str] | None = None) -> list[
 
 
 def _serve(args: argparse.Namespace) -> int:
+    local = args.host in ("127.0.0.1", "localhost", "::1")
+    token = os.environ.get("MCP_INTERP_TOKEN")
+    if args.http and not local and not token:  # refused before anything heavy is imported
+        sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
+                         "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
+        return 2
     from .app import build_server
     roots = None
     if args.http:  # a shared server: local model paths only under these roots (files elsewhere stay private)
@@ -59,12 +65,6 @@ def _serve(args: argparse.Namespace) -> int:
         server.run("stdio")
         return 0
     from mcp.server.transport_security import TransportSecuritySettings
-    local = args.host in ("127.0.0.1", "localhost", "::1")
-    token = os.environ.get("MCP_INTERP_TOKEN")
-    if not local and not token:
-        sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
-                         "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
-        return 2
     hosts = allowed_hosts(args.host, args.port, args.allowed_host)
     logging.getLogger("mcp_interp").info("HTTP on %s:%d; accepted Host headers: %s", args.host, args.port,
                                          ", ".join(hosts))
