@@ -1,6 +1,7 @@
 """mcp-interp: an MCP server for mechanistic interpretability on real language models."""
 
 __version__ = "0.1.0"
+__all__ = ["Lab", "__version__"]
 
 
 def __getattr__(name: str):

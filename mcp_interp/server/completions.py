@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
 MAX_VALUES = 100  # the protocol's limit per response
-RUNS_SCANNED = 500  # newest runs offered; older ones are reached by typing more of the id
+RUNS_SCANNED = 500  # the newest runs offered (older ones are not completed)
 
 
 def model_ids(app: AppContext) -> list[str]:
