@@ -15,6 +15,7 @@ from ..prompts import templates
 from ..runtime.context import AppContext
 from ..tools import TOOLS
 from ..tools.runs import read_artifact
+from .completions import register_completions
 from .registration import register_tool
 
 INSTRUCTIONS = f"""mcp-interp {__version__}: mechanistic interpretability on real language models.
@@ -73,12 +74,16 @@ def build_server(store: str | Path | None = None, memory_budget_mb: float | None
                  device: str | None = None, model_roots: list[str | Path] | None = None) -> MCPServer:
     """The server. `model_roots`: directories local model ids (hf:, gguf:) must lie under (None: anywhere;
     the CLI confines them when serving over HTTP)."""
+    running: list[AppContext] = []  # the app of the running server, for handlers the SDK hands no context
+
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
         app = AppContext.create(store, memory_budget_mb, device, model_roots=model_roots)
+        running.append(app)
         try:
             yield app
         finally:
+            running.remove(app)
             app.close()
 
     server = InterpServer("mcp-interp", instructions=INSTRUCTIONS, lifespan=lifespan)
@@ -86,6 +91,7 @@ def build_server(store: str | Path | None = None, memory_budget_mb: float | None
         register_tool(server, spec)
     _register_prompts(server)
     _register_resources(server)
+    register_completions(server, lambda: running[-1] if running else None)
     return server
 
 

@@ -1,4 +1,6 @@
-"""`mcp-interp` command line: serve (stdio or HTTP), demo, doctor."""
+"""`mcp-interp` command line: serve (stdio or HTTP), demo, doctor, runs, install.
+
+Adding a subcommand = a `_name(args) -> exit status` function and one `command(...)` block in `build_parser`."""
 
 from __future__ import annotations
 
@@ -47,6 +49,12 @@ def allowed_hosts(host: str, port: int, extra: list[str] | None = None) -> list[
 
 
 def _serve(args: argparse.Namespace) -> int:
+    local = args.host in ("127.0.0.1", "localhost", "::1")
+    token = os.environ.get("MCP_INTERP_TOKEN")
+    if args.http and not local and not token:  # refused before anything heavy is imported
+        sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
+                         "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
+        return 2
     from .app import build_server
     roots = None
     if args.http:  # a shared server: local model paths only under these roots (files elsewhere stay private)
@@ -57,12 +65,6 @@ def _serve(args: argparse.Namespace) -> int:
         server.run("stdio")
         return 0
     from mcp.server.transport_security import TransportSecuritySettings
-    local = args.host in ("127.0.0.1", "localhost", "::1")
-    token = os.environ.get("MCP_INTERP_TOKEN")
-    if not local and not token:
-        sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
-                         "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
-        return 2
     hosts = allowed_hosts(args.host, args.port, args.allowed_host)
     logging.getLogger("mcp_interp").info("HTTP on %s:%d; accepted Host headers: %s", args.host, args.port,
                                          ", ".join(hosts))
@@ -90,12 +92,71 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor(store=args.store, load=args.load)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mcp-interp", description="MCP server for mechanistic interpretability.")
-    parser.add_argument("--store", default=None, help="artifact store directory (default $MCP_INTERP_STORE or ./artifacts)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the MCP server (stdio by default)")
+def _runs(args: argparse.Namespace) -> int:
+    from .lab import Lab
+    with Lab(store=args.store) as lab:
+        if args.runs_action == "show":
+            out = lab.get_run(run_id=args.run_id)
+            sys.stdout.write(out.model_dump_json(indent=2) + "\n")
+            return 0
+        listed = lab.list_runs(task=args.task, model=args.model, tool=args.tool, status=args.status, limit=args.limit)
+    if args.json:
+        sys.stdout.write(listed.model_dump_json(indent=2) + "\n")
+        return 0
+    rows = [("RUN", "TOOL", "TASK", "MODEL", "STATUS", "CREATED")]
+    rows += [(r.run_id, r.tool, r.task, r.model, r.status, r.created[:19]) for r in listed.runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+    sys.stdout.write(f"{len(listed.runs)} run(s) in {listed.store}\n")
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from .install import install_claude
+    return install_claude(store=args.store, project=args.project, user=args.user, name=args.name,
+                          print_only=args.print)
+
+
+# (variable, what it does): shown by --help and in the README
+ENVIRONMENT = [
+    ("MCP_INTERP_STORE", "artifact store directory when --store is not given (default ./artifacts)"),
+    ("MCP_INTERP_TOKEN", "bearer token HTTP clients must send; required to serve beyond loopback"),
+    ("MCP_INTERP_CACHE", "converted-model cache (default ~/.cache/mcp-interp/models)"),
+    ("MCP_INTERP_GEMMA3_GGUF", "path of the Gemma-3-270M GGUF file, if not in the model cache"),
+    ("HF_HUB_CACHE, HF_HOME", "the Hugging Face cache searched for TransformerLens models"),
+]
+EPILOG = ("environment variables:\n" + "".join(f"  {k:<24}{v}\n" for k, v in ENVIRONMENT)
+          + "\nexit status: 0 success, 1 the command failed (the reason is on stderr), 2 bad usage, 130 interrupted.\n"
+          "Global options (--store, -v) may come before or after the subcommand.")
+
+
+def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    """--store and -v, accepted before and after the subcommand: the subcommands' copies default to SUPPRESS so
+    they never overwrite a value given before the subcommand."""
+    g = argparse.ArgumentParser(add_help=False)
+    g.add_argument("--store", default=None if defaults else argparse.SUPPRESS,
+                   help="artifact store directory (default $MCP_INTERP_STORE or ./artifacts)")
+    g.add_argument("-v", "--verbose", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                   help="debug logging on stderr")
+    return g
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-interp", description="MCP server for mechanistic interpretability.",
+                                     parents=[_global_options(True)], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    shared = _global_options(False)
+
+    def command(name: str, help: str, fn, within=sub) -> argparse.ArgumentParser:
+        """One subcommand: its parser (taking the global options too), run by `fn(args) -> exit status`."""
+        p = within.add_parser(name, help=help, description=help, parents=[shared], epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    s = command("serve", "run the MCP server (stdio by default)", _serve)
     s.add_argument("--http", action="store_true", help="streamable HTTP instead of stdio")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
@@ -107,21 +168,61 @@ def main(argv: list[str] | None = None) -> int:
                    "and these directories (repeatable)")
     s.add_argument("--memory-budget-mb", type=float, default=None, help="model pool budget (LRU eviction)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    s.set_defaults(fn=_serve)
-    d = sub.add_parser("demo", help="run the research loop on the bundled model through a real MCP client")
+
+    d = command("demo", "run the research loop on the bundled model through a real MCP client", _demo)
     d.add_argument("--model", default="smollm2-135m")
     d.add_argument("--n", type=int, default=16)
-    d.set_defaults(fn=_demo)
-    doc = sub.add_parser("doctor", help="versions, device, bundled model, store")
+
+    doc = command("doctor", "versions, device, bundled model, store", _doctor)
     doc.add_argument("--load", action="store_true", help="also load the bundled model and time it")
-    doc.set_defaults(fn=_doctor)
-    args = parser.parse_args(argv)
+
+    r = command("runs", "list the stored runs (runs list), or show one (runs show RUN)", _runs)
+    r.set_defaults(runs_action="list", task=None, model=None, tool=None, status=None, limit=20, json=False)
+    runs_sub = r.add_subparsers(dest="runs_action", metavar="{list,show}")
+    rl = command("list", "stored runs, newest first (the default)", _runs, within=runs_sub)
+    for flag in ("--task", "--model", "--tool"):
+        rl.add_argument(flag, default=None, help=f"only runs with this {flag[2:]}")
+    rl.add_argument("--status", default=None, help="complete, failed, running or interrupted")
+    rl.add_argument("--limit", type=int, default=20)
+    rl.add_argument("--json", action="store_true", help="the list_runs result as JSON")
+    rs = command("show", "one run: its result, manifest and files, as JSON (the get_run result)", _runs,
+                 within=runs_sub)
+    rs.add_argument("run_id", metavar="RUN")
+
+    i = command("install", "set up a client: `install claude` writes the server entry and the research skill", _install)
+    i.add_argument("client", choices=["claude"], help="the client to set up (Claude Code)")
+    where = i.add_mutually_exclusive_group()
+    where.add_argument("--project", metavar="DIR", default=None,
+                       help="write DIR/.mcp.json and DIR/.claude/skills/ (default: the current directory)")
+    where.add_argument("--user", action="store_true", help="write ~/.claude.json and ~/.claude/skills/ instead")
+    i.add_argument("--name", default="mcp-interp", help="the server's name in the client's config")
+    i.add_argument("--print", action="store_true", help="show what would be written; write nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     # Logs go to stderr: stdout is the stdio transport.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "serve":
         logging.getLogger("mcp").setLevel(logging.WARNING)
-    return args.fn(args)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a refusal (ToolError: field, problem, fix) or a failure: one line, non-zero status
+        logging.getLogger("mcp_interp").debug("%s failed", args.command, exc_info=True)
+        sys.stderr.write(f"mcp-interp {args.command}: error: {type(e).__name__ + ': ' if _unexpected(e) else ''}"
+                         f"{e}\n")
+        return 1
+
+
+def _unexpected(e: Exception) -> bool:
+    from mcp.server.mcpserver.exceptions import ToolError  # what tools.errors raises, without importing the tools
+
+    from .install import InstallError
+    return not isinstance(e, (ToolError, InstallError))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from ..tools.errors import ToolError
 log = logging.getLogger("mcp_interp")
 
 
-def _parameters(input_model: type[BaseModel] | None) -> list[inspect.Parameter]:
+def tool_parameters(input_model: type[BaseModel] | None) -> list[inspect.Parameter]:
+    """The input model's fields as keyword-only parameters (their types, defaults and descriptions)."""
     params = []
     for name, field in (input_model.model_fields if input_model else {}).items():
         default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
@@ -54,12 +55,25 @@ def _bounded(message: str) -> str:
     return message[:MAX_ERROR_CHARS - 200] + f" ... [{len(message) - MAX_ERROR_CHARS + 200} characters cut]"
 
 
-def _format_validation(e: ValidationError) -> str:
+def format_validation(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "arguments"
         parts.append(f"{loc}: {err['msg']}")
     return "invalid arguments — " + "; ".join(parts)
+
+
+def as_tool_error(e: Exception) -> ToolError | None:
+    """The ToolError an agent reads for a refusal raised below the tools (None: an unexpected failure)."""
+    if isinstance(e, ToolError):
+        return e
+    if isinstance(e, TaskSpecError):  # a task spec that fails while it is used (e.g. a template that cannot format)
+        return ToolError(f"task.{e.field}: {e.message}")
+    if isinstance(e, ExpressionError):
+        return ToolError(f"task: {e}")
+    if isinstance(e, ModelLoadError):
+        return ToolError(f"model: {e}")
+    return None
 
 
 def register_tool(server: MCPServer, spec: ToolSpec) -> None:
@@ -75,7 +89,7 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
             try:
                 args = input_model.model_validate(kwargs)
             except ValidationError as e:
-                raise ToolError(_format_validation(e)) from None
+                raise ToolError(format_validation(e)) from None
             call = partial(fn, app, args)
         if spec.progress:
             call = partial(call, progress=_progress_bridge(ctx))
@@ -86,19 +100,14 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
                                                 on_progress=_async_progress(ctx) if spec.progress else None)
                 out = out.finish(job)
             return out
-        except ToolError as e:
-            raise ToolError(_bounded(str(e))) from None
-        except TaskSpecError as e:  # a task spec that fails while it is used (e.g. a template that cannot format)
-            raise ToolError(_bounded(f"task.{e.field}: {e.message}")) from None
-        except ExpressionError as e:
-            raise ToolError(_bounded(f"task: {e}")) from None
-        except ModelLoadError as e:
-            raise ToolError(_bounded(f"model: {e}")) from None
-        except Exception as e:  # never crash the server; say what happened
+        except Exception as e:
+            if (named := as_tool_error(e)) is not None:
+                raise ToolError(_bounded(str(named))) from None
+            # never crash the server; say what happened
             log.exception("tool %s failed", name)
             raise ToolError(_bounded(f"{name} failed unexpectedly: {type(e).__name__}: {e}")) from e
 
-    params = [*_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    params = [*tool_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     tool.__signature__ = inspect.Signature(params, return_annotation=output_model)  # type: ignore[attr-defined]
     tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": output_model}
     tool.__name__ = name

@@ -18,7 +18,8 @@ def test_doctor_reports_versions_and_store(tmp_path):
 
 def test_http_refuses_public_bind_without_token(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k != "MCP_INTERP_TOKEN"}
-    out = subprocess.run([*CLI, "--store", str(tmp_path / "s"), "serve", "--http", "--host", "0.0.0.0", "--port", "0"],
+    # `serve --store DIR`: the global option after the subcommand (argparse refused it once)
+    out = subprocess.run([*CLI, "serve", "--store", str(tmp_path / "s"), "--http", "--host", "0.0.0.0", "--port", "0"],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "MCP_INTERP_TOKEN" in out.stderr
 
@@ -91,3 +92,64 @@ def test_http_off_loopback_accepts_its_host_names_with_the_token(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--store", "S", "-v", "serve"], ["serve", "--store", "S", "-v"], ["-v", "serve", "--http", "--store", "S"],
+    ["--store", "S", "-v", "runs", "show", "R"], ["runs", "show", "R", "--store", "S", "-v"],
+    ["runs", "--store", "S", "-v", "list"], ["doctor", "--store", "S", "-v"], ["-v", "demo", "--store", "S"],
+    ["install", "claude", "--store", "S", "-v"],
+])
+def test_global_options_before_or_after_the_subcommand(argv):
+    from mcp_interp.server.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.store == "S" and args.verbose is True
+
+
+def test_global_defaults_and_runs_default_action():
+    from mcp_interp.server.cli import build_parser
+
+    args = build_parser().parse_args(["runs"])
+    assert args.store is None and args.verbose is False and args.runs_action in (None, "list") and args.limit == 20
+    # a value before the subcommand is not overwritten by the subcommand's own (absent) copy of the option
+    assert build_parser().parse_args(["--store", "A", "runs", "list"]).store == "A"
+
+
+def test_environment_variables_are_documented():
+    from mcp_interp.server.cli import ENVIRONMENT, build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = build_parser().format_help()
+    for names, _ in ENVIRONMENT:
+        for var in names.split(", "):
+            assert var in readme and var in text, var
+    assert "exit status" in text
+
+
+def test_usage_errors_exit_2_and_failures_exit_1(tmp_path):
+    assert subprocess.run([*CLI, "no-such-command"], capture_output=True, timeout=120).returncode == 2
+    out = subprocess.run([*CLI, "runs", "show", "nope", "--store", str(tmp_path / "s")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1 and "run_id: no run 'nope'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_runs_list_and_show_read_the_store(tmp_path):
+    import json
+
+    from mcp_interp import Lab
+
+    with Lab(store=tmp_path / "s") as lab:
+        run = lab.run_baseline(model="toy/tiny-random", task="induction", n=8).result
+    out = subprocess.run([*CLI, "runs", "--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["RUN", "TOOL", "TASK", "MODEL", "STATUS", "CREATED"]
+    assert lines[1].split()[:5] == [run.run_id, "run_baseline", "induction", "toy/tiny-random", "complete"]
+    assert lines[-1] == f"1 run(s) in {tmp_path / 's'}"
+    out = subprocess.run([*CLI, "--store", str(tmp_path / "s"), "runs", "show", run.run_id], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["run"]["run_id"] == run.run_id and shown["result"]["verdict"] == run.verdict
+    assert "metric_hist.png" in shown["files"]
