@@ -1,4 +1,4 @@
-"""`mcp-interp` command line: serve (stdio or HTTP), demo, doctor."""
+"""`mcp-interp` command line: serve (stdio or HTTP), demo, doctor, report."""
 
 from __future__ import annotations
 
@@ -90,6 +90,24 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor(store=args.store, load=args.load)
 
 
+def _report(args: argparse.Namespace) -> int:
+    """The report tool's own code path, without a server: prints the report's run id and file paths."""
+    from ..runtime.context import AppContext
+    from ..tools.errors import ToolError
+    from ..tools.report import ReportInput, report
+    app = AppContext.create(args.store)
+    try:
+        out = report(app, ReportInput(run_ids=args.run_ids or None, task=args.task, model=args.model, title=args.title))
+    except ToolError as e:
+        sys.stderr.write(f"mcp-interp report: {e}\n")
+        return 2
+    finally:
+        app.close()
+    sys.stderr.write(out.summary + "\n")
+    sys.stdout.write(f"{out.run_id}\n{Path(out.html_path).with_name('report.md')}\n{out.html_path}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mcp-interp", description="MCP server for mechanistic interpretability.")
     parser.add_argument("--store", default=None, help="artifact store directory (default $MCP_INTERP_STORE or ./artifacts)")
@@ -115,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     doc = sub.add_parser("doctor", help="versions, device, bundled model, store")
     doc.add_argument("--load", action="store_true", help="also load the bundled model and time it")
     doc.set_defaults(fn=_doctor)
+    r = sub.add_parser("report", help="assemble a report (markdown + self-contained HTML) from stored runs")
+    r.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to report on (or --task and --model)")
+    r.add_argument("--task", help="with --model: the newest complete run of each tool for this task")
+    r.add_argument("--model", help="with --task: the model id")
+    r.add_argument("--title", help="report title")
+    r.set_defaults(fn=_report)
     args = parser.parse_args(argv)
     # Logs go to stderr: stdout is the stdio transport.
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
