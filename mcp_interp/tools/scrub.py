@@ -110,7 +110,8 @@ def _hypothesis_error(e: HypothesisError) -> ToolError:
 
 
 def _recovered(seed_stats) -> Recovered:
-    return Recovered(mean=round(seed_stats.mean, 5), std=round(seed_stats.std, 5),
+    defined = bool(np.isfinite(seed_stats.mean))  # an undefined mean has no spread either
+    return Recovered(mean=round(seed_stats.mean, 5), std=round(seed_stats.std, 5) if defined else None,
                      per_seed=[round(x, 5) for x in seed_stats.per_seed])
 
 

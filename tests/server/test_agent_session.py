@@ -99,3 +99,5 @@ async def test_scripted_agent_follows_run_experiment_to_a_report(store_dir):
     # The agent's findings are the planted circuit (ground truth of toy/planted-clean).
     assert (head["layer"], head["head"], head_position) == (0, 0, "END") and mlp_layer == 1
     assert scrub["loss_recovered"]["mean"] == pytest.approx(1.0, abs=0.05)
+    # the task's first generator keeps the answer, so the logit-difference fraction is 0/0: null, and said so
+    assert scrub["metric_recovered"]["mean"] is None and any("undefined" in w for w in scrub["warnings"])
