@@ -228,7 +228,7 @@ def build_report(store: ArtifactStore, run_ids: list[str] | None = None, task: s
         blocks += sec
     task_name = task or _common([r.task for r in runs])
     model_name = model or _common([r.model for r in runs])
-    title = title or f"{task_name} on {model_name}"
+    title = " ".join((title or "").split()) or f"{task_name} on {model_name}"  # one line: it is the heading
     weight = {r.weight_hash for r in runs}
     params = {"run_ids": [r.run_id for r in runs], "task": task, "model": model, "title": title}
     with store.create_run(REPORT_TOOL, task_name, model_name, params,
