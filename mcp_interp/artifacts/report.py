@@ -208,9 +208,15 @@ def _common(values: list[str]) -> str:
     return values[0] if len(set(values)) == 1 else MIXED
 
 
+def _names(attr: str, runs: list[RunRecord]) -> str:
+    names = sorted({getattr(r, attr) for r in runs})
+    return f"{attr}{'s' if len(names) > 1 else ''} " + ", ".join(f"`{n}`" for n in names)
+
+
 def build_report(store: ArtifactStore, run_ids: list[str] | None = None, task: str | None = None,
                  model: str | None = None, title: str | None = None) -> Report:
-    """Assemble the report and store it as a `report` run (report.md, report.html, the plots as fig-*.png, runs.json)."""
+    """Assemble the report and store it as a `report` run (report.md, report.html, the plots as fig-*.png and
+    runs.json)."""
     runs, warnings = select_runs(store, run_ids, task, model)
     blocks: list[Block] = []
     manifests: dict[str, dict] = {}
@@ -234,8 +240,8 @@ def build_report(store: ArtifactStore, run_ids: list[str] | None = None, task: s
     with store.create_run(REPORT_TOOL, task_name, model_name, params,
                           model_info={"weight_hash": weight.pop() if len(weight) == 1 else None}) as handle:
         head: list[Block] = [Heading(title, 1), Para(
-            f"Assembled {utc_now()} by mcp-interp from {len(runs)} stored runs of task `{task_name}` on "
-            f"`{model_name}` {cite(handle.run_id)}. Every number is followed by the id of the run that produced it; "
+            f"Assembled {utc_now()} by mcp-interp from {len(runs)} stored runs of {_names('task', runs)} on "
+            f"{_names('model', runs)} {cite(handle.run_id)}. Every number is followed by the id of the run that produced it; "
             f"get_run(run_id) gives that run's full result and manifest.")]
         if warnings:
             head.append(Para("Notes: " + "; ".join(warnings) + "."))
