@@ -216,7 +216,8 @@ def find_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
         out.append(Table(["feature", "intervention", "effect", "95% CI", "run"],
                          [[c["name"], c["intervention"], num(c["effect"], 3), ci(c["ci95"], 3), f"`{run_id}`"]
                           for c in r["causal"]]))
-    return out + _figures(run_id, pngs, lambda p: True, "features")
+    # the ranking and the causal tests first; the per-feature histograms fill what room is left
+    return out + _figures(run_id, sorted(pngs, key=lambda p: p.startswith("hist_")), lambda p: True, "features")
 
 
 def generic(run_id: str, r: dict, key_metrics: dict, pngs: list[str]) -> list[Block]:
