@@ -34,6 +34,8 @@ Workflow (each step's result says what to do next):
    eval_das(run_id) re-tests a saved rotation on new data or another counterfactual.
 6. scrub_hypothesis(model, task, hypothesis): causal scrubbing of a circuit hypothesis (nodes, parents, what
    each represents); read loss_recovered (1 = fully explained) vs the zero/mean ablations and per-node contributions.
+7. report(run_ids | task, model): the study as one markdown + self-contained HTML report, every number beside the
+   id of its run, with a provenance table; stored as a run (artifact://<run_id>/report.html).
 Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
 {{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
 the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
@@ -113,6 +115,7 @@ def _register_prompts(server: MCPServer) -> None:
 
 
 MIME = {".json": "application/json", ".png": "image/png", ".md": "text/markdown", ".txt": "text/plain",
+        ".html": "text/html",
         ".safetensors": "application/octet-stream", ".csv": "text/csv"}
 
 

@@ -1,4 +1,4 @@
-"""`mcp-interp` command line: serve (stdio or HTTP), demo, doctor, runs, install.
+"""`mcp-interp` command line: serve (stdio or HTTP), demo, doctor, runs, install, report.
 
 Adding a subcommand = a `_name(args) -> exit status` function and one `command(...)` block in `build_parser`."""
 
@@ -90,6 +90,24 @@ def _demo(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
     return run_doctor(store=args.store, load=args.load)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """The report tool's own code path, without a server: prints the report's run id and file paths."""
+    from ..runtime.context import AppContext
+    from ..tools.errors import ToolError
+    from ..tools.report import ReportInput, report
+    app = AppContext.create(args.store)
+    try:
+        out = report(app, ReportInput(run_ids=args.run_ids or None, task=args.task, model=args.model, title=args.title))
+    except ToolError as e:
+        sys.stderr.write(f"mcp-interp report: {e}\n")
+        return 2
+    finally:
+        app.close()
+    sys.stderr.write(out.summary + "\n")
+    sys.stdout.write(f"{out.run_id}\n{Path(out.html_path).with_name('report.md')}\n{out.html_path}\n")
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -197,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--user", action="store_true", help="write ~/.claude.json and ~/.claude/skills/ instead")
     i.add_argument("--name", default="mcp-interp", help="the server's name in the client's config")
     i.add_argument("--print", action="store_true", help="show what would be written; write nothing")
+
+    rep = command("report", "assemble a report (markdown + self-contained HTML) from stored runs", _report)
+    rep.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to report on (or --task and --model)")
+    rep.add_argument("--task", help="with --model: the newest complete run of each tool for this task")
+    rep.add_argument("--model", help="with --task: the model id")
+    rep.add_argument("--title", help="report title")
     return parser
 
 

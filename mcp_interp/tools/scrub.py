@@ -15,7 +15,7 @@ from ..methods.core import Progress
 from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
 from ..methods.scrubbing import scrub_hypothesis as run_scrub
 from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Seed, dataset, resolve_task, validate_or_raise
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, dataset, resolve_task, validate_or_raise
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -53,9 +53,12 @@ class ScrubInput(BaseModel):
 
 
 class Recovered(BaseModel):
-    mean: float
-    std: float = Field(description="sample std over resampling seeds (0 for one seed)")
-    per_seed: list[float]
+    """A recovered fraction; null where undefined (the metric's gap between the model and the random
+    baseline is 0, e.g. a counterfactual that does not change the answer)."""
+
+    mean: MaybeFloat
+    std: MaybeFloat = Field(description="sample std over resampling seeds (0 for one seed)")
+    per_seed: list[MaybeFloat]
 
 
 class AblationScores(BaseModel):
@@ -68,11 +71,11 @@ class NodeContribution(BaseModel):
     label: str = Field(description="the component and positions, e.g. L0H0@END")
     interp: str
     drop_effect: float = Field(description="loss recovered lost when this node's claim is dropped (large = needed)")
-    drop_effect_metric: float
+    drop_effect_metric: MaybeFloat
     sharpen_effect: float | None = Field(None, description="loss recovered gained when the node's interpretation is "
                                          "sharpened to the whole input (large = its interpretation is too coarse); "
                                          "None when it already is 'input'")
-    sharpen_effect_metric: float | None = None
+    sharpen_effect_metric: MaybeFloat = None
 
 
 class ScrubResult(RunResult):
@@ -107,7 +110,8 @@ def _hypothesis_error(e: HypothesisError) -> ToolError:
 
 
 def _recovered(seed_stats) -> Recovered:
-    return Recovered(mean=round(seed_stats.mean, 5), std=round(seed_stats.std, 5),
+    defined = bool(np.isfinite(seed_stats.mean))  # an undefined mean has no spread either
+    return Recovered(mean=round(seed_stats.mean, 5), std=round(seed_stats.std, 5) if defined else None,
                      per_seed=[round(x, 5) for x in seed_stats.per_seed])
 
 
@@ -132,6 +136,10 @@ def _scrub(run: ToolRun, args: ScrubInput) -> tuple[ScrubResult, dict]:
                 from None
     run.progress(0.95, "plots and store")
     return _result(run, args, spec, lm, hyp, res)
+
+
+def _f3(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubResult, dict]:
@@ -159,10 +167,14 @@ def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubResult, dict]:
     if res.loss_random - res.loss_model < 0.1:
         warnings.append(f"random inputs barely raise the loss ({res.loss_model:.3f} -> {res.loss_random:.3f}): "
                         f"the recovered fractions are noisy; check run_baseline")
-    summary = (f"hypothesis {res.hypothesis!r}: loss recovered {lr.mean:.3f} ± {lr.std:.3f}, "
-               f"{res.metric_name} recovered {mr.mean:.3f} ± {mr.std:.3f} over {len(res.seeds)} seed(s)")
+    if mr.mean is None:
+        warnings.append(f"{res.metric_name} recovered is undefined (null): the model's and the random inputs' mean "
+                        f"{res.metric_name} are equal ({res.metric_model:.3f}), e.g. because the answer and the "
+                        f"task's first counterfactual answer coincide; read loss recovered")
+    summary = (f"hypothesis {res.hypothesis!r}: loss recovered {_f3(lr.mean)} ± {_f3(lr.std)}, "
+               f"{res.metric_name} recovered {_f3(mr.mean)} ± {_f3(mr.std)} over {len(res.seeds)} seed(s)")
     if ablations:
-        summary += "; " + ", ".join(f"{m} ablation {a.loss_recovered.mean:.3f}" for m, a in ablations.items())
+        summary += "; " + ", ".join(f"{m} ablation {_f3(a.loss_recovered.mean)}" for m, a in ablations.items())
     if contribs:
         top = max(contribs, key=lambda c: c.drop_effect)
         summary += f"; most needed claim: {top.name} (drop effect {top.drop_effect:+.3f})"

@@ -31,10 +31,13 @@ def test_demo_writes_a_report_with_plots(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = Path(out.stdout.strip().splitlines()[-1])
     text = report.read_text()
-    assert "the model solves this task" in text and "## 2. Locate" in text
-    assert "## 6. Features" in text
-    for png in ("baseline_hist.png", "locate_resid.png", "locate_heads.png", "features_ranking.png"):
-        assert (report.parent / png).stat().st_size > 1000
+    assert "the model solves this task" in text and "## Locate" in text and "## Features" in text
+    assert text.count("## Causal scrubbing") == 3 and "## Provenance" in text
+    figures = sorted(report.parent.glob("fig-*.png"))
+    assert len(figures) >= 8 and all(f.stat().st_size > 1000 for f in figures)
+    assert text.count("](fig-") == len(figures)
+    page = (report.parent / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == len(figures) and "<img src='http" not in page
 
 
 def test_allowed_hosts_follow_the_bind_address():

@@ -108,7 +108,7 @@ def test_cancelling_stops_a_method_at_its_next_progress_report(app):
 
 def test_every_tool_is_one_spec_declared_beside_its_function():
     names = [s.name for s in TOOLS]
-    assert len(names) == len(set(names)) == 19
+    assert len(names) == len(set(names)) == 20
     for spec in TOOLS:
         module = __import__(spec.fn.__module__, fromlist=["_"])
         assert spec.fn.__name__ == spec.name, "the function is named like the tool"

@@ -1,0 +1,255 @@
+"""One report section per stored run: the numbers of its result, each beside the run id it came from.
+
+A section is a list of blocks (`Heading`, `Para`, `Table`, `Figure`) that `report` renders to markdown and to
+HTML. Every paragraph that states a number ends with its citation and every table has a `run` column, so a
+reader (or a test) can trace each number to a stored run. A tool without a section of its own, or a result
+whose shape a section does not recognise (an older run), gets the generic section: its summary and key
+metrics as stored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str  # markdown inline: `code` and **bold** only
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Figure:
+    run_id: str
+    name: str  # file name inside the run
+    caption: str
+
+
+Block = Heading | Para | Table | Figure
+
+
+def cite(run_id: str) -> str:
+    return f"(run `{run_id}`)"
+
+
+def num(x: Any, digits: int = 2) -> str:
+    """A number as the report shows it; None / NaN (undefined in the stored result) as 'n/a'."""
+    if x is None or isinstance(x, bool):
+        return "n/a" if x is None else str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "n/a"
+        if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 1e5):
+            return f"{x:.{digits}g}" if abs(x) >= 1e5 else f"{x:.1e}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def ci(pair: Any, digits: int = 2) -> str:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return "n/a"
+    return f"{num(pair[0], digits)} .. {num(pair[1], digits)}"
+
+
+def stat(s: Any, digits: int = 2) -> str:
+    """A stored Stat {mean, ci95, n} as 'mean [lo, hi] (n=..)'."""
+    if not isinstance(s, dict):
+        return num(s, digits)
+    n = f" (n={s['n']})" if s.get("n") is not None else ""
+    return f"{num(s.get('mean'), digits)} [{ci(s.get('ci95'), digits)}]{n}"
+
+
+def _summary(run_id: str, result: dict) -> list[Block]:
+    text = result.get("summary") or result.get("verdict")
+    return [Para(f"**{text}** {cite(run_id)}")] if text else []
+
+
+def _warnings(run_id: str, result: dict) -> list[Block]:
+    warns = result.get("warnings") or []
+    return [Para(f"Warning {cite(run_id)}: {w}") for w in warns[:5]]
+
+
+def _figures(run_id: str, pngs: list[str], wanted: Callable[[str], bool], caption: str, limit: int = 4) -> list[Block]:
+    return [Figure(run_id, p, f"{caption}: {p}") for p in pngs if wanted(p)][:limit]
+
+
+def _kv_table(run_id: str, rows: list[tuple[str, Any]]) -> Table:
+    return Table(["quantity", "value", "run"], [[k, v if isinstance(v, str) else num(v, 3), f"`{run_id}`"]
+                                                for k, v in rows])
+
+
+# ------------------------------------------------------------------ per tool
+
+def baseline(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out: list[Block] = [Para(f"Task `{r['task']}` on `{r['model']}`, counterfactual `{r['counterfactual']}`, n={r['n']}, "
+                             f"seed {r['seed']}, metric {r['metric']}. **Verdict:** {r['verdict']} {cite(run_id)}"),
+                        Table(["metric", "mean [95% CI] (n)", "run"],
+                              [[k, stat(v, 3), f"`{run_id}`"] for k, v in r["metrics"].items()]),
+                        Table(["counterfactual generator", "label changes", "model follows [95% CI]", "run"],
+                              [[c["generator"], num(c["label_changes"]), stat(c["model_follows"]), f"`{run_id}`"]
+                               for c in r["counterfactual_checks"]])]
+    return out + _figures(run_id, pngs, lambda p: True, "per-example metric")
+
+
+def locate(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [Para(
+        f"Activation patching ({r['direction']}, counterfactual `{r['counterfactual']}`, metric {r['metric']}, "
+        f"n={r['n']}, seed {r['seed']}): clean metric {stat(r['clean_metric'])}, counterfactual metric "
+        f"{stat(r['counterfactual_metric'])} {cite(run_id)}. Normalised effect: {r['normalisation']}.")]
+    if r.get("flow"):
+        out.append(Table(["layers", "strongest position", "mean effect", "run"],
+                         [[f"{f['layers'][0]}–{f['layers'][1]}", f["position"], num(f["mean_effect"]), f"`{run_id}`"]
+                          for f in r["flow"]]))
+    out.append(Table(["site", "layer", "head", "position", "effect", "95% CI", "run"],
+                     [[c["site"], str(c["layer"]), "" if c.get("head") is None else str(c["head"]), c["position"],
+                       num(c["effect"]), ci(c["ci95"]), f"`{run_id}`"]
+                      for cells in r["best_cells"].values() for c in cells]))
+    return out + _figures(run_id, pngs, lambda p: "heatmap" in p, "patching effects")
+
+
+def attribute(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [
+        Para(f"Method `{r['method']}` on {r['level']} ({r['n_units']} units), counterfactual `{r['counterfactual']}`, "
+             f"n={r['n']}, seed {r['seed']}: clean metric {stat(r['clean_metric'])}, counterfactual "
+             f"{stat(r['counterfactual_metric'])} {cite(run_id)}."),
+        Table(["unit", "score", "95% CI", "run"],
+              [[u["name"], num(u["score"]), ci(u.get("ci95")), f"`{run_id}`"] for u in r["top"][:10]])]
+    c = r.get("circuit") or {}
+    if c.get("size") is not None:
+        units = ", ".join(c.get("units") or [])
+        out.append(Para(f"Circuit: the top {c['size']} units ({units}) keep faithfulness {num(c.get('faithfulness'))} "
+                        f"(target {num(c.get('target'))}, reached: {c.get('reached_target')}) {cite(run_id)}."))
+    f = r.get("faithfulness") or {}
+    if f:
+        out.append(Para(f"Faithfulness curve: CPR {num(f.get('cpr'), 3)}, CMD {num(f.get('cmd'), 3)} {cite(run_id)}."))
+    return out + _figures(run_id, pngs, lambda p: True, "attribution")
+
+
+def train_das(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    site = r["site"]
+    head = f" head {site['head']}" if site.get("head") is not None else ""
+    out = _summary(run_id, r) + [
+        Para(f"Variable `{r['variable']}` at {site['hook']}{head}, position {site['position']}, method {r['method']}, "
+             f"k={r['k']}; n_train={r['n_train']}, n_test={r['n_test']}, shared base prompts {r['shared_bases']} "
+             f"{cite(run_id)}."),
+        _kv_table(run_id, [("held-out IIA", stat(r["test_iia"])), ("train IIA", stat(r["train_iia"])),
+                           *((f"control: {k}", stat(v)) for k, v in r["controls"].items()),
+                           ("base accuracy (no intervention)", r["base_accuracy"])])]
+    rc = r.get("rank_curve")
+    if rc:
+        out.append(Table(["k", "held-out IIA", "random rotation", "run"],
+                         [[str(k), num(a), num(b), f"`{run_id}`"] for k, a, b in
+                          zip(rc["ks"], rc["test_iia"], rc["random_iia"])]
+                         + [["full vector", num(rc["full_vector_iia"]), "", f"`{run_id}`"]]))
+    return out + _figures(run_id, pngs, lambda p: True, "DAS")
+
+
+def eval_das(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [
+        Para(f"Rotation of run `{r['source_run']}` (k={r['k']}) on `{r['task']}` / `{r['variable']}`, split "
+             f"{r['split']} {cite(run_id)}."),
+        _kv_table(run_id, [("IIA", stat(r["iia"])), *((f"control: {k}", stat(v)) for k, v in r["controls"].items()),
+                           ("base prompts seen in training", r.get("bases_seen_in_training"))])]
+    return out + _figures(run_id, pngs, lambda p: True, "DAS evaluation")
+
+
+def scrub_hypothesis(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    def rec(x: dict) -> str:
+        return f"{num(x['mean'])} ± {num(x['std'])}"
+    abl = r.get("ablations") or {}
+    out = _summary(run_id, r) + [
+        Table(["hypothesis", "loss recovered", f"{r['metric']} recovered", "zero ablation", "mean ablation", "n",
+               "seeds", "run"],
+              [[r["hypothesis"], rec(r["loss_recovered"]), rec(r["metric_recovered"]),
+                rec(abl["zero"]["loss_recovered"]) if "zero" in abl else "",
+                rec(abl["mean"]["loss_recovered"]) if "mean" in abl else "", str(r["n"]), str(len(r["seeds"])),
+                f"`{run_id}`"]])]
+    if r.get("contributions"):
+        out.append(Table(["node", "component", "claims", "drop effect (loss)", "drop effect (metric)", "run"],
+                         [[c["name"], c["label"], c["interp"], num(c["drop_effect"]), num(c["drop_effect_metric"]),
+                           f"`{run_id}`"] for c in r["contributions"]]))
+    return out + _figures(run_id, pngs, lambda p: True, "scrubbing")
+
+
+def _sae(run_id: str, r: dict, pngs: list[str], what: str) -> list[Block]:
+    q = r.get("quality") or {}
+    out = _summary(run_id, r) + [Para(f"{what} at {r['hook']} of `{r['model']}`: {r['architecture']}, d_in {r['d_in']}, "
+                                      f"d_sae {r['d_sae']} {cite(run_id)}.")]
+    rows = [(k, v) for k, v in q.items() if isinstance(v, (int, float))]
+    if rows:
+        out.append(_kv_table(run_id, rows))
+    return out + _figures(run_id, pngs, lambda p: True, "SAE")
+
+
+def train_sae(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    return _sae(run_id, r, pngs, f"SAE trained on the {r['corpus']} corpus ({r['tokens_collected']} tokens)")
+
+
+def load_sae(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    return _sae(run_id, r, pngs, f"SAE loaded from {r['source']}")
+
+
+def find_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [
+        Para(f"Features of {r['source']} at {r['hook']} ({r['n_features']} features) for `{r['variable']}` "
+             f"({', '.join(r['classes'])}) at {r['position']}, n={r['n']}: {r['n_significant']} with q < 0.05 "
+             f"{cite(run_id)}."),
+        Table(["feature", r["stat"], "p", "q", "run"],
+              [[f["name"], num(f["score"], 3), num(f["p"], 3), num(f["q"], 3), f"`{run_id}`"]
+               for f in r["features"][:8]])]
+    if r.get("causal"):
+        out.append(Table(["feature", "intervention", "effect", "95% CI", "run"],
+                         [[c["name"], c["intervention"], num(c["effect"], 3), ci(c["ci95"], 3), f"`{run_id}`"]
+                          for c in r["causal"]]))
+    # the ranking and the causal tests first; the per-feature histograms fill what room is left
+    return out + _figures(run_id, sorted(pngs, key=lambda p: p.startswith("hist_")), lambda p: True, "features")
+
+
+def generic(run_id: str, r: dict, key_metrics: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r)
+    rows = [(k, v) for k, v in (key_metrics or {}).items() if isinstance(v, (int, float, str))]
+    if rows:
+        out.append(_kv_table(run_id, rows))
+    return out + _figures(run_id, pngs, lambda p: True, "plot")
+
+
+SECTIONS: dict[str, tuple[str, Callable[[str, dict, list[str]], list[Block]]]] = {
+    "run_baseline": ("Baseline: does the model solve the task?", baseline),
+    "locate": ("Locate: where does the information live?", locate),
+    "attribute": ("Attribute: which components carry it?", attribute),
+    "train_das": ("DAS: is the variable a subspace?", train_das),
+    "eval_das": ("DAS re-evaluated", eval_das),
+    "scrub_hypothesis": ("Causal scrubbing: how much does the hypothesis explain?", scrub_hypothesis),
+    "train_sae": ("SAE trained", train_sae),
+    "load_sae": ("SAE loaded", load_sae),
+    "find_features": ("Features: which latents carry the variable?", find_features),
+}
+ORDER = list(SECTIONS)  # the research loop's order; other tools follow
+
+
+def section(tool: str, run_id: str, result: dict, key_metrics: dict, pngs: list[str]) -> tuple[list[Block], bool]:
+    """The blocks for one run (heading included), and whether its tool's own section rendered it (False: the
+    generic section stood in because the stored result does not have the fields the section reads)."""
+    title, fn = SECTIONS.get(tool, (tool, None))
+    head = Heading(f"{title} — `{tool}` run `{run_id}`")
+    if fn is not None:
+        try:
+            return [head, *fn(run_id, result, pngs), *_warnings(run_id, result)], True
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            pass
+    return [head, *generic(run_id, result, key_metrics, pngs), *_warnings(run_id, result)], fn is None
