@@ -318,7 +318,7 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
 
 
 def _plots(run: ToolRun, args, spec, res, train, test, ctrl, rank, site) -> None:
-    what = f"{spec.name} / {args.variable} on {args.model} at {site} ({args.position})"
+    what = f"{spec.name} / {args.variable} on {args.model}\nat {site} ({args.position})"  # two lines: fits the width
     epochs = [c["epoch"] for c in res.curve]
     run.save_figure("learning_curve.png", plots.line_plot(
         epochs, {"training loss": [c["loss"] for c in res.curve], "train IIA (running)": [c["train_iia"]

@@ -4,19 +4,15 @@ a job that outlives the wait window brings it along when get_job fetches the res
 
 from __future__ import annotations
 
-import base64
-import io
-
 import pytest
 from mcp import Client
-from PIL import Image
+from mcp_helpers import png_of
 
 from mcp_interp.server.app import build_server
 from mcp_interp.tools import TOOLS
 from mcp_interp.tools.base import HeavyOutput
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_thread")]
-MAX_BYTES = 150_000
 FEATURES = "toy/planted-features"
 
 # One small call per heavy tool, in dependency order ({name} is the run id of that earlier call).
@@ -35,22 +31,6 @@ CALLS = [
     ("find_features", {"model": FEATURES, "task": "planted-features", "variable": "g", "sae": "{train_sae}", "n": 32,
                        "n_perm": 20, "test_top": 1, "interventions": ["zero"]}),
 ]
-
-
-def png_of(res) -> Image.Image | None:
-    """The one image block of a tool result, checked (PNG, within the size budget) and decoded; None without one."""
-    images = [b for b in res.content if b.type == "image"]
-    assert len(images) <= 1, "one main figure per result"
-    assert res.content[0].type == "text", "the JSON (summary included) comes first"
-    if not images:
-        return None
-    assert images[0].mime_type == "image/png"
-    data = base64.b64decode(images[0].data)
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) <= MAX_BYTES
-    img = Image.open(io.BytesIO(data))
-    img.load()  # decodes every pixel: a truncated or corrupt file raises here
-    assert img.format == "PNG" and 200 <= max(img.size) <= 1000
-    return img
 
 
 def test_every_heavy_tool_takes_include_plot_and_is_exercised_here():
