@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
+
+from PIL import Image
 
 
 async def call(client, name: str, args: dict[str, Any] | None = None, **kw) -> dict:
@@ -72,3 +76,19 @@ class HttpServer:
             self.proc.wait(timeout=30)
         except Exception:
             self.proc.kill()
+
+
+def png_of(res) -> Image.Image | None:
+    """The one image block of a tool result, checked (PNG, within the size budget) and decoded; None without one."""
+    images = [b for b in res.content if b.type == "image"]
+    assert len(images) <= 1, "one main figure per result"
+    assert res.content[0].type == "text", "the JSON (summary included) comes first"
+    if not images:
+        return None
+    assert images[0].mime_type == "image/png"
+    data = base64.b64decode(images[0].data)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) <= 150_000
+    img = Image.open(io.BytesIO(data))
+    img.load()  # decodes every pixel: a truncated or corrupt file raises here
+    assert img.format == "PNG" and 200 <= max(img.size) <= 1000
+    return img

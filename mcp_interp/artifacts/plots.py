@@ -158,7 +158,7 @@ def line_plot(x, ys: Mapping[str, Sequence[float]], title: str = "", xlabel: str
 
 
 def histogram(series: Mapping[str, Sequence[float]], title: str = "", xlabel: str = "",
-              bins: int = 30) -> Figure:
+              bins: int = 30, ylabel: str = "examples") -> Figure:
     """Overlaid histograms on shared bins (e.g. a metric on clean vs counterfactual prompts), with a
     dashed line at each series' mean and one at 0."""
     fig = _figure(6.5, 4.0)
@@ -172,7 +172,7 @@ def histogram(series: Mapping[str, Sequence[float]], title: str = "", xlabel: st
     ax.axvline(0, color="black", lw=0.8)
     ax.set_title(title, fontsize=TITLE_SIZE)
     ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
-    ax.set_ylabel("examples", fontsize=LABEL_SIZE)
+    ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
     ax.tick_params(labelsize=TICK_SIZE)
     ax.legend(fontsize=TICK_SIZE, frameon=False)
     return fig
@@ -224,9 +224,46 @@ def layered_graph(nodes: Sequence[tuple[str, float, float]], edges: Sequence[tup
     return fig
 
 
+def firing_rates(rate, dead: int, dense: int, rows: str) -> Figure:
+    """How often each SAE latent fires on `rows` (e.g. "held-out"), on a log scale: dead latents pile up at the
+    left edge (10^-7 stands for never), dense ones near 0."""
+    return histogram({"latents": np.log10(np.asarray(rate, dtype=float) + 1e-7)}, ylabel="latents",
+                     xlabel=f"log10 firing rate ({rows})", title=f"latent firing rates: {dead} dead, {dense} dense")
+
+
 def to_png(fig: Figure, dpi: int = 120) -> bytes:
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+PREVIEW_MAX_BYTES = 150_000  # an image a model reads costs context: keep a result's figure well under this
+PREVIEW_MAX_SIDE = 1000  # px on the long side: clear for a vision model, which downsizes larger images anyway
+PREVIEW_DPI = 100  # 9 pt tick labels stay ~12 px high: legible
+
+
+def preview_png(fig: Figure, max_bytes: int = PREVIEW_MAX_BYTES) -> bytes | None:
+    """A small copy of `fig` for a tool result the agent sees: the figure re-rendered at a lower DPI (text stays
+    crisp, unlike a downscaled raster), long side at most PREVIEW_MAX_SIDE px. Should that exceed `max_bytes`,
+    the colours are reduced to a 256-colour palette (plots have few colours; ~3x smaller, though colour bars
+    band), then the DPI is lowered until it fits; None if even a ~300 px thumbnail does not (pixel noise)."""
+    import io
+
+    from PIL import Image
+
+    width, height = fig.get_size_inches()
+    dpi = min(PREVIEW_DPI, PREVIEW_MAX_SIDE / max(width, height))
+    while max(width, height) * dpi >= 300:
+        png = to_png(fig, dpi=dpi)
+        if len(png) <= max_bytes:
+            return png
+        with Image.open(io.BytesIO(png)) as img:
+            small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        buf = io.BytesIO()
+        small.save(buf, format="PNG", optimize=True)
+        if buf.tell() <= max_bytes:
+            return buf.getvalue()
+        dpi *= 0.8
+    return None

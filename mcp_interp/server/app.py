@@ -39,7 +39,8 @@ Workflow (each step's result says what to do next):
 Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
 {{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
 the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
-resources artifact://<run_id>/<file> (plots are PNG). Cite run ids in reports.
+resources artifact://<run_id>/<file> (plots are PNG); a heavy result shows its main figure as an image
+(include_plot=false leaves it out) and its summary ends with a Next: step. Cite run ids in reports.
 Models: smollm2-135m is bundled (offline); list_models shows the rest.
 Prompts plan_experiment, run_experiment, interpret_experiment walk through plan -> run -> interpret."""
 

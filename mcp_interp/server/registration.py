@@ -5,12 +5,14 @@ The pydantic input model is the single source of truth: its fields become the to
 (and so its JSON schema), its output model the tool's output schema. Blocking work runs in a worker
 thread; waiting for a job (a heavy tool's `wait_seconds`, get_job's long-poll) happens on the event loop
 instead (the tool returns a `Deferred`), so long-polls hold no thread and never starve other requests.
-Progress is forwarded as MCP progress notifications. Whatever goes wrong reaches the client as a
-`ToolError` that names the problem, cut to a bounded length.
+Progress is forwarded as MCP progress notifications. A tool whose input has `include_plot` (tools.base.PLOT_FIELD)
+answers with its run's main figure as an image content block after the JSON text, when the run saved one.
+Whatever goes wrong reaches the client as a `ToolError` that names the problem, cut to a bounded length.
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
 import logging
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from ..methods.core import Progress
@@ -29,7 +31,7 @@ from ..models import ModelLoadError
 from ..tasks.causal import TaskSpecError
 from ..tasks.expressions import ExpressionError
 from ..tools import ToolSpec
-from ..tools.base import Deferred, deferring
+from ..tools.base import Deferred, deferring, main_figure
 from ..tools.errors import ToolError
 
 log = logging.getLogger("mcp_interp")
@@ -76,8 +78,17 @@ def as_tool_error(e: Exception) -> ToolError | None:
     return None
 
 
+def _with_image(out: BaseModel, png: bytes) -> CallToolResult:
+    """`out` as the SDK would send it (structured content and its JSON as text, summary included), then the PNG."""
+    return CallToolResult(content=[TextContent(type="text", text=out.model_dump_json(indent=2)),
+                                   ImageContent(type="image", data=base64.b64encode(png).decode(),
+                                                mime_type="image/png")],
+                          structured_content=out.model_dump(mode="json"))
+
+
 def register_tool(server: MCPServer, spec: ToolSpec) -> None:
     fn, name, input_model, output_model = spec.fn, spec.name, spec.input_model, spec.output_model
+    plots = input_model is not None and "include_plot" in input_model.model_fields
 
     async def tool(**kwargs: Any) -> Any:
         ctx: Context = kwargs.pop("ctx")
@@ -99,6 +110,8 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
                 job = await app.jobs.wait_async(out.job_id, out.wait,
                                                 on_progress=_async_progress(ctx) if spec.progress else None)
                 out = out.finish(job)
+            if plots and args.include_plot and (png := await anyio.to_thread.run_sync(main_figure, app, out)):
+                return _with_image(out, png)
             return out
         except Exception as e:
             if (named := as_tool_error(e)) is not None:
@@ -108,8 +121,10 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
             raise ToolError(_bounded(f"{name} failed unexpectedly: {type(e).__name__}: {e}")) from e
 
     params = [*tool_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
-    tool.__signature__ = inspect.Signature(params, return_annotation=output_model)  # type: ignore[attr-defined]
-    tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": output_model}
+    # A CallToolResult (the answer with an image) is still validated against, and advertised as, output_model.
+    returns = Annotated[CallToolResult, output_model]
+    tool.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    tool.__annotations__ = {p.name: p.annotation for p in params} | {"return": returns}
     tool.__name__ = name
     server.add_tool(tool, name=name, description=spec.description,
                     annotations=ToolAnnotations(readOnlyHint=spec.read_only, openWorldHint=False))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods.attribution import run_attribution
 from ..methods.core import Progress, ci_dict
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
@@ -56,6 +56,7 @@ class AttributeInput(BaseModel):
                                "everything outside patched from the counterfactual; report CPR and CMD.")
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class UnitScore(BaseModel):
@@ -192,6 +193,8 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
         c = rep.comparison
         summary += (f"; vs exact patching: Pearson {c['pearson']:.2f}, top-{c['top_k']} overlap {c['top_k_overlap']:.2f} "
                     f"(chance {c['top_k_chance']:.2f})" + (f", {c['speedup']:.1f}x faster" if c.get("speedup") else ""))
+    summary += (f". Next: locate(task='{spec.name}') confirms the top units with exact patching; scrub_hypothesis "
+                f"tests whether they suffice")
     result = AttributeResult(
         run_id=run.run_id, task=spec.name, model=args.model, method=args.method, level=args.level,
         counterfactual=ds.counterfactual, metric=metric_name, n=len(ds), seed=args.seed,
@@ -205,30 +208,33 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
 
 def _plots(run: ToolRun, args, spec, lm, rep, n) -> None:
     what = f"{spec.name} on {args.model}, {args.method}, n={n}"
+    circuit = bool(rep.circuit and rep.circuit["units"])  # edges have no score plot: their circuit is the main figure
     if args.level == "heads":
         cfg = lm.model.cfg
         grid = rep.scores.reshape(cfg.n_layers, cfg.n_heads)
         run.save_figure("heads_heatmap.png", plots.heatmap(
             grid, row_labels=[str(l) for l in range(cfg.n_layers)], col_labels=[str(h) for h in range(cfg.n_heads)],
-            title=f"head attribution (normalised)\n{what}", cbar_label="score", xlabel="head", ylabel="layer"))
+            title=f"head attribution (normalised)\n{what}", cbar_label="score", xlabel="head", ylabel="layer"),
+            main=True)
     elif args.level != "edges":
         order = np.argsort(-np.abs(rep.scores), kind="stable")[:30]
         run.save_figure("scores_bar.png", plots.bar_with_ci(
             [rep.units[i] for i in order], rep.scores[order],
             None if rep.lo is None else rep.lo[order], None if rep.hi is None else rep.hi[order],
-            title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"))
+            title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"), main=True)
     if rep.curves and np.isfinite(rep.curves["signed"].faithfulness).any():  # an undefined curve has nothing to draw
         s, a = rep.curves["signed"], rep.curves["abs"]
         run.save_figure("faithfulness.png", plots.line_plot(
             [100 * f for f in s.fractions], {f"signed ranking (CPR {s.area:.2f})": s.faithfulness,
                                              f"|score| ranking (CMD {a.area:.2f})": a.faithfulness},
             title=f"circuit faithfulness\n{what}", xlabel="% of units in the circuit", ylabel="faithfulness f",
-            xscale="log", hlines={"full model": 1.0, "empty circuit": 0.0}))
-    if rep.circuit and rep.circuit["units"]:
+            xscale="log", hlines={"full model": 1.0, "empty circuit": 0.0}), main=args.level == "edges" and not circuit)
+    if circuit:
         nodes, edges = rep.circuit_graph(max_units=40)
         size = len(rep.circuit["units"][:40])
         run.save_figure("circuit.png", plots.layered_graph(
-            nodes, edges, title=f"circuit: {size} {args.level} (f = {rep.circuit['faithfulness']:.2f})\n{what}"))
+            nodes, edges, title=f"circuit: {size} {args.level} (f = {rep.circuit['faithfulness']:.2f})\n{what}"),
+            main=args.level == "edges")
 
 
 def attribute(app: AppContext, args: AttributeInput, progress: Progress | None = None) -> AttributeOutput:

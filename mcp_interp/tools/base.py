@@ -6,6 +6,14 @@ them. A heavy tool hands `run_heavy` a work function `work(run, args)`: the run 
 cancellation, the stored run (created, failed on any exception, finished) and its files with their
 `artifact://` URIs live here, so the work function only resolves its arguments, calls a method and builds
 its result.
+
+The main figure. A heavy tool shows the agent what a person would look at first: its work function saves that
+figure with `run.save_figure(name, fig, main=True)` (exactly one per run; a run with nothing to draw saves
+none). Besides the full-size file, this stores a small PNG copy as the run's PREVIEW file (rendered at a lower
+DPI, <= 150 KB, see `artifacts.plots.preview_png`). Give the input model `include_plot: bool = PLOT_FIELD`
+and the server returns that preview as MCP image content beside the structured result — for the tool's own
+answer, a run-cache hit, and whenever get_job / get_run fetch the result later (`main_figure` finds it by the
+result's `run_id`). Nothing else is needed for a new heavy tool to carry its figure.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from ..artifacts import JobStatus, params_hash
+from ..artifacts import JobStatus, params_hash, plots
 from ..methods.core import Progress
 from ..models import normalize_model_id
 from ..runtime.run_cache import cached_result
@@ -37,6 +45,10 @@ DEFAULT_WAIT = 50.0  # well under Claude Code's ~120 s before it backgrounds a c
 WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for the result before returning a "
                    "job handle (poll it with get_job). Keep under ~100 s for Claude Code.")
 FORCE_FIELD = Field(False, description="Recompute even if an identical run is stored.")
+PLOT_FIELD = Field(True, description="Return the run's main figure as a PNG image beside the result (false: "
+                   "leave it out; every plot stays readable as an artifact:// resource).")
+PREVIEW = "preview.png"  # the small copy of a run's main figure that results carry as an image
+NOT_PARAMS = {"wait_seconds", "force", "include_plot"}  # how to deliver, not what to compute: not in the cache key
 LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method has finished
 
 
@@ -126,6 +138,19 @@ class RunResult(BaseModel):
     cached: bool = False
 
 
+def main_figure(app: AppContext, out: BaseModel) -> bytes | None:
+    """The PNG preview of the run whose result `out` carries (a heavy tool's output, get_job's JobView,
+    get_run's output: all hold the stored result, with its run_id, in `result`), if that run saved one."""
+    result = getattr(out, "result", None)
+    run_id = result.get("run_id") if isinstance(result, dict) else getattr(result, "run_id", None)
+    if not isinstance(run_id, str):
+        return None
+    try:
+        return app.store.resolve_file(run_id, PREVIEW).read_bytes()
+    except (KeyError, ValueError, OSError):  # no such run or file (nothing drawn, or a run stored before previews)
+        return None
+
+
 # ------------------------------------------------------------------ one execution of a heavy tool
 
 class ToolRun:
@@ -134,7 +159,8 @@ class ToolRun:
     Progress: `load` reports the model load, `span()` is the method's progress callback mapped onto the job's
     compute span (it also raises `Cancelled` once the job is cancelled), `progress` sets a checkpoint.
     Storage: `open` creates the run in the store after the computation (a refused request leaves no run);
-    `write_json` / `write_tensors` / `save_figure` write a file and publish its URI in `files`, `publish`
+    `write_json` / `write_tensors` / `save_figure` write a file and publish its URI in `files` (the main
+figure's PREVIEW copy is stored, not published: results carry it as an image), `publish`
     names files written by the store itself (result.json, manifest.json), in the order `files` lists them.
     """
 
@@ -143,6 +169,7 @@ class ToolRun:
         self.files: dict[str, str] = {}
         self._stack = stack
         self._run: RunHandle | None = None
+        self._main_figure: str | None = None
         self._t0 = time.time()
 
     # -- progress and cancellation
@@ -221,7 +248,14 @@ class ToolRun:
         self._handle.write_tensors(name, tensors)
         self.publish(name)
 
-    def save_figure(self, name: str, fig) -> None:
+    def save_figure(self, name: str, fig, main: bool = False) -> None:
+        """Store `fig` full size as `name`; `main=True` marks it as the figure results show (see the module doc)."""
+        if main:
+            if self._main_figure is not None:
+                raise RuntimeError(f"{self.tool}: two main figures ({self._main_figure}, {name}); mark one")
+            self._main_figure = name
+            if (png := plots.preview_png(fig)) is not None:  # before the full size: that may close fig
+                self._handle.write_bytes(PREVIEW, png)
         self._handle.save_figure(name, fig)
         self.publish(name)
 
@@ -245,8 +279,9 @@ def _failure_message(tool: str, error_type: str | None, error: str | None) -> st
 
 def request_params(app: AppContext, args: BaseModel, model: str) -> dict:
     """The parameters that identify a request in the run cache and the job key: the arguments (model id
-    normalised, wait/force left out), plus the model's dtype and device split when they are not the defaults."""
-    params = args.model_dump(exclude={"wait_seconds", "force"})
+    normalised, wait/force/include_plot left out), plus the model's dtype and device split when they are not the
+    defaults."""
+    params = args.model_dump(exclude=NOT_PARAMS)
     if isinstance(params.get("model"), str):
         params["model"] = normalize_model_id(params["model"])
     settings = app.pool.settings(model)

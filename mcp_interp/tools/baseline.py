@@ -12,7 +12,7 @@ from ..artifacts import plots
 from ..methods.baseline import counterfactual_check
 from ..methods.baseline import run_baseline as compute_baseline
 from ..methods.core import Progress, ci_dict
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, dataset, resolve_task, validate_or_raise
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ class RunBaselineInput(BaseModel):
     seed: Seed = Field(0, description="Seed for sampling examples (and bootstrap), 0..2**32-1.")
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class CounterfactualCheck(BaseModel):
@@ -39,6 +40,7 @@ class CounterfactualCheck(BaseModel):
 
 
 class BaselineResult(BaseModel):
+    summary: str = Field("", description="The verdict and what to do next.")
     run_id: str
     task: str
     model: str
@@ -125,9 +127,14 @@ def _run_baseline(run: ToolRun, args: RunBaselineInput) -> tuple[BaselineResult,
     diff_key = "logit_diff" if "logit_diff" in table.columns else "prob_diff"
     run.save_figure("metric_hist.png", plots.histogram(
         {"clean": table.columns[diff_key], "counterfactual": table.columns[f"cf_{diff_key}"]},
-        title=f"{spec.name} on {args.model}: {diff_key} per example (n={len(ds)})", xlabel=diff_key.replace("_", " ")))
+        title=f"{spec.name} on {args.model}: {diff_key} per example (n={len(ds)})", xlabel=diff_key.replace("_", " ")),
+        main=True)
+    follow = (f" Next: locate(task='{spec.name}', model='{args.model}') to find where the answer is computed."
+              if solves else " Next: before any intervention, fix the task (get_task shows its prompts and "
+              "answers) or pick a model that solves it (list_models).")
     result = BaselineResult(
-        run_id=run.run_id, task=spec.name, model=args.model, counterfactual=ds.counterfactual, n=len(ds),
+        summary=verdict + follow, run_id=run.run_id, task=spec.name, model=args.model,
+        counterfactual=ds.counterfactual, n=len(ds),
         seed=args.seed, solves=solves, verdict=verdict, metric=spec.metric,
         primary_accuracy=Stat(**summary[primary_key]), metrics={k: Stat(**v) for k, v in summary.items()},
         counterfactual_checks=checks, files=run.files, seconds=run.seconds())

@@ -22,7 +22,7 @@ from ..methods import das as das_methods
 from ..methods.core import Progress, Site, ci_dict
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, resolve_task
 from .errors import ToolError
 
@@ -67,6 +67,7 @@ class TrainDasInput(BaseModel):
                                        "the causal model).")
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class DasSite(BaseModel):
@@ -294,6 +295,12 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
         summary += f"; rank sweep {rank.ks}: knee k={rank.knee_k}"
     if boundless:
         summary += f"; boundless effective k={boundless['effective_k']}"
+    if rnd is None or test.ci95[0] > rnd.ci95[1]:
+        summary += (f". Next: eval_das(run_id='{run.run_id}') with another counterfactual or task checks that the "
+                    f"subspace carries {args.variable!r} beyond this data")
+    else:
+        summary += (". Next: held-out IIA does not beat a random rotation here: try another site or layer "
+                    "(locate's best cells) or a larger k")
     extra = {"chosen_seed": res.extra["chosen_seed"], "restarts": res.extra["restarts"]} if res.extra else {}
     result = TrainDasResult(
         run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable,
@@ -311,7 +318,7 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
 
 
 def _plots(run: ToolRun, args, spec, res, train, test, ctrl, rank, site) -> None:
-    what = f"{spec.name} / {args.variable} on {args.model} at {site} ({args.position})"
+    what = f"{spec.name} / {args.variable} on {args.model}\nat {site} ({args.position})"  # two lines: fits the width
     epochs = [c["epoch"] for c in res.curve]
     run.save_figure("learning_curve.png", plots.line_plot(
         epochs, {"training loss": [c["loss"] for c in res.curve], "train IIA (running)": [c["train_iia"]
@@ -321,7 +328,7 @@ def _plots(run: ToolRun, args, spec, res, train, test, ctrl, rank, site) -> None
     stats = [train, test, *ctrl.values()]
     run.save_figure("iia_bar.png", plots.bar_with_ci(
         names, [s.mean for s in stats], [s.ci95[0] for s in stats], [s.ci95[1] for s in stats],
-        title=f"IIA, k={res.k}, vs controls\n{what}", ylabel="IIA"))
+        title=f"IIA, k={res.k}, vs controls\n{what}", ylabel="IIA"), main=True)
     if rank is not None:
         run.save_figure("rank_curve.png", plots.line_plot(
             rank.ks, {"DAS (held out)": rank.test_iia, "random rotation": rank.random_iia},
@@ -364,6 +371,7 @@ class EvalDasInput(BaseModel):
     split: Literal["all", "train", "test"] = Field("all", description="Which part of the new dataset's "
                                                    "base-prompt split to evaluate on.")
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class EvalDasResult(RunResult):
@@ -453,14 +461,18 @@ def _eval_das(run: ToolRun, args: EvalDasInput, src: dict) -> tuple[EvalDasResul
     run.save_figure("iia_bar.png", plots.bar_with_ci(
         ["saved rotation", *ctrl], [x.mean for x in stats], [x.ci95[0] for x in stats],
         [x.ci95[1] for x in stats], title=f"eval of {args.run_id} on {spec.name}/{variable} ({args.split})",
-        ylabel="IIA"))
+        ylabel="IIA"), main=True)
     result = EvalDasResult(
         run_id=run.run_id, source_run=args.run_id, task=spec.name, model=model_id, variable=variable,
         site=_das_site(site, data.position, data.source_position), k=int(R.shape[1]), counterfactual=cf,
         split=args.split, iia=iia, iia_pair=round(r.iia_pair, 4), controls=ctrl, bases_seen_in_training=seen,
         summary=(f"rotation of {args.run_id} (k={R.shape[1]}, {site}) on {spec.name}/{variable}, "
                  f"{args.split} n={len(examples)}: IIA {iia.mean:.2f} [{iia.ci95[0]:.2f}, {iia.ci95[1]:.2f}]; "
-                 f"random {ctrl['random_rotation'].mean:.2f}, full vector {ctrl['full_vector'].mean:.2f}"),
+                 f"random {ctrl['random_rotation'].mean:.2f}, full vector {ctrl['full_vector'].mean:.2f}. Next: "
+                 + ("the rotation holds here; scrub_hypothesis can test the variable as part of a full hypothesis"
+                    if iia.ci95[0] > ctrl["random_rotation"].ci95[1] else
+                    "the rotation does not beat a random one on this data: the variable is not in this subspace "
+                    "here")),
         warnings=warnings, files=run.files, cost={"total_seconds": run.seconds(),
                                                   "cache_seconds": round(cache.seconds, 3)})
     return result, {"iia": iia.mean, "source_run": args.run_id}

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods import features as F
 from ..methods.core import Progress, Site, ci_dict
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, check_pairs, counterfactual_name, dataset, resolve_task, task_metric, \
     validate_or_raise
 from .errors import ToolError
@@ -48,8 +48,9 @@ class FindFeaturesInput(BaseModel):
     steer_alpha: float | None = Field(None, description="For 'steer': added to the feature's value (alpha x its "
                                       "decoder direction in the site).")
     seed: Seed = 0
-    force: bool = False
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class FeatureRow(BaseModel):
@@ -236,7 +237,10 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
         best = max(crow, key=lambda c: abs(c.effect))
         summary += (f"Largest causal effect: {best.name} {best.intervention} {best.effect:.2f} "
                     f"[{best.ci95[0]:.2f}, {best.ci95[1]:.2f}]. ")
-    summary += f"Identity check: {causal['identity_max_abs_diff']:.1e}."
+    summary += f"Identity check: {causal['identity_max_abs_diff']:.1e}. Next: " + (
+        "look at the top features' histograms (hist_<feature>.png); a feature with a causal effect is a candidate "
+        "for the variable's representation, to test with scrub_hypothesis or train_das at the same site" if crow else
+        f"test_top > 0 tests the top features causally; try other positions than {args.position!r} too")
     result = FindFeaturesResult(
         run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable, source=source.kind,
         hook=source.site.hook, position=args.position, n=len(ds), n_features=source.n, stat=rank.stat,
@@ -255,7 +259,7 @@ def _plots(run, args, rank, top, vals, labels, names, crow, task) -> None:
     fig = plots.bar_with_ci([names[f] for f in top], [rank.score[f] for f in top], lo, hi,
                             title=f"feature ranking ({rank.stat}, 95% bootstrap CI)\n{what}", ylabel=rank.stat,
                             ref=0.5 if rank.stat == "auroc" else 0.0)
-    run.save_figure("ranking.png", fig)
+    run.save_figure("ranking.png", fig, main=True)
     for f in top[:3]:
         series = {str(c): vals[[i for i, l in enumerate(labels) if l == c], f].tolist() for c in rank.classes}
         fig = plots.histogram(series, title=f"{names[f]} by {args.variable}\n{what}", xlabel="feature value")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from ..methods.core import Progress
-from .base import JobView, ToolSpec, job_view, wait_for_job
+from .base import PLOT_FIELD, JobView, ToolSpec, job_view, wait_for_job
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class GetJobInput(BaseModel):
     job_id: str = Field(..., max_length=64)
     wait_seconds: float = Field(30.0, ge=0, le=600, description="Long-poll: wait up to this long for the job to finish.")
+    include_plot: bool = PLOT_FIELD
 
 
 def _lookup(app: AppContext, job_id: str):
@@ -39,7 +40,7 @@ def get_job(app: AppContext, args: GetJobInput, progress: Progress | None = None
 GET_JOB = ToolSpec(
     "get_job", fn=get_job, input_model=GetJobInput, output_model=JobView, progress=True, read_only=True,
     description="Long-poll a job: waits up to wait_seconds, then returns its status, progress and, once complete, "
-    "the tool's full result.")
+    "the tool's full result (with its main figure as an image).")
 
 
 class CancelJobInput(BaseModel):

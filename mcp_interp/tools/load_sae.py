@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from ..artifacts import plots
 from ..methods import features as F
 from ..methods.core import Progress, Site
 from ..tasks.spec import TaskSpec
-from .base import WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
 from .errors import ToolError
 
@@ -78,8 +79,9 @@ class LoadSaeInput(BaseModel):
                              "positions) and store the run under it.")
     n: int = Field(64, ge=1, le=4096, description="Task prompts for the quality figures.")
     seed: Seed = 0
-    force: bool = False
+    force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class LoadSaeResult(RunResult):
@@ -128,18 +130,23 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
             acts = F.collect_activations(lm.model, site, [e.tokens for e in ds.examples], progress=run.span(),
                                          should_cancel=run.should_cancel)
         quality = F.reconstruction_stats(sae, acts.acts)
-        quality.pop("firing_rate")
+        rate = quality.pop("firing_rate")
         run.open(spec, args.model, lm, args.seed)
     else:
         run.open_untasked("sae", args.model, lm, args.seed)
     for name in ("cfg.json", "sae_weights.safetensors"):
         run.write_bytes(f"sae/{name}", (Path(d) / name).read_bytes())
     run.publish("result.json")
+    if quality:
+        run.save_figure("firing_rates.png", plots.firing_rates(rate, quality["dead"], quality["dense"],
+                                                               f"{args.task}, all positions"), main=True)
     meta = {k: v for k, v in sae.cfg.metadata.to_dict().items() if isinstance(v, (str, int, float, bool)) or v is None}
     arch = F.sae_architecture(sae)
     summary = f"{arch} SAE {int(sae.cfg.d_in)} -> {int(sae.cfg.d_sae)} at {site.hook}, checked against {args.model}"
     if quality:
         summary += f"; on {args.task}: explained variance {quality['explained_variance']:.3f}, L0 {quality['l0']:.1f}"
+    summary += (f". Next: find_features(source='sae', sae='{run.run_id}', task=..., variable=...) for latents that "
+                f"track a task variable")
     result = LoadSaeResult(run_id=run.run_id, model=args.model, hook=site.hook, architecture=arch,
                            d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), source=source,
                            sae_path=str(Path(run.final_dir) / "sae"), metadata=meta, quality=quality, summary=summary,
@@ -157,4 +164,5 @@ LOAD_SAE = ToolSpec(
         "Load an SAE in sae-lens format (a directory with cfg.json + sae_weights.safetensors; or a SAELens release "
         "by name where the hub is reachable) and check it against the model: d_in must equal the width of the hook "
         "it names (metadata.hook_name), which must exist. Copies it into the store; with `task`, reports "
-        "reconstruction quality on the task's prompts. Then: find_features(source='sae', sae=run_id)."))
+        "reconstruction quality and a latent firing-rate histogram on the task's prompts. Then: "
+        "find_features(source='sae', sae=run_id)."))

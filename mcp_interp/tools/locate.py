@@ -13,7 +13,7 @@ from ..methods.core import Progress, ci_dict
 from ..methods.patching import cell_dict, dominant_positions, grid_cells, normalised_effects, patch_sweep, top_cells
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
@@ -47,6 +47,7 @@ class LocateInput(BaseModel):
     seed: Seed = 0
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
     @field_validator("sites", mode="after")
     @classmethod
@@ -195,6 +196,9 @@ def _result(run: ToolRun, args, spec, lm, ds, columns, layers, cells, res, eff, 
     if flow:
         summary += "; residual stream: " + ", ".join(
             f"L{f['layers'][0]}-{f['layers'][1]} at {f['position']} ({f['mean_effect']:.2f})" for f in flow)
+    summary += (f". Next: train_das(from_locate_run='{run.run_id}', variable=...) to ask which variable the strongest "
+                f"cell carries; attribute(task='{spec.name}', level='heads') for a circuit; scrub_hypothesis to "
+                f"test a claim")
     base_name = "clean" if args.direction == "denoise" else "counterfactual"
     result = LocateResult(
         run_id=run.run_id, task=spec.name, model=args.model, counterfactual=ds.counterfactual,
@@ -215,17 +219,17 @@ def _plots(run: ToolRun, site, mean, layers, labels, spec, args, n) -> None:
         fig = plots.heatmap(mean, row_labels=[str(l) for l in layers], col_labels=labels,
                             title=f"{SITE_DOC[site]}: normalised patching effect\n{what}",
                             cbar_label="normalised effect", xlabel="position", ylabel="layer")
-        run.save_figure(f"{site}_heatmap.png", fig)
+        run.save_figure(f"{site}_heatmap.png", fig, main=site == args.sites[0])
         return
     # per-head grids: one layer x head map per position column that carries any effect
     strength = np.nan_to_num(np.abs(mean)).max(axis=(0, 2))
-    for p in [int(i) for i in np.argsort(-strength)[:4] if strength[i] > 0.02] or [len(labels) - 1]:
+    for rank, p in enumerate([int(i) for i in np.argsort(-strength)[:4] if strength[i] > 0.02] or [len(labels) - 1]):
         fig = plots.heatmap(mean[:, p, :], row_labels=[str(l) for l in layers],
                             col_labels=[str(h) for h in range(mean.shape[2])],
                             title=f"per-head output at {labels[p]}: normalised patching effect\n{what}",
                             cbar_label="normalised effect", xlabel="head", ylabel="layer")
         safe = "".join(ch if ch.isalnum() else "_" for ch in labels[p]).strip("_")
-        run.save_figure(f"z_heatmap_{p}_{safe}.png"[:80], fig)
+        run.save_figure(f"z_heatmap_{p}_{safe}.png"[:80], fig, main=site == args.sites[0] and rank == 0)
 
 
 def locate(app: AppContext, args: LocateInput, progress: Progress | None = None) -> LocateOutput:

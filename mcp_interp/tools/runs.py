@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from .base import ToolSpec, artifact_uri
+from .base import PLOT_FIELD, ToolSpec, artifact_uri
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ LIST_RUNS = ToolSpec(
 
 class GetRunInput(BaseModel):
     run_id: str
+    include_plot: bool = PLOT_FIELD
 
 
 class GetRunOutput(BaseModel):
@@ -83,7 +84,7 @@ def get_run(app: AppContext, args: GetRunInput) -> GetRunOutput:
 GET_RUN = ToolSpec(
     "get_run", fn=get_run, input_model=GetRunInput, output_model=GetRunOutput, read_only=True,
     description="One stored run: its result, manifest (versions, model weight hash, task hash, parameters, seed, "
-    "timings) and file URIs (artifact://<run_id>/<file>, readable as resources).")
+    "timings), file URIs (artifact://<run_id>/<file>, readable as resources) and its main figure as an image.")
 
 
 def read_artifact(app: AppContext, run_id: str, name: str) -> bytes:

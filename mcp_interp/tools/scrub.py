@@ -14,7 +14,7 @@ from ..artifacts.graph_plot import hypothesis_graph
 from ..methods.core import Progress
 from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
 from ..methods.scrubbing import scrub_hypothesis as run_scrub
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, dataset, resolve_task, validate_or_raise
 from .errors import ToolError
 
@@ -50,6 +50,7 @@ class ScrubInput(BaseModel):
                                 "becomes unimportant) and when its interpretation is sharpened to the whole input.")
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class Recovered(BaseModel):
@@ -178,6 +179,12 @@ def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubResult, dict]:
     if contribs:
         top = max(contribs, key=lambda c: c.drop_effect)
         summary += f"; most needed claim: {top.name} (drop effect {top.drop_effect:+.3f})"
+    if lr.mean >= 0.8:
+        summary += (". Next: the hypothesis explains most of the loss; make it sparser (drop the claims with the "
+                    "smallest drop_effect) and scrub again to find what it cannot lose")
+    else:
+        summary += (". Next: the hypothesis misses part of the mechanism; add the components locate or attribute "
+                    "rank highest, or sharpen claims with a large sharpen_effect, and scrub again")
     result = ScrubResult(
         run_id=run.run_id, task=spec.name, model=args.model, hypothesis=res.hypothesis, n=res.n, seed=args.seed,
         seeds=res.seeds, metric=res.metric_name, loss_recovered=lr, metric_recovered=mr,
@@ -199,7 +206,7 @@ def _plots(run: ToolRun, args, spec, res) -> None:
     stds = np.array([s.recovered.std for s in scores.values()])
     run.save_figure("recovered_bar.png", plots.bar_with_ci(
         [ABLATION_LABEL[m] for m in scores], means, means - stds, means + stds,
-        title=f"loss recovered (± std over seeds)\n{what}", ylabel="fraction of loss recovered"))
+        title=f"loss recovered (± std over seeds)\n{what}", ylabel="fraction of loss recovered"), main=True)
 
 
 def scrub_hypothesis(app: AppContext, args: ScrubInput, progress: Progress | None = None) -> ScrubOutput:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods import features as F
 from ..methods.core import Progress, Site
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
 from .errors import ToolError
 
@@ -67,6 +67,7 @@ class TrainSaeInput(BaseModel):
     seed: Seed = 0
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class CurvePoint(BaseModel):
@@ -202,10 +203,8 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
                           {"explained variance (held-out)": [c["explained_variance"] for c in curve]},
                           title=f"{args.architecture} SAE, {site.hook}, d_sae={d_sae}\n{args.model}, corpus {corpus}",
                           xlabel="training samples (activation vectors)", ylabel="explained variance")
-    run.save_figure("learning_curve.png", fig)
-    fig = plots.histogram({"latents": torch.log10(rate + 1e-7).tolist()}, xlabel="log10 firing rate (held-out)",
-                          title=f"latent firing rates: {quality['dead']} dead, {quality['dense']} dense")
-    run.save_figure("firing_rates.png", fig)
+    run.save_figure("learning_curve.png", fig, main=True)
+    run.save_figure("firing_rates.png", plots.firing_rates(rate, quality["dead"], quality["dense"], "held-out"))
     run.write_json("learning_curve.json", {"curve": curve})
     run.write_tensors("firing_rate.safetensors", {"firing_rate": rate})
     run.publish("result.json")
@@ -229,7 +228,8 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     if outliers["train_dropped"] or outliers["held_out_dropped"]:
         summary += (f"; {outliers['train_dropped']} + {outliers['held_out_dropped']} massive-activation rows (norm > "
                     f"{outliers['factor']:g} x median) left out")
-    summary += f"; trained at {throughput['train_samples_per_s']:.0f} samples/s"
+    summary += (f"; trained at {throughput['train_samples_per_s']:.0f} samples/s. Next: find_features(source='sae', "
+                f"sae='{run.run_id}', task=..., variable=...) for latents that track a task variable")
     result = TrainSaeResult(
         run_id=run.run_id, model=args.model, hook=site.hook, architecture=args.architecture, d_in=d_in, d_sae=d_sae,
         sae_path=str(Path(run.final_dir) / "sae"), corpus=corpus, tokens_collected=len(acts.acts),

@@ -5,7 +5,7 @@ import sys
 import pytest
 from mcp import Client, StdioServerParameters
 
-from mcp_helpers import HttpServer, call, call_error, finish
+from mcp_helpers import HttpServer, call, call_error, finish, png_of
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +28,7 @@ async def test_stdio_subprocess_toy(store_dir):
         assert res["n"] == 8
         r = await c.read_resource(f"artifact://{res['run_id']}/result.json")
         assert res["run_id"] in r.contents[0].text
+        assert png_of(await c.call_tool("get_run", {"run_id": res["run_id"]})) is not None  # the image crosses stdio
 
 
 @pytest.mark.slow

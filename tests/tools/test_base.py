@@ -3,16 +3,20 @@ run (failed on any exception) and its published files — exercised with a minim
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 from pydantic import BaseModel
 
+from mcp_interp.artifacts import plots
 from mcp_interp.runtime.context import AppContext
 from mcp_interp.tools import TOOLS
-from mcp_interp.tools.base import HeavyOutput, RunResult, ToolRun, run_heavy
+from mcp_interp.tools.base import PREVIEW, HeavyOutput, RunResult, ToolRun, job_view, main_figure, run_heavy
+from mcp_interp.tools.runs import GetRunInput, get_run
 from mcp_interp.tools.common import resolve_task
 from mcp_interp.tools.errors import ToolError
 
@@ -24,8 +28,10 @@ class EchoInput(BaseModel):
     x: int = 1
     fail_after_open: bool = False
     spin: bool = False
+    main_figures: int = 0
     force: bool = False
     wait_seconds: float = 10.0
+    include_plot: bool = True
 
 
 class EchoResult(RunResult):
@@ -52,6 +58,9 @@ def _echo(run: ToolRun, args: EchoInput) -> tuple[EchoResult, dict]:
     run.open(spec, "toy/none", LM, seed=0)
     run.publish("result.json")
     run.write_json("data.json", {"x": args.x})
+    for i in range(args.main_figures):
+        run.save_figure(f"plot{i}.png", plots.histogram({"x": [1.0, 2.0, 2.5, float(args.x)]}, title="x",
+                                                        xlabel="value"), main=True)
     if args.fail_after_open:
         raise ValueError("boom")
     return EchoResult(run_id=run.run_id, x=args.x, summary="echo", warnings=[], files=run.files,
@@ -104,6 +113,32 @@ def test_cancelling_stops_a_method_at_its_next_progress_report(app):
     job = app.jobs.wait(out.job.job_id, 10)
     assert job.status == "cancelled" and job.error_type == "Cancelled"
     assert app.store.list_runs(tool="echo") == []  # a run opens only once the method has finished
+
+
+def test_the_main_figure_is_stored_small_and_found_from_every_shape_of_result(app):
+    out = echo(app, EchoInput(x=3, main_figures=1))
+    run_id = out.result.run_id
+    assert "plot0.png" in out.result.files and PREVIEW not in out.result.files  # the copy is not a deliverable
+    png = main_figure(app, out)
+    assert png is not None and png == app.store.resolve_file(run_id, PREVIEW).read_bytes()
+    small, full = (Image.open(io.BytesIO(b)) for b in (png, app.store.resolve_file(run_id, "plot0.png").read_bytes()))
+    assert small.format == "PNG" and len(png) <= plots.PREVIEW_MAX_BYTES
+    assert small.size[0] < full.size[0] and full.size == (780, 480)  # the stored figure keeps its 120 dpi
+    # the same bytes from a run-cache hit (include_plot is no parameter of the computation), the job, get_run
+    again = echo(app, EchoInput(x=3, main_figures=1, include_plot=False))
+    assert again.result.cached and again.result.run_id == run_id and main_figure(app, again) == png
+    (job,) = [j for j in app.jobs.list() if (j.result or {}).get("run_id") == run_id]
+    assert main_figure(app, job_view(job)) == png
+    assert main_figure(app, get_run(app, GetRunInput(run_id=run_id))) == png
+    # nothing to show: a run without a main figure, a job still running, a run of another store
+    assert main_figure(app, echo(app, EchoInput(x=4))) is None
+    assert main_figure(app, HeavyOutput(status="running")) is None
+    assert main_figure(app, SimpleNamespace(result={"run_id": "20990101-000000-abcdef"})) is None
+
+
+def test_a_run_declares_at_most_one_main_figure(app):
+    with pytest.raises(ToolError, match="two main figures"):
+        echo(app, EchoInput(main_figures=2))
 
 
 def test_every_tool_is_one_spec_declared_beside_its_function():
