@@ -12,8 +12,10 @@ wait_seconds = 50, else get_job long-polls):
         the run cache misses but every in-memory cache (activations, ...) is kept.
 FLOPs: the matmul FLOPs actually run in the tool's job, counted by torch.utils.flop_counter.FlopCounterMode
 around the job function in its worker thread (matmuls, bmm/baddbmm, convolutions and SDPA; element-wise work
-is not counted). The counter costs Python time per op; `--flops separate` times calls without it and counts
-FLOPs in one extra forced call per case (use on a GPU, where that overhead is large next to a forward).
+is not counted; on one forward it equals the analytic count, printed at the start). The counter costs Python
+time per op (the start line shows how much on one forward): `--flops inline` (default on CPU) counts in the
+timed calls, `--flops separate` (default on CUDA, where that overhead is large next to a forward) times the
+calls without it and counts them in a second cold + warm pass on another fresh server.
 GFLOP/s = counted FLOPs / wall seconds of the call, beside the device's float32 matmul peak measured in the same
 run (timed square float32 matmuls on the device the model pool uses). Target: every cold call < 50 s.
 
@@ -266,11 +268,13 @@ async def timed_call(client, tool: str, args: dict, deadline: float) -> tuple[di
 
 # ---------------------------------------------------------------- one case, cold and warm
 
-async def run_case(case: Case, ctx: dict, pool, opts, deadline: float) -> dict:
+async def run_case(case: Case, ctx: dict, pool, count: bool, deadline: float) -> dict:
+    """The case cold (a fresh server and store) then warm (force=true on the same server), timed; with `count`,
+    under FlopCounterMode."""
     from mcp import Client
 
     row: dict[str, Any] = {"case": case.name, "tool": case.tool, "note": case.note}
-    log = FlopLog(count=opts.flops == "inline")
+    log = FlopLog(count=count)
     with fresh_server(pool, log) as server:
         async with Client(server) as client:
             local = dict(ctx)
@@ -281,26 +285,29 @@ async def run_case(case: Case, ctx: dict, pool, opts, deadline: float) -> dict:
             for phase in ("cold", "warm"):
                 call_args = dict(args)
                 if phase == "warm":
-                    if case.tool in NO_FORCE:
-                        call_args["seed"] = 1
-                    else:
-                        call_args["force"] = True
+                    call_args.update({"seed": 1} if case.tool in NO_FORCE else {"force": True})
                 mark = log.mark()
                 result, secs, first = await timed_call(client, case.tool, call_args, deadline)
                 if result.get("cached"):
                     raise RuntimeError(f"{case.name} {phase}: served from the run cache; the timing would be void")
                 flops = log.since(mark)
-                if opts.flops == "separate":
-                    log.count = True
-                    mark = log.mark()
-                    await timed_call(client, case.tool, {**call_args, **({} if case.tool in NO_FORCE else
-                                                                          {"force": True})}, deadline)
-                    flops, log.count = log.since(mark), False
                 row[phase] = {"seconds": round(secs, 2), "within_wait": first, "flops": flops,
-                              "gflops_per_s": round(flops / secs / 1e9, 2) if flops else None}
+                              "gflops_per_s": round(flops / secs / 1e9, 4) if flops else None}
                 if phase == "cold":
-                    summary = str(result.get("summary") or result.get("verdict") or "")
-                    row["summary"] = summary[:160]
+                    row["summary"] = str(result.get("summary") or result.get("verdict") or "")[:160]
+    return row
+
+
+async def measure(case: Case, ctx: dict, pool, flops: str, deadline: float) -> dict:
+    """One row. `flops` inline: counted in the timed calls; separate: the case is run twice, timed without the
+    counter, then counted (cold and warm again, on another fresh server) with it; off: not counted."""
+    row = await run_case(case, ctx, pool, flops == "inline", deadline)
+    if flops == "separate":
+        counted = await run_case(case, ctx, pool, True, deadline)
+        for phase in ("cold", "warm"):
+            f, secs = counted[phase]["flops"], row[phase]["seconds"]
+            row[phase].update(flops=f, gflops_per_s=round(f / secs / 1e9, 4) if f else None,
+                              counted_call_s=counted[phase]["seconds"])
     return row
 
 
@@ -323,8 +330,8 @@ def table(rows: list[dict], meta: dict, markdown: bool) -> str:
         c, w = r["cold"], r.get("warm") or {}
         ok = "yes" if c["seconds"] < TARGET_S else "NO"
         lines.append([r["case"], f"{c['seconds']:.1f}", f"{w['seconds']:.1f}" if w else "—", ok,
-                      fmt_flops(c["flops"]), f"{c['gflops_per_s']:.1f}" if c["gflops_per_s"] else "—",
-                      fmt_flops(w.get("flops")), f"{w['gflops_per_s']:.1f}" if w.get("gflops_per_s") else "—",
+                      fmt_flops(c["flops"]), f"{c['gflops_per_s']:.3g}" if c["gflops_per_s"] else "—",
+                      fmt_flops(w.get("flops")), f"{w['gflops_per_s']:.3g}" if w.get("gflops_per_s") else "—",
                       r.get("note", "")])
     title = (f"{meta['model']} {meta['task']} n={meta['n']} on {meta['device_name']} ({meta['device']}, "
              f"{meta['threads']} threads, load average {meta['load_average_start'][0]:.1f}), torch {meta['torch']}; "
@@ -389,7 +396,7 @@ def main() -> None:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1),
             "model_load_s": round(load_s, 1), "quick": opts.quick, "target_cold_s": TARGET_S,
             "flops_method": {"inline": "FlopCounterMode in the timed job (matmuls only)",
-                             "separate": "FlopCounterMode in one extra forced call (matmuls only)",
+                             "separate": "FlopCounterMode in a second, untimed cold + warm pass (matmuls only)",
                              "off": "not counted"}[opts.flops],
             "warm": "same server, force=true (eval_das: seed 1): run cache missed, in-memory caches kept",
             "counter_overhead": over, "load_average_start": os.getloadavg()}
@@ -416,7 +423,7 @@ def main() -> None:
             rows.append({"case": name, "status": "skipped (budget)", "note": BY_NAME[name].note})
             continue
         try:
-            row = anyio.run(run_case, BY_NAME[name], ctx, pool, opts, deadline)
+            row = anyio.run(measure, BY_NAME[name], ctx, pool, opts.flops, deadline)
         except OverBudget:
             row = {"case": name, "status": "over budget", "note": BY_NAME[name].note}
         except Exception as e:  # one failing tool must not lose the others' numbers
