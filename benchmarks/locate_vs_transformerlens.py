@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.machine import device_name, matmul_peak, sync  # noqa: E402
 from mcp_interp.methods.core import LogitDiffMetric, Site  # noqa: E402
 from mcp_interp.methods.patching import forward_flops, patch_sweep  # noqa: E402
 
@@ -73,37 +73,6 @@ def ioi_pairs(model, n: int, seed: int = 0, counterfactual: str = "s2_swap"):
 def load_model(device: str):
     from mcp_interp.models import ModelPool
     return ModelPool(device=device).get("smollm2-135m").model
-
-
-def sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize(torch.device(device))
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def matmul_peak(device: str = "cpu", seconds: float = 1.0) -> float:
-    """GFLOP/s of repeated square float32 matmuls (2048 on a CPU, 4096 on a GPU)."""
-    size = 4096 if device.startswith("cuda") else 2048
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    a @ b
-    sync(device)
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-        sync(device)
-    return 2 * size ** 3 * k / (time.perf_counter() - t0) / 1e9
 
 
 def engine_effect(res) -> torch.Tensor:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -47,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import anyio  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from benchmarks.machine import device_name, matmul_peak, sync  # noqa: E402
 
 TARGET_S = 50.0
 # A six-head hypothesis (SmolLM2's name movers at END, from locate and attribute; the demo's) for scrubbing.
@@ -83,7 +84,8 @@ CASES = [
     Case("run_baseline", "run_baseline", _base),
     Case("locate", "locate", _base, note="resid_pre, positions auto"),
     Case("attribute", "attribute", _base, note="atp on heads + faithfulness curve"),
-    Case("attribute_exact", "attribute", lambda c: {**_base(c), "method": "exact", "level": "heads"}),
+    Case("attribute_exact", "attribute", lambda c: {**_base(c), "method": "exact", "level": "heads"},
+         note="exact patching, every head"),
     Case("attribute_atp_exact", "attribute", lambda c: {**_base(c), "compare_exact": True},
          note="atp + compare_exact"),
     Case("attribute_edges", "attribute", lambda c: {**_base(c), "method": "eap_ig", "level": "edges"},
@@ -108,40 +110,6 @@ NO_FORCE = {"eval_das"}  # tools without `force`: the warm call changes the seed
 
 
 # ---------------------------------------------------------------- the machine
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(torch.device(device))
-
-
-def matmul_peak(device: str, seconds: float = 1.0) -> float:
-    """GFLOP/s of repeated square float32 matmuls on `device` (4096 on a GPU, 2048 on a CPU), under the
-    process's float32 matmul precision (TF32 only if it was enabled)."""
-    size = 4096 if device.startswith("cuda") else 2048
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(10 if device.startswith("cuda") else 1):
-            a @ b
-            k += 1
-        sync(device)
-    return 2 * size ** 3 * k / (time.perf_counter() - t0) / 1e9
-
 
 def counter_overhead(model, device: str, n: int, seq: int = 16) -> dict:
     """Seconds of one forward of n x seq tokens without and with FlopCounterMode (best of 3 each), and the
