@@ -1,7 +1,8 @@
 """Patching engine vs TransformerLens' own patching loop on SmolLM2-135M IOI.
 
-    python benchmarks/locate_vs_transformerlens.py [--n 16] [--skip-naive] [--threads N]
-                                                   [--counterfactual s2_swap|resample_names]
+    python benchmarks/locate_vs_transformerlens.py [--n 16] [--skip-naive] [--threads N] [--device auto|cpu|cuda]
+                                                   [--counterfactual s2_swap|resample_names] [--quick]
+                                                   [--json OUT] [--markdown]
 
 --counterfactual s2_swap (default): the corrupt prompt differs only at S2 ("..., Mary gave a drink to"),
 so every cell before S2 is provably zero. resample_names: both names replaced by fresh ones, so prompts
@@ -14,11 +15,16 @@ Baseline: transformer_lens.patching.get_act_patch_resid_pre and get_act_patch_at
 (restricted with index_df to the final position), one batched forward per cell.
 Reports wall time, speed-up, FLOPs really run, achieved GFLOP/s, and the max |difference| of the
 normalised effects (m_patched - m_cf) / (m_clean - m_cf), averaged over examples as TL does.
+
+--device auto (default) runs on CUDA when torch sees it. --quick leaves out the diagnostic rerun of the engine
+with TransformerLens' own blocks (the two comparisons with TL's loop stay). --markdown prints the README table
+naming the device and torch version; --json writes the same numbers. Nothing here reaches the network.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.machine import device_name, matmul_peak, sync  # noqa: E402
 from mcp_interp.methods.core import LogitDiffMetric, Site  # noqa: E402
 from mcp_interp.methods.patching import forward_flops, patch_sweep  # noqa: E402
 
@@ -63,19 +70,9 @@ def ioi_pairs(model, n: int, seed: int = 0, counterfactual: str = "s2_swap"):
     return clean, corrupt, torch.tensor(ans), torch.tensor(cf)
 
 
-def load_model():
+def load_model(device: str):
     from mcp_interp.models import ModelPool
-    return ModelPool(device="cpu").get("smollm2-135m").model
-
-
-def matmul_peak(seconds: float = 1.0) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-    return 2 * 2048 ** 3 * k / (time.perf_counter() - t0) / 1e9
+    return ModelPool(device=device).get("smollm2-135m").model
 
 
 def engine_effect(res) -> torch.Tensor:
@@ -88,7 +85,8 @@ def run_tl(model, clean_t, corrupt_t, ans, cf, which: str):
     import pandas as pd
     from transformer_lens import patching
 
-    rows = torch.arange(len(ans))
+    dev = clean_t.device
+    rows, ans, cf = torch.arange(len(ans), device=dev), ans.to(dev), cf.to(dev)
 
     def metric(logits):
         return (logits[rows, -1, ans] - logits[rows, -1, cf]).mean()
@@ -108,11 +106,13 @@ def run_tl(model, clean_t, corrupt_t, ans, cf, which: str):
             out = patching.generic_activation_patch(
                 model, corrupt_t, clean_cache, metric, activation_name="z", index_df=df,
                 patch_setter=patching.layer_pos_head_vector_patch_setter)  # [L*H]
+        sync(dev)
         secs = time.perf_counter() - t0
     return ((out.flatten().cpu() - m_cf) / (m_clean - m_cf)), secs
 
 
-def report(title, res, tl=None, res_tl_blocks=None):
+def report(title, res, tl=None, res_tl_blocks=None) -> dict:
+    """Print one sweep's comparison; return its numbers (a row of the --markdown / --json table)."""
     print(f"\n== {title}: {len(res.cells)} cells x {res.clean.numel()} examples")
     print(f"engine ({res.extra['block']} block): {res.seconds:8.2f} s   {res.flops / 1e9:9.1f} GFLOP run   "
           f"{res.gflops_per_s:6.1f} GFLOP/s   rows run {res.n_forward_rows}, "
@@ -120,6 +120,8 @@ def report(title, res, tl=None, res_tl_blocks=None):
     print(f"        token-layers {res.token_layers:,} vs naive {res.naive_token_layers:,} "
           f"({res.naive_token_layers / res.token_layers:.1f}x fewer); "
           f"FLOPs {res.naive_flops / res.flops:.1f}x fewer than the naive loop")
+    row = {"sweep": title, "cells": len(res.cells), "engine_s": round(res.seconds, 3), "engine_flops": res.flops,
+           "engine_gflops_per_s": round(res.gflops_per_s, 1), "naive_flops": res.naive_flops}
     if res_tl_blocks is not None:
         r = res_tl_blocks
         print(f"engine with TL's own blocks: {r.seconds:.2f} s ({r.gflops_per_s:.1f} GFLOP/s), "
@@ -130,6 +132,22 @@ def report(title, res, tl=None, res_tl_blocks=None):
         print(f"TL loop: {secs:8.2f} s   ({res.naive_flops / 1e9:.1f} GFLOP, "
               f"{res.naive_flops / secs / 1e9:.1f} GFLOP/s)")
         print(f"speed-up: {secs / res.seconds:.1f}x   max |normalised effect difference|: {diff:.2e}")
+        row.update(tl_s=round(secs, 3), tl_gflops_per_s=round(res.naive_flops / secs / 1e9, 1),
+                   speedup=round(secs / res.seconds, 1), max_abs_diff=diff)
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    out = [f"**SmolLM2-135M IOI, {meta['n']} pairs, counterfactual `{meta['counterfactual']}`, on "
+           f"{meta['device_name']} ({meta['device']}, {meta['threads']} threads), torch {meta['torch']}; float32 "
+           f"matmul peak {meta['peak_gflops']:.0f} GFLOP/s**", "",
+           "| sweep | ours | ours GFLOP/s | TransformerLens loop | TL GFLOP/s | speed-up | max \\|Δ normalised effect\\| |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tl = (f"{r['tl_s']:.2f} s | {r['tl_gflops_per_s']:.1f} | **{r['speedup']:.1f}×** | {r['max_abs_diff']:.1e}"
+              if "tl_s" in r else "— | — | — | —")
+        out.append(f"| {r['sweep']} | {r['engine_s']:.2f} s | {r['engine_gflops_per_s']:.1f} | {tl} |")
+    return "\n".join(out)
 
 
 def main():
@@ -138,12 +156,18 @@ def main():
     ap.add_argument("--skip-naive", action="store_true", help="skip TransformerLens' loop")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--counterfactual", choices=["s2_swap", "resample_names"], default="s2_swap")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
+    ap.add_argument("--quick", action="store_true", help="leave out the engine rerun with TL's blocks")
+    ap.add_argument("--json", dest="json_out", default=None, help="write the rows and machine to this JSON file")
+    ap.add_argument("--markdown", action="store_true", help="print a README-ready table naming the device")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     t0 = time.perf_counter()
-    model = load_model()
-    print(f"model loaded in {time.perf_counter() - t0:.1f} s; torch threads {torch.get_num_threads()}")
+    model = load_model(device)
+    print(f"model loaded on {device} ({device_name(device)}) in {time.perf_counter() - t0:.1f} s; torch "
+          f"{torch.__version__}, threads {torch.get_num_threads()}")
     clean, corrupt, ans, cf = ioi_pairs(model, args.n, counterfactual=args.counterfactual)
     print(f"counterfactual: {args.counterfactual}")
     clean_t, corrupt_t = torch.stack(clean), torch.stack(corrupt)
@@ -152,12 +176,15 @@ def main():
 
     with torch.inference_mode():
         model(clean_t)  # warm-up
+        sync(device)
         t0 = time.perf_counter()
         model(clean_t)
+        sync(device)
         fwd = time.perf_counter() - t0
     fwd_flops = forward_flops(model.cfg, args.n, T, model.cfg.d_vocab)
-    print(f"one forward of {args.n}x{T} tokens: {fwd:.2f} s, {fwd_flops / fwd / 1e9:.1f} GFLOP/s; "
-          f"2048^3 matmul peak {matmul_peak():.1f} GFLOP/s")
+    peak = matmul_peak(device)
+    print(f"one forward of {args.n}x{T} tokens: {fwd:.3f} s, {fwd_flops / fwd / 1e9:.1f} GFLOP/s; "
+          f"float32 matmul peak {peak:.1f} GFLOP/s")
 
     all_pos = torch.arange(T).repeat(args.n, 1)
     resid_cells = [Site("resid_pre", l, position=p) for l in range(L) for p in range(T)]
@@ -166,16 +193,24 @@ def main():
     final_pos = torch.full((args.n, 1), T - 1)
     head_cells = [Site("z", l, head=h, position=0) for l in range(L) for h in range(H)]
     res_b = patch_sweep(model, clean, corrupt, final_pos, head_cells, metric)
-    res_a_tl = patch_sweep(model, clean, corrupt, all_pos, resid_cells, metric, block="tl")
-    res_b_tl = patch_sweep(model, clean, corrupt, final_pos, head_cells, metric, block="tl")
+    res_a_tl = None if args.quick else patch_sweep(model, clean, corrupt, all_pos, resid_cells, metric, block="tl")
+    res_b_tl = None if args.quick else patch_sweep(model, clean, corrupt, final_pos, head_cells, metric, block="tl")
 
     tl_a = None if args.skip_naive else run_tl(model, clean_t, corrupt_t, ans, cf, "resid")
-    report("(a) resid_pre, every layer x position", res_a, tl_a, res_a_tl)
+    rows = [report(f"resid_pre, {L} layers × {T} positions", res_a, tl_a, res_a_tl)]
     tl_b = None if args.skip_naive else run_tl(model, clean_t, corrupt_t, ans, cf, "heads")
-    report("(b) head outputs (z), every layer x head, final position", res_b, tl_b, res_b_tl)
+    rows.append(report(f"head outputs (z), {L} layers × {H} heads at END", res_b, tl_b, res_b_tl))
     top = engine_effect(res_b).topk(5)
     print("top heads by normalised effect: " + ", ".join(
         f"L{i // H}H{i % H} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))
+    meta = {"n": args.n, "counterfactual": args.counterfactual, "device": device, "device_name": device_name(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1),
+            "forward_s": round(fwd, 4)}
+    if args.markdown:
+        print()
+        print(markdown(rows, meta))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -74,14 +74,16 @@ class InterpServer(MCPServer):
 
 
 def build_server(store: str | Path | None = None, memory_budget_mb: float | None = None,
-                 device: str | None = None, model_roots: list[str | Path] | None = None) -> MCPServer:
+                 device: str | None = None, model_roots: list[str | Path] | None = None,
+                 make_app: Callable[[], AppContext] | None = None) -> MCPServer:
     """The server. `model_roots`: directories local model ids (hf:, gguf:) must lie under (None: anywhere;
-    the CLI confines them when serving over HTTP)."""
+    the CLI confines them when serving over HTTP). `make_app` replaces the other arguments with a ready
+    AppContext factory (benchmarks/tool_latency.py: a fresh store and caches around an already loaded model)."""
     running: list[AppContext] = []  # the app of the running server, for handlers the SDK hands no context
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
-        app = AppContext.create(store, memory_budget_mb, device, model_roots=model_roots)
+        app = make_app() if make_app else AppContext.create(store, memory_budget_mb, device, model_roots=model_roots)
         running.append(app)
         try:
             yield app
