@@ -9,7 +9,7 @@ input and writes the clean activation in; noising the reverse. The metric is rea
 final token; raw values only (callers normalise).
 
 `patch_sweep` returns what `naive_patch_sweep` (one hooked forward per cell) returns, to float
-noise, while running only what a patch can change: see runner.py for how. Recomputed rows go
+noise, while running only what a patch can change: see staircase.py for how. Recomputed rows go
 through core.block.fast_block (no TL hook points: hooks left on the model would act on the
 cached runs but not there) or, with block="tl" or an unsupported architecture, TL's own blocks.
 Special cell: kind "resid_pre" with layer == n_layers is the final residual stream
@@ -30,11 +30,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..core.block import fast_path_ok, layer_weights
-from ..core.metrics import Metric
-from ..core.progress import Progress, check_cancelled
-from ..core.sites import Site
-from .runner import SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
+from .block import fast_path_ok, layer_weights
+from .metrics import Metric
+from .progress import Progress, check_cancelled
+from .sites import Site
+from .staircase import SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
 
 Direction = Literal["denoise", "noise"]
 

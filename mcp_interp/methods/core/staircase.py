@@ -25,8 +25,8 @@ from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from ..core.block import fast_block, past_kv, segments
-from ..core.sites import Site
+from .block import fast_block, past_kv, segments
+from .sites import Site
 
 # The site kinds activation patching covers, and the integer code each carries inside the engine's row
 # tensors (Rows.site) and patch lists (fast_block's `patches`). Internal: the public vocabulary is `Site`.
