@@ -102,12 +102,13 @@ def test_engine_matches_naive_every_site(model, direction, block):
     assert fast.token_layers < ref.token_layers and fast.flops < ref.flops
 
 
+@pytest.mark.parametrize("every", [False, True], ids=["grid", "every-position"])
 @pytest.mark.parametrize("kind", ["gemma", "parallel"])
-def test_other_architectures_match_naive(kind):
+def test_other_architectures_match_naive(kind, every):
     model = _tiny(kind)
-    clean, corrupt, metric = _data(LENGTHS, seed=9)
+    clean, corrupt, metric = _data(LENGTHS, seed=11 if every else 9, n_diff=3 if every else 2)
     pos = _positions(clean)
-    cells = _all_cells(pos.shape[1])
+    cells = (_every_position_cells if every else _all_cells)(pos.shape[1])
     fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
     ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
     assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
@@ -137,18 +138,6 @@ def test_every_position_and_neuron_cells_match_naive(model, direction, block):
     assert (fast.patched[:, -1] - src).abs().max() <= TOL  # the whole final residual is the source run
     # the whole residual entering layer 0 at every position is the source run too
     assert (fast.patched[:, 0] - src).abs().max() <= TOL
-
-
-@pytest.mark.parametrize("kind", ["gemma", "parallel"])
-def test_every_position_cells_on_other_architectures(kind):
-    model = _tiny(kind)
-    clean, corrupt, metric = _data(LENGTHS, seed=11, n_diff=3)
-    pos = _positions(clean)
-    cells = _every_position_cells(pos.shape[1])
-    fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
-    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
-    assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
-    assert ref.patched.std() > 0.1
 
 
 def test_attention_only_model_without_norms():
