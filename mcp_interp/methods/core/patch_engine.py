@@ -208,7 +208,7 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Site], metri
     """
     t0 = time.perf_counter()
     clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
-    n, L, dev = len(clean), model.cfg.n_layers, model.cfg.device
+    n, dev = len(clean), model.cfg.device
     out_clean, out_corrupt = torch.empty(n), torch.empty(n)
     patched = torch.empty(n, len(cells))
     done = 0
