@@ -23,7 +23,8 @@ Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff
 NODE_ONLY = {"atp", "atp_star", "grad", "grad_act", "ig", "act_diff"}
 EDGE_ONLY = {"eap", "eap_ig"}
 METHOD_DOC = (
-    "exact: activation patching, one forward per unit (ground truth, slowest). atp: attribution patching "
+    "exact: activation patching of each unit at every position, the patching engine's partial forwards (ground "
+    "truth, slowest). atp: attribution patching "
     "(a(x)-a(x'))·∇m at x', 2 forwards + 1 backward for all units. atp_star: AtP* (Kramár et al. 2024): AtP with the "
     "QK fix (attention patterns a unit's change reaches are recomputed exactly, so a saturated softmax no longer "
     "hides it) and GradDrop (units whose direct and indirect effects cancel), on exact patching's scale. "

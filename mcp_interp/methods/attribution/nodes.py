@@ -3,7 +3,11 @@
 Every method estimates, per example, the effect of denoising one node: m(x' with the node taken
 from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
 
-  exact        one patched forward per node (batched over nodes): the ground truth.
+  exact        patch each node on x' with its value on x and rerun: the ground truth. Run by the patching
+               engine (core.patch_engine) as cells patched at every position: each (example, node) starts
+               from the cached x' run at the node's layer and first differing token, nodes whose activation
+               does not differ cost nothing, and many share one batched forward. Query/key/value input
+               nodes (and models the engine does not run) take one hooked forward per node instead.
   atp          attribution patching: (a(x) - a(x')) . dm/da at x'. 2 forwards + 1 backward.
   atp_star     AtP* (Kramar et al. 2024, atp_star.py): AtP with the QK fix (every later attention pattern
                the node's residual write reaches is recomputed exactly, only what follows the pattern is
@@ -33,6 +37,7 @@ from torch import Tensor
 
 from ..core.forward import group_by_length
 from ..core.metrics import Metric
+from ..core.patch_engine import patch_sweep
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
 from .atp_star import atp_star_chunk
@@ -148,16 +153,19 @@ def pair_chunks(model, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metri
 def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
                 metric: Metric, positions: Mapping[str, Tensor] | None = None, ig_steps: int = 10,
                 batch_size: int = 16, node_chunk: int = 32, progress: Progress | None = None,
-                should_cancel=None) -> NodeScores:
+                should_cancel=None, use_engine: bool = True) -> NodeScores:
     """Per-example denoising effect estimates of `method` (one of NODE_METHODS, see the module docstring) for
     every node.
 
     clean, corrupt: n token sequences [pos] each (x and x' of one pair share a length); metric: per-example
     metric of the final-position logits; positions: position name -> [n] token index of that named
-    position in each example (position nodes only); node_chunk: exact patching's nodes per batched
-    forward. ValueError for an unknown method."""
+    position in each example (position nodes only); node_chunk: the hooked exact loop's nodes per batched
+    forward; use_engine=False makes "exact" take that loop (one hooked forward per node, the reference the
+    engine is tested against) even where the engine runs. ValueError for an unknown method."""
     if method not in NODE_METHODS:
         raise ValueError(f"unknown method {method!r}; one of {NODE_METHODS}")
+    if method == "exact" and use_engine and engine_runs(model, nodes):
+        return exact_node_scores(model, nodes, clean, corrupt, metric, positions, progress, should_cancel)
     t0 = time.perf_counter()
     n = len(clean)
     names = node_hooks(nodes)
@@ -169,6 +177,44 @@ def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], 
         fw, bw, _ = _node_loop(model, method, nodes, clean, corrupt, metric, positions, ig_steps, batch_size,
                                   node_chunk, progress, should_cancel, names, out, m_x, m_cf, extra)
     return NodeScores(method, nodes, out, m_x, m_cf, fw, bw, time.perf_counter() - t0, extra)
+
+
+def engine_runs(model, nodes: list[Site]) -> bool:
+    """Whether the patching engine computes exact scores of these nodes on this model: every node is a head's
+    output, MLP activations (all or one neuron), a whole residual / output site or the residual stream at a named
+    position (not a query/key/value input), and the model's positional embedding is not shortformer."""
+    return model.cfg.positional_embedding_type != "shortformer" and not any(n.kind in QKV for n in nodes)
+
+
+def engine_cell(node: Site, columns: list[str]) -> Site:
+    """The patching-engine cell that patches `node` at every position (at its named position's column in
+    `columns`, for position nodes): the same Site, except that a whole MLP is patched at its output (what its
+    hidden activations produce; cheaper, the same numbers) and resid_post at layer l is resid_pre at l + 1."""
+    kind, layer = node.kind, node.layer
+    if kind == "resid_post":
+        kind, layer = "resid_pre", layer + 1
+    if kind == "mlp_post" and node.neuron is None:
+        kind = "mlp_out"
+    pos = columns.index(node.position) if isinstance(node.position, str) else None
+    return Site(kind, layer, head=node.head, neuron=node.neuron, position=pos)
+
+
+def exact_node_scores(model, nodes: list[Site], clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric,
+                      positions: Mapping[str, Tensor] | None = None, progress: Progress | None = None,
+                      should_cancel=None) -> NodeScores:
+    """Exact patching of every node (denoising, every position) through the patching engine: `node_scores`'s
+    "exact" where `engine_runs`. forwards counts the two cached runs per example plus one (partial) forward per
+    (example, node) actually recomputed; extra holds the engine's cost (skipped pairs, token-layers and FLOPs,
+    next to a plain forward per node's)."""
+    t0 = time.perf_counter()
+    n = len(clean)
+    columns = sorted({nd.position for nd in nodes if isinstance(nd.position, str)})
+    pos = torch.stack([positions[c] for c in columns], 1) if columns else torch.zeros(n, 0, dtype=torch.long)
+    cells = [engine_cell(nd, columns) for nd in nodes]
+    res = patch_sweep(model, clean, corrupt, pos, cells, metric, progress=progress, should_cancel=should_cancel)
+    extra = {"engine": res.cost(), "block": res.extra.get("block")}
+    return NodeScores("exact", nodes, res.patched - res.corrupt[:, None], res.clean, res.corrupt,
+                      2 * n + res.n_forward_rows, 0, time.perf_counter() - t0, extra)
 
 
 def _node_loop(model, method, nodes, clean, corrupt, metric, positions, ig_steps, batch_size, node_chunk, progress,

@@ -96,13 +96,22 @@ def segments(ex_sorted: Tensor) -> list[tuple[int, int, int]]:
     return list(zip(ex_u.tolist(), starts, ends))
 
 
+def write_patch(act: Tensor, idx: Tensor, vals: Tensor, heads: Tensor | None, every_position: bool) -> Tensor:
+    """Write vals into rows idx [k] of act [R, S, ...] in place: at the rows' first position (vals [k, ...])
+    or, every_position, at all S positions (vals [k, S, ...]); heads [k] picks one head per row of a
+    [R, S, H, d_head] activation. Returns act."""
+    pos = slice(None) if every_position else 0
+    if heads is None:
+        act[idx, pos] = vals.to(act.dtype)
+    else:
+        act[idx, pos, heads] = vals.to(act.dtype)
+    return act
+
+
 def _apply(patches, code: int, act: Tensor) -> Tensor:
-    for c, idx, vals, heads in patches:
+    for c, idx, vals, heads, every in patches:
         if c == code:
-            if heads is None:
-                act[idx, 0] = vals.to(act.dtype)
-            else:
-                act[idx, 0, heads] = vals.to(act.dtype)
+            write_patch(act, idx, vals, heads, every)
     return act
 
 
@@ -130,8 +139,9 @@ def fast_block(model, lw: LayerWeights, layer: int, h: Tensor, segs, p: int,
 
     past: the base run's keys/values from `past_kv` (None when p == 0); each row attends to its example's
     past at positions < p and to its own new positions causally. patches: (site code, row indices, values,
-    heads or None) written at the row's first position (position p) into z (code 3, [.., H, d_head]),
-    attn_out (1) or mlp_out (2) on their way; resid patches are applied by the caller.
+    heads or None, every_position) written (`write_patch`) at the row's first position (position p) or at
+    all its positions into z (code 3, [.., H, d_head]), attn_out (1) or mlp_out (2) on their way; resid
+    patches are applied by the caller.
     """
     cfg, blk = model.cfg, model.blocks[layer]
     attn = blk.attn

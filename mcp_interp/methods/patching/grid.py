@@ -1,6 +1,6 @@
 """Localisation grids: which cells to patch, and normalised effects with bootstrap CIs.
 
-A cell is a core `Site` whose `position` is a position column (see engine.py); a grid is every cell of
+A cell is a core `Site` whose `position` is a position column (see core/patch_engine.py); a grid is every cell of
 some kinds × layers × columns (× heads for z), flattened in the order `grid_cells` gives.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..core.sites import Site
-from .engine import PatchResult
+from ..core.patch_engine import PatchResult
 
 
 def grid_cells(sites: Sequence[str], layers: Sequence[int], n_positions: int, n_heads: int) -> list[Site]:

@@ -102,16 +102,42 @@ def test_engine_matches_naive_every_site(model, direction, block):
     assert fast.token_layers < ref.token_layers and fast.flops < ref.flops
 
 
+@pytest.mark.parametrize("every", [False, True], ids=["grid", "every-position"])
 @pytest.mark.parametrize("kind", ["gemma", "parallel"])
-def test_other_architectures_match_naive(kind):
+def test_other_architectures_match_naive(kind, every):
     model = _tiny(kind)
-    clean, corrupt, metric = _data(LENGTHS, seed=9)
+    clean, corrupt, metric = _data(LENGTHS, seed=11 if every else 9, n_diff=3 if every else 2)
     pos = _positions(clean)
-    cells = _all_cells(pos.shape[1])
+    cells = (_every_position_cells if every else _all_cells)(pos.shape[1])
     fast = patch_sweep(model, clean, corrupt, pos, cells, metric)
     ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
     assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
     assert ref.patched.std() > 0.1
+
+
+def _every_position_cells(n_cols):
+    """Cells patched at every position (what exact attribution runs), one-neuron and whole-MLP hidden-unit cells at
+    every position and at one column, and the final residual stream at every position."""
+    cells = [Site(s, l) for s in ("resid_pre", "attn_out", "mlp_out", "mlp_post") for l in range(L)]
+    cells += [Site("z", l, head=h) for l in range(L) for h in range(H)]
+    cells += [Site("mlp_post", l, neuron=i) for l in range(L) for i in (0, 5, 63)]
+    cells += [Site("mlp_post", l, neuron=7, position=c) for l in range(L) for c in range(n_cols)]
+    return cells + [Site("mlp_post", 1, position=1), Site("resid_pre", L)]
+
+
+@pytest.mark.parametrize("direction,block", [("denoise", "lean"), ("noise", "lean"), ("denoise", "tl")])
+def test_every_position_and_neuron_cells_match_naive(model, direction, block):
+    clean, corrupt, metric = _data(LENGTHS, seed=10, n_diff=3)
+    pos = _positions(clean)
+    cells = _every_position_cells(pos.shape[1])
+    fast = patch_sweep(model, clean, corrupt, pos, cells, metric, direction=direction, block=block)
+    ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric, direction=direction)
+    assert (fast.patched - ref.patched).abs().max() <= TOL
+    assert ref.patched.std() > 0.1 and fast.n_forward_rows > 0
+    src = ref.clean if direction == "denoise" else ref.corrupt
+    assert (fast.patched[:, -1] - src).abs().max() <= TOL  # the whole final residual is the source run
+    # the whole residual entering layer 0 at every position is the source run too
+    assert (fast.patched[:, 0] - src).abs().max() <= TOL
 
 
 def test_attention_only_model_without_norms():
@@ -221,8 +247,8 @@ def test_validation_errors(model):
     for bad in (lambda: Site("z", 0, position=0), lambda: Site("attn_out", 0, head=1, position=0),
                 lambda: Site("mlp_out", L, position=0), lambda: Site("resid_pre", 0, position=9),
                 lambda: Site("z", 0, head=H, position=0), lambda: Site("bogus", 0, position=0),
-                lambda: Site("resid_pre", 0), lambda: Site("resid_pre", 0, position="END"),
-                lambda: Site("mlp_post", 0, position=0), lambda: Site("resid_pre", L + 1, position=0)):
+                lambda: Site("resid_pre", 0, position=-1), lambda: Site("resid_pre", 0, position="END"),
+                lambda: Site("mlp_post", 0, neuron=64, position=0), lambda: Site("resid_pre", L + 1, position=0)):
         with pytest.raises(ValueError):
             patch_sweep(model, clean, corrupt, pos, [bad()], metric)
     with pytest.raises(ValueError, match="outside"):

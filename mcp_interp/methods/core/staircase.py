@@ -21,16 +21,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from ..core.block import fast_block, past_kv, segments
-from ..core.sites import Site
+from .block import fast_block, past_kv, segments, write_patch
+from .sites import Site
 
 # The site kinds activation patching covers, and the integer code each carries inside the engine's row
 # tensors (Rows.site) and patch lists (fast_block's `patches`). Internal: the public vocabulary is `Site`.
-SITE_CODES = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "z": 3}
+# mlp_post (one neuron or all) is written as the mlp_out its patched hidden activations produce (`mlp_readout`).
+SITE_CODES = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "z": 3, "mlp_post": 4}
 
 
 def act_name(model, site: Site) -> str:
@@ -46,6 +48,20 @@ def act_name(model, site: Site) -> str:
 def _hook_module(model, site_code: int, layer: int):
     blk = model.blocks[layer]
     return {1: blk.hook_attn_out, 2: blk.hook_mlp_out, 3: blk.attn.hook_z}[site_code]
+
+
+def mlp_readout(model, layer: int, post: Tensor) -> Tensor:
+    """What MLP `layer` adds to the residual stream (its hook_mlp_out) given its hidden activations post [..., d_mlp]
+    (hook_post): W_out, b_out, then the norms some architectures apply before the residual add. -> [..., d_model]"""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    blk = model.blocks[layer]
+    out = F.linear(post, blk.mlp.W_out.T, blk.mlp.b_out)
+    if model.cfg.use_normalization_before_and_after:
+        out = blk.ln2_post(out)
+    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        out = blk.ln2(out)
+    return out
 
 
 # ---------------------------------------------------------------- FLOP model (what is really run)
@@ -122,7 +138,8 @@ def cached_run(model, base_tokens: Tensor, src_tokens: Tensor, names: set[str]) 
 class Rows:
     """Work items sharing one start token p, sorted by start layer: one (example, cell) pair per row.
 
-    Every field is a [R] long tensor (CPU).
+    Every field is a [R] long tensor (CPU). A row patches token p only, or (every == 1) every position
+    from p on: a cell patched at all positions starts at the first token where its activation differs.
     """
 
     ex: Tensor     # local example index in the bucket
@@ -130,18 +147,24 @@ class Rows:
     layer: Tensor
     site: Tensor   # SITE_CODES of the cell's kind
     head: Tensor   # -1 unless z
+    neuron: Tensor  # -1 unless one neuron of mlp_post
+    every: Tensor  # 1: patch positions p..T-1; 0: position p only
+
+    FIELDS = ("ex", "cell", "layer", "site", "head", "neuron", "every")
 
     def __len__(self) -> int:
         return len(self.ex)
 
+    def _take(self, o) -> "Rows":
+        return Rows(*(getattr(self, f)[o] for f in self.FIELDS))
+
     def sorted(self) -> "Rows":
         """The same rows, stably sorted by start layer (the staircase order `run_rows` needs)."""
-        o = torch.argsort(self.layer, stable=True)
-        return Rows(self.ex[o], self.cell[o], self.layer[o], self.site[o], self.head[o])
+        return self._take(torch.argsort(self.layer, stable=True))
 
     def slice(self, a: int, b: int) -> "Rows":
         """Rows a..b-1."""
-        return Rows(self.ex[a:b], self.cell[a:b], self.layer[a:b], self.site[a:b], self.head[a:b])
+        return self._take(slice(a, b))
 
 
 def chunk_bounds(n_rows: int, seq_q: int, seq_k: int, max_rows: int) -> list[tuple[int, int]]:
@@ -151,13 +174,9 @@ def chunk_bounds(n_rows: int, seq_q: int, seq_k: int, max_rows: int) -> list[tup
     return [(a, min(a + per, n_rows)) for a in range(0, n_rows, per)]
 
 
-def _make_hook(idx: Tensor, vals: Tensor, heads: Tensor | None):
+def _make_hook(idx: Tensor, vals: Tensor, heads: Tensor | None, every: bool):
     def hook(_module, _inp, out):
-        if heads is None:
-            out[idx, 0] = vals.to(out.dtype)
-        else:
-            out[idx, 0, heads] = vals.to(out.dtype)
-        return out
+        return write_patch(out, idx, vals, heads, every)
     return hook
 
 
@@ -168,13 +187,38 @@ def _tl_block(model, bc: BucketCache, layer: int, h: Tensor, ex_act: Tensor, p: 
         kv = bc.kv[layer]
         entry = TransformerLensKeyValueCacheEntry(kv.past_keys[ex_act, :p], kv.past_values[ex_act, :p],
                                                   frozen=True)
-    handles = [_hook_module(model, code, layer).register_forward_hook(_make_hook(idx, vals, heads))
-               for code, idx, vals, heads in patches if code != 0]
+    handles = [_hook_module(model, code, layer).register_forward_hook(_make_hook(idx, vals, heads, every))
+               for code, idx, vals, heads, every in patches if code != 0]
     try:
         return model.blocks[layer](h, past_kv_cache_entry=entry)
     finally:
         for hd in handles:
             hd.remove()
+
+
+def _patch_values(model, bc: BucketCache, rows: Rows, r: Tensor, ex_all: Tensor, code: int, layer: int, p: int,
+                  every: bool, site_names) -> tuple[tuple, int]:
+    """The values rows r [k] (indices into `rows`) write at `layer`: ((site code written, values, heads or None,
+    every), FLOPs). Values are the source run's activation at token p ([k, ...]) or at p..T-1 ([k, S, ...]);
+    an mlp_post patch (one neuron or all) is written as mlp_out, read out from the base run's hidden
+    activations with the patched ones replaced."""
+    dev = ex_all.device
+    pos = slice(p, None) if every else p
+    src = bc.src(site_names[(code, layer)])
+    e = ex_all[r]
+    if code == 3:
+        heads = rows.head.to(dev)[r]
+        return (3, src[e, pos, heads], heads, every), 0
+    if code != 4:
+        return (code, src[e, pos], None, every), 0
+    post = bc.base(site_names[(code, layer)])[e, pos].clone()
+    neuron = rows.neuron.to(dev)[r]
+    one = (neuron >= 0).nonzero().flatten()
+    all_ = (neuron < 0).nonzero().flatten()
+    post[all_] = src[e[all_], pos]
+    post[one, ..., neuron[one]] = src[e[one], pos][torch.arange(len(one), device=dev), ..., neuron[one]]
+    d_mlp, d = post.shape[-1], model.cfg.d_model
+    return (2, mlp_readout(model, layer, post), None, every), 2 * post[..., 0].numel() * d_mlp * d
 
 
 @torch.inference_mode()
@@ -184,6 +228,7 @@ def run_rows(model, bc: BucketCache, rows: Rows, p: int, resid_names: dict[int, 
 
     resid_names: layer -> hook of the residual entering it; site_names: (site code, layer) -> hook of the
     patched activation. fast: per-layer LayerWeights for the lean block, or None for TransformerLens' blocks.
+    A row with every == 1 patches positions p..T-1 (all it recomputes), else position p only.
     Returns (final residual at the last position [R, d_model], ids [R]: the index in `rows` of each output
     row, token-layers run, FLOPs). Output rows come grouped by example (not in `rows` order) so the lean
     block can share each example's past keys.
@@ -201,28 +246,27 @@ def run_rows(model, bc: BucketCache, rows: Rows, p: int, resid_names: dict[int, 
             a, b = n_active, n_active + k
             e_new = ex_all[a:b]
             h_new = bc.base(resid_names[layer])[e_new, p:].clone()
-            is_resid = (rows.site[a:b] == 0).nonzero().flatten().to(dev)
-            if len(is_resid):
-                h_new[is_resid, 0] = bc.src(resid_names[layer])[e_new[is_resid], p]
+            for every in (0, 1):
+                is_resid = ((rows.site[a:b] == 0) & (rows.every[a:b] == every)).nonzero().flatten().to(dev)
+                if len(is_resid):
+                    src = bc.src(resid_names[layer])[e_new[is_resid], p:]
+                    write_patch(h_new, is_resid, src if every else src[:, 0], None, bool(every))
             h = h_new if h is None else torch.cat([h, h_new])
             ids = torch.cat([ids, torch.arange(a, b, device=dev)])
             perm = torch.argsort(ex_all[ids], stable=True)
             h, ids = h[perm], ids[perm]
             n_active = b
             where = (ids >= a).nonzero().flatten()  # positions in h of the rows joining here
-            r_sites = rows.site.to(dev)[ids[where]]
-            for code in (1, 2, 3):
-                sel = where[r_sites == code]
-                if not len(sel):
-                    continue
-                src = bc.src(site_names[(code, layer)])
-                e_sel, heads = ex_all[ids[sel]], None
-                if code == 3:
-                    heads = rows.head.to(dev)[ids[sel]]
-                    vals = src[e_sel, p, heads]
-                else:
-                    vals = src[e_sel, p]
-                patches.append((code, sel, vals, heads))
+            r_sites, r_every = rows.site.to(dev)[ids[where]], rows.every.to(dev)[ids[where]]
+            for code in (1, 2, 3, 4):
+                for every in (0, 1):
+                    sel = where[(r_sites == code) & (r_every == every)]
+                    if not len(sel):
+                        continue
+                    patch, fl = _patch_values(model, bc, rows, ids[sel], ex_all, code, layer, p, bool(every),
+                                              site_names)
+                    patches.append((patch[0], sel, *patch[1:]))
+                    flops += fl
         ex_act = ex_all[ids]
         if fast is None:
             h = _tl_block(model, bc, layer, h, ex_act, p, patches)

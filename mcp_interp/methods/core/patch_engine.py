@@ -3,13 +3,14 @@
 Example i has clean tokens clean[i] and counterfactual tokens corrupt[i] of the same length T_i
 (lengths may differ across examples; both paths bucket by length). positions [n, P]: positions[i, c]
 is the token index in example i of position column c (negative counts from the end). A cell is a core
-`Site` of kind resid_pre, attn_out, mlp_out or z (z with its `head`) whose `position` is a column index
-c: it patches that activation at token positions[i, c] of every example i. Denoising runs the corrupt
-input and writes the clean activation in; noising the reverse. The metric is read at each example's
-final token; raw values only (callers normalise).
+`Site` of kind resid_pre, attn_out, mlp_out, z (with its `head`) or mlp_post (all hidden units, or one
+`neuron`) whose `position` is a column index c: it patches that activation at token positions[i, c] of
+every example i; or None: it patches the activation at every position (what exact attribution of a
+head, MLP or neuron does). Denoising runs the corrupt input and writes the clean activation in; noising
+the reverse. The metric is read at each example's final token; raw values only (callers normalise).
 
 `patch_sweep` returns what `naive_patch_sweep` (one hooked forward per cell) returns, to float
-noise, while running only what a patch can change: see runner.py for how. Recomputed rows go
+noise, while running only what a patch can change: see staircase.py for how. Recomputed rows go
 through core.block.fast_block (no TL hook points: hooks left on the model would act on the
 cached runs but not there) or, with block="tl" or an unsupported architecture, TL's own blocks.
 Special cell: kind "resid_pre" with layer == n_layers is the final residual stream
@@ -30,11 +31,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..core.block import fast_path_ok, layer_weights
-from ..core.metrics import Metric
-from ..core.progress import Progress, check_cancelled
-from ..core.sites import Site
-from .runner import SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
+from .block import fast_path_ok, layer_weights
+from .metrics import Metric
+from .progress import Progress, check_cancelled
+from .sites import Site
+from .staircase import SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
 
 Direction = Literal["denoise", "noise"]
 
@@ -148,16 +149,21 @@ def _validate(model, clean, corrupt, positions, cells, direction):
         top = cfg.n_layers if c.kind == "resid_pre" else cfg.n_layers - 1
         if not 0 <= c.layer <= top:
             raise ValueError(f"{c.label}: layer out of range 0..{top}")
-        if not hasattr(c.position, "__index__") or isinstance(c.position, bool):
-            raise ValueError(f"{c.label}: position must be a position column index, not {c.position!r}")
-        if not 0 <= c.position < positions.shape[1]:
-            raise ValueError(f"{c.label}: position column out of range 0..{positions.shape[1] - 1}")
+        if c.position is not None:  # None: every position
+            if not hasattr(c.position, "__index__") or isinstance(c.position, bool):
+                raise ValueError(f"{c.label}: position must be a position column index or None, not {c.position!r}")
+            if not 0 <= c.position < positions.shape[1]:
+                raise ValueError(f"{c.label}: position column out of range 0..{positions.shape[1] - 1}")
         if (c.kind == "z") != (c.head is not None):
             raise ValueError(f"{c.label}: a head is required for site 'z' and only there")
         if c.kind == "z" and not 0 <= c.head < cfg.n_heads:
             raise ValueError(f"{c.label}: head out of range 0..{cfg.n_heads - 1}")
-        if c.kind == "mlp_out" and cfg.attn_only:
+        if c.kind in ("mlp_out", "mlp_post") and cfg.attn_only:
             raise ValueError(f"{c.label}: the model is attention-only")
+        if c.kind == "mlp_post" and not hasattr(model.blocks[c.layer].mlp, "W_out"):
+            raise ValueError(f"{c.label}: this MLP has no single W_out read-out (mixture of experts)")
+        if c.neuron is not None and not 0 <= c.neuron < cfg.d_mlp:
+            raise ValueError(f"{c.label}: neuron out of range 0..{cfg.d_mlp - 1}")
     return clean, corrupt, positions
 
 
@@ -202,7 +208,7 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Site], metri
     """
     t0 = time.perf_counter()
     clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
-    n, L, dev = len(clean), model.cfg.n_layers, model.cfg.device
+    n, dev = len(clean), model.cfg.device
     out_clean, out_corrupt = torch.empty(n), torch.empty(n)
     patched = torch.empty(n, len(cells))
     done = 0
@@ -223,14 +229,19 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Site], metri
         for j, c in enumerate(cells):
             check_cancelled(should_cancel, "patching sweep")
             name = act_name(model, c)
-            pos = positions[ex, c.position].to(dev)
+            # every position: a slice; one column: the token of that column in each row
+            pos = slice(None) if c.position is None else positions[ex, c.position].to(dev)
+            r = slice(None) if c.position is None else rows
             src = src_cache[name]
+            unit = c.head if c.head is not None else c.neuron  # the last-but-one or last axis, or all
 
-            def hook(act, hook, src=src, pos=pos, head=c.head):
-                if head is None:
-                    act[rows, pos] = src[rows, pos]
+            def hook(act, hook, src=src, pos=pos, r=r, unit=unit, head=c.head is not None):
+                if unit is None:
+                    act[r, pos] = src[r, pos]
+                elif head:
+                    act[r, pos, unit] = src[r, pos, unit]
                 else:
-                    act[rows, pos, head] = src[rows, pos, head]
+                    act[r, pos, ..., unit] = src[r, pos, ..., unit]
                 return act
 
             logits = model.run_with_hooks(base_t, fwd_hooks=[(name, hook)], attention_mask=mask)
@@ -255,41 +266,66 @@ def _plan_bucket(model, bc, ex_local_pos, cells, first_diff, m_base, m_src, patc
     filled in place for the answered pairs. Returns ({p: Rows}, number of pairs answered).
 
     A pair needs nothing when the patched activation equals the base one: the position precedes
-    the first differing token (causal attention), or the cached activations are bitwise equal.
+    the first differing token (causal attention), or the cached activations are bitwise equal. A cell
+    patched at every position starts at the first token, from the first differing one on, where its
+    activation differs (before it the patch changes nothing), and needs nothing if there is none.
     """
     L, T, nb = model.cfg.n_layers, bc.T, bc.nb
-    same_cache: dict[str, Tensor] = {}
-    todo: list[Tensor] = []  # [k, 6] rows of (p, example, cell, layer, site, head)
+    same_cache: dict[tuple, Tensor] = {}
+    todo: list[Tensor] = []  # [k, 8] rows of (p, example, cell, layer, site, head, neuron, every)
     skipped = 0
+    ar = torch.arange(nb)
+    tokens = torch.arange(T)
     for j, c in enumerate(cells):
-        p = ex_local_pos[:, c.position]  # [nb]
+        every = c.position is None
         if c.kind == "resid_pre" and c.layer == L:
             # The final residual only reaches the metric through the last position.
+            p = torch.full((nb,), T - 1) if every else ex_local_pos[:, c.position]
             patched_b[:, j] = torch.where(p == T - 1, m_src, m_base)
             skipped += nb
             continue
-        name = act_name(model, c)
-        if name not in same_cache:
-            a, s = bc.base(name), bc.src(name)
-            dims = tuple(range(3 if c.kind == "z" else 2, a.ndim))
-            same_cache[name] = (a == s).all(dim=dims).cpu()  # [nb, T] or [nb, T, heads]
-        same = same_cache[name][torch.arange(nb), p]
-        if c.kind == "z":
-            same = same[:, c.head]
-        trivial = same | (p < first_diff)
+        same = _same(model, bc, c, same_cache)  # [nb, T]: the cell's slice equal in both runs
+        if every:
+            differs = ~same & (tokens[None] >= first_diff[:, None])
+            trivial = ~differs.any(1)
+            p = torch.where(trivial, T, differs.int().argmax(1))
+        else:
+            p = ex_local_pos[:, c.position]  # [nb]
+            trivial = same[ar, p] | (p < first_diff)
         patched_b[trivial, j] = m_base[trivial]
         skipped += int(trivial.sum())
         e = (~trivial).nonzero().flatten()
         if len(e):
-            const = torch.tensor([j, c.layer, SITE_CODES[c.kind], -1 if c.head is None else c.head])
-            todo.append(torch.cat([p[e, None], e[:, None], const.expand(len(e), 4)], dim=1))
+            const = torch.tensor([j, c.layer, SITE_CODES[c.kind], -1 if c.head is None else c.head,
+                                  -1 if c.neuron is None else c.neuron, int(every)])
+            todo.append(torch.cat([p[e, None], e[:, None], const.expand(len(e), 6)], dim=1))
     plans = {}
     if todo:
         t = torch.cat(todo)
         for p in t[:, 0].unique().tolist():
             g = t[t[:, 0] == p]
-            plans[p] = Rows(g[:, 1], g[:, 2], g[:, 3], g[:, 4], g[:, 5]).sorted()
+            plans[p] = Rows(*g[:, 1:].T).sorted()
     return plans, skipped
+
+
+def _same(model, bc, c: Site, memo: dict) -> Tensor:
+    """[nb, T] bool: cell c's slice of its activation (one head, one neuron, or all of it) is bitwise equal in
+    the base and source runs, per example and token. memo shares the comparison between cells of one hook."""
+    name = act_name(model, c)
+    if name not in memo:
+        a, s = bc.base(name), bc.src(name)
+        eq = a == s
+        if c.kind == "z":
+            eq = eq.all(-1)  # [nb, T, heads]
+        elif c.kind != "mlp_post":  # mlp_post keeps its neurons: [nb, T, d_mlp]
+            eq = eq.flatten(2).all(-1)
+        memo[name] = eq.cpu()
+    eq = memo[name]
+    if c.kind == "z":
+        return eq[:, :, c.head]
+    if c.kind == "mlp_post":
+        return eq.all(-1) if c.neuron is None else eq[:, :, c.neuron]
+    return eq
 
 
 @torch.inference_mode()
@@ -303,8 +339,10 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Met
 
     clean, corrupt: n token sequences (1-D, [T_i]; clean[i] and corrupt[i] of one length).
     positions: [n, P] token index of each position column per example (negative: from the end).
-    cells: Sites of kind resid_pre (layer 0..n_layers; n_layers = the final residual), attn_out, mlp_out
-    or z (with `head`), each with `position` = a column 0..P-1 of `positions`.
+    cells: Sites of kind resid_pre (layer 0..n_layers; n_layers = the final residual), attn_out, mlp_out,
+    z (with `head`) or mlp_post (all hidden units or one `neuron`), each with `position` = a column 0..P-1
+    of `positions`, or None to patch every position (a row then runs from the first token where the
+    cell's activation differs).
     metric: read at the final token from the final residual stream (only its unembedding columns).
     Returns a PatchResult: clean, corrupt [n] and patched [n, len(cells)] metric values, equal to
     `naive_patch_sweep`'s to float noise.
