@@ -55,6 +55,24 @@ def mixed() -> dict:
                 {"name": "emb_end", "kind": "embed", "position": -1, "interp": "y"}]}
 
 
+def two_lengths_mixed() -> dict:
+    """On a random model (nothing saturates): q/k/v paths, MLPs reading heads, heads sharing a layer."""
+    return {"name": "tl-mixed", "interp": [{"name": "a", "value": "a"}, {"name": "b", "value": "b"}],
+            "output": {"parents": ["m1", "h10", "h12"]},
+            "nodes": [
+                {"name": "m1", "kind": "mlp", "layer": 1, "position": "END", "interp": "b", "parents": ["h10", "m0"]},
+                {"name": "h10", "kind": "head", "layer": 1, "head": 0, "position": "END", "interp": "b",
+                 "inputs": {"q": ["e_end"], "k": ["h00", "e_a"], "v": ["e_all"]}},
+                {"name": "h12", "kind": "head", "layer": 1, "head": 2, "position": "END", "parents": ["h00", "m0"]},
+                {"name": "m0", "kind": "mlp", "layer": 0, "position": ["A", "END"], "interp": "a",
+                 "parents": ["h00"]},
+                {"name": "h00", "kind": "head", "layer": 0, "head": 0, "position": "all", "interp": "a",
+                 "parents": ["e_all"]},
+                {"name": "e_all", "kind": "embed", "position": "all"},
+                {"name": "e_a", "kind": "embed", "position": "A", "interp": "a"},
+                {"name": "e_end", "kind": "embed", "position": "END", "interp": "b"}]}
+
+
 def _planted(regime: str, n: int):
     model, tok = build_toy(get_toy(f"planted-{regime}"))
     return model, build_dataset(TaskSpec.model_validate(PLANTED_TASK), tok, n, seed=0)
@@ -78,6 +96,7 @@ REQUESTS = {
     "nothing": (lambda: _planted("clean", 32), nothing_matters, {"seeds": (0, 1)}),
     "two-lengths-everything": (_two_lengths, everything_matters,
                                {"seeds": (0,), "contributions": False, "shortcuts": False}),
+    "two-lengths-mixed": (_two_lengths, lambda m: two_lengths_mixed(), {"seeds": (0, 1, 2)}),
     "two-lengths-embed": (_two_lengths, lambda m: {"interp": [{"name": "b", "value": "b"}], "nodes": [
         {"name": "e", "kind": "embed", "position": "A", "interp": "b"}], "output": {"parents": ["e"]}},
         {"seeds": (0, 1)}),
