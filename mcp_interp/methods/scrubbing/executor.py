@@ -25,6 +25,7 @@ inputs, ln2 + MLP, ln_final + unembed), so positional schemes, GQA and norms are
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -92,7 +93,7 @@ class CleanRun:
                                             return_type=None)
             for k in names:
                 parts[k].append(cache[k])
-        self.act: dict[str, Tensor] = {k: torch.cat(v) for k, v in parts.items()}
+        self.act: dict[str, Tensor] = {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}
         act = self.act
         self.resid: dict[tuple[str, int], Tensor] = {k: act[h] for k, h in streams.items()}
         self.sf = act["hook_pos_embed"][:1] if "hook_pos_embed" in act else None
@@ -103,6 +104,29 @@ class CleanRun:
         self.const = {("pre", l): sum(b_O[:l], zero) for l in range(L + 1)}
         self.const |= {("mid", l): sum(b_O[:l + 1], zero) for l in range(L)}
         self._means: dict = {}
+
+    @classmethod
+    def of_groups(cls, model, token_sets: list[Tensor]) -> list[CleanRun]:
+        """One CleanRun per token set [n_i, T_i]; sets of one length share their forward passes."""
+        out: list[CleanRun] = []
+        by_len: dict[int, list[int]] = {}
+        for i, t in enumerate(token_sets):
+            by_len.setdefault(t.shape[1], []).append(i)
+        runs = {T: cls(model, torch.cat([token_sets[i] for i in ix])) for T, ix in by_len.items()}
+        starts = {T: 0 for T in by_len}
+        for t in token_sets:
+            T, a = t.shape[1], starts[t.shape[1]]
+            starts[T] += t.shape[0]
+            out.append(runs[T] if len(by_len[T]) == 1 else runs[T].rows(a, a + t.shape[0]))
+        return out
+
+    def rows(self, a: int, b: int) -> CleanRun:
+        """The same run restricted to examples a..b-1 (views, no copy)."""
+        new = copy.copy(self)
+        new.n, new._means = b - a, {}
+        new.act = {k: v[a:b] for k, v in self.act.items()}
+        new.resid = {k: v[a:b] for k, v in self.resid.items()}
+        return new
 
     def out(self, c: CNode, idx: Tensor, pos: Tensor) -> Tensor:
         """Clean output of node c on examples idx [m] at positions pos [p]: [m, p, d_model] (a head's: its
@@ -129,9 +153,9 @@ class CleanRun:
             self._means[key] = self.resid[key].mean(0)
         return self._means[key]
 
-    def logits(self, idx: Tensor) -> Tensor:
-        """The model's own final-position logits on examples idx [m]: [m, d_vocab] float32."""
-        return unembed_last(self.model, self.resid[("pre", self.cfg.n_layers)][idx])
+    def logits(self, idx: Tensor, w_t: Tensor | None = None) -> Tensor:
+        """The model's own final-position logits on examples idx [m]: [m, d_vocab] float32 (w_t: unembed_last)."""
+        return unembed_last(self.model, self.resid[("pre", self.cfg.n_layers)][idx], w_t)
 
 
 def unembed_last(model, resid: Tensor, w_t: Tensor | None = None) -> Tensor:

@@ -152,14 +152,13 @@ class Scrubber:
         self.groups = layout_groups(dataset)
         dev = device_of(model)
         self.score = TaskScore(dataset)
-        self.clean: list[CleanRun] = []
         n, logits = len(dataset), None
-        with torch.inference_mode():
-            for g in self.groups:
-                toks = torch.tensor([dataset.examples[i].tokens for i in g.idx], device=dev)
-                run = CleanRun(model, toks)
-                self.clean.append(run)
-                lg = run.logits(torch.arange(len(g.idx), device=dev)).cpu()
+        with torch.inference_mode():  # layouts of one length share their forward passes
+            self.clean = CleanRun.of_groups(model, [torch.tensor([dataset.examples[i].tokens for i in g.idx],
+                                                                 device=dev) for g in self.groups])
+            w_t = model.unembed.W_U.T.contiguous()  # once, not per layout
+            for g, run in zip(self.groups, self.clean):
+                lg = run.logits(torch.arange(len(g.idx), device=dev), w_t).cpu()
                 logits = torch.empty(n, lg.shape[-1]) if logits is None else logits
                 logits[torch.as_tensor(g.idx)] = lg
         self.logits_model = logits

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from mcp_interp.methods.scrubbing import everything_matters, nothing_matters, scrub_hypothesis
+from mcp_interp.methods.scrubbing import Scrubber, everything_matters, nothing_matters, scrub_hypothesis
+from mcp_interp.methods.scrubbing.executor import CleanRun
 from mcp_interp.models.toy import build_toy, get_toy
 from mcp_interp.tasks.dataset import build_dataset
 from mcp_interp.tasks.spec import TaskSpec
@@ -137,6 +139,26 @@ def _assert_close(got, want, where: str) -> None:
 def test_same_results_as_the_per_run_executor(name):
     want = json.loads(REFERENCE.read_text())[name]
     _assert_close(run_request(name), want, name)
+
+
+def test_layouts_of_one_length_share_the_clean_forward():
+    """CleanRun.of_groups batches equal-length token sets into one forward; each part equals its own run."""
+    model, ds = _planted("clean", 24)
+    toks = torch.tensor([e.tokens for e in ds.examples])
+    parts = CleanRun.of_groups(model, [toks[:10], toks[10:]])
+    for part, sub in zip(parts, (toks[:10], toks[10:])):
+        alone = CleanRun(model, sub)
+        assert part.n == alone.n and set(part.act) == set(alone.act)
+        for k in alone.act:
+            torch.testing.assert_close(part.act[k], alone.act[k], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(part.mean_resid(("pre", 1)), alone.mean_resid(("pre", 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_rows_shared_across_seeds_modes_and_variants_are_computed_once():
+    model, ds = _planted("clean", 32)
+    sc = Scrubber(model, ds)
+    scrub_hypothesis(model, ds, mixed(), seeds=(0, 1), scrubber=sc)
+    assert 0 < sc.rows_run < sc.rows_asked / 2  # zero / mean rows do not depend on the random input
 
 
 if __name__ == "__main__":  # how the reference was written (on commit 9c65f61's scrubbing package)
