@@ -93,6 +93,7 @@ REQUESTS = {
     "mixed-no-shortcuts": (lambda: _planted("correlated-decoy", 24), lambda m: mixed(),
                            {"seeds": (3,), "shortcuts": False}),
     "everything": (lambda: _planted("clean", 32), everything_matters, {"seeds": (0, 1), "contributions": False}),
+    "everything-contributions": (lambda: _planted("clean", 16), everything_matters, {"seeds": (0,)}),
     "everything-no-shortcuts": (lambda: _planted("clean", 16), everything_matters,
                                 {"seeds": (0,), "contributions": False, "shortcuts": False, "ablations": ("mean",)}),
     "nothing": (lambda: _planted("clean", 32), nothing_matters, {"seeds": (0, 1)}),
