@@ -1,4 +1,4 @@
-"""Batched execution of a causal-scrubbing tree plan on a TransformerLens model.
+"""Batched execution of causal-scrubbing tree plans on a TransformerLens model.
 
 The residual stream a component reads is the sum of the outputs of every component before it (plus
 constant biases), so the input of one copy in the tree is
@@ -7,15 +7,27 @@ constant biases), so the input of one copy in the tree is
 
 where background is the clean run on the copy's random input r (resampling), zeros (zero ablation)
 or the dataset mean (mean ablation), and mask_p keeps the parent's claimed positions. The clean runs
-of all examples are computed once (`CleanRun`); every random input indexes into them. Copies are then
-evaluated stage by stage (embed, resid l, heads of layer l, MLP l, ..., output), all copies of one
-stage in one batched call through the model's own modules (ln1 + attention with separate q/k/v
+of all examples are computed once (`CleanRun`); every random input indexes into them, so no copy ever
+runs the layers below its own: it starts from cached activations at its layer.
+
+`Executor` evaluates many sampled trees at once (every seed, ablation and contribution variant of a
+request) one *row* (copy x reference) at a time in principle, but deduplicated and batched: a row's
+value is fixed by its component, positions, ablation mode, random input (under resampling only) and
+its children's values, so rows are interned by that signature bottom-up and each distinct input is
+computed once — rows repeated across seeds, modes and variants share their forward, and heads of one
+layer reading the same input share one attention call. Rows that are clean activations (leaves,
+exact copies, copies fed only by their random input) are looked up. Each distinct input is assembled
+only at the positions its component can use (an MLP or resid node: its own; a head: up to its last
+query, by causality; the output: the last), and computed stage by stage (embed, resid l, heads of
+layer l, MLP l, ..., output) through the model's own modules (ln1 + attention with separate q/k/v
 inputs, ln2 + MLP, ln_final + unembed), so positional schemes, GQA and norms are TransformerLens's.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -25,7 +37,7 @@ from transformer_lens.utilities.activation_functions import apply_softcap
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ..core.metrics import final_normed
-from ..core.progress import check_cancelled
+from ..core.progress import Progress, check_cancelled
 from ..core.sites import n_kv_heads
 from .nodes import OUTPUT, CNode, Compiled, ModelShape, components, site_of
 from .tree import TreePlan
@@ -81,7 +93,7 @@ class CleanRun:
                                             return_type=None)
             for k in names:
                 parts[k].append(cache[k])
-        self.act: dict[str, Tensor] = {k: torch.cat(v) for k, v in parts.items()}
+        self.act: dict[str, Tensor] = {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}
         act = self.act
         self.resid: dict[tuple[str, int], Tensor] = {k: act[h] for k, h in streams.items()}
         self.sf = act["hook_pos_embed"][:1] if "hook_pos_embed" in act else None
@@ -92,6 +104,29 @@ class CleanRun:
         self.const = {("pre", l): sum(b_O[:l], zero) for l in range(L + 1)}
         self.const |= {("mid", l): sum(b_O[:l + 1], zero) for l in range(L)}
         self._means: dict = {}
+
+    @classmethod
+    def of_groups(cls, model, token_sets: list[Tensor]) -> list[CleanRun]:
+        """One CleanRun per token set [n_i, T_i]; sets of one length share their forward passes."""
+        out: list[CleanRun] = []
+        by_len: dict[int, list[int]] = {}
+        for i, t in enumerate(token_sets):
+            by_len.setdefault(t.shape[1], []).append(i)
+        runs = {T: cls(model, torch.cat([token_sets[i] for i in ix])) for T, ix in by_len.items()}
+        starts = {T: 0 for T in by_len}
+        for t in token_sets:
+            T, a = t.shape[1], starts[t.shape[1]]
+            starts[T] += t.shape[0]
+            out.append(runs[T] if len(by_len[T]) == 1 else runs[T].rows(a, a + t.shape[0]))
+        return out
+
+    def rows(self, a: int, b: int) -> CleanRun:
+        """The same run restricted to examples a..b-1 (views, no copy)."""
+        new = copy.copy(self)
+        new.n, new._means = b - a, {}
+        new.act = {k: v[a:b] for k, v in self.act.items()}
+        new.resid = {k: v[a:b] for k, v in self.resid.items()}
+        return new
 
     def out(self, c: CNode, idx: Tensor, pos: Tensor) -> Tensor:
         """Clean output of node c on examples idx [m] at positions pos [p]: [m, p, d_model] (a head's: its
@@ -118,15 +153,20 @@ class CleanRun:
             self._means[key] = self.resid[key].mean(0)
         return self._means[key]
 
-    def logits(self, idx: Tensor) -> Tensor:
-        """The model's own final-position logits on examples idx [m]: [m, d_vocab] float32."""
-        return unembed_last(self.model, self.resid[("pre", self.cfg.n_layers)][idx])
+    def logits(self, idx: Tensor, w_t: Tensor | None = None) -> Tensor:
+        """The model's own final-position logits on examples idx [m]: [m, d_vocab] float32 (w_t: unembed_last)."""
+        return unembed_last(self.model, self.resid[("pre", self.cfg.n_layers)][idx], w_t)
 
 
-def unembed_last(model, resid: Tensor) -> Tensor:
-    """Final-position logits [m, d_vocab] (float32) from a final residual stream [m, T, d_model]."""
+def unembed_last(model, resid: Tensor, w_t: Tensor | None = None) -> Tensor:
+    """Final-position logits [m, d_vocab] (float32) from a final residual stream [m, T, d_model]. `w_t`: W_U.T made
+    contiguous once by the caller (what TransformerLens's Unembed does on every call: a copy of the whole matrix)."""
     x = final_normed(model, resid[:, -1:])
-    return apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)[:, 0].float()
+    if w_t is None:
+        out = model.unembed(x)
+    else:
+        out = torch.nn.functional.linear(x, w_t, model.unembed.b_U)
+    return apply_softcap(out, model.cfg.output_logits_soft_cap)[:, 0].float()
 
 
 class Background:
@@ -136,21 +176,23 @@ class Background:
     def __init__(self, clean: CleanRun, mode: Mode):
         self.clean, self.mode = clean, mode
 
-    def resid(self, key: tuple[str, int], r: Tensor) -> Tensor:
-        """The background of a residual stream (`input_key`) for random inputs r [m]: [m, T, d_model], a copy."""
+    def resid(self, key: tuple[str, int], r: Tensor, cols: Tensor | None = None) -> Tensor:
+        """The background of a residual stream (`input_key`) for random inputs r [m], at positions `cols` [c]
+        (default all): [m, c, d_model], a fresh tensor."""
         c = self.clean
+        cols = torch.arange(c.T, device=r.device) if cols is None else cols
         if self.mode == "resample":
-            return c.resid[key][r].clone()
+            return c.resid[key][r][:, cols]
         if self.mode == "mean":
-            return c.mean_resid(key).expand(len(r), -1, -1).clone()
-        return c.const[key].expand(len(r), c.T, -1).clone()
+            return c.mean_resid(key)[cols].expand(len(r), -1, -1).clone()
+        return c.const[key].expand(len(r), len(cols), -1).clone()
 
     def out(self, p: CNode, r: Tensor, pos: Tensor) -> Tensor | None:
         """The background's share of node p's output at positions pos [p]: [m, p, d_model] ([p, d_model]
         broadcast under mean ablation); None under zero ablation (nothing to subtract)."""
         c = self.clean
         if p.kind == "resid":
-            return self.resid(("pre", p.layer), r)[:, pos]
+            return self.resid(("pre", p.layer), r, pos)
         if self.mode == "resample":
             return c.out(p, r, pos)
         if self.mode == "mean":
@@ -158,127 +200,257 @@ class Background:
         return None  # zero ablation: the component contributes nothing
 
 
-class Executor:
-    """Evaluates a TreePlan bottom-up; every copy of a stage in one batched call.
+@dataclass
+class Run:
+    """One sampled tree to evaluate: a compiled hypothesis, its plan for one layout group, every node's token
+    positions in that layout (tree.resolve_positions) and the ablation mode of its unimportant inputs."""
 
-    `positions`: node index -> [p] token indices (tree.resolve_positions); `shortcuts`: take known results
-    (exact copies, copies fed only by their random input) from the clean run instead of computing them.
-    `rows_run` counts copies x examples computed.
+    compiled: Compiled
+    plan: TreePlan
+    positions: dict[int, np.ndarray]
+    mode: Mode
+
+
+@dataclass
+class _Slot:
+    """One child of a computed input: its path, parent node, the parent's positions, and where they land."""
+
+    path: str
+    parent: CNode
+    pos: Tensor  # [p] the parent's positions
+    keep: Tensor  # [k] which of them the input uses (indices into pos)
+    at: Tensor  # [k] where they sit among the input's positions
+
+
+@dataclass
+class _Group:
+    """Distinct inputs of one structure (component, positions, mode, paths, children's components): assembled
+    and computed together. `rows`: their signature ids; `r`: random inputs; `kids`: [rows][slot] child ids."""
+
+    node: CNode
+    key: tuple[str, int]
+    cols: Tensor  # [c] the positions assembled
+    mode: Mode
+    paths: tuple[str, ...]
+    slots: list[_Slot]
+    rows: list[int]
+    r: list[int]
+    kids: list[tuple[int, ...]]
+
+
+class Executor:
+    """Evaluates many tree plans of one layout group together (see the module docstring): `run(runs)` returns
+    each run's final-position logits [n, d_vocab] float32.
+
+    `shortcuts`: take known results (exact copies, copies fed only by their random input) from the clean run
+    instead of computing them. `rows_run` counts the distinct inputs computed; `rows_asked` the rows the runs
+    hold (copies x references), what a per-copy executor would compute. `progress(fraction, message)` is told
+    after each stage; `should_cancel` is checked before each.
     """
 
-    def __init__(self, model, compiled: Compiled, clean: CleanRun, positions: dict[int, np.ndarray], mode: Mode,
-                 shortcuts: bool = True, should_cancel: Callable[[], bool] | None = None):
-        self.model, self.compiled, self.clean, self.mode = model, compiled, clean, mode
+    def __init__(self, model, clean: CleanRun, shortcuts: bool = True,
+                 should_cancel: Callable[[], bool] | None = None, progress: Progress | None = None):
+        self.model, self.clean, self.shortcuts = model, clean, shortcuts
+        self.should_cancel, self.progress = should_cancel, progress
         self.dev = device_of(model)
-        self.pos = {k: torch.as_tensor(v, device=self.dev) for k, v in positions.items()}
-        self.bg = Background(clean, mode)
-        self.shortcuts, self.should_cancel = shortcuts, should_cancel
-        self.rows_run = 0
+        self.bg = {m: Background(clean, m) for m in ("resample", "zero", "mean")}
+        self.rows_run = self.rows_asked = 0
         cfg = model.cfg
         per_row = 4 * clean.T * (14 * cfg.d_model + 4 * cfg.n_heads * clean.T + 3 * cfg.n_heads * cfg.d_head)
         self.max_rows = max(1, ROW_BUDGET_BYTES // per_row)
 
-    @torch.inference_mode()
-    def run(self, plan: TreePlan) -> Tensor:
-        """Final-position logits of the scrubbed model for every reference: [n, d_vocab] float32."""
-        nodes = self.compiled.nodes
-        outs: dict[int, Tensor] = {}
-        stages: dict[int, list[int]] = {}
-        for tid, t in enumerate(plan.nodes):
-            stages.setdefault(nodes[t.node].stage, []).append(tid)
-        for stage in sorted(stages):
-            check_cancelled(self.should_cancel, "scrubbing")
-            todo = []
-            for tid in stages[stage]:
-                t, c = plan.nodes[tid], nodes[plan.nodes[tid].node]
-                x = torch.as_tensor(t.x, device=self.dev)
-                r = torch.as_tensor(t.r, device=self.dev)
-                if c.kind == OUTPUT and t.exact:
-                    outs[tid] = self.clean.logits(x)
-                elif c.kind == OUTPUT and self.shortcuts and self.mode == "resample" and not t.children:
-                    outs[tid] = self.clean.logits(r)  # nothing matters: the output on r
-                elif c.kind != OUTPUT and (t.exact or c.leaf):
-                    outs[tid] = self.clean.out(c, x, self.pos[c.index])  # a leaf, or provably exact
-                elif self.shortcuts and self.mode == "resample" and not t.children:
-                    outs[tid] = self.clean.out(c, r, self.pos[c.index])  # every input from r
-                else:
-                    todo.append(tid)
-            for a in range(0, len(todo), max(1, self.max_rows // plan.n)):
-                chunk = todo[a:a + max(1, self.max_rows // plan.n)]
-                for tid, val in zip(chunk, self._compute(plan, chunk, outs)):
-                    outs[tid] = val
-        return outs[0]
+    # ------------------------------------------------------------ signatures
 
-    def _inputs(self, plan: TreePlan, tid: int, outs: dict[int, Tensor]) -> dict[str, Tensor]:
-        """The input of one copy along each of its paths: [n, T, d_model]."""
-        t, c = plan.nodes[tid], self.compiled.nodes[plan.nodes[tid].node]
-        r = torch.as_tensor(t.r, device=self.dev)
-        base = self.bg.resid(input_key(c, self.model.cfg), r)
-        paths = list(c.paths) or ["resid"]
-        res = {p: base if len(paths) == 1 else base.clone() for p in paths}
-        for path, pi, cid in t.children:
-            p, pos = self.compiled.nodes[pi], self.pos[pi]
-            delta = outs.pop(cid)
-            bg = self.bg.out(p, r, pos)
-            res[path][:, pos] += delta if bg is None else delta - bg
+    def _intern(self, sig: tuple) -> tuple[int, bool]:
+        i = self._ids.get(sig)
+        if i is not None:
+            return i, False
+        i = self._ids[sig] = len(self._ids)
+        return i, True
+
+    def _lookup(self, block_key: tuple, make: Callable[[], Tensor], rows: np.ndarray) -> list[int]:
+        """Signature ids of clean values (one block per kind of value, made once), rows = example indices."""
+        if block_key not in self._block_of:
+            self._block_of[block_key] = len(self._blocks)
+            self._blocks.append(make())
+        b = self._block_of[block_key]
+        out = []
+        for x in rows.tolist():
+            i, new = self._intern((block_key, x))
+            if new:
+                self._loc[i] = (b, x)
+            out.append(i)
+        return out
+
+    def _sign(self, run: Run) -> list[int]:
+        """Signature ids of every row of the run's copies, children first; returns the root's [n]."""
+        nodes, plan, mode, cfg = run.compiled.nodes, run.plan, run.mode, self.model.cfg
+        T, L = self.clean.T, cfg.n_layers
+        ids: dict[int, list[int]] = {}
+        resample = self.shortcuts and mode == "resample"
+        for tid in reversed(range(len(plan.nodes))):
+            t = plan.nodes[tid]
+            c = nodes[t.node]
+            pos = run.positions[c.index]
+            self.rows_asked += plan.n
+            if c.kind == OUTPUT and (t.exact or (resample and not t.children)):
+                final = self.clean.resid[("pre", L)]
+                ids[tid] = self._lookup(("final",), lambda: final[:, -1:], t.x if t.exact else t.r)
+                continue
+            if c.kind != OUTPUT and (t.exact or c.leaf or (resample and not t.children)):
+                p = torch.as_tensor(pos, device=self.dev)
+                ids[tid] = self._lookup(("clean", c.site, tuple(pos.tolist())),
+                                        lambda: self.clean.out(c, torch.arange(self.clean.n, device=self.dev), p),
+                                        t.x if (t.exact or c.leaf) else t.r)
+                continue
+            cols = (np.arange(pos.max() + 1) if c.kind == "head" else np.array([T - 1]) if c.kind == OUTPUT
+                    else pos)
+            slots, kid_ids = [], []
+            for path, pi, cid in t.children:
+                ppos = run.positions[pi]
+                keep = np.flatnonzero(np.isin(ppos, cols))
+                if len(keep):  # a child at positions this input never uses changes nothing
+                    slots.append((path, pi, ppos, keep, np.searchsorted(cols, ppos[keep])))
+                    kid_ids.append(ids[cid])
+            paths = tuple(c.paths) or ("resid",)
+            struct = (c.kind, input_key(c, cfg), tuple(cols.tolist()), mode, paths,
+                      tuple((s[0], nodes[s[1]].site, tuple(s[2].tolist())) for s in slots))
+            kids = list(zip(*kid_ids)) if kid_ids else [()] * plan.n
+            rs = t.r.tolist() if mode == "resample" else [-1] * plan.n  # mean / zero: the same for every r
+            g = self._groups.get((c.stage, struct))
+            row_ids = []
+            for i in range(plan.n):
+                j, new = self._intern(("in", struct, rs[i], kids[i]))
+                if new:
+                    if g is None:
+                        g = self._groups[(c.stage, struct)] = _Group(
+                            c, input_key(c, cfg), torch.as_tensor(cols, device=self.dev), mode, paths,
+                            [_Slot(s[0], nodes[s[1]], *(torch.as_tensor(a, device=self.dev) for a in s[2:]))
+                             for s in slots], [], [], [])
+                    g.rows.append(j)
+                    g.r.append(int(t.r[i]))
+                    g.kids.append(kids[i])
+                row_ids.append(j)
+            if c.kind == "head":  # the head's output: one head of the layer's attention on that input
+                outs = []
+                for j in row_ids:
+                    k, new = self._intern(("z", c.site, tuple(pos.tolist()), j))
+                    if new:
+                        self._heads.setdefault((c.stage, c.site, tuple(pos.tolist())), []).append((k, j))
+                    outs.append(k)
+                row_ids = outs
+            ids[tid] = row_ids
+        return ids[0]
+
+    # ------------------------------------------------------------ evaluation
+
+    def _gather(self, ids) -> Tensor:
+        """Values of signature ids: [len(ids), p, ...] (rows of one or more blocks)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        b, r = self._loc_b[ids], self._loc_r[ids]
+        first = self._blocks[int(b[0])]
+        if (b == b[0]).all():
+            return first[torch.as_tensor(r, device=self.dev)]
+        out = first.new_empty(len(ids), *first.shape[1:])
+        for bb in np.unique(b).tolist():
+            sel = np.flatnonzero(b == bb)
+            out[torch.as_tensor(sel, device=self.dev)] = self._blocks[bb][torch.as_tensor(r[sel], device=self.dev)]
+        return out
+
+    def _store(self, ids: list[int], values: Tensor) -> None:
+        b = len(self._blocks)
+        self._blocks.append(values)
+        self._loc_b[ids] = b
+        self._loc_r[ids] = np.arange(len(ids))
+
+    def _assemble(self, g: _Group, a: int, z: int) -> dict[str, Tensor]:
+        """The inputs of rows a:z of group g along each path: [m, c, d_model]."""
+        bg = self.bg[g.mode]
+        r = torch.as_tensor(g.r[a:z], device=self.dev)
+        base = bg.resid(g.key, r, g.cols)
+        if g.paths == ("resid",):
+            res = {"resid": base}
+        else:  # a head's q/k/v paths: a path not listed is all background
+            res = {p: base.clone() if p in g.paths else base for p in ("q", "k", "v")}
+        kids = g.kids[a:z]
+        for k, s in enumerate(g.slots):
+            delta = self._gather([row[k] for row in kids])[:, s.keep]
+            sub = bg.out(s.parent, r, s.pos)
+            res[s.path][:, s.at] += delta if sub is None else delta - sub[..., s.keep, :]
         return res
 
-    def _compute(self, plan: TreePlan, tids: list[int], outs: dict[int, Tensor]) -> list[Tensor]:
-        nodes = self.compiled.nodes
-        kind = nodes[plan.nodes[tids[0]].node].kind
-        inputs = [self._inputs(plan, tid, outs) for tid in tids]
-        self.rows_run += plan.n * len(tids)
-        if kind == OUTPUT:
-            return [unembed_last(self.model, i["resid"]) for i in inputs]
-        if kind == "resid":
-            res = [i["resid"] for i in inputs]
-        elif kind == "mlp":
-            l = nodes[plan.nodes[tids[0]].node].layer
-            block = self.model.blocks[l]
-            full = block.apply_mlp(block.ln2(torch.cat([i["resid"] for i in inputs])))
-            res = list(full.split(plan.n))
-        else:
-            res = self._heads(plan, tids, inputs)
-        return [v[:, self.pos[plan.nodes[tid].node]] for tid, v in zip(tids, res)]
+    def _compute(self, g: _Group) -> None:
+        step = self.max_rows
+        parts = []
+        for a in range(0, len(g.rows), step):
+            x = self._assemble(g, a, min(a + step, len(g.rows)))
+            if g.node.kind in ("resid", OUTPUT):
+                parts.append(x["resid"])
+            elif g.node.kind == "mlp":
+                block = self.model.blocks[g.node.layer]
+                parts.append(block.apply_mlp(block.ln2(x["resid"])))
+            else:
+                parts.append(self._attend(g.node.layer, x, len(g.cols)))
+        self.rows_run += len(g.rows)
+        self._store(g.rows, torch.cat(parts) if len(parts) > 1 else parts[0])
 
-    def _heads(self, plan: TreePlan, tids: list[int], inputs: list[dict[str, Tensor]]) -> list[Tensor]:
-        """Copies of heads of one layer, inputs [n, T, d_model] per path each -> outputs [n, T, d_model] each."""
-        nodes, cfg = self.compiled.nodes, self.model.cfg
-        site = nodes[plan.nodes[tids[0]].node].site  # hook_z of the layer (every head of it)
-        l = site.layer
-        block = self.model.blocks[l]
-        qkv = {}
-        for p in ("q", "k", "v"):
-            if p == "q" or not all("resid" in i for i in inputs):
-                qkv[p] = torch.cat([i.get(p, i.get("resid")) if (p in i or "resid" in i) else self._plain(plan, tid)
-                                    for tid, i in zip(tids, inputs)])
-        same = all("resid" in i for i in inputs)  # one input shared by q, k and v
-        q = block.ln1(qkv["q"])
-        k, v = (q, q) if same else (block.ln1(qkv["k"]), block.ln1(qkv["v"]))
+    def _attend(self, l: int, x: dict[str, Tensor], P: int) -> Tensor:
+        """hook_z of layer l's attention [m, P, n_heads, d_head] on inputs [m, P, d_model] by path (resid: one
+        input for q, k and v; else one each)."""
+        cfg, block = self.model.cfg, self.model.blocks[l]
+        if "resid" in x:
+            q = block.ln1(x["resid"])
+            k = v = q
+        else:
+            q, k, v = (block.ln1(x[p]) for p in ("q", "k", "v"))
         if self.clean.sf is not None:
-            q, k = q + self.clean.sf, k + self.clean.sf
+            q, k = q + self.clean.sf[:, :P], k + self.clean.sf[:, :P]
         if cfg.use_split_qkv_input or cfg.use_attn_in:
             kv_heads = n_kv_heads(cfg)
             q = q[:, :, None].expand(-1, -1, cfg.n_heads, -1)
             k, v = (t[:, :, None].expand(-1, -1, kv_heads, -1) for t in (k, v))
         got: list[Tensor] = []
-        with self.model.hooks(fwd_hooks=[(site.hook, lambda z, hook: got.append(z))]):
+        with self.model.hooks(fwd_hooks=[(f"blocks.{l}.attn.hook_z", lambda z, hook: got.append(z))]):
             block.attn(query_input=q, key_input=k, value_input=v)
-        z = got[0]  # [rows, T, heads, d_head]
-        heads = torch.tensor([nodes[plan.nodes[tid].node].head for tid in tids], device=self.dev)
-        heads = heads.repeat_interleave(plan.n)
-        rows = torch.arange(z.shape[0], device=self.dev)
-        zh = z[rows, :, heads]  # [rows, T, d_head]
-        out = zh.new_empty(*zh.shape[:2], cfg.d_model)
-        for h in heads.unique().tolist():
-            sel = heads == h
-            out[sel] = zh[sel] @ self.clean.W_O[l][h]
-        return list(out.split(plan.n))
+        return got[0]
 
-    def _plain(self, plan: TreePlan, tid: int) -> Tensor:
-        """A q/k/v path the hypothesis does not list: its whole input comes from the background."""
-        t, c = plan.nodes[tid], self.compiled.nodes[plan.nodes[tid].node]
-        return self.bg.resid(input_key(c, self.model.cfg), torch.as_tensor(t.r, device=self.dev))
+    def _head_outputs(self, site, pos: tuple[int, ...], pairs: list[tuple[int, int]]) -> None:
+        """Outputs z[pos, head] @ W_O[head] of the rows (output id, input id) of one head at its positions."""
+        p = torch.as_tensor(pos, device=self.dev)
+        z = self._gather([j for _, j in pairs])[:, p, site.head]  # [m, p, d_head]
+        self._store([k for k, _ in pairs], z @ self.clean.W_O[site.layer][site.head])
+
+    @torch.inference_mode()
+    def run(self, runs: list[Run]) -> list[Tensor]:
+        """Final-position logits [n, d_vocab] (float32) of each run, in order."""
+        self._ids: dict[tuple, int] = {}
+        self._loc: dict[int, tuple[int, int]] = {}
+        self._blocks: list[Tensor] = []
+        self._block_of: dict[tuple, int] = {}
+        self._groups: dict[tuple, _Group] = {}
+        self._heads: dict[tuple, list[tuple[int, int]]] = {}
+        roots = [self._sign(run) for run in runs]
+        self._loc_b = np.full(len(self._ids), -1, dtype=np.int64)
+        self._loc_r = np.zeros(len(self._ids), dtype=np.int64)
+        for i, (b, r) in self._loc.items():
+            self._loc_b[i], self._loc_r[i] = b, r
+        stages = sorted({s for s, _ in self._groups} | {s for s, *_ in self._heads})
+        for k, stage in enumerate(stages):
+            check_cancelled(self.should_cancel, "scrubbing")
+            for (s, _), g in self._groups.items():
+                if s == stage:
+                    self._compute(g)
+            for (s, site, pos), pairs in self._heads.items():
+                if s == stage:
+                    self._head_outputs(site, pos, pairs)
+            if self.progress is not None:
+                self.progress((k + 1) / (len(stages) + 1), f"scrubbing: stage {k + 1}/{len(stages)}")
+        uniq, inv = np.unique(np.asarray(roots, dtype=np.int64), return_inverse=True)
+        w_t = self.model.unembed.W_U.T.contiguous()
+        final = self._gather(uniq)  # [u, 1, d_model]
+        logits = torch.cat([unembed_last(self.model, final[a:a + 256], w_t) for a in range(0, len(uniq), 256)])
+        inv = torch.as_tensor(inv.reshape(len(runs), -1), device=logits.device)
+        return [logits[row] for row in inv]
 
 
-__all__ = ["Background", "CleanRun", "Executor", "check_architecture", "unembed_last"]
+__all__ = ["Background", "CleanRun", "Executor", "Run", "check_architecture", "unembed_last"]

@@ -27,14 +27,30 @@ import torch
 
 from ...tasks.dataset import TaskDataset
 from ..core.progress import Progress
-from .executor import CleanRun, Executor, Mode, check_architecture, device_of
+from .executor import CleanRun, Executor, Mode, Run, check_architecture, device_of
 from .hypothesis import Hypothesis, check_hypothesis
 from .nodes import INPUT, OUTPUT, Compiled, reachable
 from .score import SeedStats, TaskScore, recovered, recovered_metric
-from .tree import (Sampler, TreeTooLarge, exact_nodes, interp_values, layout_groups, plan_tree, position_warnings,
-                   resolve_positions, tree_size)
+from .tree import (Sampler, TreePlan, TreeTooLarge, exact_nodes, interp_values, layout_groups, plan_tree,
+                   position_warnings, resolve_positions)
 
-__all__ = ["Contribution", "Scores", "ScrubResult", "Scrubber", "graph_data", "scrub_hypothesis"]
+__all__ = ["Contribution", "Planned", "Scores", "ScrubResult", "Scrubber", "graph_data", "scrub_hypothesis"]
+
+WAVE_LOGIT_BYTES = 512 * 2**20  # final-position logits of the runs evaluated together, at most
+
+
+@dataclass
+class Planned:
+    """A compiled hypothesis's sampled trees: per layout group, its node positions and one plan per seed."""
+
+    compiled: Compiled
+    seeds: list[int]
+    groups: list[tuple[dict[int, np.ndarray], list[TreePlan]]]
+
+    @property
+    def copies(self) -> int:
+        """Copies of model nodes in the tree (the largest over token layouts)."""
+        return max(len(plans[0].nodes) for _, plans in self.groups)
 
 
 @dataclass
@@ -136,14 +152,13 @@ class Scrubber:
         self.groups = layout_groups(dataset)
         dev = device_of(model)
         self.score = TaskScore(dataset)
-        self.clean: list[CleanRun] = []
         n, logits = len(dataset), None
-        with torch.inference_mode():
-            for g in self.groups:
-                toks = torch.tensor([dataset.examples[i].tokens for i in g.idx], device=dev)
-                run = CleanRun(model, toks)
-                self.clean.append(run)
-                lg = run.logits(torch.arange(len(g.idx), device=dev)).cpu()
+        with torch.inference_mode():  # layouts of one length share their forward passes
+            self.clean = CleanRun.of_groups(model, [torch.tensor([dataset.examples[i].tokens for i in g.idx],
+                                                                 device=dev) for g in self.groups])
+            w_t = model.unembed.W_U.T.contiguous()  # once, not per layout
+            for g, run in zip(self.groups, self.clean):
+                lg = run.logits(torch.arange(len(g.idx), device=dev), w_t).cpu()
                 logits = torch.empty(n, lg.shape[-1]) if logits is None else logits
                 logits[torch.as_tensor(g.idx)] = lg
         self.logits_model = logits
@@ -152,43 +167,61 @@ class Scrubber:
         self.loss_random, self.metric_random = np.empty(n), np.empty(n)
         for g in self.groups:
             self.loss_random[g.idx], self.metric_random[g.idx] = self.score.random(logits, g.idx)
-        self.rows_run = 0  # copies x examples computed so far (work done, for cost reports)
+        self.rows_run = 0  # distinct copy inputs computed so far (work done, for cost reports)
+        self.rows_asked = 0  # copies x examples of the trees evaluated (what a per-copy executor computes)
 
-    def copies(self, compiled: Compiled) -> int:
-        """Copies of model nodes in the tree (the largest over token layouts)."""
-        sizes = []
-        for g in self.groups:
-            positions = resolve_positions(compiled, g)
-            sizes.append(tree_size(compiled, exact_nodes(compiled, positions, g.length) if self.shortcuts else set()))
-        return max(sizes)
-
-    def logits(self, compiled: Compiled, mode: Mode, seed: int,
-               should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-        """Scrubbed final-position logits for every example, in dataset order: [n, d_vocab] float32 on the CPU.
-        One tree sample per (seed, layout group)."""
-        out = torch.empty_like(self.logits_model)
+    def plan(self, compiled: Compiled, seeds: Sequence[int]) -> Planned:
+        """Sample the tree of `compiled` for every seed and layout group (draws seeded by (seed, group), so a
+        plan is the same whatever else is evaluated with it). TreeTooLarge beyond max_tree_nodes copies."""
         values = interp_values(compiled, self.ds)
+        groups = []
         for gi, g in enumerate(self.groups):
             positions = resolve_positions(compiled, g)
             exact = exact_nodes(compiled, positions, g.length) if self.shortcuts else set()
-            sampler = Sampler(values, g.idx, np.random.default_rng([seed, gi]))
-            plan = plan_tree(compiled, sampler, exact, self.max_tree_nodes)
-            ex = Executor(self.model, compiled, self.clean[gi], positions, mode, self.shortcuts, should_cancel)
-            out[torch.as_tensor(g.idx)] = ex.run(plan).cpu()
-            self.rows_run += ex.rows_run
-        return out
+            plans = [plan_tree(compiled, Sampler(values, g.idx, np.random.default_rng([s, gi])), exact,
+                               self.max_tree_nodes) for s in seeds]
+            groups.append((positions, plans))
+        return Planned(compiled, list(seeds), groups)
 
-    def scores(self, compiled: Compiled, mode: Mode, seeds: Sequence[int], tick: Callable[[], None] = lambda: None,
+    def evaluate(self, items: Sequence[tuple[Planned, Mode]], progress: Progress | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> list[Scores]:
+        """Scores of several planned hypotheses, each under an ablation mode, over their seeds. Every run
+        (item x seed) of a wave is evaluated together, per layout group, by one Executor (shared rows are
+        computed once); waves bound the logits held at once."""
+        runs = [(k, si) for k, (pl, _) in enumerate(items) for si in range(len(pl.seeds))]
+        n, vocab = len(self.ds), self.logits_model.shape[-1]
+        per_wave = max(1, WAVE_LOGIT_BYTES // (4 * n * vocab))
+        waves = [runs[a:a + per_wave] for a in range(0, len(runs), per_wave)]
+        losses: dict[tuple[int, int], np.ndarray] = {}
+        metrics: dict[tuple[int, int], np.ndarray] = {}
+        steps, done = len(waves) * len(self.groups), 0
+        for wave in waves:
+            out = {key: torch.empty_like(self.logits_model) for key in wave}
+            for gi, g in enumerate(self.groups):
+                sub = None if progress is None else (lambda f, m, d=done: progress((d + f) / steps, m))
+                ex = Executor(self.model, self.clean[gi], self.shortcuts, should_cancel, sub)
+                got = ex.run([Run(items[k][0].compiled, items[k][0].groups[gi][1][si], items[k][0].groups[gi][0],
+                                  items[k][1]) for k, si in wave])
+                for key, lg in zip(wave, got):
+                    out[key][torch.as_tensor(g.idx)] = lg.cpu()
+                self.rows_run += ex.rows_run
+                self.rows_asked += ex.rows_asked
+                done += 1
+            for key in wave:
+                losses[key], metrics[key] = self.score.score(out.pop(key), torch.arange(n))
+        if progress is not None:
+            progress(1.0, f"scrubbing: {len(runs)} runs done")
+        return [self._scores(np.stack([losses[(k, si)] for si in range(len(pl.seeds))]),
+                             np.stack([metrics[(k, si)] for si in range(len(pl.seeds))]))
+                for k, (pl, _) in enumerate(items)]
+
+    def scores(self, compiled: Compiled, mode: Mode, seeds: Sequence[int],
                should_cancel: Callable[[], bool] | None = None) -> Scores:
-        """Loss, metric and both recovery scores of one hypothesis under one ablation mode, over seeds; `tick`
-        is called after each seed."""
-        losses, metrics = [], []
-        for s in seeds:
-            ls, ms = self.score.score(self.logits(compiled, mode, s, should_cancel), torch.arange(len(self.ds)))
-            losses.append(ls)
-            metrics.append(ms)
-            tick()
-        L, M = np.stack(losses), np.stack(metrics)  # [seeds, n]
+        """Loss, metric and both recovery scores of one hypothesis under one ablation mode, over seeds."""
+        return self.evaluate([(self.plan(compiled, seeds), mode)], should_cancel=should_cancel)[0]
+
+    def _scores(self, L: np.ndarray, M: np.ndarray) -> Scores:
+        """Scores from per-seed, per-example loss and metric ([seeds, n] each)."""
         lm, lr = float(self.loss_model.mean()), float(self.loss_random.mean())
         mm, mr = float(self.metric_model.mean()), float(self.metric_random.mean())
         return Scores(SeedStats.of(L.mean(1)), SeedStats.of(M.mean(1)),
@@ -197,22 +230,22 @@ class Scrubber:
 
 
 def _drop(hyp: Hypothesis, name: str) -> Hypothesis:
-    h = hyp.model_copy(deep=True)
-    h.name = f"{hyp.name} - {name}"
-    for n in h.nodes:
-        if n.parents is not None:  # an emptied list stays [] (nothing matters), not None (a leaf)
-            n.parents = [p for p in n.parents if p != name]
-        if n.inputs is not None:
-            n.inputs = {k: [p for p in v if p != name] for k, v in n.inputs.items()}
-    h.output.parents = [p for p in h.output.parents if p != name]
-    return h
+    """`hyp` with node `name` removed from every parent list (copies only the lists it edits: a large hypothesis
+    has one variant per node)."""
+    def keep(ps: list[str]) -> list[str]:
+        return [p for p in ps if p != name]
+
+    nodes = [n.model_copy(update={  # an emptied list stays [] (nothing matters), not None (a leaf)
+        "parents": None if n.parents is None else keep(n.parents),
+        "inputs": None if n.inputs is None else {k: keep(v) for k, v in n.inputs.items()}}) for n in hyp.nodes]
+    return hyp.model_copy(update={"name": f"{hyp.name} - {name}", "nodes": nodes,
+                                  "output": hyp.output.model_copy(update={"parents": keep(hyp.output.parents)})})
 
 
 def _sharpen(hyp: Hypothesis, name: str) -> Hypothesis:
-    h = hyp.model_copy(deep=True)
-    h.name = f"{hyp.name} ~ {name}"
-    h.node(name).interp = INPUT
-    return h
+    """`hyp` with node `name`'s interpretation node sharpened to the whole input."""
+    nodes = [n.model_copy(update={"interp": INPUT}) if n.name == name else n for n in hyp.nodes]
+    return hyp.model_copy(update={"name": f"{hyp.name} ~ {name}", "nodes": nodes})
 
 
 def graph_data(compiled: Compiled, contributions: list[Contribution]) -> dict:
@@ -255,33 +288,34 @@ def scrub_hypothesis(model, dataset: TaskDataset, hypothesis: Hypothesis | dict,
     sc = scrubber or Scrubber(model, dataset, shortcuts=shortcuts, max_tree_nodes=max_tree_nodes)
     rows0 = sc.rows_run
     reach = {compiled.nodes[i].name for i in reachable(compiled.nodes)}
-    variants = [(n.name, _drop(hyp, n.name), _sharpen(hyp, n.name) if n.interp != INPUT else None)
-                for n in compiled.nodes[:-1] if n.name in reach] if contributions else []
-    total = len(seeds) * (1 + len(ablations) + sum(1 + (s is not None) for _, _, s in variants))
-    done = [0]
-
-    def tick() -> None:
-        done[0] += 1
-        if progress is not None:
-            progress(done[0] / total, f"scrubbing: {done[0]}/{total} runs")
-
-    full = sc.scores(compiled, "resample", seeds, tick, should_cancel)
-    abl = {m: sc.scores(compiled, m, seeds, tick, should_cancel) for m in ablations}
-    contribs, warnings, skipped = [], list(compiled.warnings), []
-    for name, dropped, sharp in variants:
-        node = compiled.by_name(name)
-        try:  # a variant can treeify into far more copies (its nodes lose exactness): skip it then
-            d = sc.scores(check_hypothesis(dropped, dataset.spec, model), "resample", seeds, tick, should_cancel)
-            k = Contribution(name, node.label, node.interp, d, full.recovered.mean - d.recovered.mean,
-                             full.recovered_metric.mean - d.recovered_metric.mean)
-            if sharp is not None:
-                s = sc.scores(check_hypothesis(sharp, dataset.spec, model), "resample", seeds, tick, should_cancel)
-                k.sharpened, k.sharpen_effect = s, s.recovered.mean - full.recovered.mean
-                k.sharpen_effect_metric = s.recovered_metric.mean - full.recovered_metric.mean
-        except TreeTooLarge:
-            skipped.append(name)
+    full = sc.plan(compiled, seeds)
+    items: list[tuple[Planned, Mode]] = [(full, "resample")] + [(full, m) for m in ablations]
+    variants, skipped = [], []
+    for n in (compiled.nodes[:-1] if contributions else []):
+        if n.name not in reach:
             continue
-        contribs.append(k)
+        try:  # a variant can treeify into far more copies (its nodes lose exactness): skip it then
+            d = sc.plan(check_hypothesis(_drop(hyp, n.name), dataset.spec, model), seeds)
+            s = (sc.plan(check_hypothesis(_sharpen(hyp, n.name), dataset.spec, model), seeds)
+                 if n.interp != INPUT else None)
+        except TreeTooLarge:
+            skipped.append(n.name)
+            continue
+        variants.append((n, len(items), s is not None))
+        items += [(d, "resample")] + ([(s, "resample")] if s is not None else [])
+    # every seed, ablation and variant evaluated together: their shared rows are computed once
+    got = sc.evaluate(items, progress, should_cancel)
+    full_s, abl = got[0], dict(zip(ablations, got[1:1 + len(ablations)]))
+    contribs, warnings = [], list(compiled.warnings)
+    for node, k, sharpened in variants:
+        d = got[k]
+        c = Contribution(node.name, node.label, node.interp, d, full_s.recovered.mean - d.recovered.mean,
+                         full_s.recovered_metric.mean - d.recovered_metric.mean)
+        if sharpened:
+            sh = got[k + 1]
+            c.sharpened, c.sharpen_effect = sh, sh.recovered.mean - full_s.recovered.mean
+            c.sharpen_effect_metric = sh.recovered_metric.mean - full_s.recovered_metric.mean
+        contribs.append(c)
     if skipped:
         warnings.append(f"contributions of {len(skipped)} node(s) not computed ({', '.join(skipped[:8])}"
                         f"{', ...' if len(skipped) > 8 else ''}): dropping or sharpening them treeifies into more "
@@ -298,13 +332,13 @@ def scrub_hypothesis(model, dataset: TaskDataset, hypothesis: Hypothesis | dict,
         warnings.append(f"{len(small)} token layout(s) with fewer than 8 examples: resampling within them is weak")
     return ScrubResult(
         hyp.name, len(dataset), seeds, dataset.spec.metric, float(sc.loss_model.mean()), float(sc.loss_random.mean()),
-        float(sc.metric_model.mean()), float(sc.metric_random.mean()), full, abl, contribs,
+        float(sc.metric_model.mean()), float(sc.metric_random.mean()), full_s, abl, contribs,
         graph_data(compiled, contribs),
-        {"copies": sc.copies(compiled), "rows_run": sc.rows_run - rows0, "layouts": len(sc.groups)},
+        {"copies": full.copies, "rows_run": sc.rows_run - rows0, "layouts": len(sc.groups)},
         stats, warnings, time.perf_counter() - t0,
         {"loss_model": sc.loss_model, "loss_random": sc.loss_random, "metric_model": sc.metric_model,
-         "metric_random": sc.metric_random, "loss_scrubbed": full.per_example_loss,
-         "metric_scrubbed": full.per_example_metric})
+         "metric_random": sc.metric_random, "loss_scrubbed": full_s.per_example_loss,
+         "metric_scrubbed": full_s.per_example_metric})
 
 
 def _interp_stats(compiled: Compiled, sc: Scrubber) -> dict[str, dict]:

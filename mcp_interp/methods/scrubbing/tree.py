@@ -13,6 +13,7 @@ every draw stays inside the reference's group, so positions mean the same thing 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ...tasks import expressions
 from ...tasks.dataset import TaskDataset
-from .nodes import INPUT, OUTPUT, Compiled, HypothesisError, check_overlaps, components, reads
+from .nodes import INPUT, OUTPUT, CNode, Compiled, HypothesisError, ModelShape, check_overlaps, components, reads
 
 
 class TreeTooLarge(HypothesisError):
@@ -178,7 +179,7 @@ def exact_nodes(compiled: Compiled, positions: dict[int, np.ndarray], T: int) ->
         if c.leaf:
             exact.add(c.index)
             continue
-        need = np.array([reads(c, k, shape) for k in comps])
+        need = _reads_row(c, shape)
         ok = c.kind != "head" or set(c.paths) in ({"resid"}, {"q", "k", "v"})
         for parents in c.paths.values():
             if not ok:
@@ -189,13 +190,27 @@ def exact_nodes(compiled: Compiled, positions: dict[int, np.ndarray], T: int) ->
                 if pi not in exact or p.interp != INPUT:
                     ok = False
                     break
-                rows = ([i for i, k in enumerate(comps) if reads(p, k, shape)] if p.kind == "resid"
-                        else [row[p.site]])
+                rows = np.flatnonzero(_reads_row(p, shape)) if p.kind == "resid" else [row[p.site]]
                 got[np.ix_(rows, positions[pi])] = True
             ok = ok and bool(got[need].all())
         if ok:
             exact.add(c.index)
     return exact
+
+
+def _reads_row(c: CNode, shape: ModelShape) -> np.ndarray:
+    """[components] bool: which components' outputs node c's input contains. A function of c's Site and the
+    model's shape only, so it is cached: every contribution variant of a large hypothesis asks again."""
+    return _reads_row_cached(c.site, shape.n_layers, shape.n_heads, shape.attn_only, shape.parallel_attn_mlp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_row_cached(site, *shape_args) -> np.ndarray:
+    shape = ModelShape(*shape_args)
+    c = CNode(-1, "", site, "all", INPUT, {})
+    out = np.array([reads(c, k, shape) for k in components(shape)])
+    out.flags.writeable = False
+    return out
 
 
 # ---------------------------------------------------------------- the plan

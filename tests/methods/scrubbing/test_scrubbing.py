@@ -19,7 +19,7 @@ from mcp_interp.methods.core import Cancelled, Site
 from mcp_interp.methods.scrubbing import (HypothesisError, Scrubber, check_hypothesis, everything_matters,
                                           nothing_matters, scrub_hypothesis, site_of, unit_label)
 # the machinery under the API, for the brute-force reference that replays its sampled tree
-from mcp_interp.methods.scrubbing.executor import CleanRun, Executor
+from mcp_interp.methods.scrubbing.executor import CleanRun, Executor, Run
 from mcp_interp.methods.scrubbing.tree import Sampler, interp_values, layout_groups, plan_tree, resolve_positions
 from mcp_interp.models.toy import build_toy, get_toy
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
@@ -243,7 +243,7 @@ def _compare(model, ds, hyp, seed=0, modes=("resample",)):
     for mode in modes:
         ref = brute_force(model, compiled, plan, tokens, positions, mode)
         for shortcuts in (True, False):
-            got = Executor(model, compiled, clean, positions, mode, shortcuts).run(plan)
+            got = Executor(model, clean, shortcuts).run([Run(compiled, plan, positions, mode)])[0]
             torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-4)
     return plan
 
