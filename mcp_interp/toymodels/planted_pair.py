@@ -72,7 +72,7 @@ def _latents(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return on * (0.5 + rng.exponential(1.0, (n, k)))
 
 
-def build_planted_pair(seed: int, kind: str = "shared", n: int = 512, n_shared: int = 12, n_private: int = 6,
+def build_planted_pair(seed: int, kind: str = "shared", n: int = 512, n_shared: int = 20, n_private: int = 8,
                        d_a: int = 32, d_b: int = 40, noise: float = 0.25, n_lookalike: int = 3) -> PlantedPair:
     """The planted pair of `kind` for `seed` (module doc)."""
     if kind not in KINDS:
