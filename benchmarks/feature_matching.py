@@ -1,7 +1,7 @@
 """Feature matching on planted pairs: ours (Hungarian on |r|, null of the whole matching, BH at 5%, causal status)
 vs a fingerprint score with a fixed threshold and no null (the way interp-lab matches features).
 
-    python benchmarks/feature_matching.py [--seeds 1000-1015] [--fdr 0.05] [--null shuffle|rotation]
+    python benchmarks/feature_matching.py [--seeds 1000-1015] [--fdr 0.05] [--null both|shuffle|rotation]
                                           [--n-null 20] [--threshold 0.5] [--n 512] [--noise 0.25]
 
 Pairs come from `mcp_interp.toymodels.planted_pair.build_planted_pair(seed, kind)` (20 shared features in
@@ -73,7 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="1000-1015")
     ap.add_argument("--fdr", type=float, default=0.05)
-    ap.add_argument("--null", default="shuffle", choices=C.NULLS)
+    ap.add_argument("--null", default="both", choices=C.NULLS)
     ap.add_argument("--n-null", type=int, default=20)
     ap.add_argument("--threshold", type=float, default=0.5, help="the baseline's fixed fingerprint threshold")
     ap.add_argument("--n", type=int, default=512, help="examples per pair")

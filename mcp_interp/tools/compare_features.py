@@ -61,10 +61,11 @@ class CompareFeaturesInput(BaseModel):
     tokens: int = Field(2048, ge=64, le=MAX_ROWS, description="corpus: aligned tokens (rows) to compare.")
     context: int = Field(32, ge=4, le=512, description="corpus: tokens per window.")
     fdr: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg level of the match set.")
-    null: Literal["shuffle", "rotation"] = Field(
-        "shuffle", description="Null of the matching: shuffle = re-pair B's examples (on a corpus: circular shift "
-        "by whole windows); rotation = random rotations of B's standardised features (a match must beat what the "
-        "shared subspace alone gives).")
+    null: Literal["both", "shuffle", "rotation"] = Field(
+        "both", description="Null of the matching: shuffle = re-pair B's examples (on a corpus: circular shift by "
+        "whole windows), exact for unrelated sides; rotation = random rotations of B's standardised features, so a "
+        "match must beat what shared low-dimensional structure alone gives (on task prompts every unit tracks the "
+        "template); both (default) = the larger p of the two.")
     n_null: int = Field(20, ge=1, le=500, description="Null replicates of the whole matching (each a Hungarian "
                         "assignment).")
     n_perm: int = Field(200, ge=0, le=10_000, description="Permutations for the CKA / SVCCA p-values.")
@@ -391,7 +392,8 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
                                                   "seq": torch.as_tensor(rows.seq)})
     run.write_json("matches.json", {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "r": m.r.tolist(),
                                     "p": m.p.tolist(), "q": m.q.tolist(), "significant": m.significant.tolist(),
-                                    "null_abs_r": m.null_r.tolist(), "n_null": m.n_null, "null": m.null,
+                                    "null_abs_r": {k: v.tolist() for k, v in m.null_r.items()}, "n_null": m.n_null,
+                                    "null": m.null,
                                     "fdr": m.fdr, "expected_null": m.expected_null})
     run.publish("result.json")
     sim = Similarity(cka=ck["cka"], cka_p=ck["p"], cka_null_mean=ck["null_mean"], svcca=sv["mean"], svcca_p=sv["p"],
@@ -448,7 +450,8 @@ def _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, la
                             title=f"linear CKA over layers\n{what}", cbar_label="CKA", center_zero=False,
                             xlabel=f"B layer ({args.b.model})", ylabel=f"A layer ({args.a.model})")
         run.save_figure("cka_map.png", fig)
-    fig = plots.histogram({"matched |r|": np.abs(m.r), f"null ({m.null}, {m.n_null} replicates)": m.null_r},
+    fig = plots.histogram({"matched |r|": np.abs(m.r), **{f"null: {k} ({m.n_null} replicates)": v.ravel()
+                                                          for k, v in m.null_r.items()}},
                           title=f"one-to-one matches against the null; {m.n_significant} at FDR {m.fdr:g}\n{what}",
                           xlabel="|correlation| of a matched pair", density=True)
     run.save_figure("match_histogram.png", fig)

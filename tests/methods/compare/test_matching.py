@@ -14,7 +14,7 @@ def _found(m):
 
 
 @pytest.mark.parametrize("seed", [11, 23, 37, 41])
-@pytest.mark.parametrize("null", ["shuffle", "rotation"])
+@pytest.mark.parametrize("null", ["both", "shuffle", "rotation"])
 def test_shared_features_recovered_at_fdr5(seed, null):
     P = build_planted_pair(seed, "shared")
     m = C.match_features(P.features("a"), P.features("b"), fdr=0.05, null=null, seed=seed)
@@ -26,11 +26,12 @@ def test_shared_features_recovered_at_fdr5(seed, null):
     assert set(P.private_a) <= set(m.unmatched_a) and set(P.private_b) <= set(m.unmatched_b)
 
 
-def test_unrelated_pairs_match_no_more_than_the_null_rate():
+@pytest.mark.parametrize("null", ["both", "shuffle"])
+def test_unrelated_pairs_match_no_more_than_the_null_rate(null):
     n_sig, n_matches, p_small = 0, 0, 0
     for seed in range(50, 62):
         P = build_planted_pair(seed, "unrelated")
-        m = C.match_features(P.features("a"), P.features("b"), fdr=0.05, seed=seed)
+        m = C.match_features(P.features("a"), P.features("b"), fdr=0.05, null=null, seed=seed)
         n_sig += m.n_significant
         n_matches += len(m.r)
         p_small += int((m.p <= 0.05).sum())
