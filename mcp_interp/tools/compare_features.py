@@ -408,6 +408,13 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
                    f"{counts['contradicted']} contradicted of {len(effects)} tested"
     if ceiling:
         summary += f"; ceiling (A vs another A): CKA {ceiling['cka']:.3f}, {ceiling['n_matched']} matched"
+    if args.null in ("both", "rotation") and len(rows.seq) < 2 * min(m.n_live):
+        # with fewer examples than features, B's features span (nearly) the whole example space, so a random
+        # rotation of them fits any feature of A about as well as its true partner: the rotation null then
+        # accepts nothing, whatever the sides share
+        warnings.append(f"{len(rows.seq)} aligned examples for {min(m.n_live)} live features per side: the rotation "
+                        f"null is uninformative below ~2 examples per feature (nothing can pass it); raise `n` / "
+                        f"`tokens` or compare fewer features")
     if args.corpus and args.test_top:
         warnings.append("no causal test on a corpus (no task metric): give a task for causal preservation")
     result = CompareFeaturesResult(
