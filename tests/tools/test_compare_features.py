@@ -76,3 +76,24 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
                               "position": "NOPE"}, "position")]:
             msg = await call_error(c, "compare_features", {**args, "wait_seconds": 60})
             assert msg.startswith(field) or f" {field}" in msg or field in msg.split(":")[0], msg
+
+
+@pytest.mark.slow
+async def test_two_induction_seeds_match_their_copy_features(store_dir):
+    """toy/induction-2l vs toy/induction-2l-s1 (trained from another seed; trains on first use): SAE latents of
+    layer-1 attn_out match one to one far beyond chance, and the ones carrying x6 are validated causally."""
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        saes = []
+        for model in ("toy/induction-2l", "toy/induction-2l-s1"):
+            sae = await finish(c, await call(c, "train_sae", {
+                "model": model, "site": "attn_out", "layer": 1, "corpus": "task", "task": "induction", "tokens": 8000,
+                "d_sae": 64, "k": 4, "epochs": 20, "batch_size": 256, "splice_windows": 0, "wait_seconds": 300}))
+            saes.append(sae["run_id"])
+        out = await finish(c, await call(c, "compare_features", {
+            "a": {"model": "toy/induction-2l", "source": "sae", "sae": saes[0]},
+            "b": {"model": "toy/induction-2l-s1", "source": "sae", "sae": saes[1]}, "task": "induction",
+            "variable": "x6", "counterfactual": "resample_x6", "n": 256, "n_perm": 99, "test_top": 4,
+            "wait_seconds": 300}))
+        assert out["similarity"]["cka"] > 0.8 and out["n_matched"] >= 20 and out["expected_null"] < 1
+        assert out["causal_counts"]["validated"] >= 3 and out["causal_counts"]["contradicted"] == 0
