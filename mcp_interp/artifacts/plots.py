@@ -158,23 +158,55 @@ def line_plot(x, ys: Mapping[str, Sequence[float]], title: str = "", xlabel: str
 
 
 def histogram(series: Mapping[str, Sequence[float]], title: str = "", xlabel: str = "",
-              bins: int = 30, ylabel: str = "examples") -> Figure:
+              bins: int = 30, ylabel: str = "examples", density: bool = False) -> Figure:
     """Overlaid histograms on shared bins (e.g. a metric on clean vs counterfactual prompts), with a
-    dashed line at each series' mean and one at 0."""
+    dashed line at each series' mean and one at 0. `density`: each series normalised to area 1 (for series of
+    very different sizes, e.g. observed values against a pooled null)."""
     fig = _figure(6.5, 4.0)
     ax = fig.add_subplot()
     arrays = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in series.items()}
     allv = np.concatenate([a for a in arrays.values() if a.size]) if arrays else np.zeros(1)
     edges = np.histogram_bin_edges(allv, bins=bins)
     for name, a in arrays.items():
-        (patches := ax.hist(a, bins=edges, alpha=0.55, label=f"{name} (mean {a.mean():.2f})")[2])
+        (patches := ax.hist(a, bins=edges, alpha=0.55, density=density,
+                            label=f"{name} (n {a.size}, mean {a.mean():.2f})")[2])
         ax.axvline(a.mean(), color=patches[0].get_facecolor(), ls="--", lw=1.5)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
+    ax.set_ylabel("density" if density else ylabel, fontsize=LABEL_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.legend(fontsize=TICK_SIZE, frameon=False)
+    return fig
+
+
+def scatter_with_ci(x, y, x_ci, y_ci, groups: Sequence[str], labels: Sequence[str] | None = None, title: str = "",
+                    xlabel: str = "", ylabel: str = "") -> Figure:
+    """Points (x, y) with CI bars on both axes, coloured by group (e.g. a causal status), an identity line and
+    axes through 0; `labels` annotate the points."""
+    fig = _figure(6.0, 5.2)
+    ax = fig.add_subplot()
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    xe = np.clip(np.abs(np.asarray(x_ci, float).reshape(-1, 2).T - x), 0, None) if len(x) else None
+    ye = np.clip(np.abs(np.asarray(y_ci, float).reshape(-1, 2).T - y), 0, None) if len(y) else None
+    for g in dict.fromkeys(groups):
+        k = np.array([gg == g for gg in groups])
+        ax.errorbar(x[k], y[k], xerr=None if xe is None else xe[:, k], yerr=None if ye is None else ye[:, k],
+                    fmt="o", ms=5, capsize=2, label=f"{g} ({int(k.sum())})")
+    for i, lab in enumerate(labels or []):
+        ax.annotate(str(lab), (x[i], y[i]), fontsize=TICK_SIZE - 1, xytext=(3, 3), textcoords="offset points")
+    finite = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)], [0.0]])
+    lim = float(np.abs(finite).max()) * 1.15 or 1.0
+    ax.plot([-lim, lim], [-lim, lim], color="grey", ls="--", lw=0.8)
+    ax.axhline(0, color="black", lw=0.8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_title(title, fontsize=TITLE_SIZE)
     ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
     ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
     ax.tick_params(labelsize=TICK_SIZE)
-    ax.legend(fontsize=TICK_SIZE, frameon=False)
+    ax.grid(alpha=0.3)
+    if len(x):
+        ax.legend(fontsize=TICK_SIZE, frameon=False)
     return fig
 
 

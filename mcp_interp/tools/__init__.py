@@ -1,8 +1,8 @@
 """The MCP tools: one module per tool (its input and result models, its function, its `ToolSpec`), and the
 registry the server registers from. Adding a tool = one module here and one line in `TOOLS`."""
 
-from . import (attribute, baseline, das, find_features, jobs, load_sae, locate, models, report, runs, scrub, tasks,
-               train_sae)
+from . import (attribute, baseline, compare_features, das, find_features, jobs, load_sae, locate, models, report, runs,
+               scrub, tasks, train_sae)
 from .base import ToolSpec
 
 TOOLS: list[ToolSpec] = [
@@ -20,6 +20,7 @@ TOOLS: list[ToolSpec] = [
     train_sae.TRAIN_SAE,
     load_sae.LOAD_SAE,
     find_features.FIND_FEATURES,
+    compare_features.COMPARE_FEATURES,
     runs.LIST_RUNS,
     runs.GET_RUN,
     report.REPORT,

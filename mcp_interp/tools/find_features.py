@@ -121,33 +121,40 @@ def _pick_counterfactual(spec, ds_probe, variable: str, given: str | None) -> st
     return None
 
 
-def _source(run: ToolRun, args: FindFeaturesInput, lm):
+def feature_source(app: AppContext, lm, source: str, sae: str | None = None, layer: int | None = None,
+                   das_run: str | None = None, field: str = ""):
+    """The features of one model for source 'sae' (`sae`: a run id or directory), 'neurons' (MLP `layer`) or 'das'
+    (`das_run`), with ToolErrors naming the field (prefixed by `field`, e.g. "a.") and the fix."""
     model = lm.model
-    if args.source == "sae":
-        if not args.sae:
-            raise ToolError("sae: source='sae' needs `sae` (a train_sae / load_sae run id or a sae-lens directory).")
-        sae, site, _ = checked_sae(run.app, args.sae, lm)
-        return F.SAEFeatures(sae, site)
-    if args.source == "neurons":
-        if args.layer is None or not 0 <= args.layer < model.cfg.n_layers or model.cfg.attn_only:
-            raise ToolError(f"layer: source='neurons' needs the layer of an MLP (0..{model.cfg.n_layers - 1}).")
-        return F.NeuronFeatures(Site("mlp_post", args.layer), model.cfg.d_mlp)
-    if not args.das_run:
-        raise ToolError("das_run: source='das' needs a train_das run id (list_runs(tool='train_das')).")
+    if source == "sae":
+        if not sae:
+            raise ToolError(f"{field}sae: source='sae' needs `sae` (a train_sae / load_sae run id or a sae-lens "
+                            f"directory).")
+        loaded, site, _ = checked_sae(app, sae, lm)
+        return F.SAEFeatures(loaded, site)
+    if source == "neurons":
+        if layer is None or not 0 <= layer < model.cfg.n_layers or model.cfg.attn_only:
+            raise ToolError(f"{field}layer: source='neurons' needs the layer of an MLP (0..{model.cfg.n_layers - 1}).")
+        return F.NeuronFeatures(Site("mlp_post", layer), model.cfg.d_mlp)
+    if not das_run:
+        raise ToolError(f"{field}das_run: source='das' needs a train_das run id (list_runs(tool='train_das')).")
     try:
-        rec = run.app.store.get_run(args.das_run)
-        res = run.app.store.read_result(args.das_run)
+        rec = app.store.get_run(das_run)
+        res = app.store.read_result(das_run)
         from safetensors.torch import load_file
 
-        R = load_file(str(run.app.store.resolve_file(args.das_run, "rotation.safetensors")))["rotation"]
+        R = load_file(str(app.store.resolve_file(das_run, "rotation.safetensors")))["rotation"]
     except Exception as e:
-        raise ToolError(f"das_run: cannot read run {args.das_run!r} as a train_das run ({e}).") from None
+        raise ToolError(f"{field}das_run: cannot read run {das_run!r} as a train_das run ({e}).") from None
     if rec.tool != "train_das":
-        raise ToolError(f"das_run: run {args.das_run} is a {rec.tool} run, not train_das.")
+        raise ToolError(f"{field}das_run: run {das_run} is a {rec.tool} run, not train_das.")
     s = res["site"]
     if s.get("head") is not None or s["kind"] not in ("resid_pre", "resid_post", "attn_out", "mlp_out"):
-        raise ToolError(f"das_run: its site {s['kind']} (head {s.get('head')}) is not a whole-vector site; "
-                        f"find_features reads resid_pre / resid_post / attn_out / mlp_out.")
+        raise ToolError(f"{field}das_run: its site {s['kind']} (head {s.get('head')}) is not a whole-vector site; "
+                        f"features are read at resid_pre / resid_post / attn_out / mlp_out.")
+    if R.shape[0] != model.cfg.d_model:
+        raise ToolError(f"{field}das_run: its rotation has {R.shape[0]} rows but this model's d_model is "
+                        f"{model.cfg.d_model}: the run belongs to another model.")
     return F.DirectionFeatures(R, Site(s["kind"], int(s["layer"])), label="das")
 
 
@@ -156,7 +163,7 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     lm = run.load(args.model)
     model = lm.model
     validate_or_raise(spec, lm.tokenizer, args.model)
-    source = _source(run, args, lm)
+    source = feature_source(run.app, lm, args.source, args.sae, args.layer, args.das_run)
     cf_name = _pick_counterfactual(spec, None, args.variable, args.counterfactual)
     ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name)
     if args.variable not in ds.examples[0].base:

@@ -220,6 +220,12 @@ def register() -> None:
                  "carry the variable g, a decoy correlated with g is never read. SAE / find_features ground truth "
                  "(directions in the entry's meta).",
                  meta=planted_features_meta(0))
+    # The same features in another basis (another rotation and packing): with seed 0, a planted pair of models for
+    # compare_features (every feature shared, the read ones through identical MLP neurons).
+    register_toy("planted-features-s1", lambda: build_planted_features(1),
+                 "planted-features model, seed 1: the same 28 features and task as toy/planted-features in another "
+                 "basis (another Haar rotation and packing of the unread features); with toy/planted-features, a "
+                 "planted pair for compare_features.", meta=planted_features_meta(1))
 
 
 __all__ = ["FEATURES", "PLANTED_FEATURES_TASK", "SITE_HOOK", "build_planted_features", "feature_directions",

@@ -280,8 +280,10 @@ def induction_heads(model: HookedTransformer, n: int = 128, prefix_len: int = 10
             "threshold": threshold, "prefix_len": prefix_len, "n": n}
 
 
-def build_induction_2l(cache_dir: str | Path | None = None) -> tuple[HookedTransformer, CharTokenizer]:
-    model, _ = load_or_train("induction-2l", INDUCTION_MODEL_CFG, INDUCTION_TRAIN_CFG, _train_induction, cache_dir)
+def build_induction_2l(cache_dir: str | Path | None = None, seed: int = 0) -> tuple[HookedTransformer, CharTokenizer]:
+    """The induction model trained from `seed` (initialisation and data order; seed 0 is toy/induction-2l)."""
+    model, _ = load_or_train("induction-2l", INDUCTION_MODEL_CFG, {**INDUCTION_TRAIN_CFG, "seed": seed},
+                             _train_induction, cache_dir)
     return model, CharTokenizer(TOY_ALPHABET)
 
 
@@ -441,6 +443,10 @@ def register() -> None:
         },
         "train_config": INDUCTION_TRAIN_CFG,
     })
+    # another seed of the same recipe: a pair of independently trained models for compare_features
+    register_toy("induction-2l-s1", lambda: build_induction_2l(seed=1), INDUCTION_DESCRIPTION.replace(
+        "trained here", "trained here from seed 1 (toy/induction-2l is seed 0)"), meta={
+        "kind": "trained", "task": "induction", "train_config": {**INDUCTION_TRAIN_CFG, "seed": 1}})
     register_toy("parens-classifier", build_parens_classifier, PARENS_DESCRIPTION, meta={
         "kind": "trained", "task": "parens", "answer_position": "'=' (last token)", "answers": ["y", "n"],
         "train_config": PARENS_TRAIN_CFG,

@@ -5,8 +5,8 @@ from .forward import final_logits, group_by_length
 from .metrics import LogitDiffMetric, Metric, ProbMetric, column_logits, final_normed
 from .progress import Cancelled, Progress, ShouldCancel, check_cancelled, span
 from .sites import HEAD_KINDS, MLP_KINDS, RESID_KINDS, Site, SiteKind, n_kv_heads
-from .stats import auroc, bootstrap_ci, ci_dict, ratio_ci
+from .stats import auroc, benjamini_hochberg, bootstrap_ci, ci_dict, ratio_ci
 
 __all__ = ["Cancelled", "HEAD_KINDS", "LogitDiffMetric", "MLP_KINDS", "Metric", "ProbMetric", "Progress", "RESID_KINDS",
-           "ShouldCancel", "Site", "SiteKind", "auroc", "bootstrap_ci", "check_cancelled", "ci_dict", "column_logits", "ratio_ci",
+           "ShouldCancel", "Site", "SiteKind", "auroc", "benjamini_hochberg", "bootstrap_ci", "check_cancelled", "ci_dict", "column_logits", "ratio_ci",
            "final_logits", "final_normed", "group_by_length", "n_kv_heads", "span"]

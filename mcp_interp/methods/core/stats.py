@@ -1,4 +1,4 @@
-"""Small statistics helpers: bootstrap confidence intervals over examples."""
+"""Small statistics helpers: bootstrap confidence intervals over examples, Benjamini-Hochberg q-values."""
 
 from __future__ import annotations
 
@@ -59,3 +59,17 @@ def auroc(scores, labels) -> float:
         return float("nan")
     r = rankdata(s)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def benjamini_hochberg(p) -> np.ndarray:
+    """BH-adjusted q-values of p-values `p` [m] (monotone, capped at 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return np.zeros(0)
+    order = np.argsort(p)
+    q = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(q[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out

@@ -85,4 +85,41 @@ def collect_activations(model, site: Site, sequences: Sequence[Sequence[int]], b
                        torch.cat(poss) if poss else torch.zeros(0, dtype=torch.long), time.time() - t0)
 
 
-__all__ = ["Activations", "FEATURE_KINDS", "check_feature_site", "collect_activations", "site_activations", "stop_layer"]
+@torch.no_grad()
+def activations_at(model, sites: Sequence[Site], sequences: Sequence[Sequence[int]], seq: Sequence[int],
+                   pos: Sequence[int], batch_size: int = 16, should_cancel: ShouldCancel | None = None) -> list[torch.Tensor]:
+    """The activation at each of `sites` for rows (seq[r], pos[r]) (a token of one of `sequences`): one [rows, d]
+    float32 CPU tensor per site, from one forward pass per batch of equal-length sequences that stops after the
+    deepest site."""
+    rows_of: dict[int, list[int]] = {}
+    for r, s in enumerate(seq):
+        rows_of.setdefault(int(s), []).append(r)
+    out = [torch.zeros(len(seq), s.dim(model)) for s in sites]
+    by_len: dict[int, list[int]] = {}
+    for s in rows_of:
+        by_len.setdefault(len(sequences[s]), []).append(s)
+    deepest = max(sites, key=lambda s: s.layer)
+    hooks = sorted({s.hook for s in sites})
+    for L, idx in sorted(by_len.items()):
+        for j in range(0, len(idx), batch_size):
+            check_cancelled(should_cancel, "activations")
+            ch = idx[j:j + batch_size]
+            store: dict[str, torch.Tensor] = {}
+
+            def grab(act, hook):
+                store[hook.name] = act.detach()
+
+            model.run_with_hooks(torch.tensor([list(sequences[s]) for s in ch], device=model.cfg.device),
+                                 fwd_hooks=[(h, grab) for h in hooks], stop_at_layer=stop_layer(model, deepest),
+                                 return_type=None)
+            b = torch.tensor([k for k, s in enumerate(ch) for _ in rows_of[s]])
+            rows = [r for s in ch for r in rows_of[s]]
+            p = torch.tensor([int(pos[r]) for r in rows])
+            for i, site in enumerate(sites):
+                out[i][rows] = store[site.hook][b.to(store[site.hook].device), p.to(store[site.hook].device)].to(
+                    "cpu", torch.float32)
+    return out
+
+
+__all__ = ["Activations", "FEATURE_KINDS", "activations_at", "check_feature_site", "collect_activations", "site_activations",
+           "stop_layer"]

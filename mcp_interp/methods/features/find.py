@@ -19,22 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core import Progress, ShouldCancel, bootstrap_ci, check_cancelled, ratio_ci
+from ..core import Progress, ShouldCancel, benjamini_hochberg, bootstrap_ci, check_cancelled, ratio_ci
 from .sources import intervention_hook
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
-
-
-def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
-    """BH-adjusted q-values of p-values `p` [m] (monotone, capped at 1)."""
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    order = np.argsort(p)
-    q = p[order] * m / np.arange(1, m + 1)
-    q = np.minimum.accumulate(q[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(q, 1.0)
-    return out
 
 
 def _auroc_from_ranks(ranks: np.ndarray, pos: np.ndarray) -> np.ndarray:

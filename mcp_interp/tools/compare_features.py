@@ -1,0 +1,498 @@
+"""Tool compare_features: do two models (or two layers, or two SAEs of one model) carry the same features — how
+many matches would chance alone give, and which matches do the same thing causally in both?"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from ..artifacts import plots
+from ..methods import compare as C
+from ..methods import features as F
+from ..methods.core import Progress, Site
+from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, check_pairs, counterfactual_name, dataset, resolve_task, \
+    task_metric, validate_or_raise
+from .errors import ToolError
+from .find_features import feature_source
+
+if TYPE_CHECKING:
+    from ..runtime.context import AppContext
+
+TOOL = "compare_features"
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post")
+MAX_ROWS = 8192  # aligned rows kept (Gram matrices are rows x rows)
+
+
+class Side(BaseModel):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
+    source: Literal["resid", "neurons", "sae", "das"] = Field(
+        "resid", description="resid: the raw activation at `site` (one feature per dimension); neurons: MLP hidden "
+        "units at `layer`; sae: latents of `sae`; das: the directions of a train_das run.")
+    layer: int | list[int] | str | None = Field(
+        None, description="resid / neurons: a layer, a list of layers, or a range 'a:b' / 'a:b:step' (end excluded); "
+        "with several layers the tool draws a layer x layer CKA map and matches features at the pair of highest "
+        "CKA. sae / das: taken from the SAE / run.")
+    site: Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post"] = Field(
+        "resid_post", description="source='resid': which activation (neurons read mlp_post).")
+    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory.")
+    das_run: str | None = Field(None, description="source='das': a train_das run id.")
+
+
+class CompareFeaturesInput(BaseModel):
+    a: Side = Field(..., description="Side A: {model, source, layer, site, sae, das_run}.")
+    b: Side = Field(..., description="Side B (another model, layer, SAE seed...).")
+    task: str | None = Field(None, description="Compare on this task's prompts at `position` (resolved per model, so "
+                             "it works across tokenizers). Give `task` or `corpus`.")
+    corpus: Literal["shakespeare", "random"] | None = Field(
+        None, description="Compare on text, token by token (same tokenizer) or at shared character ends (different "
+        "tokenizers); 'random': uniform random tokens (toy models with one tokenizer). No causal test on a corpus.")
+    position: str = Field("END", description="task: the named position whose activations are compared.")
+    variable: str | None = Field(None, description="task: a variable whose separation (AUROC / eta^2) each matched "
+                                 "feature's row reports; causal tests then favour matches that carry it and use a "
+                                 "counterfactual that resamples it.")
+    counterfactual: str | None = Field(None, description="task: generator for the causal tests (default: one that "
+                                       "resamples `variable`, else the task's first that changes the answer).")
+    n: int = Field(128, ge=8, le=4096, description="task: prompts.")
+    tokens: int = Field(2048, ge=64, le=MAX_ROWS, description="corpus: aligned tokens (rows) to compare.")
+    context: int = Field(32, ge=4, le=512, description="corpus: tokens per window.")
+    fdr: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg level of the match set.")
+    null: Literal["both", "shuffle", "rotation"] = Field(
+        "both", description="Null of the matching: shuffle = re-pair B's examples (on a corpus: circular shift by "
+        "whole windows), exact for unrelated sides; rotation = random rotations of B's standardised features, so a "
+        "match must beat what shared low-dimensional structure alone gives (on task prompts every unit tracks the "
+        "template); both (default) = the larger p of the two.")
+    n_null: int = Field(20, ge=1, le=500, description="Null replicates of the whole matching (each a Hungarian "
+                        "assignment).")
+    n_perm: int = Field(200, ge=0, le=10_000, description="Permutations for the CKA / SVCCA p-values.")
+    ceiling: Side | None = Field(None, description="Noise ceiling: side A's model again with another SAE seed (or "
+                                 "another layer); CKA and matches of A against it are reported beside A vs B.")
+    test_top: int = Field(5, ge=0, le=50, description="task: matches (of the FDR set) to test causally on both sides.")
+    intervention: Literal["zero", "mean", "patch"] = Field(
+        "patch", description="Causal test on each side: zero / mean ablation of the matched feature, or patching its "
+        "value from the counterfactual prompt; effect = (m_clean - m_intervened) / (m_clean - m_cf), per model.")
+    top: int = Field(10, ge=1, le=200, description="Matches to report with their top-activating contexts.")
+    seed: Seed = 0
+    force: bool = FORCE_FIELD
+    wait_seconds: float = WAIT_FIELD
+
+
+class Effect(BaseModel):
+    effect: MaybeFloat
+    ci95: list[MaybeFloat]
+
+
+class MatchRow(BaseModel):
+    feature_a: int
+    name_a: str
+    feature_b: int
+    name_b: str
+    r: float = Field(description="Pearson correlation over the aligned examples")
+    p: float = Field(description="against the pooled null of matched |r|")
+    q: float
+    significant: bool
+    decoder_cos: MaybeFloat = Field(None, description="cosine of the two features' directions (same space only)")
+    variable_score_a: MaybeFloat = None
+    variable_score_b: MaybeFloat = None
+    causal_a: Effect | None = None
+    causal_b: Effect | None = None
+    status: str | None = Field(None, description="validated / correlational only / contradicted (tested matches)")
+    top_contexts_a: list[dict] = []
+    top_contexts_b: list[dict] = []
+
+
+class Similarity(BaseModel):
+    cka: MaybeFloat
+    cka_p: MaybeFloat
+    cka_null_mean: MaybeFloat
+    svcca: MaybeFloat
+    svcca_p: MaybeFloat
+    svcca_dims: list[int]
+
+
+class CompareFeaturesResult(RunResult):
+    run_id: str
+    a: dict
+    b: dict
+    inputs: str = Field(description="task name or corpus")
+    n_rows: int = Field(description="aligned examples (task prompts, or corpus tokens)")
+    alignment: str
+    layers_a: list[int]
+    layers_b: list[int]
+    cka_map: list[list[MaybeFloat]] | None = Field(None, description="[layers_a x layers_b] linear CKA")
+    matched_layers: list[int] = Field(description="the layer pair whose features are matched")
+    similarity: Similarity
+    ceiling: dict | None = Field(None, description="A against the ceiling side: CKA, SVCCA, matches")
+    n_features: list[int]
+    n_live: list[int] = Field(description="non-constant features per side (only these are matched)")
+    n_pairs: int = Field(description="one-to-one pairs the assignment makes")
+    n_matched: int = Field(description="pairs in the FDR set")
+    expected_null: float = Field(description="pairs a null replicate puts above the FDR set's cut-off (mean)")
+    null_rate: float = Field(description="expected_null / n_pairs")
+    threshold: MaybeFloat = Field(description="smallest |r| in the FDR set")
+    fdr: float
+    null: str
+    causal_counts: dict[str, int]
+    matches: list[MatchRow]
+    unmatched: dict[str, int] = Field(description="live features of each side outside the FDR set")
+
+
+class CompareFeaturesOutput(HeavyOutput):
+    result: CompareFeaturesResult | None = None
+
+
+# ------------------------------------------------------------------ sides
+
+def _layers(side: Side, n_layers: int, field: str) -> list[int]:
+    L = side.layer
+    if L is None:
+        raise ToolError(f"{field}.layer: source={side.source!r} needs `layer` (an int, a list, or 'a:b').")
+    if isinstance(L, int):
+        out = [L]
+    elif isinstance(L, list):
+        out = list(L)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?", L)
+        if not m:
+            raise ToolError(f"{field}.layer: {L!r} is not a layer range; write 'a:b' or 'a:b:step' (b excluded).")
+        out = list(range(int(m[1]), int(m[2]), int(m[3] or 1)))
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if not out or bad:
+        raise ToolError(f"{field}.layer: layers {bad or out} are not in 0..{n_layers - 1}.")
+    if len(out) > 64:
+        raise ToolError(f"{field}.layer: {len(out)} layers; at most 64 (use a step).")
+    return out
+
+
+def _sources(run: ToolRun, side: Side, lm, field: str) -> list:
+    """[(layer, feature source)] of one side."""
+    model = lm.model
+    if side.source in ("sae", "das"):
+        if side.layer is not None:
+            raise ToolError(f"{field}.layer: source={side.source!r} takes its layer from the SAE / run; leave `layer` "
+                            f"out (layer ranges need source 'resid' or 'neurons').")
+        src = feature_source(run.app, lm, side.source, side.sae, None, side.das_run, field=f"{field}.")
+        return [(src.site.layer, src)]
+    layers = _layers(side, model.cfg.n_layers, field)
+    if side.source == "neurons":
+        return [(l, feature_source(run.app, lm, "neurons", layer=l, field=f"{field}.")) for l in layers]
+    if side.site == "mlp_post" and model.cfg.attn_only:
+        raise ToolError(f"{field}.site: {side.model} has no MLPs; pick resid_pre / resid_post / attn_out.")
+    out = []
+    for l in layers:
+        site = Site(side.site, l)
+        d = site.dim(model)
+        out.append((l, F.DirectionFeatures(torch.eye(d), site, label=f"L{l} {side.site}")))
+    return out
+
+
+def _describe(side: Side, sources) -> dict:
+    s = sources[0][1]
+    return {"model": side.model, "source": side.source, "hook": s.site.hook, "layers": [l for l, _ in sources],
+            "n_features": s.n, **({"sae": side.sae} if side.sae else {}), **({"das_run": side.das_run} if side.das_run else {})}
+
+
+# ------------------------------------------------------------------ inputs
+
+class _Rows:
+    """What both sides see: per side its token sequences and the (sequence, position) of every aligned row, plus
+    what a context of a row says."""
+
+    def __init__(self, toks_a, toks_b, seq, pos_a, pos_b, label, groups=None, ds_a=None, ds_b=None, texts=None,
+                 char_end=None, alignment=""):
+        self.toks_a, self.toks_b, self.seq, self.pos_a, self.pos_b = toks_a, toks_b, seq, pos_a, pos_b
+        self.label, self.groups, self.ds_a, self.ds_b = label, groups, ds_a, ds_b
+        self.texts, self.char_end, self.alignment = texts, char_end, alignment
+
+    def context(self, r: int, side: str, tokenizer) -> dict:
+        s = self.seq[r]
+        toks, p = (self.toks_a, self.pos_a) if side == "a" else (self.toks_b, self.pos_b)
+        tok = tokenizer.decode([toks[s][p[r]]])
+        if self.texts is not None:
+            e = self.char_end[r]
+            return {"text": self.texts[s][max(0, e - 60):e], "token": tok}
+        if self.ds_a is not None:
+            return {"prompt": self.ds_a.examples[s].prompt, "token": tok}
+        return {"text": tokenizer.decode(toks[s][max(0, p[r] - 12):p[r] + 1]), "token": tok}  # random tokens
+
+
+def _task_rows(args: CompareFeaturesInput, spec, lm_a, lm_b, cf_name: str | None) -> _Rows:
+    for lm, side, f in ((lm_a, args.a, "a"), (lm_b, args.b, "b")):
+        validate_or_raise(spec, lm.tokenizer, side.model)
+    ds_a = dataset(spec, lm_a.tokenizer, args.n, args.seed, cf_name)
+    ds_b = dataset(spec, lm_b.tokenizer, args.n, args.seed, cf_name)
+    if [e.prompt for e in ds_a.examples] != [e.prompt for e in ds_b.examples]:
+        raise ToolError(f"task: {spec.name!r} draws different prompts for the two tokenizers, so examples cannot be "
+                        f"aligned. Fix: a task whose prompts do not depend on the tokenizer.")
+    if args.position not in ds_a.position_names:
+        raise ToolError(f"position: {args.position!r} is not a position of {spec.name!r}; it has {ds_a.position_names}.")
+    for ds, f in ((ds_a, "a"), (ds_b, "b")):
+        bad = ds.unresolved.get(args.position)
+        if bad:
+            raise ToolError(f"position: {args.position!r} does not resolve on side {f}'s tokenizer for {len(bad)} "
+                            f"prompts (e.g. {ds.examples[bad[0]].prompt!r}). Fix: another position or task.")
+    n = len(ds_a)
+    return _Rows([e.tokens for e in ds_a.examples], [e.tokens for e in ds_b.examples], list(range(n)),
+                 [e.positions[args.position] for e in ds_a.examples], [e.positions[args.position] for e in ds_b.examples],
+                 f"{spec.name} at {args.position}", ds_a=ds_a, ds_b=ds_b,
+                 alignment=f"one row per prompt at {args.position!r}, resolved per model")
+
+
+def _corpus_rows(args: CompareFeaturesInput, lm_a, lm_b) -> _Rows:
+    ta, tb = lm_a.tokenizer, lm_b.tokenizer
+    if args.corpus == "random":
+        if type(ta) is not type(tb) or ta.vocab_size != tb.vocab_size:
+            raise ToolError("corpus: 'random' tokens need one tokenizer on both sides; use 'shakespeare'.")
+        wins = F.random_windows(ta.vocab_size, args.context, args.tokens, seed=args.seed)
+        seq = [s for s, w in enumerate(wins) for _ in w]
+        pos = [p for w in wins for p in range(len(w))]
+        return _Rows(wins, wins, seq, pos, pos, f"{len(wins)} random windows", groups=seq,
+                     alignment="token by token (random tokens)")
+    docs = F.read_texts(F.shakespeare_files())
+    rng = np.random.default_rng(args.seed)
+    texts = []
+    need = -(-args.tokens // max(args.context - 2, 1)) + 4
+    for _ in range(need * 4):  # windows of characters; each tokenizer cuts its own tokens
+        d = docs[int(rng.integers(len(docs)))]
+        if len(d) <= 8 * args.context:
+            continue
+        st = int(rng.integers(0, len(d) - 8 * args.context))
+        texts.append(d[st:st + 4 * args.context])
+        if len(texts) >= need:
+            break
+    al = C.align_by_chars(texts, ta, tb, skip_first=1, max_tokens=args.context)
+    k = min(len(al), args.tokens)
+    if k < 16:
+        raise ToolError("corpus: fewer than 16 aligned tokens; raise `tokens` or `context`.")
+    how = "token by token (same tokenizer)" if al.same_tokenizer else "at shared character ends (tokenizers differ)"
+    return _Rows(al.tokens_a, al.tokens_b, al.seq[:k], al.pos_a[:k], al.pos_b[:k],
+                 f"shakespeare, {k} aligned tokens", groups=al.seq[:k], texts=texts, char_end=al.char_end[:k],
+                 alignment=how)
+
+
+def _values(run: ToolRun, lm, sources, toks, rows: _Rows, pos) -> list[np.ndarray]:
+    with lm.use():
+        acts = F.activations_at(lm.model, [s.site for _, s in sources], toks, rows.seq, pos,
+                                should_cancel=run.should_cancel)
+        return [s.encode(x.to(lm.device)).float().cpu().numpy() for (_, s), x in zip(sources, acts)]
+
+
+# ------------------------------------------------------------------ the work
+
+def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesResult, dict]:
+    if (args.task is None) == (args.corpus is None):
+        raise ToolError("task: give exactly one of `task` (prompts at a named position) or `corpus`.")
+    spec = resolve_task(run.app, args.task) if args.task else None
+    lm_a = run.load(args.a.model)
+    lm_b = run.load(args.b.model) if args.b.model != args.a.model else lm_a
+    src_a, src_b = _sources(run, args.a, lm_a, "a"), _sources(run, args.b, lm_b, "b")
+    src_c = None
+    if args.ceiling is not None:
+        if args.ceiling.model != args.a.model:
+            raise ToolError("ceiling.model: the noise ceiling compares side A's model with itself; use a.model.")
+        src_c = _sources(run, args.ceiling, lm_a, "ceiling")[:1]
+    cf_name = None
+    if spec is not None:
+        cf_name = args.counterfactual
+        if cf_name is None and args.variable:
+            try:
+                cf_name = counterfactual_name(spec, args.variable, None)
+            except ToolError:  # no generator resamples exactly the variable: the first that changes the answer
+                pass
+        if cf_name is None:
+            cf_name = next((c.name for c in spec.counterfactuals if getattr(c, "changes_answer", True)), None)
+        rows = _task_rows(args, spec, lm_a, lm_b, cf_name)
+    else:
+        rows = _corpus_rows(args, lm_a, lm_b)
+    run.progress(0.08, f"activations on {len(rows.seq)} aligned rows")
+    va = _values(run, lm_a, src_a, rows.toks_a, rows, rows.pos_a)
+    vb = _values(run, lm_b, src_b, rows.toks_b, rows, rows.pos_b)
+    run.check_cancelled()
+    shuffle = C.row_shuffler(len(rows.seq), rows.groups)
+    cmap = C.cka_map(va, vb) if len(va) > 1 or len(vb) > 1 else None
+    ia, ib = (np.unravel_index(np.nanargmax(cmap), cmap.shape) if cmap is not None else (0, 0))
+    ia, ib = int(ia), int(ib)
+    A, B = va[ia], vb[ib]
+    sa, sb = src_a[ia][1], src_b[ib][1]
+    run.progress(0.2, "CKA / SVCCA with permutation nulls")
+    ck = C.cka_test(A, B, n_perm=args.n_perm, seed=args.seed, shuffle=shuffle)
+    sv = C.svcca_test(A, B, n_perm=args.n_perm, seed=args.seed, shuffle=shuffle)
+    run.check_cancelled()
+    run.progress(0.3, f"matching {A.shape[1]} x {B.shape[1]} features, {args.n_null} null replicates")
+    m = C.match_features(A, B, fdr=args.fdr, null=args.null, n_null=args.n_null, seed=args.seed, shuffle=shuffle)
+    ceiling = None
+    if src_c is not None:
+        Cv = _values(run, lm_a, src_c, rows.toks_a, rows, rows.pos_a)[0]
+        mc = C.match_features(A, Cv, fdr=args.fdr, null=args.null, n_null=args.n_null, seed=args.seed, shuffle=shuffle)
+        ceiling = {"side": _describe(args.ceiling, src_c), "cka": C.linear_cka(A, Cv), "svcca": C.svcca(A, Cv)["mean"],
+                   "n_pairs": len(mc.r), "n_matched": mc.n_significant, "expected_null": mc.expected_null}
+    run.check_cancelled()
+    same_space = lm_b is lm_a and sa.site.hook == sb.site.hook
+    # rows to report: the FDR set by |r|, then the rest by |r|
+    order = sorted(range(len(m.r)), key=lambda k: (not m.significant[k], -abs(m.r[k])))
+    sig = [k for k in order if m.significant[k]]
+    var_a = var_b = None
+    if spec is not None and args.variable:
+        if args.variable not in rows.ds_a.examples[0].base:
+            raise ToolError(f"variable: {args.variable!r} is not a variable of {spec.name!r}.")
+        labels = [str(e.base[args.variable]) for e in rows.ds_a.examples]
+        if len(set(labels)) > 1 and sig:
+            fa, fb = [int(m.rows[k]) for k in sig], [int(m.cols[k]) for k in sig]
+            var_a = dict(zip(fa, F.rank_features(A[:, fa], labels, n_perm=1, n_boot=0, top=1, seed=args.seed).strength))
+            var_b = dict(zip(fb, F.rank_features(B[:, fb], labels, n_perm=1, n_boot=0, top=1, seed=args.seed).strength))
+    # causal preservation for the matches that matter most
+    tested = []
+    if spec is not None and args.test_top and sig:
+        key = (lambda k: -max(var_a[int(m.rows[k])], var_b[int(m.cols[k])])) if var_a else (lambda k: -abs(m.r[k]))
+        tested = sorted(sig, key=key)[: args.test_top]
+    effects: dict[int, tuple] = {}
+    warnings = []
+    if tested:
+        if cf_name is None:
+            warnings.append("no counterfactual changes the answer: no causal test")
+        else:
+            run.progress(0.45, f"causal tests of {len(tested)} matches on both sides")
+            ea, ida = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args, 0.45, 0.65)
+            eb, idb = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, 0.65, 0.85)
+            for k in tested:
+                a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
+                effects[k] = (a, b, C.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])),
+                                                    tol=max(1e-6, ida, idb)))
+    run.open(spec, args.a.model, lm_a, args.seed) if spec is not None else \
+        run.open_untasked(f"corpus:{args.corpus}", args.a.model, lm_a, args.seed)
+    names_a, names_b = sa.names(), sb.names()
+    report = [k for k in order[: args.top]]
+    report += [k for k in tested if k not in report]
+    out_rows = []
+    for k in report:
+        fa, fb = int(m.rows[k]), int(m.cols[k])
+        dcos = float(C.decoder_cosines(sa.direction(fa)[None].numpy(), sb.direction(fb)[None].numpy(),
+                                       np.array([0]), np.array([0]))[0]) if same_space else None
+        e = effects.get(k)
+        out_rows.append(MatchRow(
+            feature_a=fa, name_a=names_a[fa], feature_b=fb, name_b=names_b[fb], r=round(float(m.r[k]), 4),
+            p=float(m.p[k]), q=float(m.q[k]), significant=bool(m.significant[k]), decoder_cos=dcos,
+            variable_score_a=None if var_a is None or fa not in var_a else round(float(var_a[fa]), 4),
+            variable_score_b=None if var_b is None or fb not in var_b else round(float(var_b[fb]), 4),
+            causal_a=Effect(effect=e[0]["effect"], ci95=e[0]["ci95"]) if e else None,
+            causal_b=Effect(effect=e[1]["effect"], ci95=e[1]["ci95"]) if e else None,
+            status=e[2] if e else None,
+            top_contexts_a=[{**rows.context(r, "a", lm_a.tokenizer), "value": round(float(A[r, fa]), 4)}
+                            for r in np.argsort(-A[:, fa])[:5]],
+            top_contexts_b=[{**rows.context(r, "b", lm_b.tokenizer), "value": round(float(B[r, fb]), 4)}
+                            for r in np.argsort(-B[:, fb])[:5]]))
+    counts = C.status_counts([e[2] for e in effects.values()])
+    layers_a, layers_b = [l for l, _ in src_a], [l for l, _ in src_b]
+    _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, rows.label)
+    run.write_tensors("activations.safetensors", {"a": torch.as_tensor(A), "b": torch.as_tensor(B),
+                                                  "seq": torch.as_tensor(rows.seq)})
+    run.write_json("matches.json", {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "r": m.r.tolist(),
+                                    "p": m.p.tolist(), "q": m.q.tolist(), "significant": m.significant.tolist(),
+                                    "null_abs_r": {k: v.tolist() for k, v in m.null_r.items()}, "n_null": m.n_null,
+                                    "null": m.null,
+                                    "fdr": m.fdr, "expected_null": m.expected_null})
+    run.publish("result.json")
+    sim = Similarity(cka=ck["cka"], cka_p=ck["p"], cka_null_mean=ck["null_mean"], svcca=sv["mean"], svcca_p=sv["p"],
+                     svcca_dims=sv["dims"])
+    summary = (f"{rows.label}: CKA {ck['cka']:.3f} (p {ck['p']:.3g}, null mean {ck['null_mean']:.3f}), SVCCA "
+               f"{sv['mean']:.3f}; {m.n_significant} of {len(m.r)} one-to-one pairs matched at FDR {args.fdr:g} "
+               f"(chance alone: {m.expected_null:.1f})")
+    if cmap is not None:
+        summary += f"; features matched at layers {layers_a[ia]} (A) / {layers_b[ib]} (B), the highest-CKA pair"
+    if effects:
+        summary += f"; causal: {counts['validated']} validated, {counts['correlational only']} correlational only, " \
+                   f"{counts['contradicted']} contradicted of {len(effects)} tested"
+    if ceiling:
+        summary += f"; ceiling (A vs another A): CKA {ceiling['cka']:.3f}, {ceiling['n_matched']} matched"
+    if args.null in ("both", "rotation") and len(rows.seq) < 2 * min(m.n_live):
+        # with fewer examples than features, B's features span (nearly) the whole example space, so a random
+        # rotation of them fits any feature of A about as well as its true partner: the rotation null then
+        # accepts nothing, whatever the sides share
+        warnings.append(f"{len(rows.seq)} aligned examples for {min(m.n_live)} live features per side: the rotation "
+                        f"null is uninformative below ~2 examples per feature (nothing can pass it); raise `n` / "
+                        f"`tokens` or compare fewer features")
+    if args.corpus and args.test_top:
+        warnings.append("no causal test on a corpus (no task metric): give a task for causal preservation")
+    result = CompareFeaturesResult(
+        run_id=run.run_id, a=_describe(args.a, src_a), b=_describe(args.b, src_b),
+        inputs=spec.name if spec is not None else f"corpus:{args.corpus}", n_rows=len(rows.seq),
+        alignment=rows.alignment, layers_a=layers_a, layers_b=layers_b,
+        cka_map=cmap.round(4).tolist() if cmap is not None else None, matched_layers=[layers_a[ia], layers_b[ib]],
+        similarity=sim, ceiling=ceiling, n_features=[A.shape[1], B.shape[1]], n_live=list(m.n_live),
+        n_pairs=len(m.r), n_matched=m.n_significant, expected_null=m.expected_null, null_rate=m.null_rate,
+        threshold=m.threshold if np.isfinite(m.threshold) else None, fdr=args.fdr, null=args.null,
+        causal_counts=counts, matches=out_rows, unmatched={"a": len(m.unmatched_a), "b": len(m.unmatched_b)},
+        summary=summary + ".", warnings=warnings, files=run.files, cost=run.cost({}))
+    return result, {"cka": ck["cka"], "n_matched": m.n_significant, "expected_null": m.expected_null,
+                    "validated": counts["validated"]}
+
+
+def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, lo: float, hi: float) -> tuple[dict, float]:
+    """feature -> {effect, ci95} of `args.intervention` on this side's own metric, and the identity check (as a
+    fraction of the clean-counterfactual gap)."""
+    check_pairs(ds, "logit_diff")
+    clean = [e.tokens for e in ds.examples]
+    cf = [e.cf_tokens for e in ds.examples]
+    with lm.use():
+        vals = F.feature_values(lm.model, source, clean, pos)
+        cf_vals = F.feature_values(lm.model, source, cf, pos)
+        pair = F.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
+        res = F.causal_effects(lm.model, source, pair, feats, [args.intervention],
+                               mean_values=torch.cat([vals, cf_vals]).mean(0), cf_values=cf_vals, seed=args.seed,
+                               progress=run.span(lo, hi), should_cancel=run.should_cancel)
+    gap = abs(res["gap"]) if res["normalised"] else 1.0
+    out = {f: {"effect": round(v["effect"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
+           for (f, _), v in res["effects"].items()}
+    return out, res["identity_max_abs_diff"] / gap
+
+
+def _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, label) -> None:
+    what = f"{args.a.model} ({args.a.source}) vs {args.b.model} ({args.b.source}), {label}"
+    if cmap is not None:
+        fig = plots.heatmap(cmap, [str(l) for l in layers_a], [str(l) for l in layers_b],
+                            title=f"linear CKA over layers\n{what}", cbar_label="CKA", center_zero=False,
+                            xlabel=f"B layer ({args.b.model})", ylabel=f"A layer ({args.a.model})")
+        run.save_figure("cka_map.png", fig)
+    fig = plots.histogram({"matched |r|": np.abs(m.r), **{f"null: {k} ({m.n_null} replicates)": v.ravel()
+                                                          for k, v in m.null_r.items()}},
+                          title=f"one-to-one matches against the null; {m.n_significant} at FDR {m.fdr:g}\n{what}",
+                          xlabel="|correlation| of a matched pair", density=True)
+    run.save_figure("match_histogram.png", fig)
+    if effects:
+        ks = list(effects)
+        fig = plots.scatter_with_ci([effects[k][0]["effect"] for k in ks], [effects[k][1]["effect"] for k in ks],
+                                    [effects[k][0]["ci95"] for k in ks], [effects[k][1]["ci95"] for k in ks],
+                                    [effects[k][2] for k in ks],
+                                    labels=[f"{names_a[int(m.rows[k])]}~{names_b[int(m.cols[k])]}" for k in ks],
+                                    title=f"causal effect of the same intervention ({args.intervention})\n{what}",
+                                    xlabel="effect in A (normalised)", ylabel="effect in B (normalised)")
+        run.save_figure("causal_scatter.png", fig)
+
+
+def compare_features(app: AppContext, args: CompareFeaturesInput, progress: Progress | None = None) -> CompareFeaturesOutput:
+    label = args.task if args.task else f"corpus:{args.corpus}"
+    if args.task:
+        label = resolve_task(app, args.task).name
+    return run_heavy(app, TOOL, args, label, args.a.model,
+                     f"compare_features {args.a.model} vs {args.b.model} on {label}", _compare, CompareFeaturesOutput,
+                     progress)
+
+
+COMPARE_FEATURES = ToolSpec(
+    TOOL, fn=compare_features, input_model=CompareFeaturesInput, output_model=CompareFeaturesOutput, progress=True,
+    description=(
+        "Do two sides carry the same features — two models (SmolLM2 vs Gemma), two layers, two SAE seeds? Each side: "
+        "{model, source: resid | neurons | sae | das, layer (int, list or 'a:b'), site}. Activations are aligned "
+        "example by example: on a task at a named position resolved per model (works across tokenizers), or on a "
+        "corpus token by token (same tokenizer) or at shared character ends. Reports linear CKA and SVCCA with "
+        "permutation p-values (and a layer x layer CKA map for layer ranges), one-to-one feature matches (Hungarian "
+        "on |correlation|) with p-values against a null of the whole matching (shuffled examples or rotated basis), "
+        "the Benjamini-Hochberg set at `fdr` and how many matches chance alone gives, decoder cosines when both "
+        "sides share a space, an optional noise ceiling (another SAE seed of A), and, on a task, causal "
+        "preservation: the same intervention on each matched feature, effect on each model's own metric with 95% "
+        "CIs — validated (same sign, both CIs exclude 0), correlational only, or contradicted. Top matches come with "
+        "top-activating contexts per side. Runs as a job."))
