@@ -14,7 +14,7 @@ from ..artifacts import plots
 from ..methods import compare as C
 from ..methods import features as F
 from ..methods.core import Progress, Site
-from .base import FORCE_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, check_pairs, counterfactual_name, dataset, resolve_task, \
     task_metric, validate_or_raise
 from .errors import ToolError
@@ -79,6 +79,7 @@ class CompareFeaturesInput(BaseModel):
     seed: Seed = 0
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
 
 
 class Effect(BaseModel):
@@ -426,7 +427,7 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
         n_pairs=len(m.r), n_matched=m.n_significant, expected_null=m.expected_null, null_rate=m.null_rate,
         threshold=m.threshold if np.isfinite(m.threshold) else None, fdr=args.fdr, null=args.null,
         causal_counts=counts, matches=out_rows, unmatched={"a": len(m.unmatched_a), "b": len(m.unmatched_b)},
-        summary=summary + ".", warnings=warnings, files=run.files, cost=run.cost({}))
+        summary=summary + f". Next: {_next_step(run.run_id, counts, m.n_significant)}", warnings=warnings, files=run.files, cost=run.cost({}))
     return result, {"cka": ck["cka"], "n_matched": m.n_significant, "expected_null": m.expected_null,
                     "validated": counts["validated"]}
 
@@ -450,6 +451,16 @@ def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, lo: float
     return out, res["identity_max_abs_diff"] / gap
 
 
+def _next_step(run_id: str, counts: dict, n_matched: int) -> str:
+    if not n_matched:
+        return ("nothing matched beyond chance: check the warnings (examples per feature), try other layers (a range "
+                "draws the CKA map) or another source; report(run_ids=[...]) records the negative result.")
+    if counts.get("contradicted"):
+        return (f"look at the contradicted matches in `matches` (they correlate but act oppositely); "
+                f"report(run_ids=['{run_id}', ...]) when done.")
+    return f"read the top matches' contexts in `matches`; report(run_ids=['{run_id}', ...]) to write it up."
+
+
 def _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, label) -> None:
     what = f"{args.a.model} ({args.a.source}) vs {args.b.model} ({args.b.source}), {label}"
     if cmap is not None:
@@ -461,7 +472,7 @@ def _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, la
                                                           for k, v in m.null_r.items()}},
                           title=f"one-to-one matches against the null; {m.n_significant} at FDR {m.fdr:g}\n{what}",
                           xlabel="|correlation| of a matched pair", density=True)
-    run.save_figure("match_histogram.png", fig)
+    run.save_figure("match_histogram.png", fig, main=True)
     if effects:
         ks = list(effects)
         fig = plots.scatter_with_ci([effects[k][0]["effect"] for k in ks], [effects[k][1]["effect"] for k in ks],

@@ -30,6 +30,10 @@ CALLS = [
     ("load_sae", {"model": FEATURES, "path": "{sae_path}", "task": "planted-features", "n": 16}),
     ("find_features", {"model": FEATURES, "task": "planted-features", "variable": "g", "sae": "{train_sae}", "n": 32,
                        "n_perm": 20, "test_top": 1, "interventions": ["zero"]}),
+    ("compare_features", {"a": {"model": FEATURES, "source": "neurons", "layer": 1},
+                          "b": {"model": "toy/planted-features-s1", "source": "neurons", "layer": 1},
+                          "task": "planted-features", "variable": "g", "n": 64, "n_null": 5, "n_perm": 19,
+                          "test_top": 1}),
 ]
 
 

@@ -12,7 +12,7 @@ TOOL_NAMES = {spec.name for spec in TOOLS}
 # Verbs tool names start with; a snake_case word starting with one of these is read as a tool's name...
 VERBS = sorted({name.split("_")[0] for name in TOOL_NAMES if "_" in name})
 # ...except these argument and field names, which the texts mention as such
-NOT_TOOLS = {"run_id", "run_ids"}
+NOT_TOOLS = {"run_id", "run_ids", "compare_exact"}  # argument names that read like tools
 
 
 def text(kind: str, name: str) -> str:
