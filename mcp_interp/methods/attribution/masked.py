@@ -56,6 +56,9 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
     between forwards. Returns the metric [n_masks, batch]. Must run inside components.split_inputs(model). ValueError when S is not in forward order."""
     if any(_order(a) > _order(b) for a, b in zip(S, S[1:])):
         raise ValueError("masked_forward: senders must be in forward order (components.senders)")
+    # identical circuits (both rankings' full circuit, small circuits both rankings agree on) run once
+    uniq, inverse = torch.unique(masks.cpu().flatten(1), dim=0, return_inverse=True)
+    masks = uniq.view(-1, *masks.shape[1:])
     k_all, (b_all, p) = masks.shape[0], base.shape
     dev = base.device
     per_row = len(S) * p * model.cfg.d_model * 4  # float32 differences of one (circuit, example) row
@@ -71,7 +74,7 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
             check_cancelled(should_cancel)
             out[a:a + k_step, e:e + b] = _masked_chunk(model, base[e:e + b], other_t, masks[a:a + k_step],
                                                        metric, idx[e:e + b], S, R)
-    return out
+    return out[inverse.to(dev)]
 
 
 def _masked_chunk(model, base: Tensor, other_t: Tensor, masks: Tensor, metric: Metric, idx: Tensor,
