@@ -33,13 +33,12 @@ def _src_name(s) -> str:
     return {"embed": "Resid Start", "z": f"A{s.layer}.{s.head}", "mlp_out": f"MLP {s.layer}"}[s.kind]
 
 
-def _dest_names(r, cfg) -> list[str]:
-    """auto-circuit's destinations for our receiver: under GQA a key/value group's input is the k/v inputs of every
-    query head in the group (the ungrouped model repeats them)."""
+def _dest_names(r, cfg, rep: int) -> list[str]:
+    """auto-circuit's destinations for our receiver: under GQA (rep query heads per key-value head) a key/value
+    group's input is the k/v inputs of every query head in the group (the ungrouped model repeats them)."""
     if r.kind == "q":
         return [f"A{r.layer}.{r.head}.Q"]
     if r.kind in ("k", "v"):
-        rep = cfg.n_heads // n_kv_heads(cfg)
         return [f"A{r.layer}.{h}.{r.kind.upper()}" for h in range(cfg.n_heads) if h // rep == r.head]
     return [f"MLP {r.layer}"] if r.kind == "mlp_in" else ["Resid End"]
 
@@ -49,11 +48,12 @@ def auto_circuit_evaluator(model, S, R, allowed, keep, clean, corrupt, metric, b
     allowed-edge order); the graph construction is reported but not counted. Leaves `model` wrapped."""
     cfg = model.cfg
     t0 = time.perf_counter()
+    rep = cfg.n_heads // n_kv_heads(cfg)
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
     if not cfg.attn_only:
         model.set_use_hook_mlp_in(True)
-    if n_kv_heads(cfg) != cfg.n_heads:
+    if rep > 1:
         cfg.ungroup_grouped_query_attention = True  # same numbers; one k/v input per query head, as auto-circuit expects
     pm = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True,
                          device=torch.device(cfg.device))
@@ -63,7 +63,7 @@ def auto_circuit_evaluator(model, S, R, allowed, keep, clean, corrupt, metric, b
     ours: dict[str, list[int]] = defaultdict(list)
     n_mapped = 0
     for i, j in allowed.nonzero().tolist():
-        for dest in _dest_names(R[j], cfg):
+        for dest in _dest_names(R[j], cfg, rep):
             e = by_name[(_src_name(S[i]), dest)]
             m = e.patch_mask(pm)
             pos[e.dest.module_name].append(int(torch.tensor(e.patch_idx) @ torch.tensor(m.stride())))
