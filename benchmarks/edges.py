@@ -1,7 +1,7 @@
 """Edge-circuit faithfulness: the vectorised masked forward vs the per-receiver loop it replaced, and vs auto-circuit.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/edges.py [--model smollm2-135m] [--task ioi] [--n 16]
-        [--method eap_ig] [--toy clean] [--skip-old] [--threads N] [--device cpu|cuda]
+        [--method eap_ig] [--toy clean] [--skip-old] [--threads N] [--device cpu|cuda] [--scores-dir DIR]
     # with auto-circuit beside our TransformerLens (a throwaway venv that sees the project's packages):
     python -m venv /tmp/ac_venv && echo $PWD/.venv/lib/python3.11/site-packages > \\
         /tmp/ac_venv/lib/python3.11/site-packages/main.pth && \\
@@ -104,17 +104,31 @@ def timed(fn, model):
     return out, time.perf_counter() - t0
 
 
-def bench(label, model, clean, corrupt, metric, method, skip_old, auto):
+def edge_ranking(label, model, clean, corrupt, metric, method, scores_dir):
+    """(allowed [S, R], flat scores, seconds) of `method`, read from / written to scores_dir when given (EAP-IG on
+    SmolLM2 takes minutes; the circuits only need its ranking)."""
+    path = Path(scores_dir) / f"{label.replace('/', '_').replace(' ', '_')}-{method}-n{len(clean)}.pt" \
+        if scores_dir else None
+    if path is not None and path.exists():
+        d = torch.load(path)
+        return d["allowed"], d["flat"], d["seconds"]
+    es, t = timed(lambda: edge_scores(model, method, clean, corrupt, metric), model)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"allowed": es.allowed, "flat": es.flat(), "seconds": t}, path)
+    return es.allowed, es.flat(), t
+
+
+def bench(label, model, clean, corrupt, metric, method, skip_old, auto, scores_dir=None):
     S, R = senders(model), receivers(model)
-    es, t_scores = timed(lambda: edge_scores(model, method, clean, corrupt, metric), model)
-    scores = es.flat()
+    allowed, scores, t_scores = edge_ranking(label, model, clean, corrupt, metric, method, scores_dir)
     counts = circuit_counts(len(scores), FRACTIONS)
     keep = torch.cat([top_k_masks(scores, counts, r) for r in ("signed", "abs")]
                      + [torch.zeros(1, len(scores), dtype=torch.bool)])
     print(f"\n== {label}: {len(S)} senders x {len(R)} receivers, {len(scores)} edges, n={len(clean)}, "
           f"pos={len(clean[0])}, {len(keep)} circuits (sizes {counts}), device {model.cfg.device}, "
           f"{torch.get_num_threads()} threads; {method} scores took {t_scores:.1f} s", flush=True)
-    args = (model, S, R, es.allowed, keep, clean, corrupt, metric)
+    args = (model, S, R, allowed, keep, clean, corrupt, metric)
     (m_new, mx, mc), t_new = timed(lambda: edge_circuit_metrics(*args), model)
     f_new = faithfulness(m_new, mx, mc)
     print(f"new (vectorised)      {t_new:8.2f} s", flush=True)
@@ -127,7 +141,7 @@ def bench(label, model, clean, corrupt, metric, method, skip_old, auto):
         t_new = min(t_new, t_new2)
     if auto is not None:
         try:
-            m_ac, t_ac = auto(model, S, R, es.allowed, keep, clean, corrupt, metric)
+            m_ac, t_ac = auto(model, S, R, allowed, keep, clean, corrupt, metric)
             rows.append(("auto-circuit 1.0.1", t_ac, m_ac))
         except Exception as e:  # report why auto-circuit could not run on this model, keep the other rows
             print(f"auto-circuit failed on {label}: {type(e).__name__}: {e}")
@@ -152,6 +166,7 @@ def main() -> None:
     ap.add_argument("--no-auto-circuit", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--scores-dir", default=None, help="keep the edge scores here and reuse them on the next run")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -165,10 +180,10 @@ def main() -> None:
     if a.toy:
         model, clean, corrupt, metric = toy_case(a.toy, a.toy_n)
         model.to(a.device or "cpu")
-        bench(f"toy/planted-{a.toy}", model, clean, corrupt, metric, a.method, a.skip_old, auto)
+        bench(f"toy/planted-{a.toy}", model, clean, corrupt, metric, a.method, a.skip_old, auto, a.scores_dir)
     if not a.skip_model:
         model, clean, corrupt, metric = smollm2_case(a.model, a.task, a.n, a.device)
-        bench(f"{a.model} {a.task}", model, clean, corrupt, metric, a.method, a.skip_old, auto)
+        bench(f"{a.model} {a.task}", model, clean, corrupt, metric, a.method, a.skip_old, auto, a.scores_dir)
 
 
 if __name__ == "__main__":

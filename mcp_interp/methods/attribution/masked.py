@@ -3,10 +3,11 @@
 Edge (s, r) marked in a mask makes receiver r read sender s's value from another run instead of the current one:
 r's input becomes in_r + sum_s mask[s, r] * (other_s - current_s) (components.py: senders, receivers). Rather than
 adding senders one by one per receiver, every sender's difference other_s - current_s is written, as soon as the
-forward computes it, into one stacked tensor D [circuits, senders, rows*pos*d_model]; each receiver hook (all
-heads' q inputs of a layer, its k and v inputs, the MLP input, the logits input) then applies its receivers'
-masks as one batched matmul, masks^T [circuits, receivers, senders] @ D. Senders are stacked in forward order,
-so the senders a hook can see are a prefix of D. Circuits share the forward in the batch dimension (circuit-major
+forward computes it, into one stacked tensor D [circuits, senders, rows*pos*d_model]; the receivers then apply
+their masks as batched matmuls, masks^T [circuits, receivers, senders] @ D. Senders are stacked in forward order,
+so the senders a receiver can see are a prefix of D. The matmul is bound by reading D, so all receivers of a layer
+(every head's q, k and v input, the MLP input) share one matmul over the senders of earlier layers, run when the
+layer's first receiver hook fires; the MLP input adds its own layer's heads at its hook. Circuits share the forward in the batch dimension (circuit-major
 blocks of the examples), chunked so that D stays within a memory budget.
 
 Only the last position's logits are computed (the metric reads nothing else): the residual stream is cut to it
@@ -111,12 +112,31 @@ def _masked_chunk(model, base: Tensor, other_t: Tensor, masks: Tensor, metric: M
         put([i], act.reshape(k, 1, -1))
         return act
 
-    def on_receiver(act, hook, js, heads, n_up):
-        m = masks_t[:, js, :n_up]  # [k, r, senders visible here]
-        if not bool(m.any()):
+    # Receivers are read in stages: stage l holds layer l's q/k/v inputs and MLP input (and, in the last layer, the
+    # logits input). The stage's share of the senders before layer l (prefix p0) is one matmul for all of its
+    # receivers, run at its first hook: that matmul reads D once per layer, and its cost is reading D. What a
+    # receiver sees beyond p0 (the MLP input: its layer's heads; logits: the last layer) is added at its own hook.
+    stage_corr: dict[int, Tensor | None] = {}
+
+    def stage(st):
+        if st not in stage_corr:
+            stage_corr.clear()  # earlier stages' receivers have all been read
+            m = masks_t[:, stage_rows[st], :stage_p0[st]]
+            stage_corr[st] = torch.matmul(m, D[:, :stage_p0[st]]) if bool(m.any()) else None
+        return stage_corr[st]
+
+    def on_receiver(act, hook, js, heads, n_up, st, off):
+        corr = stage(st)
+        corr = None if corr is None else corr[:, off:off + len(js)]
+        p0 = stage_p0[st]
+        if n_up > p0:
+            m = masks_t[:, js, p0:n_up]
+            if bool(m.any()):
+                extra = torch.matmul(m, D[:, p0:n_up])
+                corr = extra if corr is None else corr + extra
+        if corr is None:
             return act
-        corr = torch.matmul(m, D[:, :n_up])  # [k, r, b*p*d]: every receiver's summed correction at once
-        corr = corr.view(k, len(js), b, p, d).permute(0, 2, 3, 1, 4).reshape(k * b, p, len(js), d)
+        corr = corr.reshape(k, len(js), b, p, d).permute(0, 2, 3, 1, 4).reshape(k * b, p, len(js), d)
         if heads is None:
             return (act + corr[:, :, 0]).to(act.dtype)
         return act.index_add(2, heads, corr.to(act.dtype))
@@ -136,11 +156,19 @@ def _masked_chunk(model, base: Tensor, other_t: Tensor, masks: Tensor, metric: M
     groups: dict[str, list[int]] = {}
     for j, r in enumerate(R):
         groups.setdefault(r.hook, []).append(j)
+    rows: dict[int, list[int]] = {}
+    stage_p0: dict[int, int] = {}
     for name, js in groups.items():
         r0 = R[js[0]]
         n_up = sum(1 for s in S if _order(s) < _order(r0))
+        st = min(r0.layer, model.cfg.n_layers - 1)
+        stage_p0[st] = sum(1 for s in S if _order(s) < (st, 0))
+        off = len(rows.setdefault(st, []))
+        rows[st] += js
         heads = torch.tensor([R[j].head for j in js], device=dev) if r0.kind in QKV else None
-        hooks.append((name, lambda a, hook, js=js, heads=heads, n_up=n_up: on_receiver(a, hook, js, heads, n_up)))
+        hooks.append((name, lambda a, hook, js=js, heads=heads, n_up=n_up, st=st, off=off:
+                      on_receiver(a, hook, js, heads, n_up, st, off)))
+    stage_rows = {st: torch.tensor(js, device=dev) for st, js in rows.items()}
     # After the receivers of the last block's output: keep the last position only (the metric's).
     hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda a, hook: a[:, -1:]))
     with torch.no_grad():
