@@ -22,7 +22,7 @@ from torch import Tensor
 from ..core.metrics import Metric
 from ..core.sites import Site
 from .components import QKV, node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
-from .edges import masked_forward
+from .masked import masked_forward
 from .nodes import final_metric, pair_chunks
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -102,9 +102,9 @@ def edge_circuit_metrics(model, S: list[Site], R: list[Site], allowed: Tensor, k
         for pc in pair_chunks(model, clean, corrupt, metric, names, batch_size, should_cancel, names_x=[]):
             mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
             other = sender_outputs(model, pc.cache_c, S)
-            for a in range(0, len(keep), 4):  # a few circuits per forward bounds memory
-                m = masked_forward(model, pc.x, other, full[a:a + 4], metric, pc.idx, S, R)
-                tot[a:a + 4] += m.sum(1).cpu()
+            # every circuit in one call: masked_forward batches as many per forward as its memory budget allows
+            m = masked_forward(model, pc.x, other, full, metric, pc.idx, S, R, should_cancel=should_cancel)
+            tot += m.sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n
 
