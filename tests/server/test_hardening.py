@@ -309,7 +309,7 @@ async def test_progress_moves_through_each_stage(store_dir):
         for tool, args, stage in [
             ("run_baseline", {"task": "induction", "n": 8}, "checking counterfactual"),
             ("locate", {"task": "induction", "n": 4}, "bootstrap and plots"),
-            ("attribute", {"task": "induction", "n": 4, "method": "exact", "level": "heads"}, "exact: "),
+            ("attribute", {"task": "induction", "n": 4, "method": "exact", "level": "heads"}, "rows run"),
         ]:
             seen = []
 
