@@ -68,7 +68,7 @@ class CompareFeaturesInput(BaseModel):
         "template); both (default) = the larger p of the two.")
     n_null: int = Field(20, ge=1, le=500, description="Null replicates of the whole matching (each a Hungarian "
                         "assignment).")
-    n_perm: int = Field(200, ge=0, le=10_000, description="Permutations for the CKA / SVCCA p-values.")
+    n_perm: int = Field(200, ge=19, le=10_000, description="Permutations for the CKA / SVCCA p-values (at least 19, so p can reach 0.05).")
     ceiling: Side | None = Field(None, description="Noise ceiling: side A's model again with another SAE seed (or "
                                  "another layer); CKA and matches of A against it are reported beside A vs B.")
     test_top: int = Field(5, ge=0, le=50, description="task: matches (of the FDR set) to test causally on both sides.")

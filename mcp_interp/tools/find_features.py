@@ -38,7 +38,7 @@ class FindFeaturesInput(BaseModel):
     counterfactual: str | None = Field(None, description="Generator for the causal tests (default: one that resamples "
                                        "exactly `variable`, else the first whose pairs change it).")
     n: int = Field(64, ge=8, le=4096, description="Prompt pairs.")
-    n_perm: int = Field(1000, ge=0, le=100_000, description="Label permutations for the null.")
+    n_perm: int = Field(1000, ge=19, le=100_000, description="Label permutations for the null (at least 19, so a p-value can reach 0.05).")
     top: int = Field(10, ge=1, le=200, description="Features to report.")
     test_top: int = Field(3, ge=0, le=50, description="Top features to test causally.")
     test_features: list[int] = Field([], description="Also test these feature indices (e.g. a suspected decoy).")

@@ -98,3 +98,18 @@ async def test_untouched_and_nothing_ablated_are_identities(store_dir):
         err = await call_error(c, "find_features", {"model": MODEL, "task": "planted-features", "variable": "nope",
                                                     "source": "neurons", "layer": 1})
         assert "variable" in err
+
+
+def test_permutation_counts_below_19_are_refused_by_the_schema():
+    """n_perm = 0 used to pass validation and crash inside the ranking; a null needs enough draws to reach p 0.05."""
+    from pydantic import ValidationError
+
+    from mcp_interp.tools.compare_features import CompareFeaturesInput
+    from mcp_interp.tools.find_features import FindFeaturesInput
+
+    with pytest.raises(ValidationError, match="n_perm"):
+        FindFeaturesInput(model="toy/planted-features", task="planted-features", variable="g", n_perm=0)
+    with pytest.raises(ValidationError, match="n_perm"):
+        CompareFeaturesInput.model_validate({"a": {"model": "toy/planted-features", "source": "neurons", "layer": 1},
+                                             "b": {"model": "toy/planted-features", "source": "neurons", "layer": 1},
+                                             "task": "planted-features", "variable": "g", "n_perm": 0})
