@@ -220,6 +220,29 @@ def find_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     return out + _figures(run_id, sorted(pngs, key=lambda p: p.startswith("hist_")), lambda p: True, "features")
 
 
+def compare_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    a, b, sim = r["a"], r["b"], r["similarity"]
+
+    def side(s: dict) -> str:
+        return f"`{s['model']}` {s['source']} at {s['hook']} ({s['n_features']} features)"
+
+    counts = r.get("causal_counts") or {}
+    out = _summary(run_id, r) + [
+        Para(f"A: {side(a)}; B: {side(b)}; {r['n_rows']} aligned rows of {r['inputs']}. Linear CKA {num(sim['cka'], 3)} "
+             f"(permutation p {num(sim['cka_p'], 3)}, null mean {num(sim['cka_null_mean'], 3)}), SVCCA "
+             f"{num(sim['svcca'], 3)}; {r['n_matched']} of {r['n_pairs']} one-to-one pairs matched at FDR "
+             f"{num(r['fdr'], 2)} against the {r['null']} null, {num(r['expected_null'], 1)} expected by chance "
+             f"{cite(run_id)}." + (f" Causally: {counts.get('validated', 0)} validated, "
+                                   f"{counts.get('correlational only', 0)} correlational only, "
+                                   f"{counts.get('contradicted', 0)} contradicted {cite(run_id)}." if counts else ""))]
+    rows = [m for m in r["matches"] if m["significant"]][:8]
+    if rows:
+        out.append(Table(["A", "B", "r", "q", "decoder cos", "status", "run"],
+                         [[m["name_a"], m["name_b"], num(m["r"], 3), num(m["q"], 3), num(m.get("decoder_cos"), 2),
+                           m.get("status") or "", f"`{run_id}`"] for m in rows]))
+    return out + _figures(run_id, pngs, lambda p: True, "comparison")
+
+
 def generic(run_id: str, r: dict, key_metrics: dict, pngs: list[str]) -> list[Block]:
     out = _summary(run_id, r)
     rows = [(k, v) for k, v in (key_metrics or {}).items() if isinstance(v, (int, float, str))]
@@ -238,6 +261,7 @@ SECTIONS: dict[str, tuple[str, Callable[[str, dict, list[str]], list[Block]]]] =
     "train_sae": ("SAE trained", train_sae),
     "load_sae": ("SAE loaded", load_sae),
     "find_features": ("Features: which latents carry the variable?", find_features),
+    "compare_features": ("Comparison: do two sides carry the same features?", compare_features),
 }
 ORDER = list(SECTIONS)  # the research loop's order; other tools follow
 

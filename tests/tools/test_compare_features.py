@@ -44,6 +44,11 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
         recount = [(np.array(v) >= out["threshold"] - 1e-12).sum(1).mean() for v in mt["null_abs_r"].values()]
         assert set(mt["null_abs_r"]) == {"shuffle", "rotation"} and len(mt["null_abs_r"]["shuffle"]) == 20
         assert max(recount) == pytest.approx(out["expected_null"])
+        # the report renders the comparison with its own section, citing the run
+        rep = await call(c, "report", {"run_ids": [out["run_id"]]})
+        assert "Comparison: do two sides carry the same features?" in rep["markdown"]
+        assert f"8 of {out['n_pairs']} one-to-one pairs matched" in rep["markdown"]
+        assert f"(run `{out['run_id']}`)" in rep["markdown"] and "8 validated" in rep["markdown"]
 
         # the residual stream in two bases: dimensions do not match one to one, CKA sees the shared features
         out = await finish(c, await call(c, "compare_features", {
