@@ -272,6 +272,7 @@ def to_png(fig: Figure, dpi: int = 120) -> bytes:
 
 
 PREVIEW_MAX_BYTES = 150_000  # an image a model reads costs context: keep a result's figure well under this
+PREVIEW = "preview.png"  # the small copy of a run's main figure that results carry as an image
 PREVIEW_MAX_SIDE = 1000  # px on the long side: clear for a vision model, which downsizes larger images anyway
 PREVIEW_DPI = 100  # 9 pt tick labels stay ~12 px high: legible
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .fsutil import utc_now
+from .plots import PREVIEW
 from .records import RunNotFound, RunRecord, StoreError
 from .report_sections import ORDER, Block, Figure, Heading, Para, Table, cite, section
 from .store import ArtifactStore
@@ -223,7 +224,8 @@ def build_report(store: ArtifactStore, run_ids: list[str] | None = None, task: s
     png: dict[str, bytes] = {}
     for rec in runs:
         manifests[rec.run_id] = store.read_manifest(rec.run_id)
-        pngs = [f for f in store.list_files(rec.run_id) if f.endswith(".png")]
+        # the preview is a small copy of one of these (what results carry as an image)
+        pngs = [f for f in store.list_files(rec.run_id) if f.endswith(".png") and f != PREVIEW]
         sec, own = section(rec.tool, rec.run_id, store.read_result(rec.run_id), rec.key_metrics, pngs)
         if not own:
             warnings.append(f"run {rec.run_id} ({rec.tool}): its result has fields this report version does not "

@@ -88,7 +88,13 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
                 "model": model, "task": "ioi-demo", "variable": "order", "source": "sae", "sae": sae["run_id"],
                 "position": "END", "n": 32, "n_perm": 200, "test_top": 2, "interventions": ["zero", "patch"],
                 "wait_seconds": 180}))["result"]
-            runs = [base, resid, heads, attr, das, *scrubs, sae, feats]
+            # is the DAS direction for IO one of the SAE's latents? (same layer and space: decoder cosines too)
+            compared = (await _call(client, bar, "compare_features", {
+                "a": {"model": model, "source": "das", "das_run": das["run_id"]},
+                "b": {"model": model, "source": "sae", "sae": sae["run_id"]},
+                "task": "ioi-demo", "variable": "IO", "counterfactual": "s2_swap", "position": "END", "n": 64,
+                "n_null": 20, "n_perm": 99, "test_top": 2, "wait_seconds": 180}))["result"]
+            runs = [base, resid, heads, attr, das, *scrubs, sae, feats, compared]
             report = await _call(client, bar, "report", {"run_ids": [r["run_id"] for r in runs],
                                                          "title": f"mcp-interp demo — IOI on {model}"})
     console.print(f"{report['summary']} ({time.time() - t0:.0f} s in all)")

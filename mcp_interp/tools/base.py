@@ -47,7 +47,7 @@ WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for 
 FORCE_FIELD = Field(False, description="Recompute even if an identical run is stored.")
 PLOT_FIELD = Field(True, description="Return the run's main figure as a PNG image beside the result (false: "
                    "leave it out; every plot stays readable as an artifact:// resource).")
-PREVIEW = "preview.png"  # the small copy of a run's main figure that results carry as an image
+PREVIEW = plots.PREVIEW
 NOT_PARAMS = {"wait_seconds", "force", "include_plot"}  # how to deliver, not what to compute: not in the cache key
 LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method has finished
 

@@ -49,6 +49,7 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
         assert "Comparison: do two sides carry the same features?" in rep["markdown"]
         assert f"8 of {out['n_pairs']} one-to-one pairs matched" in rep["markdown"]
         assert f"(run `{out['run_id']}`)" in rep["markdown"] and "8 validated" in rep["markdown"]
+        assert "preview.png" not in rep["markdown"]  # the result image's small copy is not a second figure
 
         # the residual stream in two bases: dimensions do not match one to one, CKA sees the shared features
         out = await finish(c, await call(c, "compare_features", {
