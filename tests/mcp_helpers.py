@@ -92,3 +92,17 @@ def png_of(res) -> Image.Image | None:
     img.load()  # decodes every pixel: a truncated or corrupt file raises here
     assert img.format == "PNG" and 200 <= max(img.size) <= 1000
     return img
+
+
+def copy_spec(**over) -> dict:
+    """A small task the toy model `toy/tiny-random` can host (copy the first letter), validated against it;
+    `over` replaces fields."""
+    spec = {
+        "name": "toy-copy", "description": "copy the first letter",
+        "variables": {"x": {"values": list("abcdef")}, "y": {"values": list("ghij")}},
+        "templates": ["{x}{y}{y}:"], "answer": "{x}",
+        "counterfactuals": [{"name": "rx", "kind": "resample", "variables": ["x"]}],
+        "positions": {"X": {"variable": "x"}}, "default_n": 16, "validate_with_model": "toy/tiny-random",
+    }
+    spec.update(over)
+    return spec

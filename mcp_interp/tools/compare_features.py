@@ -3,7 +3,6 @@ many matches would chance alone give, and which matches do the same thing causal
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -13,12 +12,11 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods import compare as C
 from ..methods import features as F
-from ..methods.core import Progress, Site
+from ..methods.core import Progress
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, check_pairs, counterfactual_name, dataset, resolve_task, \
-    task_metric, validate_or_raise
+from .common import MaybeFloat, Seed, check_pairs, counterfactual_name, resolve_task, task_metric
+from .compare_inputs import Side, corpus_rows, describe_side, side_sources, side_values, task_rows
 from .errors import ToolError
-from .find_features import feature_source
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -26,21 +24,6 @@ if TYPE_CHECKING:
 TOOL = "compare_features"
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post")
 MAX_ROWS = 8192  # aligned rows kept (Gram matrices are rows x rows)
-
-
-class Side(BaseModel):
-    model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
-    source: Literal["resid", "neurons", "sae", "das"] = Field(
-        "resid", description="resid: the raw activation at `site` (one feature per dimension); neurons: MLP hidden "
-        "units at `layer`; sae: latents of `sae`; das: the directions of a train_das run.")
-    layer: int | list[int] | str | None = Field(
-        None, description="resid / neurons: a layer, a list of layers, or a range 'a:b' / 'a:b:step' (end excluded); "
-        "with several layers the tool draws a layer x layer CKA map and matches features at the pair of highest "
-        "CKA. sae / das: taken from the SAE / run.")
-    site: Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post"] = Field(
-        "resid_post", description="source='resid': which activation (neurons read mlp_post).")
-    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory.")
-    das_run: str | None = Field(None, description="source='das': a train_das run id.")
 
 
 class CompareFeaturesInput(BaseModel):
@@ -146,142 +129,6 @@ class CompareFeaturesOutput(HeavyOutput):
     result: CompareFeaturesResult | None = None
 
 
-# ------------------------------------------------------------------ sides
-
-def _layers(side: Side, n_layers: int, field: str) -> list[int]:
-    L = side.layer
-    if L is None:
-        raise ToolError(f"{field}.layer: source={side.source!r} needs `layer` (an int, a list, or 'a:b').")
-    if isinstance(L, int):
-        out = [L]
-    elif isinstance(L, list):
-        out = list(L)
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?", L)
-        if not m:
-            raise ToolError(f"{field}.layer: {L!r} is not a layer range; write 'a:b' or 'a:b:step' (b excluded).")
-        out = list(range(int(m[1]), int(m[2]), int(m[3] or 1)))
-    bad = [x for x in out if not 0 <= x < n_layers]
-    if not out or bad:
-        raise ToolError(f"{field}.layer: layers {bad or out} are not in 0..{n_layers - 1}.")
-    if len(out) > 64:
-        raise ToolError(f"{field}.layer: {len(out)} layers; at most 64 (use a step).")
-    return out
-
-
-def _sources(run: ToolRun, side: Side, lm, field: str) -> list:
-    """[(layer, feature source)] of one side."""
-    model = lm.model
-    if side.source in ("sae", "das"):
-        if side.layer is not None:
-            raise ToolError(f"{field}.layer: source={side.source!r} takes its layer from the SAE / run; leave `layer` "
-                            f"out (layer ranges need source 'resid' or 'neurons').")
-        src = feature_source(run.app, lm, side.source, side.sae, None, side.das_run, field=f"{field}.")
-        return [(src.site.layer, src)]
-    layers = _layers(side, model.cfg.n_layers, field)
-    if side.source == "neurons":
-        return [(l, feature_source(run.app, lm, "neurons", layer=l, field=f"{field}.")) for l in layers]
-    if side.site == "mlp_post" and model.cfg.attn_only:
-        raise ToolError(f"{field}.site: {side.model} has no MLPs; pick resid_pre / resid_post / attn_out.")
-    out = []
-    for l in layers:
-        site = Site(side.site, l)
-        d = site.dim(model)
-        out.append((l, F.DirectionFeatures(torch.eye(d), site, label=f"L{l} {side.site}")))
-    return out
-
-
-def _describe(side: Side, sources) -> dict:
-    s = sources[0][1]
-    return {"model": side.model, "source": side.source, "hook": s.site.hook, "layers": [l for l, _ in sources],
-            "n_features": s.n, **({"sae": side.sae} if side.sae else {}), **({"das_run": side.das_run} if side.das_run else {})}
-
-
-# ------------------------------------------------------------------ inputs
-
-class _Rows:
-    """What both sides see: per side its token sequences and the (sequence, position) of every aligned row, plus
-    what a context of a row says."""
-
-    def __init__(self, toks_a, toks_b, seq, pos_a, pos_b, label, groups=None, ds_a=None, ds_b=None, texts=None,
-                 char_end=None, alignment=""):
-        self.toks_a, self.toks_b, self.seq, self.pos_a, self.pos_b = toks_a, toks_b, seq, pos_a, pos_b
-        self.label, self.groups, self.ds_a, self.ds_b = label, groups, ds_a, ds_b
-        self.texts, self.char_end, self.alignment = texts, char_end, alignment
-
-    def context(self, r: int, side: str, tokenizer) -> dict:
-        s = self.seq[r]
-        toks, p = (self.toks_a, self.pos_a) if side == "a" else (self.toks_b, self.pos_b)
-        tok = tokenizer.decode([toks[s][p[r]]])
-        if self.texts is not None:
-            e = self.char_end[r]
-            return {"text": self.texts[s][max(0, e - 60):e], "token": tok}
-        if self.ds_a is not None:
-            return {"prompt": self.ds_a.examples[s].prompt, "token": tok}
-        return {"text": tokenizer.decode(toks[s][max(0, p[r] - 12):p[r] + 1]), "token": tok}  # random tokens
-
-
-def _task_rows(args: CompareFeaturesInput, spec, lm_a, lm_b, cf_name: str | None) -> _Rows:
-    for lm, side, f in ((lm_a, args.a, "a"), (lm_b, args.b, "b")):
-        validate_or_raise(spec, lm.tokenizer, side.model)
-    ds_a = dataset(spec, lm_a.tokenizer, args.n, args.seed, cf_name)
-    ds_b = dataset(spec, lm_b.tokenizer, args.n, args.seed, cf_name)
-    if [e.prompt for e in ds_a.examples] != [e.prompt for e in ds_b.examples]:
-        raise ToolError(f"task: {spec.name!r} draws different prompts for the two tokenizers, so examples cannot be "
-                        f"aligned. Fix: a task whose prompts do not depend on the tokenizer.")
-    if args.position not in ds_a.position_names:
-        raise ToolError(f"position: {args.position!r} is not a position of {spec.name!r}; it has {ds_a.position_names}.")
-    for ds, f in ((ds_a, "a"), (ds_b, "b")):
-        bad = ds.unresolved.get(args.position)
-        if bad:
-            raise ToolError(f"position: {args.position!r} does not resolve on side {f}'s tokenizer for {len(bad)} "
-                            f"prompts (e.g. {ds.examples[bad[0]].prompt!r}). Fix: another position or task.")
-    n = len(ds_a)
-    return _Rows([e.tokens for e in ds_a.examples], [e.tokens for e in ds_b.examples], list(range(n)),
-                 [e.positions[args.position] for e in ds_a.examples], [e.positions[args.position] for e in ds_b.examples],
-                 f"{spec.name} at {args.position}", ds_a=ds_a, ds_b=ds_b,
-                 alignment=f"one row per prompt at {args.position!r}, resolved per model")
-
-
-def _corpus_rows(args: CompareFeaturesInput, lm_a, lm_b) -> _Rows:
-    ta, tb = lm_a.tokenizer, lm_b.tokenizer
-    if args.corpus == "random":
-        if type(ta) is not type(tb) or ta.vocab_size != tb.vocab_size:
-            raise ToolError("corpus: 'random' tokens need one tokenizer on both sides; use 'shakespeare'.")
-        wins = F.random_windows(ta.vocab_size, args.context, args.tokens, seed=args.seed)
-        seq = [s for s, w in enumerate(wins) for _ in w]
-        pos = [p for w in wins for p in range(len(w))]
-        return _Rows(wins, wins, seq, pos, pos, f"{len(wins)} random windows", groups=seq,
-                     alignment="token by token (random tokens)")
-    docs = F.read_texts(F.shakespeare_files())
-    rng = np.random.default_rng(args.seed)
-    texts = []
-    need = -(-args.tokens // max(args.context - 2, 1)) + 4
-    for _ in range(need * 4):  # windows of characters; each tokenizer cuts its own tokens
-        d = docs[int(rng.integers(len(docs)))]
-        if len(d) <= 8 * args.context:
-            continue
-        st = int(rng.integers(0, len(d) - 8 * args.context))
-        texts.append(d[st:st + 4 * args.context])
-        if len(texts) >= need:
-            break
-    al = C.align_by_chars(texts, ta, tb, skip_first=1, max_tokens=args.context)
-    k = min(len(al), args.tokens)
-    if k < 16:
-        raise ToolError("corpus: fewer than 16 aligned tokens; raise `tokens` or `context`.")
-    how = "token by token (same tokenizer)" if al.same_tokenizer else "at shared character ends (tokenizers differ)"
-    return _Rows(al.tokens_a, al.tokens_b, al.seq[:k], al.pos_a[:k], al.pos_b[:k],
-                 f"shakespeare, {k} aligned tokens", groups=al.seq[:k], texts=texts, char_end=al.char_end[:k],
-                 alignment=how)
-
-
-def _values(run: ToolRun, lm, sources, toks, rows: _Rows, pos) -> list[np.ndarray]:
-    with lm.use():
-        acts = F.activations_at(lm.model, [s.site for _, s in sources], toks, rows.seq, pos,
-                                should_cancel=run.should_cancel)
-        return [s.encode(x.to(lm.device)).float().cpu().numpy() for (_, s), x in zip(sources, acts)]
-
-
 # ------------------------------------------------------------------ the work
 
 def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesResult, dict]:
@@ -290,12 +137,12 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
     spec = resolve_task(run.app, args.task) if args.task else None
     lm_a = run.load(args.a.model)
     lm_b = run.load(args.b.model) if args.b.model != args.a.model else lm_a
-    src_a, src_b = _sources(run, args.a, lm_a, "a"), _sources(run, args.b, lm_b, "b")
+    src_a, src_b = side_sources(run, args.a, lm_a, "a"), side_sources(run, args.b, lm_b, "b")
     src_c = None
     if args.ceiling is not None:
         if args.ceiling.model != args.a.model:
             raise ToolError("ceiling.model: the noise ceiling compares side A's model with itself; use a.model.")
-        src_c = _sources(run, args.ceiling, lm_a, "ceiling")[:1]
+        src_c = side_sources(run, args.ceiling, lm_a, "ceiling")[:1]
     cf_name = None
     if spec is not None:
         cf_name = args.counterfactual
@@ -306,12 +153,12 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
                 pass
         if cf_name is None:
             cf_name = next((c.name for c in spec.counterfactuals if getattr(c, "changes_answer", True)), None)
-        rows = _task_rows(args, spec, lm_a, lm_b, cf_name)
+        rows = task_rows(args, spec, lm_a, lm_b, cf_name)
     else:
-        rows = _corpus_rows(args, lm_a, lm_b)
+        rows = corpus_rows(args, lm_a, lm_b)
     run.progress(0.08, f"activations on {len(rows.seq)} aligned rows")
-    va = _values(run, lm_a, src_a, rows.toks_a, rows, rows.pos_a)
-    vb = _values(run, lm_b, src_b, rows.toks_b, rows, rows.pos_b)
+    va = side_values(run, lm_a, src_a, rows.toks_a, rows, rows.pos_a)
+    vb = side_values(run, lm_b, src_b, rows.toks_b, rows, rows.pos_b)
     run.check_cancelled()
     shuffle = C.row_shuffler(len(rows.seq), rows.groups)
     cmap = C.cka_map(va, vb) if len(va) > 1 or len(vb) > 1 else None
@@ -327,9 +174,9 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
     m = C.match_features(A, B, fdr=args.fdr, null=args.null, n_null=args.n_null, seed=args.seed, shuffle=shuffle)
     ceiling = None
     if src_c is not None:
-        Cv = _values(run, lm_a, src_c, rows.toks_a, rows, rows.pos_a)[0]
+        Cv = side_values(run, lm_a, src_c, rows.toks_a, rows, rows.pos_a)[0]
         mc = C.match_features(A, Cv, fdr=args.fdr, null=args.null, n_null=args.n_null, seed=args.seed, shuffle=shuffle)
-        ceiling = {"side": _describe(args.ceiling, src_c), "cka": C.linear_cka(A, Cv), "svcca": C.svcca(A, Cv)["mean"],
+        ceiling = {"side": describe_side(args.ceiling, src_c), "cka": C.linear_cka(A, Cv), "svcca": C.svcca(A, Cv)["mean"],
                    "n_pairs": len(mc.r), "n_matched": mc.n_significant, "expected_null": mc.expected_null}
     run.check_cancelled()
     same_space = lm_b is lm_a and sa.site.hook == sb.site.hook
@@ -419,7 +266,7 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
     if args.corpus and args.test_top:
         warnings.append("no causal test on a corpus (no task metric): give a task for causal preservation")
     result = CompareFeaturesResult(
-        run_id=run.run_id, a=_describe(args.a, src_a), b=_describe(args.b, src_b),
+        run_id=run.run_id, a=describe_side(args.a, src_a), b=describe_side(args.b, src_b),
         inputs=spec.name if spec is not None else f"corpus:{args.corpus}", n_rows=len(rows.seq),
         alignment=rows.alignment, layers_a=layers_a, layers_b=layers_b,
         cka_map=cmap.round(4).tolist() if cmap is not None else None, matched_layers=[layers_a[ia], layers_b[ib]],

@@ -9,23 +9,10 @@ from mcp_interp.server.app import build_server
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
 from mcp_interp.tools import TOOLS, baseline
 
-from mcp_helpers import call, call_error, finish
+from mcp_helpers import call, call_error, copy_spec, finish
 
 pytestmark = pytest.mark.anyio
 TOY = "toy/tiny-random"
-
-
-
-def copy_spec(**over):
-    spec = {
-        "name": "toy-copy", "description": "copy the first letter",
-        "variables": {"x": {"values": list("abcdef")}, "y": {"values": list("ghij")}},
-        "templates": ["{x}{y}{y}:"], "answer": "{x}",
-        "counterfactuals": [{"name": "rx", "kind": "resample", "variables": ["x"]}],
-        "positions": {"X": {"variable": "x"}}, "default_n": 16,
-    }
-    spec.update(over)
-    return spec
 
 
 async def test_lists_tools_prompts_resources(store_dir):
