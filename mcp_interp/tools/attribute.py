@@ -138,7 +138,8 @@ def _attribute(run: ToolRun, args: AttributeInput) -> tuple[AttributeResult, dic
                                   layer=args.layer if args.level == "neurons" else (args.layer or 0),
                                   ig_steps=args.ig_steps, compare_exact=args.compare_exact,
                                   faithfulness=args.faithfulness, seed=args.seed,
-                                  progress=run.span(end=0.95), should_cancel=run.should_cancel)
+                                  progress=run.span(end=0.95), should_cancel=run.should_cancel,
+                                  act_cache=run.app.activations)
         except ValueError as e:
             raise ToolError(f"method: {e}") from None
     run.progress(0.96, "plots and store")

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.forward import prefix_cache, shared_prefix
 from ..core.metrics import Metric
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
-from .components import Edge, edge_mask_allowed, receiver_slot, receivers, sender_hooks, sender_outputs, senders, split_inputs
+from .components import (Edge, edge_mask_allowed, receiver_slot, receivers, sender_hooks, sender_outputs, senders,
+                         split_inputs)
 from .masked import masked_forward
-from .nodes import final_metric, pair_chunks
+from .nodes import pair_chunks
 
 EDGE_METHODS = ("eap", "eap_ig", "exact")
 MAX_EXACT_EDGES = 5000
@@ -83,11 +85,12 @@ def _receiver_groups(R: list[Site]) -> dict[str, list[tuple[int, Site]]]:
 
 def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric,
                 ig_steps: int = 10, batch_size: int = 16, progress: Progress | None = None,
-                should_cancel=None) -> EdgeScores:
+                should_cancel=None, reuse_prefix: bool = True) -> EdgeScores:
     """Score every edge of `model` with `method` (one of EDGE_METHODS, see the module docstring).
 
     clean, corrupt: n token sequences, [pos] each (x and x' of one pair share a length; pairs of equal length
-    are batched, `batch_size` at a time); metric: per-example metric of the final-position logits.
+    are batched, `batch_size` at a time); metric: per-example metric of the final-position logits; reuse_prefix:
+    run the tokens a batch's pairs share once (False: every forward runs every token, the reference).
     ValueError for an unknown method, or for "exact" on more than MAX_EXACT_EDGES edges."""
     if method not in EDGE_METHODS:
         raise ValueError(f"unknown edge method {method!r}; one of {EDGE_METHODS}")
@@ -112,12 +115,15 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
             with torch.no_grad():
                 delta = sender_outputs(model, cx, S) - sender_outputs(model, cc, S)  # [b, p, S, d]
             if method == "exact":
-                s, f = _exact_edges(model, xc, idx, allowed, cx, S, mc, metric, should_cancel)
+                prefix = min(shared_prefix(x, xc), x.shape[1] - 1) if reuse_prefix else 0
+                s, f = _exact_edges(model, xc, idx, allowed, cx, S, mc, metric, should_cancel, prefix)
                 total += s * len(chunk)
                 fw += f
             else:
-                g, f = _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps if method == "eap_ig" else 0)
-                total += torch.einsum("bpsd,bprd->sr", delta.float(), g.float()).cpu()
+                prefix = min(shared_prefix(x, xc), x.shape[1] - 1) if reuse_prefix else 0
+                g, f = _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps if method == "eap_ig" else 0,
+                                       prefix)
+                total += torch.einsum("bpsd,bprd->sr", delta[:, prefix:].float(), g.float()).cpu()
                 fw, bw = fw + f, bw + f
             done += len(chunk)
             if progress:
@@ -126,12 +132,18 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
     return EdgeScores(method, S, R, allowed, scores, m_x, m_cf, fw, bw, time.perf_counter() - t0)
 
 
-def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tuple[Tensor, int]:
-    """dm/d(receiver input) at x' (ig_steps = 0) or averaged along the embedding path: ([batch, pos, R, d_model],
-    forwards run)."""
+def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int, prefix: int = 0) -> tuple[Tensor, int]:
+    """dm/d(receiver input) at x' (ig_steps = 0) or averaged along the embedding path, at the tokens from `prefix` on:
+    ([batch, pos - prefix, R, d_model], forwards run). Tokens before `prefix` are the same in x and x', so every point
+    of the path shares them: they run once, as a frozen key/value cache, and (sender differences being zero there)
+    add nothing to any score. Only the last token's residual is read out: no unembedding at the other tokens."""
     names = list(groups)
     b, p = xc.shape
-    out = torch.zeros(b, p, len(R), model.cfg.d_model, device=xc.device)
+    prefix = max(0, min(prefix, p - 1))
+    past = prefix_cache(model, x[:, :prefix]) if prefix else None
+    x, xc = x[:, prefix:], xc[:, prefix:]
+    kw = {} if past is None else {"past_kv_cache": past, "attention_mask": torch.ones_like(x)}
+    out = torch.zeros(b, p - prefix, len(R), model.cfg.d_model, device=xc.device)
     if ig_steps:
         with torch.no_grad():
             e_x, e_c = model.embed(x), model.embed(xc)
@@ -151,8 +163,9 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tupl
         if path is not None:
             hooks.insert(0, ("hook_embed", lambda act, hook, path=path: path(act)))
         with torch.enable_grad():
-            logits = model.run_with_hooks(xc if path is None else x, fwd_hooks=hooks)
-            m = final_metric(model, logits, metric, idx)
+            resid = model.run_with_hooks(xc if path is None else x, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers,
+                                         **kw)
+            m = metric.from_final_resid(model, resid[:, -1], idx)
             grads = torch.autograd.grad(m.sum(), [acts[n] for n in names])
         for n, g in zip(names, grads):
             for j, r in groups[n]:
@@ -160,9 +173,10 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int) -> tupl
     return out, len(paths) * b
 
 
-def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, chunk: int = 16):
-    """One masked forward per allowed edge (`chunk` edges per batched forward): ([S, R] mean effect in metric
-    units, forwards run)."""
+def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, prefix: int,
+                 chunk: int = 16):
+    """One masked forward per allowed edge (`chunk` edges per batched forward; tokens before `prefix`, where x and x'
+    agree, run once): ([S, R] mean effect in metric units, forwards run)."""
     R = receivers(model)
     pairs = allowed.nonzero().tolist()
     out = torch.zeros(len(S), len(R))
@@ -174,7 +188,7 @@ def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, sho
         masks = torch.zeros(len(block), len(S), len(R), dtype=torch.bool)
         for k, (i, j) in enumerate(block):
             masks[k, i, j] = True
-        m = masked_forward(model, xc, other, masks, metric, idx, S, R).cpu()
+        m = masked_forward(model, xc, other, masks, metric, idx, S, R, prefix=prefix).cpu()
         for k, (i, j) in enumerate(block):
             out[i, j] = (m[k] - m_corrupt).mean()
         fw += len(block) * len(xc)

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.circuit_runs import circuit_metrics, circuits_run_here
+from ..core.forward import shared_prefix
 from ..core.metrics import Metric
+from ..core.patch_engine import ActivationCache
 from ..core.sites import Site
 from .components import QKV, node_hooks, node_mask_hooks, sender_hooks, sender_outputs, split_inputs
 from .masked import masked_forward
@@ -67,12 +70,19 @@ def top_k_masks(scores: Tensor, counts: Sequence[int], ranking: str) -> Tensor:
 
 def node_circuit_metrics(model, nodes: list[Site], keep: Tensor, clean: Sequence[Tensor], corrupt: Sequence[Tensor],
                          metric: Metric, positions: Mapping[str, Tensor] | None = None, batch_size: int = 16,
-                         should_cancel=None) -> tuple[Tensor, float, float]:
+                         should_cancel=None, use_engine: bool = True,
+                         act_cache: ActivationCache | None = None) -> tuple[Tensor, float, float]:
     """Mean metric of x with the nodes outside each circuit taken from x'.
 
     keep: [K, n_nodes] bool (True = in circuit k, stays on x); clean, corrupt: n token sequences [pos];
     positions: position name -> [n] token index (position nodes only). Returns (metric [K], m(x), m(x')),
-    means over the n examples."""
+    means over the n examples. Heads and whole MLPs / attention outputs run as batched rows from the first
+    differing token (`core.circuit_runs`); other nodes (and use_engine=False: the reference) take one hooked
+    forward per circuit and chunk. act_cache: cached clean/counterfactual runs the batched rows may reuse."""
+    if use_engine and circuits_run_here(model, nodes):
+        m, m_x, m_c = circuit_metrics(model, nodes, keep, clean, corrupt, metric, should_cancel=should_cancel,
+                                      act_cache=act_cache)
+        return m.mean(1), float(m_x.mean()), float(m_c.mean())
     names = node_hooks(nodes)
     tot = torch.zeros(len(keep))
     mx = mc = 0.0
@@ -103,7 +113,8 @@ def edge_circuit_metrics(model, S: list[Site], R: list[Site], allowed: Tensor, k
             mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
             other = sender_outputs(model, pc.cache_c, S)
             # every circuit in one call: masked_forward batches as many per forward as its memory budget allows
-            m = masked_forward(model, pc.x, other, full, metric, pc.idx, S, R, should_cancel=should_cancel)
+            m = masked_forward(model, pc.x, other, full, metric, pc.idx, S, R, should_cancel=should_cancel,
+                               prefix=shared_prefix(pc.x, pc.xc))
             tot += m.sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n
@@ -120,7 +131,11 @@ def faithfulness_curves(evaluate: Callable[[Tensor], tuple[Tensor, float, float]
     # Both rankings' circuits and the empty circuit in one evaluation: the clean and counterfactual runs are
     # paid once.
     empty = torch.zeros(1, len(scores), dtype=torch.bool)
-    m, mx, mc = evaluate(torch.cat([top_k_masks(scores, counts, r) for r in rankings] + [empty]))
+    # small circuits coincide (k rounds to the same count; both rankings share their top units): run each once
+    masks, where = torch.cat([top_k_masks(scores, counts, r) for r in rankings] + [empty]).unique(dim=0,
+                                                                                                 return_inverse=True)
+    m, mx, mc = evaluate(masks)
+    m = m[where]
     m_empty = float(m[-1])
     # `empty`: how much of the clean-counterfactual gap the empty circuit keeps (units that do not carry the
     # difference leave it near 1); f itself is normalised by the empty circuit, as MIB defines it, which for

@@ -11,7 +11,9 @@ layer's first receiver hook fires; the MLP input adds its own layer's heads at i
 blocks of the examples), chunked so that D stays within a memory budget.
 
 Only the last position's logits are computed (the metric reads nothing else): the residual stream is cut to it
-after the last block, so the unembedding costs one position per row instead of all of them.
+after the last block, so the unembedding costs one position per row instead of all of them. Tokens before the
+first one where the two runs differ carry no difference (every sender's value is the same in both runs there), so
+with `prefix` they run once, as a frozen key/value cache, and the circuits recompute only the tokens after it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.forward import prefix_cache
 from ..core.metrics import Metric
 from ..core.progress import check_cancelled
 from ..core.sites import Site
@@ -46,7 +49,8 @@ def budget_bytes(device) -> int:
 
 
 def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Metric, idx: Tensor,
-                   S: list[Site], R: list[Site], max_bytes: int | None = None, should_cancel=None) -> Tensor:
+                   S: list[Site], R: list[Site], max_bytes: int | None = None, should_cancel=None,
+                   prefix: int = 0) -> Tensor:
     """The exact edge intervention: a forward on `base` where edge (s, r) with masks[k, s, r] carries s's value
     from the other run instead of the current one.
 
@@ -54,12 +58,16 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
     (`components.sender_outputs`); masks: [n_masks, n_senders, n_receivers] bool; idx: [batch] example
     indices for `metric`; S, R: senders and receivers in forward order (`components.senders` / `receivers`);
     max_bytes: memory for the stacked differences per forward (default `budget_bytes`); should_cancel: checked
-    between forwards. Returns the metric [n_masks, batch]. Must run inside components.split_inputs(model). ValueError when S is not in forward order."""
+    between forwards; prefix: leading tokens where both runs are the same in every row (`core.shared_prefix` of
+    their tokens): run once, not per circuit. Returns the metric [n_masks, batch]. Must run inside
+    components.split_inputs(model). ValueError when S is not in forward order."""
     if any(_order(a) > _order(b) for a, b in zip(S, S[1:])):
         raise ValueError("masked_forward: senders must be in forward order (components.senders)")
     # identical circuits (both rankings' full circuit, small circuits both rankings agree on) run once
     uniq, inverse = torch.unique(masks.cpu().flatten(1), dim=0, return_inverse=True)
     masks = uniq.view(-1, *masks.shape[1:])
+    prefix = max(0, min(prefix, base.shape[1] - 1))  # at least the last token runs: the metric reads it
+    head, base, other = base[:, :prefix], base[:, prefix:], other[:, prefix:]
     k_all, (b_all, p) = masks.shape[0], base.shape
     dev = base.device
     per_row = len(S) * p * model.cfg.d_model * 4  # float32 differences of one (circuit, example) row
@@ -73,14 +81,17 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
         k_step = max(1, budget // (per_row * b))
         for a in range(0, k_all, k_step):
             check_cancelled(should_cancel)
-            out[a:a + k_step, e:e + b] = _masked_chunk(model, base[e:e + b], other_t, masks[a:a + k_step],
-                                                       metric, idx[e:e + b], S, R)
+            k = len(masks[a:a + k_step])
+            past = prefix_cache(model, head[e:e + b], repeat=k) if prefix else None
+            out[a:a + k, e:e + b] = _masked_chunk(model, base[e:e + b], other_t, masks[a:a + k], metric,
+                                                  idx[e:e + b], S, R, past)
     return out[inverse.to(dev)]
 
 
 def _masked_chunk(model, base: Tensor, other_t: Tensor, masks: Tensor, metric: Metric, idx: Tensor,
-                  S: list[Site], R: list[Site]) -> Tensor:
-    """One forward of k circuits x b examples (rows circuit-major): metric [k, b]."""
+                  S: list[Site], R: list[Site], past=None) -> Tensor:
+    """One forward of k circuits x b examples (rows circuit-major), after the prefix in `past` (a frozen
+    `core.prefix_cache` of k*b rows, or None): metric [k, b]."""
     k, (b, p) = masks.shape[0], base.shape
     d = model.cfg.d_model
     dev = base.device
@@ -171,6 +182,8 @@ def _masked_chunk(model, base: Tensor, other_t: Tensor, masks: Tensor, metric: M
     stage_rows = {st: torch.tensor(js, device=dev) for st, js in rows.items()}
     # After the receivers of the last block's output: keep the last position only (the metric's).
     hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", lambda a, hook: a[:, -1:]))
+    toks = base.repeat(k, 1)
+    kw = {} if past is None else {"past_kv_cache": past, "attention_mask": torch.ones_like(toks)}
     with torch.no_grad():
-        logits = model.run_with_hooks(base.repeat(k, 1), fwd_hooks=hooks)
+        logits = model.run_with_hooks(toks, fwd_hooks=hooks, **kw)
     return final_metric(model, logits, metric, idx.repeat(k)).view(k, b)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..core.forward import group_by_length
 from ..core.metrics import Metric
-from ..core.patch_engine import patch_sweep
+from ..core.patch_engine import ActivationCache, patch_sweep
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
 from .atp_star import atp_star_chunk
@@ -153,7 +153,7 @@ def pair_chunks(model, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metri
 def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], corrupt: Sequence[Tensor],
                 metric: Metric, positions: Mapping[str, Tensor] | None = None, ig_steps: int = 10,
                 batch_size: int = 16, node_chunk: int = 32, progress: Progress | None = None,
-                should_cancel=None, use_engine: bool = True) -> NodeScores:
+                should_cancel=None, use_engine: bool = True, act_cache: ActivationCache | None = None) -> NodeScores:
     """Per-example denoising effect estimates of `method` (one of NODE_METHODS, see the module docstring) for
     every node.
 
@@ -165,7 +165,7 @@ def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], 
     if method not in NODE_METHODS:
         raise ValueError(f"unknown method {method!r}; one of {NODE_METHODS}")
     if method == "exact" and use_engine and engine_runs(model, nodes):
-        return exact_node_scores(model, nodes, clean, corrupt, metric, positions, progress, should_cancel)
+        return exact_node_scores(model, nodes, clean, corrupt, metric, positions, progress, should_cancel, act_cache)
     t0 = time.perf_counter()
     n = len(clean)
     names = node_hooks(nodes)
@@ -201,7 +201,7 @@ def engine_cell(node: Site, columns: list[str]) -> Site:
 
 def exact_node_scores(model, nodes: list[Site], clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric,
                       positions: Mapping[str, Tensor] | None = None, progress: Progress | None = None,
-                      should_cancel=None) -> NodeScores:
+                      should_cancel=None, act_cache: ActivationCache | None = None) -> NodeScores:
     """Exact patching of every node (denoising, every position) through the patching engine: `node_scores`'s
     "exact" where `engine_runs`. forwards counts the two cached runs per example plus one (partial) forward per
     (example, node) actually recomputed; extra holds the engine's cost (skipped pairs, token-layers and FLOPs,
@@ -211,7 +211,8 @@ def exact_node_scores(model, nodes: list[Site], clean: Sequence[Tensor], corrupt
     columns = sorted({nd.position for nd in nodes if isinstance(nd.position, str)})
     pos = torch.stack([positions[c] for c in columns], 1) if columns else torch.zeros(n, 0, dtype=torch.long)
     cells = [engine_cell(nd, columns) for nd in nodes]
-    res = patch_sweep(model, clean, corrupt, pos, cells, metric, progress=progress, should_cancel=should_cancel)
+    res = patch_sweep(model, clean, corrupt, pos, cells, metric, progress=progress, should_cancel=should_cancel,
+                      act_cache=act_cache)
     extra = {"engine": res.cost(), "block": res.extra.get("block")}
     return NodeScores("exact", nodes, res.patched - res.corrupt[:, None], res.clean, res.corrupt,
                       2 * n + res.n_forward_rows, 0, time.perf_counter() - t0, extra)

@@ -16,6 +16,7 @@ from scipy.stats import pearsonr, spearmanr
 from torch import Tensor
 
 from ..core.metrics import Metric
+from ..core.patch_engine import ActivationCache
 from ..core.sites import Site
 from ..core.stats import bootstrap_ci
 from .components import QKV, Edge, nodes_for, receiver_unit
@@ -113,15 +114,18 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
                     metric: Metric, positions: Tensor | Mapping[str, Tensor] | None = None,
                     position_names: list[str] | None = None, layer: int | None = None, ig_steps: int = 10,
                     compare_exact: bool = False, faithfulness: bool = True, fractions: Sequence[float] = FRACTIONS,
-                    seed: int = 0, progress=None, should_cancel=None) -> AttributionReport:
+                    seed: int = 0, progress=None, should_cancel=None,
+                    act_cache: ActivationCache | None = None) -> AttributionReport:
     """Score the units of `level` ("heads", "mlps", "neurons", "positions" or "edges") with `method`, then
     (faithfulness) evaluate the top-k circuits and (compare_exact, node levels) compare with exact patching.
 
     clean, corrupt: n token sequences [pos] each; metric: per-example metric of the final-position logits;
     positions: [n, n_position_names] token index of each of `position_names` in each example (or a mapping
     position name -> [n]); layer: of the neurons / positions levels; seed: of the bootstrap CIs;
-    progress(fraction, message). ValueError for a method that does not score the level."""
+    progress(fraction, message); act_cache: clean/counterfactual runs shared with other calls (default: shared
+    by exact patching and the curve of this call only). ValueError for a method that does not score the level."""
     progress = progress or (lambda f, m: None)
+    act_cache = act_cache if act_cache is not None else ActivationCache(max_entries=4)
     if isinstance(positions, Tensor):
         positions = dict(zip(position_names, positions.unbind(1))) if position_names else None
     t0 = time.perf_counter()
@@ -146,7 +150,7 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
         nodes = nodes_for(model, level, layer, position_names)
         ns = node_scores(model, method, nodes, clean, corrupt, metric, positions=positions, ig_steps=ig_steps,
                          progress=lambda f, m: progress(span * f * (0.5 if compare_exact else 1.0), m),
-                         should_cancel=should_cancel)
+                         should_cancel=should_cancel, act_cache=act_cache)
         gap = float((ns.m_clean - ns.m_corrupt).mean())
         per = ns.per_example.numpy()
         mean, lo, hi = bootstrap_ci(per / gap if gap else per, seed=seed)
@@ -157,12 +161,12 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
         if compare_exact and method != "exact":
             ex = node_scores(model, "exact", nodes, clean, corrupt, metric, positions=positions,
                              progress=lambda f, m: progress(span * (0.5 + 0.5 * f), "exact: " + m),
-                             should_cancel=should_cancel)
+                             should_cancel=should_cancel, act_cache=act_cache)
             rep.comparison = compare(rep.scores, ex.normalised.numpy(), rep.units, rep.cost, ex)
 
         def evaluate(keep):
             return node_circuit_metrics(model, nodes, keep, clean, corrupt, metric, positions=positions,
-                                        should_cancel=should_cancel)
+                                        should_cancel=should_cancel, act_cache=act_cache)
     if faithfulness:
         progress(span, "faithfulness curve")
         tf = time.perf_counter()

@@ -79,10 +79,10 @@ def layer_weights(model, layer: int) -> LayerWeights:
     return lw
 
 
-def past_kv(model, kv_entry, nb: int, layer: int) -> tuple[Tensor, Tensor]:
+def past_kv(model, kv_entry, rows: slice, layer: int) -> tuple[Tensor, Tensor]:
     """The base run's keys (rotated, [nb, Hkv, d_head, T]) and values ([nb, Hkv, T, d_head]) of a KV-cache
-    entry whose first nb rows are the base run; keys are transposed so scores are one matmul."""
-    k, v = kv_entry.past_keys[:nb], kv_entry.past_values[:nb]
+    entry whose `rows` are the base run; keys are transposed so scores are one matmul."""
+    k, v = kv_entry.past_keys[rows], kv_entry.past_values[rows]
     if model.cfg.positional_embedding_type == "rotary":
         k = model.blocks[layer].attn.apply_rotary(k, 0)
     return k.permute(0, 2, 3, 1).contiguous(), v.permute(0, 2, 1, 3).contiguous()
@@ -133,15 +133,28 @@ def project_qkv(model, lw: LayerWeights, layer: int, h: Tensor, p: int) -> tuple
     return q, k, v
 
 
+def _at_last(patches, S: int) -> list:
+    """The patches as the last token sees them: every-position values cut to the last token; a first-token patch
+    kept only if that token is the last (elsewhere it cannot reach the last token's output of this block)."""
+    out = []
+    for code, idx, vals, heads, every in patches:
+        if every:
+            out.append((code, idx, vals[:, -1:], heads, True))
+        elif S == 1:
+            out.append((code, idx, vals, heads, False))
+    return out
+
+
 def fast_block(model, lw: LayerWeights, layer: int, h: Tensor, segs, p: int,
-               past: tuple[Tensor, Tensor] | None, patches) -> Tensor:
+               past: tuple[Tensor, Tensor] | None, patches, last_only: bool = False) -> Tensor:
     """Block `layer` on rows h [R, S=T-p, d_model] (grouped by example as in `segs`); returns [R, S, d_model].
 
     past: the base run's keys/values from `past_kv` (None when p == 0); each row attends to its example's
     past at positions < p and to its own new positions causally. patches: (site code, row indices, values,
     heads or None, every_position) written (`write_patch`) at the row's first position (position p) or at
     all its positions into z (code 3, [.., H, d_head]), attn_out (1) or mlp_out (2) on their way; resid
-    patches are applied by the caller.
+    patches are applied by the caller. last_only: only the last token's output is wanted (the final block,
+    read by the metric): keys and values of every token, the rest at the last token only; returns [R, 1, d_model].
     """
     cfg, blk = model.cfg, model.blocks[layer]
     attn = blk.attn
@@ -150,30 +163,33 @@ def fast_block(model, lw: LayerWeights, layer: int, h: Tensor, segs, p: int,
     Hkv = cfg.n_key_value_heads or H
     G = H // Hkv
     q, k, v = project_qkv(model, lw, layer, h, p)
+    Sq = 1 if last_only else S
+    if last_only:
+        q, h, patches = q[:, -1:], h[:, -1:], _at_last(patches, S)
     # query head j*G + g reads kv head j: rows of qg are (g, s) pairs
-    qg = q.view(R, S, Hkv, G, dh).permute(0, 2, 3, 1, 4).reshape(R, Hkv, G * S, dh)
-    s_new = qg @ k.permute(0, 2, 3, 1)  # [R, Hkv, G*S, S]
-    causal = torch.ones(S, S, dtype=torch.bool, device=h.device).tril().repeat(G, 1)
+    qg = q.reshape(R, Sq, Hkv, G, dh).permute(0, 2, 3, 1, 4).reshape(R, Hkv, G * Sq, dh)
+    s_new = qg @ k.permute(0, 2, 3, 1)  # [R, Hkv, G*Sq, S]
+    causal = torch.ones(S, S, dtype=torch.bool, device=h.device).tril()[S - Sq:].repeat(G, 1)
     s_new = apply_softcap(s_new / attn.attn_scale, cfg.attn_scores_soft_cap)
     s_new = s_new.masked_fill(~causal, float("-inf"))
     if past is not None and p > 0:
         kp, vp = past[0][..., :p], past[1][:, :, :p]
-        s_past = torch.empty(R, Hkv, G * S, p, dtype=s_new.dtype, device=h.device)
+        s_past = torch.empty(R, Hkv, G * Sq, p, dtype=s_new.dtype, device=h.device)
         for e, a, b in segs:
-            qs = qg[a:b].transpose(0, 1).reshape(Hkv, (b - a) * G * S, dh)
-            s_past[a:b] = (qs @ kp[e]).view(Hkv, b - a, G * S, p).transpose(0, 1)
+            qs = qg[a:b].transpose(0, 1).reshape(Hkv, (b - a) * G * Sq, dh)
+            s_past[a:b] = (qs @ kp[e]).view(Hkv, b - a, G * Sq, p).transpose(0, 1)
         s_past = apply_softcap(s_past / attn.attn_scale, cfg.attn_scores_soft_cap)
         pattern = torch.softmax(torch.cat([s_past, s_new], dim=-1), dim=-1)
         z = pattern[..., p:] @ v.permute(0, 2, 1, 3)
         pat_past = pattern[..., :p]
         for e, a, b in segs:
-            ps = pat_past[a:b].transpose(0, 1).reshape(Hkv, (b - a) * G * S, p)
-            z[a:b] += (ps @ vp[e]).view(Hkv, b - a, G * S, dh).transpose(0, 1)
+            ps = pat_past[a:b].transpose(0, 1).reshape(Hkv, (b - a) * G * Sq, p)
+            z[a:b] += (ps @ vp[e]).view(Hkv, b - a, G * Sq, dh).transpose(0, 1)
     else:
-        z = torch.softmax(s_new, dim=-1) @ v.permute(0, 2, 1, 3)  # [R, Hkv, G*S, dh]
-    z = z.view(R, Hkv, G, S, dh).permute(0, 3, 1, 2, 4).reshape(R, S, H, dh)
+        z = torch.softmax(s_new, dim=-1) @ v.permute(0, 2, 1, 3)  # [R, Hkv, G*Sq, dh]
+    z = z.view(R, Hkv, G, Sq, dh).permute(0, 3, 1, 2, 4).reshape(R, Sq, H, dh)
     z = _apply(patches, 3, z)
-    attn_out = F.linear(z.reshape(R, S, H * dh), lw.w_o, lw.b_o)
+    attn_out = F.linear(z.reshape(R, Sq, H * dh), lw.w_o, lw.b_o)
     if cfg.use_normalization_before_and_after:
         attn_out = blk.ln1_post(attn_out)
     attn_out = _apply(patches, 1, attn_out)

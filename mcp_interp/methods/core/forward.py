@@ -1,4 +1,5 @@
-"""Forward passes that only need final-position logits, batched by prompt length."""
+"""Forward passes that only need final-position logits, batched by prompt length, and the shared-prefix cache
+that lets a forward run only the tokens where two inputs differ."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from .metrics import final_normed
 
@@ -35,3 +37,25 @@ def final_logits(model, token_lists: Sequence[Sequence[int]], batch_size: int = 
             if progress:
                 progress(len(chunk))
     return out
+
+
+def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading tokens the token batches a and b [batch, T] share in every row (T if they are equal):
+    before that token both runs compute the same activations (causal attention)."""
+    same = (a == b).all(0)
+    return int(same.int().argmin()) if not bool(same.all()) else a.shape[1]
+
+
+@torch.no_grad()
+def prefix_cache(model, tokens: torch.Tensor, repeat: int = 1) -> TransformerLensKeyValueCache:
+    """The frozen keys/values of tokens [b, p] (a prefix every later run shares) for a forward of the rest:
+    `model.run_with_hooks(rest, past_kv_cache=cache, attention_mask=torch.ones_like(rest))` then equals the
+    full forward at the rest's tokens. repeat: rows repeated block-major (copy r of row i is row r*b + i), for
+    a batch of `repeat` variants of the b examples."""
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
+    model(tokens, return_type=None, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+    for e in cache.entries:
+        e.past_keys, e.past_values = e.past_keys.repeat(repeat, 1, 1, 1), e.past_values.repeat(repeat, 1, 1, 1)
+    cache.previous_attention_mask = cache.previous_attention_mask.repeat(repeat, 1)
+    cache.freeze()
+    return cache

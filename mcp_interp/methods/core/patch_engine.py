@@ -35,7 +35,8 @@ from .block import fast_path_ok, layer_weights
 from .metrics import Metric
 from .progress import Progress, check_cancelled
 from .sites import Site
-from .staircase import SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, forward_flops, run_rows
+from .staircase import (SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, default_max_rows,
+                        forward_flops, run_rows)
 
 Direction = Literal["denoise", "noise"]
 
@@ -63,14 +64,17 @@ class ActivationCache:
 
     def get(self, model, base_t: Tensor, src_t: Tensor, names: set[str]) -> tuple[BucketCache, bool]:
         """The cached run of base_t [nb, T] and src_t [nb, T] holding at least the hooks in `names`, and
-        whether it was a hit (False: it was just computed, with the union of the old and new names)."""
+        whether it was a hit (False: it was just computed, with the union of the old and new names). The runs
+        of the opposite sweep (base and source exchanged: noising after denoising) are a hit too."""
         key = self._key(model, base_t, src_t)
         with self._lock:
+            for k, swap in ((key, False), (self._key(model, src_t, base_t), True)):
+                entry = self._entries.get(k)
+                if entry is not None and entry[0]() is model and names <= entry[1]:
+                    self._entries.move_to_end(k)
+                    self.hits += 1
+                    return (entry[2].swapped() if swap else entry[2]), True
             entry = self._entries.get(key)
-            if entry is not None and entry[0]() is model and names <= entry[1]:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry[2], True
             have = entry[1] if entry is not None and entry[0]() is model else set()
         self.misses += 1
         union = names | have
@@ -330,7 +334,7 @@ def _same(model, bc, c: Site, memo: dict) -> Tensor:
 
 @torch.inference_mode()
 def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Metric,
-                direction: Direction = "denoise", max_rows: int = 16384,
+                direction: Direction = "denoise", max_rows: int | None = None,
                 progress: Progress | None = None,
                 should_cancel: Callable[[], bool] | None = None,
                 block: Literal["auto", "lean", "tl"] = "auto",
@@ -347,7 +351,8 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Met
     Returns a PatchResult: clean, corrupt [n] and patched [n, len(cells)] metric values, equal to
     `naive_patch_sweep`'s to float noise.
     max_rows bounds the query tokens (rows x recomputed positions) in one batched forward, and
-    4*max_rows the cached keys it reads; lower it to save memory.
+    4*max_rows the cached keys it reads (default: `default_max_rows` of the model's device); lower it to
+    save memory.
     block: "lean" runs recomputed rows through core.block.fast_block, "tl" through
     TransformerLens' own blocks (any architecture); "auto" picks lean where it applies.
     act_cache: reuse the cached clean/counterfactual runs of earlier sweeps on the same inputs.
@@ -367,8 +372,9 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Met
     res = PatchResult(out_clean, out_corrupt, patched, list(cells), direction, n_pairs=n * len(cells))
     res.naive_token_layers, res.naive_flops = _naive_costs(model, metric, clean, len(cells))
     n_cols = metric.n_unembed_columns(model)
-    # the cached base+source run of a bucket holds 2 x its tokens: keep that within max_rows
-    buckets = _buckets(clean, max(1, max_rows // 2))
+    # the cached base+source run of a bucket holds 2 x its tokens: keep that within max_rows (16k unless set)
+    buckets = _buckets(clean, max(1, (max_rows or 16384) // 2))
+    max_rows = max_rows or default_max_rows(dev)
     final_name = act_name(model, Site("resid_pre", L))
     layers = sorted({c.layer for c in cells if c.layer < L})
     resid_names = {l: act_name(model, Site("resid_pre", l)) for l in layers}
@@ -394,9 +400,8 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Met
             res.token_layers += 2 * nb * T * L
             res.flops += forward_flops(cfg, 2 * nb, T, 0)
         res.flops += 2 * nb * 2 * cfg.d_model * n_cols
-        final = bc.acts[final_name][:, -1]
-        m_base = metric.from_final_resid(model, final[:nb], ex.to(dev)).cpu()
-        m_src = metric.from_final_resid(model, final[nb:], ex.to(dev)).cpu()
+        m_base = metric.from_final_resid(model, bc.base(final_name)[:, -1], ex.to(dev)).cpu()
+        m_src = metric.from_final_resid(model, bc.src(final_name)[:, -1], ex.to(dev)).cpu()
         out_clean[ex], out_corrupt[ex] = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
         differs = base_t != src_t
         first_diff = torch.where(differs.any(1), differs.int().argmax(1), torch.full((nb,), T))

@@ -80,6 +80,15 @@ def attn_core_flops(cfg, q_len: int, k_len: int) -> int:
     return 4 * cfg.n_heads * cfg.d_head * q_len * k_len
 
 
+def rows_block_flops(cfg, seq_q: int, seq_k: int, last_only: bool) -> int:
+    """One recomputed row through one lean block: seq_q new tokens attending to seq_k keys; last_only (the final
+    block): keys and values of every new token, everything else at the last token only."""
+    if not last_only:
+        return seq_q * block_flops_per_token(cfg) + attn_core_flops(cfg, seq_q, seq_k)
+    kv = 2 * cfg.d_model * cfg.d_head * 2 * (cfg.n_key_value_heads or cfg.n_heads)
+    return seq_q * kv + block_flops_per_token(cfg) - kv + attn_core_flops(cfg, 1, seq_k)
+
+
 def forward_flops(cfg, batch: int, seq: int, unembed_cols: int) -> int:
     """A full forward pass of `batch` sequences, unembedding `unembed_cols` columns at every position."""
     per_layer = seq * block_flops_per_token(cfg) + attn_core_flops(cfg, seq, seq)
@@ -93,30 +102,45 @@ class BucketCache:
     """The base and source runs of one length bucket, run once as one batch of 2 nb sequences.
 
     acts holds each cached hook's activation for both runs stacked ([2 nb, T, d_model], or [2 nb, T,
-    n_heads, d_head] for z): base rows first, then source rows. kv is the base+source KV cache of every
-    layer (keys/values as attention appends them: post QK-norm, pre-rotary).
+    n_heads, d_head] for z): the run computed first in rows [0, nb), the other in [nb, 2 nb); base_first says
+    which is the base run. kv is the KV cache of both runs at every layer (keys/values as attention appends
+    them: post QK-norm, pre-rotary), rows as in acts.
     """
 
-    nb: int                 # examples in the bucket; rows [0, nb) are base, [nb, 2nb) source
+    nb: int                 # examples in the bucket
     T: int
     acts: dict[str, Tensor]  # hook name -> [2nb, T, ...]
     kv: TransformerLensKeyValueCache
+    base_first: bool = True
     _past: dict = field(default_factory=dict)
+
+    @property
+    def base_row0(self) -> int:
+        """The first row of the base run in acts and kv (0 or nb)."""
+        return 0 if self.base_first else self.nb
+
+    def _rows(self, base: bool) -> slice:
+        a = self.base_row0 if base else self.nb - self.base_row0
+        return slice(a, a + self.nb)
+
+    def swapped(self) -> "BucketCache":
+        """The same runs with base and source exchanged (no copy): a noising sweep reuses a denoising one's runs."""
+        return BucketCache(self.nb, self.T, self.acts, self.kv, not self.base_first)
 
     def past(self, model, layer: int) -> tuple[Tensor, Tensor]:
         """The base run's rotated keys [nb, n_kv_heads, d_head, T] and values [nb, n_kv_heads, T, d_head] at
         `layer`, laid out for the lean block (computed once per layer, then reused)."""
         if layer not in self._past:
-            self._past[layer] = past_kv(model, self.kv[layer], self.nb, layer)
+            self._past[layer] = past_kv(model, self.kv[layer], self._rows(True), layer)
         return self._past[layer]
 
     def base(self, name: str) -> Tensor:
         """The base run's activation at hook `name`: [nb, T, ...]."""
-        return self.acts[name][: self.nb]
+        return self.acts[name][self._rows(True)]
 
     def src(self, name: str) -> Tensor:
         """The source run's activation at hook `name`: [nb, T, ...]."""
-        return self.acts[name][self.nb:]
+        return self.acts[name][self._rows(False)]
 
 
 @torch.inference_mode()
@@ -167,6 +191,13 @@ class Rows:
         return self._take(slice(a, b))
 
 
+def default_max_rows(device) -> int:
+    """Query tokens per batched forward of recomputed rows when the caller sets none. On a CPU a block's
+    elementwise passes (norms, rotary, SiLU, residual adds) then stay within cache: 2k ran SmolLM2's every-head
+    sweep 1.3x faster than 16k at the same FLOPs (benchmarks/exact_attribution.py); a GPU wants large batches."""
+    return 16384 if torch.device(device).type == "cuda" else 2048
+
+
 def chunk_bounds(n_rows: int, seq_q: int, seq_k: int, max_rows: int) -> list[tuple[int, int]]:
     """Split n_rows rows (seq_q recomputed positions each, attending to seq_k keys) into (start, end)
     chunks so a batch holds at most max_rows query tokens and 4*max_rows cached keys; at least one row each."""
@@ -185,7 +216,8 @@ def _tl_block(model, bc: BucketCache, layer: int, h: Tensor, ex_act: Tensor, p: 
     entry = None
     if p > 0:
         kv = bc.kv[layer]
-        entry = TransformerLensKeyValueCacheEntry(kv.past_keys[ex_act, :p], kv.past_values[ex_act, :p],
+        rows = ex_act + bc.base_row0
+        entry = TransformerLensKeyValueCacheEntry(kv.past_keys[rows, :p], kv.past_values[rows, :p],
                                                   frozen=True)
     handles = [_hook_module(model, code, layer).register_forward_hook(_make_hook(idx, vals, heads, every))
                for code, idx, vals, heads, every in patches if code != 0]
@@ -238,7 +270,6 @@ def run_rows(model, bc: BucketCache, rows: Rows, p: int, resid_names: dict[int, 
     counts = torch.bincount(rows.layer, minlength=L).tolist()
     h, ids = None, torch.empty(0, dtype=torch.long, device=dev)
     n_active = token_layers = flops = 0
-    bft = block_flops_per_token(cfg)
     for layer in range(int(rows.layer[0]), L):
         k = counts[layer]
         patches = []
@@ -274,7 +305,7 @@ def run_rows(model, bc: BucketCache, rows: Rows, p: int, resid_names: dict[int, 
             if k:
                 segs = segments(ex_act)
             past = bc.past(model, layer) if p > 0 else None
-            h = fast_block(model, fast[layer], layer, h, segs, p, past, patches)
+            h = fast_block(model, fast[layer], layer, h, segs, p, past, patches, last_only=layer == L - 1)
         token_layers += n_active * (T - p)
-        flops += n_active * ((T - p) * bft + attn_core_flops(cfg, T - p, T))
+        flops += n_active * rows_block_flops(cfg, T - p, T, fast is not None and layer == L - 1)
     return h[:, -1], ids, token_layers, flops

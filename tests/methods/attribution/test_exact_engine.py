@@ -103,3 +103,11 @@ def test_engine_equals_the_hooked_loop_on_smollm2():
     ref = node_scores(model, "exact", nodes, clean, corrupt, metric, use_engine=False)
     assert (fast.per_example - ref.per_example).abs().max() <= 1e-5 * ref.per_example.abs().max()
     assert fast.extra["engine"]["gflop"] * 3 < fast.extra["engine"]["naive_gflop"]
+    # node circuits (heads and MLPs kept or taken from x') as batched rows after the shared prefix, as the hooked loop
+    from mcp_interp.methods.attribution import node_circuit_metrics
+    units = [nd for nd in nodes if nd.neuron is None]
+    share = torch.tensor([[0.0], [0.2], [0.6], [0.9]])  # of the units each circuit keeps
+    keep = torch.rand(4, len(units), generator=torch.Generator().manual_seed(0)) < share
+    got = node_circuit_metrics(model, units, keep, clean, corrupt, metric)
+    want = node_circuit_metrics(model, units, keep, clean, corrupt, metric, use_engine=False)
+    assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max() and got[0].std() > 0.1

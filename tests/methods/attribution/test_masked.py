@@ -7,7 +7,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from mcp_interp.evaluation.ground_truth import planted_case
 from mcp_interp.methods.attribution import (edge_circuit_metrics, edge_mask_allowed, masked_forward, pair_chunks,
                                             receivers, sender_hooks, sender_outputs, senders, split_inputs)
-from mcp_interp.methods.core import LogitDiffMetric
+from mcp_interp.methods.core import LogitDiffMetric, shared_prefix
 
 from .edge_loop import loop_masked_forward
 
@@ -61,11 +61,15 @@ def test_masked_forward_equals_the_per_receiver_loop(name, one_thread):
         got = masked_forward(model, x, other, masks, metric, idx, S, R)
         # a budget of one (circuit, example) row per forward: chunking over circuits and over examples
         tiny = masked_forward(model, x, other, masks, metric, idx, S, R, max_bytes=1)
+        # the shared first tokens run once, as a frozen key/value cache; alone and with chunking
+        pre = masked_forward(model, x, other, masks, metric, idx, S, R, prefix=shared_prefix(x, xc))
+        pre_tiny = masked_forward(model, x, other, masks, metric, idx, S, R, max_bytes=1, prefix=2)
         clean = metric.from_logits(model, model(x)[:, -1], idx)
         corrupt = metric.from_logits(model, model(xc)[:, -1], idx)
     assert (want.max(0).values - want.min(0).values).min() > 0.05  # the circuits really differ: the check can fail
     assert (got - want).abs().max() <= 1e-5
     assert (tiny - want).abs().max() <= 1e-5
+    assert shared_prefix(x, xc) == 2 and (pre - want).abs().max() <= 1e-5 and (pre_tiny - want).abs().max() <= 1e-5
     # identities: nothing patched is the base run, every allowed edge patched is the other run
     assert (got[0] - clean).abs().max() <= 1e-5 and (got[1] - corrupt).abs().max() <= 1e-4
 
@@ -102,3 +106,14 @@ def test_senders_out_of_forward_order_are_refused():
     with pytest.raises(ValueError, match="forward order"):
         masked_forward(model, x, torch.zeros(2, 4, len(S), 24), torch.zeros(1, len(S), len(R), dtype=torch.bool),
                        metric, torch.arange(2), S[::-1], R)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap_ig", "exact"])
+@pytest.mark.parametrize("name", ["gqa_rotary", "standard"])
+def test_edge_scores_that_run_the_shared_prefix_once_equal_full_forwards(name, method, one_thread):
+    from mcp_interp.methods.attribution import edge_scores
+    model, x, xc, metric = tiny_case(name, b=4, p=6)
+    fast = edge_scores(model, method, list(x), list(xc), metric, ig_steps=3)
+    ref = edge_scores(model, method, list(x), list(xc), metric, ig_steps=3, reuse_prefix=False)
+    assert ref.scores.abs().max() > 0.05  # edges carry something: the check can fail
+    assert (fast.scores - ref.scores).abs().max() <= 1e-5 * max(1.0, float(ref.scores.abs().max()))

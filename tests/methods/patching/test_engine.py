@@ -11,35 +11,12 @@ from mcp_interp.methods.core.progress import Cancelled
 from mcp_interp.methods.core.sites import Site
 from mcp_interp.methods.patching import cell_dict, grid_cells, naive_patch_sweep, patch_sweep
 
+from ..tiny_models import tiny_model as _tiny
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 L, H, V = 3, 4, 50
 TOL = 1e-4
-
-
-def _tiny(kind: str) -> HookedTransformer:
-    common = dict(n_layers=L, d_model=32, n_heads=H, d_head=8, d_mlp=64, d_vocab=V, n_ctx=32, seed=0)
-    if kind == "ln":  # GPT-2 style: LayerNorm, learned absolute positions, GELU MLP
-        cfg = HookedTransformerConfig(act_fn="gelu", normalization_type="LN", **common)
-    elif kind == "gqa":  # SmolLM2 style: RMSNorm, rotary, gated SiLU MLP, grouped-query attention (4 q / 2 kv)
-        cfg = HookedTransformerConfig(act_fn="silu", normalization_type="RMS", final_rms=True,
-                                      positional_embedding_type="rotary", rotary_dim=8,
-                                      gated_mlp=True, n_key_value_heads=2, **common)
-    elif kind == "gemma":  # QK norm, norms before and after, attention and output soft caps
-        cfg = HookedTransformerConfig(act_fn="gelu_pytorch_tanh", normalization_type="RMS", final_rms=True,
-                                      positional_embedding_type="rotary", rotary_dim=8, gated_mlp=True,
-                                      n_key_value_heads=2, use_qk_norm=True,
-                                      use_normalization_before_and_after=True, attn_scores_soft_cap=5.0,
-                                      output_logits_soft_cap=3.0, **common)
-    else:  # GPT-J style: attention and MLP in parallel, partial rotary
-        cfg = HookedTransformerConfig(act_fn="gelu", normalization_type="LN", parallel_attn_mlp=True,
-                                      positional_embedding_type="rotary", rotary_dim=4, **common)
-    model = HookedTransformer(cfg).eval()
-    with torch.no_grad():  # larger weights: patches then move the metric by O(1)
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.mul_(3)
-    return model
 
 
 @pytest.fixture(scope="module", params=["ln", "gqa"])
@@ -324,6 +301,9 @@ def test_activation_cache_reuse_is_exact_and_hits(model):
     assert torch.allclose(c.patched, ref.patched, atol=1e-6)
     patch_sweep(model, clean, corrupt, pos, heads + resid, metric, act_cache=cache)
     assert cache.hits == 6
-    # the other direction is a different cached run
-    patch_sweep(model, clean, corrupt, pos, resid, metric, direction="noise", act_cache=cache)
-    assert cache.misses == 9
+    # the other direction reuses the same runs, base and source exchanged, and equals an uncached noising sweep
+    d = patch_sweep(model, clean, corrupt, pos, heads + resid, metric, direction="noise", act_cache=cache)
+    assert cache.misses == 6 and cache.hits == 9
+    ref = patch_sweep(model, clean, corrupt, pos, heads + resid, metric, direction="noise")
+    assert torch.allclose(d.patched, ref.patched, atol=1e-6) and torch.equal(d.clean, ref.clean)
+    assert (d.patched[:, :len(heads)] - c.patched).abs().max() > 0.1  # noising is not denoising
