@@ -59,8 +59,8 @@ def circuit_metrics(model, nodes: Sequence[Site], keep: Tensor, clean: Sequence[
     nodes: Sites `circuits_run_here` accepts; keep [K, n_nodes] bool (True: circuit k keeps the node on x);
     clean, corrupt: n token sequences [T_i] (pairs share a length). max_rows bounds the query tokens (rows x
     recomputed tokens) of one batched forward (default: `default_max_rows`). Returns (metric [K, n], m(x) [n],
-    m(x') [n]) per example; equal to the hooked loop's (`attribution.faithfulness`) to float noise. act_cache: reuse the clean and
-    counterfactual runs of an earlier sweep on the same pairs (exact patching's, in either direction).
+    m(x') [n]) per example; equal to the hooked loop's (`attribution.faithfulness`) to float noise. act_cache: reuse
+    the clean and counterfactual runs of an earlier sweep on the same pairs (exact patching's, in either direction).
     """
     if not circuits_run_here(model, nodes):
         raise ValueError("circuit_metrics runs head, attention-output and whole-MLP nodes on models the lean "
@@ -80,6 +80,10 @@ def circuit_metrics(model, nodes: Sequence[Site], keep: Tensor, clean: Sequence[
     names = {final_name, *resid_names.values(), *site_names.values()}
     fast = {l: layer_weights(model, l) for l in range(min(resid_names, default=L), L)}
     max_rows = max_rows or default_max_rows(dev)
+    # rows are (circuit, example): circuits in start-layer order (a chunk starts at its first row's layer), each
+    # circuit's examples together; circuits that drop nothing are the clean run
+    ks = torch.argsort(start, stable=True)
+    ks = ks[start[ks] < L]
     out, m_x, m_c = torch.empty(K, n), torch.empty(n), torch.empty(n)
     for T, idx in sorted(_buckets(clean).items()):
         check_cancelled(should_cancel, "faithfulness curve")
@@ -94,14 +98,11 @@ def circuit_metrics(model, nodes: Sequence[Site], keep: Tensor, clean: Sequence[
         first = torch.where(differs.any(1), differs.int().argmax(1), T)
         for p in sorted(set(first.tolist()) - {T}):
             ex_p = (first == p).nonzero().flatten()
-            # rows (circuit, example), circuits in start-layer order, each circuit's examples together
-            ks = torch.argsort(start, stable=True)
-            ks = ks[start[ks] < L]
             rk, re = ks.repeat_interleave(len(ex_p)), ex_p.repeat(len(ks))
             for a, b in chunk_bounds(len(rk), T - p, T, max_rows):
                 check_cancelled(should_cancel, "faithfulness curve")
-                resid = _run_chunk(model, bc, fast, rk[a:b], re[a:b], drop, codes, layer_of, head_of, int(start[rk[a]]),
-                                   p, resid_names, site_names)
+                resid = _run_chunk(model, bc, fast, rk[a:b], re[a:b], drop, codes, layer_of, head_of,
+                                   int(start[rk[a]]), p, resid_names, site_names)
                 out[rk[a:b], ex[re[a:b]]] = metric.from_final_resid(model, resid, ex[re[a:b]].to(dev)).cpu()
     return out, m_x, m_c
 

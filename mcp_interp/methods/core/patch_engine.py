@@ -43,16 +43,22 @@ Direction = Literal["denoise", "noise"]
 __all__ = ["ActivationCache", "Direction", "PatchResult", "naive_patch_sweep", "patch_sweep"]
 
 
+def _bucket_bytes(bc: BucketCache) -> int:
+    kv = sum(t.numel() * t.element_size() for e in bc.kv.entries for t in (e.past_keys, e.past_values))
+    return kv + sum(a.numel() * a.element_size() for a in bc.acts.values())
+
+
 class ActivationCache:
     """Cached base+source runs reused across sweeps on the same inputs (successive locate calls on one
     model, task, n and seed pay for the clean and counterfactual forwards once).
 
     Entries are keyed by the model object and the exact token tensors; a request for activations an entry
-    lacks recomputes it with the union of names, so the entry only grows. LRU-bounded in entries.
+    lacks recomputes it with the union of names, so the entry only grows. LRU-bounded in entries and in bytes
+    (the newest entry is always kept).
     """
 
-    def __init__(self, max_entries: int = 8):
-        self.max_entries = max_entries
+    def __init__(self, max_entries: int = 8, max_bytes: int = 2 << 30):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
         self._entries: OrderedDict[tuple, tuple[weakref.ref, set[str], object]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -61,6 +67,10 @@ class ActivationCache:
     def _key(model, base_t: Tensor, src_t: Tensor) -> tuple:
         h = hashlib.sha256(base_t.cpu().numpy().tobytes() + b"|" + src_t.cpu().numpy().tobytes()).hexdigest()
         return id(model), tuple(base_t.shape), h
+
+    def nbytes(self) -> int:
+        """Memory the cached activations and keys/values hold."""
+        return sum(_bucket_bytes(e[2]) for e in self._entries.values())
 
     def get(self, model, base_t: Tensor, src_t: Tensor, names: set[str]) -> tuple[BucketCache, bool]:
         """The cached run of base_t [nb, T] and src_t [nb, T] holding at least the hooks in `names`, and
@@ -82,7 +92,7 @@ class ActivationCache:
         with self._lock:
             self._entries[key] = (weakref.ref(model), union, bc)
             self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
+            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self.nbytes() > self.max_bytes):
                 self._entries.popitem(last=False)
         return bc, False
 

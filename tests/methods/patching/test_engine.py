@@ -307,3 +307,8 @@ def test_activation_cache_reuse_is_exact_and_hits(model):
     ref = patch_sweep(model, clean, corrupt, pos, heads + resid, metric, direction="noise")
     assert torch.allclose(d.patched, ref.patched, atol=1e-6) and torch.equal(d.clean, ref.clean)
     assert (d.patched[:, :len(heads)] - c.patched).abs().max() > 0.1  # noising is not denoising
+    # a byte budget below one bucket's runs keeps only the newest: every bucket misses again
+    small = ActivationCache(max_bytes=1)
+    for _ in range(2):
+        patch_sweep(model, clean, corrupt, pos, resid, metric, act_cache=small)
+    assert small.misses == 6 and small.hits == 0 and 0 < small.nbytes() <= cache.nbytes() / 2
