@@ -47,7 +47,8 @@ class AttributeInput(BaseModel):
     counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
     variable: str | None = Field(None, description="Instead of `counterfactual`: the generator that resamples exactly "
                                  "this variable.")
-    metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
+    metric: Literal["logit_diff", "prob", "prob_diff"] | None = Field(
+        None, description="Default: the task's metric (prob_diff: tasks with an answer set, e.g. greater-than).")
     n: int = Field(16, ge=2, le=512, description="Number of clean/counterfactual pairs.")
     seed: Seed = 0
     ig_steps: int = Field(10, ge=1, le=100, description="Integration points for ig / eap_ig.")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import torch
 from pydantic import AfterValidator, BaseModel, Field
 
-from ..methods.core import LogitDiffMetric, ProbMetric
+from ..methods.core import LogitDiffMetric, ProbDiffMetric, ProbMetric
 from ..models import ModelLoadError
 from ..tasks.causal import TaskSpecError
 from ..tasks.dataset import TaskDataset, build_dataset
@@ -128,7 +128,10 @@ def check_pairs(ds: TaskDataset, metric: str) -> None:
 
 
 def task_metric(name: str, ds: TaskDataset):
-    """The per-example metric object for logit_diff or prob."""
+    """The per-example metric object for logit_diff, prob or prob_diff (each example's own correct and wrong sets,
+    on its clean and its counterfactual prompt alike, as run_baseline reads them)."""
+    if name == "prob_diff":
+        return ProbDiffMetric.from_sets([e.good_ids for e in ds.examples], [e.bad_ids for e in ds.examples])
     answer = torch.tensor([e.answer_id for e in ds.examples])
     if name == "prob":
         return ProbMetric(answer)
@@ -136,11 +139,15 @@ def task_metric(name: str, ds: TaskDataset):
 
 
 def per_token_metric(spec: TaskSpec, metric: str | None, tool: str) -> str:
-    """The metric a patching-style tool uses: the requested one or the task's, which must be per-token."""
+    """The metric a patching-style tool uses: the requested one or the task's, which must be read from the final
+    position's logits (logit_diff, prob, or prob_diff on a task with an answer set; not accuracy)."""
     name = metric or spec.metric
-    if name not in ("logit_diff", "prob"):
-        raise ToolError(f"metric: {tool} needs a per-token metric (logit_diff or prob); task {spec.name!r} uses "
-                        f"{name!r}. Fix: pass metric='logit_diff' or 'prob'.")
+    if name == "prob_diff" and spec.answer_set is None:
+        raise ToolError(f"metric: prob_diff needs the task's answer_set; task {spec.name!r} has none. Fix: pass "
+                        f"metric='logit_diff' or 'prob'.")
+    if name not in ("logit_diff", "prob", "prob_diff"):
+        raise ToolError(f"metric: {tool} needs a continuous metric of the final logits (logit_diff, prob or "
+                        f"prob_diff); task {spec.name!r} uses {name!r}. Fix: pass metric='logit_diff' or 'prob'.")
     return name
 
 

@@ -42,7 +42,8 @@ class LocateInput(BaseModel):
         "else named).")
     direction: Literal["denoise", "noise"] = Field("denoise", description="denoise: patch clean into the counterfactual "
                                                    "run; noise: patch counterfactual into the clean run.")
-    metric: Literal["logit_diff", "prob"] | None = Field(None, description="Default: the task's metric.")
+    metric: Literal["logit_diff", "prob", "prob_diff"] | None = Field(
+        None, description="Default: the task's metric (prob_diff: tasks with an answer set, e.g. greater-than).")
     n: int = Field(16, ge=2, le=1024, description="Number of clean/counterfactual pairs.")
     seed: Seed = 0
     force: bool = FORCE_FIELD

@@ -137,3 +137,36 @@ async def test_locate_all_aligns_prompts_of_different_lengths(store_dir):
     assert any("no column" in w for w in res["warnings"])
     cells = {(c["layer"], c["position"]): c["effect"] for c in res["best_cells"]["resid_pre"]}
     assert cells[(0, "X")] == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_answer_set_tasks_patch_on_prob_diff(store_dir):
+    """A task whose answer is a set of tokens (greater-than style) is located and attributed on P(correct set) -
+    P(wrong set); patching the residual entering layer 0 at the only token that differs restores it exactly."""
+    spec = {"name": "toy-greater", "description": "which tens digits come after the start year's",
+            "variables": {"tens": {"range": [1, 8]}, "ones": {"range": [1, 9]}},
+            "mechanisms": {"yy": {"expr": "str(tens) + str(ones)"}, "next_tens": {"expr": "str(tens + 1)"}},
+            "templates": ["from 17{yy} to 17"], "answer": "{next_tens}",
+            "answer_set": {"candidates": [str(d) for d in range(10)], "good": "int(c) > tens", "bad": "int(c) < tens"},
+            "counterfactuals": [{"name": "rt", "kind": "resample", "variables": ["tens"]}],
+            "positions": {"YY": {"variable": "yy", "token": "first"}}, "metric": "prob_diff",
+            "validate_with_model": TOY}
+    async with Client(build_server(store_dir)) as c:
+        await call(c, "define_task", spec)
+        res = await finish(c, await call(c, "locate", {"model": TOY, "task": "toy-greater", "n": 8,
+                                                       "positions": "all", "wait_seconds": 120}))
+        assert res["metric"] == "prob_diff"
+        import base64
+
+        from safetensors.torch import load
+        blob = await c.read_resource(f"artifact://{res['run_id']}/effects.safetensors")
+        t = load(base64.b64decode(blob.contents[0].blob))
+        tens = next(i for i, p in enumerate(res["positions"]) if p.endswith("YY"))  # its first token: the tens digit
+        gap = t["metric.clean"] - t["metric.counterfactual"]
+        assert gap.abs().min() > 1e-3  # the prompts really differ on the metric
+        # normalised per-example effects: 1 = the clean metric restored, exactly, at layer 0 on the tens digit
+        assert torch.allclose(t["resid_pre.per_example"][:, 0, tens], torch.ones(8), atol=1e-4)
+        att = await finish(c, await call(c, "attribute", {"model": TOY, "task": "toy-greater", "n": 8,
+                                                          "method": "exact", "wait_seconds": 120}))
+        assert att["summary"].startswith("exact on heads")
+        text = await call_error(c, "locate", {"model": TOY, "task": "parens"})
+        assert "metric" in text and "prob_diff" in text  # accuracy is not continuous: the fix names the options

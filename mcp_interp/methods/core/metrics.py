@@ -114,3 +114,39 @@ class ProbMetric:
     def n_unembed_columns(self, model) -> int:
         """d_vocab_out: every column."""
         return model.cfg.d_vocab_out
+
+
+@dataclass
+class ProbDiffMetric:
+    """m = P(correct set) - P(wrong set) at the final position (answer-set tasks such as greater-than; needs the
+    full unembedding). candidates: [C] token ids; sign: [n, C] with +1 where candidate c is correct for example i,
+    -1 where it is wrong, 0 where neither (`from_sets` builds both from per-example id lists)."""
+
+    candidates: Tensor
+    sign: Tensor
+    name: str = "prob_diff"
+
+    @classmethod
+    def from_sets(cls, good: list[list[int]], bad: list[list[int]]) -> "ProbDiffMetric":
+        """good[i], bad[i]: the correct and wrong answer token ids of example i."""
+        cand = sorted({t for ids in good + bad for t in ids})
+        col = {t: j for j, t in enumerate(cand)}
+        sign = torch.zeros(len(good), len(cand))
+        for i, (g, b) in enumerate(zip(good, bad)):
+            sign[i, [col[t] for t in b]] = -1.0
+            sign[i, [col[t] for t in g]] = 1.0
+        return cls(torch.tensor(cand, dtype=torch.long), sign)
+
+    def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
+        """resid [rows, d_model] -> [rows]: unembeds the whole vocabulary (the softmax needs it)."""
+        logits = _softcap(model, model.unembed(final_normed(model, resid)[:, None])[:, 0])
+        return self.from_logits(model, logits, example_idx)
+
+    def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
+        """logits [rows, d_vocab] -> [rows] probability differences (softmax in float32)."""
+        probs = torch.softmax(logits.float(), dim=-1)[:, self.candidates.to(logits.device)]
+        return (probs * _idx(self.sign, example_idx, logits.device)).sum(-1)
+
+    def n_unembed_columns(self, model) -> int:
+        """d_vocab_out: every column."""
+        return model.cfg.d_vocab_out

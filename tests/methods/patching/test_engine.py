@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mcp_interp.methods.core.metrics import LogitDiffMetric, ProbMetric
+from mcp_interp.methods.core.metrics import LogitDiffMetric, ProbDiffMetric, ProbMetric
 from mcp_interp.methods.core.progress import Cancelled
 from mcp_interp.methods.core.sites import Site
 from mcp_interp.methods.patching import cell_dict, grid_cells, naive_patch_sweep, patch_sweep
@@ -130,12 +130,24 @@ def test_attention_only_model_without_norms():
     assert fast.extra["block"] == "lean" and (fast.patched - ref.patched).abs().max() <= TOL
 
 
-def test_prob_metric_and_small_batches_match_naive(model):
+@pytest.mark.parametrize("kind", ["prob", "prob_diff"])
+def test_prob_metrics_and_small_batches_match_naive(model, kind):
     clean, corrupt, ld = _data(LENGTHS, seed=1)
-    metric = ProbMetric(ld.answer)
+    # prob_diff: each example's own correct and wrong answer sets (overlapping across examples, one left empty)
+    sets = [([int(a), (int(a) + 3) % V], [int(b)] if i else [])
+            for i, (a, b) in enumerate(zip(ld.answer, ld.cf_answer))]
+    metric = ProbMetric(ld.answer) if kind == "prob" else ProbDiffMetric.from_sets(*map(list, zip(*sets)))
+    if kind == "prob_diff":  # the read-out from the final residual is the softmax of the model's own logits
+        logits = model(torch.stack(clean[2:5]))[:, -1]
+        probs = logits.softmax(-1)
+        want = torch.stack([probs[k, g].sum() - probs[k, b].sum() for k, (g, b) in enumerate(sets[2:5])])
+        resid = model(torch.stack(clean[2:5]), stop_at_layer=L)[:, -1]
+        got = metric.from_final_resid(model, resid, torch.arange(2, 5))
+        assert (got - want).abs().max() <= 1e-6 and want.abs().max() > 0.01
     pos = _positions(clean)
     cells = _random_cells(pos.shape[1], 25, seed=1)
     ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
+    assert ref.patched.std() > 1e-3  # probabilities move: the comparison is not vacuous
     for max_rows in (1, 5, 10_000):  # splitting batches changes nothing
         fast = patch_sweep(model, clean, corrupt, pos, cells, metric, max_rows=max_rows)
         assert (fast.patched - ref.patched).abs().max() <= TOL
