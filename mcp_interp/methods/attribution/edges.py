@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.forward import prefix_cache, shared_prefix
+from ..core.forward import prefix_cache, prefix_reusable, shared_prefix
 from ..core.metrics import Metric
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
@@ -120,7 +120,7 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
                 total += s * len(chunk)
                 fw += f
             else:
-                prefix = min(shared_prefix(x, xc), x.shape[1] - 1) if reuse_prefix else 0
+                prefix = min(shared_prefix(x, xc), x.shape[1] - 1) if reuse_prefix and prefix_reusable(model) else 0
                 g, f = _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps if method == "eap_ig" else 0,
                                        prefix)
                 total += torch.einsum("bpsd,bprd->sr", delta[:, prefix:].float(), g.float()).cpu()
@@ -139,7 +139,7 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int, prefix:
     add nothing to any score. Only the last token's residual is read out: no unembedding at the other tokens."""
     names = list(groups)
     b, p = xc.shape
-    prefix = max(0, min(prefix, p - 1))
+    prefix = max(0, min(prefix, p - 1)) if prefix_reusable(model) else 0
     past = prefix_cache(model, x[:, :prefix]) if prefix else None
     x, xc = x[:, prefix:], xc[:, prefix:]
     kw = {} if past is None else {"past_kv_cache": past, "attention_mask": torch.ones_like(x)}

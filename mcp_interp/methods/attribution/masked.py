@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.forward import prefix_cache
+from ..core.forward import cache_bytes_per_row, prefix_cache, prefix_reusable, repeat_cache
 from ..core.metrics import Metric
 from ..core.progress import check_cancelled
 from ..core.sites import Site
@@ -66,11 +66,13 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
     # identical circuits (both rankings' full circuit, small circuits both rankings agree on) run once
     uniq, inverse = torch.unique(masks.cpu().flatten(1), dim=0, return_inverse=True)
     masks = uniq.view(-1, *masks.shape[1:])
-    prefix = max(0, min(prefix, base.shape[1] - 1))  # at least the last token runs: the metric reads it
+    # at least the last token runs (the metric reads it)
+    prefix = max(0, min(prefix, base.shape[1] - 1)) if prefix_reusable(model) else 0
     head, base, other = base[:, :prefix], base[:, prefix:], other[:, prefix:]
     k_all, (b_all, p) = masks.shape[0], base.shape
     dev = base.device
-    per_row = len(S) * p * model.cfg.d_model * 4  # float32 differences of one (circuit, example) row
+    # float32 differences of one (circuit, example) row, and its copy of the prefix's keys/values
+    per_row = len(S) * p * model.cfg.d_model * 4 + cache_bytes_per_row(model, prefix)
     budget = max_bytes if max_bytes is not None else budget_bytes(dev)
     ex_step = max(1, min(b_all, budget // per_row))  # examples per forward when one circuit alone is too large
     out = torch.empty(k_all, b_all, device=dev)
@@ -79,12 +81,12 @@ def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Me
         # other_t [S, b*pos*d]: sender-major so a sender's slice of D is one contiguous block
         other_t = other[e:e + b].permute(2, 0, 1, 3).reshape(len(S), -1).float()
         k_step = max(1, budget // (per_row * b))
+        past = prefix_cache(model, head[e:e + b]) if prefix else None  # once per example block
         for a in range(0, k_all, k_step):
             check_cancelled(should_cancel)
             k = len(masks[a:a + k_step])
-            past = prefix_cache(model, head[e:e + b], repeat=k) if prefix else None
             out[a:a + k, e:e + b] = _masked_chunk(model, base[e:e + b], other_t, masks[a:a + k], metric,
-                                                  idx[e:e + b], S, R, past)
+                                                  idx[e:e + b], S, R, None if past is None else repeat_cache(past, k))
     return out[inverse.to(dev)]
 
 

@@ -24,10 +24,10 @@ from torch import Tensor
 
 from .block import fast_block, fast_path_ok, layer_weights, segments
 from .metrics import Metric
-from .patch_engine import ActivationCache
+from .patch_engine import ActivationCache, length_buckets
 from .progress import check_cancelled
 from .sites import Site
-from .staircase import SITE_CODES, act_name, cached_run, chunk_bounds, default_max_rows
+from .staircase import CACHED_RUN_TOKENS, SITE_CODES, act_name, cached_run, chunk_bounds, default_max_rows
 
 # the node kinds a circuit row can patch, and the site each is written at (a whole MLP's hidden
 # activations produce exactly its output)
@@ -40,13 +40,6 @@ def circuits_run_here(model, nodes: Sequence[Site]) -> bool:
     return bool(nodes) and fast_path_ok(model) and all(
         n.kind in _WRITTEN_AS and n.position is None and n.neuron is None
         and (n.kind == "z") == (n.head is not None) for n in nodes)
-
-
-def _buckets(clean: Sequence[Tensor]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(clean):
-        groups.setdefault(len(t), []).append(i)
-    return groups
 
 
 @torch.inference_mode()
@@ -85,7 +78,7 @@ def circuit_metrics(model, nodes: Sequence[Site], keep: Tensor, clean: Sequence[
     ks = torch.argsort(start, stable=True)
     ks = ks[start[ks] < L]
     out, m_x, m_c = torch.empty(K, n), torch.empty(n), torch.empty(n)
-    for T, idx in sorted(_buckets(clean).items()):
+    for T, idx in length_buckets(clean, CACHED_RUN_TOKENS):  # as exact patching buckets: their cached runs match
         check_cancelled(should_cancel, "faithfulness curve")
         ex = torch.tensor(idx)
         x = torch.stack([torch.as_tensor(clean[i]) for i in idx])

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from .metrics import final_normed
 
@@ -46,16 +47,34 @@ def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(same.int().argmin()) if not bool(same.all()) else a.shape[1]
 
 
+def prefix_reusable(model) -> bool:
+    """Whether a prefix's keys/values are what the full sequence computes there: not with dynamic NTK rotary
+    scaling, whose frequencies depend on the whole sequence's length."""
+    return not getattr(model.cfg, "use_dynamic_ntk_rope", False)
+
+
 @torch.no_grad()
 def prefix_cache(model, tokens: torch.Tensor, repeat: int = 1) -> TransformerLensKeyValueCache:
     """The frozen keys/values of tokens [b, p] (a prefix every later run shares) for a forward of the rest:
     `model.run_with_hooks(rest, past_kv_cache=cache, attention_mask=torch.ones_like(rest))` then equals the
-    full forward at the rest's tokens. repeat: rows repeated block-major (copy r of row i is row r*b + i), for
-    a batch of `repeat` variants of the b examples."""
+    full forward at the rest's tokens. repeat: as `repeat_cache`."""
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
     model(tokens, return_type=None, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
-    for e in cache.entries:
-        e.past_keys, e.past_values = e.past_keys.repeat(repeat, 1, 1, 1), e.past_values.repeat(repeat, 1, 1, 1)
-    cache.previous_attention_mask = cache.previous_attention_mask.repeat(repeat, 1)
     cache.freeze()
-    return cache
+    return repeat_cache(cache, repeat) if repeat > 1 else cache
+
+
+def repeat_cache(cache: TransformerLensKeyValueCache, repeat: int) -> TransformerLensKeyValueCache:
+    """A frozen copy of a prefix cache of b rows with its rows repeated block-major (copy r of row i is row r*b + i),
+    for a batch of `repeat` variants of the b examples."""
+    out = TransformerLensKeyValueCache(
+        [TransformerLensKeyValueCacheEntry(e.past_keys.repeat(repeat, 1, 1, 1), e.past_values.repeat(repeat, 1, 1, 1))
+         for e in cache.entries], cache.previous_attention_mask.repeat(repeat, 1))
+    out.freeze()
+    return out
+
+
+def cache_bytes_per_row(model, prefix: int) -> int:
+    """Memory one row of a prefix cache of `prefix` tokens holds (keys and values of every layer)."""
+    cfg = model.cfg
+    return 2 * cfg.n_layers * prefix * (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head * 4

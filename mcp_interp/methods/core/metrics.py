@@ -119,8 +119,8 @@ class ProbMetric:
 @dataclass
 class ProbDiffMetric:
     """m = P(correct set) - P(wrong set) at the final position (answer-set tasks such as greater-than; needs the
-    full unembedding). candidates: [C] token ids; sign: [n, C] with +1 where candidate c is correct for example i,
-    -1 where it is wrong, 0 where neither (`from_sets` builds both from per-example id lists)."""
+    full unembedding). candidates: [C] token ids; sign: [n, C] the weight of candidate c for example i: +1 per time
+    it is listed correct, -1 per time listed wrong (`from_sets` builds both from per-example id lists)."""
 
     candidates: Tensor
     sign: Tensor
@@ -132,9 +132,11 @@ class ProbDiffMetric:
         cand = sorted({t for ids in good + bad for t in ids})
         col = {t: j for j, t in enumerate(cand)}
         sign = torch.zeros(len(good), len(cand))
-        for i, (g, b) in enumerate(zip(good, bad)):
-            sign[i, [col[t] for t in b]] = -1.0
-            sign[i, [col[t] for t in g]] = 1.0
+        for i, (g, b) in enumerate(zip(good, bad)):  # sums over the lists, as run_baseline's prob_diff does
+            for t in g:
+                sign[i, col[t]] += 1.0
+            for t in b:
+                sign[i, col[t]] -= 1.0
         return cls(torch.tensor(cand, dtype=torch.long), sign)
 
     def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:

@@ -35,17 +35,12 @@ from .block import fast_path_ok, layer_weights
 from .metrics import Metric
 from .progress import Progress, check_cancelled
 from .sites import Site
-from .staircase import (SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds, default_max_rows,
-                        forward_flops, run_rows)
+from .staircase import (CACHED_RUN_TOKENS, SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds,
+                        default_max_rows, forward_flops, run_rows)
 
 Direction = Literal["denoise", "noise"]
 
-__all__ = ["ActivationCache", "Direction", "PatchResult", "naive_patch_sweep", "patch_sweep"]
-
-
-def _bucket_bytes(bc: BucketCache) -> int:
-    kv = sum(t.numel() * t.element_size() for e in bc.kv.entries for t in (e.past_keys, e.past_values))
-    return kv + sum(a.numel() * a.element_size() for a in bc.acts.values())
+__all__ = ["ActivationCache", "Direction", "PatchResult", "length_buckets", "naive_patch_sweep", "patch_sweep"]
 
 
 class ActivationCache:
@@ -70,7 +65,11 @@ class ActivationCache:
 
     def nbytes(self) -> int:
         """Memory the cached activations and keys/values hold."""
-        return sum(_bucket_bytes(e[2]) for e in self._entries.values())
+        with self._lock:
+            return self._nbytes()
+
+    def _nbytes(self) -> int:
+        return sum(e[2].nbytes() for e in self._entries.values())
 
     def get(self, model, base_t: Tensor, src_t: Tensor, names: set[str]) -> tuple[BucketCache, bool]:
         """The cached run of base_t [nb, T] and src_t [nb, T] holding at least the hooks in `names`, and
@@ -92,7 +91,7 @@ class ActivationCache:
         with self._lock:
             self._entries[key] = (weakref.ref(model), union, bc)
             self._entries.move_to_end(key)
-            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self.nbytes() > self.max_bytes):
+            while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self._nbytes() > self.max_bytes):
                 self._entries.popitem(last=False)
         return bc, False
 
@@ -181,7 +180,7 @@ def _validate(model, clean, corrupt, positions, cells, direction):
     return clean, corrupt, positions
 
 
-def _buckets(clean: Sequence[Tensor], max_tokens: int | None = None) -> list[tuple[int, list[int]]]:
+def length_buckets(clean: Sequence[Tensor], max_tokens: int | None = None) -> list[tuple[int, list[int]]]:
     """(length, example indices) groups; with max_tokens, no group holds more tokens than that."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(clean):
@@ -200,7 +199,7 @@ def _base_src(direction, clean_t, corrupt_t):
 def _naive_costs(model, metric, clean, n_cells) -> tuple[int, int]:
     cfg = model.cfg
     tl = fl = 0
-    for T, idx in _buckets(clean):
+    for T, idx in length_buckets(clean):
         tl += n_cells * len(idx) * T * cfg.n_layers
         fl += n_cells * forward_flops(cfg, len(idx), T, cfg.d_vocab_out)
     return tl, fl
@@ -226,7 +225,7 @@ def naive_patch_sweep(model, clean, corrupt, positions, cells: list[Site], metri
     out_clean, out_corrupt = torch.empty(n), torch.empty(n)
     patched = torch.empty(n, len(cells))
     done = 0
-    for T, idx in _buckets(clean, max_rows):
+    for T, idx in length_buckets(clean, max_rows):
         ex = torch.tensor(idx)
         ct = torch.stack([clean[i] for i in idx]).to(dev)
         xt = torch.stack([corrupt[i] for i in idx]).to(dev)
@@ -383,7 +382,7 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Met
     res.naive_token_layers, res.naive_flops = _naive_costs(model, metric, clean, len(cells))
     n_cols = metric.n_unembed_columns(model)
     # the cached base+source run of a bucket holds 2 x its tokens: keep that within max_rows (16k unless set)
-    buckets = _buckets(clean, max(1, (max_rows or 16384) // 2))
+    buckets = length_buckets(clean, max(1, (max_rows or 2 * CACHED_RUN_TOKENS) // 2))
     max_rows = max_rows or default_max_rows(dev)
     final_name = act_name(model, Site("resid_pre", L))
     layers = sorted({c.layer for c in cells if c.layer < L})

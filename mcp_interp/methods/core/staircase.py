@@ -127,6 +127,12 @@ class BucketCache:
         """The same runs with base and source exchanged (no copy): a noising sweep reuses a denoising one's runs."""
         return BucketCache(self.nb, self.T, self.acts, self.kv, not self.base_first)
 
+    def nbytes(self) -> int:
+        """Memory held: cached activations, both runs' keys/values, and the lean block's laid-out copies."""
+        ts = [*self.acts.values(), *(t for e in self.kv.entries for t in (e.past_keys, e.past_values)),
+              *(t for kv in self._past.values() for t in kv)]
+        return sum(t.numel() * t.element_size() for t in ts)
+
     def past(self, model, layer: int) -> tuple[Tensor, Tensor]:
         """The base run's rotated keys [nb, n_kv_heads, d_head, T] and values [nb, n_kv_heads, T, d_head] at
         `layer`, laid out for the lean block (computed once per layer, then reused)."""
@@ -189,6 +195,11 @@ class Rows:
     def slice(self, a: int, b: int) -> "Rows":
         """Rows a..b-1."""
         return self._take(slice(a, b))
+
+
+# Tokens of one cached base + source run when the caller sets no bound (both runs: 2 x the examples' tokens). The
+# patching engine and the circuit runner bucket alike, so they share cached runs.
+CACHED_RUN_TOKENS = 8192
 
 
 def default_max_rows(device) -> int:

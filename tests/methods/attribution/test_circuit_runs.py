@@ -89,3 +89,19 @@ def test_curves_run_each_distinct_circuit_once():
     assert len(seen) == 1 and len(seen[0]) == len(torch.unique(seen[0], dim=0)) < asked
     for c in curves.values():  # every circuit still gets its own value: f = k / 12 for a metric counting units
         assert c.faithfulness == pytest.approx([k / 12 for k in c.counts])
+
+
+def test_circuits_reuse_exact_patchings_cached_runs():
+    from mcp_interp.methods.attribution import node_scores
+    from mcp_interp.methods.patching import ActivationCache
+    model = tiny_model("gqa", V=V)
+    clean, corrupt, metric = _pairs(2)
+    nodes = nodes_for(model, "heads") + nodes_for(model, "mlps")
+    keep = _keep(len(nodes), 5)
+    cache = ActivationCache()
+    node_scores(model, "exact", nodes, clean, corrupt, metric, act_cache=cache)  # denoising: base x', source x
+    misses = cache.misses
+    shared = circuit_metrics(model, nodes, keep, clean, corrupt, metric, act_cache=cache)  # base x, source x'
+    assert cache.misses == misses and cache.hits == misses  # every length bucket found, base and source exchanged
+    alone = circuit_metrics(model, nodes, keep, clean, corrupt, metric)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(shared, alone))

@@ -144,6 +144,9 @@ def test_prob_metrics_and_small_batches_match_naive(model, kind):
         resid = model(torch.stack(clean[2:5]), stop_at_layer=L)[:, -1]
         got = metric.from_final_resid(model, resid, torch.arange(2, 5))
         assert (got - want).abs().max() <= 1e-6 and want.abs().max() > 0.01
+    if kind == "prob_diff":  # ids listed twice count twice, a correct and a wrong listing cancel (as run_baseline sums)
+        m = ProbDiffMetric.from_sets([[1, 2, 2, 3]], [[2, 4]])
+        assert m.from_logits(model, torch.zeros(1, V), torch.tensor([0])).item() == pytest.approx(2 / V)  # 1+2+1-1-1
     pos = _positions(clean)
     cells = _random_cells(pos.shape[1], 25, seed=1)
     ref = naive_patch_sweep(model, clean, corrupt, pos, cells, metric)
