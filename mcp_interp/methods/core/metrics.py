@@ -45,6 +45,11 @@ def _softcap(model, logits: Tensor) -> Tensor:
     return logits if cap <= 0 else cap * torch.tanh(logits / cap)
 
 
+def full_logits(model, resid: Tensor) -> Tensor:
+    """Every logit of final residuals resid [rows, d_model] (before ln_final): [rows, d_vocab], soft cap applied."""
+    return _softcap(model, model.unembed(final_normed(model, resid)[:, None])[:, 0])
+
+
 def column_logits(model, resid: Tensor, token_ids: Tensor) -> Tensor:
     """logit[row, token_ids[row]] for each row: resid [rows, d_model] (before ln_final), token_ids [rows]
     -> [rows], using only those unembedding columns (output soft cap applied)."""
@@ -102,8 +107,7 @@ class ProbMetric:
 
     def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
         """resid [rows, d_model] -> [rows]: unembeds the whole vocabulary (the softmax needs it)."""
-        logits = _softcap(model, model.unembed(final_normed(model, resid)[:, None])[:, 0])
-        return self.from_logits(model, logits, example_idx)
+        return self.from_logits(model, full_logits(model, resid), example_idx)
 
     def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
         """logits [rows, d_vocab] -> [rows] probabilities (softmax in float32)."""
@@ -141,8 +145,7 @@ class ProbDiffMetric:
 
     def from_final_resid(self, model, resid: Tensor, example_idx: Tensor) -> Tensor:
         """resid [rows, d_model] -> [rows]: unembeds the whole vocabulary (the softmax needs it)."""
-        logits = _softcap(model, model.unembed(final_normed(model, resid)[:, None])[:, 0])
-        return self.from_logits(model, logits, example_idx)
+        return self.from_logits(model, full_logits(model, resid), example_idx)
 
     def from_logits(self, model, logits: Tensor, example_idx: Tensor) -> Tensor:
         """logits [rows, d_vocab] -> [rows] probability differences (softmax in float32)."""
