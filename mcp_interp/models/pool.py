@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import torch
 
 from . import gemma3, loaders, smollm2, toy
-from .convert import files_hash, model_memory, param_state, state_dict_hash
+from .convert import files_hash, lay_out_for_tl, model_memory, param_state, state_dict_hash
 from .errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,7 @@ class ModelPool:
             raise
         except Exception as e:
             raise ModelLoadError(f"loading {model_id!r} failed: {type(e).__name__}: {e}") from e
+        lay_out_for_tl(res.model)
         n_params, nbytes = model_memory(res.model)
         dtype = str(next(res.model.parameters()).dtype).removeprefix("torch.")
         device = self.device if st["n_devices"] == 1 else f"{self.device} x{st['n_devices']}"

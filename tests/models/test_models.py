@@ -455,6 +455,30 @@ def test_model_memory_counts_shared_tensors_once():
     assert n == 64 and nbytes == 64 * 4
 
 
+def test_weights_laid_out_for_transformer_lens_keep_outputs_bit_identical(tmp_path):
+    """TL copies W.T to contiguous memory per call (gated MLP, unembed); stored transposed, the copy is free and
+    the forward sees the very same tensor. A pool-loaded model comes laid out."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from mcp_interp.models.convert import lay_out_for_tl
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=50, n_ctx=16,
+                                  act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                                  rotary_dim=8, gated_mlp=True, n_key_value_heads=2, seed=0)
+    model = HookedTransformer(cfg).eval()
+    toks = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(toks)
+        assert lay_out_for_tl(model) == 3 * 2 + 1  # W_gate, W_in, W_out per layer, W_U
+        assert all(getattr(b.mlp, w).T.is_contiguous() for b in model.blocks for w in ("W_gate", "W_in", "W_out"))
+        assert model.unembed.W_U.T.is_contiguous() and model.unembed.W_U.shape == (32, 50)
+        assert torch.equal(model(toks), ref)
+        assert lay_out_for_tl(model) == 0  # idempotent
+    pool = ModelPool(device="cpu", cache_dir=tmp_path)
+    toy = pool.get("toy/tiny-random").model
+    assert toy.unembed.W_U.T.is_contiguous()
+
+
 def test_available_lists_gemma3_and_how_to_install(monkeypatch):
     from mcp_interp.models import gemma3
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.forward import prefix_cache, prefix_reusable, shared_prefix
+from ..core.forward import prefix_cache, prefix_reusable, repeat_cache, shared_prefix
 from ..core.metrics import Metric
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
@@ -85,12 +85,13 @@ def _receiver_groups(R: list[Site]) -> dict[str, list[tuple[int, Site]]]:
 
 def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[Tensor], metric: Metric,
                 ig_steps: int = 10, batch_size: int = 16, progress: Progress | None = None,
-                should_cancel=None, reuse_prefix: bool = True) -> EdgeScores:
+                should_cancel=None, reuse_prefix: bool = True, max_tokens: int | None = None) -> EdgeScores:
     """Score every edge of `model` with `method` (one of EDGE_METHODS, see the module docstring).
 
     clean, corrupt: n token sequences, [pos] each (x and x' of one pair share a length; pairs of equal length
     are batched, `batch_size` at a time); metric: per-example metric of the final-position logits; reuse_prefix:
-    run the tokens a batch's pairs share once (False: every forward runs every token, the reference).
+    run the tokens a batch's pairs share once (False: every forward runs every token, the reference); max_tokens:
+    tokens per gradient forward, EAP-IG's path points stacked up to it (default `grad_tokens`; 1: a point at a time).
     ValueError for an unknown method, or for "exact" on more than MAX_EXACT_EDGES edges."""
     if method not in EDGE_METHODS:
         raise ValueError(f"unknown edge method {method!r}; one of {EDGE_METHODS}")
@@ -122,7 +123,7 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
             else:
                 prefix = min(shared_prefix(x, xc), x.shape[1] - 1) if reuse_prefix and prefix_reusable(model) else 0
                 g, f = _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps if method == "eap_ig" else 0,
-                                       prefix)
+                                       prefix, max_tokens)
                 total += torch.einsum("bpsd,bprd->sr", delta[:, prefix:].float(), g.float()).cpu()
                 fw, bw = fw + f, bw + f
             done += len(chunk)
@@ -132,25 +133,32 @@ def edge_scores(model, method: str, clean: Sequence[Tensor], corrupt: Sequence[T
     return EdgeScores(method, S, R, allowed, scores, m_x, m_cf, fw, bw, time.perf_counter() - t0)
 
 
-def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int, prefix: int = 0) -> tuple[Tensor, int]:
+def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int, prefix: int = 0,
+                    max_tokens: int | None = None) -> tuple[Tensor, int]:
     """dm/d(receiver input) at x' (ig_steps = 0) or averaged along the embedding path, at the tokens from `prefix` on:
     ([batch, pos - prefix, R, d_model], forwards run). Tokens before `prefix` are the same in x and x', so every point
     of the path shares them: they run once, as a frozen key/value cache, and (sender differences being zero there)
-    add nothing to any score. Only the last token's residual is read out: no unembedding at the other tokens."""
+    add nothing to any score. Only the last token's residual is read out: no unembedding at the other tokens. The
+    path's points share forwards (stacked in the batch, up to `max_tokens` tokens per forward and backward, default
+    `grad_tokens`): one large forward runs far closer to the matmul peak than many small ones."""
     names = list(groups)
     b, p = xc.shape
     prefix = max(0, min(prefix, p - 1)) if prefix_reusable(model) else 0
     past = prefix_cache(model, x[:, :prefix]) if prefix else None
     x, xc = x[:, prefix:], xc[:, prefix:]
-    kw = {} if past is None else {"past_kv_cache": past, "attention_mask": torch.ones_like(x)}
-    out = torch.zeros(b, p - prefix, len(R), model.cfg.d_model, device=xc.device)
+    q = p - prefix
+    out = torch.zeros(b, q, len(R), model.cfg.d_model, device=xc.device)
     if ig_steps:
         with torch.no_grad():
             e_x, e_c = model.embed(x), model.embed(xc)
-        paths = [(lambda act, a=(k + 0.5) / ig_steps: e_c + a * (e_x - e_c)) for k in range(ig_steps)]
+        alphas: list[float | None] = [(k + 0.5) / ig_steps for k in range(ig_steps)]
     else:
-        paths = [None]
-    for path in paths:
+        alphas = [None]
+    per = max(1, min(len(alphas), (max_tokens or grad_tokens(model, xc.device)) // (b * q)))
+    per = -(-len(alphas) // -(-len(alphas) // per))  # as many forwards, evened out (10 points at 8: 5 + 5)
+    for a0 in range(0, len(alphas), per):
+        block = alphas[a0:a0 + per]
+        r = len(block)
         acts: dict[str, Tensor] = {}
 
         def keep(act, hook):
@@ -160,17 +168,33 @@ def _receiver_grads(model, x, xc, idx, groups, R, metric, ig_steps: int, prefix:
             return act
 
         hooks = [(n, keep) for n in names]
-        if path is not None:
-            hooks.insert(0, ("hook_embed", lambda act, hook, path=path: path(act)))
+        if block[0] is not None:  # the path's points, block-major: rows a*b .. a*b + b-1 are point a
+            path = torch.cat([e_c + a * (e_x - e_c) for a in block])
+            hooks.insert(0, ("hook_embed", lambda act, hook, path=path: path))
+        toks = (xc if block[0] is None else x).repeat(r, 1)
+        kw = {} if past is None else {"past_kv_cache": repeat_cache(past, r) if r > 1 else past,
+                                      "attention_mask": torch.ones_like(toks)}
         with torch.enable_grad():
-            resid = model.run_with_hooks(xc if path is None else x, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers,
-                                         **kw)
-            m = metric.from_final_resid(model, resid[:, -1], idx)
+            resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers, **kw)
+            m = metric.from_final_resid(model, resid[:, -1], idx.repeat(r))
             grads = torch.autograd.grad(m.sum(), [acts[n] for n in names])
         for n, g in zip(names, grads):
-            for j, r in groups[n]:
-                out[:, :, j] += receiver_slot(r, g.detach()) / len(paths)
-    return out, len(paths) * b
+            g = g.detach().view(r, b, *g.shape[1:]).sum(0)
+            for j, rcv in groups[n]:
+                out[:, :, j] += receiver_slot(rcv, g) / len(alphas)
+    return out, len(alphas) * b
+
+
+def grad_tokens(model, device) -> int:
+    """Tokens per forward + backward of the edge gradients, from what one token keeps for the backward: about
+    2 copies of the residual per split q/k/v input (every head reads its own) plus ~16 more per layer (3 MB for
+    SmolLM2-135M, measured). Budget: 2 GiB on a CPU; on CUDA a quarter of the free memory, at most 16 GiB."""
+    cfg = model.cfg
+    heads = cfg.n_heads + 2 * (cfg.n_key_value_heads or cfg.n_heads)
+    per_token = cfg.n_layers * cfg.d_model * 4 * (2 * heads + 16)
+    dev = torch.device(device)
+    budget = min(torch.cuda.mem_get_info(dev)[0] // 4, 16 << 30) if dev.type == "cuda" else 2 << 30
+    return max(1, budget // per_token)
 
 
 def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, prefix: int,

@@ -29,7 +29,7 @@ from .components import QKV
 from .nodes import final_metric
 
 # Default memory for the stacked sender differences D on a CPU; on CUDA a quarter of the free memory, at most 8 GiB.
-CPU_BUDGET_BYTES = 512 << 20
+CPU_BUDGET_BYTES = 1024 << 20
 GPU_BUDGET_BYTES = 8 << 30
 
 

@@ -117,3 +117,19 @@ def test_edge_scores_that_run_the_shared_prefix_once_equal_full_forwards(name, m
     ref = edge_scores(model, method, list(x), list(xc), metric, ig_steps=3, reuse_prefix=False)
     assert ref.scores.abs().max() > 0.05  # edges carry something: the check can fail
     assert (fast.scores - ref.scores).abs().max() <= 1e-5 * max(1.0, float(ref.scores.abs().max()))
+
+
+@pytest.mark.parametrize("method", ["eap", "eap_ig"])
+@pytest.mark.parametrize("name", ["gqa_rotary", "standard"])
+def test_edge_gradients_with_the_path_points_stacked_equal_one_point_per_forward(name, method, one_thread):
+    """EAP-IG's path points share forwards (stacked in the batch up to max_tokens); one point per forward is the
+    reference. Both with the shared prefix and without."""
+    from mcp_interp.methods.attribution import edge_scores
+    model, x, xc, metric = tiny_case(name, b=4, p=6)
+    for reuse in (True, False):
+        ref = edge_scores(model, method, list(x), list(xc), metric, ig_steps=5, reuse_prefix=reuse, max_tokens=1)
+        for max_tokens in (None, 2 * 4 * 6):  # all points in one forward; two per forward (and a remainder of 1)
+            got = edge_scores(model, method, list(x), list(xc), metric, ig_steps=5, reuse_prefix=reuse,
+                              max_tokens=max_tokens)
+            assert ref.scores.abs().max() > 0.05
+            assert (got.scores - ref.scores).abs().max() <= 1e-5 * max(1.0, float(ref.scores.abs().max()))
