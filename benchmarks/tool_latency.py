@@ -1,7 +1,8 @@
 """Seconds per heavy tool's default call, through a real MCP client, on SmolLM2 IOI.
 
-    python benchmarks/tool_latency.py [--model smollm2-135m] [--task ioi] [--n 16] [--tools a,b,...]
-                                      [--device auto|cpu|cuda] [--quick] [--budget S] [--json OUT] [--markdown]
+    python benchmarks/tool_latency.py [--model smollm2-135m] [--task ioi | --task-spec FILE] [--n 16]
+                                      [--variable V] [--tools a,b,...] [--device auto|cpu|cuda] [--quick]
+                                      [--budget S] [--json OUT] [--markdown]
 
 Each case is one tool call an agent would make (`--list` shows them), sent through an in-process MCP Client
 to our server, as tests/mcp_helpers.py does, and timed until its result is in hand (the first answer within
@@ -13,12 +14,19 @@ wait_seconds = 50, else get_job long-polls):
 FLOPs: the matmul FLOPs actually run in the tool's job, counted by torch.utils.flop_counter.FlopCounterMode
 around the job function in its worker thread (matmuls, bmm/baddbmm, convolutions and SDPA; element-wise work
 is not counted; on one forward it equals the analytic count, printed at the start). The counter costs Python
-time per op (the start line shows how much on one forward): `--flops inline` (default on CPU) counts in the
-timed calls, `--flops separate` (default on CUDA, where that overhead is large next to a forward) times the
-calls without it and counts them in a second cold + warm pass on another fresh server.
+time per op (the start line shows how much on one forward, 1.3x on SmolLM2 on a CPU), so by default
+(`--flops separate`) the timed calls run without it and are counted in a second cold + warm pass on another fresh
+server; `--flops inline` counts in the timed calls (half the run time, seconds inflated by the counter), `off`
+not at all.
 GFLOP/s = counted FLOPs / wall seconds of the call, beside the device's float32 matmul peak measured in the same
 run (timed square float32 matmuls on the device the model pool uses, at the start and the end; the higher is
 shown). Target: every cold call < 50 s.
+
+Other tasks: `--task NAME` (a built-in) or `--task-spec FILE` (a TaskSpec JSON, sent to define_task, untimed, in
+every fresh store). Off IOI the cases that need a task variable (train_das, find_features, the scrubbing
+hypothesis's interpretation) use `--variable`, by default the first variable the task's first counterfactual
+changes, and the six-head scrubbing hypothesis is the untimed atp `attribute` call's six heads with the largest
+|score| (on IOI: SmolLM2's name movers, as the demo).
 
 --quick keeps the SAE cases tiny and find_features' permutations few; --budget S stops (cancelling the running
 job) once S seconds have passed, so the whole run fits a fixed slot. Nothing here reaches the network.
@@ -35,7 +43,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,23 +58,41 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from benchmarks.machine import device_name, matmul_peak, sync  # noqa: E402
 
 TARGET_S = 50.0
-# A six-head hypothesis (SmolLM2's name movers at END, from locate and attribute; the demo's) for scrubbing.
+# SmolLM2's name movers at END (from locate and attribute; the demo's): the IOI scrubbing hypothesis.
 MOVERS = [(23, 3), (20, 0), (29, 1), (23, 0), (24, 4), (29, 0)]
-SIX_HEADS = {"name": "name-movers", "interp": [{"name": "IO", "value": "IO"}],
-             "output": {"parents": [f"L{l}H{h}" for l, h in MOVERS]},
-             "nodes": [{"name": f"L{l}H{h}", "kind": "head", "layer": l, "head": h, "position": "END",
-                        "interp": "IO"} for l, h in MOVERS]}
+
+
+def six_heads(c: dict) -> dict:
+    """A six-head hypothesis at END whose heads carry the task variable: IOI's name movers, else the top six heads
+    of the prerequisite atp `attribute` call."""
+    if c["task"] == "ioi":
+        heads, var = MOVERS, "IO"
+    else:
+        top = [u["name"] for u in c["attribute"]["top"]][:6]
+        heads, var = [(int(n[1:n.index("H")]), int(n[n.index("H") + 1:])) for n in top], c["variable"]
+    return {"name": "top-heads", "interp": [{"name": var, "value": var}],
+            "output": {"parents": [f"L{l}H{h}" for l, h in heads]},
+            "nodes": [{"name": f"L{l}H{h}", "kind": "head", "layer": l, "head": h, "position": "END",
+                       "interp": var} for l, h in heads]}
+
+
+def default_variable(spec: dict) -> str:
+    """The first variable the task's first counterfactual changes (else its first variable)."""
+    cf = (spec.get("counterfactuals") or [{}])[0]
+    changed = list(cf.get("variables") or []) + list(cf.get("assign") or {})
+    return changed[0] if changed else next(iter(spec["variables"]))
 
 
 @dataclass
 class Case:
-    """One timed call. `args(ctx)` builds its arguments; ctx holds model, task, n, quick and the results of
-    the prerequisite cases (by name). `note` says where the call departs from the tool's defaults."""
+    """One timed call. `args(ctx)` builds its arguments; ctx holds model, task, n, quick, variable and the results
+    of the prerequisite cases (by name; `needs(ctx)` names them). `note` says where the call departs from the
+    tool's defaults."""
 
     name: str
     tool: str
     args: Callable[[dict], dict]
-    needs: list[str] = field(default_factory=list)
+    needs: Callable[[dict], list[str]] = lambda c: []
     note: str = ""
 
 
@@ -90,20 +116,22 @@ CASES = [
          note="atp + compare_exact"),
     Case("attribute_edges", "attribute", lambda c: {**_base(c), "method": "eap_ig", "level": "edges"},
          note="eap_ig edges + faithfulness curve"),
-    Case("scrub_hypothesis", "scrub_hypothesis", lambda c: {**_base(c), "hypothesis": SIX_HEADS},
-         note="six name-mover heads; seeds 3, contributions"),
-    Case("train_das", "train_das", lambda c: {"model": c["model"], "task": c["task"], "variable": "IO",
+    Case("scrub_hypothesis", "scrub_hypothesis", lambda c: {**_base(c), "hypothesis": six_heads(c)},
+         needs=lambda c: [] if c["task"] == "ioi" else ["attribute"],
+         note="six heads at END (IOI: the name movers; else atp's top six); seeds 3, contributions"),
+    Case("train_das", "train_das", lambda c: {"model": c["model"], "task": c["task"],
+                                               "variable": "IO" if c["task"] == "ioi" else c["variable"],
                                                "layer": c["layer"]},
-         note="IO at resid_pre END; tool defaults n_train 128 / n_test 64 (not --n)"),
-    Case("eval_das", "eval_das", lambda c: {"run_id": c["train_das"]["run_id"]}, needs=["train_das"],
+         note="the variable at resid_pre END; tool defaults n_train 128 / n_test 64 (not --n)"),
+    Case("eval_das", "eval_das", lambda c: {"run_id": c["train_das"]["run_id"]}, needs=lambda c: ["train_das"],
          note="the train_das run's data (n = 192)"),
     Case("train_sae", "train_sae", _sae_args, note="SMALL, not the defaults (30k tokens x 16 epochs)"),
     Case("load_sae", "load_sae", lambda c: {"model": c["model"], "path": c["train_sae"]["sae_path"],
-                                            "task": c["task"], "n": c["n"]}, needs=["train_sae"]),
+                                            "task": c["task"], "n": c["n"]}, needs=lambda c: ["train_sae"]),
     Case("find_features", "find_features",
-         lambda c: {**_base(c), "variable": "order", "sae": c["train_sae"]["run_id"],
-                    **({"n_perm": 200} if c["quick"] else {})},
-         needs=["train_sae"], note="the train_sae SAE; n_perm 1000 (200 with --quick)"),
+         lambda c: {**_base(c), "variable": "order" if c["task"] == "ioi" else c["variable"],
+                    "sae": c["train_sae"]["run_id"], **({"n_perm": 200} if c["quick"] else {})},
+         needs=lambda c: ["train_sae"], note="the train_sae SAE; n_perm 1000 (200 with --quick)"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 NO_FORCE = {"eval_das"}  # tools without `force`: the warm call changes the seed instead
@@ -255,6 +283,14 @@ async def timed_call(client, tool: str, args: dict, deadline: float) -> tuple[di
     return out["result"], seconds, first
 
 
+async def define_user_task(client, ctx: dict) -> None:
+    """A user task lives in the store: define it (untimed) in each fresh one."""
+    if ctx.get("task_spec"):
+        res = await client.call_tool("define_task", ctx["task_spec"])
+        if res.is_error:
+            raise RuntimeError(f"define_task failed: {res.content[0].text if res.content else res}")
+
+
 # ---------------------------------------------------------------- one case, cold and warm
 
 async def run_case(case: Case, ctx: dict, pool, count: bool, deadline: float) -> dict:
@@ -267,7 +303,8 @@ async def run_case(case: Case, ctx: dict, pool, count: bool, deadline: float) ->
     with fresh_server(pool, log) as server:
         async with Client(server) as client:
             local = dict(ctx)
-            for need in case.needs:  # prerequisites, untimed, in this fresh store
+            await define_user_task(client, ctx)
+            for need in case.needs(local):  # prerequisites, untimed, in this fresh store
                 local[need], _, _ = await timed_call(client, BY_NAME[need].tool, BY_NAME[need].args(local), deadline)
             args = case.args(local)
             row["args"] = {k: v for k, v in args.items() if k != "hypothesis"}
@@ -343,16 +380,21 @@ def table(rows: list[dict], meta: dict, markdown: bool) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--task", default="ioi")
+    ap.add_argument("--task", default="ioi", help="a built-in task")
+    ap.add_argument("--task-spec", default=None, metavar="FILE",
+                    help="a TaskSpec JSON file, defined in every fresh store (its name replaces --task)")
+    ap.add_argument("--variable", default=None,
+                    help="task variable for train_das / find_features / scrubbing off IOI (default: the first one "
+                         "the first counterfactual changes)")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--layer", type=int, default=22, help="layer for train_das / train_sae (SmolLM2: 22)")
     ap.add_argument("--tools", default="all", help="comma-separated case names (--list), or 'all'")
     ap.add_argument("--skip", default="", help="comma-separated case names to leave out")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--flops", choices=["inline", "separate", "off"], default=None,
-                    help="count FLOPs in the timed call (default on CPU), in one extra call (default on CUDA), "
-                         "or not at all")
+    ap.add_argument("--flops", choices=["inline", "separate", "off"], default="separate",
+                    help="count FLOPs in a second, untimed pass (default), in the timed calls (their seconds then "
+                         "include the counter's overhead), or not at all")
     ap.add_argument("--quick", action="store_true", help="tiny SAE cases, 200 permutations")
     ap.add_argument("--budget", type=float, default=None, help="stop after this many seconds (the running job is "
                     "cancelled, the rest reported as skipped)")
@@ -377,12 +419,20 @@ def main() -> None:
     if unknown:
         ap.error(f"--tools/--skip: unknown case(s) {unknown}; use --list")
     names = [t for t in names if t not in skip]
+    if opts.task_spec:
+        task_spec = json.loads(Path(opts.task_spec).read_text())
+        opts.task = task_spec["name"]
+    else:
+        from mcp_interp.tasks.builtin import BUILTIN_TASKS
+        if opts.task not in BUILTIN_TASKS:
+            ap.error(f"--task: {opts.task!r} is not built in ({', '.join(BUILTIN_TASKS)}); pass --task-spec FILE")
+        task_spec = None
+    variable = opts.variable or default_variable(task_spec or BUILTIN_TASKS[opts.task].model_dump())
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device here")
-    opts.flops = opts.flops or ("separate" if device.startswith("cuda") else "inline")
 
     from mcp_interp.models import ModelPool
     start = time.perf_counter()
@@ -395,7 +445,7 @@ def main() -> None:
     over = counter_overhead(pool.get(opts.model).model, device, opts.n)
     meta = {"model": opts.model, "task": opts.task, "n": opts.n, "device": device, "device_name": device_name(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1),
-            "model_load_s": round(load_s, 1), "quick": opts.quick, "target_cold_s": TARGET_S,
+            "model_load_s": round(load_s, 1), "quick": opts.quick, "variable": variable, "target_cold_s": TARGET_S,
             "flops_method": {"inline": "FlopCounterMode in the timed job (matmuls only)",
                              "separate": "FlopCounterMode in a second, untimed cold + warm pass (matmuls only)",
                              "off": "not counted"}[opts.flops],
@@ -408,13 +458,15 @@ def main() -> None:
           f"FlopCounterMode ({fmt_flops(over['flops'])}FLOP counted; analytic count {fmt_flops(over['analytic_flops'])}FLOP)",
           flush=True)
 
-    ctx = {"model": opts.model, "task": opts.task, "n": opts.n, "quick": opts.quick, "layer": opts.layer}
+    ctx = {"model": opts.model, "task": opts.task, "n": opts.n, "quick": opts.quick, "layer": opts.layer,
+           "task_spec": task_spec, "variable": variable}
 
     async def warm_up() -> None:
         # imports, allocator and kernels a server's first call pays once, kept out of the first case's cold time
         from mcp import Client
         with fresh_server(pool, FlopLog(count=False)) as server:
             async with Client(server) as client:
+                await define_user_task(client, ctx)
                 await timed_call(client, "run_baseline", {**_base(ctx), "n": 4}, float("inf"))
 
     anyio.run(warm_up)

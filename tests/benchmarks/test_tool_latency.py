@@ -34,3 +34,25 @@ def test_tool_latency_on_the_toy_model(tmp_path):
     assert rows["run_baseline"]["cold"]["flops"] == rows["run_baseline"]["warm"]["flops"]
     assert rows["attribute"]["cold"]["flops"] > rows["run_baseline"]["cold"]["flops"]
     assert "| run_baseline |" in proc.stdout and meta["device_name"] in proc.stdout  # the README table names the CPU
+
+
+@pytest.mark.slow
+def test_tool_latency_on_a_user_task(tmp_path):
+    """--task-spec: the task is defined in every fresh store; off IOI the scrubbing hypothesis is the untimed atp
+    call's top six heads, carrying the variable the task's counterfactual changes."""
+    from mcp_interp.tasks.builtin import BUILTIN_TASKS
+
+    spec = {**BUILTIN_TASKS["induction"].model_dump(mode="json"), "name": "induction-user"}
+    (tmp_path / "task.json").write_text(json.dumps(spec))
+    out = tmp_path / "latency.json"
+    env = {**os.environ, "MCP_INTERP_STORE": str(tmp_path / "unused"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tool_latency.py"), "--model", "toy/tiny-random", "--task-spec",
+         str(tmp_path / "task.json"), "--n", "8", "--tools", "scrub_hypothesis", "--device", "cpu",
+         "--flops", "off", "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["meta"]["task"] == "induction-user" and data["meta"]["variable"] == "x6"
+    (row,) = data["rows"]
+    assert row["case"] == "scrub_hypothesis" and row["cold"]["seconds"] > 0, row
+    assert row["args"]["task"] == "induction-user"
