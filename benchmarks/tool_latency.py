@@ -132,6 +132,10 @@ CASES = [
          lambda c: {**_base(c), "variable": "order" if c["task"] == "ioi" else c["variable"],
                     "sae": c["train_sae"]["run_id"], **({"n_perm": 200} if c["quick"] else {})},
          needs=lambda c: ["train_sae"], note="the train_sae SAE; n_perm 1000 (200 with --quick)"),
+    Case("compare_features", "compare_features",
+         lambda c: {"a": {"model": c["model"], "layer": max(0, c["layer"] - 2)},
+                    "b": {"model": c["model"], "layer": c["layer"]}, "task": c["task"]},
+         note="resid_post at --layer - 2 vs --layer on the task's prompts; tool defaults (n 128, 5 causal tests)"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 NO_FORCE = {"eval_das"}  # tools without `force`: the warm call changes the seed instead
@@ -387,7 +391,7 @@ def main() -> None:
                     help="task variable for train_das / find_features / scrubbing off IOI (default: the first one "
                          "the first counterfactual changes)")
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--layer", type=int, default=22, help="layer for train_das / train_sae (SmolLM2: 22)")
+    ap.add_argument("--layer", type=int, default=22, help="layer for train_das / train_sae / compare_features (SmolLM2: 22)")
     ap.add_argument("--tools", default="all", help="comma-separated case names (--list), or 'all'")
     ap.add_argument("--skip", default="", help="comma-separated case names to leave out")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")

@@ -204,8 +204,12 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
             warnings.append("no counterfactual changes the answer: no causal test")
         else:
             run.progress(0.45, f"causal tests of {len(tested)} matches on both sides")
-            ea, ida = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args, 0.45, 0.65)
-            eb, idb = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, 0.65, 0.85)
+            # one model on the same prompts: both sides' tests share the clean and counterfactual runs
+            shared: dict = {} if lm_b is lm_a and rows.toks_a == rows.toks_b and rows.pos_a == rows.pos_b else None
+            ea, ida = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args, A,
+                              0.45, 0.65, shared)
+            eb, idb = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, B,
+                              0.65, 0.85, shared)
             for k in tested:
                 a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
                 effects[k] = (a, b, C.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])),
@@ -279,19 +283,26 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
                     "validated": counts["validated"]}
 
 
-def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, lo: float, hi: float) -> tuple[dict, float]:
+def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: np.ndarray, lo: float, hi: float,
+            shared: dict | None = None) -> tuple[dict, float]:
     """feature -> {effect, ci95} of `args.intervention` on this side's own metric, and the identity check (as a
-    fraction of the clean-counterfactual gap)."""
+    fraction of the clean-counterfactual gap). values: the features on the clean prompts (the side's matrix);
+    shared: where the other side of the same model left its clean / counterfactual runs (`F.CausalRuns`)."""
     check_pairs(ds, "logit_diff")
     clean = [e.tokens for e in ds.examples]
     cf = [e.cf_tokens for e in ds.examples]
     with lm.use():
-        vals = F.feature_values(lm.model, source, clean, pos)
         cf_vals = F.feature_values(lm.model, source, cf, pos)
         pair = F.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
+        runs = shared.get("runs") if shared is not None else None
+        if runs is None:
+            runs = F.CausalRuns(lm.model, pair)
+            if shared is not None:
+                shared["runs"] = runs
         res = F.causal_effects(lm.model, source, pair, feats, [args.intervention],
-                               mean_values=torch.cat([vals, cf_vals]).mean(0), cf_values=cf_vals, seed=args.seed,
-                               progress=run.span(lo, hi), should_cancel=run.should_cancel)
+                               mean_values=torch.cat([torch.from_numpy(values).float(), cf_vals]).mean(0),
+                               cf_values=cf_vals, seed=args.seed, progress=run.span(lo, hi),
+                               should_cancel=run.should_cancel, runs=runs)
     gap = abs(res["gap"]) if res["normalised"] else 1.0
     out = {f: {"effect": round(v["effect"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
            for (f, _), v in res["effects"].items()}

@@ -103,3 +103,17 @@ async def test_two_induction_seeds_match_their_copy_features(store_dir):
             "wait_seconds": 300}))
         assert out["similarity"]["cka"] > 0.8 and out["n_matched"] >= 20 and out["expected_null"] < 1
         assert out["causal_counts"]["validated"] >= 3 and out["causal_counts"]["contradicted"] == 0
+
+
+async def test_one_model_against_itself_shares_its_causal_runs(store_dir):
+    """Both sides on one model and the same prompts: the causal tests share the clean / counterfactual runs; a side
+    compared with itself matches every live neuron, and each match is validated with the same effect on both sides."""
+    server = build_server(store_dir)
+    async with Client(server) as c:
+        side = {"model": A, "source": "neurons", "layer": 1}
+        out = await finish(c, await call(c, "compare_features", {
+            "a": side, "b": side, "task": TASK, "variable": "g", "counterfactual": "flip_group", "n": 64,
+            "n_null": 5, "n_perm": 19, "test_top": 4, "intervention": "patch", "wait_seconds": 120}))
+        assert out["n_matched"] == 8 and out["causal_counts"]["validated"] == 4, out["causal_counts"]
+        tested = [r for r in out["matches"] if r["causal_a"]]
+        assert len(tested) == 4 and all(r["causal_a"] == r["causal_b"] for r in tested)

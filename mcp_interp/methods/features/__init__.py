@@ -4,13 +4,13 @@ tests through interventions that keep the error term (DESIGN §3 "Features (SAEs
 
 from .activations import FEATURE_KINDS, Activations, activations_at, check_feature_site, collect_activations, site_activations, stop_layer
 from .corpus import SHAKESPEARE, random_windows, read_texts, shakespeare_files, token_windows
-from .find import INTERVENTIONS, CausalPair, Ranking, benjamini_hochberg, causal_effects, rank_features
+from .find import INTERVENTIONS, CausalPair, CausalRuns, Ranking, benjamini_hochberg, causal_effects, rank_features
 from .quality import match_directions, reconstruction_stats, spliced_loss
 from .sae import (ARCHITECTURES, NORMALIZATIONS, Architecture, Normalize, TrainReport, encode, load_sae, make_training_sae, reconstruct,
                   sae_architecture, sae_hook_name, save_sae, train_sae)
 from .sources import DirectionFeatures, NeuronFeatures, SAEFeatures, feature_values, intervention_hook
 
-__all__ = ["ARCHITECTURES", "Activations", "Architecture", "CausalPair", "DirectionFeatures", "FEATURE_KINDS",
+__all__ = ["ARCHITECTURES", "Activations", "Architecture", "CausalPair", "CausalRuns", "DirectionFeatures", "FEATURE_KINDS",
            "INTERVENTIONS", "NORMALIZATIONS", "activations_at", "NeuronFeatures", "Normalize", "Ranking", "SAEFeatures", "SHAKESPEARE", "TrainReport",
            "benjamini_hochberg", "causal_effects", "check_feature_site", "collect_activations", "encode",
            "feature_values", "intervention_hook", "random_windows", "load_sae", "make_training_sae", "match_directions", "rank_features",

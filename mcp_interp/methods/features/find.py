@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..core import Progress, ShouldCancel, benjamini_hochberg, bootstrap_ci, check_cancelled, ratio_ci
+from ..core.forward import cache_bytes_per_row, prefix_cache, prefix_reusable
 from .sources import intervention_hook
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
@@ -143,23 +144,54 @@ class CausalPair:
     metric: object  # methods.core.Metric
 
 
-@torch.no_grad()
-def _metric_run(model, source, pair: CausalPair, edit, batch_size: int) -> torch.Tensor:
-    """Metric per example on the clean prompts with `edit` applied at the site (None: no hook)."""
-    out = torch.zeros(len(pair.clean))
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(pair.clean):
-        groups.setdefault(len(t), []).append(i)
-    for _, idx in sorted(groups.items()):
-        for j in range(0, len(idx), batch_size):
-            ch = idx[j:j + batch_size]
-            toks = torch.tensor([pair.clean[i] for i in ch], device=model.cfg.device)
+EDIT_TOKENS = 2048  # tokens per forward of the edited clean runs (after the shared prefix)
+PREFIX_CACHE_BYTES = 512 << 20  # keys/values of the shared prefixes of one such forward
+
+
+class CausalRuns:
+    """What causal tests on one model and one CausalPair share, whatever the features' source: the clean and
+    counterfactual metrics, and the clean prompts in batches of equal length whose tokens before the first
+    intervened position ran once, as a frozen key/value cache (causal attention: no edit at a later position
+    changes them). Every edit (identity, each feature and kind, each source) then reruns only the tokens from
+    there on: one token per prompt when the features sit at the last one. Build it once to test features of two
+    sites of one model on the same prompts (`causal_effects(runs=...)`). `reuse_prefix=False` runs every token
+    every time (the reference)."""
+
+    def __init__(self, model, pair: CausalPair, batch_size: int = 32, reuse_prefix: bool = True):
+        self.model, self.pair = model, pair
+        self.batches = []
+        groups: dict[int, list[int]] = {}
+        for i, t in enumerate(pair.clean):
+            groups.setdefault(len(t), []).append(i)
+        reuse = reuse_prefix and prefix_reusable(model)
+        for length, idx in sorted(groups.items()):
+            # rows per forward: what is left after the shared prefix is short (one token at the last position), so
+            # many prompts share a forward, bounded in tokens and in the prefix's cached keys/values
+            first = min(min(pair.positions[i] for i in idx), length - 1) if reuse else 0
+            rows = batch_size if not first else max(batch_size, min(
+                EDIT_TOKENS // (length - first), PREFIX_CACHE_BYTES // cache_bytes_per_row(model, first)))
+            for j in range(0, len(idx), rows):
+                ch = idx[j:j + rows]
+                toks = torch.tensor([pair.clean[i] for i in ch], device=model.cfg.device)
+                pos = torch.tensor([pair.positions[i] for i in ch])
+                start = min(int(pos.min()), length - 1) if reuse else 0
+                past = prefix_cache(model, toks[:, :start]) if start > 0 else None
+                self.batches.append((ch, toks[:, start:], pos - start, past))
+        self.m_clean = self.metric(None, None)
+        self.m_cf = _cf_metric(model, pair, batch_size)
+
+    @torch.no_grad()
+    def metric(self, source, edit) -> torch.Tensor:
+        """Metric per example on the clean prompts with `edit` applied to `source`'s features at its site (None:
+        no hook)."""
+        model, out = self.model, torch.zeros(len(self.pair.clean))
+        for ch, toks, pos, past in self.batches:
             ex = torch.tensor(ch)
-            hooks = [] if edit is None else [(source.site.hook, intervention_hook(
-                source, torch.tensor([pair.positions[i] for i in ch]), edit, ex))]
-            resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)[:, -1]
-            out[ch] = pair.metric.from_final_resid(model, resid, ex).float().cpu()
-    return out
+            hooks = [] if edit is None else [(source.site.hook, intervention_hook(source, pos, edit, ex))]
+            kw = {} if past is None else {"past_kv_cache": past, "attention_mask": torch.ones_like(toks)}
+            resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers, **kw)[:, -1]
+            out[ch] = self.pair.metric.from_final_resid(model, resid, ex).float().cpu()
+        return out
 
 
 @torch.no_grad()
@@ -180,17 +212,23 @@ def _cf_metric(model, pair: CausalPair, batch_size: int) -> torch.Tensor:
 def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kinds: Sequence[str] = ("zero", "patch"),
                    mean_values: torch.Tensor | None = None, cf_values: torch.Tensor | None = None,
                    steer_alpha: float | None = None, seed: int = 0, batch_size: int = 32,
-                   progress: Progress | None = None, should_cancel: ShouldCancel | None = None) -> dict:
+                   progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
+                   reuse_prefix: bool = True, runs: CausalRuns | None = None) -> dict:
     """Effects of intervening on each of `features` (see the module doc). `mean_values` [F] (for mean),
     `cf_values` [n, F] (feature values on the counterfactual prompts, for patch), `steer_alpha` (for steer).
     Returns clean / counterfactual metrics, the identity check (no feature changed) and, per feature and kind,
-    the normalised effect with a bootstrap CI, the raw metric change and the per-example effects."""
+    the normalised effect with a bootstrap CI, the raw metric change and the per-example effects. reuse_prefix:
+    the tokens before the feature's position run once for all interventions (False: every run is a full forward,
+    the reference); runs: a `CausalRuns` of this model and pair to reuse (another source's call built it)."""
     bad = [k for k in kinds if k not in INTERVENTIONS]
     if bad:
         raise ValueError(f"interventions {bad}: one of {INTERVENTIONS}")
-    m_clean = _metric_run(model, source, pair, None, batch_size)
-    m_cf = _cf_metric(model, pair, batch_size)
-    m_id = _metric_run(model, source, pair, lambda f, ex: f, batch_size)
+    if runs is None:
+        runs = CausalRuns(model, pair, batch_size, reuse_prefix)
+    elif runs.model is not model or runs.pair.clean != pair.clean or runs.pair.positions != pair.positions:
+        raise ValueError("causal_effects: `runs` was built for another model or other prompts")
+    m_clean, m_cf = runs.m_clean, runs.m_cf
+    m_id = runs.metric(source, lambda f, ex: f)
     gap = float((m_clean - m_cf).mean())
     scale = gap if abs(gap) > 1e-6 else 1.0
     out = {"clean": m_clean, "counterfactual": m_cf, "gap": gap, "normalised": abs(gap) > 1e-6,
@@ -211,7 +249,7 @@ def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kin
                 f[:, feat] = f[:, feat] + steer_alpha
             return f
 
-        m = _metric_run(model, source, pair, edit, batch_size)
+        m = runs.metric(source, edit)
         per = ((m_clean - m) / scale).numpy()
         if out["normalised"]:  # the gap is estimated from the same examples: resample it with them
             mean, lo, hi = ratio_ci((m_clean - m).numpy(), (m_clean - m_cf).numpy(), seed=seed)
@@ -224,4 +262,4 @@ def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kin
     return out
 
 
-__all__ = ["CausalPair", "INTERVENTIONS", "Ranking", "benjamini_hochberg", "causal_effects", "rank_features"]
+__all__ = ["CausalPair", "CausalRuns", "INTERVENTIONS", "Ranking", "benjamini_hochberg", "causal_effects", "rank_features"]

@@ -151,3 +151,58 @@ def test_ratio_ci_resamples_the_normaliser_too():
         _, flo, fhi = bootstrap_ci(num / den.mean(), n_boot=500)
         hits["fixed"] += flo <= 0.5 <= fhi
     assert hits["ratio"] >= 0.88 * 200 and hits["fixed"] <= 0.8 * 200
+
+
+@pytest.mark.parametrize("kind", ["gqa", "ln"])
+def test_causal_effects_running_the_shared_prefix_once_equal_full_forwards(kind):
+    """The clean runs' tokens before the feature's position run once for every intervention; full forwards are
+    the reference. Positions differ within a batch (mid-sequence, last token) and between two prompt lengths."""
+    from tests.methods.tiny_models import tiny_model
+
+    model = tiny_model(kind, V=40)
+    g = torch.Generator().manual_seed(1)
+    clean = [torch.randint(0, 40, (7 if i % 3 else 9,), generator=g).tolist() for i in range(12)]
+    cf = [[(t + 1) % 40 if j == 2 else t for j, t in enumerate(c)] for c in clean]  # differ at token 2
+    pos = [len(c) - 1 if i % 2 else 3 + i % 3 for i, c in enumerate(clean)]
+    src = F.DirectionFeatures(torch.linalg.qr(torch.randn(32, 4, generator=g))[0], Site("resid_pre", 1))
+    metric = LogitDiffMetric([5] * 12, [7] * 12)
+    pair = F.CausalPair(clean, cf, pos, pos, metric)
+    cf_vals = F.feature_values(model, src, cf, pos)
+    kw = dict(kinds=("zero", "mean", "patch"), mean_values=cf_vals.mean(0), cf_values=cf_vals, batch_size=4)
+    ref = F.causal_effects(model, src, pair, [0, 2], reuse_prefix=False, **kw)
+    got = F.causal_effects(model, src, pair, [0, 2], **kw)
+    assert ref["identity_max_abs_diff"] < 1e-5 and got["identity_max_abs_diff"] < 1e-5
+    assert torch.allclose(got["clean"], ref["clean"], atol=1e-5)
+    moved = 0.0
+    for key, r in ref["effects"].items():
+        d = got["effects"][key]["delta_metric"] - r["delta_metric"]
+        assert abs(d) <= 1e-5 * max(1.0, abs(r["delta_metric"])), key
+        assert np.abs(got["effects"][key]["per_example"] - r["per_example"]).max() <= 1e-4, key
+        moved = max(moved, abs(r["delta_metric"]))
+    assert moved > 0.05  # the interventions move the metric: the comparison can fail
+
+
+def test_causal_runs_shared_by_two_sources_of_one_model_equal_their_own():
+    """compare_features tests two sites of one model on the same prompts with one CausalRuns: each source's effects
+    equal a call that builds its own; runs of other prompts are refused."""
+    from tests.methods.tiny_models import tiny_model
+
+    model = tiny_model("gqa", V=40)
+    g = torch.Generator().manual_seed(2)
+    clean = [torch.randint(0, 40, (8,), generator=g).tolist() for _ in range(10)]
+    cf = [[(t + 3) % 40 if j == 1 else t for j, t in enumerate(c)] for c in clean]
+    pos = [7] * 10
+    pair = F.CausalPair(clean, cf, pos, pos, LogitDiffMetric([5] * 10, [7] * 10))
+    runs = F.CausalRuns(model, pair)
+    for layer in (1, 2):
+        src = F.DirectionFeatures(torch.linalg.qr(torch.randn(32, 3, generator=g))[0], Site("resid_pre", layer))
+        cf_vals = F.feature_values(model, src, cf, pos)
+        own = F.causal_effects(model, src, pair, [0, 1], ("patch",), cf_values=cf_vals)
+        got = F.causal_effects(model, src, pair, [0, 1], ("patch",), cf_values=cf_vals, runs=runs)
+        assert torch.equal(got["clean"], own["clean"]) and torch.equal(got["counterfactual"], own["counterfactual"])
+        for key, r in own["effects"].items():
+            assert np.array_equal(got["effects"][key]["per_example"], r["per_example"]), key
+        assert max(abs(r["delta_metric"]) for r in own["effects"].values()) > 0.05
+    other = F.CausalPair(cf, clean, pos, pos, pair.metric)
+    with pytest.raises(ValueError, match="other prompts"):
+        F.causal_effects(model, src, other, [0], ("patch",), cf_values=cf_vals, runs=runs)
