@@ -225,7 +225,8 @@ def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kin
         raise ValueError(f"interventions {bad}: one of {INTERVENTIONS}")
     if runs is None:
         runs = CausalRuns(model, pair, batch_size, reuse_prefix)
-    elif runs.model is not model or runs.pair.clean != pair.clean or runs.pair.positions != pair.positions:
+    elif (runs.model is not model or runs.pair.clean != pair.clean or runs.pair.cf != pair.cf
+          or runs.pair.positions != pair.positions):
         raise ValueError("causal_effects: `runs` was built for another model or other prompts")
     m_clean, m_cf = runs.m_clean, runs.m_cf
     m_id = runs.metric(source, lambda f, ex: f)
