@@ -326,7 +326,8 @@ def lay_out_for_tl(model: HookedTransformer) -> int:
     """Store the weights TransformerLens transposes to contiguous memory on every call (a gated MLP's W_gate,
     W_in and W_out; the unembedding's W_U: `F.linear(x, W.T.contiguous())`) in that transposed layout, so the
     copy is free: SmolLM2 otherwise copies ~430 MB per forward, half of a small forward's time. Values
-    and the tensor F.linear receives are unchanged, so TL's outputs are bit-identical. Returns how many moved."""
+    and the tensor F.linear receives are unchanged, so TL's outputs are bit-identical. Saving a pool model's weights
+    needs `param_state` (contiguous copies): safetensors refuses these as they are. Returns how many moved."""
     moved = 0
     with torch.no_grad():
         for mod in model.modules():

@@ -205,7 +205,9 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
         else:
             run.progress(0.45, f"causal tests of {len(tested)} matches on both sides")
             # one model on the same prompts: both sides' tests share the clean and counterfactual runs
-            shared: dict = {} if lm_b is lm_a and rows.toks_a == rows.toks_b and rows.pos_a == rows.pos_b else None
+            same = (lm_b is lm_a and rows.toks_a == rows.toks_b and rows.pos_a == rows.pos_b
+                    and [e.cf_tokens for e in rows.ds_a.examples] == [e.cf_tokens for e in rows.ds_b.examples])
+            shared: dict | None = {} if same else None
             ea, ida = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args, A,
                               0.45, 0.65, shared)
             eb, idb = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, B,

@@ -146,6 +146,7 @@ class CausalPair:
 
 EDIT_TOKENS = 2048  # tokens per forward of the edited clean runs (after the shared prefix)
 PREFIX_CACHE_BYTES = 512 << 20  # keys/values of the shared prefixes of one such forward
+HELD_CACHE_BYTES = 2 << 30  # all batches' prefix keys/values one CausalRuns keeps; batches past it run in full
 
 
 class CausalRuns:
@@ -155,11 +156,17 @@ class CausalRuns:
     changes them). Every edit (identity, each feature and kind, each source) then reruns only the tokens from
     there on: one token per prompt when the features sit at the last one. Build it once to test features of two
     sites of one model on the same prompts (`causal_effects(runs=...)`). `reuse_prefix=False` runs every token
-    every time (the reference)."""
+    every time (the reference). Positions may count from the end (-1: the last token); ValueError outside a prompt."""
 
     def __init__(self, model, pair: CausalPair, batch_size: int = 32, reuse_prefix: bool = True):
         self.model, self.pair = model, pair
         self.batches = []
+        positions = []
+        for t, q in zip(pair.clean, pair.positions):
+            if not -len(t) <= q < len(t):
+                raise ValueError(f"causal_effects: position {q} is outside a prompt of {len(t)} tokens")
+            positions.append(q % len(t))
+        held = 0
         groups: dict[int, list[int]] = {}
         for i, t in enumerate(pair.clean):
             groups.setdefault(len(t), []).append(i)
@@ -167,14 +174,17 @@ class CausalRuns:
         for length, idx in sorted(groups.items()):
             # rows per forward: what is left after the shared prefix is short (one token at the last position), so
             # many prompts share a forward, bounded in tokens and in the prefix's cached keys/values
-            first = min(min(pair.positions[i] for i in idx), length - 1) if reuse else 0
+            first = min(min(positions[i] for i in idx), length - 1) if reuse else 0
             rows = batch_size if not first else max(batch_size, min(
-                EDIT_TOKENS // (length - first), PREFIX_CACHE_BYTES // cache_bytes_per_row(model, first)))
+                EDIT_TOKENS // (length - first), PREFIX_CACHE_BYTES // cache_bytes_per_row(model, length - 1)))
             for j in range(0, len(idx), rows):
                 ch = idx[j:j + rows]
                 toks = torch.tensor([pair.clean[i] for i in ch], device=model.cfg.device)
-                pos = torch.tensor([pair.positions[i] for i in ch])
+                pos = torch.tensor([positions[i] for i in ch])
                 start = min(int(pos.min()), length - 1) if reuse else 0
+                if start and held + cache_bytes_per_row(model, start) * len(ch) > HELD_CACHE_BYTES:
+                    start = 0  # memory: this batch's interventions run every token
+                held += cache_bytes_per_row(model, start) * len(ch)
                 past = prefix_cache(model, toks[:, :start]) if start > 0 else None
                 self.batches.append((ch, toks[:, start:], pos - start, past))
         self.m_clean = self.metric(None, None)

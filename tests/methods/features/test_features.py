@@ -206,3 +206,31 @@ def test_causal_runs_shared_by_two_sources_of_one_model_equal_their_own():
     other = F.CausalPair(cf, clean, pos, pos, pair.metric)
     with pytest.raises(ValueError, match="other prompts"):
         F.causal_effects(model, src, other, [0], ("patch",), cf_values=cf_vals, runs=runs)
+
+
+def test_causal_runs_take_positions_from_the_end_and_bound_the_caches_they_keep(monkeypatch):
+    """-1 is the last token (as the hooks index); a position outside a prompt is refused; past the memory bound for
+    kept prefix caches, batches run every token, with the same results."""
+    from mcp_interp.methods.features import find
+    from tests.methods.tiny_models import tiny_model
+
+    model = tiny_model("gemma", V=40)
+    g = torch.Generator().manual_seed(3)
+    clean = [torch.randint(0, 40, (8,), generator=g).tolist() for _ in range(6)]
+    cf = [[(t + 5) % 40 if j == 0 else t for j, t in enumerate(c)] for c in clean]
+    metric = LogitDiffMetric([5] * 6, [7] * 6)
+    src = F.DirectionFeatures(torch.linalg.qr(torch.randn(32, 2, generator=g))[0], Site("resid_pre", 2))
+    cf_vals = F.feature_values(model, src, cf, [7] * 6)
+    kw = dict(kinds=("patch",), cf_values=cf_vals, batch_size=2)
+    ref = F.causal_effects(model, src, F.CausalPair(clean, cf, [7] * 6, [7] * 6, metric), [0, 1],
+                           reuse_prefix=False, **kw)
+    neg = F.causal_effects(model, src, F.CausalPair(clean, cf, [-1] * 6, [-1] * 6, metric), [0, 1], **kw)
+    monkeypatch.setattr(find, "HELD_CACHE_BYTES", 1)  # no batch may keep its prefix
+    full = F.causal_effects(model, src, F.CausalPair(clean, cf, [7] * 6, [7] * 6, metric), [0, 1], **kw)
+    for got in (neg, full):
+        assert torch.allclose(got["clean"], ref["clean"], atol=1e-5)
+        for key, r in ref["effects"].items():
+            assert np.abs(got["effects"][key]["per_example"] - r["per_example"]).max() <= 1e-4, key
+    assert max(abs(r["delta_metric"]) for r in ref["effects"].values()) > 0.05
+    with pytest.raises(ValueError, match="outside a prompt"):
+        F.causal_effects(model, src, F.CausalPair(clean, cf, [8] * 6, [8] * 6, metric), [0], **kw)
