@@ -207,11 +207,10 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
             # one model on the same prompts: both sides' tests share the clean and counterfactual runs
             same = (lm_b is lm_a and rows.toks_a == rows.toks_b and rows.pos_a == rows.pos_b
                     and [e.cf_tokens for e in rows.ds_a.examples] == [e.cf_tokens for e in rows.ds_b.examples])
-            shared: dict | None = {} if same else None
-            ea, ida = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args, A,
-                              0.45, 0.65, shared)
-            eb, idb = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, B,
-                              0.65, 0.85, shared)
+            ea, ida, runs = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args,
+                                    A, 0.45, 0.65)
+            eb, idb, _ = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, B,
+                                 0.65, 0.85, runs if same else None)
             for k in tested:
                 a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
                 effects[k] = (a, b, C.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])),
@@ -286,21 +285,18 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
 
 
 def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: np.ndarray, lo: float, hi: float,
-            shared: dict | None = None) -> tuple[dict, float]:
-    """feature -> {effect, ci95} of `args.intervention` on this side's own metric, and the identity check (as a
-    fraction of the clean-counterfactual gap). values: the features on the clean prompts (the side's matrix);
-    shared: where the other side of the same model left its clean / counterfactual runs (`F.CausalRuns`)."""
+            runs=None) -> tuple[dict, float, object]:
+    """feature -> {effect, ci95} of `args.intervention` on this side's own metric, the identity check (as a
+    fraction of the clean-counterfactual gap) and the clean / counterfactual runs used (`F.CausalRuns`). values: the
+    features on the clean prompts (the side's matrix); runs: the other side's, when it is the same model on the
+    same prompts."""
     check_pairs(ds, "logit_diff")
     clean = [e.tokens for e in ds.examples]
     cf = [e.cf_tokens for e in ds.examples]
     with lm.use():
         cf_vals = F.feature_values(lm.model, source, cf, pos)
         pair = F.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
-        runs = shared.get("runs") if shared is not None else None
-        if runs is None:
-            runs = F.CausalRuns(lm.model, pair)
-            if shared is not None:
-                shared["runs"] = runs
+        runs = runs or F.CausalRuns(lm.model, pair)
         res = F.causal_effects(lm.model, source, pair, feats, [args.intervention],
                                mean_values=torch.cat([torch.from_numpy(values).float(), cf_vals]).mean(0),
                                cf_values=cf_vals, seed=args.seed, progress=run.span(lo, hi),
@@ -308,7 +304,7 @@ def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: n
     gap = abs(res["gap"]) if res["normalised"] else 1.0
     out = {f: {"effect": round(v["effect"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
            for (f, _), v in res["effects"].items()}
-    return out, res["identity_max_abs_diff"] / gap
+    return out, res["identity_max_abs_diff"] / gap, runs
 
 
 def _next_step(run_id: str, counts: dict, n_matched: int) -> str:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.forward import prefix_cache, prefix_reusable, repeat_cache, shared_prefix
+from ..core.forward import memory_budget, prefix_cache, prefix_reusable, repeat_cache, shared_prefix
 from ..core.metrics import Metric
-from ..core.progress import Progress, check_cancelled
+from ..core.progress import Progress
 from ..core.sites import Site
 from .components import (Edge, edge_mask_allowed, receiver_slot, receivers, sender_hooks, sender_outputs, senders,
                          split_inputs)
@@ -192,28 +192,19 @@ def grad_tokens(model, device) -> int:
     cfg = model.cfg
     heads = cfg.n_heads + 2 * (cfg.n_key_value_heads or cfg.n_heads)
     per_token = cfg.n_layers * cfg.d_model * 4 * (2 * heads + 16)
-    dev = torch.device(device)
-    budget = min(torch.cuda.mem_get_info(dev)[0] // 4, 16 << 30) if dev.type == "cuda" else 2 << 30
-    return max(1, budget // per_token)
+    return max(1, memory_budget(device, 2 << 30, 16 << 30) // per_token)
 
 
-def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, prefix: int,
-                 chunk: int = 16):
-    """One masked forward per allowed edge (`chunk` edges per batched forward; tokens before `prefix`, where x and x'
-    agree, run once): ([S, R] mean effect in metric units, forwards run)."""
+def _exact_edges(model, xc, idx, allowed, clean_cache, S, m_corrupt, metric, should_cancel, prefix: int):
+    """One masked forward per allowed edge (as many edges per batched forward as masked_forward's memory budget
+    allows; tokens before `prefix`, where x and x' agree, run once): ([S, R] mean effect in metric units, forwards
+    run)."""
     R = receivers(model)
-    pairs = allowed.nonzero().tolist()
+    pairs = allowed.nonzero()
+    masks = torch.zeros(len(pairs), len(S), len(R), dtype=torch.bool)
+    masks[torch.arange(len(pairs)), pairs[:, 0], pairs[:, 1]] = True
+    m = masked_forward(model, xc, sender_outputs(model, clean_cache, S), masks, metric, idx, S, R,
+                       should_cancel=should_cancel, prefix=prefix).cpu()
     out = torch.zeros(len(S), len(R))
-    other = sender_outputs(model, clean_cache, S)
-    fw = 0
-    for a in range(0, len(pairs), chunk):
-        check_cancelled(should_cancel)
-        block = pairs[a:a + chunk]
-        masks = torch.zeros(len(block), len(S), len(R), dtype=torch.bool)
-        for k, (i, j) in enumerate(block):
-            masks[k, i, j] = True
-        m = masked_forward(model, xc, other, masks, metric, idx, S, R, prefix=prefix).cpu()
-        for k, (i, j) in enumerate(block):
-            out[i, j] = (m[k] - m_corrupt).mean()
-        fw += len(block) * len(xc)
-    return out, fw
+    out[pairs[:, 0], pairs[:, 1]] = (m - m_corrupt).mean(1)
+    return out, len(pairs) * len(xc)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.forward import cache_bytes_per_row, prefix_cache, prefix_reusable, repeat_cache
+from ..core.forward import cache_bytes_per_row, memory_budget, prefix_cache, prefix_reusable, repeat_cache
 from ..core.metrics import Metric
 from ..core.progress import check_cancelled
 from ..core.sites import Site
@@ -41,11 +41,7 @@ def _order(s: Site) -> tuple[int, int]:
 
 def budget_bytes(device) -> int:
     """Memory the stacked differences may take on `device`."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(min(free // 4, GPU_BUDGET_BYTES))
-    return CPU_BUDGET_BYTES
+    return memory_budget(device, CPU_BUDGET_BYTES, GPU_BUDGET_BYTES)
 
 
 def masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metric: Metric, idx: Tensor,

@@ -74,6 +74,15 @@ def repeat_cache(cache: TransformerLensKeyValueCache, repeat: int) -> Transforme
     return out
 
 
+def memory_budget(device, cpu_bytes: int, cuda_cap_bytes: int) -> int:
+    """Bytes a batched method may hold on `device`: `cpu_bytes` on a CPU; on CUDA a quarter of the free memory, at
+    most `cuda_cap_bytes`."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(min(torch.cuda.mem_get_info(dev)[0] // 4, cuda_cap_bytes))
+    return cpu_bytes
+
+
 def cache_bytes_per_row(model, prefix: int) -> int:
     """Memory one row of a prefix cache of `prefix` tokens holds (keys and values of every layer)."""
     cfg = model.cfg

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core import Progress, ShouldCancel, benjamini_hochberg, bootstrap_ci, check_cancelled, ratio_ci
-from ..core.forward import cache_bytes_per_row, prefix_cache, prefix_reusable
+from ..core.forward import cache_bytes_per_row, group_by_length, prefix_cache, prefix_reusable
 from .sources import intervention_hook
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
@@ -167,11 +167,8 @@ class CausalRuns:
                 raise ValueError(f"causal_effects: position {q} is outside a prompt of {len(t)} tokens")
             positions.append(q % len(t))
         held = 0
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(pair.clean):
-            groups.setdefault(len(t), []).append(i)
         reuse = reuse_prefix and prefix_reusable(model)
-        for length, idx in sorted(groups.items()):
+        for length, idx in sorted(group_by_length(pair.clean).items()):
             # rows per forward: what is left after the shared prefix is short (one token at the last position), so
             # many prompts share a forward, bounded in tokens and in the prefix's cached keys/values
             first = min(min(positions[i] for i in idx), length - 1) if reuse else 0
@@ -207,10 +204,7 @@ class CausalRuns:
 @torch.no_grad()
 def _cf_metric(model, pair: CausalPair, batch_size: int) -> torch.Tensor:
     out = torch.zeros(len(pair.cf))
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(pair.cf):
-        groups.setdefault(len(t), []).append(i)
-    for _, idx in sorted(groups.items()):
+    for _, idx in sorted(group_by_length(pair.cf).items()):
         for j in range(0, len(idx), batch_size):
             ch = idx[j:j + batch_size]
             toks = torch.tensor([pair.cf[i] for i in ch], device=model.cfg.device)
