@@ -46,7 +46,8 @@ def package_root() -> Path:
 def _found_without_pythonpath(python: str) -> bool:
     """Whether `python`, started from elsewhere without PYTHONPATH, imports this same package."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = "import importlib.util as u; s = u.find_spec('mcp_interp'); print(s.origin if s else '')"
+    # runs in a child process whose stdout we capture; never the server's own stdout
+    probe = "import importlib.util as u, sys; s = u.find_spec('mcp_interp'); sys.stdout.write(s.origin if s else '')"
     try:
         out = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(),
                              timeout=60)

@@ -9,7 +9,7 @@ unless `wait_seconds` is given, the call returns only once the job is complete, 
     from mcp_interp import Lab
     with Lab(store="artifacts") as lab:
         base = lab.run_baseline(model="toy/tiny-random", task="induction", n=16)
-        print(base.result.verdict)
+        verdict = base.result.verdict
 """
 
 from __future__ import annotations
