@@ -1,8 +1,7 @@
-"""Loaders for real models: GGUF files (cached conversion), local HF dirs, TL official names.
+"""Loaders for real models: GGUF files (cached conversion) and Hugging Face folders (local, or a hub snapshot).
 
-Each returns a `LoadResult`; the pool wraps it into a `LoadedModel`. Nothing here downloads:
-HF calls use `local_files_only=True`, and official names are checked against the local HF cache
-first so the error says what to do instead of timing out on the network.
+Each returns a `LoadResult`; the pool wraps it into a `LoadedModel`. Nothing here downloads (transformers is
+called with `local_files_only=True`): `hub.py` fetches a hub model into the HF cache first.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ class LoadResult:
     tokenizer: Any  # satisfies tasks.tokenizer.Tokenizer
     weight_hash: str
     source: str
+    revision: str | None = None  # the hub commit, for a hub model
 
 
 def default_cache_dir() -> Path:
@@ -167,88 +167,45 @@ def _save_cache(entry: Path, model: Any, tok: Any, cfg_dict: dict, whash: str, s
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- local HF directories
+# ---------------------------------------------------------------- Hugging Face folders (local, or a hub snapshot)
 
 def load_hf_dir(directory: str | Path, device: str, dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     d = Path(directory).expanduser().resolve()
     if not (d / "config.json").is_file():
         raise ModelLoadError(f"hf:{directory}: no config.json in {d} (expected a Hugging Face model folder)")
+    return load_hf_folder(d, f"hf:{directory}", f"Hugging Face folder {d}", device, dtype, n_devices)
+
+
+def load_hf_folder(d: Path, label: str, source: str, device: str, dtype: torch.dtype = torch.float32,
+                   n_devices: int = 1, official: str | None = None, weight_hash: str | None = None) -> LoadResult:
+    """A transformers causal LM in folder `d` as a HookedTransformer. With `official` (a TransformerLens name), TL's
+    own config and weight conversion are tried first, keeping its conventions (e.g. GPT-2 prepends BOS)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as e:
-        raise ModelLoadError(f"hf:{directory}: no usable tokenizer in {d} ({type(e).__name__}: {e})") from e
+        raise ModelLoadError(f"{label}: no usable tokenizer in {d} ({type(e).__name__}: {e})") from e
     try:
         hf = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, local_files_only=True)
     except Exception as e:
-        raise ModelLoadError(f"hf:{directory}: transformers could not load a causal LM ({type(e).__name__}: {e})") from e
-    dpb = _tokenizer_adds_bos(tok)
-    cfg_dict, sd = hf_to_tl(hf, dpb)
-    del hf
-    model = build_hooked(cfg_dict, sd, device, tok, dtype=dtype, n_devices=n_devices)
-    files = [p for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
-    whash = files_hash(files) if files else state_dict_hash(param_state(model))
-    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, dpb)), whash, f"Hugging Face folder {d}")
+        raise ModelLoadError(f"{label}: transformers could not load a causal LM ({type(e).__name__}: {e})") from e
+    cfg: Any = None
+    if official is not None:
+        from transformer_lens import loading_from_pretrained as loading
 
-
-# ---------------------------------------------------------------- TransformerLens official names
-
-def official_name(name: str) -> str | None:
-    """TL's official name for `name` (aliases allowed), or None if TL does not know it."""
-    from transformer_lens import loading_from_pretrained as loading
-
-    try:
-        return loading.get_official_model_name(name)
-    except ValueError:
-        return None
-
-
-def hf_hub_cache() -> str:
-    # Read at call time (huggingface_hub freezes its constants at import).
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def official_is_cached(official: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(official, "config.json", cache_dir=hf_hub_cache()), str)
-
-
-def load_official(name: str, device: str, dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
-    from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    official = official_name(name)
-    if official is None:
-        raise ModelLoadError(f"{name!r} is not a TransformerLens model name")
-    if not official_is_cached(official):
-        raise ModelLoadError(
-            f"{name!r} is not in the local Hugging Face cache ({hf_hub_cache()}) and this machine "
-            "cannot download it; use smollm2-135m, hf:<dir> or gguf:<file> (or copy the model into "
-            "the HF cache on a machine with network access)"
-        )
-    kw = {"cache_dir": hf_hub_cache(), "local_files_only": True}
-    try:
-        tok = AutoTokenizer.from_pretrained(official, **kw)
-        hf = AutoModelForCausalLM.from_pretrained(official, dtype=torch.float32, **kw)
-    except Exception as e:
-        raise ModelLoadError(f"{name!r}: loading from the local HF cache failed ({type(e).__name__}: {e})") from e
-    try:  # TL's own per-name config (keeps its conventions, e.g. GPT-2 prepends BOS in to_tokens)
-        cfg: Any = loading.get_pretrained_model_config(official, hf_cfg=hf.config.to_dict(), device="cpu",
-                                                       dtype=torch.float32, **kw)
-        sd = loading.get_pretrained_state_dict(official, cfg, hf)
-    except Exception as e:  # TL 3.9 trips on some transformers-5 configs (GPT-2 has no n_ctx)
-        log.info("TL config path failed for %s (%s); converting from the HF config", official, e)
-        cfg, sd = hf_to_tl(hf, default_prepend_bos=True)
+        try:
+            cfg = loading.get_pretrained_model_config(official, hf_cfg=hf.config.to_dict(), device="cpu",
+                                                      dtype=torch.float32, local_files_only=True)
+            sd = loading.get_pretrained_state_dict(official, cfg, hf)
+        except Exception as e:  # TL 3.9 trips on some transformers-5 configs (GPT-2 has no n_ctx)
+            log.info("TL config path failed for %s (%s); converting from the HF config", official, e)
+            cfg = None
+    if cfg is None:
+        cfg, sd = hf_to_tl(hf, True if official is not None else _tokenizer_adds_bos(tok))
     del hf
     model = build_hooked(cfg, sd, device, tok, dtype=dtype, n_devices=n_devices)
-    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, model.cfg.default_prepend_bos)),
-                      state_dict_hash(param_state(model)),
-                      f"TransformerLens {official} from the local HF cache")
+    if weight_hash is None:
+        files = [p for p in d.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+        weight_hash = files_hash(files) if files else state_dict_hash(param_state(model))
+    return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, model.cfg.default_prepend_bos)), weight_hash, source)

@@ -6,7 +6,8 @@ Model ids:
   toy/<name>        in-project toy models (toy.py registry)
   hf:<dir>          a local Hugging Face model folder (normalised: absolute, no trailing slash)
   gguf:<file>       a local GGUF file (converted once, cached like SmolLM2; normalised like hf:)
-  <TL name>         a TransformerLens official name (gpt2, EleutherAI/pythia-14m, ...), local HF cache only
+  org/name[@rev]    a Hugging Face hub model (and TransformerLens names: gpt2, pythia-70m, ...), downloaded into
+                    the HF cache on first use (hub.py); offline, only what that cache holds
 
 Concurrency: `get` loads each model once even when several threads ask at the same time; different
 models load in parallel. Jobs serialise on `LoadedModel.lock` (or `with loaded.use():`, which also
@@ -33,9 +34,10 @@ from typing import Any, Iterator
 
 import torch
 
-from . import gemma3, loaders, smollm2, toy
+from . import gemma3, hub, loaders, smollm2, toy
 from .convert import files_hash, lay_out_for_tl, model_memory, param_state, state_dict_hash
 from .errors import ModelLoadError
+from .hub import Progress
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     last_used: float = field(default_factory=time.monotonic)
     in_use: int = 0  # jobs inside use(); such a model is never evicted
+    revision: str | None = None  # the hub commit of a hub model
 
     @contextlib.contextmanager
     def use(self) -> Iterator["LoadedModel"]:
@@ -90,16 +93,36 @@ def parse_dtype(dtype: str | torch.dtype | None, device: str) -> str:
 
 def normalize_model_id(model_id: str) -> str:
     """One id per model: hf:/gguf: paths made absolute (~ expanded, symlinks and '..' resolved, no trailing
-    slash), so `hf:dir/`, `hf:./dir` and `hf:/abs/dir` are one model wherever the server was started."""
+    slash), so `hf:dir/`, `hf:./dir` and `hf:/abs/dir` are one model wherever the server was started; a
+    TransformerLens alias becomes its hub repository (`pythia-70m` -> `EleutherAI/pythia-70m`), `@main` is dropped."""
     model_id = model_id.strip()
     for prefix in ("hf:", "gguf:"):
         if model_id.startswith(prefix) and len(model_id) > len(prefix):
             return prefix + str(Path(model_id[len(prefix):].strip()).expanduser().resolve())
-    return model_id
+    if is_builtin(model_id):
+        return model_id
+    ref = hub.parse(model_id)
+    return ref.model_id if ref is not None else model_id
+
+
+def is_builtin(model_id: str) -> bool:
+    """Ids the pool serves itself, never from the hub: the bundled models and the toys."""
+    return model_id in (smollm2.MODEL_ID, gemma3.MODEL_ID) or model_id.startswith("toy/")
 
 
 def _auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cuda_with_most_free_memory() -> str:
+    """`cuda:i` of the visible GPU with the most free memory now (other processes' use included)."""
+    free = []
+    for i in range(torch.cuda.device_count()):
+        try:
+            free.append((torch.cuda.mem_get_info(i)[0], -i))
+        except RuntimeError:  # a GPU that cannot be queried is not a candidate
+            continue
+    return f"cuda:{-max(free)[1]}" if free else "cuda"
 
 
 def _auto_budget(device: str) -> int:
@@ -114,8 +137,10 @@ def _auto_budget(device: str) -> int:
 
 class ModelPool:
     def __init__(self, memory_budget_bytes: int | None = None, cache_dir: str | Path | None = None,
-                 device: str | None = None, dtype: str | None = None, n_devices: int = 1):
+                 device: str | None = None, dtype: str | None = None, n_devices: int = 1,
+                 offline: bool | None = None):
         self.device = device or _auto_device()
+        self._offline = offline  # None: follow HF_HUB_OFFLINE at each load
         self.dtype = parse_dtype(dtype, self.device)  # default for models not configured otherwise
         self.n_devices = n_devices
         self._settings: dict[str, dict[str, Any]] = {}  # model id -> {"dtype", "n_devices"}
@@ -153,7 +178,8 @@ class ModelPool:
         `weight_hash` of the loaded model will be; None for non-local ids or when there are no weight files."""
         path = self.local_path(model_id)
         if path is None:
-            return None
+            ref = None if is_builtin(model_id) else hub.parse(model_id)
+            return hub.cached_commit(ref) if ref is not None else None  # a hub model's identity is its commit
         try:
             if model_id.strip().startswith("gguf:"):
                 return files_hash([path]) if path.is_file() else None
@@ -194,8 +220,14 @@ class ModelPool:
         model_id = normalize_model_id(model_id)
         return dict(self._settings.get(model_id) or {"dtype": self.dtype, "n_devices": self.n_devices})
 
-    def get(self, model_id: str) -> LoadedModel:
-        """The loaded model for `model_id`, loading it on first use. Raises ModelLoadError."""
+    @property
+    def offline(self) -> bool:
+        """No network: hub models load only from the local HF cache."""
+        return self._offline if self._offline is not None else hub.env_offline()
+
+    def get(self, model_id: str, progress: Progress | None = None) -> LoadedModel:
+        """The loaded model for `model_id`, loading it on first use (a hub model is downloaded first, reporting
+        bytes through `progress`, which may raise to cancel). Raises ModelLoadError."""
         self.local_path(model_id)  # confined to local_roots before anything touches the path
         model_id = normalize_model_id(model_id)
         with self._lock:
@@ -214,7 +246,7 @@ class ModelPool:
             if est:  # make room before loading, so the budget holds at the peak too
                 with self._lock:
                     self._evict_over_budget(keep=model_id, incoming=est)
-            lm = self._load(model_id)
+            lm = self._load(model_id, progress)
             with self._lock:
                 self._models[model_id] = lm
                 self._evict_over_budget(keep=model_id)
@@ -243,33 +275,42 @@ class ModelPool:
             self._tokenizers[model_id] = tok
         return tok
 
-    def _load(self, model_id: str) -> LoadedModel:
+    def _load(self, model_id: str, progress: Progress | None = None) -> LoadedModel:
         t0 = time.perf_counter()
         st = self.settings(model_id)
+        relay = hub.Relay(progress)
         try:
-            res = self._resolve_and_load(model_id, DTYPES[st["dtype"]], st["n_devices"])
+            res = self._resolve_and_load(model_id, DTYPES[st["dtype"]], st["n_devices"], relay)
         except ModelLoadError:
             raise
         except Exception as e:
+            if e is relay.raised:  # the caller stopped the load (a cancelled job): its own exception, unchanged
+                raise
             raise ModelLoadError(f"loading {model_id!r} failed: {type(e).__name__}: {e}") from e
         lay_out_for_tl(res.model)
         n_params, nbytes = model_memory(res.model)
         dtype = str(next(res.model.parameters()).dtype).removeprefix("torch.")
-        device = self.device if st["n_devices"] == 1 else f"{self.device} x{st['n_devices']}"
+        placed = str(next(res.model.parameters()).device) if st["n_devices"] == 1 else self.device
+        device = placed if st["n_devices"] == 1 else f"{self.device} x{st['n_devices']}"
         lm = LoadedModel(model_id=model_id, model=res.model, tokenizer=res.tokenizer,
                          weight_hash=res.weight_hash, device=device, n_params=n_params,
                          memory_bytes=nbytes, load_seconds=time.perf_counter() - t0, source=res.source,
-                         dtype=dtype, n_devices=st["n_devices"])
+                         dtype=dtype, n_devices=st["n_devices"], revision=res.revision)
         log.info("loaded %s in %.1fs (%s, %s, %.0f MB)", model_id, lm.load_seconds, res.source, dtype, nbytes / 1e6)
         return lm
 
+    def _load_device(self, n_devices: int) -> str:
+        """Where a one-device model goes: on CUDA the GPU with the most free memory, unless a GPU was named."""
+        return cuda_with_most_free_memory() if self.device == "cuda" and n_devices == 1 else self.device
+
     def _resolve_and_load(self, model_id: str, dtype: torch.dtype = torch.float32,
-                          n_devices: int = 1) -> loaders.LoadResult:
+                          n_devices: int = 1, progress: Progress | None = None) -> loaders.LoadResult:
         kw = {"dtype": dtype, "n_devices": n_devices}
+        device = self._load_device(n_devices)
         if model_id == smollm2.MODEL_ID:
-            return smollm2.load_smollm2(self.cache_dir, self.device, **kw)
+            return smollm2.load_smollm2(self.cache_dir, device, **kw)
         if model_id == gemma3.MODEL_ID:
-            return gemma3.load_gemma3(self.cache_dir, self.device, **kw)
+            return gemma3.load_gemma3(self.cache_dir, device, **kw)
         if model_id.startswith("toy/"):
             entry = toy.get_toy(model_id)
             if entry is None:
@@ -278,22 +319,79 @@ class ModelPool:
             model, tok = toy.build_toy(entry, self.cache_dir)
             if dtype != torch.float32 or n_devices != 1:
                 raise ModelLoadError(f"{model_id}: toy models run in float32 on one device")
-            model.to(self.device, print_details=False)
+            model.to(device, print_details=False)
             model.eval()
             model.requires_grad_(False)
             return loaders.LoadResult(model, tok, state_dict_hash(param_state(model)),
                                       f"toy model {model_id}: {entry.description}")
         if model_id.startswith("hf:"):
-            return loaders.load_hf_dir(model_id[3:], self.device, **kw)
+            return loaders.load_hf_dir(model_id[3:], device, **kw)
         if model_id.startswith("gguf:"):
-            return loaders.load_gguf(model_id[5:], self.cache_dir, self.device, **kw)
-        if loaders.official_name(model_id) is not None:
-            return loaders.load_official(model_id, self.device, **kw)
+            return loaders.load_gguf(model_id[5:], self.cache_dir, device, **kw)
+        ref = hub.parse(model_id)
+        if ref is None:
+            raise ModelLoadError(
+                f"unknown model id {model_id!r}. Available: {', '.join(a['id'] for a in self.available())}; "
+                "also org/name[@revision] (a Hugging Face hub model), a TransformerLens name (gpt2, pythia-70m), "
+                "hf:<dir> (local Hugging Face folder) or gguf:<file> (local GGUF)")
+        return self._load_hub(ref, device, dtype, n_devices, progress)
+
+    # ------------------------------------------------------------ hub models
+
+    def suggest(self, name: str) -> list[str]:
+        """Ids close to a mistyped one: local models first, then TransformerLens names."""
+        local = [a["id"] for a in self.available()]
+        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+        return hub.suggestions(name, local) or hub.suggestions(name, list(OFFICIAL_MODEL_NAMES))
+
+    def _load_hub(self, ref: hub.HubRef, device: str, dtype: torch.dtype, n_devices: int,
+                  progress: Progress | None) -> loaders.LoadResult:
+        """Resolve the revision (the hub, or the local cache offline), check disk and memory, download, convert."""
+        commit = hub.cached_commit(ref)
+        if self.offline:
+            if commit is None:
+                raise hub.offline_error(ref, self.suggest(ref.model_id), [a["id"] for a in self.available()])
+        else:
+            plan = hub.plan(ref, allow_pickle=hub.truthy(os.environ.get("MCP_INTERP_ALLOW_PICKLE")),
+                            suggest=self.suggest)
+            hub.check_disk(plan)
+            self._check_fits(ref.model_id, hub.parameter_count(plan), dtype, n_devices)
+            if plan.missing:
+                hub.download(plan, progress)
+            commit = plan.commit
+        folder = hub.snapshot_dir(ref.repo_id, commit)
+        res = loaders.load_hf_folder(folder, ref.model_id, f"Hugging Face hub {ref.repo_id} @ {commit}", device,
+                                     dtype, n_devices, official=ref.official, weight_hash=commit)
+        res.revision = commit
+        return res
+
+    def _check_fits(self, model_id: str, n_params: int, dtype: torch.dtype, n_devices: int) -> None:
+        """Refuse, before downloading, a model whose weights (plus a margin) exceed what the budget can free."""
+        elem = torch.tensor([], dtype=dtype).element_size()
+        with self._lock:
+            pinned = sum(m.memory_bytes for m in self._models.values() if m.in_use)
+        room = self.memory_budget_bytes * max(n_devices, 1) - pinned
+        need = hub.memory_needed(n_params, elem)
+        if need <= room:
+            return
+        name = str(dtype).removeprefix("torch.")
+        fits = []
+        if elem > 2 and hub.memory_needed(n_params, 2) <= room:
+            fits.append("dtype='bfloat16'" + ("" if self.device.startswith("cuda") else " (slow on CPU)"))
+        gpus = torch.cuda.device_count() if self.device.startswith("cuda") else 0
+        for k in range(max(n_devices, 1) + 1, gpus + 1):
+            if need <= self.memory_budget_bytes * k - pinned:
+                fits.append(f"n_devices={k}")
+                break
+        if not self.device.startswith("cuda") and torch.cuda.is_available():
+            fits.append("a CUDA device (start the server with --device cuda)")
         raise ModelLoadError(
-            f"unknown model id {model_id!r}. Available: {', '.join(a['id'] for a in self.available())}; "
-            "also hf:<dir> (local Hugging Face folder), gguf:<file> (local GGUF), or a TransformerLens "
-            "model name present in the local Hugging Face cache"
-        )
+            f"{model_id} needs about {need / 2**30:.2f} GiB in {name} ({n_params / 1e9:.2f} B parameters plus "
+            f"activations) but the pool's budget leaves {room / 2**30:.2f} GiB on {self.device}"
+            + (f" ({pinned / 2**30:.2f} GiB held by models in use)" if pinned else "") + ". Nothing was downloaded. "
+            + (f"Fix: load it with {' or '.join(fits)}." if fits else
+               "Fix: use a machine with more memory, or raise the budget (serve --memory-budget-mb)."))
 
     # ------------------------------------------------------------ memory
 
@@ -308,8 +406,10 @@ class ModelPool:
         return lm.memory_bytes
 
     def _estimate_bytes(self, model_id: str) -> int:
-        """A cheap estimate of a model's size before loading it (0 when unknown): float32 weights on disk
-        (a converted cache entry, a HF folder's weight files), scaled to the configured dtype."""
+        """A cheap estimate of a model's size before loading it (0 when unknown): the weights on disk (a converted
+        cache entry, a HF folder's or cached hub snapshot's weight files), scaled from their dtype to the configured
+        one."""
+        stored = 4  # bytes per parameter on disk: converted caches are float32
         try:
             files: list[Path] = []
             if model_id in (smollm2.MODEL_ID, gemma3.MODEL_ID) or model_id.startswith("gguf:"):
@@ -320,10 +420,15 @@ class ModelPool:
                     files = [entry] if entry.is_file() else []
             elif model_id.startswith("hf:") and Path(model_id[3:]).is_dir():
                 files = [p for p in Path(model_id[3:]).iterdir() if p.suffix in loaders.WEIGHT_SUFFIXES]
+                stored = hub.weight_dtype_bytes(hub.read_config(Path(model_id[3:])))
+            elif not is_builtin(model_id) and (ref := hub.parse(model_id)) and (commit := hub.cached_commit(ref)):
+                snap = hub.snapshot_dir(ref.repo_id, commit)
+                files = [p for p in snap.iterdir() if p.suffix in loaders.WEIGHT_SUFFIXES]
+                stored = hub.weight_dtype_bytes(hub.read_config(snap))
             size = sum(p.stat().st_size for p in files)
         except OSError:
             return 0
-        scale = torch.tensor([], dtype=DTYPES[self.settings(model_id)["dtype"]]).element_size() / 4
+        scale = torch.tensor([], dtype=DTYPES[self.settings(model_id)["dtype"]]).element_size() / stored
         return int(size * scale)
 
     def _evict_over_budget(self, keep: str, incoming: int = 0) -> None:
@@ -380,10 +485,12 @@ class ModelPool:
         for name, e in sorted(toy.toy_models().items()):
             out.append({"id": f"toy/{name}", "kind": "toy", "description": e.description,
                         "installed": True, "loaded": f"toy/{name}" in loaded})
-        for official in _cached_official_names():
-            out.append({"id": official, "kind": "transformer_lens", "installed": True,
-                        "description": "TransformerLens model found in the local Hugging Face cache",
-                        "loaded": official in loaded})
+        for m in hub.cached_models():
+            mid = hub.parse(m["repo_id"]).model_id if hub.parse(m["repo_id"]) else m["repo_id"]
+            out.append({"id": mid, "kind": "hub", "installed": True, "cached": True, "size_mb": m["size_mb"],
+                        "revisions": m["revisions"],
+                        "description": "Hugging Face hub model in the local cache (downloaded)",
+                        "loaded": mid in loaded})
         listed = {d["id"] for d in out}
         for mid, lm in sorted(loaded.items()):
             if mid not in listed:
@@ -391,15 +498,3 @@ class ModelPool:
                             "description": lm.source, "installed": True, "loaded": True})
         return out
 
-
-def _cached_official_names() -> list[str]:
-    """TL official names whose config is in the local HF cache (cheap directory listing)."""
-    hub = Path(loaders.hf_hub_cache())
-    if not hub.is_dir():
-        return []
-    repos = {p.name[len("models--"):].replace("--", "/") for p in hub.glob("models--*")}
-    if not repos:
-        return []
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
-
-    return sorted(n for n in OFFICIAL_MODEL_NAMES if n in repos and loaders.official_is_cached(n))

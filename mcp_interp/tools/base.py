@@ -189,7 +189,7 @@ figure's PREVIEW copy is stored, not published: results carry it as an image), `
         """The model from the pool, reporting the load as progress, then the next stage."""
         self.progress(at, f"loading {model_id}")
         t0 = time.perf_counter()
-        lm = resolve_model(self.app, model_id)
+        lm = resolve_model(self.app, model_id, progress=self.job.reporter(at, LOADED * 0.9))
         self.progress(max(at, LOADED * 0.9), f"{model_id} ready ({time.perf_counter() - t0:.1f} s); preparing "
                       f"examples")
         return lm
@@ -208,15 +208,14 @@ figure's PREVIEW copy is stored, not published: results carry it as an image), `
         """Create the run: its id and files exist from here on; leaving the job by an exception marks it failed."""
         self._run = self._stack.enter_context(self.app.store.create_run(
             self.tool, spec.name, getattr(lm, "model_id", model_id), self.params, seed=seed,
-            model_info={"weight_hash": lm.weight_hash, "device": str(lm.device),
-                        "dtype": getattr(lm, "dtype", "float32"), "n_devices": getattr(lm, "n_devices", 1)},
+            model_info=model_info(lm),
             task_hash=task_hash(spec)))
 
     def open_untasked(self, label: str, model_id: str, lm, seed: int | None) -> None:
         """`open` for a run that belongs to no task (e.g. an SAE trained on a text corpus): stored under `label`."""
         self._run = self._stack.enter_context(self.app.store.create_run(
             self.tool, label, model_id, self.params, seed=seed,
-            model_info={"weight_hash": lm.weight_hash, "device": lm.device}))
+            model_info=model_info(lm)))
 
     @property
     def final_dir(self):
@@ -265,6 +264,15 @@ figure's PREVIEW copy is stored, not published: results carry it as an image), `
         return out
 
 
+def model_info(lm) -> dict[str, Any]:
+    """What a run's manifest records of its model: the weights' identity (a hub model's commit), device, precision."""
+    info = {"weight_hash": lm.weight_hash, "device": str(lm.device), "dtype": getattr(lm, "dtype", "float32"),
+            "n_devices": getattr(lm, "n_devices", 1)}
+    if getattr(lm, "revision", None):
+        info["revision"] = lm.revision
+    return info
+
+
 Work = Callable[[ToolRun, Any], tuple[BaseModel, dict]]
 
 
@@ -275,6 +283,18 @@ def _failure_message(tool: str, error_type: str | None, error: str | None) -> st
     if error_type in named:
         return named[error_type] + error.removeprefix(f"{error_type}: ")
     return f"{tool} failed unexpectedly: {error}"
+
+
+def settle(tool: str, done, wait: float) -> JobView:
+    """Where a job stands after a wait: a failure raised as the ToolError the agent reads; a job still running
+    says how to collect its result."""
+    view = job_view(done)
+    if view.status == "failed":
+        raise ToolError(_failure_message(tool, getattr(done, "error_type", None), view.error))
+    if view.status in ("running", "queued"):
+        view.message = (f"{view.message} — still running after {wait:.0f} s; call get_job(job_id="
+                        f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
+    return view
 
 
 def request_params(app: AppContext, args: BaseModel, model: str) -> dict:
@@ -320,14 +340,9 @@ def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str
                           key=f"{tool}|{task}|{model}|{params_hash(params)}|{identity}")
 
     def finish(done) -> HeavyOutput:
-        view = job_view(done)
-        if view.status == "failed":
-            raise ToolError(_failure_message(tool, getattr(done, "error_type", None), view.error))
+        view = settle(tool, done, wait)
         if view.status == "complete":
             return output(status="complete", result=view.result)
-        if view.status in ("running", "queued"):
-            view.message = (f"{view.message} — still running after {wait:.0f} s; call get_job(job_id="
-                            f"'{view.job_id}', wait_seconds=...) to collect the result").strip(" —")
         return output(status=view.status, job=view)
 
     return wait_for_job(app, job.id, wait, finish, progress)  # type: ignore[return-value]

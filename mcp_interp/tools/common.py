@@ -60,9 +60,10 @@ def resolve_task(app: AppContext, name: str) -> TaskSpec:
     return spec
 
 
-def resolve_model(app: AppContext, model_id: str):
+def resolve_model(app: AppContext, model_id: str, progress=None):
+    """The loaded model (downloading a hub model first, its bytes reported through `progress`)."""
     try:
-        return app.pool.get(model_id)
+        return app.pool.get(model_id, progress=progress) if progress is not None else app.pool.get(model_id)
     except ModelLoadError as e:
         raise ToolError(f"model: {e}") from None
 
