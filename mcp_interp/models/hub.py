@@ -132,6 +132,17 @@ def parse(model_id: str) -> HubRef | None:
     return HubRef(name, revision or None, None)
 
 
+BUNDLED_HUB_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+
+
+def hub_name(model_id: str) -> str | None:
+    """The hub repository a model id stands for (the bundled GGUFs are quantised copies of hub models)."""
+    if model_id in BUNDLED_HUB_NAMES:
+        return BUNDLED_HUB_NAMES[model_id]
+    ref = parse(model_id)
+    return ref.repo_id if ref is not None else None
+
+
 # ---------------------------------------------------------------- the local cache
 
 def repo_folder(repo_id: str) -> Path:
@@ -216,7 +227,7 @@ class Plan:
         return sum(self.missing.values())
 
 
-def _hub_error(ref: HubRef, e: Exception, suggest: Callable[[str], list[str]] | None) -> ModelLoadError:
+def describe_error(ref: HubRef, e: Exception, suggest: Callable[[str], list[str]] | None) -> ModelLoadError:
     """A hub failure said so that an agent knows what to do."""
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -256,19 +267,38 @@ def offline_error(ref: HubRef, close: list[str] = (), local: list[str] = ()) -> 
           "(one of those, hf:<dir> or gguf:<file>).")
 
 
-def plan(ref: HubRef, allow_pickle: bool = False, suggest: Callable[[str], list[str]] | None = None) -> Plan:
-    """Ask the hub what loading `ref` takes (one metadata request; nothing is downloaded)."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
+def _repo_files(ref: HubRef, suggest: Callable[[str], list[str]] | None) -> tuple[Any, dict[str, int]]:
+    """The hub's model info at `ref` (one metadata request) and its files' sizes."""
+    from huggingface_hub import HfApi
 
     try:
         info = HfApi(endpoint=endpoint(), token=token()).model_info(ref.repo_id, revision=ref.revision,
                                                                      files_metadata=True)
     except Exception as e:
-        raise _hub_error(ref, e, suggest) from None
-    commit = info.sha
-    if not commit:
+        raise describe_error(ref, e, suggest) from None
+    if not info.sha:
         raise ModelLoadError(f"{ref.model_id}: the hub did not say which commit {ref.rev!r} is")
-    sizes = {s.rfilename: int(s.size or 0) for s in (info.siblings or [])}
+    return info, {s.rfilename: int(s.size or 0) for s in (info.siblings or [])}
+
+
+def _missing(repo_id: str, commit: str, files: dict[str, int]) -> dict[str, int]:
+    from huggingface_hub import try_to_load_from_cache
+
+    return {f: n for f, n in files.items()
+            if not isinstance(try_to_load_from_cache(repo_id, f, cache_dir=str(hub_cache()), revision=commit), str)}
+
+
+def plan_files(ref: HubRef, prefix: str) -> Plan:
+    """What fetching every file under `prefix/` (or the file `prefix`) of a repository takes, e.g. one SAE of a
+    release."""
+    info, sizes = _repo_files(ref, None)
+    files = {f: n for f, n in sizes.items() if f == prefix or f.startswith(prefix.rstrip("/") + "/")}
+    return Plan(ref, info.sha, files, _missing(ref.repo_id, info.sha, files))
+
+
+def plan(ref: HubRef, allow_pickle: bool = False, suggest: Callable[[str], list[str]] | None = None) -> Plan:
+    """Ask the hub what loading model `ref` takes (one metadata request; nothing is downloaded)."""
+    info, sizes = _repo_files(ref, suggest)
     files = {f: n for f, n in sizes.items() if wanted(f, allow_pickle)}
     if "config.json" not in files:
         raise ModelLoadError(f"{ref.model_id}: the repository has no config.json at its top level; it is not a "
@@ -283,14 +313,9 @@ def plan(ref: HubRef, allow_pickle: bool = False, suggest: Callable[[str], list[
     if any(f.endswith(".safetensors") for f in weights):  # never both formats
         files = {f: n for f, n in files.items() if not f.endswith(".bin") and "pytorch_model" not in f}
         weights = {f: n for f, n in weights.items() if f.endswith(".safetensors")}
-    missing = {f: n for f, n in files.items()
-               if not isinstance(try_to_load_from_cache(ref.repo_id, f, cache_dir=str(hub_cache()), revision=commit),
-                                 str)}
-    n_params = None
     st = getattr(info, "safetensors", None)
-    if st is not None and getattr(st, "total", None):
-        n_params = int(st.total)
-    return Plan(ref, commit, files, missing, n_params, sum(weights.values()))
+    n_params = int(st.total) if st is not None and getattr(st, "total", None) else None
+    return Plan(ref, info.sha, files, _missing(ref.repo_id, info.sha, files), n_params, sum(weights.values()))
 
 
 def free_disk(path: Path) -> int:
@@ -399,7 +424,7 @@ def download(p: Plan, progress: Progress | None = None) -> Path:
         except Exception as e:
             if e is relay.raised:
                 raise
-            raise _hub_error(p.ref, e, None) from None
+            raise describe_error(p.ref, e, None) from None
     ref_file = repo_folder(p.ref.repo_id) / "refs" / p.ref.rev
     if not COMMIT_RE.match(p.ref.rev):  # hf_hub_download wrote it already when it resolved the ref; keep it current
         ref_file.parent.mkdir(parents=True, exist_ok=True)
@@ -420,7 +445,7 @@ def parameter_count(p: Plan) -> int:
                                endpoint=endpoint(), token=token())
         config = json.loads(Path(path).read_text())
     except Exception as e:
-        raise _hub_error(p.ref, e, None) from None
+        raise describe_error(p.ref, e, None) from None
     p.missing.pop("config.json", None)
     return p.weight_bytes // weight_dtype_bytes(config)
 

@@ -9,9 +9,11 @@ from pydantic import BaseModel, Field
 
 from ..artifacts import plots
 from ..methods import features as F
+from ..methods.features import pretrained
+from ..models import ModelLoadError
 from ..methods.core import Progress, Site
 from ..tasks.spec import TaskSpec
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import FORCE_FIELD, LOADED, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
 from .errors import ToolError
 
@@ -73,8 +75,10 @@ def checked_sae(app: AppContext, ref: str, lm) -> tuple[object, Site, Path]:
 class LoadSaeInput(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model id the SAE belongs to.")
     path: str | None = Field(None, description="A sae-lens directory (cfg.json + sae_weights.safetensors).")
-    release: str | None = Field(None, description="Instead of path: a SAELens release name (needs the hub).")
-    sae_id: str | None = Field(None, description="With release: the SAE id inside the release.")
+    release: str | None = Field(None, description="Instead of path: a release of the sae-lens registry (list_saes "
+                                "lists them per model), downloaded from the hub with progress (or read from the "
+                                "local cache offline).")
+    sae_id: str | None = Field(None, description="With release: the SAE id inside the release (list_saes).")
     task: str | None = Field(None, description="Optional: measure reconstruction on this task's prompts (all "
                              "positions) and store the run under it.")
     n: int = Field(64, ge=1, le=4096, description="Task prompts for the quality figures.")
@@ -103,20 +107,22 @@ class LoadSaeOutput(HeavyOutput):
 
 def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     lm = run.load(args.model)
+    warnings: list[str] = []
     if args.release:
         try:
-            from sae_lens import SAE
-
-            sae = SAE.from_pretrained(args.release, args.sae_id or "", device=lm.device)
-        except Exception as e:  # offline, unknown release, ...
-            raise ToolError(f"release: could not fetch {args.release!r}/{args.sae_id!r} ({type(e).__name__}: "
-                            f"{str(e)[:200]}). The hub is unreachable offline: pass `path` to a local sae-lens "
-                            f"directory instead.") from None
+            entry = pretrained.find(args.release, args.sae_id)
+            sae = pretrained.fetch(entry, progress=run.span(LOADED, 0.5), offline=run.app.pool.offline)
+        except ModelLoadError as e:
+            raise ToolError(f"release: {e}") from None
+        if entry.model_kwargs:
+            warnings.append(f"{entry.release} was trained on the model loaded with {entry.model_kwargs} "
+                            f"(TransformerLens weight processing); models here load unprocessed, so expect lower "
+                            f"reconstruction quality unless that processing leaves this site unchanged.")
         import tempfile
 
         tmp = tempfile.mkdtemp()
         F.save_sae(sae, tmp)
-        ref, source = tmp, f"release {args.release}/{args.sae_id}"
+        ref, source = tmp, f"release {entry.release}/{entry.sae_id} ({entry.repo_id}/{entry.path})"
     elif args.path:
         ref, source = args.path, args.path
     else:
@@ -150,7 +156,7 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     result = LoadSaeResult(run_id=run.run_id, model=args.model, hook=site.hook, architecture=arch,
                            d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), source=source,
                            sae_path=str(Path(run.final_dir) / "sae"), metadata=meta, quality=quality, summary=summary,
-                           warnings=[], files=run.files, cost=run.cost({}))
+                           warnings=warnings, files=run.files, cost=run.cost({}))
     return result, {"hook": site.hook, "d_sae": int(sae.cfg.d_sae)}
 
 
@@ -161,8 +167,9 @@ def load_sae(app: AppContext, args: LoadSaeInput, progress: Progress | None = No
 
 LOAD_SAE = ToolSpec(
     TOOL, fn=load_sae, input_model=LoadSaeInput, output_model=LoadSaeOutput, progress=True, description=(
-        "Load an SAE in sae-lens format (a directory with cfg.json + sae_weights.safetensors; or a SAELens release "
-        "by name where the hub is reachable) and check it against the model: d_in must equal the width of the hook "
+        "Load an SAE in sae-lens format (a directory with cfg.json + sae_weights.safetensors; or a pretrained SAE "
+        "by release and sae_id from the sae-lens registry, see list_saes: downloaded from the hub, with progress) and "
+        "check it against the model: d_in must equal the width of the hook "
         "it names (metadata.hook_name), which must exist. Copies it into the store; with `task`, reports "
         "reconstruction quality and a latent firing-rate histogram on the task's prompts. Then: "
         "find_features(source='sae', sae=run_id)."))

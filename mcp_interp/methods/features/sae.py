@@ -169,8 +169,10 @@ def _curve_point(report: TrainReport, sae, held_out: torch.Tensor, step: int, ba
 
 
 def save_sae(sae, directory: str | Path) -> list[Path]:
-    """Save in sae-lens' inference format (cfg.json + sae_weights.safetensors): `SAE.load_from_disk` reads it."""
-    weights, cfg = sae.save_inference_model(str(directory))
+    """Save in sae-lens' inference format (cfg.json + sae_weights.safetensors): `SAE.load_from_disk` reads it. A
+    training SAE converts itself; an inference SAE (e.g. a pretrained one) is saved as it is."""
+    save = getattr(sae, "save_inference_model", None) or sae.save_model
+    weights, cfg = save(str(directory))
     return [Path(cfg), Path(weights)]
 
 
