@@ -293,7 +293,7 @@ def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: n
     check_pairs(ds, "logit_diff")
     clean = [e.tokens for e in ds.examples]
     cf = [e.cf_tokens for e in ds.examples]
-    with lm.use():
+    with lm.use(), F.reading(lm.model, [source.site]):
         cf_vals = F.feature_values(lm.model, source, cf, pos)
         pair = F.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
         runs = runs or F.CausalRuns(lm.model, pair)

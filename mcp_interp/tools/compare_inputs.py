@@ -164,7 +164,7 @@ def corpus_rows(args: Any, lm_a, lm_b) -> Rows:
 
 
 def side_values(run: ToolRun, lm, sources, toks, rows: Rows, pos) -> list[np.ndarray]:
-    with lm.use():
+    with lm.use(), F.reading(lm.model, [s.site for _, s in sources]):
         acts = F.activations_at(lm.model, [s.site for _, s in sources], toks, rows.seq, pos,
                                 should_cancel=run.should_cancel)
         return [s.encode(x.to(lm.device)).float().cpu().numpy() for (_, s), x in zip(sources, acts)]

@@ -31,7 +31,9 @@ class FindFeaturesInput(BaseModel):
                           "separate.")
     source: Literal["sae", "neurons", "das"] = Field("sae", description="sae: latents of `sae`; neurons: MLP hidden "
                                                      "units at `layer`; das: the directions of a train_das run.")
-    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory.")
+    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory; "
+                            "a transcoder (sae-lens transcoder classes, or EleutherAI sparsify's layers.L.mlp folders) "
+                            "works too: its latents are read at the MLP's input and written at its output.")
     layer: int | None = Field(None, ge=0, description="source='neurons': the MLP's layer.")
     das_run: str | None = Field(None, description="source='das': a train_das run id.")
     position: str = Field("END", description="The task's named position where features are read and intervened on.")
@@ -131,7 +133,7 @@ def feature_source(app: AppContext, lm, source: str, sae: str | None = None, lay
             raise ToolError(f"{field}sae: source='sae' needs `sae` (a train_sae / load_sae run id or a sae-lens "
                             f"directory).")
         loaded, site, _ = checked_sae(app, sae, lm)
-        return F.SAEFeatures(loaded, site)
+        return loaded if isinstance(loaded, F.TranscoderFeatures) else F.SAEFeatures(loaded, site)
     if source == "neurons":
         if layer is None or not 0 <= layer < model.cfg.n_layers or model.cfg.attn_only:
             raise ToolError(f"{field}layer: source='neurons' needs the layer of an MLP (0..{model.cfg.n_layers - 1}).")
@@ -178,7 +180,7 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     clean = [e.tokens for e in ds.examples]
     cf = [e.cf_tokens for e in ds.examples]
     pos = [e.positions[args.position] for e in ds.examples]
-    with lm.use():
+    with lm.use(), F.reading(model, [source.site]):
         run.progress(0.05, "feature values")
         vals = F.feature_values(model, source, clean, pos)
         cf_vals = F.feature_values(model, source, cf, pos)

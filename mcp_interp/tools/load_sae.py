@@ -60,6 +60,8 @@ def site_of_hook(model, hook: str | None) -> Site:
 def checked_sae(app: AppContext, ref: str, lm) -> tuple[object, Site, Path]:
     """Load the SAE behind `ref` and check it fits `lm`'s model: (sae, site, directory)."""
     d = sae_directory(app, ref)
+    if F.is_transcoder_dir(d):
+        return (*checked_transcoder(d, lm), d)
     try:
         sae = F.load_sae(d, device=lm.device)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -70,6 +72,39 @@ def checked_sae(app: AppContext, ref: str, lm) -> tuple[object, Site, Path]:
         raise ToolError(f"sae: d_in = {sae.cfg.d_in} but {site.hook} of this model has width {want}: the SAE was "
                         f"trained on another model.")
     return sae, site, d
+
+
+def checked_transcoder(d: Path, lm) -> tuple[object, Site]:
+    """A transcoder directory's (feature source, read site), checked against `lm`'s model."""
+    model = lm.model
+    try:
+        tc, layer, convention = F.load_transcoder(d, device=lm.device)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise ToolError(f"sae: {e}") from None
+    if not 0 <= layer < model.cfg.n_layers or model.cfg.attn_only:
+        raise ToolError(f"sae: the transcoder is of MLP {layer}, but this model has MLPs 0..{model.cfg.n_layers - 1}"
+                        if not model.cfg.attn_only else "sae: this model has no MLPs to transcode")
+    d_in, _, d_out = F.transcoder_width(tc)
+    if (d_in, d_out) != (model.cfg.d_model, model.cfg.d_model):
+        raise ToolError(f"sae: the transcoder maps {d_in} -> {d_out} but this model's MLPs map {model.cfg.d_model} "
+                        f"-> {model.cfg.d_model}: it belongs to another model.")
+    try:
+        source = F.TranscoderFeatures(tc, layer, convention, model)
+    except ValueError as e:
+        raise ToolError(f"sae: {e}") from None
+    return source, source.site
+
+
+def stored_files(d: Path, transcoder: bool) -> dict[str, bytes]:
+    """The files a load_sae run keeps, by name under sae/: a sparsify folder's cfg.json gains its layer (its folder
+    name said it; the store's folder is called sae)."""
+    if transcoder and (d / "sae.safetensors").is_file():
+        import json
+
+        cfg = json.loads((d / "cfg.json").read_text())
+        cfg.setdefault("layer", F.load_transcoder(d)[1])
+        return {"cfg.json": json.dumps(cfg).encode(), "sae.safetensors": (d / "sae.safetensors").read_bytes()}
+    return {n: (d / n).read_bytes() for n in ("cfg.json", "sae_weights.safetensors")}
 
 
 class LoadSaeInput(BaseModel):
@@ -128,8 +163,13 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     else:
         raise ToolError("path: give `path` (a sae-lens directory) or `release` (+ sae_id).")
     sae, site, d = checked_sae(run.app, ref, lm)
+    transcoder = isinstance(sae, F.TranscoderFeatures)
     quality = None
     spec: TaskSpec | None = resolve_task(run.app, args.task) if args.task else None
+    if spec is not None and transcoder:
+        warnings.append("quality on task prompts is measured for SAEs; a transcoder's (MLP output explained) is not "
+                        "computed here")
+        spec = None
     if spec is not None:
         ds = dataset(spec, lm.tokenizer, args.n, args.seed, None)
         with lm.use():
@@ -140,24 +180,35 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
         run.open(spec, args.model, lm, args.seed)
     else:
         run.open_untasked("sae", args.model, lm, args.seed)
-    for name in ("cfg.json", "sae_weights.safetensors"):
-        run.write_bytes(f"sae/{name}", (Path(d) / name).read_bytes())
+    for name, data in stored_files(Path(d), transcoder).items():
+        run.write_bytes(f"sae/{name}", data)
     run.publish("result.json")
     if quality:
         run.save_figure("firing_rates.png", plots.firing_rates(rate, quality["dead"], quality["dense"],
                                                                f"{args.task}, all positions"), main=True)
-    meta = {k: v for k, v in sae.cfg.metadata.to_dict().items() if isinstance(v, (str, int, float, bool)) or v is None}
-    arch = F.sae_architecture(sae)
-    summary = f"{arch} SAE {int(sae.cfg.d_in)} -> {int(sae.cfg.d_sae)} at {site.hook}, checked against {args.model}"
+    if transcoder:
+        d_in, d_sae, _ = F.transcoder_width(sae.tc)
+        arch = ("sparsify_" if isinstance(sae.tc, F.SparsifyTranscoder) else "") + (
+            F.sae_architecture(sae.tc) if not isinstance(sae.tc, F.SparsifyTranscoder) else
+            "skip_transcoder" if sae.tc.W_skip is not None else "transcoder")
+        meta = {"reads": site.hook, "writes": sae.write_site.hook, "input": sae.convention}
+        summary = f"{arch} {d_in} -> {d_sae} latents -> {sae.write_site.hook}, reading {site.hook}"
+    else:
+        d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
+        meta = {k: v for k, v in sae.cfg.metadata.to_dict().items()
+                if isinstance(v, (str, int, float, bool)) or v is None}
+        arch = F.sae_architecture(sae)
+        summary = f"{arch} SAE {d_in} -> {d_sae} at {site.hook}"
+    summary += f", checked against {args.model}"
     if quality:
         summary += f"; on {args.task}: explained variance {quality['explained_variance']:.3f}, L0 {quality['l0']:.1f}"
     summary += (f". Next: find_features(source='sae', sae='{run.run_id}', task=..., variable=...) for latents that "
                 f"track a task variable")
     result = LoadSaeResult(run_id=run.run_id, model=args.model, hook=site.hook, architecture=arch,
-                           d_in=int(sae.cfg.d_in), d_sae=int(sae.cfg.d_sae), source=source,
+                           d_in=d_in, d_sae=d_sae, source=source,
                            sae_path=str(Path(run.final_dir) / "sae"), metadata=meta, quality=quality, summary=summary,
                            warnings=warnings, files=run.files, cost=run.cost({}))
-    return result, {"hook": site.hook, "d_sae": int(sae.cfg.d_sae)}
+    return result, {"hook": site.hook, "d_sae": d_sae}
 
 
 def load_sae(app: AppContext, args: LoadSaeInput, progress: Progress | None = None) -> LoadSaeOutput:

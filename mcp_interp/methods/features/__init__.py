@@ -8,11 +8,15 @@ from .find import INTERVENTIONS, CausalPair, CausalRuns, Ranking, benjamini_hoch
 from .quality import match_directions, reconstruction_stats, spliced_loss
 from .sae import (ARCHITECTURES, NORMALIZATIONS, Architecture, Normalize, TrainReport, encode, load_sae, make_training_sae, reconstruct,
                   sae_architecture, sae_hook_name, save_sae, train_sae)
-from .sources import DirectionFeatures, NeuronFeatures, SAEFeatures, feature_values, intervention_hook
+from .sources import DirectionFeatures, NeuronFeatures, SAEFeatures, feature_values, intervention_hook, source_hooks
+from .transcoder import (SparsifyTranscoder, TranscoderFeatures, is_transcoder_dir, load_transcoder, reading,
+                         transcoder_width)
+from . import pretrained
 
 __all__ = ["ARCHITECTURES", "Activations", "Architecture", "CausalPair", "CausalRuns", "DirectionFeatures", "FEATURE_KINDS",
            "INTERVENTIONS", "NORMALIZATIONS", "activations_at", "NeuronFeatures", "Normalize", "Ranking", "SAEFeatures", "SHAKESPEARE", "TrainReport",
            "benjamini_hochberg", "causal_effects", "check_feature_site", "collect_activations", "encode",
-           "feature_values", "intervention_hook", "random_windows", "load_sae", "make_training_sae", "match_directions", "rank_features",
+           "feature_values", "intervention_hook", "is_transcoder_dir", "load_transcoder", "pretrained", "reading",
+           "source_hooks", "SparsifyTranscoder", "TranscoderFeatures", "transcoder_width", "random_windows", "load_sae", "make_training_sae", "match_directions", "rank_features",
            "read_texts", "reconstruct", "reconstruction_stats", "sae_architecture", "sae_hook_name", "save_sae",
            "shakespeare_files", "site_activations", "spliced_loss", "stop_layer", "token_windows", "train_sae"]

@@ -21,7 +21,7 @@ import torch
 
 from ..core import Progress, ShouldCancel, benjamini_hochberg, bootstrap_ci, check_cancelled, ratio_ci
 from ..core.forward import cache_bytes_per_row, group_by_length, prefix_cache, prefix_reusable
-from .sources import intervention_hook
+from .sources import source_hooks
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
 
@@ -194,7 +194,7 @@ class CausalRuns:
         model, out = self.model, torch.zeros(len(self.pair.clean))
         for ch, toks, pos, past in self.batches:
             ex = torch.tensor(ch)
-            hooks = [] if edit is None else [(source.site.hook, intervention_hook(source, pos, edit, ex))]
+            hooks = [] if edit is None else source_hooks(source, pos, edit, ex)
             kw = {} if past is None else {"past_kv_cache": past, "attention_mask": torch.ones_like(toks)}
             resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers, **kw)[:, -1]
             out[ch] = self.pair.metric.from_final_resid(model, resid, ex).float().cpu()

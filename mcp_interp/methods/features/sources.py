@@ -87,6 +87,14 @@ class DirectionFeatures:
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (f [b, F], example index [b]) -> f' [b, F]
 
 
+def source_hooks(source, positions: torch.Tensor, edit: Edit, example_idx: torch.Tensor) -> list:
+    """The forward hooks of an edit of `source`'s features: one hook at its site, or the source's own (a transcoder
+    reads at the MLP's input and writes at its output)."""
+    if hasattr(source, "hooks"):
+        return source.hooks(positions, edit, example_idx)
+    return [(source.site.hook, intervention_hook(source, positions, edit, example_idx))]
+
+
 def intervention_hook(source, positions: torch.Tensor, edit: Edit, example_idx: torch.Tensor):
     """A TransformerLens hook at `source.site.hook`: at each row's position, features f -> edit(f, example_idx) and
     the activation x -> x + delta(f, f'). `positions` [b] per row."""
@@ -123,4 +131,5 @@ def feature_values(model, source, token_lists: Sequence[Sequence[int]], position
     return out
 
 
-__all__ = ["DirectionFeatures", "Edit", "NeuronFeatures", "SAEFeatures", "feature_values", "intervention_hook"]
+__all__ = ["DirectionFeatures", "Edit", "NeuronFeatures", "SAEFeatures", "feature_values", "intervention_hook",
+           "source_hooks"]
