@@ -188,3 +188,18 @@ def _eager(add):
         self.last = 0.0
         return add(self, n)
     return eager
+
+
+def test_a_new_commit_on_the_hub_is_a_new_weight_identity(hub, tmp_path):
+    """The run cache keys on the commit: when main moves, the next load fetches it and the identity follows."""
+    files, _ = hf_repo_files(tmp_path, "gpt2")
+    first = hub.add("acme/moving", Repo(files))
+    assert ModelPool(device="cpu").get("acme/moving").weight_hash == first.commit
+    files2, hf2 = hf_repo_files(tmp_path, "gpt2", seed=3)
+    second = hub.add("acme/moving", Repo(files2, older={first.commit: files}))
+    assert second.commit != first.commit
+    pool = ModelPool(device="cpu")
+    lm = pool.get("acme/moving")
+    assert lm.weight_hash == second.commit and pool.weight_identity("acme/moving") == second.commit
+    assert max_logit_diff(lm, hf2) < 1e-4
+    assert pool.get(f"acme/moving@{first.commit}").weight_hash == first.commit  # a commit pins the old weights
