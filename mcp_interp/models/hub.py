@@ -164,6 +164,17 @@ def cached_commit(ref: HubRef) -> str | None:
     return commit if (snap / "config.json").is_file() and has_weights(snap) else None
 
 
+def cached_commit_any(ref: HubRef) -> str | None:
+    """The commit `ref`'s revision points to in the local cache, whatever the repository holds (no network)."""
+    rev = ref.rev
+    if COMMIT_RE.match(rev):
+        return rev if snapshot_dir(ref.repo_id, rev).is_dir() else None
+    try:
+        return (repo_folder(ref.repo_id) / "refs" / rev).read_text().strip()
+    except (OSError, ValueError):
+        return None
+
+
 def has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 

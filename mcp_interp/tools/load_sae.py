@@ -111,9 +111,10 @@ class LoadSaeInput(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model id the SAE belongs to.")
     path: str | None = Field(None, description="A sae-lens directory (cfg.json + sae_weights.safetensors).")
     release: str | None = Field(None, description="Instead of path: a release of the sae-lens registry (list_saes "
-                                "lists them per model), downloaded from the hub with progress (or read from the "
-                                "local cache offline).")
-    sae_id: str | None = Field(None, description="With release: the SAE id inside the release (list_saes).")
+                                "lists them per model), or a hub repository (org/name) of SAE / transcoder folders "
+                                "(EleutherAI sparsify's layout); downloaded with progress (offline: from the cache).")
+    sae_id: str | None = Field(None, description="With release: the SAE id inside the release (list_saes), or the "
+                               "folder inside the repository (e.g. layers.5.mlp).")
     task: str | None = Field(None, description="Optional: measure reconstruction on this task's prompts (all "
                              "positions) and store the run under it.")
     n: int = Field(64, ge=1, le=4096, description="Task prompts for the quality figures.")
@@ -143,7 +144,14 @@ class LoadSaeOutput(HeavyOutput):
 def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     lm = run.load(args.model)
     warnings: list[str] = []
-    if args.release:
+    if args.release and not pretrained.in_registry(args.release) and "/" in args.release:
+        try:  # a hub repository of SAE / transcoder folders (EleutherAI sparsify's layout), not a registry release
+            ref = str(pretrained.fetch_folder(args.release, args.sae_id or "", progress=run.span(LOADED, 0.5),
+                                              offline=run.app.pool.offline))
+        except ModelLoadError as e:
+            raise ToolError(f"release: {e}") from None
+        source = f"hub {args.release}/{args.sae_id}"
+    elif args.release:
         try:
             entry = pretrained.find(args.release, args.sae_id)
             sae = pretrained.fetch(entry, progress=run.span(LOADED, 0.5), offline=run.app.pool.offline)

@@ -115,3 +115,22 @@ async def test_over_stdio_a_server_downloads_from_the_hub_its_environment_names(
             text = await call_error(c, "load_model", {"model": "acme/other"})
             assert "offline" in text
             assert len(hub.log) == n
+
+
+async def test_a_transcoder_folder_of_a_hub_repository_loads_by_name(hub, tmp_path, store_dir):
+    """EleutherAI publishes sparsify transcoders as one `layers.L.mlp` folder per MLP in a hub repository."""
+    from methods.features.test_transcoder import sparsify_folder
+
+    folder, _ = sparsify_folder(tmp_path / "tc", 1, 32)
+    files = {f"layers.1.mlp/{k}": v for k, v in folder_files(folder).items()}
+    files["layers.0.mlp/cfg.json"] = b"{}"  # another layer's folder: not fetched
+    hub.add("acme/transcoders-tiny", Repo(files))
+    async with Client(build_server(store_dir)) as c:
+        out = await finish(c, await call(c, "load_sae", {"model": "toy/tiny-random", "release": "acme/transcoders-tiny",
+                                                          "sae_id": "layers.1.mlp", "include_plot": False}))
+        assert out["architecture"] == "sparsify_skip_transcoder" and out["hook"] == "blocks.1.hook_mlp_in"
+        text = await call_error(c, "load_sae", {"model": "toy/tiny-random", "release": "acme/transcoders-tiny",
+                                                "sae_id": "layers.7.mlp"})
+        assert "release:" in text and "no folder" in text
+    fetched = [p for m, p, _ in hub.log if m == "GET" and "/resolve/" in p]
+    assert fetched and all("layers.1.mlp" in p for p in fetched)

@@ -97,6 +97,35 @@ def find(release: str, sae_id: str | None) -> PretrainedSAE:
     return next(s for s in pretrained_saes(release=release) if s.sae_id == sae_id)
 
 
+def in_registry(release: str) -> bool:
+    return release in registry()
+
+
+def fetch_folder(repo_id: str, folder: str, progress=None, offline: bool | None = None):
+    """A folder of a hub repository that is not a registry release (e.g. EleutherAI's sparsify SAEs and
+    transcoders, one `layers.L.mlp` folder each), fetched into the HF cache: its local path."""
+    ref = hub.parse(repo_id)
+    if ref is None or "/" not in ref.repo_id or not folder or ".." in folder.split("/"):
+        raise ModelLoadError(f"release {repo_id!r} is neither a sae-lens registry release nor a hub repository "
+                             f"(org/name) with sae_id naming a folder in it. Fix: list_saes lists the releases.")
+    offline = hub.env_offline() if offline is None else offline
+    commit = hub.cached_commit_any(ref) if offline else None
+    if offline:
+        if commit is None or not (hub.snapshot_dir(ref.repo_id, commit) / folder / "cfg.json").is_file():
+            raise ModelLoadError(f"{repo_id}/{folder} is not in the local Hugging Face cache and the server is "
+                                 f"offline. Fix: fetch it once with network access.")
+    else:
+        plan = hub.plan_files(ref, folder)
+        if not plan.files:
+            raise ModelLoadError(f"{repo_id} has no folder {folder!r} (sae_id names the folder of one SAE or "
+                                 f"transcoder, e.g. layers.5.mlp).")
+        hub.check_disk(plan)
+        if plan.missing:
+            hub.download(plan, progress)
+        commit = plan.commit
+    return hub.snapshot_dir(ref.repo_id, commit) / folder
+
+
 def fetch(entry: PretrainedSAE, progress=None, offline: bool | None = None):
     """Download the SAE's files (those missing from the cache) and load it with sae-lens: the SAE object."""
     from sae_lens import SAE
