@@ -179,6 +179,8 @@ def _result(run: ToolRun, args, spec, lm, ds, columns, layers, cells, res, eff, 
                                  "{site}.per_example [example, layer, position(, head)], metric.* per example"})
     run.publish("result.json")
     warnings = list(pos_warnings)
+    if res.extra.get("engine"):
+        warnings.append(f"computed by the {res.extra['engine']}; exact, only slower")
     undefined = int(np.sum(~np.isfinite(eff["mean"])) + np.sum(~np.isfinite(eff["lo"]) | ~np.isfinite(eff["hi"])))
     if undefined:
         warnings.append(f"{undefined} effects or interval bounds are undefined and reported as null: the clean and "

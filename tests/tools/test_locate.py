@@ -170,3 +170,22 @@ async def test_answer_set_tasks_patch_on_prob_diff(store_dir):
         assert att["summary"].startswith("exact on heads")
         text = await call_error(c, "locate", {"model": TOY, "task": "parens"})
         assert "metric" in text and "prob_diff" in text  # accuracy is not continuous: the fix names the options
+
+
+@pytest.mark.slow
+async def test_locate_on_the_shortformer_induction_toy_falls_back_to_the_hooked_sweep(store_dir):
+    """toy/induction-2l (shortformer positions: added to queries and keys, not the stream) is the model the
+    induction task lists; the fast engine does not model that, so locate runs the reference sweep and says so."""
+    async with Client(build_server(store_dir)) as c:
+        res = await finish(c, await call(c, "locate", {"model": "toy/induction-2l", "task": "induction", "n": 8,
+                                                       "sites": ["resid_pre", "z"], "wait_seconds": 120}))
+        assert any("shortformer" in w for w in res["warnings"])
+        blob = await c.read_resource(f"artifact://{res['run_id']}/effects.safetensors")
+    import base64
+    from safetensors.torch import load
+    mean = load(base64.b64decode(blob.contents[0].blob))["resid_pre.mean"].numpy()
+    pos = res["positions"]
+    # the identity: the stream entering layer 0 at the only token that differs restores the clean run
+    assert mean[0].max() == pytest.approx(1.0, abs=1e-5)
+    assert res["best_cells"]["z"], res["best_cells"]
+    assert len(pos) == mean.shape[1]

@@ -370,8 +370,13 @@ def patch_sweep(model, clean, corrupt, positions, cells: list[Site], metric: Met
     clean, corrupt, positions = _validate(model, clean, corrupt, positions, cells, direction)
     cfg = model.cfg
     if cfg.positional_embedding_type == "shortformer":
-        raise ValueError("the fast engine does not support shortformer positional embeddings; "
-                         "use naive_patch_sweep")
+        # positions enter every layer's queries and keys, not the residual stream: the suffix forward here does not
+        # model that, so such a model gets the reference sweep (same cells, same numbers, one forward per cell)
+        res = naive_patch_sweep(model, clean, corrupt, positions, cells, metric, direction,
+                                progress=progress, should_cancel=should_cancel)
+        res.extra["engine"] = ("hooked sweep (one forward per cell): the fast engine does not model shortformer "
+                               "positional embeddings")
+        return res
     n, L, dev = len(clean), cfg.n_layers, cfg.device
     if block == "lean" and not fast_path_ok(model):
         raise ValueError("this model's configuration needs block='tl'")
