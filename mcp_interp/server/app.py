@@ -129,6 +129,15 @@ def _register_resources(server: MCPServer) -> None:
             return data.decode() if MIME[ext].startswith(("text/", "application/json")) else data
         return read
 
+    def folder_reader(ext: str):  # files one folder down (e.g. sae/cfg.json): a template variable holds no "/"
+        async def read(run_id: str, folder: str, name: str, ctx: Context) -> str | bytes:
+            data = read_artifact(ctx.request_context.lifespan_context, run_id, f"{folder}/{name}{ext}")
+            return data.decode() if MIME[ext].startswith(("text/", "application/json")) else data
+        return read
+
     for ext, mime in MIME.items():
         server.resource(f"artifact://{{run_id}}/{{name}}{ext}", name=f"artifact{ext}", mime_type=mime,
                         description=f"A {ext} file of a stored run.")(reader(ext))
+        server.resource(f"artifact://{{run_id}}/{{folder}}/{{name}}{ext}", name=f"artifact-in-folder{ext}",
+                        mime_type=mime, description=f"A {ext} file in a folder of a stored run (e.g. sae/)."
+                        )(folder_reader(ext))

@@ -80,6 +80,8 @@ async def test_pretrained_sae_by_release_downloads_and_records_the_commit(hub, t
                                                           "sae_id": hook, "include_plot": False}))
         assert out["hook"] == hook and out["d_in"] == hf.config.n_embd and out["d_sae"] == 64
         assert any("center_writing_weights" in w for w in out["warnings"])
+        cfg = json.loads((await c.read_resource(out["files"]["sae/cfg.json"])).contents[0].text)  # a folder's file
+        assert cfg["d_in"] == hf.config.n_embd
         manifest = json.loads((await c.read_resource(f"artifact://{out['run_id']}/manifest.json")).contents[0].text)
         assert model_repo.commit in json.dumps(manifest)  # the model's commit, in the run's manifest
         listed = await call(c, "list_saes", {"model": "gpt2", "release": "gpt2-small-res-jb"})
