@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ..artifacts import plots
 from ..methods import features as F
@@ -47,9 +47,16 @@ class FindFeaturesInput(BaseModel):
     interventions: list[Literal["zero", "mean", "patch", "steer"]] = Field(
         ["zero", "mean", "patch"], description="zero / mean (over the task's prompts) ablation, patch (the "
         "feature's value from the counterfactual prompt), steer (add steer_alpha to the feature).")
-    steer_alpha: float | None = Field(None, description="For 'steer': added to the feature's value (alpha x its "
-                                      "decoder direction in the site).")
+    steer_alpha: float | None = Field(None, allow_inf_nan=False, description="For 'steer' (required there): added to "
+                                      "the feature's value (alpha x its decoder direction in the site); finite.")
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _steer_needs_alpha(self):
+        if "steer" in self.interventions and self.steer_alpha is None:
+            raise ValueError("steer_alpha: interventions include 'steer' but no steer_alpha was given. Fix: pass "
+                             "steer_alpha (e.g. 5.0), or drop 'steer'")
+        return self
     force: bool = FORCE_FIELD
     wait_seconds: float = WAIT_FIELD
     include_plot: bool = PLOT_FIELD

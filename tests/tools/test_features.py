@@ -113,3 +113,12 @@ def test_permutation_counts_below_19_are_refused_by_the_schema():
         CompareFeaturesInput.model_validate({"a": {"model": "toy/planted-features", "source": "neurons", "layer": 1},
                                              "b": {"model": "toy/planted-features", "source": "neurons", "layer": 1},
                                              "task": "planted-features", "variable": "g", "n_perm": 0})
+
+
+async def test_steer_without_a_finite_alpha_is_refused(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        base = {"model": MODEL, "task": "planted-features", "variable": "g", "sae": "none", "interventions": ["steer"]}
+        text = await call_error(c, "find_features", base)
+        assert "steer_alpha" in text and "Fix" in text
+        for bad in ("inf", "NaN", 1e309):
+            assert "steer_alpha" in await call_error(c, "find_features", {**base, "steer_alpha": bad})
