@@ -48,12 +48,19 @@ def side_layers(side: Side, n_layers: int, field: str) -> list[int]:
         m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?", L)
         if not m:
             raise ToolError(f"{field}.layer: {L!r} is not a layer range; write 'a:b' or 'a:b:step' (b excluded).")
-        out = list(range(int(m[1]), int(m[2]), int(m[3] or 1)))
-    bad = [x for x in out if not 0 <= x < n_layers]
-    if not out or bad:
-        raise ToolError(f"{field}.layer: layers {bad or out} are not in 0..{n_layers - 1}.")
+        a, b, step = int(m[1]), int(m[2]), int(m[3] or 1)
+        if step == 0:
+            raise ToolError(f"{field}.layer: {L!r} has step 0; write 'a:b' or 'a:b:step' with step >= 1.")
+        if not (a < n_layers and b <= n_layers):  # bounds before building anything: '0:30000000' stays a range
+            raise ToolError(f"{field}.layer: {L!r} reaches past this model's layers 0..{n_layers - 1}; write e.g. "
+                            f"'0:{n_layers}'.")
+        out = list(range(a, b, step))
     if len(out) > 64:
         raise ToolError(f"{field}.layer: {len(out)} layers; at most 64 (use a step).")
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if not out or bad:
+        shown = bad[:8] + (["..."] if len(bad) > 8 else []) if bad else out
+        raise ToolError(f"{field}.layer: layers {shown} are not in 0..{n_layers - 1}.")
     return out
 
 

@@ -77,11 +77,16 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
         for args, field in [({"a": {"model": A, "source": "sae", "layer": "0:2"}, "b": {"model": B}, "task": TASK}, "a.layer"),
                             ({"a": {"model": A, "layer": 1}, "b": {"model": B, "layer": 1}}, "task"),
                             ({"a": {"model": A, "layer": 9}, "b": {"model": B, "layer": 1}, "task": TASK}, "a.layer"),
+                            ({"a": {"model": A, "layer": "0:30000000"}, "b": {"model": B, "layer": 1}, "task": TASK},
+                             "a.layer"),
+                            ({"a": {"model": A, "layer": "0:2:0"}, "b": {"model": B, "layer": 1}, "task": TASK},
+                             "a.layer"),
                             ({"a": {"model": A, "source": "neurons"}, "b": {"model": B, "layer": 1}, "task": TASK}, "a.layer"),
                             ({"a": {"model": A, "layer": 1}, "b": {"model": B, "layer": 1}, "task": TASK,
                               "position": "NOPE"}, "position")]:
             msg = await call_error(c, "compare_features", {**args, "wait_seconds": 60})
             assert msg.startswith(field) or f" {field}" in msg or field in msg.split(":")[0], msg
+            assert len(msg) < 400 and "range()" not in msg, msg  # no materialised list, no Python exception text
 
 
 @pytest.mark.slow
