@@ -111,6 +111,9 @@ class TrainSaeOutput(HeavyOutput):
 def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], str]:
     n_ctx = lm.model.cfg.n_ctx
     ctx = min(args.context, n_ctx)
+    if args.corpus != "task" and args.skip_first >= ctx:
+        raise ToolError(f"skip_first: {args.skip_first} drops every position of a {ctx}-token window (context "
+                        f"{args.context}, model n_ctx {n_ctx}). Fix: skip_first at most {ctx - 1} (usually 0 or 1).")
     try:
         if args.corpus == "task":
             if not args.task:
@@ -154,6 +157,10 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
                                      should_cancel=run.should_cancel)
         held = torch.isin(acts.seq, torch.tensor(ho_idx))
         train_x, ho_x = acts.acts[~held][: args.tokens], acts.acts[held]
+        if not len(train_x) or not len(ho_x):
+            raise ToolError(f"skip_first: dropping the first {args.skip_first} positions of every prompt leaves "
+                            f"{len(train_x)} training and {len(ho_x)} held-out activations. Fix: a smaller "
+                            f"skip_first, or longer prompts.")
         max_norm, outliers = None, {"factor": args.outlier_factor, "threshold": None, "train_dropped": 0,
                                     "held_out_dropped": 0}
         if args.outlier_factor is not None and len(train_x):

@@ -122,3 +122,13 @@ async def test_steer_without_a_finite_alpha_is_refused(store_dir):
         assert "steer_alpha" in text and "Fix" in text
         for bad in ("inf", "NaN", 1e309):
             assert "steer_alpha" in await call_error(c, "find_features", {**base, "steer_alpha": bad})
+
+
+async def test_skip_first_that_drops_everything_is_refused(store_dir):
+    async with Client(build_server(store_dir)) as c:
+        for skip in (8, 10**9):  # was ZeroDivisionError / RuntimeError
+            text = await call_error(c, "train_sae", {**SAE_ARGS, "tokens": 256, "skip_first": skip})
+            assert "skip_first:" in text and "Fix" in text and "Error:" not in text, text
+        text = await call_error(c, "train_sae", {**SAE_ARGS, "corpus": "task", "task": "planted-features",
+                                                 "tokens": 256, "skip_first": 500})
+        assert "skip_first:" in text, text
