@@ -111,7 +111,7 @@ class TrainSaeOutput(HeavyOutput):
 def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], str]:
     n_ctx = lm.model.cfg.n_ctx
     ctx = min(args.context, n_ctx)
-    if args.corpus != "task" and args.skip_first >= ctx:
+    if args.corpus != "task" and args.skip_first >= ctx:  # before reading a corpus
         raise ToolError(f"skip_first: {args.skip_first} drops every position of a {ctx}-token window (context "
                         f"{args.context}, model n_ctx {n_ctx}). Fix: skip_first at most {ctx - 1} (usually 0 or 1).")
     try:
@@ -147,6 +147,10 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     seqs, corpus = _sequences(run, args, lm)
     # held-out split by window, so no held-out token was seen in training
     gen = torch.Generator().manual_seed(args.seed)
+    shortest = min((len(q) for q in seqs), default=args.skip_first + 1)
+    if args.skip_first >= shortest:
+        raise ToolError(f"skip_first: {args.skip_first} drops every position of the shortest prompt ({shortest} "
+                        f"tokens). Fix: skip_first at most {shortest - 1} (usually 0 or 1).")
     perm = torch.randperm(len(seqs), generator=gen).tolist()
     n_ho = max(1, int(round(args.held_out * len(seqs))))
     ho_idx, tr_idx = perm[:n_ho], perm[n_ho:]
@@ -157,10 +161,6 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
                                      should_cancel=run.should_cancel)
         held = torch.isin(acts.seq, torch.tensor(ho_idx))
         train_x, ho_x = acts.acts[~held][: args.tokens], acts.acts[held]
-        if not len(train_x) or not len(ho_x):
-            raise ToolError(f"skip_first: dropping the first {args.skip_first} positions of every prompt leaves "
-                            f"{len(train_x)} training and {len(ho_x)} held-out activations. Fix: a smaller "
-                            f"skip_first, or longer prompts.")
         max_norm, outliers = None, {"factor": args.outlier_factor, "threshold": None, "train_dropped": 0,
                                     "held_out_dropped": 0}
         if args.outlier_factor is not None and len(train_x):
