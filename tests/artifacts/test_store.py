@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mcp_interp.artifacts import (ArtifactFileNotFound, ArtifactStore, RunNotComplete, RunNotFound,
+from mcp_interp.artifacts import (ArtifactFileNotFound, ArtifactStore, RunNotComplete, RunNotFound, StoreError,
                                   UnsafePath, params_hash, sanitize_component)
 
 
@@ -64,8 +64,9 @@ def test_layout_manifest_and_result(store):
     assert set(m["environment"]["packages"]) >= {"torch", "pydantic", "safetensors", "numpy"}
     assert m["timings"]["seconds"] >= 0 and m["files"]["result.json"] > 0
     assert store.get_run(rec.run_id).key_metrics == {"max_effect": 0.8}
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError, match="already complete"):
         h.write_json("late", {})  # a published run is immutable
+    assert not (d / "late.json").exists()
 
 
 def test_params_hash_stable():

@@ -4,6 +4,7 @@ import time
 
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from mcp_interp.server.app import build_server
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
@@ -134,8 +135,9 @@ async def test_resources_refuse_paths_outside_the_run(store_dir):
         res = await finish(c, await call(c, "run_baseline", {"model": TOY, "task": "induction", "n": 8}))
         for uri in [f"artifact://{res['run_id']}/..%2F..%2Findex.json", f"artifact://{res['run_id']}/nope.json",
                     "artifact://20990101-000000-abcdef/result.json"]:
-            with pytest.raises(Exception):
+            with pytest.raises(MCPError, match="Unknown resource|Error creating resource") as e:
                 await c.read_resource(uri)
+            assert "run_baseline" not in str(e.value)  # nothing of a file's content comes back
         assert (await call(c, "list_tasks"))["tasks"]
 
 

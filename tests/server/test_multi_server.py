@@ -72,6 +72,7 @@ async def test_kill_9_leaves_no_debris_and_only_its_jobs_are_interrupted(store_d
             victim_jobs = []
             for i in range(2):  # kill -9 mid-run, twice; each start sweeps what the killed one left
                 before = set((store_dir / ".staging").glob("*"))
+                killed = False
                 try:
                     async with Client(slow_server(store_dir, pid_file, seconds=60, where="write")) as victim:
                         out = await call(victim, "run_baseline", {**ARGS, "n": 4 + i, "wait_seconds": 1.5})
@@ -81,9 +82,11 @@ async def test_kill_9_leaves_no_debris_and_only_its_jobs_are_interrupted(store_d
                             while not (set((store_dir / ".staging").glob("*")) - before):
                                 await anyio.sleep(0.1)
                         os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                        killed = True
                         await anyio.sleep(0.5)
-                except Exception:  # the client notices its server is gone
-                    pass
+                except Exception:  # the client notices its server is gone; anything before the kill is a failure
+                    if not killed:
+                        raise
             staging = store_dir / ".staging"
             assert len(list(staging.iterdir())) == 1  # the debris of the last killed server
             async with Client(slow_server(store_dir, tmp_path / "next.pid")) as nxt:
