@@ -8,7 +8,7 @@
         /tmp/ac_venv/bin/pip install --no-deps auto-circuit==1.0.1 ordered-set blobfile lxml pycryptodomex
     PYTHONPATH=$PWD /tmp/ac_venv/bin/python benchmarks/edges.py ...
 
-The circuits are those of one faithfulness curve (DESIGN §3): the top-k edges by `--method` scores at every
+The circuits are those of one faithfulness curve (docs/architecture.md §6): the top-k edges by `--method` scores at every
 fraction of FRACTIONS, ranked by signed and by absolute score, plus the empty circuit (21 circuits); every edge
 outside a circuit carries its counterfactual value. Three evaluators run on the same model, pairs and circuits,
 interleaved in one process:

@@ -1,7 +1,7 @@
 """The import graph of the package: imports point down only, no cycles, no private names across modules.
 
 Every import is read from the source (absolute and relative, at any depth, including imports inside
-functions), resolved to the module it names, and checked against the layer table of DESIGN §2.0.
+functions), resolved to the module it names, and checked against the layer table of docs/architecture.md §1.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 PKG_DIR = PKG_ROOT = Path(__file__).resolve().parents[1] / "mcp_interp"
 
-# Higher ranks may import lower ones; equal ranks only themselves. (DESIGN §2.0)
+# Higher ranks may import lower ones; equal ranks only themselves. (docs/architecture.md §1)
 RANK = {
     "tasks": 0, "models": 0, "artifacts": 0, "prompts": 0, "skills": 0,
     "methods": 1, "toymodels": 1,
@@ -59,7 +59,7 @@ def _family(module: str) -> str | None:
 def test_every_package_has_a_layer():
     packages = {p.name for p in PKG_DIR.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     packages |= {p.name for p in PKG_DIR.iterdir() if p.is_dir() and any(p.glob("*.md"))}
-    assert packages - set(RANK) == set(), "a new package needs a row in RANK (and in DESIGN §2.0)"
+    assert packages - set(RANK) == set(), "a new package needs a row in RANK (and in docs/architecture.md §1)"
 
 
 def _down_only(path: Path) -> list[str]:

@@ -1,1 +1,1 @@
-"""Evaluation harnesses that grade methods against models with known answers (DESIGN §4)."""
+"""Evaluation harnesses that grade methods against models with known answers (docs/architecture.md §7)."""

@@ -1,4 +1,4 @@
-"""Background jobs for heavy tools (DESIGN §2.2): plain Python threads, no MCP here.
+"""Background jobs for heavy tools (docs/architecture.md §3): plain Python threads, no MCP here.
 
 A tool submits `fn(ctx) -> dict`; the MCP layer then waits up to `wait_seconds` on its event loop
 (`wait_async`: no worker thread is held while waiting, so many long-polls never starve other requests),

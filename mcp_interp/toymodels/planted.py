@@ -1,6 +1,6 @@
 """Planted-circuit models: weights set by hand, so which components matter is known by construction.
 
-They are the ground truth that attribution methods are graded against (DESIGN §4): exact patching
+They are the ground truth that attribution methods are graded against (docs/architecture.md §7): exact patching
 must recover the circuit, and each cheap method must be shown failing on the decoy built to fool
 it. Registered as `toy/planted-<regime>` for the regimes in `PLANTED_REGIMES`.
 

@@ -1,6 +1,6 @@
 """A planted *direction*: a toy model whose task variable lives along a known, seeded direction.
 
-Ground truth for distributed alignment search (DAS, DESIGN §3-4): DAS with k = 1 at the planted
+Ground truth for distributed alignment search (DAS, docs/architecture.md §6-7): DAS with k = 1 at the planted
 site must recover the direction (|cos| ~ 1) with held-out IIA ~ 1, a random direction must fail,
 and full-vector patching must do worse than DAS because the site also carries a second variable.
 Registered as `toy/planted-direction` (seed 0); `build_planted_direction(seed)` gives other seeds,

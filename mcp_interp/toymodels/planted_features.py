@@ -1,6 +1,6 @@
 """Planted *features*: a toy model whose residual stream at one site is a known sparse superposition.
 
-Ground truth for SAEs and `find_features` (DESIGN §3 "Features", §4): an SAE trained at the site must
+Ground truth for SAEs and `find_features` (docs/architecture.md §6 "Features", §7): an SAE trained at the site must
 recover the planted feature directions (mean over features of the max |cos| with any decoder row),
 `find_features` must rank the variable's features first, and causal tests must find their effect and none
 for the decoy, a feature correlated with the variable that nothing downstream reads. Registered as

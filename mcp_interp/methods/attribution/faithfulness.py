@@ -1,4 +1,4 @@
-"""Circuit faithfulness curves and MIB's CPR / CMD (DESIGN §3; Mueller et al. 2025).
+"""Circuit faithfulness curves and MIB's CPR / CMD (docs/architecture.md §6; Mueller et al. 2025).
 
 A circuit C is the top-k units (nodes or edges) of a ranking. Run the clean input x with every unit
 outside C taken from the counterfactual x' and measure f(C) = (m(C) - m(empty)) / (m(M) - m(empty)),

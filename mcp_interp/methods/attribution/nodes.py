@@ -1,4 +1,4 @@
-"""Node attribution: exact patching and the cheap estimates of it (DESIGN §3).
+"""Node attribution: exact patching and the cheap estimates of it (docs/architecture.md §6).
 
 Every method estimates, per example, the effect of denoising one node: m(x' with the node taken
 from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:

@@ -1,4 +1,4 @@
-"""Comparing features across models, layers and seeds (DESIGN §3 "compare_features"): global similarity (linear
+"""Comparing features across models, layers and seeds (docs/architecture.md §6 "Comparing representations"): global similarity (linear
 CKA, SVCCA) with permutation p-values, one-to-one feature matching with a null and an FDR-controlled match set,
 causal preservation of matches, and aligning two models' activations example by example on the same inputs.
 Pure statistics on aligned activation matrices plus the alignment of token streams; running models and

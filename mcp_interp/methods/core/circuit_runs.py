@@ -1,7 +1,7 @@
 """Many node circuits in one batched forward: the fast path of node faithfulness curves.
 
 A circuit keeps some nodes on the clean input x and takes every other node from the counterfactual
-x' at every position (DESIGN §3). Node activations at tokens before the first token where x and x'
+x' at every position (docs/architecture.md §6). Node activations at tokens before the first token where x and x'
 differ are the same in both runs (causal attention), so a circuit's run equals the clean run there:
 a row of work is (circuit, example), it starts from the cached clean residual at the first layer the
 circuit patches, recomputes only tokens p..T-1 (attending to the clean run's cached keys/values for

@@ -1,6 +1,6 @@
 """Features: SAEs (sae-lens objects trained on activations we collect), their quality, feature sources (SAE
 latents, MLP neurons, DAS directions), ranking features by how well they separate a task variable, and causal
-tests through interventions that keep the error term (DESIGN §3 "Features (SAEs)", "Finding features")."""
+tests through interventions that keep the error term (docs/architecture.md §6 "Features")."""
 
 from .activations import FEATURE_KINDS, Activations, activations_at, check_feature_site, collect_activations, site_activations, stop_layer
 from .corpus import SHAKESPEARE, random_windows, read_texts, shakespeare_files, token_windows
