@@ -26,7 +26,8 @@ from ..runtime.context import AppContext
 from ..tools import TOOLS, ToolSpec
 from ..tools.base import HeavyOutput
 from ..tools.errors import ToolError
-from .registration import as_tool_error, format_validation, tool_parameters
+from ..tools.errors import as_tool_error
+from .registration import format_validation, tool_parameters
 
 # The longest single wait a heavy tool's input accepts (WAIT_FIELD's bound); a longer job is re-joined.
 LONGEST_WAIT = 600.0

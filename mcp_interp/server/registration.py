@@ -27,12 +27,9 @@ from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from ..methods.core import Progress
-from ..models import ModelLoadError
-from ..tasks.causal import TaskSpecError
-from ..tasks.expressions import ExpressionError
 from ..tools import ToolSpec
 from ..tools.base import Deferred, deferring, main_figure
-from ..tools.errors import ToolError
+from ..tools.errors import ToolError, as_tool_error
 
 log = logging.getLogger("mcp_interp")
 
@@ -63,19 +60,6 @@ def format_validation(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "arguments"
         parts.append(f"{loc}: {err['msg']}")
     return "invalid arguments — " + "; ".join(parts)
-
-
-def as_tool_error(e: Exception) -> ToolError | None:
-    """The ToolError an agent reads for a refusal raised below the tools (None: an unexpected failure)."""
-    if isinstance(e, ToolError):
-        return e
-    if isinstance(e, TaskSpecError):  # a task spec that fails while it is used (e.g. a template that cannot format)
-        return ToolError(f"task.{e.field}: {e.message}")
-    if isinstance(e, ExpressionError):
-        return ToolError(f"task: {e}")
-    if isinstance(e, ModelLoadError):
-        return ToolError(f"model: {e}")
-    return None
 
 
 def _with_image(out: BaseModel, png: bytes) -> CallToolResult:

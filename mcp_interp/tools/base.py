@@ -33,7 +33,7 @@ from ..models import normalize_model_id
 from ..runtime.run_cache import cached_result
 from ..runtime.task_registry import task_hash
 from .common import resolve_model
-from .errors import ToolError
+from .errors import ToolError, refusal
 
 if TYPE_CHECKING:
     from ..artifacts import RunHandle
@@ -279,10 +279,8 @@ Work = Callable[[ToolRun, Any], tuple[BaseModel, dict]]
 def _failure_message(tool: str, error_type: str | None, error: str | None) -> str:
     """What the agent reads for a failed job: a refusal as it was raised, anything else named as unexpected."""
     error = error or f"{tool} failed"
-    named = {"ToolError": "", "ModelLoadError": "model: ", "TaskSpecError": "task.", "ExpressionError": "task: "}
-    if error_type in named:
-        return named[error_type] + error.removeprefix(f"{error_type}: ")
-    return f"{tool} failed unexpectedly: {error}"
+    text = refusal(error_type, error.removeprefix(f"{error_type}: "))
+    return text if text is not None else f"{tool} failed unexpectedly: {error}"
 
 
 def settle(tool: str, done, wait: float) -> JobView:
