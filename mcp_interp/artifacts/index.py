@@ -71,6 +71,10 @@ _JOB_COLS = tuple(JobRecord.model_fields)
 
 
 class SqliteIndex:
+    """The store's SQLite index of runs and jobs (one file beside the runs, WAL mode): queries for list_runs and
+    the run cache, job records with their owner process, and the claim that lets two servers on one store run an
+    identical request once. Every call opens its own connection; writes are serialised by a lock."""
+
     def __init__(self, path: Path):
         self.path = path
         self._write_lock = threading.Lock()

@@ -157,6 +157,11 @@ class RunHandle:
 
 
 class ArtifactStore:
+    """Runs on disk and their index. `create_run` opens a run in staging (a `RunHandle` to write files into);
+    `finish` publishes it under `{root}/{task}/{model}/{tool}/{run_id}/` with its manifest; `find_cached` answers the
+    run cache; `resolve_file` / `list_files` read a run's files safely (never outside its directory). Jobs are
+    recorded here too, so a restarted server knows what finished. See docs/architecture.md §3."""
+
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser().absolute()
         self.root.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,11 @@ def _auto_budget(device: str) -> int:
 
 
 class ModelPool:
+    """Every model a tool uses comes from here: `get(model_id)` resolves an id (see the module doc), loads it once
+    (downloading a hub model first), and keeps loaded models within `memory_budget_bytes` by LRU over models no job
+    holds; `configure` sets a model's dtype / device split; `get_tokenizer` avoids loading weights when it can;
+    `available` lists what can be served. Thread-safe."""
+
     def __init__(self, memory_budget_bytes: int | None = None, cache_dir: str | Path | None = None,
                  device: str | None = None, dtype: str | None = None, n_devices: int = 1,
                  offline: bool | None = None):

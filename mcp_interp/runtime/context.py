@@ -15,6 +15,9 @@ from .task_registry import TaskRegistry
 
 @dataclass
 class AppContext:
+    """What every tool function receives as `app`: the artifact store, the model pool, the job manager and the task
+    registry of one server (the MCP lifespan owns it; `Lab` and tests create one with `create`)."""
+
     store: ArtifactStore
     pool: ModelPool
     jobs: JobManager

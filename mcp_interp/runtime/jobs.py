@@ -120,6 +120,11 @@ class JobContext:
 
 
 class JobManager:
+    """Runs job functions on a few worker threads: `submit` (joining an identical live job by key, across servers on
+    one store), `wait` / `wait_async` (long-poll with progress events), `cancel` (cooperative: the job's progress
+    callbacks raise `Cancelled`), `list`. Every state change is persisted to the store's index, with a heartbeat, so
+    another server or a restart can tell live jobs from interrupted ones."""
+
     def __init__(self, store: ArtifactStore, max_workers: int = 2, persist_interval: float = 2.0,
                  max_in_memory: int = 200, recover: bool = True, heartbeat_interval: float = 2.0,
                  lease: float = LEASE_SECONDS, remote_poll: float = 0.5,
