@@ -142,9 +142,17 @@ def provenance(manifests: dict[str, dict]) -> list[Block]:
 
 # ------------------------------------------------------------------ rendering
 
+def md_safe(text: str) -> str:
+    """Text for report.md with no markup of its own: client strings (titles, task, position and variable names)
+    reach the sections verbatim, so HTML tags and link brackets are escaped; the `code` and **bold** the sections
+    write stay."""
+    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("](", "]\\(").replace("][", "]\\[").replace("]:", "]\\:")  # no inline / reference links
+
+
 def _md_table(t: Table) -> str:
     def cell(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
+        return md_safe(s).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(map(cell, t.header)) + " |", "|" + "---|" * len(t.header)]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in t.rows]
     return "\n".join(lines)
@@ -159,13 +167,13 @@ def to_markdown(blocks: list[Block]) -> str:
     out = []
     for b in blocks:
         if isinstance(b, Heading):
-            out.append("#" * b.level + " " + b.text)
+            out.append("#" * b.level + " " + md_safe(b.text).replace("\n", " "))
         elif isinstance(b, Para):
-            out.append(b.text)
+            out.append(md_safe(b.text))
         elif isinstance(b, Table):
             out.append(_md_table(b))
         elif isinstance(b, Figure):
-            out.append(f"![{b.caption} {cite(b.run_id)}]({figure_file(b)})")
+            out.append(f"![{md_safe(b.caption)} {cite(b.run_id)}]({figure_file(b)})")
     return "\n\n".join(out) + "\n"
 
 

@@ -74,3 +74,16 @@ def test_refusals_name_the_field(tmp_path):
 def test_numbers_undefined_in_a_result_read_n_a():
     assert num(None) == num(math.nan) == num(math.inf) == "n/a"
     assert num(0.123456) == "0.12" and num(3) == "3" and num(2e-5) == "2.0e-05"
+
+
+def test_markdown_carries_no_markup_from_client_text():
+    """Titles, task and position names reach the sections verbatim: report.md must not turn them into tags or links."""
+    from mcp_interp.artifacts.report import to_markdown
+    from mcp_interp.artifacts.report_sections import Figure, Heading, Para, Table
+
+    hostile = "<script>alert(1)</script> <img src=x onerror=alert(1)> [click](javascript:alert(1))"
+    md = to_markdown([Heading(hostile, 1), Para(f"task `{hostile}` **bold**"), Table(["position"], [[hostile]]),
+                      Figure("20990101-000000-abcdef", "x.png", hostile)])
+    assert "<script" not in md and "<img" not in md and "](javascript:" not in md
+    assert "`" in md and "**bold**" in md  # the sections' own formatting stays
+    assert md.count("](fig-20990101-000000-abcdef-x.png)") == 1  # the one link is ours
