@@ -263,9 +263,11 @@ def describe_error(ref: HubRef, e: Exception, suggest: Callable[[str], list[str]
         return offline_error(ref)
     if isinstance(e, HfHubHTTPError):
         return ModelLoadError(f"{ref.model_id}: the hub at {endpoint()} answered an error ({str(e)[:300]}).")
-    return ModelLoadError(
+    err = ModelLoadError(
         f"{ref.model_id}: could not reach the hub at {endpoint()} ({type(e).__name__}: {str(e)[:200]}). Fix: check the "
         f"network (or HF_ENDPOINT); with no network, set HF_HUB_OFFLINE=1 and use a cached model (list_models).")
+    err.unreachable = True  # the pool then falls back to a cached revision
+    return err
 
 
 def offline_error(ref: HubRef, close: list[str] = (), local: list[str] = ()) -> ModelLoadError:

@@ -358,13 +358,20 @@ class ModelPool:
             if commit is None:
                 raise hub.offline_error(ref, self.suggest(ref.model_id), [a["id"] for a in self.available()])
         else:
-            plan = hub.plan(ref, allow_pickle=hub.truthy(os.environ.get("MCP_INTERP_ALLOW_PICKLE")),
-                            suggest=self.suggest)
-            hub.check_disk(plan)
-            self._check_fits(ref.model_id, hub.parameter_count(plan), dtype, n_devices)
-            if plan.missing:
-                hub.download(plan, progress)
-            commit = plan.commit
+            try:
+                plan = hub.plan(ref, allow_pickle=hub.truthy(os.environ.get("MCP_INTERP_ALLOW_PICKLE")),
+                                suggest=self.suggest)
+            except ModelLoadError as e:
+                if commit is None or not getattr(e, "unreachable", False):
+                    raise
+                log.warning("%s; loading the cached commit %s", e, commit)  # the network is down: use what we have
+                plan = None
+            if plan is not None:
+                hub.check_disk(plan)
+                self._check_fits(ref.model_id, hub.parameter_count(plan), dtype, n_devices)
+                if plan.missing:
+                    hub.download(plan, progress)
+                commit = plan.commit
         folder = hub.snapshot_dir(ref.repo_id, commit)
         res = loaders.load_hf_folder(folder, ref.model_id, f"Hugging Face hub {ref.repo_id} @ {commit}", device,
                                      dtype, n_devices, official=ref.official, weight_hash=commit)

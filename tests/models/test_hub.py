@@ -203,3 +203,18 @@ def test_a_new_commit_on_the_hub_is_a_new_weight_identity(hub, tmp_path):
     assert lm.weight_hash == second.commit and pool.weight_identity("acme/moving") == second.commit
     assert max_logit_diff(lm, hf2) < 1e-4
     assert pool.get(f"acme/moving@{first.commit}").weight_hash == first.commit  # a commit pins the old weights
+
+
+def test_an_unreachable_hub_falls_back_to_the_cached_commit(hub, tmp_path, monkeypatch):
+    files, hf = hf_repo_files(tmp_path, "gpt2")
+    repo = hub.add("acme/cached", Repo(files))
+    ModelPool(device="cpu").get("acme/cached")
+    from huggingface_hub import constants
+
+    dead = "http://127.0.0.1:9"  # nothing listens there: connection refused
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    lm = ModelPool(device="cpu").get("acme/cached")
+    assert lm.revision == repo.commit and max_logit_diff(lm, hf) < 1e-4
+    with pytest.raises(ModelLoadError, match="could not reach the hub"):  # nothing cached: said as it is
+        ModelPool(device="cpu").get("acme/elsewhere")
