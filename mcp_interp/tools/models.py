@@ -107,10 +107,11 @@ def load_model(app: AppContext, args: LoadModelInput, progress: Progress | None 
             raise ToolError(f"model: {e}") from None
     model = normalize_model_id(args.model)
     # A load is a job: a hub model may download for minutes (progress in bytes, cancellable with cancel_job).
-    settings = pool.settings(model) if hasattr(pool, "settings") else {}
+    # No job key: a load is this process's own (another server on the store loading the same id loads it there);
+    # concurrent loads of one id here share the pool's single load anyway.
     job = app.jobs.submit("load_model", lambda job: _describe(
         resolve_model(app, model, progress=job.reporter(0.0, 0.99))).model_dump(mode="json"),
-        description=f"load {model}", key=f"load_model|{model}|{settings}")
+        description=f"load {model}")
 
     def finish(done) -> LoadModelOutput:
         view = settle("load_model", done, args.wait_seconds)
