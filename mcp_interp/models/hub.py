@@ -362,6 +362,32 @@ def memory_needed(n_params: int, element_bytes: int) -> int:
     return int(n_params * element_bytes * (1 + frac) + const)
 
 
+def check_fits(model_id: str, n_params: int, dtype: str, n_devices: int, budget: int, pinned: int, device: str,
+               gpus: int, cuda_available: bool) -> None:
+    """ModelLoadError, naming what would fit, when `n_params` in `dtype` (float32, bfloat16, float16; plus the margin)
+    exceed what a pool with `budget` bytes per device can free (`pinned`: bytes of models jobs hold)."""
+    elem = 4 if dtype == "float32" else 2
+    room = budget * max(n_devices, 1) - pinned
+    need = memory_needed(n_params, elem)
+    if need <= room:
+        return
+    fits = []
+    if elem > 2 and memory_needed(n_params, 2) <= room:
+        fits.append("dtype='bfloat16'" + ("" if device.startswith("cuda") else " (slow on CPU)"))
+    for k in range(max(n_devices, 1) + 1, gpus + 1):
+        if need <= budget * k - pinned:
+            fits.append(f"n_devices={k}")
+            break
+    if not device.startswith("cuda") and cuda_available:
+        fits.append("a CUDA device (start the server with --device cuda)")
+    raise ModelLoadError(
+        f"{model_id} needs about {need / 2**30:.2f} GiB in {dtype} ({n_params / 1e9:.2f} B parameters plus "
+        f"activations) but the pool's budget leaves {room / 2**30:.2f} GiB on {device}"
+        + (f" ({pinned / 2**30:.2f} GiB held by models in use)" if pinned else "") + ". Nothing was downloaded. "
+        + (f"Fix: load it with {' or '.join(fits)}." if fits else
+           "Fix: use a machine with more memory, or raise the budget (serve --memory-budget-mb)."))
+
+
 # ---------------------------------------------------------------- download
 
 class Relay:

@@ -380,30 +380,11 @@ class ModelPool:
 
     def _check_fits(self, model_id: str, n_params: int, dtype: torch.dtype, n_devices: int) -> None:
         """Refuse, before downloading, a model whose weights (plus a margin) exceed what the budget can free."""
-        elem = torch.tensor([], dtype=dtype).element_size()
         with self._lock:
             pinned = sum(m.memory_bytes for m in self._models.values() if m.in_use)
-        room = self.memory_budget_bytes * max(n_devices, 1) - pinned
-        need = hub.memory_needed(n_params, elem)
-        if need <= room:
-            return
-        name = str(dtype).removeprefix("torch.")
-        fits = []
-        if elem > 2 and hub.memory_needed(n_params, 2) <= room:
-            fits.append("dtype='bfloat16'" + ("" if self.device.startswith("cuda") else " (slow on CPU)"))
         gpus = torch.cuda.device_count() if self.device.startswith("cuda") else 0
-        for k in range(max(n_devices, 1) + 1, gpus + 1):
-            if need <= self.memory_budget_bytes * k - pinned:
-                fits.append(f"n_devices={k}")
-                break
-        if not self.device.startswith("cuda") and torch.cuda.is_available():
-            fits.append("a CUDA device (start the server with --device cuda)")
-        raise ModelLoadError(
-            f"{model_id} needs about {need / 2**30:.2f} GiB in {name} ({n_params / 1e9:.2f} B parameters plus "
-            f"activations) but the pool's budget leaves {room / 2**30:.2f} GiB on {self.device}"
-            + (f" ({pinned / 2**30:.2f} GiB held by models in use)" if pinned else "") + ". Nothing was downloaded. "
-            + (f"Fix: load it with {' or '.join(fits)}." if fits else
-               "Fix: use a machine with more memory, or raise the budget (serve --memory-budget-mb)."))
+        hub.check_fits(model_id, n_params, str(dtype).removeprefix("torch."), n_devices,
+                       self.memory_budget_bytes, pinned, self.device, gpus, torch.cuda.is_available())
 
     # ------------------------------------------------------------ memory
 

@@ -141,35 +141,39 @@ class LoadSaeOutput(HeavyOutput):
     result: LoadSaeResult | None = None
 
 
+def _fetch(run: ToolRun, args: LoadSaeInput, warnings: list[str]) -> tuple[str, str]:
+    """(a local directory or run id, where it came from) for the requested SAE; a release is downloaded first."""
+    if args.path:
+        if args.release:
+            raise ToolError("path: give `path` or `release`, not both.")
+        return args.path, args.path
+    if not args.release:
+        raise ToolError("path: give `path` (a sae-lens directory) or `release` (+ sae_id).")
+    progress, offline = run.span(LOADED, 0.5), run.app.pool.offline
+    try:
+        if not pretrained.in_registry(args.release) and "/" in args.release:
+            # a hub repository of SAE / transcoder folders (EleutherAI sparsify's layout), not a registry release
+            folder = pretrained.fetch_folder(args.release, args.sae_id or "", progress=progress, offline=offline)
+            return str(folder), f"hub {args.release}/{args.sae_id}"
+        entry = pretrained.find(args.release, args.sae_id)
+        sae = pretrained.fetch(entry, progress=progress, offline=offline)
+    except ModelLoadError as e:
+        raise ToolError(f"release: {e}") from None
+    if entry.model_kwargs:
+        warnings.append(f"{entry.release} was trained on the model loaded with {entry.model_kwargs} "
+                        f"(TransformerLens weight processing); models here load unprocessed, so expect lower "
+                        f"reconstruction quality unless that processing leaves this site unchanged.")
+    import tempfile
+
+    tmp = tempfile.mkdtemp()  # sae-lens' own format, whatever the release's was
+    F.save_sae(sae, tmp)
+    return tmp, f"release {entry.release}/{entry.sae_id} ({entry.repo_id}/{entry.path})"
+
+
 def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     lm = run.load(args.model)
     warnings: list[str] = []
-    if args.release and not pretrained.in_registry(args.release) and "/" in args.release:
-        try:  # a hub repository of SAE / transcoder folders (EleutherAI sparsify's layout), not a registry release
-            ref = str(pretrained.fetch_folder(args.release, args.sae_id or "", progress=run.span(LOADED, 0.5),
-                                              offline=run.app.pool.offline))
-        except ModelLoadError as e:
-            raise ToolError(f"release: {e}") from None
-        source = f"hub {args.release}/{args.sae_id}"
-    elif args.release:
-        try:
-            entry = pretrained.find(args.release, args.sae_id)
-            sae = pretrained.fetch(entry, progress=run.span(LOADED, 0.5), offline=run.app.pool.offline)
-        except ModelLoadError as e:
-            raise ToolError(f"release: {e}") from None
-        if entry.model_kwargs:
-            warnings.append(f"{entry.release} was trained on the model loaded with {entry.model_kwargs} "
-                            f"(TransformerLens weight processing); models here load unprocessed, so expect lower "
-                            f"reconstruction quality unless that processing leaves this site unchanged.")
-        import tempfile
-
-        tmp = tempfile.mkdtemp()
-        F.save_sae(sae, tmp)
-        ref, source = tmp, f"release {entry.release}/{entry.sae_id} ({entry.repo_id}/{entry.path})"
-    elif args.path:
-        ref, source = args.path, args.path
-    else:
-        raise ToolError("path: give `path` (a sae-lens directory) or `release` (+ sae_id).")
+    ref, source = _fetch(run, args, warnings)
     sae, site, d = checked_sae(run.app, ref, lm)
     transcoder = isinstance(sae, F.TranscoderFeatures)
     quality = None
