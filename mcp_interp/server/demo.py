@@ -79,6 +79,9 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
             scrubs = [(await _call(client, bar, "scrub_hypothesis", {
                 "model": model, "task": "ioi-demo", "hypothesis": hyp, "n": 64, "seeds": 2, "contributions": True,
                 "wait_seconds": 180}))["result"] for hyp in ("nothing", LATE_END, NAME_MOVERS)]
+            # pretrained SAEs for this model in the sae-lens registry (read offline); none for SmolLM2, so train one
+            pretrained = (await client.call_tool("list_saes", {"model": model})).structured_content or {}
+            console.print(f"list_saes: {pretrained.get('summary', 'no answer')}")
             # demo-sized SAE (a few thousand tokens; benchmarks/features_smollm2.py has the full run)
             sae = (await _call(client, bar, "train_sae", {
                 "model": model, "site": "resid_pre", "layer": 22, "corpus": "shakespeare", "tokens": 4096,
