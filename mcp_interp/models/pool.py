@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import torch
 
-from . import gemma3, hub, loaders, smollm2, toy
+from . import fit, gemma3, hub, loaders, smollm2, toy
 from .convert import files_hash, lay_out_for_tl, model_memory, param_state, state_dict_hash
 from .errors import ModelLoadError
 from .hub import Progress
@@ -383,7 +383,7 @@ class ModelPool:
         with self._lock:
             pinned = sum(m.memory_bytes for m in self._models.values() if m.in_use)
         gpus = torch.cuda.device_count() if self.device.startswith("cuda") else 0
-        hub.check_fits(model_id, n_params, str(dtype).removeprefix("torch."), n_devices,
+        fit.check_fits(model_id, n_params, str(dtype).removeprefix("torch."), n_devices,
                        self.memory_budget_bytes, pinned, self.device, gpus, torch.cuda.is_available())
 
     # ------------------------------------------------------------ memory
@@ -413,11 +413,11 @@ class ModelPool:
                     files = [entry] if entry.is_file() else []
             elif model_id.startswith("hf:") and Path(model_id[3:]).is_dir():
                 files = [p for p in Path(model_id[3:]).iterdir() if p.suffix in loaders.WEIGHT_SUFFIXES]
-                stored = hub.weight_dtype_bytes(hub.read_config(Path(model_id[3:])))
+                stored = fit.weight_dtype_bytes(hub.read_config(Path(model_id[3:])))
             elif not is_builtin(model_id) and (ref := hub.parse(model_id)) and (commit := hub.cached_commit(ref)):
                 snap = hub.snapshot_dir(ref.repo_id, commit)
                 files = [p for p in snap.iterdir() if p.suffix in loaders.WEIGHT_SUFFIXES]
-                stored = hub.weight_dtype_bytes(hub.read_config(snap))
+                stored = fit.weight_dtype_bytes(hub.read_config(snap))
             size = sum(p.stat().st_size for p in files)
         except OSError:
             return 0
