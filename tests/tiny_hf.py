@@ -61,6 +61,11 @@ def tiny_family(family: str, vocab: int):
         return tf.OlmoForCausalLM(tf.OlmoConfig(**common, pad_token_id=0, clip_qkv=0.5))
     if family == "olmo2":
         return tf.Olmo2ForCausalLM(tf.Olmo2Config(**common, pad_token_id=0))
+    if family == "olmo2-gqa":  # q/k norms over whole projections, k_norm over the 2 KV heads
+        return tf.Olmo2ForCausalLM(tf.Olmo2Config(**common, num_key_value_heads=2, pad_token_id=0))
+    if family == "gemma2-2b-shape":  # Gemma-2-2B's config (GQA 8/4, head_dim 256, caps 50/30, window 4096), 2 layers
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(vocab_size=vocab, hidden_size=256, intermediate_size=512,
+                                                    num_hidden_layers=4))
     if family == "stablelm":
         return tf.StableLmForCausalLM(tf.StableLmConfig(**common))
     raise ValueError(family)

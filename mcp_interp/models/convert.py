@@ -15,9 +15,11 @@ import copy
 import hashlib
 import logging
 import tempfile
+import types
 from pathlib import Path
 from typing import Any, Iterable
 
+import einops
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.components import GatedMLP, Unembed
@@ -143,9 +145,9 @@ def _olmo_cfg_dict(hf_config: Any, arch: str) -> dict[str, Any]:
     """TL config for OLMo 1/2 from HF fields (TL has only per-name tables for them)."""
     n_heads = hf_config.num_attention_heads
     n_kv = getattr(hf_config, "num_key_value_heads", None) or n_heads
-    if n_kv != n_heads:  # TL's OLMo/OLMo-2 converters reshape K and V with n_heads
+    if n_kv != n_heads and arch == "OlmoForCausalLM":  # TL's OLMo 1 converter reshapes K and V with n_heads
         raise ModelLoadError(f"{arch} with grouped-query attention ({n_heads} query / {n_kv} KV heads) is not "
-                             "supported by TransformerLens' OLMo converters")
+                             "supported by TransformerLens' OLMo converter")
     if getattr(hf_config, "attention_bias", False):
         raise ModelLoadError(f"{arch} with attention biases is not supported by TransformerLens' OLMo converters")
     rope = _rope(hf_config)
@@ -158,6 +160,8 @@ def _olmo_cfg_dict(hf_config: Any, arch: str) -> dict[str, Any]:
         "positional_embedding_type": "rotary", "rotary_dim": hf_config.hidden_size // n_heads,
         "rotary_adjacent_pairs": False, "rotary_base": _rope_theta(rope, hf_config), "gated_mlp": True,
         "attn_types": ["global"] * hf_config.num_hidden_layers,
+        # OLMo 2 with GQA: TL's grouped-query attention (k_norm over the KV heads), weights via _olmo2_gqa_weights
+        "n_key_value_heads": n_kv if n_kv != n_heads else None,
     }
     if arch == "OlmoForCausalLM":  # non-parametric LayerNorm (eps 1e-5 in HF), optional q/k/v clipping
         cfg.update(normalization_type="LN", eps=1e-5, clip_qkv=getattr(hf_config, "clip_qkv", None))
@@ -172,6 +176,22 @@ _FIELD_CONFIGS = {
     "GemmaForCausalLM": _gemma_cfg_dict, "Gemma2ForCausalLM": _gemma_cfg_dict,
     "Gemma3ForCausalLM": _gemma_cfg_dict, "OlmoForCausalLM": _olmo_cfg_dict, "Olmo2ForCausalLM": _olmo_cfg_dict,
 }
+
+def _olmo2_gqa_weights(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """OLMo 2 with grouped-query attention. TL's OLMo 2 converter reshapes K and V with n_heads; its OLMo 3
+    converter reads the same module names (q/k norms over whole projections, post-attention and post-MLP
+    norms) and splits K and V into the KV heads, which is all OLMo 2 with GQA needs."""
+    from transformer_lens.pretrained.weight_conversions.olmo3 import convert_olmo3_weights
+
+    return convert_olmo3_weights(hf_model, cfg)
+
+
+# Weight converters for configurations TL's own routing would convert wrongly: (arch, config) -> converter.
+def _field_weights(arch: str, cfg: HookedTransformerConfig):
+    if arch == "Olmo2ForCausalLM" and cfg.n_key_value_heads is not None:
+        return _olmo2_gqa_weights
+    return None
+
 
 # HookedTransformer architectures TL 3.9 converts, for error messages.
 SUPPORTED_FAMILIES = ("GPT-2, GPT-Neo, GPT-NeoX/Pythia, GPT-J, OPT, BLOOM, Llama, Mistral, Mixtral, Qwen/Qwen2/Qwen3, "
@@ -223,7 +243,8 @@ def _generic_hf_to_tl(hf_model: Any, arch: str, default_prepend_bos: bool):
                 d_vocab=getattr(hf_model.config, "vocab_size", cfg_dict.get("d_vocab")),
             )
             cfg = HookedTransformerConfig.from_dict({**cfg_dict, "device": "cpu"})
-            sd = loading.get_pretrained_state_dict(path, cfg, hf_model)
+            own = _field_weights(arch, cfg)
+            sd = own(hf_model, cfg) if own else loading.get_pretrained_state_dict(path, cfg, hf_model)
         except ModelLoadError:
             raise
         except NotImplementedError as e:  # TL has no branch (config or weights) for this architecture
@@ -310,6 +331,7 @@ def build_hooked(
     if dtype != torch.float32:
         model.unembed.__class__ = Float32Unembed
         model.unembed.float()
+    use_hf_rotary(model)
     if n_devices > 1:
         model.move_model_modules_to_device()  # block i on cuda:(i * n_devices // n_layers)
     else:
@@ -320,6 +342,43 @@ def build_hooked(
     if hf_tokenizer is not None:
         attach_hf_tokenizer(model, hf_tokenizer)
     return model
+
+
+def _hf_sin_cos(self, rotary_dim: int, n_ctx: int, base: float = 10000, dtype: torch.dtype = torch.float32):
+    """Rotary tables computed as transformers computes them (bound to a TL attention module in place of its
+    `calculate_sin_cos_rotary`): inverse frequencies `1 / base**(2i/d)` and angles `position * inv_freq` in
+    float32. TL divides positions by frequencies instead, which differs by an ulp of the angle — 2e-5 rad at
+    position 400 — and through sharp attention moves logits by >1e-4 on long prompts. Linear scaling (Gemma 3's
+    global layers) divides the inverse frequencies, as transformers does."""
+    hp = torch.float64 if dtype == torch.float64 else torch.float32
+    inv = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(hp) / rotary_dim))
+    factor = getattr(self.cfg, "rotary_scaling_factor", 1.0)
+    if factor != 1.0 and self.attn_type != "local":
+        inv = inv / factor
+    angles = torch.arange(n_ctx, dtype=torch.int64).to(hp)[:, None] * inv[None, :]
+    pattern = "p d -> p (d 2)" if self.cfg.rotary_adjacent_pairs else "p d -> p (2 d)"
+    angles = einops.repeat(angles, pattern)
+    return angles.sin().to(dtype), angles.cos().to(dtype)
+
+
+def use_hf_rotary(model: HookedTransformer) -> int:
+    """Give every attention with plain rotary embeddings transformers' rotary tables (see _hf_sin_cos), now
+    and whenever TL grows them for a longer prompt. Rope variants TL computes its own way (NTK-by-parts,
+    YaRN, dynamic NTK) are left alone. Returns how many attention modules changed."""
+    cfg = model.cfg
+    if cfg.positional_embedding_type != "rotary" or cfg.use_NTK_by_parts_rope or getattr(cfg, "use_yarn_rope", False) \
+            or getattr(cfg, "use_dynamic_ntk_rope", False):
+        return 0
+    changed = 0
+    for block in model.blocks:
+        attn = block.attn
+        attn.calculate_sin_cos_rotary = types.MethodType(_hf_sin_cos, attn)
+        sin, cos = attn.calculate_sin_cos_rotary(cfg.rotary_dim, attn.rotary_cos.shape[0], attn._rotary_base(),
+                                                 dtype=attn.rotary_cos.dtype)
+        attn.rotary_sin = sin.to(attn.rotary_sin.device)
+        attn.rotary_cos = cos.to(attn.rotary_cos.device)
+        changed += 1
+    return changed
 
 
 def lay_out_for_tl(model: HookedTransformer) -> int:

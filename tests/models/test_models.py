@@ -222,7 +222,7 @@ def test_official_name_from_local_hf_cache(monkeypatch, tmp_path):
 
 
 FAMILIES = ["gpt2", "gpt-neox", "gpt-j", "llama-gqa", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-            "phi3", "olmo", "olmo2"]
+            "phi3", "olmo", "olmo2", "olmo2-gqa"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -249,7 +249,7 @@ def test_hf_dir_matches_hf(tmp_path, family):
     assert lm.model.cfg.default_prepend_bos is False  # this tokenizer adds no BOS, so neither does TL
     ids = torch.tensor([lm.tokenizer.encode(IOI)])
     assert torch.equal(lm.model.to_tokens(IOI)[0].cpu(), ids[0])
-    if family == "llama-gqa":
+    if family in ("llama-gqa", "olmo2-gqa"):
         assert lm.model.cfg.n_key_value_heads == 2
     # the patching engine on this architecture: random cells, fast == naive
     g = torch.Generator().manual_seed(1)
@@ -273,6 +273,25 @@ def test_hf_dir_matches_hf(tmp_path, family):
     assert (fast.clean - ref.clean).abs().max() <= 1e-4
     assert (fast.patched - ref.patched).abs().max() <= 1e-4, family
     assert ref.patched.std() > 1e-3  # not vacuous
+
+
+def test_gemma2_2b_shape_long_prompt_matches_hf(tmp_path):
+    """Gemma 2 as Gemma-2-2B is configured (GQA 8 query / 4 KV heads, head_dim 256, query_pre_attn_scalar 256,
+    soft caps 50 and 30, sliding/full layers), on a 600-token prompt: rotary angles must be computed as
+    transformers computes them (position * inverse frequency); TL's own tables (position / frequency) put
+    these logits 2e-4 away."""
+    tok = _tiny_hf_tokenizer()
+    torch.manual_seed(0)
+    hf = _tiny_family("gemma2-2b-shape", len(tok))
+    _spread_weights(hf)
+    hf.eval().save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    lm = ModelPool(device="cpu").get(f"hf:{tmp_path}")
+    cfg = lm.model.cfg
+    assert (cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.attn_scale) == (8, 4, 256, 16.0)
+    assert (cfg.attn_scores_soft_cap, cfg.output_logits_soft_cap, cfg.window_size) == (50.0, 30.0, 4096)
+    ids = torch.randint(0, len(tok), (1, 600), generator=torch.Generator().manual_seed(0))
+    assert _max_logit_diff(lm.model, hf, ids) < 1e-4
 
 
 def test_hf_dir_unsupported_architecture_named(tmp_path):
