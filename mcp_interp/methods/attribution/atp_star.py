@@ -14,7 +14,9 @@ Paths from n through other components into later queries/keys keep AtP's linear 
 own query or key input (level "qkv": nodes L3H2.q, L3G1.k) the whole effect runs through its layer's
 pattern, so the estimate is exactly (A(q or k from x) - A(x')) . dm/dA. A value input's write into the
 residual stream is its head's output change with the pattern held at x' (exact for that layer); it gets
-the QK fix in later layers like any other write.
+the QK fix in later layers like any other write. On blocks that normalise their output before the residual add
+(Gemma 2/3, OLMo 2) a node's write is its sublayer's normalised output recomputed with only that node changed, and
+its linear term pulls the gradient back through that norm (core.writes).
 
 GradDrop. Cancellation between a node's direct and indirect effects can also hide it from AtP. For each
 layer d the estimate above is recomputed with the gradient through layer d's inputs (its q/k/v and MLP
@@ -35,10 +37,10 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ..core.metrics import Metric
 from ..core.sites import Site, n_kv_heads
+from ..core.writes import attention_output, attn_in_norm, mlp_readout, post_normed
 from .components import has_mlps, node_hooks, node_values, split_inputs
 
 # The node kinds whose change is a write into the residual stream, and the first layer whose q/k read it.
@@ -63,19 +65,24 @@ def first_reader(site: Site) -> int:
     return site.layer if site.kind == "resid_pre" else site.layer + 1
 
 
-def post_normed(model) -> bool:
-    """Whether a block's attention / MLP output passes a norm before it is added to the residual stream."""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    cfg = model.cfg
-    return bool(getattr(cfg, "use_normalization_before_and_after", False)) or \
-        getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES
-
-
-def residual_write(model, site: Site, delta: Tensor, positions: Mapping[str, Tensor] | None = None) -> Tensor:
+def residual_write(model, site: Site, delta: Tensor, positions: Mapping[str, Tensor] | None = None,
+                   base: Tensor | None = None) -> Tensor:
     """What changing a node by `delta` (its hook's activation shape, batch-leading) adds to the residual
     stream: [batch, pos, d_model]. Head outputs go through W_O, MLP activations through W_out; residual and
-    output sites are their own write; a named position keeps only that token."""
+    output sites are their own write; a named position keeps only that token. On blocks that normalise their
+    output before the residual add, the node's sublayer output is recomputed with only this node changed,
+    f(base + delta) - f(base), from `base` (the hook's activation at x', required there)."""
+    if site.kind in ("z", "mlp_post") and post_normed(model):
+        if base is None:
+            raise ValueError("residual_write on a post-norm block needs the hook's base activation")
+        moved = base.clone()
+        if site.kind == "z":
+            moved[:, :, site.head] += delta[:, :, site.head]
+        elif site.neuron is not None:
+            moved[..., site.neuron] += delta[..., site.neuron]
+        else:
+            moved = moved + delta
+        return _sublayer_write(model, site, moved) - _sublayer_write(model, site, base)
     if site.kind == "z":
         return delta[:, :, site.head] @ model.blocks[site.layer].attn.W_O[site.head]
     if site.kind == "mlp_post":
@@ -92,9 +99,20 @@ def residual_write(model, site: Site, delta: Tensor, positions: Mapping[str, Ten
     return delta
 
 
-def _project(model, site: Site, resid_grad: Tensor) -> Tensor:
+def _sublayer_write(model, site: Site, act: Tensor) -> Tensor:
+    """The residual write of the whole sublayer a z / mlp_post hook activation feeds: [batch, pos, d_model]."""
+    return attention_output(model, site.layer, act) if site.kind == "z" else mlp_readout(model, site.layer, act)
+
+
+def _project(model, site: Site, resid_grad: Tensor, base: Tensor | None = None) -> Tensor:
     """A residual-stream covector [batch, pos, d_model] pulled back to the node's hook shape: the T with
-    node_values(delta * T) = <residual_write(delta), resid_grad>."""
+    node_values(delta * T) = <residual_write(delta), resid_grad> to first order (on post-norm blocks through
+    the norm's Jacobian at `base`, the hook's activation at x')."""
+    if site.kind in ("z", "mlp_post") and post_normed(model):
+        with torch.enable_grad():
+            x = base.detach().clone().requires_grad_(True)
+            (t,) = torch.autograd.grad(_sublayer_write(model, site, x), x, grad_outputs=resid_grad)
+        return t
     if site.kind == "z":
         return torch.einsum("bpd,hed->bphe", resid_grad, model.blocks[site.layer].attn.W_O)
     if site.kind == "mlp_post":
@@ -109,11 +127,6 @@ def attention_run(model, layer: int, q_in: Tensor, k_in: Tensor, v_in: Tensor | 
     pos, n_heads, d_head]). Call inside split_inputs."""
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError("atp_star's QK fix does not support shortformer positional embeddings; use atp or exact")
-    if post_normed(model):
-        # The QK fix moves later queries/keys by each unit's raw write (dz @ W_O, dpost @ W_out); a block that
-        # normalises its outputs before adding them (Gemma 2/3, OLMo 2) writes something else entirely.
-        raise ValueError("atp_star's QK fix does not support models that normalise block outputs before the residual "
-                         "add (Gemma 2/3, OLMo 2); use atp or exact")
     blk = model.blocks[layer]
     v_in = k_in if v_in is None else v_in
     got: dict[str, Tensor] = {}
@@ -121,8 +134,8 @@ def attention_run(model, layer: int, q_in: Tensor, k_in: Tensor, v_in: Tensor | 
                blk.attn.hook_z.register_forward_hook(lambda mod, inp, out: got.__setitem__("z", out.detach()))]
     try:
         with torch.no_grad():
-            if model.cfg.original_architecture not in POST_NORM_ARCHITECTURES:
-                q_in, k_in, v_in = blk.ln1(q_in), blk.ln1(k_in), blk.ln1(v_in)
+            ln1 = attn_in_norm(model, layer)
+            q_in, k_in, v_in = ln1(q_in), ln1(k_in), ln1(v_in)
             blk.attn(query_input=q_in, key_input=k_in, value_input=v_in)
     finally:
         for h in handles:
@@ -185,7 +198,7 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
                 vi[:, :, n.head] = clean_cache[n.hook][:, :, n.head]
                 _, z0 = attention_run(model, n.layer, qi, ki)
                 _, z1 = attention_run(model, n.layer, qi, ki, vi)
-                v_writes[j] = torch.einsum("bphe,hed->bpd", z1 - z0, model.blocks[n.layer].attn.W_O)
+                v_writes[j] = attention_output(model, n.layer, z1) - attention_output(model, n.layer, z0)
                 n_attn += 2
         targets = [acts[k] for k in keep_names]
         atp, lin, patgrads = [], [], []
@@ -211,7 +224,7 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
                     T[k] = torch.zeros_like(delta[k])  # below, from the head's output change
                 else:
                     site = next(n for n in nodes if n.hook == k)
-                    T[k] = _project(model, site, cum[min(first_reader(site), L)])
+                    T[k] = _project(model, site, cum[min(first_reader(site), L)], acts[k].detach())
             lin_d = node_values(nodes, {k: delta[k] * T[k] for k in names}, positions)
             for j, w in v_writes.items():
                 lin_d[:, j] = (w * cum[min(nodes[j].layer + 1, L)]).flatten(1).sum(1)
@@ -228,7 +241,8 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
             for a in range(0, len(writers), node_chunk):
                 js = writers[a:a + node_chunk]
                 dw = torch.stack([v_writes[j] if j in v_writes else
-                                  residual_write(model, nodes[j], delta[nodes[j].hook], positions) for j in js])
+                                  residual_write(model, nodes[j], delta[nodes[j].hook], positions,
+                                                 acts[nodes[j].hook].detach()) for j in js])
                 q = (r[None] + dw).flatten(0, 1)  # [c*b, pos, d_model]
                 pat, _ = attention_run(model, l, _heads(q, cfg.n_heads), _heads(q, _n_kv(model)))
                 diff = pat.view(len(js), b, *pat.shape[1:]) - base[None]

@@ -19,7 +19,8 @@ index.
 
 Edges (`Edge`) run from a sender's output through the residual stream into a receiver's input.
 Senders (`senders`): Site("embed", -1) (token plus positional embedding), Site("z", l, head=h) (the
-head's output, z @ W_O[h]) and Site("mlp_out", l). Receivers (`receivers`): each head's query, key and
+head's output, z @ W_O[h]; on blocks that normalise their output, its share of the normalised output, so the
+senders still sum to the residual stream: core.writes) and Site("mlp_out", l). Receivers (`receivers`): each head's query, key and
 value input, Site("q" | "k" | "v", l, head=h) (with grouped-query attention keys and values belong to
 key/value groups: Site("k", l, head=g, grouped=True), "L3G1.k"), each MLP's input Site("mlp_in", l)
 and the unembedding's input Site("logits", n_layers). A sender feeds every receiver in a later layer,
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..core.sites import Site, n_kv_heads
+from ..core.writes import head_writes
 
 Level = Literal["heads", "mlps", "neurons", "positions", "qkv"]
 NODE_LEVELS = ("heads", "mlps", "neurons", "positions", "qkv")
@@ -264,9 +266,8 @@ def sender_outputs(model, cache: Mapping[str, Tensor], S: list[Site]) -> Tensor:
             if "hook_pos_embed" in cache and model.cfg.positional_embedding_type == "standard":
                 e = e + cache["hook_pos_embed"]
             outs.append(e)
-        elif s.kind == "z":
-            z = cache[s.hook][:, :, s.head]
-            outs.append(z @ model.blocks[s.layer].attn.W_O[s.head])
+        elif s.kind == "z":  # on post-norm blocks: the head's share of the normalised output (core.writes)
+            outs.append(head_writes(model, s.layer, cache[s.hook], [s.head])[:, :, 0])
         else:
             outs.append(cache[s.hook])
     return torch.stack(outs, 2)

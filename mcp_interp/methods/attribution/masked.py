@@ -25,6 +25,7 @@ from ..core.forward import cache_bytes_per_row, memory_budget, prefix_cache, pre
 from ..core.metrics import Metric
 from ..core.progress import check_cancelled
 from ..core.sites import Site
+from ..core.writes import head_writes
 from .components import QKV
 from .nodes import final_metric
 
@@ -112,9 +113,8 @@ def _masked_chunk(model, base: Tensor, other_t: Tensor, masks: Tensor, metric: M
         return act
 
     def on_z(act, hook, cols, heads):
-        W_O = model.blocks[S[cols[0]].layer].attn.W_O[heads]  # [h, d_head, d_model]
-        z = act[:, :, heads].view(k, b, p, len(heads), -1)
-        put(cols, torch.einsum("kbphe,hed->khbpd", z, W_O).reshape(k, len(heads), -1))
+        w = head_writes(model, S[cols[0]].layer, act, heads)  # [k*b, p, h, d_model]
+        put(cols, w.view(k, b, p, len(heads), -1).permute(0, 3, 1, 2, 4).reshape(k, len(heads), -1))
         return act
 
     def on_mlp(act, hook, i):

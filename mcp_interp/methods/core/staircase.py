@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from .block import fast_block, past_kv, segments, write_patch
 from .sites import Site
+from .writes import mlp_readout
 
 # The site kinds activation patching covers, and the integer code each carries inside the engine's row
 # tensors (Rows.site) and patch lists (fast_block's `patches`). Internal: the public vocabulary is `Site`.
@@ -48,20 +48,6 @@ def act_name(model, site: Site) -> str:
 def _hook_module(model, site_code: int, layer: int):
     blk = model.blocks[layer]
     return {1: blk.hook_attn_out, 2: blk.hook_mlp_out, 3: blk.attn.hook_z}[site_code]
-
-
-def mlp_readout(model, layer: int, post: Tensor) -> Tensor:
-    """What MLP `layer` adds to the residual stream (its hook_mlp_out) given its hidden activations post [..., d_mlp]
-    (hook_post): W_out, b_out, then the norms some architectures apply before the residual add. -> [..., d_model]"""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    blk = model.blocks[layer]
-    out = F.linear(post, blk.mlp.W_out.T, blk.mlp.b_out)
-    if model.cfg.use_normalization_before_and_after:
-        out = blk.ln2_post(out)
-    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        out = blk.ln2(out)
-    return out
 
 
 # ---------------------------------------------------------------- FLOP model (what is really run)

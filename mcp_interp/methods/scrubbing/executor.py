@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 from transformer_lens.utilities.activation_functions import apply_softcap
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ..core.metrics import final_normed
 from ..core.progress import Progress, check_cancelled
 from ..core.sites import n_kv_heads
+from ..core.writes import attention_output, attn_in_norm, check_head_shares, head_writes, mlp_in_norm
 from .nodes import OUTPUT, CNode, Compiled, ModelShape, components, site_of
 from .tree import TreePlan
 
@@ -47,12 +47,13 @@ ROW_BUDGET_BYTES = 256 * 2**20  # activations of one batched call, roughly
 
 
 def check_architecture(model) -> None:
-    """ValueError unless the residual stream is a plain sum of per-head and MLP outputs (pre-norm blocks),
-    which the decomposition of every copy's input needs."""
-    cfg = model.cfg
-    if cfg.use_normalization_before_and_after or cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        raise ValueError(f"causal scrubbing needs pre-norm blocks whose outputs add into the residual stream; "
-                         f"{cfg.original_architecture or cfg.model_name} normalises block outputs")
+    """ValueError unless the residual stream is a sum of per-head and MLP writes, which the decomposition of every
+    copy's input needs: pre-norm blocks, or post-norm blocks whose heads' shares sum to the output
+    (core.writes.check_head_shares)."""
+    try:
+        check_head_shares(model)
+    except ValueError as e:
+        raise ValueError(f"causal scrubbing needs the residual stream as a sum of per-head and MLP writes: {e}") from e
 
 
 def device_of(model) -> torch.device:
@@ -97,10 +98,11 @@ class CleanRun:
         act = self.act
         self.resid: dict[tuple[str, int], Tensor] = {k: act[h] for k, h in streams.items()}
         self.sf = act["hook_pos_embed"][:1] if "hook_pos_embed" in act else None
-        self.W_O = [model.blocks[l].attn.W_O for l in range(L)]
-        b_O = [model.blocks[l].attn.b_O for l in range(L)]
         zero = torch.zeros(cfg.d_model, device=self.resid[("pre", 0)].device, dtype=self.resid[("pre", 0)].dtype)
-        # What is left in a residual stream when every component output is zero: the attention biases.
+        # What is left in a residual stream when every component output is zero: each attention's output for z = 0
+        # (its bias, normalised on post-norm blocks).
+        z0 = torch.zeros(cfg.n_heads, cfg.d_head, device=zero.device, dtype=zero.dtype)
+        b_O = [attention_output(model, l, z0) for l in range(L)]
         self.const = {("pre", l): sum(b_O[:l], zero) for l in range(L + 1)}
         self.const |= {("mid", l): sum(b_O[:l + 1], zero) for l in range(L)}
         self._means: dict = {}
@@ -130,14 +132,13 @@ class CleanRun:
 
     def out(self, c: CNode, idx: Tensor, pos: Tensor) -> Tensor:
         """Clean output of node c on examples idx [m] at positions pos [p]: [m, p, d_model] (a head's: its
-        hook_z through its W_O)."""
+        hook_z through its W_O, its share of a post-norm block's output: core.writes)."""
         s = c.site
         if s.kind == "embed":  # token (+ positional) embeddings: the stream entering block 0
             return self.resid[("pre", 0)][idx][:, pos]
         if s.head is None:
             return self.act[s.hook][idx][:, pos]
-        z = self.act[s.hook][idx][:, pos, s.head]  # [m, p, d_head]
-        return z @ self.W_O[s.layer][s.head]
+        return head_writes(self.model, s.layer, self.act[s.hook][idx][:, pos], [s.head])[:, :, 0]
 
     def mean_out(self, c: CNode, pos: Tensor) -> Tensor:
         """Mean over the group of node c's clean output, at positions pos [p]: [p, d_model]."""
@@ -387,8 +388,8 @@ class Executor:
             if g.node.kind in ("resid", OUTPUT):
                 parts.append(x["resid"])
             elif g.node.kind == "mlp":
-                block = self.model.blocks[g.node.layer]
-                parts.append(block.apply_mlp(block.ln2(x["resid"])))
+                l = g.node.layer
+                parts.append(self.model.blocks[l].apply_mlp(mlp_in_norm(self.model, l)(x["resid"])))
             else:
                 parts.append(self._attend(g.node.layer, x, len(g.cols)))
         self.rows_run += len(g.rows)
@@ -398,11 +399,12 @@ class Executor:
         """hook_z of layer l's attention [m, P, n_heads, d_head] on inputs [m, P, d_model] by path (resid: one
         input for q, k and v; else one each)."""
         cfg, block = self.model.cfg, self.model.blocks[l]
+        ln1 = attn_in_norm(self.model, l)
         if "resid" in x:
-            q = block.ln1(x["resid"])
+            q = ln1(x["resid"])
             k = v = q
         else:
-            q, k, v = (block.ln1(x[p]) for p in ("q", "k", "v"))
+            q, k, v = (ln1(x[p]) for p in ("q", "k", "v"))
         if self.clean.sf is not None:
             q, k = q + self.clean.sf[:, :P], k + self.clean.sf[:, :P]
         if cfg.use_split_qkv_input or cfg.use_attn_in:
@@ -415,10 +417,11 @@ class Executor:
         return got[0]
 
     def _head_outputs(self, site, pos: tuple[int, ...], pairs: list[tuple[int, int]]) -> None:
-        """Outputs z[pos, head] @ W_O[head] of the rows (output id, input id) of one head at its positions."""
+        """Outputs z[pos, head] @ W_O[head] of the rows (output id, input id) of one head at its positions (on a
+        post-norm block: its share of the layer's normalised output on the same input, core.writes)."""
         p = torch.as_tensor(pos, device=self.dev)
-        z = self._gather([j for _, j in pairs])[:, p, site.head]  # [m, p, d_head]
-        self._store([k for k, _ in pairs], z @ self.clean.W_O[site.layer][site.head])
+        z = self._gather([j for _, j in pairs])[:, p]  # [m, p, n_heads, d_head]
+        self._store([k for k, _ in pairs], head_writes(self.model, site.layer, z, [site.head])[:, :, 0])
 
     @torch.inference_mode()
     def run(self, runs: list[Run]) -> list[Tensor]:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mcp_interp.methods.attribution import final_metric
 from mcp_interp.methods.core import Metric, Site
+from mcp_interp.methods.core.writes import head_writes
 
 QKV = ("q", "k", "v")
 
@@ -48,9 +49,8 @@ def loop_masked_forward(model, base: Tensor, other: Tensor, masks: Tensor, metri
         return act
 
     def on_z(act, hook, layer):
-        W_O = model.blocks[layer].attn.W_O
-        for i, s in head_senders[layer]:
-            current[i] = act[:, :, s.head] @ W_O[s.head]
+        for i, s in head_senders[layer]:  # (on post-norm blocks a head's share of the normalised output)
+            current[i] = head_writes(model, layer, act, [s.head])[:, :, 0]
         return act
 
     def on_mlp(act, hook, i):

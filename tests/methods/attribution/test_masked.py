@@ -18,6 +18,17 @@ TINY = {
     # learned positional embedding (the embed sender is token + position), LayerNorm, GELU MLP
     "standard": dict(n_layers=3, d_model=32, n_heads=3, d_head=8, d_mlp=48, act_fn="gelu", normalization_type="LN"),
     "attn_only": dict(n_layers=2, d_model=24, n_heads=3, d_head=8, attn_only=True, normalization_type="LN"),
+    # Gemma 2/3: norms before and after each sublayer (a head's write is its share of the normalised output), GQA,
+    # q/k norm, soft caps
+    "gemma_post_norm": dict(n_layers=3, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=48,
+                            act_fn="gelu_pytorch_tanh", gated_mlp=True, normalization_type="RMS",
+                            positional_embedding_type="rotary", use_qk_norm=True,
+                            use_normalization_before_and_after=True, attn_scores_soft_cap=5.0,
+                            output_logits_soft_cap=3.0),
+    # OLMo 2: no norm before a sublayer, one after; q/k norms over whole projections
+    "olmo2_post_norm": dict(n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=48, act_fn="silu", gated_mlp=True,
+                            normalization_type="RMS", positional_embedding_type="rotary",
+                            original_architecture="Olmo2ForCausalLM"),
 }
 
 
@@ -72,6 +83,12 @@ def test_masked_forward_equals_the_per_receiver_loop(name, one_thread):
     assert shared_prefix(x, xc) == 2 and (pre - want).abs().max() <= 1e-5 and (pre_tiny - want).abs().max() <= 1e-5
     # identities: nothing patched is the base run, every allowed edge patched is the other run
     assert (got[0] - clean).abs().max() <= 1e-5 and (got[1] - corrupt).abs().max() <= 1e-4
+    # every edge into the logits alone: the senders' writes of the base run must sum to its residual stream (on
+    # post-norm blocks only the heads' shares of the normalised output do), so the logits read the other run's
+    with split_inputs(model):
+        into_logits = allowed & torch.tensor([r.kind == "logits" for r in R])[None, :]
+        last = masked_forward(model, x, other, into_logits[None], metric, idx, S, R)
+    assert (last[0] - corrupt).abs().max() <= 1e-4
 
 
 def test_edge_circuit_metrics_on_a_planted_toy_equal_the_loop(one_thread):
