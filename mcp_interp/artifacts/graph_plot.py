@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+
+MAX_TAGGED_EDGES = 80     # beyond this, edges are drawn as one collection of lines, without interp tags
+MAX_LABELLED_NODES = 60   # beyond this, nodes carry their unit label only
 
 
 def hypothesis_graph(graph: Mapping, title: str = "", value: str = "drop_effect",
@@ -24,8 +29,13 @@ def hypothesis_graph(graph: Mapping, title: str = "", value: str = "drop_effect"
     stages = sorted({n["stage"] for n in nodes})
     rows: dict[int, list[dict]] = {s: [n for n in nodes if n["stage"] == s] for s in stages}
     width = max(len(r) for r in rows.values())
-    fig = Figure(figsize=(min(16.0, 2.0 + 1.9 * width), min(14.0, 1.6 + 1.15 * len(stages))), layout="constrained")
+    big = len(nodes) > MAX_LABELLED_NODES
+    # constrained layout measures every text artist: minutes on a graph of hundreds of nodes
+    fig = Figure(figsize=(min(16.0, 2.0 + 1.9 * width), min(14.0, 1.6 + 1.15 * len(stages))),
+                 layout=None if big else "constrained")
     FigureCanvasAgg(fig)
+    if big:
+        fig.subplots_adjust(left=0.01, right=0.92, top=0.95, bottom=0.01)
     ax = fig.add_subplot()
     xy = {}
     for y, s in enumerate(stages):
@@ -36,7 +46,10 @@ def hypothesis_graph(graph: Mapping, title: str = "", value: str = "drop_effect"
     lim = max([abs(v) for v in vals] + [1e-9])
     norm, cmap = Normalize(-lim, lim), "RdBu_r"
     sm = ScalarMappable(norm=norm, cmap=cmap)
-    for e in edges:
+    if len(edges) > MAX_TAGGED_EDGES:  # e.g. everything_matters on a 30-layer model: 10^4 edges, untagged lines
+        segs = [[xy[e["source"]], xy[e["target"]]] for e in edges]
+        ax.add_collection(LineCollection(segs, colors="0.45", linewidths=0.3, alpha=min(1.0, 40 / len(edges) ** 0.5)))
+    for e in edges if len(edges) <= MAX_TAGGED_EDGES else []:
         (x0, y0), (x1, y1) = xy[e["source"]], xy[e["target"]]
         ax.annotate("", xy=(x1, y1 - 0.18), xytext=(x0, y0 + 0.18),
                     arrowprops={"arrowstyle": "->", "color": "0.45", "lw": 1.0, "shrinkA": 0, "shrinkB": 0})
@@ -48,6 +61,10 @@ def hypothesis_graph(graph: Mapping, title: str = "", value: str = "drop_effect"
         v = n.get(value)
         face = sm.to_rgba(v) if v is not None else (0.9, 0.9, 0.9, 1.0)
         text = n["label"] if n["label"] == n["name"] else f"{n['name']}\n{n['label']}"
+        if big:  # hundreds of nodes: the unit label only
+            ax.text(x, y, n["label"], ha="center", va="center", fontsize=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": face, "ec": "0.2", "lw": 0.3})
+            continue
         if n["kind"] != "output":
             text += f"\n~ {n['interp']}" + (f"\n{v:+.2f}" if v is not None else "")
         ax.text(x, y, text, ha="center", va="center", fontsize=8,

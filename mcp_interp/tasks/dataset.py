@@ -102,8 +102,12 @@ def encode_prompt(tokenizer: Tokenizer, text: str, field_name: str = "templates"
 
 
 def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
-                  counterfactual: str | None = None, distinct: bool = True) -> TaskDataset:
-    """n clean/counterfactual pairs with distinct clean prompts (when `distinct`), deterministic in seed."""
+                  counterfactual: str | None = None, distinct: bool = True, up_to: bool = False,
+                  answer_changes: bool = False) -> TaskDataset:
+    """n clean/counterfactual pairs with distinct clean prompts (when `distinct`), deterministic in seed. `up_to`:
+    fewer than n when the task has fewer distinct prompts (at least one), instead of an error. `answer_changes`:
+    only pairs whose counterfactual changes the answer (a logit difference needs two answers; e.g. parens'
+    resample_all keeps the label in ~90 % of pairs)."""
     try:
         cf_spec = spec.counterfactual(counterfactual)
     except KeyError:
@@ -113,7 +117,7 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
     rng = random.Random(seed)
     examples: list[Example] = []
     seen: set[str] = set()
-    failures = 0
+    failures = unchanged = 0
     unresolved: dict[str, list[int]] = {}
     for _ in range(max(50 * n, 1000)):
         if len(examples) == n:
@@ -125,6 +129,9 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
         cf = model.counterfactual(base, cf_spec, rng)
         if cf is None:
             failures += 1
+            continue
+        if answer_changes and model.answer(base) == model.answer(cf):
+            unchanged += 1
             continue
         seen.add(rendered.text)
         cf_rendered = model.render(cf)
@@ -145,7 +152,12 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
             ex.good_ids, ex.bad_ids = _answer_set_ids(spec, tokenizer, base)
             ex.cf_good_ids, ex.cf_bad_ids = _answer_set_ids(spec, tokenizer, cf)
         examples.append(ex)
-    if len(examples) < n:
+    if len(examples) < n and not (up_to and examples) and unchanged and not failures:
+        raise TaskSpecError(
+            "counterfactual", f"only {len(examples)} of {n} pairs have a counterfactual {cf_spec.name!r} that changes "
+            f"the answer ({unchanged} kept it), and a logit difference needs two answers. Fix: a counterfactual that "
+            f"changes the answer, metric='prob', or a smaller n")
+    if len(examples) < n and not (up_to and examples):
         why = (f"the counterfactual {cf_spec.name!r} failed the constraints {failures} times"
                if failures else "the variables do not have enough combinations of values")
         raise TaskSpecError(

@@ -12,7 +12,7 @@ from ..artifacts import plots
 from ..methods.attribution import run_attribution
 from ..methods.core import Progress, ci_dict
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
     run.publish("result.json")
     _plots(run, args, spec, lm, rep, len(ds))
     gap = float(np.mean(rep.m_clean) - np.mean(rep.m_corrupt))
-    warnings = []
+    warnings = metric_note(spec, args.metric, metric_name)
     if abs(gap) < 0.5 and metric_name == "logit_diff":
         warnings.append(f"the clean-counterfactual gap is small ({gap:.3f}): normalised scores are noisy")
     if args.method == "act_diff":

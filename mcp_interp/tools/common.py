@@ -83,9 +83,10 @@ def validate_or_raise(spec: TaskSpec, tokenizer, model_id: str, n: int | None = 
     return report
 
 
-def dataset(spec: TaskSpec, tokenizer, n: int, seed: int, counterfactual: str | None) -> TaskDataset:
+def dataset(spec: TaskSpec, tokenizer, n: int, seed: int, counterfactual: str | None,
+            up_to: bool = False, answer_changes: bool = False) -> TaskDataset:
     try:
-        return build_dataset(spec, tokenizer, n, seed, counterfactual)
+        return build_dataset(spec, tokenizer, n, seed, counterfactual, up_to=up_to, answer_changes=answer_changes)
     except TaskSpecError as e:
         field = "counterfactual" if e.field == "counterfactual" else ("n" if e.field == "variables" else f"task.{e.field}")
         raise ToolError(f"{field}: {e.message}") from None
@@ -139,10 +140,16 @@ def task_metric(name: str, ds: TaskDataset):
     return LogitDiffMetric(answer, torch.tensor([e.cf_answer_id for e in ds.examples]))
 
 
+CONTINUOUS_METRICS = ("logit_diff", "prob", "prob_diff")
+
+
 def per_token_metric(spec: TaskSpec, metric: str | None, tool: str) -> str:
     """The metric a patching-style tool uses: the requested one or the task's, which must be read from the final
-    position's logits (logit_diff, prob, or prob_diff on a task with an answer set; not accuracy)."""
+    position's logits (logit_diff, prob, or prob_diff on a task with an answer set; not accuracy). A task scored by
+    accuracy gets its continuous counterpart when none is requested (`metric_note` says so)."""
     name = metric or spec.metric
+    if metric is None and name not in CONTINUOUS_METRICS:
+        name = "prob_diff" if spec.answer_set is not None else "logit_diff"
     if name == "prob_diff" and spec.answer_set is None:
         raise ToolError(f"metric: prob_diff needs the task's answer_set; task {spec.name!r} has none. Fix: pass "
                         f"metric='logit_diff' or 'prob'.")
@@ -152,11 +159,21 @@ def per_token_metric(spec: TaskSpec, metric: str | None, tool: str) -> str:
     return name
 
 
+def metric_note(spec: TaskSpec, metric: str | None, used: str) -> list[str]:
+    """The warning for a task metric replaced by `per_token_metric` (empty when none was)."""
+    if metric is None and spec.metric not in CONTINUOUS_METRICS:
+        return [f"task {spec.name!r} is scored by {spec.metric}, which is not a continuous function of the logits; "
+                f"effects are measured with {used} (pass metric= to choose another)"]
+    return []
+
+
 def pair_dataset(spec: TaskSpec, lm, model_id: str, n: int, seed: int, variable: str | None,
                  counterfactual: str | None, metric_name: str):
     """Validated clean/counterfactual pairs for patching: (dataset, metric, clean tokens, counterfactual tokens)."""
     validate_or_raise(spec, lm.tokenizer, model_id)
-    ds = dataset(spec, lm.tokenizer, n, seed, counterfactual_name(spec, variable, counterfactual))
+    # a logit difference needs pairs with two answers: keep only those (no effect where every pair has two)
+    ds = dataset(spec, lm.tokenizer, n, seed, counterfactual_name(spec, variable, counterfactual),
+                 answer_changes=metric_name == "logit_diff")
     check_pairs(ds, metric_name)
     clean = [torch.tensor(e.tokens) for e in ds.examples]
     corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]

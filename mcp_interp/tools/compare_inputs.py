@@ -119,8 +119,9 @@ class Rows:
 def task_rows(args: Any, spec, lm_a, lm_b, cf_name: str | None) -> Rows:
     for lm, side, f in ((lm_a, args.a, "a"), (lm_b, args.b, "b")):
         validate_or_raise(spec, lm.tokenizer, side.model)
-    ds_a = dataset(spec, lm_a.tokenizer, args.n, args.seed, cf_name)
-    ds_b = dataset(spec, lm_b.tokenizer, args.n, args.seed, cf_name)
+    # the causal tests read a logit difference: pairs whose counterfactual changes the answer
+    ds_a = dataset(spec, lm_a.tokenizer, args.n, args.seed, cf_name, answer_changes=True)
+    ds_b = dataset(spec, lm_b.tokenizer, args.n, args.seed, cf_name, answer_changes=True)
     if [e.prompt for e in ds_a.examples] != [e.prompt for e in ds_b.examples]:
         raise ToolError(f"task: {spec.name!r} draws different prompts for the two tokenizers, so examples cannot be "
                         f"aligned. Fix: a task whose prompts do not depend on the tokenizer.")

@@ -14,7 +14,7 @@ from ..methods.patching import cell_dict, dominant_positions, grid_cells, normal
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, pair_dataset, per_token_metric, resolve_task
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def _result(run: ToolRun, args, spec, lm, ds, columns, layers, cells, res, eff, 
                                  "tensor_layout": "effects.safetensors: {site}.mean/lo/hi [layer, position(, head)], "
                                  "{site}.per_example [example, layer, position(, head)], metric.* per example"})
     run.publish("result.json")
-    warnings = list(pos_warnings)
+    warnings = list(pos_warnings) + metric_note(spec, args.metric, metric_name)
     if res.extra.get("engine"):
         warnings.append(f"computed by the {res.extra['engine']}; exact, only slower")
     undefined = int(np.sum(~np.isfinite(eff["mean"])) + np.sum(~np.isfinite(eff["lo"]) | ~np.isfinite(eff["hi"])))

@@ -120,7 +120,7 @@ def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], 
                 raise ToolError("task: corpus='task' needs `task` (list_tasks).")
             spec = resolve_task(run.app, args.task)
             n = max(8, -(-args.tokens // 8))
-            ds = dataset(spec, lm.tokenizer, min(n, 100_000), args.seed, None)
+            ds = dataset(spec, lm.tokenizer, min(n, 100_000), args.seed, None, up_to=True)  # every prompt it has
             return [e.tokens for e in ds.examples], f"task:{spec.name}"
         if args.corpus == "random":
             return F.random_windows(lm.model.cfg.d_vocab, ctx, args.tokens, args.seed), "random"
@@ -222,6 +222,9 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
 
     q = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in quality.items()}
     warnings = []
+    if len(acts.acts) < args.tokens:
+        warnings.append(f"the corpus gave {len(acts.acts)} of the {args.tokens} activation vectors asked for (corpus "
+                        f"{corpus} has no more); the SAE saw fewer distinct rows than `tokens` suggests")
     if q["dead"] > 0.5 * d_sae:
         warnings.append(f"{q['dead']} of {d_sae} latents never fired on held-out rows: fewer latents, a lower lr, or "
                         f"more tokens")

@@ -21,6 +21,9 @@ def tiny_model(kind: str, L: int = 3, H: int = 4, V: int = 50) -> HookedTransfor
                                       n_key_value_heads=2, use_qk_norm=True,
                                       use_normalization_before_and_after=True, attn_scores_soft_cap=5.0,
                                       output_logits_soft_cap=3.0, **common)
+    elif kind == "shortformer":  # the induction toys' positions: added to queries and keys, not the stream
+        cfg = HookedTransformerConfig(act_fn="gelu", normalization_type="LN", positional_embedding_type="shortformer",
+                                      **common)
     elif kind == "olmo2":  # OLMo 2: no norm before a sublayer, one after; q/k norms over whole projections
         cfg = HookedTransformerConfig(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
                                       rotary_dim=8, gated_mlp=True, original_architecture="Olmo2ForCausalLM", **common)

@@ -76,8 +76,12 @@ async def test_locate_errors_and_cache(store_dir):
         assert "layers" in await call_error(c, "locate", {"model": TOY, "task": "induction", "layers": [7]})
         text = await call_error(c, "locate", {"model": TOY, "task": "induction", "positions": ["NOPE"]})
         assert "positions" in text and "FIRST_X6" in text
-        text = await call_error(c, "locate", {"model": TOY, "task": "parens"})
-        assert "metric" in text
+        text = await call_error(c, "locate", {"model": TOY, "task": "parens", "metric": "accuracy"})
+        assert "metric" in text  # the schema offers logit_diff, prob and prob_diff only
+        # asked for nothing, a task scored by accuracy is patched on its logit difference, and told so; pairs whose
+        # counterfactual keeps the label (most of parens' resample_all) are left out: a logit difference needs two
+        parens = await finish(c, await call(c, "locate", {"model": TOY, "task": "parens", "n": 8}))
+        assert parens["metric"] == "logit_diff" and any("accuracy" in w for w in parens["warnings"])
         text = await call_error(c, "locate", {"model": TOY, "task": "induction", "variable": "x1"})
         assert "variable" in text and "resample_x6" in text
         assert "sites" in await call_error(c, "locate", {"model": TOY, "task": "induction", "sites": ["nope"]})
@@ -168,8 +172,6 @@ async def test_answer_set_tasks_patch_on_prob_diff(store_dir):
         att = await finish(c, await call(c, "attribute", {"model": TOY, "task": "toy-greater", "n": 8,
                                                           "method": "exact", "wait_seconds": 120}))
         assert att["summary"].startswith("exact on heads")
-        text = await call_error(c, "locate", {"model": TOY, "task": "parens"})
-        assert "metric" in text and "prob_diff" in text  # accuracy is not continuous: the fix names the options
 
 
 @pytest.mark.slow

@@ -122,11 +122,9 @@ def _project(model, site: Site, resid_grad: Tensor, base: Tensor | None = None) 
 
 def attention_run(model, layer: int, q_in: Tensor, k_in: Tensor, v_in: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Layer `layer`'s attention for the given residual-stream query, key and value inputs, exactly as the block
-    computes it (its LayerNorm, rotary, mask, softmax). q_in [batch, pos, n_heads, d_model], k_in and v_in
+    computes it (its LayerNorm, rotary or shortformer positions, mask, softmax). q_in [batch, pos, n_heads, d_model], k_in and v_in
     (default k_in) [batch, pos, n_kv_heads, d_model] -> (pattern [batch, n_heads, query pos, key pos], z [batch,
     pos, n_heads, d_head]). Call inside split_inputs."""
-    if model.cfg.positional_embedding_type == "shortformer":
-        raise ValueError("atp_star's QK fix does not support shortformer positional embeddings; use atp or exact")
     blk = model.blocks[layer]
     v_in = k_in if v_in is None else v_in
     got: dict[str, Tensor] = {}
@@ -136,6 +134,9 @@ def attention_run(model, layer: int, q_in: Tensor, k_in: Tensor, v_in: Tensor | 
         with torch.no_grad():
             ln1 = attn_in_norm(model, layer)
             q_in, k_in, v_in = ln1(q_in), ln1(k_in), ln1(v_in)
+            if model.cfg.positional_embedding_type == "shortformer":  # positions enter queries and keys only
+                pe = model.pos_embed.W_pos[:q_in.shape[1]].to(q_in.dtype)[None, :, None, :]
+                q_in, k_in = q_in + pe, k_in + pe
             blk.attn(query_input=q_in, key_input=k_in, value_input=v_in)
     finally:
         for h in handles:

@@ -102,8 +102,6 @@ def prepare(model, examples, site: Site, max_batch: int = 64, block: str = "auto
 
     t0 = time.perf_counter()
     site.check(model)
-    if model.cfg.positional_embedding_type == "shortformer":
-        raise ValueError("DAS's suffix forward does not support shortformer positional embeddings")
     if block not in ("auto", "lean", "tl"):
         raise ValueError(f"block must be 'auto', 'lean' or 'tl', not {block!r}")
     if block == "lean" and not lean_ok(model):
@@ -262,8 +260,11 @@ def intervened_logits(model, dc: DASCache, ex: Tensor, delta: Tensor | None) -> 
                 else:
                     full, point = _pad_first(_head_delta(d, site.head, cfg.n_heads), S), blk.attn.hook_z
                 handle = point.register_forward_hook(_add_hook(full))
+            pos = None
+            if cfg.positional_embedding_type == "shortformer":  # positions p..T-1 enter queries and keys, as in TL
+                pos = model.pos_embed.W_pos[bk.p:bk.p + S].to(h.dtype)[None].expand(h.shape[0], -1, -1)
             try:
-                h = model.blocks[layer](h, past_kv_cache_entry=entry)
+                h = model.blocks[layer](h, shortformer_pos_embed=pos, past_kv_cache_entry=entry)
             finally:
                 if handle is not None:
                     handle.remove()

@@ -57,14 +57,15 @@ def test_atp_star_shares_exact_patchings_scale():
     assert torch.allclose(star, ex, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["rope_gqa", "gemma", "olmo2"])
+@pytest.mark.parametrize("kind", ["rope_gqa", "gemma", "olmo2", "shortformer"])
 def test_atp_star_reduces_to_atp_for_small_patches(kind):
     """The QK fix replaces the linear estimate of the same paths, so for a patch scaled by eps it differs from AtP
     by O(eps^2): (AtP*(eps delta) / eps) -> AtP(delta). Checked on random models with RMSNorm, rotary,
     grouped-query attention and gated MLPs, for head outputs, MLPs, neurons and q/k/v inputs; and on blocks that
     normalise their outputs before the residual add (Gemma 2/3: norms before and after; OLMo 2: after only),
     where a unit's write is its sublayer's normalised output recomputed and the linear term runs through the
-    norm's Jacobian — with raw z @ W_O writes the error stays O(1) there."""
+    norm's Jacobian — with raw z @ W_O writes the error stays O(1) there; and shortformer positions (added to the
+    recomputed queries and keys, as the induction toys' blocks do)."""
     torch.manual_seed(0)
     if kind == "rope_gqa":
         cfg = HookedTransformerConfig(n_layers=3, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64,

@@ -216,11 +216,20 @@ def _rotary_gqa_model():
 
 
 @pytest.mark.parametrize("block", ["lean", "tl"])
-@pytest.mark.parametrize("which", ["tiny-random", "rotary-gqa"])
+@pytest.mark.parametrize("which", ["tiny-random", "rotary-gqa", "shortformer", "gemma", "olmo2"])
 def test_suffix_forward_matches_full_hooked_forward(which, block):
     """Every site kind, every position (cached past keys/values included), k < d, both blocks:
-    equals TransformerLens' run_with_hooks on the full prompts."""
-    model = get_toy("tiny-random").builder()[0] if which == "tiny-random" else _rotary_gqa_model()
+    equals TransformerLens' run_with_hooks on the full prompts. Shortformer positions (the induction toys':
+    added to queries and keys of the suffix and of the cached past) and post-norm blocks (Gemma 2/3, OLMo 2)
+    run TransformerLens' blocks only."""
+    from ..tiny_models import tiny_model
+
+    if which in ("shortformer", "gemma", "olmo2"):
+        if block == "lean":
+            pytest.skip("the lean block does not model this architecture (lean_ok is False: TL's blocks run it)")
+        model = tiny_model(which, V=40)
+    else:
+        model = get_toy("tiny-random").builder()[0] if which == "tiny-random" else _rotary_gqa_model()
     examples = _random_examples(model.cfg.d_vocab, 12, seed=1)
     sites = [Site(kind, layer) for kind in ("resid_pre", "resid_post", "attn_out", "mlp_out") for layer in (0, 1)]
     sites += [Site("z", 1, head=2), Site("resid_post", model.cfg.n_layers - 1)]
