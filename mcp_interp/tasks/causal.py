@@ -45,10 +45,34 @@ class CausalModel:
         self.domains = {k: v.domain() for k, v in spec.variables.items()}
         self.order = self._topological_order()
 
+    def _deps(self) -> dict[str, set[str]]:
+        """mechanism -> the variables its expression (or lookup key) reads."""
+        return {name: {mech.key} if mech.lookup is not None else set(expressions.names_used(mech.expr or ""))
+                for name, mech in self.spec.mechanisms.items()}
+
+    def ancestors(self, names) -> set[str]:
+        """Every variable (input or derived) that `names` are computed from, transitively (names excluded)."""
+        deps, out, todo = self._deps(), set(), list(names)
+        while todo:
+            for d in deps.get(todo.pop(), ()):
+                if d not in out:
+                    out.add(d)
+                    todo.append(d)
+        return out - set(names)
+
+    def descendants(self, name: str) -> set[str]:
+        """Every derived variable computed from `name`, transitively."""
+        return {m for m in self.spec.mechanisms if name in self.ancestors([m])}
+
+    def answer_variables(self) -> set[str]:
+        """The variables the answer template names, and everything they are computed from."""
+        import string
+
+        named = {f for _, f, _, _ in string.Formatter().parse(self.spec.answer) if f}
+        return named | self.ancestors(named)
+
     def _topological_order(self) -> list[str]:
-        deps = {}
-        for name, mech in self.spec.mechanisms.items():
-            deps[name] = {mech.key} if mech.lookup is not None else expressions.names_used(mech.expr or "")
+        deps = self._deps()
         order, state = [], {}
 
         def visit(n: str, path: list[str]) -> None:

@@ -101,6 +101,9 @@ class TrainDasResult(RunResult):
     test_iia: Stat = Field(description="held-out IIA (argmax over the vocabulary == counterfactual label)")
     test_iia_pair: float = Field(description="held-out: label logit > base answer logit")
     controls: dict[str, Stat] = Field(description="random_rotation (same k) and full_vector patching, on the test split")
+    full_vector_by_source: dict | None = Field(
+        None, description="full-vector IIA on the test pairs whose source differs from the base only in the variable "
+                          "vs the rest (the full vector also moves the other values a source carries)")
     base_accuracy: float = Field(description="test base prompts without intervention: argmax == base answer")
     rank_curve: RankCurve | None = None
     learning_curve: list[dict]
@@ -275,6 +278,21 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
             warnings.append(f"full-vector patching is also low ({full.mean:.2f}): {site} at "
                             f"{args.position} probably does not carry {args.variable!r}; try another layer or "
                             f"position (locate)")
+    by_source = None
+    if full is not None:
+        by_source = das_methods.full_vector_breakdown(data.test, res.controls["full_vector"], args.variable, spec)
+        if full.mean < test.mean - 0.1:
+            only, rest = by_source["iia_only_variable"], by_source["iia_other_variables_differ"]
+            warnings.append(
+                f"full-vector patching ({full.mean:.2f}) transfers less than the k={res.k} subspace ({test.mean:.2f}): "
+                f"the whole vector also carries the source's other values at this site, and in "
+                f"{by_source['n_other_variables_differ']} of {len(data.test)} test pairs the source differs from the base in "
+                f"{', '.join(by_source['other_variables_that_differ']) or 'other variables'} too, which the label keeps at "
+                f"the base's values" + (f" (full-vector IIA there {rest:.2f}" if rest is not None else "")
+                + (f"; {only:.2f} on the {by_source['n_only_variable']} pairs that differ only in "
+                   f"{args.variable!r})" if only is not None else ")")
+                + f". A subspace that isolates {args.variable!r} can beat it; counterfactual= a generator that "
+                  f"resamples only {args.variable!r} makes the two comparable")
     if res.base_accuracy < 0.8:
         warnings.append(f"the model answers only {res.base_accuracy:.0%} of the test base prompts correctly; "
                         f"IIA on a task it does not solve means little (run_baseline)")
@@ -306,7 +324,8 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
         run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable,
         site=_das_site(site, data.position, data.source_position), k=res.k, method=args.method,
         counterfactual=args.counterfactual, train_iia=train, test_iia=test,
-        test_iia_pair=round(res.test.iia_pair, 4), controls=ctrl, base_accuracy=res.base_accuracy,
+        test_iia_pair=round(res.test.iia_pair, 4), controls=ctrl, full_vector_by_source=by_source,
+        base_accuracy=res.base_accuracy,
         rank_curve=rank, learning_curve=res.curve, boundless=boundless,
         n_train=len(data.train), n_test=len(data.test), n_train_bases=len(train_bases),
         n_test_bases=len(test_bases), shared_bases=shared,

@@ -54,7 +54,13 @@ async def test_train_das_on_planted_direction(store_dir):
         assert out["test_iia"]["mean"] >= 0.95 and out["test_iia"]["n"] == out["n_test"]
         assert out["controls"]["random_rotation"]["mean"] <= 0.1
         assert out["shared_bases"] == 0 and out["n_test_bases"] > 0 and out["n_train_bases"] > 0
-        assert len(out["learning_curve"]) == 10 and not out["warnings"]
+        assert len(out["learning_curve"]) == 10
+        # full-vector patching also moves w (the answer depends on it): the result says so, and splits the pairs
+        (warning,) = out["warnings"]
+        assert "full-vector patching" in warning and "w" in warning
+        by = out["full_vector_by_source"]
+        assert by["other_variables_that_differ"] == ["w"] and by["iia_only_variable"] == 1.0
+        assert by["iia_other_variables_differ"] <= 0.1
         assert {"rotation.safetensors", "split.json", "learning_curve.png", "iia_bar.png"} <= set(out["files"])
 
         # the split as stored, read back through the MCP resource

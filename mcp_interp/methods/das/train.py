@@ -186,6 +186,31 @@ def _controls(model, dc_test: DASCache, k: int, seed: int, counter: dict) -> dic
             "full_vector": _evaluate(model, dc_test, full, counter=counter)}
 
 
+def full_vector_breakdown(examples, full: EvalResult, variable: str, spec) -> dict[str, Any]:
+    """Full-vector IIA split by what else the source changes. Patching the whole site vector moves every value the
+    source carries there, while the IIA label changes only `variable`; where the source also differs from the base
+    in another variable the answer depends on (not `variable`, what it is computed from, or what is computed from
+    it), the full vector can move that value too and be scored wrong. examples: the test examples in the order
+    `full` evaluated them (their `base` and `source` variable dicts); spec: the task (its causal graph). Returns n
+    and IIA (None where n = 0) of the pairs whose source agrees with the base on those other variables and of the
+    rest, and which other variables differ."""
+    from ...tasks.causal import CausalModel
+
+    cm = CausalModel(spec)
+    skip = {variable} | cm.ancestors([variable]) | cm.descendants(variable)
+    others = sorted(cm.answer_variables() - skip)
+    only = torch.tensor([all(e.base.get(v) == e.source.get(v) for v in others) for e in examples], dtype=torch.bool)
+    differing = [v for v in others if any(e.base.get(v) != e.source.get(v) for e in examples)]
+    correct = full.correct.bool()
+
+    def iia(mask: Tensor) -> float | None:
+        return float(correct[mask].float().mean()) if bool(mask.any()) else None
+
+    return {"n_only_variable": int(only.sum()), "iia_only_variable": iia(only),
+            "n_other_variables_differ": int((~only).sum()), "iia_other_variables_differ": iia(~only),
+            "other_variables_that_differ": differing}
+
+
 def prepare_caches(model, data, site: Site, caches, block: str = "auto", progress=None,
             should_cancel=None) -> tuple[DASCache, DASCache]:
     """(train, test) DASCaches of data.train and data.test at `site`: `caches` when given (checked to be for

@@ -112,6 +112,22 @@ def test_das_k1_recovers_planted_direction(trained0):
     assert r.cost["suffix_token_layers"] < r.cost["naive_train_token_layers"]
 
 
+def test_full_vector_breakdown_explains_the_full_vector_control(trained0):
+    """The planted-direction answer depends on g and on w; fresh sources differ from the base in w in ~3/4 of pairs,
+    and full-vector patching moves w too, so it is right only where w agrees: IIA 1.0 on the pairs that differ only
+    in g, ~0 on the rest (the DAS k=1 subspace moves g alone and scores ~1.0 on both)."""
+    from mcp_interp.methods.das import full_vector_breakdown
+
+    model, u, data, r = trained0
+    b = full_vector_breakdown(data.test, r.controls["full_vector"], "g", SPEC)
+    assert b["n_only_variable"] + b["n_other_variables_differ"] == len(data.test)
+    assert b["n_only_variable"] >= 5 and b["n_other_variables_differ"] >= 5
+    assert b["iia_only_variable"] == 1.0 and b["iia_other_variables_differ"] <= 0.1
+    assert b["other_variables_that_differ"] == ["w"]
+    das = full_vector_breakdown(data.test, r.test, "g", SPEC)  # any EvalResult splits alike
+    assert das["iia_only_variable"] >= 0.95 and das["iia_other_variables_differ"] >= 0.95
+
+
 def test_unseen_seed():
     model, tok, u, data = planted(9173, n=192)
     r = train_das(model, data, SITE, k=1, epochs=10, seed=5)
