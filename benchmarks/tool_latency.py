@@ -62,10 +62,15 @@ TARGET_S = 50.0
 MOVERS = [(23, 3), (20, 0), (29, 1), (23, 0), (24, 4), (29, 0)]
 
 
+def movers(c: dict) -> bool:
+    """Whether the scrubbing hypothesis is SmolLM2's IOI name movers (else the atp call's top six heads)."""
+    return c["task"] == "ioi" and c["model"] == "smollm2-135m"
+
+
 def six_heads(c: dict) -> dict:
     """A six-head hypothesis at END whose heads carry the task variable: IOI's name movers, else the top six heads
     of the prerequisite atp `attribute` call."""
-    if c["task"] == "ioi":
+    if movers(c):
         heads, var = MOVERS, "IO"
     else:
         top = [u["name"] for u in c["attribute"]["top"]][:6]
@@ -114,11 +119,13 @@ CASES = [
          note="exact patching, every head"),
     Case("attribute_atp_exact", "attribute", lambda c: {**_base(c), "compare_exact": True},
          note="atp + compare_exact"),
+    Case("attribute_atp_star", "attribute", lambda c: {**_base(c), "method": "atp_star"},
+         note="AtP* (QK fix, GradDrop) on heads"),
     Case("attribute_edges", "attribute", lambda c: {**_base(c), "method": "eap_ig", "level": "edges"},
          note="eap_ig edges + faithfulness curve"),
     Case("scrub_hypothesis", "scrub_hypothesis", lambda c: {**_base(c), "hypothesis": six_heads(c)},
-         needs=lambda c: [] if c["task"] == "ioi" else ["attribute"],
-         note="six heads at END (IOI: the name movers; else atp's top six); seeds 3, contributions"),
+         needs=lambda c: [] if movers(c) else ["attribute"],
+         note="six heads at END (SmolLM2 IOI: the name movers; else atp's top six); seeds 3, contributions"),
     Case("train_das", "train_das", lambda c: {"model": c["model"], "task": c["task"],
                                                "variable": "IO" if c["task"] == "ioi" else c["variable"],
                                                "layer": c["layer"]},
@@ -391,7 +398,8 @@ def main() -> None:
                     help="task variable for train_das / find_features / scrubbing off IOI (default: the first one "
                          "the first counterfactual changes)")
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--layer", type=int, default=22, help="layer for train_das / train_sae / compare_features (SmolLM2: 22)")
+    ap.add_argument("--layer", type=int, default=None,
+                    help="layer for train_das / train_sae / compare_features (default 3/4 of the depth: SmolLM2 22)")
     ap.add_argument("--tools", default="all", help="comma-separated case names (--list), or 'all'")
     ap.add_argument("--skip", default="", help="comma-separated case names to leave out")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
@@ -462,7 +470,9 @@ def main() -> None:
           f"FlopCounterMode ({fmt_flops(over['flops'])}FLOP counted; analytic count {fmt_flops(over['analytic_flops'])}FLOP)",
           flush=True)
 
-    ctx = {"model": opts.model, "task": opts.task, "n": opts.n, "quick": opts.quick, "layer": opts.layer,
+    n_layers = pool.get(opts.model).model.cfg.n_layers
+    layer = opts.layer if opts.layer is not None else (3 * n_layers) // 4
+    ctx = {"model": opts.model, "task": opts.task, "n": opts.n, "quick": opts.quick, "layer": layer,
            "task_spec": task_spec, "variable": variable}
 
     async def warm_up() -> None:

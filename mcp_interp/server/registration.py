@@ -24,7 +24,7 @@ import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from ..methods.core import Progress
 from ..tools import ToolSpec
@@ -76,6 +76,7 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
 
     async def tool(**kwargs: Any) -> Any:
         ctx: Context = kwargs.pop("ctx")
+        kwargs = {k: v for k, v in kwargs.items() if v is not _MISSING}  # left out by the client
         app = ctx.request_context.lifespan_context
         call: Callable[[], Any]
         if input_model is None:
@@ -112,6 +113,22 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
     tool.__name__ = name
     server.add_tool(tool, name=name, description=spec.description,
                     annotations=ToolAnnotations(readOnlyHint=spec.read_only, openWorldHint=False))
+    registered = server._tool_manager.get_tool(name)
+    if input_model is not None and registered is not None:
+        # The SDK validates arguments against the signature before the tool runs and reports a failure as pydantic's
+        # raw text ("1 validation error for locateArguments ... errors.pydantic.dev"). Its check is made to accept
+        # anything (the published schema stays the strict one), so input_model.model_validate above names the field
+        # and the problem in one line, as for every other bad input.
+        registered.fn_metadata.arg_model = _accept_anything(registered.fn_metadata.arg_model)
+
+
+_MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
+
+
+def _accept_anything(arg_model: type[BaseModel]) -> type[BaseModel]:
+    """The SDK's argument model with every field typed Any and defaulting to _MISSING (aliases kept)."""
+    fields = {n: (Any, Field(default=_MISSING, alias=f.alias)) for n, f in arg_model.model_fields.items()}
+    return create_model(arg_model.__name__, __base__=arg_model.__base__, **fields)
 
 
 def _async_progress(ctx: Context):

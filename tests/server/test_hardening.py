@@ -126,6 +126,21 @@ async def test_bad_numbers_and_empty_lists_are_named(store_dir, tool, args, fiel
         assert_named(await call_error(c, tool, {"model": TOY, **args} if tool != "get_task" else args), field)
 
 
+@pytest.mark.parametrize("tool, args, words", [
+    ("get_task", {"name": "ioi"}, ["task: Field required"]),
+    ("locate", {"model": TOY, "task": "induction", "metric": "accuracy"}, ["metric: Input should be 'logit_diff'"]),
+    ("define_task", {"name": "x", "templates": ["a"], "answer": "b", "variables": {}, "counterfactuals": [],
+                     "positions": {"E": {"index": -1}}}, ["positions.E.index: Extra inputs are not permitted"]),
+])
+async def test_argument_errors_name_the_field_in_one_line(store_dir, tool, args, words):
+    """Missing fields, values outside a Literal and unknown keys fail in our validation (one line per field), not in the
+    SDK's signature check, whose text is pydantic's raw report ("1 validation error for locateArguments ...")."""
+    async with Client(build_server(store_dir)) as c:
+        text = await call_error(c, tool, args)
+    assert "invalid arguments — " in text and all(w in text for w in words), text
+    assert "errors.pydantic.dev" not in text and "Arguments" not in text and "\n" not in text
+
+
 @pytest.mark.parametrize("template", ["{x:,}{y}{y}:", "{x:{y}}{y}{y}:", "{x:>100000000}{y}{y}:", "{x:=^65}"])
 async def test_bad_format_specs_are_named(store_dir, template):
     async with Client(build_server(store_dir)) as c:

@@ -28,7 +28,7 @@ the QK-fixed AtP estimate itself, so AtP* shares exact patching's scale; GradDro
 magnitude.
 
 Cost per batch: 1 forward and L + 1 backwards at x', plus one attention-layer forward (no MLPs) per
-(node, later layer) for the QK fix, `node_chunk` nodes at a time.
+(node, later layer) for the QK fix, as many nodes per call as a memory budget allows.
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..core.forward import last_position_hook, memory_budget
 from ..core.metrics import Metric
 from ..core.sites import Site, n_kv_heads
-from ..core.writes import attention_output, attn_in_norm, mlp_readout, post_normed
+from ..core.writes import (attention_output, attention_raw, attn_in_norm, attn_out_norm, mlp_out_norm, mlp_raw,
+                           post_normed, rms_norm_vjp)
 from .components import has_mlps, node_hooks, node_values, split_inputs
 
 # The node kinds whose change is a write into the residual stream, and the first layer whose q/k read it.
@@ -66,23 +68,26 @@ def first_reader(site: Site) -> int:
 
 
 def residual_write(model, site: Site, delta: Tensor, positions: Mapping[str, Tensor] | None = None,
-                   base: Tensor | None = None) -> Tensor:
+                   base: Tensor | None = None, memo: dict | None = None) -> Tensor:
     """What changing a node by `delta` (its hook's activation shape, batch-leading) adds to the residual
     stream: [batch, pos, d_model]. Head outputs go through W_O, MLP activations through W_out; residual and
     output sites are their own write; a named position keeps only that token. On blocks that normalise their
-    output before the residual add, the node's sublayer output is recomputed with only this node changed,
-    f(base + delta) - f(base), from `base` (the hook's activation at x', required there)."""
-    if site.kind in ("z", "mlp_post") and post_normed(model):
-        if base is None:
-            raise ValueError("residual_write on a post-norm block needs the hook's base activation")
-        moved = base.clone()
-        if site.kind == "z":
-            moved[:, :, site.head] += delta[:, :, site.head]
-        elif site.neuron is not None:
-            moved[..., site.neuron] += delta[..., site.neuron]
-        else:
-            moved = moved + delta
-        return _sublayer_write(model, site, moved) - _sublayer_write(model, site, base)
+    output before the residual add, the sublayer's normalised output is recomputed with only this node changed,
+    norm(raw + linear write) - norm(raw), raw from `base` (the hook's activation at x', required there; `memo`
+    keeps each hook's raw output across calls)."""
+    lin = _linear_write(model, site, delta, positions)
+    if not _post_normed_unit(model, site):
+        return lin
+    raw, out, norm = _base_output(model, site, base, memo)
+    return norm(raw + lin) - out
+
+
+def _post_normed_unit(model, site: Site) -> bool:
+    return site.kind in ("z", "mlp_post") and post_normed(model)
+
+
+def _linear_write(model, site: Site, delta: Tensor, positions) -> Tensor:
+    """The node's change through its output weights (before any post-norm)."""
     if site.kind == "z":
         return delta[:, :, site.head] @ model.blocks[site.layer].attn.W_O[site.head]
     if site.kind == "mlp_post":
@@ -99,20 +104,29 @@ def residual_write(model, site: Site, delta: Tensor, positions: Mapping[str, Ten
     return delta
 
 
-def _sublayer_write(model, site: Site, act: Tensor) -> Tensor:
-    """The residual write of the whole sublayer a z / mlp_post hook activation feeds: [batch, pos, d_model]."""
-    return attention_output(model, site.layer, act) if site.kind == "z" else mlp_readout(model, site.layer, act)
+def _base_output(model, site: Site, base: Tensor | None, memo: dict | None):
+    """(raw sublayer output at x', its normalised output, the norm) of a post-norm node's hook, memoised per hook."""
+    if memo is not None and site.hook in memo:
+        return memo[site.hook]
+    if base is None:
+        raise ValueError("residual_write on a post-norm block needs the hook's base activation")
+    if site.kind == "z":
+        raw, norm = attention_raw(model, site.layer, base), attn_out_norm(model, site.layer)
+    else:
+        raw, norm = mlp_raw(model, site.layer, base), mlp_out_norm(model, site.layer)
+    got = (raw, norm(raw), norm)
+    if memo is not None:
+        memo[site.hook] = got
+    return got
 
 
-def _project(model, site: Site, resid_grad: Tensor, base: Tensor | None = None) -> Tensor:
+def _project(model, site: Site, resid_grad: Tensor, base: Tensor | None = None, memo: dict | None = None) -> Tensor:
     """A residual-stream covector [batch, pos, d_model] pulled back to the node's hook shape: the T with
     node_values(delta * T) = <residual_write(delta), resid_grad> to first order (on post-norm blocks through
-    the norm's Jacobian at `base`, the hook's activation at x')."""
-    if site.kind in ("z", "mlp_post") and post_normed(model):
-        with torch.enable_grad():
-            x = base.detach().clone().requires_grad_(True)
-            (t,) = torch.autograd.grad(_sublayer_write(model, site, x), x, grad_outputs=resid_grad)
-        return t
+    the norm's Jacobian at x', `base` the hook's activation there)."""
+    if _post_normed_unit(model, site):
+        raw, _, norm = _base_output(model, site, base, memo)
+        resid_grad = rms_norm_vjp(norm, raw, resid_grad)
     if site.kind == "z":
         return torch.einsum("bpd,hed->bphe", resid_grad, model.blocks[site.layer].attn.W_O)
     if site.kind == "mlp_post":
@@ -122,22 +136,32 @@ def _project(model, site: Site, resid_grad: Tensor, base: Tensor | None = None) 
 
 def attention_run(model, layer: int, q_in: Tensor, k_in: Tensor, v_in: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Layer `layer`'s attention for the given residual-stream query, key and value inputs, exactly as the block
-    computes it (its LayerNorm, rotary or shortformer positions, mask, softmax). q_in [batch, pos, n_heads, d_model], k_in and v_in
-    (default k_in) [batch, pos, n_kv_heads, d_model] -> (pattern [batch, n_heads, query pos, key pos], z [batch,
-    pos, n_heads, d_head]). Call inside split_inputs."""
-    blk = model.blocks[layer]
-    v_in = k_in if v_in is None else v_in
+    computes it (its norm, rotary or shortformer positions, mask, softmax). q_in [batch, pos, n_heads, d_model], k_in
+    and v_in (default k_in) [batch, pos, n_kv_heads, d_model]; or any of them [batch, pos, d_model] when every head
+    reads the same stream (normalised once, then viewed per head) -> (pattern [batch, n_heads, query pos, key pos],
+    z [batch, pos, n_heads, d_head]). Call inside split_inputs."""
+    cfg, blk = model.cfg, model.blocks[layer]
     got: dict[str, Tensor] = {}
     handles = [blk.attn.hook_pattern.register_forward_hook(lambda mod, inp, out: got.__setitem__("p", out.detach())),
                blk.attn.hook_z.register_forward_hook(lambda mod, inp, out: got.__setitem__("z", out.detach()))]
+    ln1 = attn_in_norm(model, layer)
+    pe = None
+    if cfg.positional_embedding_type == "shortformer":  # positions enter queries and keys only
+        pe = model.pos_embed.W_pos[:q_in.shape[1]].to(q_in.dtype)[None]
+
+    def prep(x: Tensor, heads: int, positions: bool) -> Tensor:
+        shared = x.dim() == 3
+        x = ln1(x)
+        if positions and pe is not None:
+            x = x + (pe if shared else pe[:, :, None])
+        return x[:, :, None].expand(-1, -1, heads, -1) if shared else x
+
     try:
         with torch.no_grad():
-            ln1 = attn_in_norm(model, layer)
-            q_in, k_in, v_in = ln1(q_in), ln1(k_in), ln1(v_in)
-            if model.cfg.positional_embedding_type == "shortformer":  # positions enter queries and keys only
-                pe = model.pos_embed.W_pos[:q_in.shape[1]].to(q_in.dtype)[None, :, None, :]
-                q_in, k_in = q_in + pe, k_in + pe
-            blk.attn(query_input=q_in, key_input=k_in, value_input=v_in)
+            kv = n_kv_heads(cfg)
+            k = prep(k_in, kv, True)
+            v = k if v_in is None and pe is None else prep(k_in if v_in is None else v_in, kv, False)
+            blk.attn(query_input=prep(q_in, cfg.n_heads, True), key_input=k, value_input=v)
     finally:
         for h in handles:
             h.remove()
@@ -162,7 +186,7 @@ def _forward(model, xc: Tensor, keep_names: list[str], metric: Metric, idx: Tens
     for l in range(model.cfg.n_layers):
         hooks.append((f"blocks.{l}.hook_resid_pre", lambda act, hook, l=l: resid.__setitem__(l, act.detach())))
         hooks += [(f"blocks.{l}.{s}", lambda act, hook, l=l: _GradGate.apply(act, gate, l)) for s in sites]
-    hooks += [(n, keep) for n in keep_names]
+    hooks += [(n, keep) for n in keep_names] + [last_position_hook(model)]
     with torch.enable_grad():
         logits = model.run_with_hooks(xc, fwd_hooks=hooks)
         m = metric.from_logits(model, logits[:, -1], idx)  # nodes.final_metric (nodes imports this module)
@@ -171,7 +195,7 @@ def _forward(model, xc: Tensor, keep_names: list[str], metric: Metric, idx: Tens
 
 def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Metric, delta: Mapping[str, Tensor],
                    clean_cache: Mapping[str, Tensor], positions: Mapping[str, Tensor] | None = None,
-                   node_chunk: int = 8) -> tuple[Tensor, dict]:
+                   node_chunk: int | None = None) -> tuple[Tensor, dict]:
     """AtP* estimates for one batch of pairs (see the module docstring).
 
     xc: [b, pos] counterfactual tokens; delta: node hook -> a(x) - a(x') [b, pos, ...]; clean_cache: node hook
@@ -190,6 +214,7 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
     with split_inputs(model):
         m, acts, resid = _forward(model, xc, keep_names, metric, idx, gate)
         n_attn = 0
+        memo: dict = {}  # post-norm nodes: each hook's raw and normalised sublayer output at x'
         v_writes: dict[int, Tensor] = {}  # value-input node -> its head outputs' change (pattern held), via W_O
         for j, n in enumerate(nodes):
             if n.kind == "v":
@@ -225,7 +250,7 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
                     T[k] = torch.zeros_like(delta[k])  # below, from the head's output change
                 else:
                     site = next(n for n in nodes if n.hook == k)
-                    T[k] = _project(model, site, cum[min(first_reader(site), L)], acts[k].detach())
+                    T[k] = _project(model, site, cum[min(first_reader(site), L)], acts[k].detach(), memo)
             lin_d = node_values(nodes, {k: delta[k] * T[k] for k in names}, positions)
             for j, w in v_writes.items():
                 lin_d[:, j] = (w * cum[min(nodes[j].layer + 1, L)]).flatten(1).sum(1)
@@ -236,16 +261,17 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
         drop_layer = torch.tensor([-1 if d is None else d for d in drops], device=pg.device)
         for l in range(L):
             r = resid[l]
-            base, _ = attention_run(model, l, _heads(r, cfg.n_heads), _heads(r, _n_kv(model)))
+            base, _ = attention_run(model, l, r, r)
             n_attn += 1
             writers = [j for j, n in enumerate(nodes) if n.kind in _WRITERS and first_reader(n) <= l]
-            for a in range(0, len(writers), node_chunk):
-                js = writers[a:a + node_chunk]
+            step = node_chunk or _qk_chunk(model, b, xc.shape[1])
+            for a in range(0, len(writers), step):
+                js = writers[a:a + step]
                 dw = torch.stack([v_writes[j] if j in v_writes else
                                   residual_write(model, nodes[j], delta[nodes[j].hook], positions,
-                                                 acts[nodes[j].hook].detach()) for j in js])
+                                                 acts[nodes[j].hook].detach(), memo) for j in js])
                 q = (r[None] + dw).flatten(0, 1)  # [c*b, pos, d_model]
-                pat, _ = attention_run(model, l, _heads(q, cfg.n_heads), _heads(q, _n_kv(model)))
+                pat, _ = attention_run(model, l, q, q)
                 diff = pat.view(len(js), b, *pat.shape[1:]) - base[None]
                 contrib = torch.einsum("cbhqk,Dbhqk->Dbc", diff, pg[:, l])
                 contrib[drop_layer == l] = 0.0  # layer l dropped: its QK term goes with it
@@ -269,6 +295,20 @@ def atp_star_chunk(model, xc: Tensor, idx: Tensor, nodes: list[Site], metric: Me
     pick = est.abs().argmax(0, keepdim=True)
     score = est.gather(0, pick)[0]
     return score, {"forwards": b, "backwards": len(drops) * b, "attention_forwards": n_attn * b, "plain": est[0]}
+
+
+QK_BUDGET_CPU = 256 << 20  # bytes of one batched QK-fix attention call on a CPU (CUDA: see memory_budget)
+QK_BUDGET_GPU = 2 << 30
+
+
+def _qk_chunk(model, b: int, pos: int) -> int:
+    """Writers per batched QK-fix attention call: as many as fit the memory budget (split q/k/v inputs of every head,
+    scores and pattern per row). Small chunks make the fix overhead-bound: ~4000 (writer, layer) pairs on SmolLM2."""
+    cfg = model.cfg
+    heads_in = cfg.n_heads + 2 * n_kv_heads(cfg)
+    per_row = 4 * pos * (2 * heads_in * cfg.d_model + 3 * cfg.n_heads * pos + 2 * cfg.n_heads * cfg.d_head)
+    budget = memory_budget(next(model.parameters()).device, QK_BUDGET_CPU, QK_BUDGET_GPU)
+    return max(1, budget // max(1, per_row * b))
 
 
 def _n_kv(model) -> int:

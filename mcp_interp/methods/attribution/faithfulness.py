@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core.circuit_runs import circuit_metrics, circuits_run_here
-from ..core.forward import shared_prefix
+from ..core.forward import last_position_hook, shared_prefix
 from ..core.metrics import Metric
 from ..core.patch_engine import ActivationCache
 from ..core.sites import Site
@@ -92,7 +92,7 @@ def node_circuit_metrics(model, nodes: list[Site], keep: Tensor, clean: Sequence
             pos = {k: v[pc.idx] for k, v in positions.items()} if positions is not None else None
             hooks = node_mask_hooks(nodes, keep, pc.cache_c, pos, rows_per_mask=len(pc.idx))
             with torch.no_grad():
-                logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks)
+                logits = model.run_with_hooks(pc.x.repeat(len(keep), 1), fwd_hooks=hooks + [last_position_hook(model)])
             tot += final_metric(model, logits, metric, pc.idx.repeat(len(keep))).view(len(keep), -1).sum(1).cpu()
     n = len(clean)
     return tot / n, mx / n, mc / n

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..core.forward import group_by_length
+from ..core.forward import group_by_length, last_position_hook
 from ..core.metrics import Metric
 from ..core.patch_engine import ActivationCache, patch_sweep
 from ..core.progress import Progress, check_cancelled
@@ -77,14 +77,15 @@ def final_metric(model, logits: Tensor, metric: Metric, idx: Tensor) -> Tensor:
 
 
 def _run_cache(model, toks: Tensor, names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    """No-grad forward of toks [batch, pos]: (logits [batch, pos, d_vocab], hook name -> detached activation)."""
+    """No-grad forward of toks [batch, pos]: (final-position logits [batch, 1, d_vocab], hook name -> detached
+    activation)."""
     cache: dict[str, Tensor] = {}
 
     def keep(act, hook):
         cache[hook.name] = act.detach()
 
     with torch.no_grad():
-        logits = model.run_with_hooks(toks, fwd_hooks=[(n, keep) for n in names])
+        logits = model.run_with_hooks(toks, fwd_hooks=[(n, keep) for n in names] + [last_position_hook(model)])
     return logits, cache
 
 
@@ -100,7 +101,7 @@ def _grads(model, toks: Tensor, names: list[str], metric: Metric, idx: Tensor, e
         acts[hook.name] = act
         return act
 
-    hooks = [(n, keep) for n in names]
+    hooks = [(n, keep) for n in names] + [last_position_hook(model)]
     if embed_override is not None:
         hooks.insert(0, ("hook_embed", lambda act, hook: embed_override(act)))
     with torch.enable_grad():
@@ -299,7 +300,7 @@ def _exact_chunk(model, xc, idx, nodes, clean_cache, pos, metric, m_corrupt, nod
             keep[r, j] = False
         hooks = node_mask_hooks(nodes, keep, clean_cache, pos, rows_per_mask=b)
         with torch.no_grad():
-            logits = model.run_with_hooks(xc.repeat(len(block), 1), fwd_hooks=hooks)
+            logits = model.run_with_hooks(xc.repeat(len(block), 1), fwd_hooks=hooks + [last_position_hook(model)])
         m = final_metric(model, logits, metric, idx.repeat(len(block))).cpu().view(len(block), b)
         s[:, block] = (m - m_corrupt[None]).T
         fw += len(block) * b

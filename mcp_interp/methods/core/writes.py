@@ -100,22 +100,45 @@ def head_writes(model, layer: int, z: Tensor, heads: list[int] | Tensor | None =
     return (raw.to(scale.dtype) / scale[..., None, :] * norm.w.to(scale.dtype)).to(z.dtype)
 
 
+def attention_raw(model, layer: int, z: Tensor) -> Tensor:
+    """Block `layer`'s attention output before any post-norm, sum_h z_h @ W_O[h] + b_O, from every head's z
+    [..., n_heads, d_head]: [..., d_model]."""
+    return head_raw(model, layer, z).sum(-2) + model.blocks[layer].attn.b_O.to(z.dtype)
+
+
 def attention_output(model, layer: int, z: Tensor) -> Tensor:
     """What block `layer`'s attention adds to the residual stream (its hook_attn_out) given every head's z
     [..., n_heads, d_head]: [..., d_model]."""
-    out = head_raw(model, layer, z).sum(-2) + model.blocks[layer].attn.b_O.to(z.dtype)
+    out = attention_raw(model, layer, z)
     norm = attn_out_norm(model, layer)
     return out if norm is None else norm(out)
+
+
+def mlp_raw(model, layer: int, post: Tensor) -> Tensor:
+    """MLP `layer`'s output before any post-norm, from its hidden activations post [..., d_mlp]: [..., d_model]."""
+    blk = model.blocks[layer]
+    return torch.nn.functional.linear(post, blk.mlp.W_out.T, blk.mlp.b_out)
 
 
 def mlp_readout(model, layer: int, post: Tensor) -> Tensor:
     """What MLP `layer` adds to the residual stream (its hook_mlp_out) given its hidden activations post [..., d_mlp]
     (hook_post): W_out, b_out, then the norm post-norm blocks apply before the residual add. -> [..., d_model]"""
-    blk = model.blocks[layer]
-    out = torch.nn.functional.linear(post, blk.mlp.W_out.T, blk.mlp.b_out)
+    out = mlp_raw(model, layer, post)
     norm = mlp_out_norm(model, layer)
     return out if norm is None else norm(out)
 
 
-__all__ = ["attention_output", "attn_in_norm", "attn_out_norm", "check_head_shares", "head_raw", "head_writes",
-           "mlp_in_norm", "mlp_out_norm", "mlp_readout", "post_normed"]
+def rms_norm_vjp(norm: RMSNorm, x: Tensor, cotangent: Tensor) -> Tensor:
+    """The vector-Jacobian product of an RMS norm at x: c -> (d norm(x) / dx)^T c, both [..., d]. With s = rms(x) and
+    u = c * w: u / s - x (u . x) / (d s^3). Closed form, so pulling many covectors back costs a few element-wise
+    operations each instead of an autograd pass."""
+    if not isinstance(norm, RMSNorm):
+        raise ValueError(f"{type(norm).__name__} after a sublayer: only RMS post-norms are supported here")
+    s = _rms_scale(norm, x)
+    u = cotangent.to(s.dtype) * norm.w.to(s.dtype)
+    xf = x.to(s.dtype)
+    return (u / s - xf * (u * xf).sum(-1, keepdim=True) / (x.shape[-1] * s ** 3)).to(cotangent.dtype)
+
+
+__all__ = ["attention_output", "attention_raw", "attn_in_norm", "attn_out_norm", "check_head_shares", "head_raw",
+           "head_writes", "mlp_in_norm", "mlp_out_norm", "mlp_raw", "mlp_readout", "post_normed", "rms_norm_vjp"]
