@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from ..artifacts import plots
 from ..methods.attribution import run_attribution
 from ..methods.core import Progress, ci_dict
+from ..methods.core.writes import post_normed
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
@@ -175,6 +176,10 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
     _plots(run, args, spec, lm, rep, len(ds))
     gap = float(np.mean(rep.m_clean) - np.mean(rep.m_corrupt))
     warnings = metric_note(spec, args.metric, metric_name)
+    if args.method == "eap" and post_normed(lm.model):
+        warnings.append("eap's first-order estimate runs through norms applied to every sublayer's output on this model; "
+                        "its edge ranking can be poor (Gemma-3-270M, agreement: CPR 0.57 with eap, 1.18 with eap_ig). "
+                        "Prefer method='eap_ig'")
     if abs(gap) < 0.5 and metric_name == "logit_diff":
         warnings.append(f"the clean-counterfactual gap is small ({gap:.3f}): normalised scores are noisy")
     if args.method == "act_diff":

@@ -140,14 +140,32 @@ def _from_locate(app: AppContext, args: TrainDasInput) -> TrainDasInput:
     pool = [c for c in pool if c.get("effect") is not None]
     if not pool:
         raise ToolError(f"from_locate_run: run {args.from_locate_run} has no usable cells for DAS.")
-    best = max(pool, key=lambda c: abs(c["effect"]))
-    upd = {"site": best["site"], "layer": int(best["layer"]), "head": best.get("head"),
-           "position": str(best["position"])}
+    task = args.task or res.get("task")
+    names = resolve_task(app, task).position_names() if task else []
+    # locate labels columns aligned by index "2 SUBJ" (or "2 (varies)" where no named token sits there)
+    named = [(c, _named_position(str(c["position"]), names)) for c in pool]
+    named = [(c, p) for c, p in named if p is not None]
+    if not named:
+        raise ToolError(f"from_locate_run: the best cells of run {args.from_locate_run} are at columns that no named "
+                        f"position of task {task!r} marks in every prompt ({sorted({str(c['position']) for c in pool})}); "
+                        f"DAS intervenes at a named position. Fix: pass position= one of {names}, or add a named "
+                        f"position to the task.")
+    best, position = max(named, key=lambda cp: abs(cp[0]["effect"]))
+    upd = {"site": best["site"], "layer": int(best["layer"]), "head": best.get("head"), "position": position}
     if args.task is None:
-        upd["task"] = res.get("task")
+        upd["task"] = task
     if args.model is None:
         upd["model"] = res.get("model", DEFAULT_MODEL)
     return args.model_copy(update=upd)
+
+
+def _named_position(label: str, names: list[str]) -> str | None:
+    """The task position a locate column label stands for: the name itself, or the name after the index ("2 SUBJ");
+    None for a column no named position marks ("2 (varies)", "3")."""
+    if label in names:
+        return label
+    parts = label.split(maxsplit=1)
+    return parts[1] if len(parts) == 2 and parts[1] in names else None
 
 
 def _resolve(app: AppContext, args: TrainDasInput) -> TrainDasInput:

@@ -128,3 +128,18 @@ async def test_boundless_defaults_find_the_one_dimensional_planted_subspace(stor
     assert out["k"] == 1 and b["effective_k"] == 1 and b["learned_k"] >= 1
     assert out["test_iia"]["mean"] >= 0.95 and out["controls"]["random_rotation"]["mean"] <= 0.1
     assert b["pruning"]["train_iia"]["1"] >= 0.95 and "effective k=1" in out["summary"]
+
+
+async def test_from_locate_run_maps_index_labels_to_named_positions(store_dir):
+    """locate's default columns are labelled by token index and the named position sitting there ("6 END"); a
+    train_das that follows the run must intervene at that named position (it failed with "unknown position '6
+    END'" before), and a best cell at a column no name marks is refused with the names to use."""
+    meta = get_toy(MODEL).meta
+    async with Client(build_server(store_dir)) as c:
+        loc = await finish(c, await call(c, "locate", {"model": MODEL, "task": meta["task"], "n": 16}))
+        labels = {str(cell["position"]) for cells in loc["best_cells"].values() for cell in cells}
+        assert any(" " in p for p in labels), labels  # index-aligned labels, as locate's default gives here
+        out = await finish(c, await call(c, "train_das", {"variable": "g", "from_locate_run": loc["run_id"],
+                                                          "epochs": 2, "n_train": 64, "n_test": 32}))
+        assert out["site"]["position"] in ("END", *[p.split(" ", 1)[1] for p in labels if " " in p])
+        assert out["model"] == MODEL and out["task"] == meta["task"]
