@@ -64,8 +64,9 @@ class AttributeInput(BaseModel):
 
 class UnitScore(BaseModel):
     name: str
-    score: float = Field(description="normalised estimate of the unit's denoising effect (1.0 = restores all)")
-    ci95: list[float] | None = None
+    score: MaybeFloat = Field(description="normalised estimate of the unit's denoising effect (1.0 = restores all); "
+                                          "null when undefined (clean and counterfactual metrics coincide)")
+    ci95: list[MaybeFloat] | None = None
 
 
 class FaithfulnessCurve(BaseModel):
@@ -191,7 +192,10 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
         warnings.append(f"no circuit on the curve reaches faithfulness {rep.circuit['target']}; the most faithful "
                         f"one is reported")
     t = top[0]
-    summary = f"{args.method} on {args.level}: top {t.name} ({t.score:+.2f})"
+    if t.score is None:
+        warnings.append("scores are undefined (null): the clean and counterfactual metrics coincide on these pairs, so "
+                        "there is no gap to normalise by; check run_baseline and the counterfactual")
+    summary = f"{args.method} on {args.level}: top {t.name} ({'n/a' if t.score is None else f'{t.score:+.2f}'})"
     if uninformative:
         summary += f"; faithfulness curve uninformative ({rep.circuit['reason'].split(':')[0]})"
     elif rep.circuit:

@@ -96,7 +96,7 @@ def _run_baseline(run: ToolRun, args: RunBaselineInput) -> tuple[BaselineResult,
     spec = resolve_task(run.app, args.task)
     lm = run.load(args.model, at=0.02)
     validate_or_raise(spec, lm.tokenizer, args.model)
-    ds = dataset(spec, lm.tokenizer, args.n, args.seed, args.counterfactual)
+    ds = dataset(spec, lm.tokenizer, args.n, args.seed, args.counterfactual, model=lm.model, model_id=args.model)
     with lm.use():
         table = compute_baseline(lm.model, ds, progress=run.span(0.05, 0.65))
         checks = []

@@ -84,12 +84,31 @@ def validate_or_raise(spec: TaskSpec, tokenizer, model_id: str, n: int | None = 
 
 
 def dataset(spec: TaskSpec, tokenizer, n: int, seed: int, counterfactual: str | None,
-            up_to: bool = False, answer_changes: bool = False) -> TaskDataset:
+            up_to: bool = False, answer_changes: bool = False, model=None, model_id: str = "") -> TaskDataset:
+    """The task's dataset, errors named by field; with `model`, refused unless its prompts fit that model."""
     try:
-        return build_dataset(spec, tokenizer, n, seed, counterfactual, up_to=up_to, answer_changes=answer_changes)
+        ds = build_dataset(spec, tokenizer, n, seed, counterfactual, up_to=up_to, answer_changes=answer_changes)
     except TaskSpecError as e:
         field = "counterfactual" if e.field == "counterfactual" else ("n" if e.field == "variables" else f"task.{e.field}")
         raise ToolError(f"{field}: {e.message}") from None
+    if model is not None:
+        check_fits_model([t for e in ds.examples for t in (e.tokens, e.cf_tokens)], spec.name, model, model_id)
+    return ds
+
+
+def check_fits_model(token_lists, task: str, model, model_id: str) -> None:
+    """ToolError unless every prompt fits the model: no longer than its context and every id in its vocabulary (a
+    task built for another model — a toy's task on another toy — otherwise fails deep inside a forward)."""
+    cfg = model.cfg
+    longest = max((len(t) for t in token_lists), default=0)
+    if longest > cfg.n_ctx:
+        raise ToolError(f"task: prompts of {task!r} have up to {longest} tokens; {model_id or 'this model'} takes at "
+                        f"most {cfg.n_ctx} (its context). Fix: a task made for this model (list_tasks), or shorter "
+                        f"templates.")
+    top = max((max(t) for t in token_lists if len(t)), default=-1)
+    if top >= cfg.d_vocab:
+        raise ToolError(f"task: prompts of {task!r} use token id {top}; {model_id or 'this model'} has "
+                        f"{cfg.d_vocab} tokens. Fix: a task made for this model (list_tasks).")
 
 
 def example_pairs(ds: TaskDataset, k: int, tokenizer: Any | None = None) -> list[ExamplePair]:
@@ -173,7 +192,7 @@ def pair_dataset(spec: TaskSpec, lm, model_id: str, n: int, seed: int, variable:
     validate_or_raise(spec, lm.tokenizer, model_id)
     # a logit difference needs pairs with two answers: keep only those (no effect where every pair has two)
     ds = dataset(spec, lm.tokenizer, n, seed, counterfactual_name(spec, variable, counterfactual),
-                 answer_changes=metric_name == "logit_diff")
+                 answer_changes=metric_name == "logit_diff", model=lm.model, model_id=model_id)
     check_pairs(ds, metric_name)
     clean = [torch.tensor(e.tokens) for e in ds.examples]
     corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]

@@ -174,7 +174,7 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     validate_or_raise(spec, lm.tokenizer, args.model)
     source = feature_source(run.app, lm, args.source, args.sae, args.layer, args.das_run)
     cf_name = _pick_counterfactual(spec, None, args.variable, args.counterfactual)
-    ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name, answer_changes=True)  # causal tests: a logit diff
+    ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name, answer_changes=True, model=model, model_id=args.model)  # causal tests: a logit diff
     if args.variable not in ds.examples[0].base:
         raise ToolError(f"variable: {args.variable!r} is not a variable of task {spec.name!r}; it has "
                         f"{sorted(k for k in ds.examples[0].base if not k.startswith('_'))}.")

@@ -120,7 +120,7 @@ def _scrub(run: ToolRun, args: ScrubInput) -> tuple[ScrubResult, dict]:
     spec = resolve_task(run.app, args.task)
     lm = run.load(args.model)
     validate_or_raise(spec, lm.tokenizer, args.model)
-    ds = dataset(spec, lm.tokenizer, args.n, args.seed, None)
+    ds = dataset(spec, lm.tokenizer, args.n, args.seed, None, model=lm.model, model_id=args.model)
     hyp = args.hypothesis
     if hyp == "everything":
         hyp = everything_matters(lm.model)

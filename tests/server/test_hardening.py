@@ -350,3 +350,25 @@ async def test_startup_sweeps_staging_debris(store_dir):
         assert runs[handle.run_id]["status"] == "interrupted"
         assert runs[done["run_id"]]["status"] == "complete"
         assert (await call(c, "get_run", {"run_id": done["run_id"]}))["result"]["run_id"] == done["run_id"]
+
+
+@pytest.mark.parametrize("tool", ["locate", "run_baseline", "attribute", "scrub_hypothesis"])
+async def test_a_task_that_does_not_fit_the_model_is_refused_by_name(store_dir, tool):
+    """induction's prompts have 11 tokens, toy/planted-clean a context of 8: refused before any work ("task: ... at
+    most 8"), not "failed unexpectedly: IndexError" from inside a forward."""
+    args = {"model": "toy/planted-clean", "task": "induction", "n": 8}
+    if tool == "scrub_hypothesis":
+        args["hypothesis"] = "everything"
+    async with Client(build_server(store_dir)) as c:
+        text = await call_error(c, tool, args)
+    assert "task:" in text and "at most 8" in text and "unexpectedly" not in text, text
+
+
+async def test_undefined_attribution_scores_are_null_with_a_warning(store_dir):
+    """planted-direction's prompts on toy/planted-clean: clean and counterfactual metrics coincide, every normalised
+    score is 0/0. The run completes with null scores and says why (the output schema rejected NaN before)."""
+    async with Client(build_server(store_dir)) as c:
+        out = await finish(c, await call(c, "attribute", {"model": "toy/planted-clean", "task": "planted-direction",
+                                                          "n": 13, "include_plot": False}))
+    assert all(u["score"] is None for u in out["top"])
+    assert any("undefined" in w for w in out["warnings"]) and "n/a" in out["summary"]
