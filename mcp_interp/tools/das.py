@@ -24,6 +24,7 @@ from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, resolve_task
+from .das_locate import locate_cell
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 TRAIN_TOOL, EVAL_TOOL = "train_das", "eval_das"
 SiteKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
-_LOCATE_SITES = {"resid_pre", "resid_post", "attn_out", "mlp_out", "z"}
 
 
 class TrainDasInput(BaseModel):
@@ -122,50 +122,7 @@ class TrainDasOutput(HeavyOutput):
 
 def _from_locate(app: AppContext, args: TrainDasInput) -> TrainDasInput:
     """Fill task, model, site, layer, head and position from a locate run's best cell."""
-    try:
-        res = app.store.read_result(args.from_locate_run)
-    except StoreError as e:
-        raise ToolError(f"from_locate_run: {e}. Fix: pass the run_id of a completed `locate` run (list_runs "
-                        f"tool='locate').") from None
-    cells = res.get("best_cells")
-    if not isinstance(cells, dict) or not cells:
-        raise ToolError(f"from_locate_run: run {args.from_locate_run} is not a `locate` run (no best_cells).")
-    if args.site is not None:
-        if args.site not in cells:
-            raise ToolError(f"site: locate run {args.from_locate_run} has no cells for site {args.site!r}; it has "
-                            f"{sorted(cells)}.")
-        pool = list(cells[args.site])
-    else:
-        pool = [c for s, cs in cells.items() if s in _LOCATE_SITES for c in cs]
-    pool = [c for c in pool if c.get("effect") is not None]
-    if not pool:
-        raise ToolError(f"from_locate_run: run {args.from_locate_run} has no usable cells for DAS.")
-    task = args.task or res.get("task")
-    names = resolve_task(app, task).position_names() if task else []
-    # locate labels columns aligned by index "2 SUBJ" (or "2 (varies)" where no named token sits there)
-    named = [(c, _named_position(str(c["position"]), names)) for c in pool]
-    named = [(c, p) for c, p in named if p is not None]
-    if not named:
-        raise ToolError(f"from_locate_run: the best cells of run {args.from_locate_run} are at columns that no named "
-                        f"position of task {task!r} marks in every prompt ({sorted({str(c['position']) for c in pool})}); "
-                        f"DAS intervenes at a named position. Fix: pass position= one of {names}, or add a named "
-                        f"position to the task.")
-    best, position = max(named, key=lambda cp: abs(cp[0]["effect"]))
-    upd = {"site": best["site"], "layer": int(best["layer"]), "head": best.get("head"), "position": position}
-    if args.task is None:
-        upd["task"] = task
-    if args.model is None:
-        upd["model"] = res.get("model", DEFAULT_MODEL)
-    return args.model_copy(update=upd)
-
-
-def _named_position(label: str, names: list[str]) -> str | None:
-    """The task position a locate column label stands for: the name itself, or the name after the index ("2 SUBJ");
-    None for a column no named position marks ("2 (varies)", "3")."""
-    if label in names:
-        return label
-    parts = label.split(maxsplit=1)
-    return parts[1] if len(parts) == 2 and parts[1] in names else None
+    return args.model_copy(update=locate_cell(app, args.from_locate_run, args.site, args.task, args.model))
 
 
 def _resolve(app: AppContext, args: TrainDasInput) -> TrainDasInput:
@@ -300,17 +257,7 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
     if full is not None:
         by_source = das_methods.full_vector_breakdown(data.test, res.controls["full_vector"], args.variable, spec)
         if full.mean < test.mean - 0.1:
-            only, rest = by_source["iia_only_variable"], by_source["iia_other_variables_differ"]
-            warnings.append(
-                f"full-vector patching ({full.mean:.2f}) transfers less than the k={res.k} subspace ({test.mean:.2f}): "
-                f"the whole vector also carries the source's other values at this site, and in "
-                f"{by_source['n_other_variables_differ']} of {len(data.test)} test pairs the source differs from the base in "
-                f"{', '.join(by_source['other_variables_that_differ']) or 'other variables'} too, which the label keeps at "
-                f"the base's values" + (f" (full-vector IIA there {rest:.2f}" if rest is not None else "")
-                + (f"; {only:.2f} on the {by_source['n_only_variable']} pairs that differ only in "
-                   f"{args.variable!r})" if only is not None else ")")
-                + f". A subspace that isolates {args.variable!r} can beat it; counterfactual= a generator that "
-                  f"resamples only {args.variable!r} makes the two comparable")
+            warnings.append(_full_vector_warning(args.variable, res.k, test.mean, full.mean, by_source))
     if res.base_accuracy < 0.8:
         warnings.append(f"the model answers only {res.base_accuracy:.0%} of the test base prompts correctly; "
                         f"IIA on a task it does not solve means little (run_baseline)")
@@ -352,6 +299,25 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
               "require_change": data.require_change, **extra},
         summary=summary, warnings=warnings, files=run.files, cost=run.cost(res.cost))
     return result, {"test_iia": test.mean, "k": res.k, "site": str(site), **({"random_iia": rnd.mean} if rnd else {})}
+
+
+def _full_vector_warning(variable: str, k: int, subspace: float, full: float, by: dict) -> str:
+    """Why full-vector patching can transfer less than a k-dim subspace, with the breakdown's numbers."""
+    head = f"full-vector patching ({full:.2f}) transfers less than the k={k} subspace ({subspace:.2f}): "
+    only, rest = by["iia_only_variable"], by["iia_other_variables_differ"]
+    if not by["n_other_variables_differ"]:
+        return head + (f"every held-out source differs from the base only in {variable!r} (among the variables the "
+                       f"answer depends on), so other values the whole vector carries do not explain it here; the "
+                       f"rest of the vector at this site moves the answer itself")
+    n = by["n_only_variable"] + by["n_other_variables_differ"]
+    return head + (f"the whole vector also carries the source's other values at this site, and in "
+                   f"{by['n_other_variables_differ']} of {n} test pairs the source differs from the base in "
+                   f"{', '.join(by['other_variables_that_differ'])} too, which the label keeps at the base's values "
+                   f"(full-vector IIA there {rest:.2f}"
+                   + (f"; {only:.2f} on the {by['n_only_variable']} pairs that differ only in {variable!r}"
+                      if only is not None else "")
+                   + f"). A subspace that isolates {variable!r} can beat it; counterfactual= a generator that "
+                     f"resamples only {variable!r} makes the two comparable")
 
 
 def _plots(run: ToolRun, args, spec, res, train, test, ctrl, rank, site) -> None:

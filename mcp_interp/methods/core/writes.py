@@ -95,8 +95,7 @@ def head_writes(model, layer: int, z: Tensor, heads: list[int] | Tensor | None =
     norm = attn_out_norm(model, layer)
     if norm is None:
         return raw
-    every = raw if heads is None else head_raw(model, layer, z)
-    scale = _rms_scale(norm, every.sum(-2) + model.blocks[layer].attn.b_O.to(z.dtype))  # [..., 1]
+    scale = _rms_scale(norm, attention_raw(model, layer, z))  # [..., 1]: the whole layer's, this run's
     return (raw.to(scale.dtype) / scale[..., None, :] * norm.w.to(scale.dtype)).to(z.dtype)
 
 
