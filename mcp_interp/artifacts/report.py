@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from markdown_it import MarkdownIt
+
 from .fsutil import utc_now
 from .plots import PREVIEW
 from .records import RunNotFound, RunRecord, StoreError
@@ -163,26 +165,23 @@ def figure_file(fig: Figure) -> str:
     return f"fig-{fig.run_id}-{fig.name.replace('/', '_')}"
 
 
+def _block_markdown(b: Block) -> str:
+    if isinstance(b, Heading):
+        return "#" * b.level + " " + md_safe(b.text).replace("\n", " ")
+    if isinstance(b, Para):
+        return md_safe(b.text)
+    if isinstance(b, Table):
+        return _md_table(b)
+    return f"![{md_safe(b.caption)} {cite(b.run_id)}]({figure_file(b)})"
+
+
 def to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append("#" * b.level + " " + md_safe(b.text).replace("\n", " "))
-        elif isinstance(b, Para):
-            out.append(md_safe(b.text))
-        elif isinstance(b, Table):
-            out.append(_md_table(b))
-        elif isinstance(b, Figure):
-            out.append(f"![{md_safe(b.caption)} {cite(b.run_id)}]({figure_file(b)})")
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(map(_block_markdown, blocks)) + "\n"
 
 
-def _inline(text: str) -> str:
-    """The markdown inline the sections write (`code`, **bold**) as HTML, everything else escaped."""
-    s = html.escape(text, quote=False)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
-
+# Raw HTML in the markdown is shown as text, never passed through; links keep markdown-it's own URL check
+# (no javascript: / vbscript: / file:); tables on.
+_MD = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
 table{border-collapse:collapse;margin:.8em 0;font-size:.92em}td,th{border:1px solid #ccc;padding:.25em .5em;
@@ -191,22 +190,18 @@ border:1px solid #eee}figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
 
 
 def to_html(blocks: list[Block], title: str, png: dict[str, bytes]) -> str:
-    """One self-contained page: the plots inline as data URIs (`png` maps a figure_file to its bytes)."""
+    """One self-contained page rendered from the same markdown as report.md (markdown-it); the plots inline as
+    data URIs (`png` maps a figure_file to its bytes) in a figure with its caption."""
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body>"]
     for b in blocks:
-        if isinstance(b, Heading):
-            out.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            out.append(f"<p>{_inline(b.text)}</p>")
-        elif isinstance(b, Table):
-            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif isinstance(b, Figure):
+        if isinstance(b, Figure):
             data = base64.b64encode(png[figure_file(b)]).decode("ascii")
+            caption = _MD.renderInline(md_safe(b.caption) + " " + cite(b.run_id))
             out.append(f"<figure><img alt='{html.escape(b.caption, quote=True)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{_inline(b.caption + ' ' + cite(b.run_id))}</figcaption></figure>")
+                       f"<figcaption>{caption}</figcaption></figure>")
+        else:
+            out.append(_MD.render(_block_markdown(b)))
     out.append("</body></html>")
     return "\n".join(out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from html.parser import HTMLParser
 
 import pytest
 
@@ -87,3 +88,33 @@ def test_markdown_carries_no_markup_from_client_text():
     assert "<script" not in md and "<img" not in md and "](javascript:" not in md
     assert "`" in md and "**bold**" in md  # the sections' own formatting stays
     assert md.count("](fig-20990101-000000-abcdef-x.png)") == 1  # the one link is ours
+
+
+def test_html_renders_the_markdown_and_no_client_markup():
+    """report.html is report.md through a markdown renderer: tables and code render, while client text (a title,
+    a task or position name) cannot open a tag, an event handler or a javascript: link."""
+    from mcp_interp.artifacts.report import Figure, Heading, Para, Table, to_html, to_markdown
+
+    hostile = "<script>alert(1)</script> <img src=x onerror=alert(2)> [go](javascript:alert(3)) <b>b</b>"
+    blocks = [Heading(hostile, 1), Para(f"`code` and **bold** {hostile}"), Table(["name", "value"], [[hostile, "1.0"]]),
+              Figure("20260101-000000-abcdef", "plot.png", hostile)]
+    page = to_html(blocks, hostile, {"fig-20260101-000000-abcdef-plot.png": b"\x89PNG"})
+    assert "<table>" in page and "<code>code</code>" in page and "<strong>bold</strong>" in page
+    tags = _tags(page)
+    assert {t for t, _ in tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "p", "code", "strong",
+                                    "table", "thead", "tbody", "tr", "th", "td", "figure", "img", "figcaption"}
+    assert not [a for _, attrs in tags for a, v in attrs
+                if a.startswith("on") or (a in ("href", "src") and not (v or "").startswith("data:image/png"))]
+    assert [t for t, _ in tags].count("img") == 1 and "&lt;script&gt;" in page
+    assert "<script" not in to_markdown(blocks)
+
+
+def _tags(page: str) -> list[tuple[str, list]]:
+    """Every start tag of an HTML page with its attributes, as a browser's tokenizer reads them."""
+    found: list[tuple[str, list]] = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, attrs))
+    Tags().feed(page)
+    return found
