@@ -4,6 +4,8 @@ Project scope (the default, `--project DIR`): `DIR/.mcp.json` and `DIR/.claude/s
 scope (`--user`): the `mcpServers` of `~/.claude.json` and `~/.claude/skills/<name>/SKILL.md`. The entry is a
 stdio server started by this very interpreter with an absolute store path, so it works from any directory.
 Idempotent: a file whose content would not change is not touched, and every other key of a JSON file is kept.
+Plan, check, then write: every file is read and every target checked before the first write, so a refusal (one line:
+the file, what is wrong, the fix) leaves everything as it was; each write is atomic and goes through a symlink.
 Imports nothing heavy (no torch, no tools): it runs in a second.
 """
 
@@ -15,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -23,6 +26,12 @@ from typing import Any
 
 class InstallError(Exception):
     """A refusal: which file or option, what is wrong, what to do."""
+
+
+def _refuse(where: Path | str, problem: str, fix: str) -> InstallError:
+    """A refusal in the house style (as tools' field errors): `where: problem. Fix: fix`."""
+    return InstallError(f"{where}: {problem}. Fix: {fix}")
+
 
 SKILL_NAME = re.compile(r"^[a-z0-9-]{1,64}$")  # what Claude Code accepts as a skill name
 MAX_DESCRIPTION = 1024
@@ -36,6 +45,7 @@ class Planned:
     text: str
     shown: str
     status: str  # create, update or unchanged
+    dest: Path  # where the write lands: `path`, or the file a symlink at `path` points to
 
 
 def package_root() -> Path:
@@ -91,26 +101,112 @@ def bundled_skills() -> dict[str, str]:
     return out
 
 
+AGAIN = "then run install again"
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The closest ancestor of `path` that exists (`/` at worst): a file there blocks every directory below it."""
+    return next(a for a in path.parents if os.path.lexists(a))
+
+
+def _not_a_directory(blocker: Path, dest: Path) -> InstallError:
+    return _refuse(blocker, f"is a file where a directory is needed (to write {dest})",
+                   f"move or rename {blocker}, {AGAIN}")
+
+
+def _os_refusal(path: Path, e: OSError, doing: str) -> InstallError:
+    """An OSError met `doing` (reading, writing) `path`, as a refusal that says what to do about it."""
+    if isinstance(e, IsADirectoryError):
+        return _refuse(path, "is a directory, not a file", f"move the directory away, {AGAIN}")
+    if isinstance(e, NotADirectoryError):
+        return _not_a_directory(_nearest_existing(path), path)
+    if isinstance(e, PermissionError):
+        return _refuse(path, f"permission denied {doing} it", "fix the permissions of the file and its directory, "
+                       "or install where you may write (--project DIR or --user)")
+    return _refuse(path, f"{doing} it failed ({e.strerror or e})", f"fix the cause, {AGAIN}")
+
+
+def _destination(path: Path) -> Path:
+    """Where a write to `path` lands: a symlink (a config kept in a dotfiles repository) is written through, to the
+    file it points to, never replaced by a plain file."""
+    try:
+        if not path.is_symlink():
+            return path
+    except OSError as e:
+        raise _os_refusal(path, e, "reading") from None
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:  # a dangling link: create the file it names
+        return Path(os.path.realpath(path))
+    except OSError as e:
+        raise _refuse(path, f"is a symlink that cannot be followed ({e.strerror or e})",
+                      f"point it at a file or remove it, {AGAIN}") from None
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, or None when there is none."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _os_refusal(path, e, "reading") from None
+
+
+def _duplicates_recorded(found: list[tuple[str, dict]]):
+    """An object_pairs_hook that builds dicts as json does but records each repeated key (with its object): json
+    keeps the last silently, and rewriting the file would drop the other."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        obj: dict = {}
+        for k, v in pairs:
+            if k in obj:
+                found.append((k, obj))
+            obj[k] = v
+        return obj
+    return hook
+
+
+def _parse_json(path: Path, raw: bytes) -> Any:
+    """The JSON in `raw` (an empty file is `{}`), refusing text that is not UTF-8, not JSON, or has repeated keys."""
+    fix = f"repair the file or move it away, {AGAIN}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _refuse(path, f"is not UTF-8 text (byte {e.start})", fix) from None
+    found: list[tuple[str, dict]] = []
+    try:
+        data = json.loads(text.strip() or "{}", object_pairs_hook=_duplicates_recorded(found))
+    except json.JSONDecodeError as e:
+        raise _refuse(path, f"not valid JSON ({e})", fix) from None
+    except RecursionError:
+        raise _refuse(path, "not readable JSON (nested too deeply)", fix) from None
+    if found:
+        key, obj = found[0]
+        servers = data.get("mcpServers") if isinstance(data, dict) else None
+        where = "mcpServers" if obj is servers else "the top-level object" if obj is data else "a nested object"
+        raise _refuse(path, f"the key {json.dumps(key)} appears twice in {where} (JSON keeps only the last)",
+                      f"keep one of the two {json.dumps(key)} entries, {AGAIN}")
+    return data
+
+
 def _plan_json(path: Path, name: str, entry: dict[str, Any]) -> Planned:
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as e:
-            raise InstallError(f"{path}: not valid JSON ({e}). Fix: repair or move the file, then run install again.")
-        if not isinstance(data, dict) or not isinstance(data.get("mcpServers", {}), dict):
-            raise InstallError(f"{path}: expected a JSON object whose mcpServers is an object. Fix: repair the file.")
+    dest = _destination(path)
+    raw = _read(dest)
+    data: dict[str, Any] = {} if raw is None else _parse_json(path, raw)
+    if not isinstance(data, dict) or not isinstance(data.get("mcpServers", {}), dict):
+        raise _refuse(path, "expected a JSON object whose mcpServers is an object", "repair the file")
     servers = data.setdefault("mcpServers", {})
-    status = "unchanged" if servers.get(name) == entry else ("update" if path.exists() else "create")
+    status = "unchanged" if servers.get(name) == entry else ("update" if raw is not None else "create")
     servers[name] = entry
     shown = json.dumps({"mcpServers": {name: entry}}, indent=2)
-    return Planned(path, json.dumps(data, indent=2) + "\n", shown, status)
+    return Planned(path, json.dumps(data, indent=2) + "\n", shown, status, dest)
 
 
 def _plan_text(path: Path, text: str) -> Planned:
-    old = path.read_text(encoding="utf-8") if path.exists() else None
-    status = "unchanged" if old == text else ("update" if old is not None else "create")
-    return Planned(path, text, text, status)
+    dest = _destination(path)
+    old = _read(dest)  # bytes: a file that is not UTF-8 is simply replaced
+    status = "unchanged" if old == text.encode("utf-8") else ("update" if old is not None else "create")
+    return Planned(path, text, text, status, dest)
 
 
 def plan_claude(project: Path | None, user: bool, store: Path, name: str = "mcp-interp",
@@ -125,18 +221,51 @@ def plan_claude(project: Path | None, user: bool, store: Path, name: str = "mcp-
     return plans
 
 
+def check_writable(dest: Path) -> None:
+    """Refuse now what would stop writing `dest` later: a file where a directory must be (or be created), or a
+    directory we may not create files in (the atomic write puts a temporary file beside `dest`)."""
+    existing = _nearest_existing(dest)
+    if not existing.is_dir():
+        raise _not_a_directory(existing, dest)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _refuse(existing, f"permission denied creating files in it (to write {dest})",
+                      "make the directory writable, or install where you may write (--project DIR or --user)")
+
+
+def check_name(name: str) -> str:
+    """The server's key in mcpServers: Claude Code shows it and `claude mcp` commands take it as one argument."""
+    if not name or any(c.isspace() or unicodedata.category(c).startswith("C") for c in name):
+        raise _refuse("--name", f"{name!r} is not a server name: it must be non-empty, without spaces or control "
+                      "characters", "pass a name such as --name mcp-interp")
+    return name
+
+
+def _new_file_mode() -> int:
+    """What open() would give a new file (mkstemp makes 0600: a project's .mcp.json is meant to be shared)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write(path: Path, text: str) -> None:
-    """Atomically (a crash never leaves half a config), keeping an existing file's permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Atomically (a temporary file in the same directory, then os.replace: a crash never leaves half a config),
+    keeping an existing file's permissions."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise _os_refusal(path, e, "writing") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _os_refusal(path, e, "writing") from None
         raise
 
 
@@ -149,19 +278,23 @@ def default_store(project: Path | None, user: bool) -> Path:
 
 def install_claude(store: str | None, project: str | None, user: bool, name: str = "mcp-interp",
                    print_only: bool = False) -> int:
+    check_name(name)
     proj = Path(project).expanduser().absolute() if project else None
     if proj is not None and not proj.is_dir():
-        raise InstallError(f"--project: {proj} is not a directory. Fix: create it or name an existing project.")
+        raise _refuse("--project", f"{proj} is not a directory", "create it or name an existing project")
     root = (Path(store).expanduser() if store else default_store(proj, user)).absolute()
     plans = plan_claude(proj, user, root, name)
+    for p in plans:  # every target checked before the first write: a refusal leaves everything as it was
+        if p.status != "unchanged":
+            check_writable(p.dest)
     for p in plans:
         if print_only:
             sys.stdout.write(f"# {p.path} ({'would ' + p.status if p.status != 'unchanged' else 'unchanged'})\n"
                              f"{p.shown.rstrip()}\n\n")
         else:
             if p.status != "unchanged":
-                _write(p.path, p.text)
-            sys.stdout.write(f"{p.status:<9} {p.path}\n")
+                _write(p.dest, p.text)
+            sys.stdout.write(f"{p.status:<9} {p.path}{f' -> {p.dest}' if p.dest != p.path else ''}\n")
     if not print_only:
         sys.stdout.write(f"Server {name!r} stores its runs in {root}. Start Claude Code in "
                          f"{'any project' if user else proj or Path.cwd()}; /mcp lists the server (a project's "

@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -93,3 +95,132 @@ async def test_the_written_entry_starts_a_working_server_from_elsewhere(tmp_path
         res = await finish(c, await call(c, "run_baseline", {"model": "toy/tiny-random", "task": "induction", "n": 8}))
     assert (proj / "artifacts").is_dir() and not (elsewhere / "artifacts").exists()  # the store the entry names
     assert res["run_id"] in {p.name for p in (proj / "artifacts").rglob(res["run_id"])}
+
+
+# Refusals (issue 26, item 13): in-process, so a permission denial can be simulated where the tests run as root
+ROOT = os.geteuid() == 0  # root reads and writes through any mode bits
+
+
+def run_install(monkeypatch, capsys, home, *args):
+    from mcp_interp.server.cli import main
+
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MCP_INTERP_STORE", raising=False)
+    rc = main(["install", "claude", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_refused(rc, err, *words):
+    """Exit 1 with one line naming the problem and the fix: no traceback, no raw exception class."""
+    assert rc == 1 and err.count("\n") == 1 and "Fix:" in err, err
+    assert "Traceback" not in err and not re.search(r"[A-Z]\w*Error\b", err), err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def deny_read(monkeypatch, path):
+    if not ROOT:
+        path.chmod(0)
+        return
+    real = Path.open
+
+    def refusing_open(self, *a, **k):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+    monkeypatch.setattr(Path, "open", refusing_open)
+
+
+def deny_write(monkeypatch, directory):
+    if not ROOT:
+        directory.chmod(0o555)
+        return
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: Path(p) != directory and real(p, mode, **k))
+
+
+@pytest.fixture
+def proj(tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "home").mkdir()
+    return tmp_path / "proj"
+
+
+def test_a_directory_where_mcp_json_belongs_is_refused_with_a_fix(proj, monkeypatch, capsys):
+    (proj / ".mcp.json").mkdir()
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert_refused(rc, err, f"{proj / '.mcp.json'}: is a directory")
+    assert not (proj / ".claude").exists()
+
+
+@pytest.mark.parametrize("content, problem", [(b'\xff\xfe{"mcpServers": {}}', "is not UTF-8"),
+                                              (b"[" * 100_000, "not readable JSON (nested too deeply)")])
+def test_unreadable_json_is_refused_with_a_fix(proj, monkeypatch, capsys, content, problem):
+    (proj / ".mcp.json").write_bytes(content)
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert_refused(rc, err, ".mcp.json: " + problem)
+    assert (proj / ".mcp.json").read_bytes() == content and not (proj / ".claude").exists()
+
+
+def test_an_unreadable_config_is_refused_with_a_fix(proj, monkeypatch, capsys):
+    (proj / ".mcp.json").write_text("{}")
+    deny_read(monkeypatch, proj / ".mcp.json")
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert_refused(rc, err, ".mcp.json: permission denied reading it")
+    assert not (proj / ".claude").exists()
+
+
+def test_a_file_named_claude_fails_before_anything_is_written(proj, monkeypatch, capsys):
+    """.claude is a file: the skill cannot be written, so neither is .mcp.json (it was: a partial install)."""
+    (proj / ".claude").write_text("")
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert_refused(rc, err, f"{proj / '.claude'}: is a file where a directory is needed")
+    assert sorted(p.name for p in proj.iterdir()) == [".claude"]
+
+
+def test_a_directory_it_may_not_write_fails_before_anything_is_written(proj, monkeypatch, capsys):
+    """.mcp.json could be written, the skill directory not: every target is checked before the first write."""
+    (proj / ".claude").mkdir()
+    deny_write(monkeypatch, proj / ".claude")
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert_refused(rc, err, f"{proj / '.claude'}: permission denied")
+    assert not (proj / ".mcp.json").exists() and list((proj / ".claude").iterdir()) == []
+
+
+def test_a_symlinked_mcp_json_is_updated_through_the_link(proj, monkeypatch, capsys):
+    (proj.parent / "dotfiles").mkdir()
+    target = proj.parent / "dotfiles" / "mcp.json"
+    target.write_text(json.dumps({"mcpServers": {"other": {"command": "x"}}}))
+    (proj / ".mcp.json").symlink_to(target)
+    rc, out, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert rc == 0, err
+    assert (proj / ".mcp.json").is_symlink() and os.readlink(proj / ".mcp.json") == str(target)
+    assert set(json.loads(target.read_text())["mcpServers"]) == {"other", "mcp-interp"}
+    assert f"-> {target}" in out and [p.name for p in target.parent.iterdir()] == ["mcp.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("name", ["", "two words", "tab\there", "bell\x07", "zero\u200bwidth"])
+def test_a_server_name_must_be_non_empty_without_spaces_or_control_characters(proj, monkeypatch, capsys, name):
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj), "--name", name)
+    assert_refused(rc, err, "--name: ", repr(name))
+    assert list(proj.iterdir()) == []
+
+
+def test_duplicate_server_keys_are_refused_not_merged(proj, monkeypatch, capsys):
+    text = '{"mcpServers": {"mcp-interp": {"command": "a"}, "mcp-interp": {"command": "b"}}}'
+    (proj / ".mcp.json").write_text(text)
+    rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    assert_refused(rc, err, 'the key "mcp-interp" appears twice in mcpServers')
+    assert (proj / ".mcp.json").read_text() == text and not (proj / ".claude").exists()
+
+
+def test_new_files_get_the_usual_permissions(proj, monkeypatch, capsys):
+    """A project's .mcp.json is shared (it was created 0600, the temporary file's mode)."""
+    umask = os.umask(0o022)
+    try:
+        rc, _, err = run_install(monkeypatch, capsys, proj.parent / "home", "--project", str(proj))
+    finally:
+        os.umask(umask)
+    assert rc == 0, err
+    assert (proj / ".mcp.json").stat().st_mode & 0o777 == 0o644 and (proj / SKILL).stat().st_mode & 0o777 == 0o644
