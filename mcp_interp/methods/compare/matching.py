@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core import benjamini_hochberg
+from ..core.stats import benjamini_hochberg, random_orthonormal, random_rotation
 from .similarity import Shuffle, row_shuffler
 
 NULLS = ("both", "shuffle", "rotation")
@@ -57,15 +57,9 @@ def assign(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return linear_sum_assignment(-np.abs(C))
 
 
-def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
-    """A Haar-random orthogonal matrix [d, d] (QR of a Gaussian matrix with the sign fix)."""
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
-
-
 class _Rotator:
     """Z @ Q for Haar-random orthogonal Q [F, F] without forming Q: with Z = U S V^T (rank r <= rows), V^T Q is a
-    Haar-random r x F matrix with orthonormal rows, drawn as the QR of a Gaussian [F, r] — O(F r^2), not O(F^3)."""
+    Haar-random r x F matrix with orthonormal rows (core.stats.random_orthonormal: O(F r^2), not O(F^3))."""
 
     def __init__(self, Z: np.ndarray):
         U, S, _ = np.linalg.svd(Z, full_matrices=False)
@@ -73,9 +67,7 @@ class _Rotator:
         self.US, self.F = U[:, keep] * S[keep], Z.shape[1]
 
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        r = self.US.shape[1]
-        q, rr = np.linalg.qr(rng.standard_normal((self.F, r)))
-        return self.US @ (q * np.sign(np.diag(rr))).T
+        return self.US @ random_orthonormal(self.F, self.US.shape[1], rng).T
 
 
 @dataclass

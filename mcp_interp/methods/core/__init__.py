@@ -5,9 +5,11 @@ from .forward import final_logits, group_by_length, prefix_cache, shared_prefix
 from .metrics import LogitDiffMetric, Metric, ProbDiffMetric, ProbMetric, column_logits, final_normed
 from .progress import Cancelled, Progress, ShouldCancel, check_cancelled, span
 from .sites import HEAD_KINDS, MLP_KINDS, RESID_KINDS, Site, SiteKind, n_kv_heads
-from .stats import auroc, benjamini_hochberg, bootstrap_ci, ci_dict, ratio_ci
+from .stats import (auroc, benjamini_hochberg, bootstrap_ci, ci_dict, percentile_bootstrap, random_orthonormal,
+                    random_rotation, ratio_ci)
 
 __all__ = ["Cancelled", "HEAD_KINDS", "LogitDiffMetric", "MLP_KINDS", "Metric", "ProbDiffMetric", "ProbMetric", "Progress",
            "RESID_KINDS", "ShouldCancel", "Site", "SiteKind", "auroc", "benjamini_hochberg", "bootstrap_ci",
            "check_cancelled", "ci_dict", "column_logits", "ratio_ci", "final_logits", "final_normed",
-           "group_by_length", "n_kv_heads", "prefix_cache", "shared_prefix", "span"]
+           "group_by_length", "n_kv_heads", "percentile_bootstrap", "prefix_cache", "random_orthonormal",
+           "random_rotation", "shared_prefix", "span"]

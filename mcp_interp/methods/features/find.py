@@ -19,27 +19,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core import Progress, ShouldCancel, benjamini_hochberg, bootstrap_ci, check_cancelled, ratio_ci
+from ..core import Progress, ShouldCancel, check_cancelled
 from ..core.forward import cache_bytes_per_row, group_by_length, prefix_cache, prefix_reusable
+from ..core.stats import auroc, benjamini_hochberg, bootstrap_ci, percentile_bootstrap, ratio_ci, resample_batch
 from .sources import source_hooks
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
 
 
-def _auroc_from_ranks(ranks: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """ranks [n, F], pos [..., n] 0/1 -> AUROC [..., F]."""
-    n1 = pos.sum(-1, keepdims=True)
-    n0 = pos.shape[-1] - n1
-    return (pos @ ranks - n1 * (n1 + 1) / 2) / (n1 * n0)
-
-
 def _eta2(x: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-    """x [n, F], onehot [..., n, C] -> eta^2 [..., F]."""
+    """x [..., n, F], onehot [..., n, C] (leading dimensions broadcast) -> eta^2 [..., F]."""
     counts = onehot.sum(-2)  # [..., C]
     sums = np.swapaxes(onehot, -1, -2) @ x  # [..., C, F]
-    mean = x.mean(0)
-    ss_b = (sums ** 2 / np.maximum(counts, 1)[..., None]).sum(-2) - len(x) * mean ** 2
-    ss_t = ((x - mean) ** 2).sum(0)
+    mean = x.mean(-2)
+    ss_b = (sums ** 2 / np.maximum(counts, 1)[..., None]).sum(-2) - x.shape[-2] * mean ** 2
+    ss_t = ((x - mean[..., None, :]) ** 2).sum(-2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(ss_t > 1e-12, ss_b / ss_t, 0.0)
 
@@ -66,8 +60,6 @@ MIN_GROUP_FOR_ASYMPTOTIC = 5  # prompts per value below which Kruskal-Wallis p i
 def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_boot: int = 1000, top: int = 20,
                   seed: int = 0) -> Ranking:
     """Rank features (columns of `values` [n, F]) by how well they separate `labels` [n] (see the module doc)."""
-    from scipy.stats import rankdata
-
     x = np.asarray(values, dtype=np.float64)
     classes = sorted(set(labels), key=str)
     if len(classes) < 2:
@@ -77,11 +69,10 @@ def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_bo
     rng = np.random.default_rng(seed)
     perms = np.stack([rng.permutation(y) for _ in range(n_perm)])  # [P, n]
     if len(classes) == 2:
-        ranks = rankdata(x, axis=0)
-        pos = (y == 0).astype(np.float64)
-        score = _auroc_from_ranks(ranks, pos)
+        # AUROC of classes[0] against the rest; the permutations' label sets against the same ranks
+        score = auroc(x, y == 0)
         strength = np.abs(score - 0.5) * 2
-        null = np.abs(_auroc_from_ranks(ranks, (perms == 0).astype(np.float64)) - 0.5) * 2  # [P, F]
+        null = np.abs(auroc(x, perms == 0) - 0.5) * 2  # [P, F]
         stat = "auroc"
     else:
         onehot = np.eye(len(classes))[y]
@@ -112,22 +103,23 @@ def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_bo
     order = np.lexsort((p_rank, -strength))
     res = Ranking(stat, classes, score, strength, p_rank, benjamini_hochberg(p_rank), order, n_perm=n_perm, n=n,
                   p_perm=p_perm)
-    # bootstrap CIs of the score for the top features (resampled examples; degenerate resamples skipped)
+    # bootstrap CIs of the score for the top features: resampled examples (all top features on the same ones;
+    # the stream continues from the permutations); resamples that miss a value of the variable are left out
     top_idx = order[:top]
-    boots = []
-    for _ in range(n_boot):
-        ii = rng.integers(0, n, n)
-        yy = y[ii]
-        if len(set(yy.tolist())) < len(classes):
-            continue
-        xx = x[ii][:, top_idx]
-        if stat == "auroc":
-            boots.append(_auroc_from_ranks(rankdata(xx, axis=0), (yy == 0).astype(np.float64)))
-        else:
-            boots.append(_eta2(xx, np.eye(len(classes))[yy]))
-    if boots:
-        lo, hi = np.quantile(np.stack(boots), [0.025, 0.975], axis=0)
-        res.ci = {int(f): (float(a), float(b)) for f, a, b in zip(top_idx, lo, hi)}
+    xt, kept = x[:, top_idx], [0]
+
+    def statistic(idx):
+        yy = y[idx]  # [b, n]
+        every_value = (yy[..., None] == np.arange(len(classes))).any(-2).all(-1)
+        kept[0] += int(every_value.sum())
+        s = auroc(xt[idx], yy == 0) if stat == "auroc" else _eta2(xt[idx], np.eye(len(classes))[yy])
+        return s, every_value
+
+    if n_boot and len(top_idx):
+        lo, hi = percentile_bootstrap(statistic, n, n_boot, alpha=0.05, seed=rng,
+                                      batch=resample_batch(n, len(top_idx) + len(classes)))
+        if kept[0]:
+            res.ci = {int(f): (float(a), float(b)) for f, a, b in zip(top_idx, lo, hi)}
     return res
 
 

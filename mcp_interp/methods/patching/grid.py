@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from ..core.sites import Site
 from ..core.patch_engine import PatchResult
+from ..core.sites import Site
+from ..core.stats import ratio_ci
 
 
 def grid_cells(sites: Sequence[str], layers: Sequence[int], n_positions: int, n_heads: int) -> list[Site]:
@@ -51,28 +51,14 @@ def normalised_effects(res: PatchResult, n_boot: int = 1000, seed: int = 0) -> d
     example's clean−counterfactual gap is small, and matches TransformerLens' batched patching loop.
     """
     base, src = (res.corrupt, res.clean) if res.direction == "denoise" else (res.clean, res.corrupt)
-    patched = res.patched.double()
-    base, src = base.double(), src.double()
-
-    def ratio(idx: torch.Tensor | None) -> torch.Tensor:
-        if idx is None:
-            p, b, s = patched.mean(0), base.mean(), src.mean()
-            return (p - b) / (s - b)
-        p, b, s = patched[idx].mean(1), base[idx].mean(1), src[idx].mean(1)
-        return (p - b[:, None]) / (s - b)[:, None]
-
-    mean = ratio(None)
-    n = patched.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    boots = []
-    for start in range(0, n_boot, 250):  # chunks bound memory on big grids
-        idx = torch.randint(0, n, (min(250, n_boot - start), n), generator=gen)
-        boots.append(ratio(idx))
-    b = torch.cat(boots)
-    lo, hi = torch.nanquantile(b, 0.025, dim=0), torch.nanquantile(b, 0.975, dim=0)
-    per_example = (patched - base[:, None]) / (src - base)[:, None]
-    return {"mean": mean.numpy(), "lo": lo.numpy(), "hi": hi.numpy(), "per_example": per_example.numpy(),
-            "gap": float((src - base).mean())}
+    patched = res.patched.double().numpy()
+    base, src = base.double().numpy(), src.double().numpy()
+    # mean(patched - base) / mean(src - base) per cell, every cell on the same resampled examples; a resample whose
+    # gap is 0 gives +-inf (0/0: left out), so undefined cells stay visible as non-finite bounds
+    mean, lo, hi = ratio_ci(patched - base[:, None], src - base, n_boot=n_boot, seed=seed, zero_den="keep")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_example = (patched - base[:, None]) / (src - base)[:, None]
+    return {"mean": mean, "lo": lo, "hi": hi, "per_example": per_example, "gap": float((src - base).mean())}
 
 
 def dominant_positions(mean: np.ndarray, layers: Sequence[int], labels: Sequence[str]) -> list[dict]:
