@@ -3,12 +3,14 @@
     python benchmarks/das.py [--model planted-direction|smollm2-135m] [--n 256] [--epochs 10] [--k 1]
                              [--batch-size 32] [--lr 1e-2] [--seed 0] [--threads 1]
                              [--site HOOK] [--head H] [--position END] [--counterfactual NAME]
-                             [--pyvene-path DIR] [--skip-baseline]
+                             [--pyvene-path DIR] [--skip-baseline] [--repeats 2]
 
 Both sides get the same task, interchange data (train/test split by base prompt), site, k, epochs,
 batch order, seed, optimiser (AdamW, no weight decay) and the same initial rotation: the same maths,
 so their held-out IIAs should agree up to float noise (which a few hundred optimiser steps can
-amplify a little); the difference and the overlap of the learned subspaces are printed.
+amplify a little); the difference and the overlap of the learned subspaces are printed. Each side trains from the
+same start `--repeats` times, the sides alternating which goes first (benchmarks/_timing.py); printed: median
+seconds (the whole call: caching, training, evaluation), the median speed-up with its min-max spread.
 
 Ours: `mcp_interp.methods.das.train.train_das` (cached source/base activations, suffix-only forward from
 the site on, final-position unembedding). Baseline "TL hooks": what a user writes with
@@ -30,10 +32,12 @@ name); default site blocks.22.hook_resid_pre at END (name information arrives at
 21-24; there full-vector patching reaches IIA ~0.5 and DAS with k = 4 more), sources from `s2_swap`.
 
 Measured here (2 shared CPU cores, --threads 1):
-  planted-direction, defaults (n 256, k 1, 10 epochs): ours 0.16 s, TL hooks 0.47 s (2.9x; 2.2-3.0x
-    over runs on the shared machine), pyvene 0.58 s (3.6x); held-out IIA 1.000 for all three, subspace
-    overlap 1.0000. On a 2-layer, 81-dim model the fixed per-step costs that both sides pay (AdamW,
-    the orthogonal parametrisation, autograd bookkeeping) are most of a step.
+  planted-direction, defaults (n 256, k 1, 10 epochs), --repeats 6 --pyvene-path (load ~5), medians: ours
+    0.18 s, TL hooks 0.58 s (speed-up 3.1x, 2.4-4.3 wall; 3.1x, 2.5-4.1 CPU), pyvene 0.65 s (3.4x, 2.9-5.2
+    wall; 3.4x, 2.8-5.0 CPU); held-out IIA 1.000 for all three, subspace overlap 1.0000. On a 2-layer, 81-dim
+    model the fixed per-step costs that both sides pay (AdamW, the orthogonal parametrisation, autograd
+    bookkeeping) are most of a step.
+  Before the sides alternated (one run each, ours first; the SmolLM2 row is not re-measured since):
   smollm2-135m --n 64 --epochs 4 --k 4 --batch-size 16: ours 7.4 s (5.1 s of it the one-off caching
     forwards), TL hooks 40.9 s (5.5x), pyvene 38.8 s (5.2x); held-out IIA 0.750 for all three
     (16 test prompts), overlap 0.9999. Ours costs ~0.15 s per step against ~3 s, so the ratio grows
@@ -55,6 +59,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks._timing import add_repeats, alternate, report  # noqa: E402
 from mcp_interp.methods.das import Site, initial_rotation, register_orthogonal, train_das  # noqa: E402
 from mcp_interp.tasks.interchange import build_interchange_dataset  # noqa: E402
 from mcp_interp.tasks.spec import TaskSpec  # noqa: E402
@@ -130,8 +135,8 @@ def iia(model, examples, R, site, logits_fn):
 
 
 def train_baseline(model, data, site, args, init, logits_fn=_hooked_logits, params=None, weight=None):
-    """Same schedule as train_das: AdamW, same batches (same permutation generator), same init."""
-    t0 = time.perf_counter()
+    """Same schedule as train_das: AdamW, same batches (same permutation generator), same init:
+    (R, train IIA, held-out IIA)."""
     rot = Rot(init, args.seed) if params is None else None
     opt = torch.optim.AdamW(rot.parameters() if rot else params, lr=args.lr, weight_decay=0.0)
     get_R = (lambda: rot.weight) if rot else weight
@@ -152,8 +157,7 @@ def train_baseline(model, data, site, args, init, logits_fn=_hooked_logits, para
             opt.step()
     with torch.no_grad():
         R = get_R().detach().clone()
-    tr, te = iia(model, data.train, R, site, logits_fn), iia(model, data.test, R, site, logits_fn)
-    return R, tr, te, time.perf_counter() - t0
+    return R, iia(model, data.train, R, site, logits_fn), iia(model, data.test, R, site, logits_fn)
 
 
 # ---------------------------------------------------------------- pyvene, when importable
@@ -212,6 +216,7 @@ def main():
     ap.add_argument("--counterfactual", default=None, help="source generator (default: fresh samples; IOI: s2_swap)")
     ap.add_argument("--pyvene-path", default=None, help="directory holding an unzipped pyvene wheel")
     ap.add_argument("--skip-baseline", action="store_true")
+    add_repeats(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.pyvene_path:
@@ -228,33 +233,40 @@ def main():
     d = site.dim(model)
     init = initial_rotation(d, args.k, args.seed)
 
-    ours = train_das(model, data, site, args.k, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                     seed=args.seed, init_rotation=init, controls=False)
-    c = ours.cost
-    print(f"\nours:      {c['seconds']:7.2f} s (cache {c['cache_seconds']:.2f}, train {c['train_seconds']:.2f}, "
-          f"eval {c['eval_seconds']:.2f})  train IIA {ours.train.iia:.3f}  held-out IIA {ours.test.iia:.3f}  "
-          f"(base accuracy {ours.base_accuracy:.3f})")
-    print(f"           token-layers run in training {c['suffix_token_layers']:,} vs {c['naive_train_token_layers']:,} "
+    def ours():
+        r = train_das(model, data, site, args.k, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      seed=args.seed, init_rotation=init, controls=False)
+        return r.rotation, r.train.iia, r.test.iia, r
+
+    sides = {"ours": ours}
+    if not args.skip_baseline:
+        sides["TL hooks"] = lambda: train_baseline(model, data, site, args, init)
+        if importlib.util.find_spec("pyvene") is None:
+            print("pyvene: not importable (not installed here; see --pyvene-path in the docstring)")
+        else:
+            def pyvene():  # a fresh intervention per run: training moves its parameters
+                params, weight, logits_fn = pyvene_contender(model, site, d, args.k, init, args.seed)
+                return train_baseline(model, data, site, args, init, logits_fn, params, weight)
+
+            try:
+                pyvene_contender(model, site, d, args.k, init, args.seed)
+                sides["pyvene"] = pyvene
+            except Exception as e:  # a contender that does not run must not hide the main comparison
+                print(f"pyvene: could not run ({type(e).__name__}: {e})")
+    t = alternate(sides, args.repeats)
+    R, tr, te, res = t.first("ours")
+    c = res.cost
+    print(f"\nours: train IIA {tr:.3f}  held-out IIA {te:.3f}  (base accuracy {res.base_accuracy:.3f}); first run "
+          f"{c['seconds']:.2f} s (cache {c['cache_seconds']:.2f}, train {c['train_seconds']:.2f}, "
+          f"eval {c['eval_seconds']:.2f})")
+    print(f"      token-layers run in training {c['suffix_token_layers']:,} vs {c['naive_train_token_layers']:,} "
           f"for full base+source forwards ({c['naive_train_token_layers'] / max(c['suffix_token_layers'], 1):.0f}x)")
-    if args.skip_baseline:
-        return
-    R_b, tr_b, te_b, secs_b = train_baseline(model, data, site, args, init)
-    print(f"TL hooks:  {secs_b:7.2f} s  train IIA {tr_b:.3f}  held-out IIA {te_b:.3f}")
-    overlap = float((ours.rotation.T @ R_b).pow(2).sum()) / args.k  # 1 = the same subspace
-    print(f"speed-up vs TL hooks: {secs_b / c['seconds']:.1f}x   held-out IIA difference (ours - TL) "
-          f"{ours.test.iia - te_b:+.3f}   subspace overlap |R_ours^T R_TL|_F^2 / k = {overlap:.4f}")
-    if importlib.util.find_spec("pyvene") is None:
-        print("pyvene: not importable (not installed here; see --pyvene-path in the docstring)")
-        return
-    try:
-        params, weight, logits_fn = pyvene_contender(model, site, d, args.k, init, args.seed)
-    except Exception as e:  # a contender that does not run must not hide the main comparison
-        print(f"pyvene: could not run ({type(e).__name__}: {e})")
-        return
-    R_p, tr_p, te_p, secs_p = train_baseline(model, data, site, args, init, logits_fn, params, weight)
-    print(f"pyvene:    {secs_p:7.2f} s  train IIA {tr_p:.3f}  held-out IIA {te_p:.3f}")
-    print(f"speed-up vs pyvene: {secs_p / c['seconds']:.1f}x   held-out IIA difference (ours - pyvene) "
-          f"{ours.test.iia - te_p:+.3f}")
+    for name in list(sides)[1:]:
+        R_b, tr_b, te_b = t.first(name)
+        overlap = float((R.T @ R_b).pow(2).sum()) / args.k  # 1 = the same subspace
+        print(f"{name}: train IIA {tr_b:.3f}  held-out IIA {te_b:.3f}  held-out IIA difference (ours - {name}) "
+              f"{te - te_b:+.3f}  subspace overlap |R_ours^T R_{name}|_F^2 / k = {overlap:.4f}")
+    report(t, "ours", diff=lambda o, b: abs(o[2] - b[2]), what="held-out IIA difference")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,15 @@
 The circuits are those of one faithfulness curve (docs/architecture.md §6): the top-k edges by `--method` scores at every
 fraction of FRACTIONS, ranked by signed and by absolute score, plus the empty circuit (21 circuits); every edge
 outside a circuit carries its counterfactual value. Three evaluators run on the same model, pairs and circuits,
-interleaved in one process:
+in one process, alternating (benchmarks/_timing.py: `--repeats` runs each, the order reversed every repeat):
 
   new    `edge_circuit_metrics` (masked.py: senders' differences stacked, per-receiver masks as one batched
          matmul, several circuits per forward)
   old    the per-receiver Python loop shipped before (tests/methods/attribution/edge_loop.py, verbatim), driven
          as the old `edge_circuit_metrics` drove it (8 pairs x 4 circuits per forward)
   auto-circuit  auto-circuit 1.0.1's PatchableModel (one forward per circuit, its own PatchWrappers; the masks set
-         edge by edge from ours), when importable.
+         edge by edge from ours), when importable; built once on a copy of the model (its wrappers stay out of
+         ours), the graph construction not timed.
 
 auto-circuit 1.0.1 declares transformer-lens>=1.13 but imports `HookedTransformerKeyValueCache` from the
 top-level package and from `transformer_lens.past_key_value_caching`, both gone in TransformerLens 3.x; the
@@ -29,20 +30,27 @@ have; the model is then run with TransformerLens' `ungroup_grouped_query_attenti
 head, numerically the same model) and our edge into group g's k/v input is auto-circuit's edges into the k/v
 inputs of every query head of group g. Where auto-circuit cannot be imported the row says why and is skipped.
 
-Printed: seconds per evaluator, the speed-up over each baseline, and the max |difference| of the circuits' mean
-metric and of the faithfulness values. The toy is `toy/planted-<regime>` with its planted task.
+Printed: median seconds per evaluator, the median speed-up over each baseline with its min-max spread over the
+repeats, and the max |difference| of the circuits' mean metric and of the faithfulness values. The toy is
+`toy/planted-<regime>` with its planted task.
 
-Measured 2026-11-30 on the shared 2-core CPU box (load average 9-17 from other jobs: wall times are inflated and
+Alternating, `--skip-model --toy clean --threads 1 --repeats 6` under /tmp/ac_venv (toy/planted-clean, n=16, 21
+circuits; load ~5 on the 2 cores), medians: new 0.05 s; old loop 0.17 s, speed-up 4.2x (2.5-6.2) wall, 3.9x
+(3.3-4.5) CPU; auto-circuit 1.0.1 0.13 s, 3.1x (1.9-5.6) wall, 2.7x (2.5-3.0) CPU; max |metric diff| and max
+|faithfulness diff| 0 for both.
+
+Measured 2026-11-30 on the shared 2-core CPU box, before the sides alternated (one old run between two new ones,
+the new side's best of two quoted; not re-measured) (load average 9-17 from other jobs: wall times are inflated and
 noisy, CPU-time ratios are the steadier number):
-  toy/planted-clean, n=16, 21 circuits, --threads 1, under /tmp/ac_venv:
-      new 0.17 s; old loop 0.53 s (3.2x); auto-circuit 1.0.1 0.81 s (4.8x); max |metric diff| 0 for both.
+  toy/planted-clean (re-measured above): new 0.17 s; old loop 0.53 s (3.2x); auto-circuit 0.81 s (4.8x).
   tiny GQA/rotary and standard random models (tests' configs), 6 circuits: auto-circuit agrees with ours to 1e-6.
   smollm2-135m ioi n=16, eap_ig ranking, 70651 edges, 21 circuits (first version of masked.py, one matmul per
       receiver hook): new 564.7 s wall under load; the old loop was stopped after 30 min (it could not finish before
       the deadline), and EAP-IG scores alone took 1722 s wall (use --scores-dir to reuse them).
   benchmarks/edges_forward_ratio.py 8 (final masked.py, same process, 8 densest curve circuits x 8 IOI pairs):
       old loop 486.0 s CPU / 896.3 s wall; new 31.6 s CPU / 94.7 s wall (first run), 36.1 s CPU / 36.4 s wall
-      (second) -> 15.4x CPU, 24.6x wall; max |metric diff| 3.8e-06.
+      (second) -> 15.4x CPU, 24.6x wall against the faster new run; against the first new run (the only one the
+      old loop had a counterpart for) 15.4x CPU, 9.5x wall; max |metric diff| 3.8e-06. Not re-measured since.
 auto-circuit on SmolLM2 was not run here for lack of time on this machine (its graph, ungrouped, has 9 k/v inputs per
 layer instead of 3; the code path is the one checked on the tiny GQA model).
 """
@@ -51,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks._timing import add_repeats, alternate, report, timed  # noqa: E402
 from mcp_interp.methods.attribution import (FRACTIONS, circuit_counts, edge_circuit_metrics, edge_scores,  # noqa: E402
                                             pair_chunks, receivers, sender_hooks, sender_outputs, senders,
                                             split_inputs, top_k_masks)
@@ -105,19 +113,6 @@ def faithfulness(m, mx, mc):
     return (m - m[-1]) / (mx - m[-1])
 
 
-def sync(model):
-    if str(model.cfg.device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, model):
-    sync(model)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(model)
-    return out, time.perf_counter() - t0
-
-
 def edge_ranking(label, model, clean, corrupt, metric, method, scores_dir):
     """(allowed [S, R], flat scores, seconds) of `method`, read from / written to scores_dir when given (EAP-IG on
     SmolLM2 takes minutes; the circuits only need its ranking)."""
@@ -126,14 +121,15 @@ def edge_ranking(label, model, clean, corrupt, metric, method, scores_dir):
     if path is not None and path.exists():
         d = torch.load(path)
         return d["allowed"], d["flat"], d["seconds"]
-    es, t = timed(lambda: edge_scores(model, method, clean, corrupt, metric), model)
+    run = timed(lambda: edge_scores(model, method, clean, corrupt, metric), model.cfg.device)
+    es, t = run.result, run.wall
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"allowed": es.allowed, "flat": es.flat(), "seconds": t}, path)
     return es.allowed, es.flat(), t
 
 
-def bench(label, model, clean, corrupt, metric, method, skip_old, auto, scores_dir=None):
+def bench(label, model, clean, corrupt, metric, method, skip_old, auto, scores_dir=None, repeats=2):
     S, R = senders(model), receivers(model)
     allowed, scores, t_scores = edge_ranking(label, model, clean, corrupt, metric, method, scores_dir)
     counts = circuit_counts(len(scores), FRACTIONS)
@@ -143,27 +139,26 @@ def bench(label, model, clean, corrupt, metric, method, skip_old, auto, scores_d
           f"pos={len(clean[0])}, {len(keep)} circuits (sizes {counts}), device {model.cfg.device}, "
           f"{torch.get_num_threads()} threads; {method} scores took {t_scores:.1f} s", flush=True)
     args = (model, S, R, allowed, keep, clean, corrupt, metric)
-    (m_new, mx, mc), t_new = timed(lambda: edge_circuit_metrics(*args), model)
-    f_new = faithfulness(m_new, mx, mc)
-    print(f"new (vectorised)      {t_new:8.2f} s", flush=True)
-    rows = []
+    ends = {}  # m(x), m(x') as the new evaluator reports them
+
+    def new():
+        m, ends["mx"], ends["mc"] = edge_circuit_metrics(*args)
+        return m
+
+    sides = {"new (vectorised)": new}
     if not skip_old:
-        (m_old, _, _), t_old = timed(lambda: old_evaluator(*args), model)
-        rows.append(("old per-receiver loop", t_old, m_old))
-        (m_new2, _, _), t_new2 = timed(lambda: edge_circuit_metrics(*args), model)  # interleaved: new, old, new
-        print(f"new again             {t_new2:8.2f} s (max |diff| to the first new run {float((m_new2 - m_new).abs().max()):.1e})")
-        t_new = min(t_new, t_new2)
+        sides["old per-receiver loop"] = lambda: old_evaluator(*args)[0]
     if auto is not None:
         try:
-            m_ac, t_ac = auto(model, S, R, allowed, keep, clean, corrupt, metric)
-            rows.append(("auto-circuit 1.0.1", t_ac, m_ac))
+            sides["auto-circuit 1.0.1"] = auto(model, S, R, allowed, keep, clean, corrupt, metric)
         except Exception as e:  # report why auto-circuit could not run on this model, keep the other rows
             print(f"auto-circuit failed on {label}: {type(e).__name__}: {e}")
-    for name, t, m in rows:
-        f = faithfulness(m, mx, mc)
-        print(f"{name:22s}{t:8.2f} s   speed-up of new: {t / t_new:6.1f}x   max |metric diff| "
-              f"{float((m - m_new).abs().max()):.2e}   max |faithfulness diff| {float((f - f_new).abs().max()):.2e}",
-              flush=True)
+    t = alternate(sides, repeats, model.cfg.device)
+    report(t, "new (vectorised)", what="metric diff")
+    f_new = faithfulness(t.first("new (vectorised)"), ends["mx"], ends["mc"])
+    for name in list(sides)[1:]:
+        f = faithfulness(t.first(name), ends["mx"], ends["mc"])
+        print(f"{name}: max |faithfulness diff| {float((f - f_new).abs().max()):.2e}")
     print("faithfulness (signed ranking):", [round(float(v), 3) for v in f_new[:len(counts)]])
 
 
@@ -181,6 +176,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--scores-dir", default=None, help="keep the edge scores here and reuse them on the next run")
+    add_repeats(ap)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -194,10 +190,11 @@ def main() -> None:
     if a.toy:
         model, clean, corrupt, metric = toy_case(a.toy, a.toy_n)
         model.to(a.device or "cpu")
-        bench(f"toy/planted-{a.toy}", model, clean, corrupt, metric, a.method, a.skip_old, auto, a.scores_dir)
+        bench(f"toy/planted-{a.toy}", model, clean, corrupt, metric, a.method, a.skip_old, auto, a.scores_dir,
+              a.repeats)
     if not a.skip_model:
         model, clean, corrupt, metric = smollm2_case(a.model, a.task, a.n, a.device)
-        bench(f"{a.model} {a.task}", model, clean, corrupt, metric, a.method, a.skip_old, auto, a.scores_dir)
+        bench(f"{a.model} {a.task}", model, clean, corrupt, metric, a.method, a.skip_old, auto, a.scores_dir, a.repeats)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Faithfulness curves and EAP-IG on SmolLM2 IOI: the shared-prefix paths against the full-forward ones.
 
     python benchmarks/faithfulness_curves.py [--counterfactual s2_swap] [--n 16] [--parts nodes,edges,eap_ig]
-                                             [--threads N]
+                                             [--threads N] [--repeats 2]
 
-Same process, same pairs (the built-in IOI task, seed 0), interleaved, each pair of results compared:
+Same process, same pairs (the built-in IOI task, seed 0), each side run `--repeats` times, alternating which goes
+first (benchmarks/_timing.py), each pair of results compared:
 
   nodes   a node curve's distinct circuits (both rankings at the MIB fractions, the empty circuit; ranking from
           random scores) over all heads and over all MLPs: `core.circuit_runs` (batched rows from the first differing
@@ -13,21 +14,22 @@ Same process, same pairs (the built-in IOI task, seed 0), interleaved, each pair
           a frozen KV cache vs every token per circuit (prefix=0).
   eap_ig  EAP-IG edge scores (10 steps): `edge_scores(reuse_prefix=True)` vs `reuse_prefix=False`.
 
-Prints seconds, the ratio and the max |difference| (metric units). `s2_swap` differs from token 9 of 14 (S2): the
-prefix saves most there; `resample_names` differs from token 1, so what is left is the last-token read-out.
+Prints median seconds, the median ratio with its min-max spread and the max |difference| (metric units).
+`s2_swap` differs from token 9 of 14 (S2): the prefix saves most there; `resample_names` differs from token 1, so
+what is left is the last-token read-out.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks._timing import add_repeats, alternate, report  # noqa: E402
 from mcp_interp.methods.attribution import (FRACTIONS, circuit_counts, edge_mask_allowed, edge_scores,  # noqa: E402
                                             masked_forward, node_circuit_metrics, nodes_for, pair_chunks, receivers,
                                             sender_hooks, sender_outputs, senders, split_inputs, top_k_masks)
@@ -44,16 +46,13 @@ def curve_masks(n_units: int) -> torch.Tensor:
                      + [torch.zeros(1, n_units, dtype=torch.bool)]).unique(dim=0)
 
 
-def timed(f):
-    t0 = time.perf_counter()
-    out = f()
-    return out, time.perf_counter() - t0
-
-
-def report(what: str, new, t_new: float, old, t_old: float) -> None:
-    diff = float((torch.as_tensor(new) - torch.as_tensor(old)).abs().max())
-    print(f"{what}: shared prefix {t_new:6.2f} s, full forwards {t_old:6.2f} s, speed-up {t_old / t_new:4.1f}x, "
-          f"max |diff| {diff:.1e} (largest value {float(torch.as_tensor(old).abs().max()):.2f})", flush=True)
+def compare(what: str, ours, base, repeats: int, ours_name: str = "shared prefix",
+            base_name: str = "full forwards") -> None:
+    """Time ours() against base() (alternating) and print the comparison of their results."""
+    print(f"\n{what}", flush=True)
+    t = alternate({ours_name: ours, base_name: base}, repeats)
+    report(t, ours_name)
+    print(f"  largest value {float(torch.as_tensor(t.first(base_name)).abs().max()):.2f}", flush=True)
 
 
 def main():
@@ -62,6 +61,7 @@ def main():
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--parts", default="nodes,edges,eap_ig")
     ap.add_argument("--threads", type=int, default=None)
+    add_repeats(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,34 +78,30 @@ def main():
         for level in ("heads", "mlps"):
             nodes = nodes_for(model, level)
             keep = curve_masks(len(nodes))
-            (new, _, _), t_new = timed(lambda: node_circuit_metrics(model, nodes, keep, clean, corrupt, metric))
-            (old, _, _), t_old = timed(lambda: node_circuit_metrics(model, nodes, keep, clean, corrupt, metric,
-                                                                    use_engine=False))
-            report(f"node curve, {len(keep)} circuits of {len(nodes)} {level}", new, t_new, old, t_old)
+            compare(f"node curve, {len(keep)} circuits of {len(nodes)} {level}",
+                    lambda: node_circuit_metrics(model, nodes, keep, clean, corrupt, metric)[0],
+                    lambda: node_circuit_metrics(model, nodes, keep, clean, corrupt, metric, use_engine=False)[0],
+                    args.repeats, "engine rows", "hooked loop")
     if "edges" in parts:
         S, R = senders(model), receivers(model)
         allowed = edge_mask_allowed(model, S, R)
         keep = curve_masks(int(allowed.sum()))
         full = torch.zeros(len(keep), *allowed.shape, dtype=torch.bool)
         full[:, allowed] = ~keep
-        with split_inputs(model):
-            new_t = old_t = 0.0
-            new, old = [], []
-            for pc in pair_chunks(model, clean, corrupt, metric, sender_hooks(model, S), 8, names_x=[]):
-                other = sender_outputs(model, pc.cache_c, S)
-                m, t = timed(lambda: masked_forward(model, pc.x, other, full, metric, pc.idx, S, R,
-                                                    prefix=shared_prefix(pc.x, pc.xc)))
-                new.append(m)
-                new_t += t
-                m, t = timed(lambda: masked_forward(model, pc.x, other, full, metric, pc.idx, S, R))
-                old.append(m)
-                old_t += t
-        report(f"edge curve, {len(keep)} circuits of {int(allowed.sum())} edges", torch.cat(new, 1), new_t,
-               torch.cat(old, 1), old_t)
+        with split_inputs(model):  # the pairs' caches and sender outputs first: both sides start from them
+            chunks = [(pc, sender_outputs(model, pc.cache_c, S))
+                      for pc in pair_chunks(model, clean, corrupt, metric, sender_hooks(model, S), 8, names_x=[])]
+
+            def curve(prefix: bool):
+                return torch.cat([masked_forward(model, pc.x, other, full, metric, pc.idx, S, R,
+                                                 prefix=shared_prefix(pc.x, pc.xc) if prefix else 0)
+                                  for pc, other in chunks], 1)
+
+            compare(f"edge curve, {len(keep)} circuits of {int(allowed.sum())} edges", lambda: curve(True),
+                    lambda: curve(False), args.repeats)
     if "eap_ig" in parts:
-        new, t_new = timed(lambda: edge_scores(model, "eap_ig", clean, corrupt, metric).scores)
-        old, t_old = timed(lambda: edge_scores(model, "eap_ig", clean, corrupt, metric, reuse_prefix=False).scores)
-        report("EAP-IG scores, 10 steps", new, t_new, old, t_old)
+        compare("EAP-IG scores, 10 steps", lambda: edge_scores(model, "eap_ig", clean, corrupt, metric).scores,
+                lambda: edge_scores(model, "eap_ig", clean, corrupt, metric, reuse_prefix=False).scores, args.repeats)
 
 
 if __name__ == "__main__":

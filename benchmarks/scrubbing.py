@@ -13,14 +13,20 @@ by signature, each distinct stage input computed once, inputs assembled only at 
 component uses, one unembedding copy per wave). Baseline ("per-run"): the executor of commit 9c65f61,
 copied below, which evaluates one (hypothesis, mode, seed, layout) tree at a time, every copy of a stage in
 one call over all n references, and scores it, on the very same sampled plans. Both run in this process,
-interleaved, `--repeats` times each; the script prints each side's best time, the ratio, the max |difference|
-of every per-seed loss and metric, and the profile of one call of each (cProfile, top entries).
+`--repeats` times each, alternating which goes first (benchmarks/_timing.py); the script prints each side's
+median time, the median ratio with its min-max spread, the max |difference| of every per-seed loss and metric,
+and the profile of one call of each (cProfile, top entries).
 
-Measured (2 shared cores, load 11-14 from other jobs, --repeats 1; ratios swing with the load):
+Measured before the sides alternated (the per-run baseline always ran first and absorbed the cold start; 2 shared
+cores, load 11-14 from other jobs, --repeats 1; ratios swing with the load; not re-measured since):
   name-movers, smollm2-135m, n 16, 3 seeds: per-run 164.8 s, batched 30.0 s (5.5x); another run 104.7 s vs
     34.3 s (3.1x); 374 distinct rows computed of 4752; max |difference| 0.0. Per-run profile: W_U.T copies in
     Unembed ~30 %, clean-output lookups ~30 %, input assembly ~15 %; batched: the clean forward ~65 %.
   planted, planted-clean, n 64, 3 seeds: 18.5 s vs 0.76 s (24x), 2957 of 5760 rows, max |difference| 0.0.
+Alternating, `--model planted-clean --hypothesis planted --n 64 --repeats 6` (load ~5 on the 2 cores): per-run
+1.62 s, batched 0.53 s (medians), speed-up 2.5x (1.7-3.5) wall, 2.5x (1.7-4.4) CPU, 2957 of 5760 rows, max
+|difference| 0. The baseline imports the executor's present CleanRun, Background and unembed_last, which have
+changed since the 18.5 s above; why the per-run side is now ~10x faster was not investigated.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import copy
 import io
 import pstats
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from benchmarks._timing import add_repeats, alternate, report  # noqa: E402
 from mcp_interp.methods.core.progress import check_cancelled  # noqa: E402
 from mcp_interp.methods.core.sites import n_kv_heads  # noqa: E402
 from mcp_interp.methods.scrubbing import (Compiled, Scrubber, check_hypothesis, everything_matters,  # noqa: E402
@@ -167,7 +173,7 @@ class PerRunExecutor:
         out = zh.new_empty(*zh.shape[:2], cfg.d_model)
         for h in heads.unique().tolist():
             sel = heads == h
-            out[sel] = zh[sel] @ self.clean.W_O[l][h]
+            out[sel] = zh[sel] @ block.attn.W_O[h]  # 9c65f61 read the same weights through CleanRun.W_O
         return list(out.split(plan.n))
 
     def _plain(self, plan: TreePlan, tid: int) -> Tensor:
@@ -236,6 +242,14 @@ def new_request(model, ds, hyp, seeds, ablations) -> tuple[dict, object]:
     return out, (res, sc)
 
 
+def differences(new, old) -> float:
+    """max |difference| between the batched request's per-seed loss and metric means and the per-run ones."""
+    new = new[0]
+    assert set(old) == set(new), (set(old) ^ set(new))
+    return max(float(np.abs(np.asarray(new[k]) - np.concatenate([L.mean(1), M.mean(1)])).max())
+               for k, (L, M) in old.items())
+
+
 def load(model_name: str, n: int):
     from mcp_interp.tasks.builtin import BUILTIN_TASKS
     from mcp_interp.tasks.dataset import build_dataset
@@ -282,31 +296,20 @@ def main() -> None:
     ap.add_argument("--hypothesis", default="name-movers")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=2)
+    add_repeats(ap)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, ds = load(args.model, args.n)
     hyp = hypothesis(args.hypothesis, model)
     seeds, abl = list(range(args.seeds)), ("zero", "mean")
-    t_old, t_new = [], []
-    for _ in range(args.repeats):  # interleaved: the shared machine's load hits both sides alike
-        t = time.perf_counter()
-        old = per_run_request(model, ds, copy.deepcopy(hyp), seeds, abl)
-        t_old.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        new, (res, sc) = new_request(model, ds, copy.deepcopy(hyp), seeds, abl)
-        t_new.append(time.perf_counter() - t)
-    diff = 0.0
-    assert set(old) == set(new), (set(old) ^ set(new))
-    for k, (L, M) in old.items():
-        diff = max(diff, float(np.abs(np.asarray(new[k]) - np.concatenate([L.mean(1), M.mean(1)])).max()))
+    t = alternate({"batched": lambda: new_request(model, ds, copy.deepcopy(hyp), seeds, abl),
+                   "per-run": lambda: per_run_request(model, ds, copy.deepcopy(hyp), seeds, abl)}, args.repeats)
     print(f"{args.hypothesis} on {args.model}, n={args.n}, {args.seeds} seeds, ablations zero+mean, "
-          f"{len(old)} (hypothesis, mode) requests x seeds, threads={args.threads}")
-    print(f"per-run executor (9c65f61): best {min(t_old):.2f} s  (all: {', '.join(f'{x:.2f}' for x in t_old)})")
-    print(f"batched, deduplicated:      best {min(t_new):.2f} s  (all: {', '.join(f'{x:.2f}' for x in t_new)})")
-    print(f"speed-up {min(t_old) / min(t_new):.1f}x; rows computed {sc.rows_run} of {sc.rows_asked} asked; "
-          f"max |difference| of per-seed loss/metric means {diff:.2e}")
+          f"{len(t.first('per-run'))} (hypothesis, mode) requests x seeds, threads={args.threads}")
+    report(t, "batched", diff=differences, what="difference of per-seed loss/metric means")
+    new, (res, sc) = t.first("batched")
+    print(f"rows computed {sc.rows_run} of {sc.rows_asked} asked")
     print(f"loss recovered {res.scrubbed.recovered.mean:.4f}; zero {res.ablations['zero'].recovered.mean:.4f}; "
           f"mean {res.ablations['mean'].recovered.mean:.4f}")
     for name, fn in (("per-run", lambda: per_run_request(model, ds, copy.deepcopy(hyp), seeds, abl)),

@@ -55,7 +55,8 @@ import anyio  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.machine import device_name, matmul_peak, sync  # noqa: E402
+from benchmarks._timing import alternate  # noqa: E402
+from benchmarks.machine import device_name, matmul_peak  # noqa: E402
 
 TARGET_S = 50.0
 # SmolLM2's name movers at END (from locate and attribute; the demo's): the IOI scrubbing hypothesis.
@@ -151,29 +152,21 @@ NO_FORCE = {"eval_das"}  # tools without `force`: the warm call changes the seed
 # ---------------------------------------------------------------- the machine
 
 def counter_overhead(model, device: str, n: int, seq: int = 16) -> dict:
-    """Seconds of one forward of n x seq tokens without and with FlopCounterMode (best of 3 each), and the
-    FLOPs it counts: what counting costs per forward, and a check that it counts what a forward runs."""
+    """Seconds of one forward of n x seq tokens without and with FlopCounterMode (median of 3 each, alternating),
+    and the FLOPs it counts: what counting costs per forward, and a check that it counts what a forward runs."""
     toks = torch.randint(0, model.cfg.d_vocab, (n, seq), device=device)
 
-    def best(counted: bool) -> tuple[float, int]:
-        times, flops = [], 0
-        for _ in range(3):
-            fc = flop_counter()
-            with torch.inference_mode(), (fc if counted else contextlib.nullcontext()):
-                sync(device)
-                t0 = time.perf_counter()
-                model(toks)
-                sync(device)
-                times.append(time.perf_counter() - t0)
-            flops = fc.get_total_flops() if counted else 0
-        return min(times), flops
+    def forward(counted: bool) -> int:
+        fc = flop_counter()
+        with torch.inference_mode(), (fc if counted else contextlib.nullcontext()):
+            model(toks)
+        return fc.get_total_flops() if counted else 0
 
-    best(False)  # warm-up
-    plain, _ = best(False)
-    counted, flops = best(True)
+    forward(False)  # warm-up
+    t = alternate({"plain": lambda: forward(False), "counted": lambda: forward(True)}, 3, device, log=None)
     from mcp_interp.methods.patching import forward_flops
-    return {"tokens": n * seq, "plain_s": round(plain, 4), "counted_s": round(counted, 4), "flops": flops,
-            "analytic_flops": forward_flops(model.cfg, n, seq, model.cfg.d_vocab)}
+    return {"tokens": n * seq, "plain_s": round(t.median("plain"), 4), "counted_s": round(t.median("counted"), 4),
+            "flops": t.first("counted"), "analytic_flops": forward_flops(model.cfg, n, seq, model.cfg.d_vocab)}
 
 
 # ---------------------------------------------------------------- the server, instrumented
