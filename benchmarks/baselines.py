@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from mcp import Client  # noqa: E402
-
 from mcp_helpers import call, finish  # noqa: E402
+
 from mcp_interp.server.app import build_server  # noqa: E402
 
 

@@ -67,9 +67,19 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks._timing import add_repeats, alternate, report, timed  # noqa: E402
-from mcp_interp.methods.attribution import (FRACTIONS, circuit_counts, edge_circuit_metrics, edge_scores,  # noqa: E402
-                                            pair_chunks, receivers, sender_hooks, sender_outputs, senders,
-                                            split_inputs, top_k_masks)
+from mcp_interp.methods.attribution import (  # noqa: E402
+    FRACTIONS,
+    circuit_counts,
+    edge_circuit_metrics,
+    edge_scores,
+    pair_chunks,
+    receivers,
+    sender_hooks,
+    sender_outputs,
+    senders,
+    split_inputs,
+    top_k_masks,
+)
 
 
 def smollm2_case(model_id: str, task: str, n: int, device: str | None):

@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 
 import torch
-
 import transformer_lens as tl
 from transformer_lens.cache import key_value_cache as _kvc
 

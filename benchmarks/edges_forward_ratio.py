@@ -10,16 +10,29 @@ is 21 circuits x 2 pair chunks of this work.
 """
 import argparse
 import sys
+from pathlib import Path
 
 import torch
-from pathlib import Path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 from edges import smollm2_case
+
 from benchmarks._timing import add_repeats, alternate, report
+from mcp_interp.methods.attribution import (
+    FRACTIONS,
+    circuit_counts,
+    edge_mask_allowed,
+    masked_forward,
+    pair_chunks,
+    receivers,
+    sender_hooks,
+    sender_outputs,
+    senders,
+    split_inputs,
+    top_k_masks,
+)
 from tests.methods.attribution.edge_loop import loop_masked_forward
-from mcp_interp.methods.attribution import (senders, receivers, edge_mask_allowed, sender_hooks, sender_outputs,
-    split_inputs, pair_chunks, masked_forward, top_k_masks, circuit_counts, FRACTIONS)
 
 
 def main() -> None:

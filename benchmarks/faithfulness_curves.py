@@ -30,9 +30,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks._timing import add_repeats, alternate, report  # noqa: E402
-from mcp_interp.methods.attribution import (FRACTIONS, circuit_counts, edge_mask_allowed, edge_scores,  # noqa: E402
-                                            masked_forward, node_circuit_metrics, nodes_for, pair_chunks, receivers,
-                                            sender_hooks, sender_outputs, senders, split_inputs, top_k_masks)
+from mcp_interp.methods.attribution import (  # noqa: E402
+    FRACTIONS,
+    circuit_counts,
+    edge_mask_allowed,
+    edge_scores,
+    masked_forward,
+    node_circuit_metrics,
+    nodes_for,
+    pair_chunks,
+    receivers,
+    sender_hooks,
+    sender_outputs,
+    senders,
+    split_inputs,
+    top_k_masks,
+)
 from mcp_interp.methods.core import shared_prefix  # noqa: E402
 from mcp_interp.tasks.builtin import BUILTIN_TASKS  # noqa: E402
 from mcp_interp.tools.common import pair_dataset  # noqa: E402

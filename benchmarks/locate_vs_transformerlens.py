@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks._timing import Timings, add_repeats, alternate, max_abs_diff, report as timing_report  # noqa: E402
+from benchmarks._timing import Timings, add_repeats, alternate, max_abs_diff  # noqa: E402
+from benchmarks._timing import report as timing_report
 from benchmarks.machine import device_name, matmul_peak, sync  # noqa: E402
 from mcp_interp.methods.core import LogitDiffMetric, Site  # noqa: E402
 from mcp_interp.methods.patching import forward_flops, patch_sweep  # noqa: E402

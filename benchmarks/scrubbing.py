@@ -32,8 +32,8 @@ changed since the 18.5 s above; why the per-run side is now ~10x faster was not 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import copy
+import cProfile
 import io
 import pstats
 import sys
@@ -49,13 +49,18 @@ from torch import Tensor  # noqa: E402
 from benchmarks._timing import add_repeats, alternate, report  # noqa: E402
 from mcp_interp.methods.core.progress import check_cancelled  # noqa: E402
 from mcp_interp.methods.core.sites import n_kv_heads  # noqa: E402
-from mcp_interp.methods.scrubbing import (Compiled, Scrubber, check_hypothesis, everything_matters,  # noqa: E402
-                                          scrub_hypothesis)
-from mcp_interp.methods.scrubbing.executor import (ROW_BUDGET_BYTES, Background, CleanRun, Mode,  # noqa: E402
-                                                   device_of, input_key, unembed_last)
+from mcp_interp.methods.scrubbing import Compiled, Scrubber, check_hypothesis, everything_matters, scrub_hypothesis  # noqa: E402
+from mcp_interp.methods.scrubbing.executor import (  # noqa: E402
+    ROW_BUDGET_BYTES,
+    Background,
+    CleanRun,
+    Mode,
+    device_of,
+    input_key,
+    unembed_last,
+)
 from mcp_interp.methods.scrubbing.nodes import INPUT, OUTPUT, reachable  # noqa: E402
 from mcp_interp.methods.scrubbing.tree import TreePlan  # noqa: E402
-
 
 # ---------------------------------------------------------------- the per-run executor of 9c65f61 (baseline)
 

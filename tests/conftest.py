@@ -31,9 +31,8 @@ def one_thread():
 def hub(monkeypatch, tmp_path):
     """A hub stand-in on 127.0.0.1 that this process's `huggingface_hub` talks to, online, with an empty HF cache
     and no token. huggingface_hub freezes its endpoint and offline flag at import, so both are set there too."""
-    from huggingface_hub import constants
-
     from hub_stand_in import HubStandIn
+    from huggingface_hub import constants
 
     with HubStandIn() as h:
         cache = tmp_path / "hf-cache"

@@ -5,8 +5,18 @@ Imports nothing else from mcp_interp (only the top-level __version__, lazily, fo
 """
 
 from .fsutil import sanitize_component, to_jsonable
-from .records import (JOB_TERMINAL, ArtifactFileNotFound, JobRecord, JobStatus, RunNotComplete,
-                      RunNotFound, RunRecord, RunStatus, StoreError, UnsafePath)
+from .records import (
+                      JOB_TERMINAL,
+                      ArtifactFileNotFound,
+                      JobRecord,
+                      JobStatus,
+                      RunNotComplete,
+                      RunNotFound,
+                      RunRecord,
+                      RunStatus,
+                      StoreError,
+                      UnsafePath,
+)
 from .store import ArtifactStore, RunHandle, params_hash
 
 __all__ = [

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-
 
 MAX_TAGGED_EDGES = 80     # beyond this, edges are drawn as one collection of lines, without interp tags
 MAX_LABELLED_NODES = 60   # beyond this, nodes carry their unit label only

@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from .store import PREVIEW  # noqa: F401 (plots.PREVIEW as before; defined beside the store's file names)
+
 TITLE_SIZE, LABEL_SIZE, TICK_SIZE = 12, 10.5, 9
 MAX_TICKS = 40  # beyond this many labels on an axis, show every k-th
 
@@ -272,7 +274,6 @@ def to_png(fig: Figure, dpi: int = 120) -> bytes:
 
 
 PREVIEW_MAX_BYTES = 150_000  # an image a model reads costs context: keep a result's figure well under this
-PREVIEW = "preview.png"  # the small copy of a run's main figure that results carry as an image
 PREVIEW_MAX_SIDE = 1000  # px on the long side: clear for a vision model, which downsizes larger images anyway
 PREVIEW_DPI = 100  # 9 pt tick labels stay ~12 px high: legible
 

@@ -7,7 +7,8 @@ so every run the report cites is in it. Sections follow the research loop (see `
 provenance table gives, per run, what its manifest recorded: date, seed, model weight hash, task hash, tool
 version, git commit, and the package versions.
 
-The markdown refers to the plots as files of the report run (`fig-<run>-<plot>.png`, copied there: flat names, so each is an artifact:// resource); the
+The markdown refers to the plots as files of the report run (`fig-<run>-<plot>.png`, copied there: flat names, so
+each is an artifact:// resource); the
 HTML embeds the same plots as base64 data URIs, so it is one file that opens anywhere.
 """
 
@@ -23,10 +24,9 @@ from typing import Any
 from markdown_it import MarkdownIt
 
 from .fsutil import utc_now
-from .plots import PREVIEW
 from .records import RunNotFound, RunRecord, StoreError
 from .report_sections import ORDER, Block, Figure, Heading, Para, Table, cite, section
-from .store import ArtifactStore
+from .store import PREVIEW, ArtifactStore
 
 REPORT_TOOL = "report"
 RUN_ID = re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{6}\b")  # the store's run ids (see ArtifactStore._new_run_id)

@@ -21,13 +21,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import provenance
-from .fsutil import (atomic_write_bytes, atomic_write_json, check_relpath, dumps, safe_join, sanitize_component,
-                     tree_files, tree_size, utc_now)
+from .fsutil import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_relpath,
+    dumps,
+    safe_join,
+    sanitize_component,
+    tree_files,
+    tree_size,
+    utc_now,
+)
 from .index import SqliteIndex
 from .records import ArtifactFileNotFound, JobRecord, RunNotComplete, RunNotFound, RunRecord, StoreError
 
 MANIFEST, FAILURE, RESULT = "manifest.json", "failure.json", "result.json"
 STAGING = ".staging"
+PREVIEW = "preview.png"  # the small copy of a run's main figure that results carry as an image
 INTERRUPTED_MSG = "interrupted: the server stopped before this run finished; run the request again"
 
 

@@ -4,17 +4,22 @@ and tokenizer adapters. Imports nothing else from mcp_interp; the toys themselve
 
 Models are TransformerLens HookedTransformers loaded *without* weight processing (no layer-norm
 folding or centering), so every hook carries the original model's activations.
+
+The modules that import torch or TransformerLens load on the first use of one of their names (`lazy_exports`):
+the server imports `ModelLoadError` and `hub` from here before its handshake.
 """
 
+from .. import lazy_exports
 from .errors import ModelLoadError
-from .loaders import default_cache_dir
-from .gemma3 import MODEL_ID as GEMMA3_ID
-from .gemma3 import gemma3_gguf_path
-from .pool import DTYPES, LoadedModel, ModelPool, normalize_model_id
-from .smollm2 import MODEL_ID as SMOLLM2_ID
-from .smollm2 import smollm2_gguf_path
 from .tokenizers import CharTokenizer, HFTokenizerAdapter
-from .toy import ToyEntry, add_toy_provider, get_toy, register_toy, toy_models, unregister_toy
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".loaders": ("default_cache_dir",),
+    ".gemma3": ("MODEL_ID as GEMMA3_ID", "gemma3_gguf_path"),
+    ".pool": ("DTYPES", "LoadedModel", "ModelPool", "normalize_model_id"),
+    ".smollm2": ("MODEL_ID as SMOLLM2_ID", "smollm2_gguf_path"),
+    ".toy": ("ToyEntry", "add_toy_provider", "get_toy", "register_toy", "toy_models", "unregister_toy"),
+})
 
 __all__ = [
     "CharTokenizer", "DTYPES", "GEMMA3_ID", "HFTokenizerAdapter", "LoadedModel", "ModelLoadError", "ModelPool",

@@ -322,7 +322,8 @@ def build_hooked(
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
         params = {n for n, _ in model.named_parameters()}
         if unexpected or params & set(missing):
-            raise ModelLoadError(f"cached weights do not match the model: missing {sorted(params & set(missing))[:5]}, unexpected {unexpected[:5]}")
+            raise ModelLoadError(f"cached weights do not match the model: missing {sorted(params & set(missing))[:5]}, "
+                                 f"unexpected {unexpected[:5]}")
     else:
         model.load_and_process_state_dict(
             state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,

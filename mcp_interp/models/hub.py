@@ -18,8 +18,8 @@ read at call time.
 from __future__ import annotations
 
 import difflib
-import functools
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -236,8 +236,13 @@ class Plan:
 
 def describe_error(ref: HubRef, e: Exception, suggest: Callable[[str], list[str]] | None) -> ModelLoadError:
     """A hub failure said so that an agent knows what to do."""
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"{endpoint()}/{ref.repo_id}"
     if isinstance(e, GatedRepoError):

@@ -105,6 +105,18 @@ def normalize_model_id(model_id: str) -> str:
     return ref.model_id if ref is not None else model_id
 
 
+def confine(raw: str | os.PathLike[str], roots: list[Path] | None) -> Path | None:
+    """`raw` resolved (~ expanded, symlinks and '..' followed, so a link inside a root cannot lead out of it) when it
+    lies under one of `roots` (None: anywhere), else None; None too for a path that cannot be resolved."""
+    try:
+        path = Path(raw).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a symlink loop, a NUL byte
+        return None
+    if roots is not None and not any(path.is_relative_to(r) for r in roots):
+        return None
+    return path
+
+
 def is_builtin(model_id: str) -> bool:
     """Ids the pool serves itself, never from the hub: the bundled models and the toys."""
     return model_id in (smollm2.MODEL_ID, gemma3.MODEL_ID) or model_id.startswith("toy/")
@@ -155,11 +167,25 @@ class ModelPool:
         self._load_locks: dict[str, threading.Lock] = {}
         self._tokenizers: dict[str, object] = {}  # tokenizers read without their weights
         self._lock = threading.Lock()  # guards the two dicts; never held while loading
-        # Directories hf:/gguf: paths must lie under (None: anywhere). A shared (HTTP) server sets them, so a
-        # client cannot probe the server's files through model ids.
+        # Directories every local path a client names must lie under (None: anywhere). A shared (HTTP) server sets
+        # them, so a client cannot probe the server's files through model ids, SAE directories or corpus files.
         self.local_roots: list[Path] | None = None
+        self.name_roots = True  # refusals list the roots (False: a remote client, who is not shown server paths)
 
     # ------------------------------------------------------------ local model paths
+
+    def confine(self, raw: str | os.PathLike[str]) -> Path | None:
+        """`raw` resolved (~ expanded, symlinks and '..' followed) when it lies under `local_roots` (anywhere when
+        those are None), else None. Every local path a client names (model ids, SAE directories, corpus files) goes
+        through here; a caller answers None with `outside_roots()`, whether or not anything exists there."""
+        return confine(raw, self.local_roots)
+
+    def outside_roots(self, what: str = "local files") -> str:
+        """Why a path was refused, naming the roots only to a local client (`name_roots`)."""
+        roots = self.local_roots
+        where = ("a readable location" if roots is None else ", ".join(str(r) for r in roots) if self.name_roots
+                 else "its allowed roots (the directory it was started in, its model cache, --model-root directories)")
+        return f"this server reads {what} only under {where}; the path given is not under them"
 
     def local_path(self, model_id: str) -> Path | None:
         """The resolved file or folder of an hf:/gguf: id (None for other ids); ModelLoadError when it lies outside
@@ -167,15 +193,10 @@ class ModelPool:
         prefix, _, raw = model_id.strip().partition(":")
         if prefix not in ("hf", "gguf") or not raw.strip():
             return None
-        try:
-            path = Path(raw.strip()).expanduser().resolve()
-        except (OSError, RuntimeError, ValueError):
-            path = None
-        roots = self.local_roots
-        if path is None or (roots is not None and not any(path.is_relative_to(r) for r in roots)):
-            where = ", ".join(str(r) for r in roots) if roots is not None else "a readable location"
-            raise ModelLoadError(f"{prefix}: this server reads local models only under {where}; the path given is "
-                                 f"not under them. Fix: place the model there (or start the server with --model-root)")
+        path = self.confine(raw.strip())
+        if path is None:
+            raise ModelLoadError(f"{prefix}: {self.outside_roots('local models')}. "
+                                 f"Fix: place the model there (or start the server with --model-root)")
         return path
 
     def weight_identity(self, model_id: str) -> str | None:

@@ -9,9 +9,11 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .. import lazy
 from ..tasks.builtin import BUILTIN_TASKS
 from ..tasks.spec import TaskSpec
-from ..toymodels import toy_tasks
+
+toy_tasks = lazy("mcp_interp.toymodels", "toy_tasks")  # the toy models import torch: on first use or by the warm-up
 
 
 def builtin_tasks() -> dict[str, TaskSpec]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
@@ -15,6 +16,7 @@ from ..prompts import templates
 from ..runtime.context import AppContext
 from ..tools import TOOLS
 from ..tools.runs import read_artifact
+from . import warm_up
 from .completions import register_completions
 from .registration import register_tool
 
@@ -75,29 +77,43 @@ class InterpServer(MCPServer):
 
 def build_server(store: str | Path | None = None, memory_budget_mb: float | None = None,
                  device: str | None = None, model_roots: list[str | Path] | None = None,
-                 make_app: Callable[[], AppContext] | None = None) -> MCPServer:
-    """The server. `model_roots`: directories local model ids (hf:, gguf:) must lie under (None: anywhere;
-    the CLI confines them when serving over HTTP). `make_app` replaces the other arguments with a ready
-    AppContext factory (benchmarks/tool_latency.py: a fresh store and caches around an already loaded model)."""
+                 make_app: Callable[[], AppContext] | None = None, remote: bool = False) -> MCPServer:
+    """The server. `model_roots`: directories every local path a client names (hf:/gguf: ids, SAE directories,
+    corpus files) must lie under (None: anywhere; the CLI confines them when serving over HTTP). `remote`: clients
+    are on other machines (HTTP), so answers name no absolute server path (AppContext.redact). `make_app` replaces
+    the other arguments with a ready AppContext factory (benchmarks/tool_latency.py: a fresh store and caches around
+    an already loaded model)."""
     running: list[AppContext] = []  # the app of the running server, for handlers the SDK hands no context
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
-        app = make_app() if make_app else AppContext.create(store, memory_budget_mb, device, model_roots=model_roots)
+        app = make_app() if make_app else AppContext.create(store, memory_budget_mb, device, model_roots=model_roots,
+                                                            remote=remote)
         running.append(app)
         try:
             yield app
         finally:
             running.remove(app)
+            await warm_up.IMPORTER.stop()
             app.close()
 
     server = InterpServer("mcp-interp", instructions=INSTRUCTIONS, lifespan=lifespan)
+    server.middleware.append(_warm_up_after_first_answer)
     for spec in TOOLS:
         register_tool(server, spec)
     _register_prompts(server)
     _register_resources(server)
     register_completions(server, lambda: running[-1] if running else None)
     return server
+
+
+async def _warm_up_after_first_answer(ctx: Any, call_next: Callable) -> Any:
+    """Middleware: the heavy imports start once the first message (initialize; server/discover, or any request of a
+    client without the handshake) is answered, not before (warm_up.py)."""
+    result = await call_next(ctx)
+    if warm_up.eager():
+        warm_up.IMPORTER.start()
+    return result
 
 
 def _register_prompts(server: MCPServer) -> None:
@@ -122,17 +138,22 @@ MIME = {".json": "application/json", ".png": "image/png", ".md": "text/markdown"
         ".safetensors": "application/octet-stream", ".csv": "text/csv"}
 
 
+def _served(app: AppContext, data: bytes, ext: str) -> str | bytes:
+    """A file's content as a resource: text decoded (naming no absolute server path to a remote client)."""
+    return app.redact(data.decode()) if MIME[ext].startswith(("text/", "application/json")) else data
+
+
 def _register_resources(server: MCPServer) -> None:
     def reader(ext: str):
         async def read(run_id: str, name: str, ctx: Context) -> str | bytes:
-            data = read_artifact(ctx.request_context.lifespan_context, run_id, f"{name}{ext}")
-            return data.decode() if MIME[ext].startswith(("text/", "application/json")) else data
+            app = ctx.request_context.lifespan_context
+            return _served(app, read_artifact(app, run_id, f"{name}{ext}"), ext)
         return read
 
     def folder_reader(ext: str):  # files one folder down (e.g. sae/cfg.json): a template variable holds no "/"
         async def read(run_id: str, folder: str, name: str, ctx: Context) -> str | bytes:
-            data = read_artifact(ctx.request_context.lifespan_context, run_id, f"{folder}/{name}{ext}")
-            return data.decode() if MIME[ext].startswith(("text/", "application/json")) else data
+            app = ctx.request_context.lifespan_context
+            return _served(app, read_artifact(app, run_id, f"{folder}/{name}{ext}"), ext)
         return read
 
     for ext, mime in MIME.items():

@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.http:  # a shared server: local model paths only under these roots (files elsewhere stay private)
         from ..models.loaders import default_cache_dir
         roots = [Path.cwd(), default_cache_dir(), *(Path(r) for r in args.model_root or [])]
-    server = build_server(args.store, args.memory_budget_mb, args.device, model_roots=roots)
+    server = build_server(args.store, args.memory_budget_mb, args.device, model_roots=roots, remote=args.http)
     if not args.http:
         server.run("stdio")
         return 0
@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     if token:
         import anyio
         import uvicorn
+
         from .http_auth import BearerTokenMiddleware
         starlette_app = server.streamable_http_app(transport_security=security, host=args.host)
         config = uvicorn.Config(BearerTokenMiddleware(starlette_app, token), host=args.host, port=args.port)
@@ -188,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also accept this Host header (repeatable); bound to 0.0.0.0 the machine's names and "
                    "addresses are accepted already")
     s.add_argument("--model-root", action="append", metavar="DIR",
-                   help="over HTTP, hf:/gguf: models are read only under the current directory, the model cache "
-                   "and these directories (repeatable)")
+                   help="over HTTP, local paths (hf:/gguf: models, SAE directories, corpus files) are read only "
+                   "under the current directory, the model cache and these directories (repeatable)")
     s.add_argument("--memory-budget-mb", type=float, default=None, help="model pool budget (LRU eviction)")
     s.add_argument("--device", default=None, help="cpu, cuda (the GPU with the most free memory at each load) or "
                    "cuda:N (default: cuda when present)")

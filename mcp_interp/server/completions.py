@@ -15,6 +15,8 @@ import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.types import Completion, PromptReference, ResourceTemplateReference
 
+from . import warm_up
+
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
@@ -77,5 +79,6 @@ def register_completions(server: MCPServer, current_app: Callable[[], AppContext
         if app is None:
             return None
         resolved = dict(context.arguments or {}) if context is not None else {}
+        await warm_up.IMPORTER.ready()  # model ids and task names need the model pool and the toy models (torch)
         values = await anyio.to_thread.run_sync(candidates, app, ref, argument.name, argument.value, resolved)
         return Completion(values=values[:MAX_VALUES], total=len(values), has_more=len(values) > MAX_VALUES)

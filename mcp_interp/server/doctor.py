@@ -28,9 +28,9 @@ def _dir_size(root: Path) -> int:
 
 
 def run_doctor(store: str | None = None, load: bool = False) -> int:
-    import torch
-
     import sys
+
+    import torch
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: never truncate paths
     t = Table(title=f"mcp-interp {__version__}", show_header=False)
     t.add_column("what", no_wrap=True)

@@ -25,8 +25,7 @@ from ..methods.core import Progress
 from ..runtime.context import AppContext
 from ..tools import TOOLS, ToolSpec
 from ..tools.base import HeavyOutput
-from ..tools.errors import ToolError
-from ..tools.errors import as_tool_error
+from ..tools.errors import ToolError, as_tool_error
 from .registration import format_validation, tool_parameters
 
 # The longest single wait a heavy tool's input accepts (WAIT_FIELD's bound); a longer job is re-joined.

@@ -21,10 +21,11 @@ def _type(schema: dict) -> str:
 
 
 async def _tools() -> list:
+    import tempfile
+
     from mcp import Client
 
     from .app import build_server
-    import tempfile
     with tempfile.TemporaryDirectory() as d:
         async with Client(build_server(d)) as c:
             return (await c.list_tools()).tools

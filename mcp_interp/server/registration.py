@@ -30,6 +30,7 @@ from ..methods.core import Progress
 from ..tools import ToolSpec
 from ..tools.base import Deferred, deferring, main_figure
 from ..tools.errors import ToolError, as_tool_error
+from . import warm_up
 
 log = logging.getLogger("mcp_interp")
 
@@ -62,12 +63,13 @@ def format_validation(e: ValidationError) -> str:
     return "invalid arguments — " + "; ".join(parts)
 
 
-def _with_image(out: BaseModel, png: bytes) -> CallToolResult:
-    """`out` as the SDK would send it (structured content and its JSON as text, summary included), then the PNG."""
-    return CallToolResult(content=[TextContent(type="text", text=out.model_dump_json(indent=2)),
-                                   ImageContent(type="image", data=base64.b64encode(png).decode(),
-                                                mime_type="image/png")],
-                          structured_content=out.model_dump(mode="json"))
+def _with_image(out: BaseModel, png: bytes | None, redact: Callable[[Any], Any]) -> CallToolResult:
+    """`out` as the SDK would send it (structured content and its JSON as text, summary included), paths redacted
+    for a remote client (AppContext.redact), then the PNG if any."""
+    content: list[TextContent | ImageContent] = [TextContent(type="text", text=redact(out.model_dump_json(indent=2)))]
+    if png:
+        content.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
+    return CallToolResult(content=content, structured_content=redact(out.model_dump(mode="json")))
 
 
 def register_tool(server: MCPServer, spec: ToolSpec) -> None:
@@ -90,20 +92,23 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
         if spec.progress:
             call = partial(call, progress=_progress_bridge(ctx))
         try:
+            if not spec.light:  # its first call imports torch & co: only the warm-up thread may (warm_up.py)
+                await warm_up.IMPORTER.ready()
             out = await anyio.to_thread.run_sync(partial(deferring, call), abandon_on_cancel=True)
             if isinstance(out, Deferred):
                 job = await app.jobs.wait_async(out.job_id, out.wait,
                                                 on_progress=_async_progress(ctx) if spec.progress else None)
                 out = out.finish(job)
-            if plots and args.include_plot and (png := await anyio.to_thread.run_sync(main_figure, app, out)):
-                return _with_image(out, png)
+            png = plots and args.include_plot and await anyio.to_thread.run_sync(main_figure, app, out)
+            if png or app.remote:  # a remote client reads no absolute server path
+                return _with_image(out, png or None, app.redact)
             return out
         except Exception as e:
             if (named := as_tool_error(e)) is not None:
-                raise ToolError(_bounded(str(named))) from None
+                raise ToolError(_bounded(app.redact(str(named)))) from None
             # never crash the server; say what happened
             log.exception("tool %s failed", name)
-            raise ToolError(_bounded(f"{name} failed unexpectedly: {type(e).__name__}: {e}")) from e
+            raise ToolError(_bounded(app.redact(f"{name} failed unexpectedly: {type(e).__name__}: {e}"))) from e
 
     params = [*tool_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     # A CallToolResult (the answer with an image) is still validated against, and advertised as, output_model.

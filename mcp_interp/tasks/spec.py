@@ -148,9 +148,11 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="Lowercase id, e.g. 'ioi'.")
     description: Text = ""
-    variables: dict[Name, VariableSpec] = Field(..., min_length=1, max_length=64, description="Input variables: name -> {values: [...]} "
+    variables: dict[Name, VariableSpec] = Field(..., min_length=1, max_length=64,
+                                                description="Input variables: name -> {values: [...]} "
                                                "or {range: [lo, hi]}; sampled uniformly.")
-    mechanisms: dict[Name, MechanismSpec] = Field(default_factory=dict, max_length=64, description="Derived variables: name -> {expr: "
+    mechanisms: dict[Name, MechanismSpec] = Field(default_factory=dict, max_length=64,
+                                                  description="Derived variables: name -> {expr: "
                                                  "restricted expression} or {lookup: {key value: value}, key: variable}.")
     constraints: list[Expr] = Field(default_factory=list, max_length=64, description="Expressions every setting must satisfy.")
     templates: list[Annotated[str, StringConstraints(max_length=MAX_TEMPLATE_CHARS)]] = Field(
@@ -161,7 +163,8 @@ class TaskSpec(BaseModel):
     answer_set: AnswerSetSpec | None = Field(None, description="For metric prob_diff: {candidates, good, bad}.")
     counterfactuals: list[CounterfactualSpec] = Field(..., min_length=1, max_length=32, description="Generators: {name, kind: "
                                                       "resample|resample_all|swap|assign, variables, assign, changes_answer}.")
-    positions: dict[Name, PositionSpec] = Field(default_factory=dict, max_length=64, description="Named positions: name -> {variable "
+    positions: dict[Name, PositionSpec] = Field(default_factory=dict, max_length=64,
+                                                description="Named positions: name -> {variable "
                                                "or text, occurrence, token: first|last}. END (last token) is implicit.")
     metric: Metric = Field("logit_diff", description="logit_diff (answer vs counterfactual answer), prob, accuracy, "
                            "or prob_diff (needs answer_set).")

@@ -1,8 +1,23 @@
 """The MCP tools: one module per tool (its input and result models, its function, its `ToolSpec`), and the
 registry the server registers from. Adding a tool = one module here and one line in `TOOLS`."""
 
-from . import (attribute, baseline, compare_features, das, find_features, jobs, list_saes, load_sae, locate, models,
-               report, runs, scrub, tasks, train_sae)
+from . import (
+               attribute,
+               baseline,
+               compare_features,
+               das,
+               find_features,
+               jobs,
+               list_saes,
+               load_sae,
+               locate,
+               models,
+               report,
+               runs,
+               scrub,
+               tasks,
+               train_sae,
+)
 from .base import ToolSpec
 
 TOOLS: list[ToolSpec] = [

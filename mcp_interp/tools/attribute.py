@@ -5,19 +5,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
-from ..artifacts import plots
-from ..methods.attribution import run_attribution
+from .. import lazy
 from ..methods.core import Progress, ci_dict
-from ..methods.core.writes import post_normed
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
+run_attribution = lazy("mcp_interp.methods.attribution", "run_attribution")
+post_normed = lazy("mcp_interp.methods.core.writes", "post_normed")
 
 TOOL = "attribute"
 Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "eap", "eap_ig"]

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from ..artifacts import JobStatus, params_hash, plots
+from .. import lazy
+from ..artifacts import JobStatus, params_hash
+from ..artifacts.store import PREVIEW
 from ..methods.core import Progress
-from ..models import normalize_model_id
 from ..runtime.run_cache import cached_result
 from ..runtime.task_registry import task_hash
 from .common import resolve_model
@@ -41,13 +42,16 @@ if TYPE_CHECKING:
     from ..runtime.jobs import JobContext
     from ..tasks.spec import TaskSpec
 
+# imported on first use, not when the server starts (matplotlib; the model pool imports torch)
+plots = lazy("mcp_interp.artifacts.plots")
+normalize_model_id = lazy("mcp_interp.models", "normalize_model_id")
+
 DEFAULT_WAIT = 50.0  # well under Claude Code's ~120 s before it backgrounds a call
 WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for the result before returning a "
                    "job handle (poll it with get_job). Keep under ~100 s for Claude Code.")
 FORCE_FIELD = Field(False, description="Recompute even if an identical run is stored.")
 PLOT_FIELD = Field(True, description="Return the run's main figure as a PNG image beside the result (false: "
                    "leave it out; every plot stays readable as an artifact:// resource).")
-PREVIEW = plots.PREVIEW
 NOT_PARAMS = {"wait_seconds", "force", "include_plot"}  # how to deliver, not what to compute: not in the cache key
 LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method has finished
 
@@ -55,7 +59,8 @@ LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method 
 @dataclass(frozen=True)
 class ToolSpec:
     """One MCP tool: `fn(app, args)` (or `fn(app)` without an input model; with `progress`, also a
-    `progress=` callback) returning an instance of `output_model`."""
+    `progress=` callback) returning an instance of `output_model`. `light`: it imports nothing heavy (it reads the
+    store and the jobs), so the server answers it without waiting for its warm-up (server/warm_up.py)."""
 
     name: str
     description: str
@@ -64,6 +69,7 @@ class ToolSpec:
     output_model: type[BaseModel]
     progress: bool = False
     read_only: bool = False
+    light: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
-from ..artifacts import plots
-from ..methods.baseline import counterfactual_check
-from ..methods.baseline import run_baseline as compute_baseline
+from .. import lazy
 from ..methods.core import Progress, ci_dict
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, dataset, resolve_task, validate_or_raise
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
+counterfactual_check, compute_baseline = lazy("mcp_interp.methods.baseline", "counterfactual_check", "run_baseline")
 
 TOOL = "run_baseline"
 SOLVES_AT = 0.8  # primary accuracy needed to call the task solved
@@ -25,7 +27,8 @@ SOLVES_AT = 0.8  # primary accuracy needed to call the task solved
 class RunBaselineInput(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks / define_task).")
-    counterfactual: str | None = Field(None, description="Generator for the clean/counterfactual pairs (default: the task's first).")
+    counterfactual: str | None = Field(None, description="Generator for the clean/counterfactual pairs (default: the "
+                                       "task's first).")
     n: int = Field(32, ge=2, le=2048, description="Number of examples.")
     seed: Seed = Field(0, description="Seed for sampling examples (and bootstrap), 0..2**32-1.")
     force: bool = FORCE_FIELD

@@ -5,19 +5,25 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 from pydantic import AfterValidator, BaseModel, Field
 
-from ..methods.core import LogitDiffMetric, ProbDiffMetric, ProbMetric
+from .. import lazy
+from ..methods.core.footprint import Footprint, cached_runs_footprint
 from ..models import ModelLoadError
 from ..tasks.causal import TaskSpecError
 from ..tasks.dataset import TaskDataset, build_dataset
 from ..tasks.spec import TaskSpec
 from ..tasks.validation import check_with_tokenizer
+from .budget import refuse_oversized
 from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on first use, not when the server starts
+torch = lazy("torch")
+LogitDiffMetric, ProbDiffMetric, ProbMetric = lazy("mcp_interp.methods.core", "LogitDiffMetric", "ProbDiffMetric",
+                                                   "ProbMetric")
 
 DEFAULT_MODEL = "smollm2-135m"
 # Every seed input: numpy and torch generators take 0..2**32-1; anything else is refused by name.
@@ -92,7 +98,11 @@ def dataset(spec: TaskSpec, tokenizer, n: int, seed: int, counterfactual: str | 
         field = "counterfactual" if e.field == "counterfactual" else ("n" if e.field == "variables" else f"task.{e.field}")
         raise ToolError(f"{field}: {e.message}") from None
     if model is not None:
-        check_fits_model([t for e in ds.examples for t in (e.tokens, e.cf_tokens)], spec.name, model, model_id)
+        tokens = [t for e in ds.examples for t in (e.tokens, e.cf_tokens)]
+        check_fits_model(tokens, spec.name, model, model_id)
+        seq = max((len(t) for t in tokens), default=1)
+        refuse_oversized(Footprint(lambda n: cached_runs_footprint(model.cfg, n, seq), {"n": len(ds)}),
+                         f"caching every layer's activations on prompt pairs of up to {seq} tokens")
     return ds
 
 

@@ -6,20 +6,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
-from ..artifacts import plots
+from .. import lazy
 from ..methods import compare as C
 from ..methods import features as F
 from ..methods.core import Progress
+from ..methods.core.footprint import Footprint
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .budget import refuse_oversized
 from .common import MaybeFloat, Seed, check_pairs, counterfactual_name, resolve_task, task_metric
 from .compare_inputs import Side, corpus_rows, describe_side, side_sources, side_values, task_rows
 from .errors import ToolError
+from .load_sae import sae_directory
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
 
 TOOL = "compare_features"
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post")
@@ -51,7 +57,8 @@ class CompareFeaturesInput(BaseModel):
         "template); both (default) = the larger p of the two.")
     n_null: int = Field(20, ge=1, le=500, description="Null replicates of the whole matching (each a Hungarian "
                         "assignment).")
-    n_perm: int = Field(200, ge=19, le=10_000, description="Permutations for the CKA / SVCCA p-values (at least 19, so p can reach 0.05).")
+    n_perm: int = Field(200, ge=19, le=10_000, description="Permutations for the CKA / SVCCA p-values (at least 19, so "
+                        "p can reach 0.05).")
     ceiling: Side | None = Field(None, description="Noise ceiling: side A's model again with another SAE seed (or "
                                  "another layer); CKA and matches of A against it are reported beside A vs B.")
     test_top: int = Field(5, ge=0, le=50, description="task: matches (of the FDR set) to test causally on both sides.")
@@ -70,6 +77,14 @@ class Effect(BaseModel):
     ci95: list[MaybeFloat]
 
 
+class Context(BaseModel):
+    """Where a feature fires strongly: the prompt (task) or the text before the token (corpus), and its value."""
+    token: str
+    value: float
+    prompt: str | None = None
+    text: str | None = None
+
+
 class MatchRow(BaseModel):
     feature_a: int
     name_a: str
@@ -85,8 +100,8 @@ class MatchRow(BaseModel):
     causal_a: Effect | None = None
     causal_b: Effect | None = None
     status: str | None = Field(None, description="validated / correlational only / contradicted (tested matches)")
-    top_contexts_a: list[dict] = []
-    top_contexts_b: list[dict] = []
+    top_contexts_a: list[Context] = []
+    top_contexts_b: list[Context] = []
 
 
 class Similarity(BaseModel):
@@ -98,10 +113,34 @@ class Similarity(BaseModel):
     svcca_dims: list[int]
 
 
+class SideInfo(BaseModel):
+    model: str
+    source: str
+    hook: str = Field(description="the hook of the first layer's features")
+    layers: list[int]
+    n_features: int
+    sae: str | None = None
+    das_run: str | None = None
+
+
+class Ceiling(BaseModel):
+    side: SideInfo
+    cka: MaybeFloat
+    svcca: MaybeFloat
+    n_pairs: int
+    n_matched: int
+    expected_null: MaybeFloat
+
+
+class Unmatched(BaseModel):
+    a: int
+    b: int
+
+
 class CompareFeaturesResult(RunResult):
     run_id: str
-    a: dict
-    b: dict
+    a: SideInfo
+    b: SideInfo
     inputs: str = Field(description="task name or corpus")
     n_rows: int = Field(description="aligned examples (task prompts, or corpus tokens)")
     alignment: str
@@ -109,8 +148,12 @@ class CompareFeaturesResult(RunResult):
     layers_b: list[int]
     cka_map: list[list[MaybeFloat]] | None = Field(None, description="[layers_a x layers_b] linear CKA")
     matched_layers: list[int] = Field(description="the layer pair whose features are matched")
+    layer_choice: str = Field(description="why that pair: what the layer pairs were ranked by")
+    layer_scores: list[list[MaybeFloat]] | None = Field(
+        None, description="[layers_a x layers_b] what the pair was chosen by: the variable's separation on the "
+        "weaker side, or CKA beyond the token identity (each token's mean removed)")
     similarity: Similarity
-    ceiling: dict | None = Field(None, description="A against the ceiling side: CKA, SVCCA, matches")
+    ceiling: Ceiling | None = Field(None, description="A against the ceiling side: CKA, SVCCA, matches")
     n_features: list[int]
     n_live: list[int] = Field(description="non-constant features per side (only these are matched)")
     n_pairs: int = Field(description="one-to-one pairs the assignment makes")
@@ -120,9 +163,9 @@ class CompareFeaturesResult(RunResult):
     threshold: MaybeFloat = Field(description="smallest |r| in the FDR set")
     fdr: float
     null: str
-    causal_counts: dict[str, int]
+    causal_counts: dict[Literal["validated", "correlational only", "contradicted"], int]
     matches: list[MatchRow]
-    unmatched: dict[str, int] = Field(description="live features of each side outside the FDR set")
+    unmatched: Unmatched = Field(description="live features of each side outside the FDR set")
 
 
 class CompareFeaturesOutput(HeavyOutput):
@@ -143,145 +186,157 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
         if args.ceiling.model != args.a.model:
             raise ToolError("ceiling.model: the noise ceiling compares side A's model with itself; use a.model.")
         src_c = side_sources(run, args.ceiling, lm_a, "ceiling")[:1]
-    cf_name = None
-    if spec is not None:
-        cf_name = args.counterfactual
-        if cf_name is None and args.variable:
-            try:
-                cf_name = counterfactual_name(spec, args.variable, None)
-            except ToolError:  # no generator resamples exactly the variable: the first that changes the answer
-                pass
-        if cf_name is None:
-            cf_name = next((c.name for c in spec.counterfactuals if getattr(c, "changes_answer", True)), None)
-        rows = task_rows(args, spec, lm_a, lm_b, cf_name)
-    else:
-        rows = corpus_rows(args, lm_a, lm_b)
+    cf_name = _counterfactual(spec, args) if spec is not None else None
+    rows = task_rows(args, spec, lm_a, lm_b, cf_name) if spec is not None else corpus_rows(args, lm_a, lm_b)
+    labels = _labels(rows, spec, args.variable)
+    widths = [s.n for _, s in src_a], [s.n for _, s in src_b] + [s.n for _, s in src_c or []]
+    field = "n" if spec is not None else "tokens"
+    refuse_oversized(Footprint(lambda **kw: C.comparison_footprint(kw[field], *widths), {field: len(rows.seq)}),
+                     f"comparing {len(src_a)} x {len(src_b)} layers")
+    layers_a, layers_b = [l for l, _ in src_a], [l for l, _ in src_b]
     run.progress(0.08, f"activations on {len(rows.seq)} aligned rows")
     va = side_values(run, lm_a, src_a, rows.toks_a, rows, rows.pos_a)
     vb = side_values(run, lm_b, src_b, rows.toks_b, rows, rows.pos_b)
-    run.check_cancelled()
-    shuffle = C.row_shuffler(len(rows.seq), rows.groups)
-    cmap = C.cka_map(va, vb) if len(va) > 1 or len(vb) > 1 else None
-    ia, ib = (np.unravel_index(np.nanargmax(cmap), cmap.shape) if cmap is not None else (0, 0))
-    ia, ib = int(ia), int(ib)
-    A, B = va[ia], vb[ib]
-    sa, sb = src_a[ia][1], src_b[ib][1]
-    run.progress(0.2, "CKA / SVCCA with permutation nulls")
-    ck = C.cka_test(A, B, n_perm=args.n_perm, seed=args.seed, shuffle=shuffle)
-    sv = C.svcca_test(A, B, n_perm=args.n_perm, seed=args.seed, shuffle=shuffle)
-    run.check_cancelled()
-    run.progress(0.3, f"matching {A.shape[1]} x {B.shape[1]} features, {args.n_null} null replicates")
-    m = C.match_features(A, B, fdr=args.fdr, null=args.null, n_null=args.n_null, seed=args.seed, shuffle=shuffle)
-    ceiling = None
-    if src_c is not None:
-        Cv = side_values(run, lm_a, src_c, rows.toks_a, rows, rows.pos_a)[0]
-        mc = C.match_features(A, Cv, fdr=args.fdr, null=args.null, n_null=args.n_null, seed=args.seed, shuffle=shuffle)
-        ceiling = {"side": describe_side(args.ceiling, src_c), "cka": C.linear_cka(A, Cv), "svcca": C.svcca(A, Cv)["mean"],
-                   "n_pairs": len(mc.r), "n_matched": mc.n_significant, "expected_null": mc.expected_null}
-    run.check_cancelled()
-    same_space = lm_b is lm_a and sa.site.hook == sb.site.hook
-    # rows to report: the FDR set by |r|, then the rest by |r|
-    order = sorted(range(len(m.r)), key=lambda k: (not m.significant[k], -abs(m.r[k])))
-    sig = [k for k in order if m.significant[k]]
-    var_a = var_b = None
-    if spec is not None and args.variable:
-        if args.variable not in rows.ds_a.examples[0].base:
-            raise ToolError(f"variable: {args.variable!r} is not a variable of {spec.name!r}.")
-        labels = [str(e.base[args.variable]) for e in rows.ds_a.examples]
-        if len(set(labels)) > 1 and sig:
-            fa, fb = [int(m.rows[k]) for k in sig], [int(m.cols[k]) for k in sig]
-            var_a = dict(zip(fa, F.rank_features(A[:, fa], labels, n_perm=1, n_boot=0, top=1, seed=args.seed).strength))
-            var_b = dict(zip(fb, F.rank_features(B[:, fb], labels, n_perm=1, n_boot=0, top=1, seed=args.seed).strength))
-    # causal preservation for the matches that matter most
-    tested = []
-    if spec is not None and args.test_top and sig:
-        key = (lambda k: -max(var_a[int(m.rows[k])], var_b[int(m.cols[k])])) if var_a else (lambda k: -abs(m.r[k]))
-        tested = sorted(sig, key=key)[: args.test_top]
-    effects: dict[int, tuple] = {}
-    warnings = []
-    if tested:
-        if cf_name is None:
-            warnings.append("no counterfactual changes the answer: no causal test")
-        else:
-            run.progress(0.45, f"causal tests of {len(tested)} matches on both sides")
-            # one model on the same prompts: both sides' tests share the clean and counterfactual runs
-            same = (lm_b is lm_a and rows.toks_a == rows.toks_b and rows.pos_a == rows.pos_b
-                    and [e.cf_tokens for e in rows.ds_a.examples] == [e.cf_tokens for e in rows.ds_b.examples])
-            ea, ida, runs = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in tested], args,
-                                    A, 0.45, 0.65)
-            eb, idb, _ = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in tested], args, B,
-                                 0.65, 0.85, runs if same else None)
-            for k in tested:
-                a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
-                effects[k] = (a, b, C.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])),
-                                                    tol=max(1e-6, ida, idb)))
+    ceiling_values = side_values(run, lm_a, src_c, rows.toks_a, rows, rows.pos_a)[0] if src_c else None
+    cmp = C.compare_sides(va, vb, groups=rows.groups, tokens_a=rows.tokens("a"), tokens_b=rows.tokens("b"),
+                          labels=labels, layer_names=(layers_a, layers_b), ceiling=ceiling_values,
+                          n_perm=args.n_perm, n_null=args.n_null, fdr=args.fdr, null=args.null,
+                          test_top=args.test_top if spec is not None else 0, seed=args.seed,
+                          progress=run.span(0.2, 0.45), should_cancel=run.should_cancel)
+    m, (ia, ib) = cmp.matching, cmp.layers.pair
+    A, B, sa, sb = va[ia], vb[ib], src_a[ia][1], src_b[ib][1]
+    warnings: list[str] = []
+    effects = _causal_tests(run, args, cmp, rows, (lm_a, sa, A), (lm_b, sb, B), cf_name, warnings)
     run.open(spec, args.a.model, lm_a, args.seed) if spec is not None else \
         run.open_untasked(f"corpus:{args.corpus}", args.a.model, lm_a, args.seed)
     names_a, names_b = sa.names(), sb.names()
-    report = [k for k in order[: args.top]]
-    report += [k for k in tested if k not in report]
-    out_rows = []
-    for k in report:
-        fa, fb = int(m.rows[k]), int(m.cols[k])
-        dcos = float(C.decoder_cosines(sa.direction(fa)[None].numpy(), sb.direction(fb)[None].numpy(),
-                                       np.array([0]), np.array([0]))[0]) if same_space else None
-        e = effects.get(k)
-        out_rows.append(MatchRow(
-            feature_a=fa, name_a=names_a[fa], feature_b=fb, name_b=names_b[fb], r=round(float(m.r[k]), 4),
-            p=float(m.p[k]), q=float(m.q[k]), significant=bool(m.significant[k]), decoder_cos=dcos,
-            variable_score_a=None if var_a is None or fa not in var_a else round(float(var_a[fa]), 4),
-            variable_score_b=None if var_b is None or fb not in var_b else round(float(var_b[fb]), 4),
-            causal_a=Effect(effect=e[0]["effect"], ci95=e[0]["ci95"]) if e else None,
-            causal_b=Effect(effect=e[1]["effect"], ci95=e[1]["ci95"]) if e else None,
-            status=e[2] if e else None,
-            top_contexts_a=[{**rows.context(r, "a", lm_a.tokenizer), "value": round(float(A[r, fa]), 4)}
-                            for r in np.argsort(-A[:, fa])[:5]],
-            top_contexts_b=[{**rows.context(r, "b", lm_b.tokenizer), "value": round(float(B[r, fb]), 4)}
-                            for r in np.argsort(-B[:, fb])[:5]]))
+    same_space = lm_b is lm_a and sa.site.hook == sb.site.hook
+    report = cmp.order[: args.top] + [k for k in cmp.tested if k not in cmp.order[: args.top]]
+    out_rows = [_match_row(k, cmp, effects.get(k), (names_a, names_b), (sa, sb) if same_space else None,
+                           [rows.contexts(A[:, int(m.rows[k])], "a", lm_a.tokenizer),
+                            rows.contexts(B[:, int(m.cols[k])], "b", lm_b.tokenizer)]) for k in report]
     counts = C.status_counts([e[2] for e in effects.values()])
-    layers_a, layers_b = [l for l, _ in src_a], [l for l, _ in src_b]
-    _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, rows.label)
+    _plots(run, args, cmp.layers.cka_map, layers_a, layers_b, m, effects, names_a, names_b, rows.label)
     run.write_tensors("activations.safetensors", {"a": torch.as_tensor(A), "b": torch.as_tensor(B),
                                                   "seq": torch.as_tensor(rows.seq)})
     run.write_json("matches.json", {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "r": m.r.tolist(),
                                     "p": m.p.tolist(), "q": m.q.tolist(), "significant": m.significant.tolist(),
                                     "null_abs_r": {k: v.tolist() for k, v in m.null_r.items()}, "n_null": m.n_null,
-                                    "null": m.null,
-                                    "fdr": m.fdr, "expected_null": m.expected_null})
+                                    "null": m.null, "fdr": m.fdr, "expected_null": m.expected_null})
     run.publish("result.json")
-    sim = Similarity(cka=ck["cka"], cka_p=ck["p"], cka_null_mean=ck["null_mean"], svcca=sv["mean"], svcca_p=sv["p"],
-                     svcca_dims=sv["dims"])
-    summary = (f"{rows.label}: CKA {ck['cka']:.3f} (p {ck['p']:.3g}, null mean {ck['null_mean']:.3f}), SVCCA "
-               f"{sv['mean']:.3f}; {m.n_significant} of {len(m.r)} one-to-one pairs matched at FDR {args.fdr:g} "
-               f"(chance alone: {m.expected_null:.1f})")
-    if cmap is not None:
-        summary += f"; features matched at layers {layers_a[ia]} (A) / {layers_b[ib]} (B), the highest-CKA pair"
-    if effects:
-        summary += f"; causal: {counts['validated']} validated, {counts['correlational only']} correlational only, " \
-                   f"{counts['contradicted']} contradicted of {len(effects)} tested"
-    if ceiling:
-        summary += f"; ceiling (A vs another A): CKA {ceiling['cka']:.3f}, {ceiling['n_matched']} matched"
-    if args.null in ("both", "rotation") and len(rows.seq) < 2 * min(m.n_live):
-        # with fewer examples than features, B's features span (nearly) the whole example space, so a random
-        # rotation of them fits any feature of A about as well as its true partner: the rotation null then
-        # accepts nothing, whatever the sides share
-        warnings.append(f"{len(rows.seq)} aligned examples for {min(m.n_live)} live features per side: the rotation "
-                        f"null is uninformative below ~2 examples per feature (nothing can pass it); raise `n` / "
-                        f"`tokens` or compare fewer features")
-    if args.corpus and args.test_top:
-        warnings.append("no causal test on a corpus (no task metric): give a task for causal preservation")
+    ck, sv = cmp.cka, cmp.svcca
+    ceiling = Ceiling(side=describe_side(args.ceiling, src_c), **cmp.ceiling) if cmp.ceiling else None
+    warnings += _warnings(args, len(rows.seq), m)
+    cmap, scores = cmp.layers.cka_map, cmp.layers.scores
     result = CompareFeaturesResult(
         run_id=run.run_id, a=describe_side(args.a, src_a), b=describe_side(args.b, src_b),
         inputs=spec.name if spec is not None else f"corpus:{args.corpus}", n_rows=len(rows.seq),
         alignment=rows.alignment, layers_a=layers_a, layers_b=layers_b,
         cka_map=cmap.round(4).tolist() if cmap is not None else None, matched_layers=[layers_a[ia], layers_b[ib]],
-        similarity=sim, ceiling=ceiling, n_features=[A.shape[1], B.shape[1]], n_live=list(m.n_live),
+        layer_choice=cmp.layers.reason, layer_scores=scores.round(4).tolist() if scores is not None else None,
+        similarity=Similarity(cka=ck["cka"], cka_p=ck["p"], cka_null_mean=ck["null_mean"], svcca=sv["mean"],
+                              svcca_p=sv["p"], svcca_dims=sv["dims"]),
+        ceiling=ceiling, n_features=[A.shape[1], B.shape[1]], n_live=list(m.n_live),
         n_pairs=len(m.r), n_matched=m.n_significant, expected_null=m.expected_null, null_rate=m.null_rate,
-        threshold=m.threshold if np.isfinite(m.threshold) else None, fdr=args.fdr, null=args.null,
-        causal_counts=counts, matches=out_rows, unmatched={"a": len(m.unmatched_a), "b": len(m.unmatched_b)},
-        summary=summary + f". Next: {_next_step(run.run_id, counts, m.n_significant)}", warnings=warnings, files=run.files, cost=run.cost({}))
+        threshold=m.threshold, fdr=args.fdr, null=args.null, causal_counts=counts, matches=out_rows,
+        unmatched=Unmatched(a=len(m.unmatched_a), b=len(m.unmatched_b)),
+        summary=_summary(run.run_id, rows.label, cmp, counts, len(effects), args.fdr), warnings=warnings,
+        files=run.files, cost=run.cost({}))
     return result, {"cka": ck["cka"], "n_matched": m.n_significant, "expected_null": m.expected_null,
                     "validated": counts["validated"]}
+
+
+def _counterfactual(spec, args: CompareFeaturesInput) -> str | None:
+    """The causal tests' generator: the one asked for, else one that resamples `variable`, else the task's first
+    that changes the answer."""
+    if args.counterfactual is not None:
+        return args.counterfactual
+    if args.variable:
+        try:
+            return counterfactual_name(spec, args.variable, None)
+        except ToolError:  # no generator resamples exactly the variable
+            pass
+    return next((c.name for c in spec.counterfactuals if getattr(c, "changes_answer", True)), None)
+
+
+def _labels(rows, spec, variable: str | None) -> list[str] | None:
+    """The variable's value on each task row (None without a variable or on a corpus)."""
+    if spec is None or not variable:
+        return None
+    if variable not in rows.ds_a.examples[0].base:
+        raise ToolError(f"variable: {variable!r} is not a variable of {spec.name!r}.")
+    return [str(e.base[variable]) for e in rows.ds_a.examples]
+
+
+def _causal_tests(run: ToolRun, args, cmp, rows, side_a: tuple, side_b: tuple, cf_name: str | None,
+                  warnings: list[str]) -> dict[int, tuple]:
+    """match index -> (effect in A, effect in B, status) for the matches `cmp` chose to test."""
+    if not cmp.tested:
+        return {}
+    if cf_name is None:
+        warnings.append("no counterfactual changes the answer: no causal test")
+        return {}
+    m = cmp.matching
+    run.progress(0.45, f"causal tests of {len(cmp.tested)} matches on both sides")
+    (lm_a, sa, A), (lm_b, sb, B) = side_a, side_b
+    # one model on the same prompts: both sides' tests share the clean and counterfactual runs
+    same = (lm_b is lm_a and rows.toks_a == rows.toks_b and rows.pos_a == rows.pos_b
+            and [e.cf_tokens for e in rows.ds_a.examples] == [e.cf_tokens for e in rows.ds_b.examples])
+    ea, ida, runs = _causal(run, lm_a, sa, rows.ds_a, rows.pos_a, [int(m.rows[k]) for k in cmp.tested], args, A,
+                            0.45, 0.65)
+    eb, idb, _ = _causal(run, lm_b, sb, rows.ds_b, rows.pos_b, [int(m.cols[k]) for k in cmp.tested], args, B,
+                         0.65, 0.85, runs if same else None)
+    out = {}
+    for k in cmp.tested:
+        a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
+        out[k] = (a, b, C.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])), tol=max(1e-6, ida, idb)))
+    return out
+
+
+def _match_row(k: int, cmp, effect: tuple | None, names: tuple, sources: tuple | None,
+               contexts: list[list[dict]]) -> MatchRow:
+    m = cmp.matching
+    fa, fb = int(m.rows[k]), int(m.cols[k])
+    dcos = float(C.decoder_cosines(sources[0].direction(fa)[None].numpy(), sources[1].direction(fb)[None].numpy(),
+                                   np.array([0]), np.array([0]))[0]) if sources else None
+    var_a, var_b = cmp.variable_a or {}, cmp.variable_b or {}
+    return MatchRow(
+        feature_a=fa, name_a=names[0][fa], feature_b=fb, name_b=names[1][fb], r=round(float(m.r[k]), 4),
+        p=float(m.p[k]), q=float(m.q[k]), significant=bool(m.significant[k]), decoder_cos=dcos,
+        variable_score_a=round(float(var_a[fa]), 4) if fa in var_a else None,
+        variable_score_b=round(float(var_b[fb]), 4) if fb in var_b else None,
+        causal_a=Effect(effect=effect[0]["effect"], ci95=effect[0]["ci95"]) if effect else None,
+        causal_b=Effect(effect=effect[1]["effect"], ci95=effect[1]["ci95"]) if effect else None,
+        status=effect[2] if effect else None, top_contexts_a=contexts[0], top_contexts_b=contexts[1])
+
+
+def _summary(run_id: str, label: str, cmp, counts: dict, n_tested: int, fdr: float) -> str:
+    ck, sv, m = cmp.cka, cmp.svcca, cmp.matching
+    out = (f"{label}: CKA {ck['cka']:.3f} (p {ck['p']:.3g}, null mean {ck['null_mean']:.3f}), SVCCA "
+           f"{sv['mean']:.3f}; {m.n_significant} of {len(m.r)} one-to-one pairs matched at FDR {fdr:g} "
+           f"(chance alone: {m.expected_null:.1f})")
+    if cmp.layers.cka_map is not None:
+        out += f"; layer pair: {cmp.layers.reason}"
+    if n_tested:
+        out += (f"; causal: {counts['validated']} validated, {counts['correlational only']} correlational only, "
+                f"{counts['contradicted']} contradicted of {n_tested} tested")
+    if cmp.ceiling:
+        out += f"; ceiling (A vs another A): CKA {cmp.ceiling['cka']:.3f}, {cmp.ceiling['n_matched']} matched"
+    return out + f". Next: {_next_step(run_id, counts, m.n_significant)}"
+
+
+def _warnings(args: CompareFeaturesInput, n_rows: int, m) -> list[str]:
+    out = []
+    if args.null in ("both", "rotation") and n_rows < 2 * min(m.n_live):
+        # with fewer examples than features, B's features span (nearly) the whole example space, so a random
+        # rotation of them fits any feature of A about as well as its true partner: the rotation null then
+        # accepts nothing, whatever the sides share
+        out.append(f"{n_rows} aligned examples for {min(m.n_live)} live features per side: the rotation null is "
+                   f"uninformative below ~2 examples per feature (nothing can pass it); raise `n` / `tokens` or "
+                   f"compare fewer features")
+    if args.corpus and args.test_top:
+        out.append("no causal test on a corpus (no task metric): give a task for causal preservation")
+    return out
 
 
 def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: np.ndarray, lo: float, hi: float,
@@ -341,6 +396,9 @@ def _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, la
 
 
 def compare_features(app: AppContext, args: CompareFeaturesInput, progress: Progress | None = None) -> CompareFeaturesOutput:
+    for name, side in (("a", args.a), ("b", args.b), ("ceiling", args.ceiling)):
+        if side is not None and side.sae:
+            sae_directory(app, side.sae, f"{name}.sae")  # a path is confined before the run cache could answer
     label = args.task if args.task else f"corpus:{args.corpus}"
     if args.task:
         label = resolve_task(app, args.task).name

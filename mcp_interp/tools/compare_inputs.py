@@ -8,9 +8,9 @@ import re
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
+from .. import lazy
 from ..methods import compare as C
 from ..methods import features as F
 from ..methods.core import Site
@@ -18,6 +18,8 @@ from .base import ToolRun
 from .common import DEFAULT_MODEL, dataset, validate_or_raise
 from .errors import ToolError
 from .find_features import feature_source
+
+torch = lazy("torch")  # imported on the first call, not when the server starts
 
 # ------------------------------------------------------------------ sides
 
@@ -28,8 +30,9 @@ class Side(BaseModel):
         "units at `layer`; sae: latents of `sae`; das: the directions of a train_das run.")
     layer: int | list[int] | str | None = Field(
         None, description="resid / neurons: a layer, a list of layers, or a range 'a:b' / 'a:b:step' (end excluded); "
-        "with several layers the tool draws a layer x layer CKA map and matches features at the pair of highest "
-        "CKA. sae / das: taken from the SAE / run.")
+        "with several layers the tool draws a layer x layer CKA map and matches features at the pair that shares "
+        "most beyond the token identity (or, with `variable`, separates it best on both sides; `layer_choice` says "
+        "why). sae / das: taken from the SAE / run.")
     site: Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post"] = Field(
         "resid_post", description="source='resid': which activation (neurons read mlp_post).")
     sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory.")
@@ -103,6 +106,16 @@ class Rows:
         self.toks_a, self.toks_b, self.seq, self.pos_a, self.pos_b = toks_a, toks_b, seq, pos_a, pos_b
         self.label, self.groups, self.ds_a, self.ds_b = label, groups, ds_a, ds_b
         self.texts, self.char_end, self.alignment = texts, char_end, alignment
+
+    def tokens(self, side: str) -> list[int]:
+        """The token each row reads on `side` ("a" / "b")."""
+        toks, p = (self.toks_a, self.pos_a) if side == "a" else (self.toks_b, self.pos_b)
+        return [toks[s][p[r]] for r, s in enumerate(self.seq)]
+
+    def contexts(self, values: np.ndarray, side: str, tokenizer, k: int = 5) -> list[dict]:
+        """The `k` rows where `values` [rows] is highest, as contexts with their value."""
+        return [{**self.context(int(r), side, tokenizer), "value": round(float(values[r]), 4)}
+                for r in np.argsort(-values)[:k]]
 
     def context(self, r: int, side: str, tokenizer) -> dict:
         s = self.seq[r]

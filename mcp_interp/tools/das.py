@@ -12,11 +12,9 @@ import json
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
-from safetensors.torch import load_file
 
-from ..artifacts import plots
+from .. import lazy
 from ..artifacts.records import StoreError
 from ..methods import das as das_methods
 from ..methods.core import Progress, Site, ci_dict
@@ -29,6 +27,11 @@ from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
+load_file = lazy("safetensors.torch", "load_file")
 
 TRAIN_TOOL, EVAL_TOOL = "train_das", "eval_das"
 SiteKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]

@@ -6,20 +6,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field, model_validator
 
-from ..artifacts import plots
+from .. import lazy
 from ..methods import features as F
 from ..methods.core import Progress, Site, ci_dict
+from ..methods.core.footprint import Footprint
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, check_pairs, counterfactual_name, dataset, resolve_task, task_metric, \
-    validate_or_raise
+from .budget import refuse_oversized
+from .common import (
+    DEFAULT_MODEL,
+    MaybeFloat,
+    Seed,
+    Stat,
+    check_pairs,
+    counterfactual_name,
+    dataset,
+    resolve_task,
+    task_metric,
+    validate_or_raise,
+)
 from .errors import ToolError
-from .load_sae import checked_sae
+from .load_sae import checked_sae, sae_directory
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
 
 TOOL = "find_features"
 
@@ -40,7 +55,8 @@ class FindFeaturesInput(BaseModel):
     counterfactual: str | None = Field(None, description="Generator for the causal tests (default: one that resamples "
                                        "exactly `variable`, else the first whose pairs change it).")
     n: int = Field(64, ge=8, le=4096, description="Prompt pairs.")
-    n_perm: int = Field(1000, ge=19, le=100_000, description="Label permutations for the null (at least 19, so a p-value can reach 0.05).")
+    n_perm: int = Field(1000, ge=19, le=100_000, description="Label permutations for the null (at least 19, so a "
+                        "p-value can reach 0.05).")
     top: int = Field(10, ge=1, le=200, description="Features to report.")
     test_top: int = Field(3, ge=0, le=50, description="Top features to test causally.")
     test_features: list[int] = Field([], description="Also test these feature indices (e.g. a suspected decoy).")
@@ -84,7 +100,7 @@ class CausalRow(BaseModel):
                                "counterfactual, 0 = no effect")
     ci95: list[MaybeFloat] = Field(description="95% bootstrap interval (resampling the normaliser too); null where "
                                    "undefined")
-    delta_metric: float = Field(description="mean change of the raw metric")
+    delta_metric: MaybeFloat = Field(description="mean change of the raw metric (null when not finite)")
 
 
 class FindFeaturesResult(RunResult):
@@ -173,8 +189,11 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     model = lm.model
     validate_or_raise(spec, lm.tokenizer, args.model)
     source = feature_source(run.app, lm, args.source, args.sae, args.layer, args.das_run)
+    refuse_oversized(Footprint(lambda n: F.ranking_footprint(n, source.n), {"n": args.n}),
+                     f"ranking {source.n} features")
     cf_name = _pick_counterfactual(spec, None, args.variable, args.counterfactual)
-    ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name, answer_changes=True, model=model, model_id=args.model)  # causal tests: a logit diff
+    # the causal tests read a logit difference: pairs whose counterfactual changes the answer
+    ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name, answer_changes=True, model=model, model_id=args.model)
     if args.variable not in ds.examples[0].base:
         raise ToolError(f"variable: {args.variable!r} is not a variable of task {spec.name!r}; it has "
                         f"{sorted(k for k in ds.examples[0].base if not k.startswith('_'))}.")
@@ -194,7 +213,7 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
         run.check_cancelled()
         run.progress(0.15, "ranking with permutation null")
         rank = F.rank_features(vals.numpy(), labels, n_perm=args.n_perm, top=max(args.top, args.test_top),
-                               seed=args.seed)
+                               seed=args.seed, should_cancel=run.should_cancel)
         top = [int(i) for i in rank.order[: args.top]]
         tested = list(dict.fromkeys([int(i) for i in rank.order[: args.test_top]] + list(args.test_features)))
         bad = [i for i in tested if not 0 <= i < source.n]
@@ -249,8 +268,13 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     r0 = rows[0]
     summary = (f"{n_sig} of {source.n} features separate {args.variable} at {args.position} (q < 0.05); top: "
                f"{r0.name} ({rank.stat} {r0.score:.3f}). ")
-    if crow:
-        best = max(crow, key=lambda c: abs(c.effect))
+    defined = [c for c in crow if c.effect is not None]
+    if len(defined) < len(crow):
+        warnings.append(f"{len(crow) - len(defined)} causal effects are undefined (null): the intervened metric was "
+                        f"not finite (a steer_alpha of {args.steer_alpha:g} overflows?)" if args.steer_alpha else
+                        f"{len(crow) - len(defined)} causal effects are undefined (null): a metric was not finite")
+    if defined:
+        best = max(defined, key=lambda c: abs(c.effect))
         summary += (f"Largest causal effect: {best.name} {best.intervention} {best.effect:.2f} "
                     f"[{best.ci95[0]:.2f}, {best.ci95[1]:.2f}]. ")
     summary += f"Identity check: {causal['identity_max_abs_diff']:.1e}. Next: " + (
@@ -289,6 +313,8 @@ def _plots(run, args, rank, top, vals, labels, names, crow, task) -> None:
 
 def find_features(app: AppContext, args: FindFeaturesInput, progress: Progress | None = None) -> FindFeaturesOutput:
     spec = resolve_task(app, args.task)
+    if args.sae:
+        sae_directory(app, args.sae)  # a path is confined before the run cache could answer for it
     return run_heavy(app, TOOL, args, spec.name, args.model,
                      f"find_features {args.variable} in {spec.name} on {args.model} ({args.source})",
                      _find, FindFeaturesOutput, progress)

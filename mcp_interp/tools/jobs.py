@@ -38,7 +38,7 @@ def get_job(app: AppContext, args: GetJobInput, progress: Progress | None = None
 
 
 GET_JOB = ToolSpec(
-    "get_job", fn=get_job, input_model=GetJobInput, output_model=JobView, progress=True, read_only=True,
+    "get_job", fn=get_job, input_model=GetJobInput, output_model=JobView, progress=True, read_only=True, light=True,
     description="Long-poll a job: waits up to wait_seconds, then returns its status, progress and, once complete, "
     "the tool's full result (with its main figure as an image).")
 
@@ -53,7 +53,7 @@ def cancel_job(app: AppContext, args: CancelJobInput) -> JobView:
 
 
 CANCEL_JOB = ToolSpec(
-    "cancel_job", fn=cancel_job, input_model=CancelJobInput, output_model=JobView,
+    "cancel_job", fn=cancel_job, input_model=CancelJobInput, output_model=JobView, light=True,
     description="Cancel a queued or running job (cooperative: it stops at the next checkpoint).")
 
 
@@ -73,5 +73,5 @@ def list_jobs(app: AppContext, args: ListJobsInput) -> ListJobsOutput:
 
 
 LIST_JOBS = ToolSpec(
-    "list_jobs", fn=list_jobs, input_model=ListJobsInput, output_model=ListJobsOutput, read_only=True,
+    "list_jobs", fn=list_jobs, input_model=ListJobsInput, output_model=ListJobsOutput, read_only=True, light=True,
     description="Jobs of this store (including ones interrupted by a server restart).")

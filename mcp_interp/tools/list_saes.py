@@ -6,13 +6,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from .. import lazy
 from ..methods.features import pretrained
-from ..models import normalize_model_id
 from .base import ToolSpec
 from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+normalize_model_id = lazy("mcp_interp.models", "normalize_model_id")  # the pool imports torch: on first call
 
 
 class ListSaesInput(BaseModel):

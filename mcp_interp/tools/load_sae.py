@@ -7,24 +7,37 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from ..artifacts import plots
+from .. import lazy
 from ..methods import features as F
+from ..methods.core import Progress, Site
 from ..methods.features import pretrained
 from ..models import ModelLoadError
-from ..methods.core import Progress, Site
 from ..tasks.spec import TaskSpec
 from .base import FORCE_FIELD, LOADED, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
-from .errors import ToolError
+from .errors import ToolError, field_error
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
+plots = lazy("mcp_interp.artifacts.plots")  # matplotlib: imported on the first call, not at server start
+
 TOOL = "load_sae"
 
 
-def sae_directory(app: AppContext, ref: str) -> Path:
-    """The sae-lens directory behind `ref`: a train_sae / load_sae run id, or a directory path."""
+def local_path(app: AppContext, field: str, raw: str, fix: str) -> Path:
+    """A path a client names, resolved and confined to the server's local roots (ModelPool.confine): outside them, one
+    refusal whether or not anything exists there, so nothing is learnt (or read, or copied into the store) from
+    files the server does not offer."""
+    path = app.pool.confine(raw) if raw.strip() else None
+    if path is None:
+        raise field_error(field, app.pool.outside_roots(), fix)
+    return path
+
+
+def sae_directory(app: AppContext, ref: str, field: str = "sae") -> Path:
+    """The sae-lens directory behind `ref`: a train_sae / load_sae run id, or a directory path (confined to the local
+    roots)."""
     try:
         rec = app.store.get_run(ref)
     except Exception:
@@ -32,13 +45,13 @@ def sae_directory(app: AppContext, ref: str) -> Path:
     if rec is not None:
         d = app.store.run_dir(ref) / "sae"
         if not (d / "cfg.json").is_file():
-            raise ToolError(f"sae: run {ref} ({rec.tool}) holds no SAE; pass a train_sae or load_sae run id.")
+            raise ToolError(f"{field}: run {ref} ({rec.tool}) holds no SAE; pass a train_sae or load_sae run id.")
         return d
-    p = Path(ref).expanduser()
+    fix = ("a train_sae / load_sae run id (list_runs(tool='train_sae')) or the path of a sae-lens directory (cfg.json "
+           "+ sae_weights.safetensors)")
+    p = local_path(app, field, ref, fix + " under them (or start the server with --model-root)")
     if not p.is_dir():
-        raise ToolError(f"sae: {ref!r} is neither a stored run id nor a directory. Fix: a train_sae / load_sae run id "
-                        f"(list_runs(tool='train_sae')) or the path of a sae-lens directory (cfg.json + "
-                        f"sae_weights.safetensors).")
+        raise field_error(field, f"{ref!r} is neither a stored run id nor a directory", fix)
     return p
 
 
@@ -58,8 +71,13 @@ def site_of_hook(model, hook: str | None) -> Site:
 
 
 def checked_sae(app: AppContext, ref: str, lm) -> tuple[object, Site, Path]:
-    """Load the SAE behind `ref` and check it fits `lm`'s model: (sae, site, directory)."""
-    d = sae_directory(app, ref)
+    """Load the SAE behind `ref` (a run id or a local directory) and check it fits `lm`'s model: (sae, site,
+    directory)."""
+    return checked_sae_dir(sae_directory(app, ref), lm)
+
+
+def checked_sae_dir(d: Path, lm) -> tuple[object, Site, Path]:
+    """Load the SAE (or transcoder) in directory `d` and check it fits `lm`'s model: (sae, site, d)."""
     if F.is_transcoder_dir(d):
         return (*checked_transcoder(d, lm), d)
     try:
@@ -109,7 +127,9 @@ def stored_files(d: Path, transcoder: bool) -> dict[str, bytes]:
 
 class LoadSaeInput(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model id the SAE belongs to.")
-    path: str | None = Field(None, description="A sae-lens directory (cfg.json + sae_weights.safetensors).")
+    path: str | None = Field(None, description="A sae-lens directory (cfg.json + sae_weights.safetensors), under the "
+                             "server's local roots when it sets them (over HTTP: its directory, the model cache, "
+                             "--model-root); or a train_sae / load_sae run id.")
     release: str | None = Field(None, description="Instead of path: a release of the sae-lens registry (list_saes "
                                 "lists them per model), or a hub repository (org/name) of SAE / transcoder folders "
                                 "(EleutherAI sparsify's layout); downloaded with progress (offline: from the cache).")
@@ -141,12 +161,13 @@ class LoadSaeOutput(HeavyOutput):
     result: LoadSaeResult | None = None
 
 
-def _fetch(run: ToolRun, args: LoadSaeInput, warnings: list[str]) -> tuple[str, str]:
-    """(a local directory or run id, where it came from) for the requested SAE; a release is downloaded first."""
+def _fetch(run: ToolRun, args: LoadSaeInput, warnings: list[str]) -> tuple[Path, str]:
+    """(the SAE's directory, where it came from): `path` (a run id or a directory under the local roots), or a
+    release, downloaded first."""
     if args.path:
         if args.release:
             raise ToolError("path: give `path` or `release`, not both.")
-        return args.path, args.path
+        return sae_directory(run.app, args.path, "path"), args.path
     if not args.release:
         raise ToolError("path: give `path` (a sae-lens directory) or `release` (+ sae_id).")
     progress, offline = run.span(LOADED, 0.5), run.app.pool.offline
@@ -154,7 +175,7 @@ def _fetch(run: ToolRun, args: LoadSaeInput, warnings: list[str]) -> tuple[str, 
         if not pretrained.in_registry(args.release) and "/" in args.release:
             # a hub repository of SAE / transcoder folders (EleutherAI sparsify's layout), not a registry release
             folder = pretrained.fetch_folder(args.release, args.sae_id or "", progress=progress, offline=offline)
-            return str(folder), f"hub {args.release}/{args.sae_id}"
+            return Path(folder), f"hub {args.release}/{args.sae_id}"
         entry = pretrained.find(args.release, args.sae_id)
         sae = pretrained.fetch(entry, progress=progress, offline=offline)
     except ModelLoadError as e:
@@ -167,14 +188,14 @@ def _fetch(run: ToolRun, args: LoadSaeInput, warnings: list[str]) -> tuple[str, 
 
     tmp = tempfile.mkdtemp()  # sae-lens' own format, whatever the release's was
     F.save_sae(sae, tmp)
-    return tmp, f"release {entry.release}/{entry.sae_id} ({entry.repo_id}/{entry.path})"
+    return Path(tmp), f"release {entry.release}/{entry.sae_id} ({entry.repo_id}/{entry.path})"
 
 
 def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     lm = run.load(args.model)
     warnings: list[str] = []
-    ref, source = _fetch(run, args, warnings)
-    sae, site, d = checked_sae(run.app, ref, lm)
+    d, source = _fetch(run, args, warnings)
+    sae, site, d = checked_sae_dir(d, lm)
     transcoder = isinstance(sae, F.TranscoderFeatures)
     quality = None
     spec: TaskSpec | None = resolve_task(run.app, args.task) if args.task else None
@@ -224,6 +245,8 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
 
 
 def load_sae(app: AppContext, args: LoadSaeInput, progress: Progress | None = None) -> LoadSaeOutput:
+    if args.path:
+        sae_directory(app, args.path, "path")  # refused before the run cache, a job or a model load
     return run_heavy(app, TOOL, args, args.task or "sae", args.model, f"load_sae {args.path or args.release}",
                      _load, LoadSaeOutput, progress)
 

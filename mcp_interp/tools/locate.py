@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field, field_validator
 
-from ..artifacts import plots
+from .. import lazy
 from ..methods.core import Progress, ci_dict
-from ..methods.patching import cell_dict, dominant_positions, grid_cells, normalised_effects, patch_sweep, top_cells
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
@@ -19,6 +17,13 @@ from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
+cell_dict, dominant_positions, grid_cells, normalised_effects, patch_sweep, top_cells = lazy(
+    "mcp_interp.methods.patching", "cell_dict", "dominant_positions", "grid_cells", "normalised_effects",
+    "patch_sweep", "top_cells")
 
 TOOL = "locate"
 SiteName = Literal["resid_pre", "attn_out", "mlp_out", "z"]

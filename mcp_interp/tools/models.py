@@ -6,15 +6,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .. import lazy
 from ..artifacts import JobStatus
 from ..methods.core import Progress
-from ..models import ModelLoadError, normalize_model_id
+from ..models import ModelLoadError
 from .base import WAIT_FIELD, Deferred, JobView, ToolSpec, settle, wait_for_job
 from .common import DEFAULT_MODEL, resolve_model
 from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+normalize_model_id = lazy("mcp_interp.models", "normalize_model_id")  # the pool imports torch: on first call
 
 
 class ListModelsOutput(BaseModel):

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
+from .. import lazy
 from ..artifacts.report import ReportError, build_report
-from ..models import normalize_model_id
 from .base import ToolSpec, artifact_uri
 from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+normalize_model_id = lazy("mcp_interp.models", "normalize_model_id")  # the pool imports torch: on first call
 
 
 class ReportInput(BaseModel):

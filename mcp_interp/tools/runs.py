@@ -48,7 +48,7 @@ def list_runs(app: AppContext, args: ListRunsInput) -> ListRunsOutput:
 
 
 LIST_RUNS = ToolSpec(
-    "list_runs", fn=list_runs, input_model=ListRunsInput, output_model=ListRunsOutput, read_only=True,
+    "list_runs", fn=list_runs, input_model=ListRunsInput, output_model=ListRunsOutput, read_only=True, light=True,
     description="Stored runs, newest first, filtered by task / model / tool / status, with their key metrics.")
 
 
@@ -82,7 +82,7 @@ def get_run(app: AppContext, args: GetRunInput) -> GetRunOutput:
 
 
 GET_RUN = ToolSpec(
-    "get_run", fn=get_run, input_model=GetRunInput, output_model=GetRunOutput, read_only=True,
+    "get_run", fn=get_run, input_model=GetRunInput, output_model=GetRunOutput, read_only=True, light=True,
     description="One stored run: its result, manifest (versions, model weight hash, task hash, parameters, seed, "
     "timings), file URIs (artifact://<run_id>/<file>, readable as resources) and its main figure as an image.")
 

@@ -6,20 +6,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
-from ..artifacts import plots
-from ..artifacts.graph_plot import hypothesis_graph
+from .. import lazy
 from ..methods.core import Progress
 from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
-from ..methods.scrubbing import scrub_hypothesis as run_scrub
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, dataset, resolve_task, validate_or_raise
 from .errors import ToolError
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
+
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
+hypothesis_graph = lazy("mcp_interp.artifacts.graph_plot", "hypothesis_graph")
+run_scrub = lazy("mcp_interp.methods.scrubbing", "scrub_hypothesis")
 
 TOOL = "scrub_hypothesis"
 ABLATION_LABEL = {"resample": "resampling (scrubbing)", "zero": "zero ablation", "mean": "mean ablation"}

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, Field
 
-from ..artifacts import plots
+from .. import lazy
 from ..methods import features as F
 from ..methods.core import Progress, Site
+from ..methods.core.footprint import Footprint
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
-from .errors import ToolError
+from .budget import refuse_oversized
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, dataset, resolve_task
+from .errors import ToolError, field_error
+from .load_sae import local_path
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
+# imported on the first call, not when the server starts
+torch = lazy("torch")
+plots = lazy("mcp_interp.artifacts.plots")
+
 TOOL = "train_sae"
 SaeSite = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
+MAX_CORPUS_FILES = 256  # a corpus, not a directory tree: more files belong concatenated
 
 
 class TrainSaeInput(BaseModel):
@@ -34,7 +42,9 @@ class TrainSaeInput(BaseModel):
         "models), 'files' (your .txt / .jsonl files in `files`).")
     task: str | None = Field(None, description="Task whose prompts form the corpus (corpus='task'); otherwise only "
                              "labels where the run is stored.")
-    files: list[str] = Field([], description="Paths of .txt / .jsonl files (corpus='files').")
+    files: list[str] = Field([], description="Paths of .txt / .jsonl files (corpus='files'), at most 256, under the "
+                             "server's local roots when it sets them (over HTTP: its directory, the model cache, "
+                             "--model-root).")
     architecture: Literal["topk", "jumprelu", "standard"] = Field("topk", description="sae-lens architecture.")
     d_sae: int | None = Field(None, ge=1, description="Number of latents (default: expansion x d_in).")
     expansion: int = Field(4, ge=1, le=64, description="d_sae = expansion x d_in when d_sae is not given.")
@@ -71,11 +81,12 @@ class TrainSaeInput(BaseModel):
 
 
 class CurvePoint(BaseModel):
+    """One held-out measurement during training (null where a diverged SAE made it undefined)."""
     step: int
     samples: int
-    explained_variance: float
-    mse: float
-    l0: float
+    explained_variance: MaybeFloat
+    mse: MaybeFloat
+    l0: MaybeFloat
 
 
 class TrainSaeResult(RunResult):
@@ -129,11 +140,22 @@ def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], 
         else:
             if not args.files:
                 raise ToolError("files: corpus='files' needs a list of .txt / .jsonl paths.")
-            docs = F.read_texts(args.files)
+            docs = F.read_texts(corpus_files(run.app, args.files))
         need = args.tokens + args.skip_first * -(-args.tokens // ctx)
         return F.token_windows(docs, lm.tokenizer, ctx, need, args.seed), args.corpus
     except (FileNotFoundError, ValueError) as e:
         raise ToolError(f"corpus: {e}") from None
+
+
+def _footprint(args: TrainSaeInput, d_in: int) -> Footprint:
+    """Peak memory as a function of the arguments a request can oversize (d_sae, or expansion when d_sae is not
+    given; tokens; batch_size)."""
+    if args.d_sae:
+        return Footprint(lambda d_sae, tokens, batch_size: F.training_footprint(d_in, d_sae, tokens, batch_size),
+                         {"d_sae": args.d_sae, "tokens": args.tokens, "batch_size": args.batch_size})
+    return Footprint(lambda expansion, tokens, batch_size: F.training_footprint(d_in, expansion * d_in, tokens,
+                                                                                batch_size),
+                     {"expansion": args.expansion, "tokens": args.tokens, "batch_size": args.batch_size})
 
 
 def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
@@ -144,6 +166,7 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
         F.check_feature_site(model, site)
     except ValueError as e:
         raise ToolError(f"layer: {e}") from None
+    refuse_oversized(_footprint(args, site.dim(model)), "training this SAE")
     seqs, corpus = _sequences(run, args, lm)
     # held-out split by window, so no held-out token was seen in training
     gen = torch.Generator().manual_seed(args.seed)
@@ -228,7 +251,10 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     if q["dead"] > 0.5 * d_sae:
         warnings.append(f"{q['dead']} of {d_sae} latents never fired on held-out rows: fewer latents, a lower lr, or "
                         f"more tokens")
-    if q["explained_variance"] < 0.7:
+    if not math.isfinite(q["explained_variance"]):
+        warnings.append("training diverged: the held-out explained variance is not finite (NaN / inf in the SAE's "
+                        "outputs); lower lr or sparsity")
+    elif q["explained_variance"] < 0.7:
         warnings.append(f"held-out explained variance is only {q['explained_variance']:.2f}")
     summary = (f"{args.architecture} SAE at {site.hook} ({d_in} -> {d_sae}): held-out explained variance "
                f"{q['explained_variance']:.3f}, L0 {q['l0']:.1f}, {q['dead']} dead, {q['dense']} dense")
@@ -251,7 +277,20 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     return result, {"explained_variance": q["explained_variance"], "l0": q["l0"], "hook": site.hook}
 
 
+def corpus_files(app: AppContext, files: list[str]) -> list[Path]:
+    """The corpus files, every one confined to the server's local roots (load_sae.local_path) before any is read, so
+    no answer (an error quoting a character of it) comes from a file the server does not offer; at most
+    MAX_CORPUS_FILES."""
+    if len(files) > MAX_CORPUS_FILES:
+        raise field_error("files", f"{len(files)} files given, at most {MAX_CORPUS_FILES} are read",
+                          "concatenate them into fewer .txt / .jsonl files (a .jsonl holds one document per line)")
+    fix = "pass .txt / .jsonl files under them (or start the server with --model-root)"
+    return [local_path(app, f"files[{i}]", f, fix) for i, f in enumerate(files)]
+
+
 def train_sae(app: AppContext, args: TrainSaeInput, progress: Progress | None = None) -> TrainSaeOutput:
+    if args.corpus == "files":
+        corpus_files(app, args.files)  # refused before the run cache, a job or a model load
     label = args.task if args.corpus == "task" and args.task else (args.task or f"corpus-{args.corpus}")
     return run_heavy(app, TOOL, args, label, args.model,
                      f"train_sae {args.architecture} at {args.site}{args.layer} of {args.model} ({args.tokens} tokens)",

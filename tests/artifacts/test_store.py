@@ -11,8 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mcp_interp.artifacts import (ArtifactFileNotFound, ArtifactStore, RunNotComplete, RunNotFound, StoreError,
-                                  UnsafePath, params_hash, sanitize_component)
+from mcp_interp.artifacts import (
+    ArtifactFileNotFound,
+    ArtifactStore,
+    RunNotComplete,
+    RunNotFound,
+    StoreError,
+    UnsafePath,
+    params_hash,
+    sanitize_component,
+)
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@ gated, offline, not found, too big, resume; the commit recorded."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from hub_stand_in import Repo, folder_files
+from tiny_hf import IOI, spread_weights, tiny_family, tiny_hf_tokenizer
+
 from mcp_interp.models import ModelLoadError, ModelPool, normalize_model_id
 from mcp_interp.models import hub as hubmod
-from tiny_hf import IOI, spread_weights, tiny_family, tiny_hf_tokenizer
 
 
 def hf_repo_files(tmp_path, family: str, seed: int = 0) -> tuple[dict[str, bytes], torch.nn.Module]:

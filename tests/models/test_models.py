@@ -7,15 +7,22 @@ import time
 
 import pytest
 import torch
+from tiny_hf import IOI
+from tiny_hf import spread_weights as _spread_weights
+from tiny_hf import tiny_family as _tiny_family
+from tiny_hf import tiny_hf_tokenizer as _tiny_hf_tokenizer
 
-from mcp_interp.models import (CharTokenizer, HFTokenizerAdapter, ModelLoadError, ModelPool, register_toy,
-                               smollm2_gguf_path, unregister_toy)
+from mcp_interp.models import (
+    CharTokenizer,
+    HFTokenizerAdapter,
+    ModelLoadError,
+    ModelPool,
+    register_toy,
+    smollm2_gguf_path,
+    unregister_toy,
+)
 from mcp_interp.toymodels import TOY_ALPHABET
 from mcp_interp.toymodels.tiny import build_tiny_random
-
-from tiny_hf import IOI, spread_weights as _spread_weights, tiny_family as _tiny_family, \
-    tiny_hf_tokenizer as _tiny_hf_tokenizer
-
 
 # ------------------------------------------------------------------ helpers
 

@@ -5,12 +5,11 @@ import time
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp_helpers import call, call_error, copy_spec, finish
 
 from mcp_interp.server.app import build_server
 from mcp_interp.tasks.builtin import BUILTIN_TASKS
 from mcp_interp.tools import TOOLS, baseline
-
-from mcp_helpers import call, call_error, copy_spec, finish
 
 pytestmark = pytest.mark.anyio
 TOY = "toy/tiny-random"

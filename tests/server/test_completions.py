@@ -3,8 +3,8 @@
 import pytest
 from mcp import Client
 from mcp.types import PromptReference, ResourceTemplateReference
-
 from mcp_helpers import call, finish
+
 from mcp_interp.server.app import build_server
 
 pytestmark = pytest.mark.anyio

@@ -12,11 +12,10 @@ import anyio
 import pytest
 import torch
 from mcp import Client
+from mcp_helpers import call, call_error, copy_spec, finish
 
 from mcp_interp.server.app import build_server
 from mcp_interp.tools import baseline, locate
-
-from mcp_helpers import call, call_error, copy_spec, finish
 
 pytestmark = pytest.mark.anyio
 TOY = "toy/tiny-random"
@@ -372,3 +371,42 @@ async def test_undefined_attribution_scores_are_null_with_a_warning(store_dir):
                                                           "n": 13, "include_plot": False}))
     assert all(u["score"] is None for u in out["top"])
     assert any("undefined" in w for w in out["warnings"]) and "n/a" in out["summary"]
+
+
+async def test_diverging_runs_store_null_numbers_with_a_warning(store_dir):
+    """An SAE trained to divergence and a steer that overflows the model complete with null (not NaN) numbers the
+    client's schema check accepts, and a warning saying why (issue 26 item 8)."""
+    feats = "toy/planted-features"
+    async with Client(build_server(store_dir)) as c:
+        sae = (await call(c, "train_sae", {"model": feats, "site": "resid_pre", "layer": 1, "corpus": "random",
+                                           "tokens": 2000, "context": 8, "architecture": "jumprelu",
+                                           "sparsity": 1e300, "lr": 1.0, "d_sae": 32, "epochs": 1,
+                                           "wait_seconds": 120}))["result"]
+        assert sae["learning_curve"][-1]["explained_variance"] is None
+        assert any("diverged" in w for w in sae["warnings"])
+        ff = (await call(c, "find_features", {"model": feats, "task": "planted-features", "variable": "g",
+                                              "source": "neurons", "layer": 1, "n": 16, "n_perm": 19, "test_top": 2,
+                                              "interventions": ["steer"], "steer_alpha": 1e308,
+                                              "wait_seconds": 120}))["result"]
+        assert ff["causal"] and all(r["effect"] is None for r in ff["causal"])
+        assert any("undefined" in w and "steer_alpha" in w for w in ff["warnings"])
+
+
+async def test_cancel_stops_the_comparison_nulls_at_once(store_dir):
+    """cancel_job ends compare_features during its CKA / SVCCA permutation nulls within seconds (it ran on for
+    minutes: issue 26 item 4); the light tools answer meanwhile."""
+    args = {"a": {"model": "toy/planted-features", "source": "neurons", "layer": 1},
+            "b": {"model": "toy/planted-features-s1", "source": "neurons", "layer": 1}, "task": "planted-features",
+            "variable": "g", "n": 1024, "n_null": 500, "n_perm": 10_000, "test_top": 0, "wait_seconds": 0}
+    async with Client(build_server(store_dir)) as c:
+        job_id = (await call(c, "compare_features", args))["job"]["job_id"]
+        with anyio.fail_after(120):
+            while "permutation" not in (job := await call(c, "get_job", {"job_id": job_id}))["message"]:
+                assert job["status"] == "running", job
+                await anyio.sleep(0.05)
+        t0 = time.time()
+        await call(c, "cancel_job", {"job_id": job_id})
+        with anyio.fail_after(60):
+            while (job := await call(c, "get_job", {"job_id": job_id, "wait_seconds": 5}))["status"] == "running":
+                pass
+        assert job["status"] == "cancelled" and time.time() - t0 < 10, (job, time.time() - t0)

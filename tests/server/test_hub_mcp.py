@@ -9,12 +9,12 @@ import sys
 
 import anyio
 import pytest
-
 from hub_stand_in import Repo, folder_files
 from mcp import Client, StdioServerParameters
 from mcp_helpers import call, call_error, finish
-from mcp_interp.server.app import build_server
 from models.test_hub import hf_repo_files
+
+from mcp_interp.server.app import build_server
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mcp_helpers import HttpServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 from mcp import Client, StdioServerParameters
-
 from mcp_helpers import call, finish
 
 CLI = [sys.executable, "-m", "mcp_interp.server.cli"]

@@ -4,14 +4,14 @@ import inspect
 
 import pytest
 from mcp import Client
-
 from mcp_helpers import call, finish
+
 from mcp_interp import Lab
 from mcp_interp.server.app import build_server
 from mcp_interp.tools import TOOLS
 from mcp_interp.tools.baseline import RunBaselineOutput
-from mcp_interp.tools.locate import LocateOutput
 from mcp_interp.tools.errors import ToolError
+from mcp_interp.tools.locate import LocateOutput
 
 TOY = "toy/tiny-random"
 BASELINE = {"model": TOY, "task": "induction", "n": 8}

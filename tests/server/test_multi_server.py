@@ -12,7 +12,6 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client, StdioServerParameters
-
 from mcp_helpers import call
 
 pytestmark = pytest.mark.anyio

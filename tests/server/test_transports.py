@@ -4,7 +4,6 @@ import sys
 
 import pytest
 from mcp import Client, StdioServerParameters
-
 from mcp_helpers import HttpServer, call, call_error, finish, png_of
 
 pytestmark = pytest.mark.anyio

@@ -16,9 +16,9 @@ from mcp_interp.artifacts import plots
 from mcp_interp.runtime.context import AppContext
 from mcp_interp.tools import TOOLS
 from mcp_interp.tools.base import PREVIEW, HeavyOutput, RunResult, ToolRun, job_view, main_figure, run_heavy
-from mcp_interp.tools.runs import GetRunInput, get_run
 from mcp_interp.tools.common import resolve_task
 from mcp_interp.tools.errors import ToolError
+from mcp_interp.tools.runs import GetRunInput, get_run
 
 LM = SimpleNamespace(weight_hash="w0", device="cpu")  # what open() records about the model
 

@@ -78,7 +78,8 @@ async def test_train_das_on_planted_direction(store_dir):
                                          n=out["data"]["n"], seed=out["data"]["seed"],
                                          test_fraction=out["data"]["test_fraction"])
         assert sorted({e.base_key for e in data.test}) == split["test_bases"]
-        correct = _reference_correct(model, data.test, R, Site(out["site"]["kind"], out["site"]["layer"], head=out["site"]["head"]))
+        site = Site(out["site"]["kind"], out["site"]["layer"], head=out["site"]["head"])
+        correct = _reference_correct(model, data.test, R, site)
         assert float(correct.float().mean()) == pytest.approx(out["test_iia"]["mean"])
 
         # eval_das on the saved run reproduces the held-out IIA, and transfers to a generator's sources

@@ -18,10 +18,10 @@ import time
 import pytest
 import torch
 from mcp import Client
-
 from mcp_helpers import call, finish
-from mcp_interp.server.app import build_server
 from tiny_hf import spread_weights, tiny_family
+
+from mcp_interp.server.app import build_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

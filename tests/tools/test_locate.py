@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from mcp import Client
-
 from mcp_helpers import call, call_error, finish
+
 from mcp_interp.server.app import build_server
 
 pytestmark = pytest.mark.anyio
@@ -40,6 +40,7 @@ async def test_locate_identities_and_hook_loop_on_toy(store_dir):
         assert "resid_pre_heatmap.png" in run_dir_files and any(f.startswith("z_heatmap") for f in run_dir_files)
         blob = await c.read_resource(f"artifact://{res['run_id']}/effects.safetensors")
     import base64
+
     from safetensors.torch import load
     t = load(base64.b64decode(blob.contents[0].blob))
     mean = t["resid_pre.mean"].numpy()  # [layer, position]
@@ -184,6 +185,7 @@ async def test_locate_on_the_shortformer_induction_toy_falls_back_to_the_hooked_
         assert any("shortformer" in w for w in res["warnings"])
         blob = await c.read_resource(f"artifact://{res['run_id']}/effects.safetensors")
     import base64
+
     from safetensors.torch import load
     mean = load(base64.b64decode(blob.contents[0].blob))["resid_pre.mean"].numpy()
     pos = res["positions"]

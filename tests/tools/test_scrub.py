@@ -4,8 +4,8 @@ import copy
 
 import pytest
 from mcp import Client
-
 from mcp_helpers import call, call_error, finish
+
 from mcp_interp.server.app import build_server
 
 pytestmark = pytest.mark.anyio

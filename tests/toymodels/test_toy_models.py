@@ -21,8 +21,15 @@ from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.tasks.validation import check_with_tokenizer
 from mcp_interp.toymodels import toy_tasks
 from mcp_interp.toymodels import trained as T
-from mcp_interp.toymodels.planted import (ALL_COMPONENTS, COMPONENTS, PLANTED_REGIMES, PLANTED_TASK, PLANTED_TASKS,
-                                          build_planted, planted_meta)
+from mcp_interp.toymodels.planted import (
+    ALL_COMPONENTS,
+    COMPONENTS,
+    PLANTED_REGIMES,
+    PLANTED_TASK,
+    PLANTED_TASKS,
+    build_planted,
+    planted_meta,
+)
 
 # ------------------------------------------------------------------ helpers (plain TL hooks)
 

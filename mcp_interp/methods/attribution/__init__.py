@@ -6,13 +6,37 @@ names ("L3H2", "MLP1", "L1N7", "P:IO", "L0H0->L1H0.v") are rendered from them. T
 `run_attribution`; `node_scores` / `edge_scores` and the circuit evaluators are its building blocks.
 """
 
-from .components import (NODE_LEVELS, Edge, Level, edge_allowed, edge_mask_allowed, has_mlps, node_hooks,
-                         node_mask_hooks, node_values, nodes_for, receiver_slot, receiver_unit, receivers,
-                         sender_hooks, sender_outputs, senders, split_inputs)
+from .components import (
+                         NODE_LEVELS,
+                         Edge,
+                         Level,
+                         edge_allowed,
+                         edge_mask_allowed,
+                         has_mlps,
+                         node_hooks,
+                         node_mask_hooks,
+                         node_values,
+                         nodes_for,
+                         receiver_slot,
+                         receiver_unit,
+                         receivers,
+                         sender_hooks,
+                         sender_outputs,
+                         senders,
+                         split_inputs,
+)
 from .edges import EDGE_METHODS, MAX_EXACT_EDGES, EdgeScores, edge_scores
+from .faithfulness import (
+                         FRACTIONS,
+                         Curve,
+                         area,
+                         circuit_counts,
+                         edge_circuit_metrics,
+                         faithfulness_curves,
+                         node_circuit_metrics,
+                         top_k_masks,
+)
 from .masked import masked_forward
-from .faithfulness import (FRACTIONS, Curve, area, circuit_counts, edge_circuit_metrics, faithfulness_curves,
-                           node_circuit_metrics, top_k_masks)
 from .nodes import NODE_METHODS, SIGNED, NodeScores, PairChunk, final_metric, node_scores, pair_chunks
 from .report import CIRCUIT_TARGET, AttributionReport, GraphEdge, GraphNode, compare, run_attribution
 

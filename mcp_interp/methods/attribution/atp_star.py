@@ -41,8 +41,16 @@ from torch import Tensor
 from ..core.forward import last_position_hook, memory_budget
 from ..core.metrics import Metric
 from ..core.sites import Site, n_kv_heads
-from ..core.writes import (attention_output, attention_raw, attn_in_norm, attn_out_norm, mlp_out_norm, mlp_raw,
-                           post_normed, rms_norm_vjp)
+from ..core.writes import (
+    attention_output,
+    attention_raw,
+    attn_in_norm,
+    attn_out_norm,
+    mlp_out_norm,
+    mlp_raw,
+    post_normed,
+    rms_norm_vjp,
+)
 from .components import has_mlps, node_hooks, node_values, split_inputs
 
 # The node kinds whose change is a write into the residual stream, and the first layer whose q/k read it.

@@ -14,7 +14,8 @@ differing token are identical in both runs, so that equals patching from the fir
 (*) patching the MLP's hidden activations is patching its output; gradients there only see what the
 MLP can write. A head's query / key / value input node is the residual stream as that head's query, key
 or value reads it (keys and values per key-value group under GQA): patching it patches the head's query,
-key or value vector exactly; it needs `split_inputs`. Named positions are looked up in a `positions` mapping: position name -> [batch] token
+key or value vector exactly; it needs `split_inputs`. Named positions are looked up in a `positions` mapping:
+position name -> [batch] token
 index.
 
 Edges (`Edge`) run from a sender's output through the residual stream into a receiver's input.
@@ -91,7 +92,8 @@ def _part(site: Site) -> str:
         return "position"
     if site.kind in ("resid_pre", "resid_post", "attn_out", "mlp_post", "mlp_out") and site.position is None:
         return "whole"
-    raise ValueError(f"{site.label}: attribution nodes are head outputs (z) or q/k/v inputs, MLP activations (mlp_post, one neuron "
+    raise ValueError(f"{site.label}: attribution nodes are head outputs (z) or q/k/v inputs, MLP activations "
+                     f"(mlp_post, one neuron "
                      f"or all), whole residual / output sites, or the residual stream at a named position")
 
 

@@ -28,8 +28,16 @@ from ..core.forward import memory_budget, prefix_cache, prefix_reusable, repeat_
 from ..core.metrics import Metric
 from ..core.progress import Progress
 from ..core.sites import Site
-from .components import (Edge, edge_mask_allowed, receiver_slot, receivers, sender_hooks, sender_outputs, senders,
-                         split_inputs)
+from .components import (
+    Edge,
+    edge_mask_allowed,
+    receiver_slot,
+    receivers,
+    sender_hooks,
+    sender_outputs,
+    senders,
+    split_inputs,
+)
 from .masked import masked_forward
 from .nodes import pair_chunks
 

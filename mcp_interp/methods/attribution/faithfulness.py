@@ -3,7 +3,8 @@
 A circuit C is the top-k units (nodes or edges) of a ranking. Run the clean input x with every unit
 outside C taken from the counterfactual x' and measure f(C) = (m(C) - m(empty)) / (m(M) - m(empty)),
 where m(M) = m(x) (nothing patched) and m(empty) = the empty circuit (every unit patched; for edges that is
-m(x'), for node levels whatever the units do not cover still sees x); metrics are means over examples. The curve is f at k = FRACTIONS of all units. CPR is the area under the curve of the
+m(x'), for node levels whatever the units do not cover still sees x); metrics are means over examples. The curve is f
+at k = FRACTIONS of all units. CPR is the area under the curve of the
 circuits ranked by signed score (higher is better); CMD the area under |1 - f| of the circuits ranked
 by absolute score (0 is ideal). Areas use the trapezoid rule over the fraction axis, as MIB's
 evaluation code does (x = k / N).

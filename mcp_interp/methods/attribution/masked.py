@@ -7,7 +7,8 @@ forward computes it, into one stacked tensor D [circuits, senders, rows*pos*d_mo
 their masks as batched matmuls, masks^T [circuits, receivers, senders] @ D. Senders are stacked in forward order,
 so the senders a receiver can see are a prefix of D. The matmul is bound by reading D, so all receivers of a layer
 (every head's q, k and v input, the MLP input) share one matmul over the senders of earlier layers, run when the
-layer's first receiver hook fires; the MLP input adds its own layer's heads at its hook. Circuits share the forward in the batch dimension (circuit-major
+layer's first receiver hook fires; the MLP input adds its own layer's heads at its hook. Circuits share the forward
+in the batch dimension (circuit-major
 blocks of the examples), chunked so that D stays within a memory budget.
 
 Only the last position's logits are computed (the metric reads nothing else): the residual stream is cut to it

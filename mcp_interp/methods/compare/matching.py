@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.progress import ShouldCancel, check_cancelled
 from ..core.stats import benjamini_hochberg, random_orthonormal, random_rotation
 from .similarity import Shuffle, row_shuffler
 
@@ -105,7 +106,8 @@ def _matched_abs_r(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
 
 
 def match_features(A: np.ndarray, B: np.ndarray, fdr: float = 0.05, null: str = "both", n_null: int = 20,
-                   seed: int = 0, shuffle: Shuffle | None = None, groups=None) -> Matching:
+                   seed: int = 0, shuffle: Shuffle | None = None, groups=None,
+                   should_cancel: ShouldCancel | None = None) -> Matching:
     """Match features (columns) of A [n, Fa] and B [n, Fb] one to one (see the module doc). `shuffle` / `groups`
     define the example re-pairing of the shuffle null (default: uniform permutation of rows)."""
     if null not in NULLS:
@@ -129,6 +131,7 @@ def match_features(A: np.ndarray, B: np.ndarray, fdr: float = 0.05, null: str = 
         rot = _Rotator(zb) if kind == "rotation" and zb.size else None
         reps = []
         for _ in range(n_null):
+            check_cancelled(should_cancel, "matching null")
             # rotation: B's standardised features in a random basis (re-standardised: rotation mixes the norms)
             zb_null = zb[shuffle(rng)] if kind == "shuffle" else standardise(rot(rng))[0]
             reps.append(_matched_abs_r(za, zb_null))

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..core.progress import ShouldCancel, check_cancelled
+
 Shuffle = Callable[[np.random.Generator], np.ndarray]  # rng -> a permutation of the rows
 
 
@@ -90,31 +92,37 @@ def row_shuffler(n: int, groups: Sequence[int] | None = None) -> Shuffle:
 
 
 def permutation_test(stat_grams: Callable[[np.ndarray], float], n: int, n_perm: int, seed: int,
-                     shuffle: Shuffle | None = None) -> tuple[float, np.ndarray]:
+                     shuffle: Shuffle | None = None,
+                     should_cancel: ShouldCancel | None = None) -> tuple[float, np.ndarray]:
     """p-value (1 + #{null >= observed}) / (n_perm + 1) of `stat_grams(perm)` at the identity pairing against
-    `n_perm` re-pairings, and the null values."""
+    `n_perm` re-pairings, and the null values. Cancellation is checked before every re-pairing."""
     rng = np.random.default_rng(seed)
     shuffle = shuffle or row_shuffler(n)
     obs = stat_grams(np.arange(n))
-    null = np.array([stat_grams(shuffle(rng)) for _ in range(n_perm)])
+
+    def one() -> float:
+        check_cancelled(should_cancel, "permutation null")
+        return stat_grams(shuffle(rng))
+    null = np.array([one() for _ in range(n_perm)])
     p = (1 + int((null >= obs - 1e-12).sum())) / (n_perm + 1) if n_perm else float("nan")
     return float(p), null
 
 
 def cka_test(X: np.ndarray, Y: np.ndarray, n_perm: int = 200, seed: int = 0,
-             shuffle: Shuffle | None = None) -> dict:
+             shuffle: Shuffle | None = None, should_cancel: ShouldCancel | None = None) -> dict:
     """Linear CKA with its permutation p-value and the null's mean and 95th percentile."""
     X, Y = _check_rows(X, Y)
     K, L = centered_gram(X), centered_gram(Y)
     # re-pairing rows of Y permutes rows and columns of its Gram matrix; its centring is permutation-invariant
-    p, null = permutation_test(lambda perm: cka_from_grams(K, L[np.ix_(perm, perm)]), len(X), n_perm, seed, shuffle)
+    p, null = permutation_test(lambda perm: cka_from_grams(K, L[np.ix_(perm, perm)]), len(X), n_perm, seed, shuffle,
+                               should_cancel)
     return {"cka": cka_from_grams(K, L), "p": p, "null_mean": float(null.mean()) if len(null) else float("nan"),
             "null_q95": float(np.quantile(null, 0.95)) if len(null) else float("nan"), "n_perm": n_perm,
             "n": len(X)}
 
 
 def svcca_test(X: np.ndarray, Y: np.ndarray, n_perm: int = 200, seed: int = 0, keep: float = 0.99,
-               shuffle: Shuffle | None = None) -> dict:
+               shuffle: Shuffle | None = None, should_cancel: ShouldCancel | None = None) -> dict:
     """SVCCA with its permutation p-value (the subspaces are computed once; shuffling rows of one basis)."""
     X, Y = _check_rows(X, Y)
     cap = max(1, X.shape[0] // 4)
@@ -126,7 +134,7 @@ def svcca_test(X: np.ndarray, Y: np.ndarray, n_perm: int = 200, seed: int = 0, k
     def stat(perm):
         return float(np.clip(np.linalg.svd(Ux.T @ Uy[perm], compute_uv=False), 0, 1).mean())
 
-    p, null = permutation_test(stat, len(X), n_perm, seed, shuffle)
+    p, null = permutation_test(stat, len(X), n_perm, seed, shuffle, should_cancel)
     return {**res, "p": p, "null_mean": float(null.mean()) if len(null) else float("nan"), "n_perm": n_perm}
 
 

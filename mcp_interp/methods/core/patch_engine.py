@@ -35,8 +35,18 @@ from .block import fast_path_ok, layer_weights
 from .metrics import Metric
 from .progress import Progress, check_cancelled
 from .sites import Site
-from .staircase import (CACHED_RUN_TOKENS, SITE_CODES, BucketCache, Rows, act_name, cached_run, chunk_bounds,
-                        default_max_rows, forward_flops, run_rows)
+from .staircase import (
+    CACHED_RUN_TOKENS,
+    SITE_CODES,
+    BucketCache,
+    Rows,
+    act_name,
+    cached_run,
+    chunk_bounds,
+    default_max_rows,
+    forward_flops,
+    run_rows,
+)
 
 Direction = Literal["denoise", "noise"]
 

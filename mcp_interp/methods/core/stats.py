@@ -191,3 +191,31 @@ def random_orthonormal(d: int, k: int, seed: int | np.random.Generator = 0) -> n
 
 __all__ = ["BOOT_ELEMENTS", "auroc", "benjamini_hochberg", "bootstrap_ci", "ci_dict", "percentile_bootstrap",
            "random_orthonormal", "random_rotation", "ratio_ci", "resample_batch"]
+
+
+def eta_squared(x: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """Share of each column's variance between the classes: x [..., n, F], onehot [..., n, C] (leading dimensions
+    broadcast) -> eta^2 [..., F]; 0 for a constant column."""
+    counts = onehot.sum(-2)  # [..., C]
+    sums = np.swapaxes(onehot, -1, -2) @ x  # [..., C, F]
+    mean = x.mean(-2)
+    ss_b = (sums ** 2 / np.maximum(counts, 1)[..., None]).sum(-2) - x.shape[-2] * mean ** 2
+    ss_t = ((x - mean[..., None, :]) ** 2).sum(-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_t > 1e-12, ss_b / ss_t, 0.0)
+
+
+def separation(values: np.ndarray, labels) -> np.ndarray:
+    """How well each column of values [n, F] separates `labels` [n], on a 0..1 scale: |AUROC - 0.5| * 2 for two
+    values (the first in str order against the other), epsilon^2 (eta^2 corrected for the C - 1 degrees of
+    freedom, so a column firing on one prompt of many values does not score 1) for more."""
+    x = np.asarray(values, dtype=np.float64)
+    classes = sorted(set(labels), key=str)
+    y = np.array([classes.index(v) for v in labels])
+    n, C = len(y), len(classes)
+    if C < 2:
+        return np.zeros(x.shape[1])
+    if C == 2:
+        return np.abs(auroc(x, y == 0) - 0.5) * 2
+    e2 = eta_squared(x, np.eye(C)[y])
+    return 1 - (1 - e2) * (n - 1) / max(n - C, 1) if n > C else np.full_like(e2, -np.inf)

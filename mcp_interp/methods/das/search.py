@@ -18,8 +18,16 @@ from torch import Tensor, nn
 from ..core.progress import Progress
 from ..core.sites import Site
 from .runner import DASCache, check_site
-from .train import (DASResult, Rotation, das_result, evaluate_rotation, fit_rotation, prepare_caches, subspace_delta,
-                    train_das)
+from .train import (
+    DASResult,
+    Rotation,
+    das_result,
+    evaluate_rotation,
+    fit_rotation,
+    prepare_caches,
+    subspace_delta,
+    train_das,
+)
 
 __all__ = ["RankSweep", "find_knee", "rank_sweep", "train_boundless_das"]
 

@@ -325,7 +325,8 @@ def train_das(model, data, site: Site, k: int = 1, *, epochs: int = 10, lr: floa
         opt = torch.optim.AdamW(rot.parameters(), lr=lr, weight_decay=weight_decay)
         sub = None if progress is None else (lambda f, m, i=i: progress((i + f) / restarts, m))
         with torch.enable_grad():
-            curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex), epochs, batch_size, seed + i,
+            curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex), epochs,
+                                 batch_size, seed + i,
                          sub, should_cancel, counter, label="DAS" if restarts == 1 else f"DAS restart {i + 1}")
         runs.append({"seed": seed + i, "final_train_loss": curve[-1]["loss"],
                      "final_train_iia": curve[-1]["train_iia"]})

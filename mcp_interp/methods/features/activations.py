@@ -81,7 +81,8 @@ def collect_activations(model, site: Site, sequences: Sequence[Sequence[int]], b
         if progress is not None:
             progress((b + 1) / len(batches), f"activations: batch {b + 1}/{len(batches)}")
     d = site.dim(model)
-    return Activations(torch.cat(acts) if acts else torch.zeros(0, d), torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.long),
+    return Activations(torch.cat(acts) if acts else torch.zeros(0, d),
+                       torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.long),
                        torch.cat(poss) if poss else torch.zeros(0, dtype=torch.long), time.time() - t0)
 
 

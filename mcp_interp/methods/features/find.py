@@ -20,22 +20,21 @@ import numpy as np
 import torch
 
 from ..core import Progress, ShouldCancel, check_cancelled
+from ..core.footprint import F32, F64
 from ..core.forward import cache_bytes_per_row, group_by_length, prefix_cache, prefix_reusable
-from ..core.stats import auroc, benjamini_hochberg, bootstrap_ci, percentile_bootstrap, ratio_ci, resample_batch
+from ..core.stats import (
+    auroc,
+    benjamini_hochberg,
+    bootstrap_ci,
+    eta_squared,
+    percentile_bootstrap,
+    ratio_ci,
+    resample_batch,
+    separation,
+)
 from .sources import source_hooks
 
 INTERVENTIONS = ("zero", "mean", "patch", "steer")
-
-
-def _eta2(x: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-    """x [..., n, F], onehot [..., n, C] (leading dimensions broadcast) -> eta^2 [..., F]."""
-    counts = onehot.sum(-2)  # [..., C]
-    sums = np.swapaxes(onehot, -1, -2) @ x  # [..., C, F]
-    mean = x.mean(-2)
-    ss_b = (sums ** 2 / np.maximum(counts, 1)[..., None]).sum(-2) - x.shape[-2] * mean ** 2
-    ss_t = ((x - mean[..., None, :]) ** 2).sum(-2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ss_t > 1e-12, ss_b / ss_t, 0.0)
 
 
 @dataclass
@@ -57,34 +56,50 @@ class Ranking:
 MIN_GROUP_FOR_ASYMPTOTIC = 5  # prompts per value below which Kruskal-Wallis p is not trusted alone
 
 
+NULL_CHUNK_BYTES = 64 << 20  # permutations scored at once: the null never holds [n_perm, F]
+
+
+def ranking_footprint(n: int, n_features: int) -> float:
+    """Peak host bytes of ranking `n_features` features over `n` prompts: their values on the clean and
+    counterfactual prompts (float32), the float64 copy with its ranks and per-value groups, one chunk of the
+    permutation null (a few arrays of NULL_CHUNK_BYTES) and of the bootstrap."""
+    return n * n_features * (2 * F32 + 6 * F64) + 4 * NULL_CHUNK_BYTES
+
+
 def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_boot: int = 1000, top: int = 20,
-                  seed: int = 0) -> Ranking:
-    """Rank features (columns of `values` [n, F]) by how well they separate `labels` [n] (see the module doc)."""
+                  seed: int = 0, should_cancel: ShouldCancel | None = None) -> Ranking:
+    """Rank features (columns of `values` [n, F]) by how well they separate `labels` [n] (see the module doc).
+    The label permutations are drawn and scored in chunks (memory independent of n_perm; cancellation checked
+    between chunks), from one stream, so the result does not depend on the chunking."""
     x = np.asarray(values, dtype=np.float64)
     classes = sorted(set(labels), key=str)
     if len(classes) < 2:
         raise ValueError(f"the variable takes a single value ({classes[0]!r}) on these prompts: nothing to separate")
     y = np.array([classes.index(v) for v in labels])
-    n = len(y)
+    n, C = len(y), len(classes)
     rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(y) for _ in range(n_perm)])  # [P, n]
-    if len(classes) == 2:
+    if C == 2:
         # AUROC of classes[0] against the rest; the permutations' label sets against the same ranks
         score = auroc(x, y == 0)
-        strength = np.abs(score - 0.5) * 2
-        null = np.abs(auroc(x, perms == 0) - 0.5) * 2  # [P, F]
-        stat = "auroc"
+        strength = separation(x, labels)  # |AUROC - 0.5| * 2
+        observed, stat = strength, "auroc"
+
+        def null_of(perms: np.ndarray) -> np.ndarray:
+            return np.abs(auroc(x, perms == 0) - 0.5) * 2  # [P, F]
     else:
-        onehot = np.eye(len(classes))[y]
-        score = _eta2(x, onehot)
-        # rank by epsilon^2 (eta^2 corrected for C - 1 degrees of freedom): with many values and few prompts a
-        # feature firing on one prompt has eta^2 = 1 by construction
-        C = len(classes)
-        strength = 1 - (1 - score) * (n - 1) / max(n - C, 1) if n > C else np.full_like(score, -np.inf)
-        null = np.stack([_eta2(x, np.eye(len(classes))[pp]) for pp in perms]) if n_perm else np.zeros((0, x.shape[1]))
-        stat = "eta2"
-    observed = strength if len(classes) == 2 else score  # the null holds eta^2 (epsilon^2 is monotone in it)
-    p_perm = (1 + (null >= observed[None] - 1e-12).sum(0)) / (n_perm + 1)
+        score = eta_squared(x, np.eye(C)[y])
+        strength = separation(x, labels)  # epsilon^2: eta^2 = 1 by construction for a one-prompt feature
+        observed, stat = score, "eta2"  # the null holds eta^2 (epsilon^2 is monotone in it)
+
+        def null_of(perms: np.ndarray) -> np.ndarray:
+            return eta_squared(x, np.eye(C)[perms])  # [P, F]
+    chunk = max(1, NULL_CHUNK_BYTES // (8 * max(n * C, x.shape[1], 1)))
+    at_least = np.zeros(x.shape[1], dtype=np.int64)
+    for start in range(0, n_perm, chunk):
+        check_cancelled(should_cancel, "feature ranking: permutation null")
+        perms = np.stack([rng.permutation(y) for _ in range(min(chunk, n_perm - start))])
+        at_least += (null_of(perms) >= observed[None] - 1e-12).sum(0)
+    p_perm = (1 + at_least) / (n_perm + 1)
     # BH needs p-values finer than 1/(n_perm+1) when there are thousands of features: the rank tests' asymptotic
     # p-values (Mann-Whitney for two values, Kruskal-Wallis for more; tie-corrected) approximate the exact
     # permutation distribution of the ranks and have no floor; the label-permutation p is reported beside them.
@@ -112,7 +127,7 @@ def rank_features(values: np.ndarray, labels: Sequence, n_perm: int = 1000, n_bo
         yy = y[idx]  # [b, n]
         every_value = (yy[..., None] == np.arange(len(classes))).any(-2).all(-1)
         kept[0] += int(every_value.sum())
-        s = auroc(xt[idx], yy == 0) if stat == "auroc" else _eta2(xt[idx], np.eye(len(classes))[yy])
+        s = auroc(xt[idx], yy == 0) if stat == "auroc" else eta_squared(xt[idx], np.eye(len(classes))[yy])
         return s, every_value
 
     if n_boot and len(top_idx):

@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ...models import ModelLoadError
-from ...models import hub
+from ...models import ModelLoadError, hub
 
 WIDTH_RE = re.compile(r"width[_-]?(\d+)([km]?)", re.IGNORECASE)
 

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 from ..core import Progress, ShouldCancel, check_cancelled
+from ..core.footprint import F32, I64, PY_TOKEN
 
 Architecture = Literal["topk", "jumprelu", "standard"]
 ARCHITECTURES = ("topk", "jumprelu", "standard")
@@ -152,6 +153,9 @@ def train_sae(sae, train: torch.Tensor, held_out: torch.Tensor, *, n_samples: in
     return report
 
 
+EVAL_ROWS = 4096  # held-out rows encoded at once: [rows, d_sae] latents, never the whole held-out set
+
+
 @torch.no_grad()
 def _curve_point(report: TrainReport, sae, held_out: torch.Tensor, step: int, batch: int,
                  scale: float | None = None) -> None:
@@ -159,13 +163,31 @@ def _curve_point(report: TrainReport, sae, held_out: torch.Tensor, step: int, ba
     was = sae.training
     sae.eval()
     s = 1.0 if scale is None else scale
-    f = encode(sae, held_out * s)
-    r = (sae.decode(f) / s).to(held_out.device, held_out.dtype)
+    err, active = 0.0, 0.0
+    for j in range(0, len(held_out), EVAL_ROWS):
+        x = held_out[j:j + EVAL_ROWS]
+        f = encode(sae, x * s)
+        r = (sae.decode(f) / s).to(x.device, x.dtype)
+        err += float(((x - r) ** 2).sum())
+        active += float((f != 0).float().sum())
     sae.train(was)
-    err = ((held_out - r) ** 2).sum()
-    var = ((held_out - held_out.mean(0)) ** 2).sum()
-    report.curve.append({"step": step, "samples": step * batch, "explained_variance": float(1 - err / var),
-                         "mse": float(err / held_out.numel()), "l0": float((f != 0).float().sum(-1).mean())})
+    var = float(((held_out - held_out.mean(0)) ** 2).sum())
+    n = max(len(held_out), 1)
+    report.curve.append({"step": step, "samples": step * batch,
+                         "explained_variance": 1 - err / var if var > 0 else float("nan"),
+                         "mse": err / max(held_out.numel(), 1), "l0": active / n})
+
+
+def training_footprint(d_in: int, d_sae: int, tokens: int, batch_size: int, held_out: float = 0.1) -> float:
+    """Peak host bytes of collecting `tokens` activation rows of width `d_in` and training a `d_sae`-latent SAE on
+    them in batches of `batch_size`: the rows (the collected copy and the train / held-out split), parameters with
+    their gradients and Adam's two moments, a batch's latents through the forward and backward passes, and the
+    held-out evaluation in EVAL_ROWS chunks."""
+    rows = 3 * tokens * (1 + held_out) * d_in * F32 + 2 * tokens * (1 + held_out) * I64
+    rows += tokens * (1 + held_out) * PY_TOKEN  # the corpus windows, as lists of token ids
+    params = 4 * (2 * d_in * d_sae + d_sae + d_in) * F32
+    latents = 8 * max(batch_size, min(EVAL_ROWS, int(tokens * held_out) + 1)) * d_sae * F32
+    return rows + params + latents
 
 
 def save_sae(sae, directory: str | Path) -> list[Path]:

@@ -43,8 +43,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...tasks import expressions
 from ...tasks.causal import TEMPLATE
 from ...tasks.spec import TaskSpec
-from .nodes import (INPUT, OUTPUT, CNode, Compiled, HypothesisError, ModelShape, Position, check_overlaps, components,
-                    reachable, reads, site_of)
+from .nodes import (
+    INPUT,
+    OUTPUT,
+    CNode,
+    Compiled,
+    HypothesisError,
+    ModelShape,
+    Position,
+    check_overlaps,
+    components,
+    reachable,
+    reads,
+    site_of,
+)
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_\-.]{0,63}$"
 

@@ -31,8 +31,17 @@ from .executor import CleanRun, Executor, Mode, Run, check_architecture, device_
 from .hypothesis import Hypothesis, check_hypothesis
 from .nodes import INPUT, OUTPUT, Compiled, reachable
 from .score import SeedStats, TaskScore, recovered, recovered_metric
-from .tree import (Sampler, TreePlan, TreeTooLarge, exact_nodes, interp_values, layout_groups, plan_tree,
-                   position_warnings, resolve_positions)
+from .tree import (
+    Sampler,
+    TreePlan,
+    TreeTooLarge,
+    exact_nodes,
+    interp_values,
+    layout_groups,
+    plan_tree,
+    position_warnings,
+    resolve_positions,
+)
 
 __all__ = ["Contribution", "Planned", "Scores", "ScrubResult", "Scrubber", "graph_data", "scrub_hypothesis"]
 

@@ -5,8 +5,18 @@ import pytest
 import torch
 
 from mcp_interp.evaluation.ground_truth import auroc_table, planted_case
-from mcp_interp.methods.attribution import (Edge, area, edge_circuit_metrics, edge_scores, node_circuit_metrics,
-                                            node_scores, nodes_for, receivers, run_attribution, senders)
+from mcp_interp.methods.attribution import (
+    Edge,
+    area,
+    edge_circuit_metrics,
+    edge_scores,
+    node_circuit_metrics,
+    node_scores,
+    nodes_for,
+    receivers,
+    run_attribution,
+    senders,
+)
 from mcp_interp.methods.core import Site, auroc
 
 # ------------------------------------------------------------------ methods on planted circuits

@@ -5,8 +5,17 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mcp_interp.evaluation.ground_truth import planted_case
-from mcp_interp.methods.attribution import (edge_circuit_metrics, edge_mask_allowed, masked_forward, pair_chunks,
-                                            receivers, sender_hooks, sender_outputs, senders, split_inputs)
+from mcp_interp.methods.attribution import (
+    edge_circuit_metrics,
+    edge_mask_allowed,
+    masked_forward,
+    pair_chunks,
+    receivers,
+    sender_hooks,
+    sender_outputs,
+    senders,
+    split_inputs,
+)
 from mcp_interp.methods.core import LogitDiffMetric, shared_prefix
 
 from .edge_loop import loop_masked_forward

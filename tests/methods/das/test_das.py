@@ -14,16 +14,30 @@ import pytest
 import torch
 
 from mcp_interp.methods.core.progress import Cancelled
-from mcp_interp.methods.das import (Site, check_site, evaluate_rotation, find_knee, prepare, random_rotation,
-                                    rank_sweep, train_boundless_das, train_das)
+from mcp_interp.methods.das import (
+    Site,
+    check_site,
+    evaluate_rotation,
+    find_knee,
+    prepare,
+    random_rotation,
+    rank_sweep,
+    train_boundless_das,
+    train_das,
+)
 from mcp_interp.methods.das.runner import intervened_logits
 from mcp_interp.models.toy import get_toy
 from mcp_interp.tasks.causal import CausalModel, TaskSpecError
 from mcp_interp.tasks.interchange import build_interchange_dataset
 from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.toymodels import seeded_model, toy_tasks
-from mcp_interp.toymodels.planted_direction import (PLANTED_DIRECTION_TASK, SITE_HOOK, SITE_LAYER,
-                                                    build_planted_direction, planted_direction_meta)
+from mcp_interp.toymodels.planted_direction import (
+    PLANTED_DIRECTION_TASK,
+    SITE_HOOK,
+    SITE_LAYER,
+    build_planted_direction,
+    planted_direction_meta,
+)
 
 SPEC = TaskSpec.model_validate(PLANTED_DIRECTION_TASK)
 SITE = Site("resid_pre", SITE_LAYER)

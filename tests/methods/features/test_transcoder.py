@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 from mcp import Client
+from mcp_helpers import call, copy_spec, finish
 from safetensors.torch import save_file
 
-from mcp_helpers import call, copy_spec, finish
 from mcp_interp.methods import features as F
 from mcp_interp.models import ModelPool
 from mcp_interp.server.app import build_server

@@ -16,8 +16,17 @@ import pytest
 import torch
 
 from mcp_interp.methods.core import Cancelled, Site
-from mcp_interp.methods.scrubbing import (HypothesisError, Scrubber, check_hypothesis, everything_matters,
-                                          nothing_matters, scrub_hypothesis, site_of, unit_label)
+from mcp_interp.methods.scrubbing import (
+    HypothesisError,
+    Scrubber,
+    check_hypothesis,
+    everything_matters,
+    nothing_matters,
+    scrub_hypothesis,
+    site_of,
+    unit_label,
+)
+
 # the machinery under the API, for the brute-force reference that replays its sampled tree
 from mcp_interp.methods.scrubbing.executor import CleanRun, Executor, Run
 from mcp_interp.methods.scrubbing.tree import Sampler, interp_values, layout_groups, plan_tree, resolve_positions
