@@ -2,7 +2,9 @@
 
 Prompt arguments `model` (model ids), `task` (task names) and `run_ids` (a comma-separated list: the last item
 is completed); the `artifact://{run_id}/{name}.<ext>` templates' `run_id` (runs that have such a file) and
-`name` (that run's files with the extension, given `run_id` among the already resolved arguments). Every list
+`name` (that run's files with the extension, given `run_id` among the already resolved arguments), and for the
+`artifact://{run_id}/{folder}/{name}.<ext>` templates also `folder`; a template without an extension (not one of
+ours) completes nothing. Every list
 is filtered by the prefix typed so far and cut to the protocol's 100 values.
 """
 
@@ -33,13 +35,27 @@ def run_ids(app: AppContext, prefix: str = "") -> list[str]:
     return [r.run_id for r in app.store.list_runs(limit=RUNS_SCANNED) if r.run_id.startswith(prefix)]
 
 
-def run_files(app: AppContext, run_id: str, ext: str) -> list[str]:
-    """Top-level files of a run with extension `ext`, without it (what `{name}` stands for); none for an unknown run."""
+def run_files(app: AppContext, run_id: str, ext: str, folder: str | None = None) -> list[str]:
+    """Files of a run with extension `ext` (top level, or in `folder`), without the extension (what `{name}` stands
+    for); none for an unknown run or an empty extension."""
+    if not ext:
+        return []
     try:
         names = app.store.list_files(run_id)
     except (KeyError, ValueError):
         return []
-    return [n[: -len(ext)] for n in names if "/" not in n and n.endswith(ext)]
+    where = f"{folder}/" if folder else ""
+    return [n[len(where): -len(ext)] for n in names
+            if n.startswith(where) and "/" not in n[len(where):] and n.endswith(ext)]
+
+
+def run_folders(app: AppContext, run_id: str, ext: str) -> list[str]:
+    """The folders of a run that hold files with extension `ext` (what `{folder}` stands for)."""
+    try:
+        names = app.store.list_files(run_id)
+    except (KeyError, ValueError):
+        return []
+    return sorted({n.split("/", 1)[0] for n in names if n.count("/") == 1 and n.endswith(ext)})
 
 
 def _listed(value: str, choices: list[str]) -> list[str]:
@@ -64,10 +80,16 @@ def candidates(app: AppContext, ref: PromptReference | ResourceTemplateReference
     if not ref.uri.startswith("artifact://"):
         return []
     ext = ref.uri.rsplit("}", 1)[-1]  # artifact://{run_id}/{name}.png -> .png
+    if not ext.startswith("."):
+        return []  # not one of the server's templates (each ends in an extension)
+    in_folder = "{folder}" in ref.uri
+    run = resolved.get("run_id")
     if name == "run_id":
-        return [r for r in run_ids(app, value) if run_files(app, r, ext)]
-    if name == "name" and resolved.get("run_id"):
-        return [f for f in run_files(app, resolved["run_id"], ext) if f.startswith(value)]
+        return [r for r in run_ids(app, value) if (run_folders if in_folder else run_files)(app, r, ext)]
+    if name == "folder" and in_folder and run:
+        return [f for f in run_folders(app, run, ext) if f.startswith(value)]
+    if name == "name" and run and (resolved.get("folder") or not in_folder):
+        return [f for f in run_files(app, run, ext, resolved.get("folder")) if f.startswith(value)]
     return []
 
 

@@ -61,3 +61,22 @@ async def test_completions_of_prompts_and_artifact_templates(store_dir):
         name = (await values(c, template(".png"), "name", "", run_id=runs[1]))[0]
         blob = await c.read_resource(f"artifact://{runs[1]}/{name}.png")
         assert blob.contents[0].mime_type == "image/png"
+
+
+async def test_templates_without_an_extension_complete_nothing_and_folders_complete(store_dir):
+    """`artifact://{run_id}/{name}` (no extension: not a template of ours) gave empty-string names (issue 26 item
+    11); the folder templates complete the folder, then the files in it."""
+    bare = ResourceTemplateReference(type="ref/resource", uri="artifact://{run_id}/{name}")
+    folder = ResourceTemplateReference(type="ref/resource", uri="artifact://{run_id}/{folder}/{name}.json")
+    async with Client(build_server(store_dir)) as c:
+        sae = (await call(c, "train_sae", {"model": "toy/planted-features", "site": "resid_pre", "layer": 1,
+                                           "corpus": "random", "tokens": 2000, "context": 8, "d_sae": 32,
+                                           "epochs": 1, "splice_windows": 0, "wait_seconds": 120}))["result"]
+        run = sae["run_id"]
+        assert await values(c, bare, "run_id", "") == []
+        assert await values(c, bare, "name", "", run_id=run) == []
+        assert await values(c, folder, "run_id", "") == [run]
+        assert await values(c, folder, "folder", "", run_id=run) == ["sae"]
+        assert await values(c, folder, "name", "", run_id=run, folder="sae") == ["cfg"]
+        got = await c.read_resource(f"artifact://{run}/sae/cfg.json")
+        assert got.contents[0].mime_type == "application/json"
