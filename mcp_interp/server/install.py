@@ -38,7 +38,7 @@ MAX_DESCRIPTION = 1024
 
 
 @dataclass
-class Planned:
+class PlannedWrite:
     """One file the installer would write: its new text, what --print shows of it, and whether it changes."""
 
     path: Path
@@ -189,7 +189,7 @@ def _parse_json(path: Path, raw: bytes) -> Any:
     return data
 
 
-def _plan_json(path: Path, name: str, entry: dict[str, Any]) -> Planned:
+def _plan_json(path: Path, name: str, entry: dict[str, Any]) -> PlannedWrite:
     dest = _destination(path)
     raw = _read(dest)
     data: dict[str, Any] = {} if raw is None else _parse_json(path, raw)
@@ -199,18 +199,18 @@ def _plan_json(path: Path, name: str, entry: dict[str, Any]) -> Planned:
     status = "unchanged" if servers.get(name) == entry else ("update" if raw is not None else "create")
     servers[name] = entry
     shown = json.dumps({"mcpServers": {name: entry}}, indent=2)
-    return Planned(path, json.dumps(data, indent=2) + "\n", shown, status, dest)
+    return PlannedWrite(path, json.dumps(data, indent=2) + "\n", shown, status, dest)
 
 
-def _plan_text(path: Path, text: str) -> Planned:
+def _plan_text(path: Path, text: str) -> PlannedWrite:
     dest = _destination(path)
     old = _read(dest)  # bytes: a file that is not UTF-8 is simply replaced
     status = "unchanged" if old == text.encode("utf-8") else ("update" if old is not None else "create")
-    return Planned(path, text, text, status, dest)
+    return PlannedWrite(path, text, text, status, dest)
 
 
 def plan_claude(project: Path | None, user: bool, store: Path, name: str = "mcp-interp",
-                home: Path | None = None) -> list[Planned]:
+                home: Path | None = None) -> list[PlannedWrite]:
     """Every file `install claude` writes, with its new content (nothing is written here)."""
     home = home or Path.home()
     base = home if user else (project or Path.cwd())

@@ -9,8 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .. import lazy
-from ..methods import compare as C
-from ..methods import features as F
+from ..methods import compare, features
 from ..methods.core import Progress
 from ..methods.core.footprint import Footprint
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
@@ -191,14 +190,14 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
     labels = _labels(rows, spec, args.variable)
     widths = [s.n for _, s in src_a], [s.n for _, s in src_b] + [s.n for _, s in src_c or []]
     field = "n" if spec is not None else "tokens"
-    refuse_oversized(Footprint(lambda **kw: C.comparison_footprint(kw[field], *widths), {field: len(rows.seq)}),
+    refuse_oversized(Footprint(lambda **kw: compare.comparison_footprint(kw[field], *widths), {field: len(rows.seq)}),
                      f"comparing {len(src_a)} x {len(src_b)} layers")
     layers_a, layers_b = [l for l, _ in src_a], [l for l, _ in src_b]
     run.progress(0.08, f"activations on {len(rows.seq)} aligned rows")
     va = side_values(run, lm_a, src_a, rows.toks_a, rows, rows.pos_a)
     vb = side_values(run, lm_b, src_b, rows.toks_b, rows, rows.pos_b)
     ceiling_values = side_values(run, lm_a, src_c, rows.toks_a, rows, rows.pos_a)[0] if src_c else None
-    cmp = C.compare_sides(va, vb, groups=rows.groups, tokens_a=rows.tokens("a"), tokens_b=rows.tokens("b"),
+    cmp = compare.compare_sides(va, vb, groups=rows.groups, tokens_a=rows.tokens("a"), tokens_b=rows.tokens("b"),
                           labels=labels, layer_names=(layers_a, layers_b), ceiling=ceiling_values,
                           n_perm=args.n_perm, n_null=args.n_null, fdr=args.fdr, null=args.null,
                           test_top=args.test_top if spec is not None else 0, seed=args.seed,
@@ -215,7 +214,7 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
     out_rows = [_match_row(k, cmp, effects.get(k), (names_a, names_b), (sa, sb) if same_space else None,
                            [rows.contexts(A[:, int(m.rows[k])], "a", lm_a.tokenizer),
                             rows.contexts(B[:, int(m.cols[k])], "b", lm_b.tokenizer)]) for k in report]
-    counts = C.status_counts([e[2] for e in effects.values()])
+    counts = compare.status_counts([e[2] for e in effects.values()])
     _plots(run, args, cmp.layers.cka_map, layers_a, layers_b, m, effects, names_a, names_b, rows.label)
     run.write_tensors("activations.safetensors", {"a": torch.as_tensor(A), "b": torch.as_tensor(B),
                                                   "seq": torch.as_tensor(rows.seq)})
@@ -289,7 +288,7 @@ def _causal_tests(run: ToolRun, args, cmp, rows, side_a: tuple, side_b: tuple, c
     out = {}
     for k in cmp.tested:
         a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
-        out[k] = (a, b, C.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])), tol=max(1e-6, ida, idb)))
+        out[k] = (a, b, compare.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])), tol=max(1e-6, ida, idb)))
     return out
 
 
@@ -297,7 +296,7 @@ def _match_row(k: int, cmp, effect: tuple | None, names: tuple, sources: tuple |
                contexts: list[list[dict]]) -> MatchRow:
     m = cmp.matching
     fa, fb = int(m.rows[k]), int(m.cols[k])
-    dcos = float(C.decoder_cosines(sources[0].direction(fa)[None].numpy(), sources[1].direction(fb)[None].numpy(),
+    dcos = float(compare.decoder_cosines(sources[0].direction(fa)[None].numpy(), sources[1].direction(fb)[None].numpy(),
                                    np.array([0]), np.array([0]))[0]) if sources else None
     var_a, var_b = cmp.variable_a or {}, cmp.variable_b or {}
     return MatchRow(
@@ -342,17 +341,17 @@ def _warnings(args: CompareFeaturesInput, n_rows: int, m) -> list[str]:
 def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: np.ndarray, lo: float, hi: float,
             runs=None) -> tuple[dict, float, object]:
     """feature -> {effect, ci95} of `args.intervention` on this side's own metric, the identity check (as a
-    fraction of the clean-counterfactual gap) and the clean / counterfactual runs used (`F.CausalRuns`). values: the
+    fraction of the clean-counterfactual gap) and the clean / counterfactual runs used (`features.CausalRuns`). values: the
     features on the clean prompts (the side's matrix); runs: the other side's, when it is the same model on the
     same prompts."""
     check_pairs(ds, "logit_diff")
     clean = [e.tokens for e in ds.examples]
     cf = [e.cf_tokens for e in ds.examples]
-    with lm.use(), F.reading(lm.model, [source.site]):
-        cf_vals = F.feature_values(lm.model, source, cf, pos)
-        pair = F.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
-        runs = runs or F.CausalRuns(lm.model, pair)
-        res = F.causal_effects(lm.model, source, pair, feats, [args.intervention],
+    with lm.use(), features.reading(lm.model, [source.site]):
+        cf_vals = features.feature_values(lm.model, source, cf, pos)
+        pair = features.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
+        runs = runs or features.CausalRuns(lm.model, pair)
+        res = features.causal_effects(lm.model, source, pair, feats, [args.intervention],
                                mean_values=torch.cat([torch.from_numpy(values).float(), cf_vals]).mean(0),
                                cf_values=cf_vals, seed=args.seed, progress=run.span(lo, hi),
                                should_cancel=run.should_cancel, runs=runs)

@@ -11,8 +11,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .. import lazy
-from ..methods import compare as C
-from ..methods import features as F
+from ..methods import compare, features
 from ..methods.core import Site
 from .base import ToolRun
 from .common import DEFAULT_MODEL, dataset, validate_or_raise
@@ -85,7 +84,7 @@ def side_sources(run: ToolRun, side: Side, lm, field: str) -> list:
     for l in layers:
         site = Site(side.site, l)
         d = site.dim(model)
-        out.append((l, F.DirectionFeatures(torch.eye(d), site, label=f"L{l} {side.site}")))
+        out.append((l, features.DirectionFeatures(torch.eye(d), site, label=f"L{l} {side.site}")))
     return out
 
 
@@ -97,7 +96,7 @@ def describe_side(side: Side, sources) -> dict:
 
 # ------------------------------------------------------------------ inputs
 
-class Rows:
+class AlignedRows:
     """What both sides see: per side its token sequences and the (sequence, position) of every aligned row, plus
     what a context of a row says."""
 
@@ -129,7 +128,7 @@ class Rows:
         return {"text": tokenizer.decode(toks[s][max(0, p[r] - 12):p[r] + 1]), "token": tok}  # random tokens
 
 
-def task_rows(args: Any, spec, lm_a, lm_b, cf_name: str | None) -> Rows:
+def task_rows(args: Any, spec, lm_a, lm_b, cf_name: str | None) -> AlignedRows:
     for lm, side, f in ((lm_a, args.a, "a"), (lm_b, args.b, "b")):
         validate_or_raise(spec, lm.tokenizer, side.model)
     # the causal tests read a logit difference: pairs whose counterfactual changes the answer
@@ -146,23 +145,23 @@ def task_rows(args: Any, spec, lm_a, lm_b, cf_name: str | None) -> Rows:
             raise ToolError(f"position: {args.position!r} does not resolve on side {f}'s tokenizer for {len(bad)} "
                             f"prompts (e.g. {ds.examples[bad[0]].prompt!r}). Fix: another position or task.")
     n = len(ds_a)
-    return Rows([e.tokens for e in ds_a.examples], [e.tokens for e in ds_b.examples], list(range(n)),
+    return AlignedRows([e.tokens for e in ds_a.examples], [e.tokens for e in ds_b.examples], list(range(n)),
                  [e.positions[args.position] for e in ds_a.examples], [e.positions[args.position] for e in ds_b.examples],
                  f"{spec.name} at {args.position}", ds_a=ds_a, ds_b=ds_b,
                  alignment=f"one row per prompt at {args.position!r}, resolved per model")
 
 
-def corpus_rows(args: Any, lm_a, lm_b) -> Rows:
+def corpus_rows(args: Any, lm_a, lm_b) -> AlignedRows:
     ta, tb = lm_a.tokenizer, lm_b.tokenizer
     if args.corpus == "random":
         if type(ta) is not type(tb) or ta.vocab_size != tb.vocab_size:
             raise ToolError("corpus: 'random' tokens need one tokenizer on both sides; use 'shakespeare'.")
-        wins = F.random_windows(ta.vocab_size, args.context, args.tokens, seed=args.seed)
+        wins = features.random_windows(ta.vocab_size, args.context, args.tokens, seed=args.seed)
         seq = [s for s, w in enumerate(wins) for _ in w]
         pos = [p for w in wins for p in range(len(w))]
-        return Rows(wins, wins, seq, pos, pos, f"{len(wins)} random windows", groups=seq,
+        return AlignedRows(wins, wins, seq, pos, pos, f"{len(wins)} random windows", groups=seq,
                      alignment="token by token (random tokens)")
-    docs = F.read_texts(F.shakespeare_files())
+    docs = features.read_texts(features.shakespeare_files())
     rng = np.random.default_rng(args.seed)
     texts = []
     need = -(-args.tokens // max(args.context - 2, 1)) + 4
@@ -174,18 +173,18 @@ def corpus_rows(args: Any, lm_a, lm_b) -> Rows:
         texts.append(d[st:st + 4 * args.context])
         if len(texts) >= need:
             break
-    al = C.align_by_chars(texts, ta, tb, skip_first=1, max_tokens=args.context)
+    al = compare.align_by_chars(texts, ta, tb, skip_first=1, max_tokens=args.context)
     k = min(len(al), args.tokens)
     if k < 16:
         raise ToolError("corpus: fewer than 16 aligned tokens; raise `tokens` or `context`.")
     how = "token by token (same tokenizer)" if al.same_tokenizer else "at shared character ends (tokenizers differ)"
-    return Rows(al.tokens_a, al.tokens_b, al.seq[:k], al.pos_a[:k], al.pos_b[:k],
+    return AlignedRows(al.tokens_a, al.tokens_b, al.seq[:k], al.pos_a[:k], al.pos_b[:k],
                  f"shakespeare, {k} aligned tokens", groups=al.seq[:k], texts=texts, char_end=al.char_end[:k],
                  alignment=how)
 
 
-def side_values(run: ToolRun, lm, sources, toks, rows: Rows, pos) -> list[np.ndarray]:
-    with lm.use(), F.reading(lm.model, [s.site for _, s in sources]):
-        acts = F.activations_at(lm.model, [s.site for _, s in sources], toks, rows.seq, pos,
+def side_values(run: ToolRun, lm, sources, toks, rows: AlignedRows, pos) -> list[np.ndarray]:
+    with lm.use(), features.reading(lm.model, [s.site for _, s in sources]):
+        acts = features.activations_at(lm.model, [s.site for _, s in sources], toks, rows.seq, pos,
                                 should_cancel=run.should_cancel)
         return [s.encode(x.to(lm.device)).float().cpu().numpy() for (_, s), x in zip(sources, acts)]

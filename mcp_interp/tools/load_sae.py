@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from .. import lazy
-from ..methods import features as F
+from ..methods import features
 from ..methods.core import Progress, Site
 from ..methods.features import pretrained
 from ..models import ModelLoadError
@@ -78,13 +78,13 @@ def checked_sae(app: AppContext, ref: str, lm) -> tuple[object, Site, Path]:
 
 def checked_sae_dir(d: Path, lm) -> tuple[object, Site, Path]:
     """Load the SAE (or transcoder) in directory `d` and check it fits `lm`'s model: (sae, site, d)."""
-    if F.is_transcoder_dir(d):
+    if features.is_transcoder_dir(d):
         return (*checked_transcoder(d, lm), d)
     try:
-        sae = F.load_sae(d, device=lm.device)
+        sae = features.load_sae(d, device=lm.device)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise ToolError(f"sae: {e}") from None
-    site = site_of_hook(lm.model, F.sae_hook_name(sae))
+    site = site_of_hook(lm.model, features.sae_hook_name(sae))
     want = site.dim(lm.model)
     if int(sae.cfg.d_in) != want:
         raise ToolError(f"sae: d_in = {sae.cfg.d_in} but {site.hook} of this model has width {want}: the SAE was "
@@ -96,18 +96,18 @@ def checked_transcoder(d: Path, lm) -> tuple[object, Site]:
     """A transcoder directory's (feature source, read site), checked against `lm`'s model."""
     model = lm.model
     try:
-        tc, layer, convention = F.load_transcoder(d, device=lm.device)
+        tc, layer, convention = features.load_transcoder(d, device=lm.device)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise ToolError(f"sae: {e}") from None
     if not 0 <= layer < model.cfg.n_layers or model.cfg.attn_only:
         raise ToolError(f"sae: the transcoder is of MLP {layer}, but this model has MLPs 0..{model.cfg.n_layers - 1}"
                         if not model.cfg.attn_only else "sae: this model has no MLPs to transcode")
-    d_in, _, d_out = F.transcoder_width(tc)
+    d_in, _, d_out = features.transcoder_width(tc)
     if (d_in, d_out) != (model.cfg.d_model, model.cfg.d_model):
         raise ToolError(f"sae: the transcoder maps {d_in} -> {d_out} but this model's MLPs map {model.cfg.d_model} "
                         f"-> {model.cfg.d_model}: it belongs to another model.")
     try:
-        source = F.TranscoderFeatures(tc, layer, convention, model)
+        source = features.TranscoderFeatures(tc, layer, convention, model)
     except ValueError as e:
         raise ToolError(f"sae: {e}") from None
     return source, source.site
@@ -120,7 +120,7 @@ def stored_files(d: Path, transcoder: bool) -> dict[str, bytes]:
         import json
 
         cfg = json.loads((d / "cfg.json").read_text())
-        cfg.setdefault("layer", F.load_transcoder(d)[1])
+        cfg.setdefault("layer", features.load_transcoder(d)[1])
         return {"cfg.json": json.dumps(cfg).encode(), "sae.safetensors": (d / "sae.safetensors").read_bytes()}
     return {n: (d / n).read_bytes() for n in ("cfg.json", "sae_weights.safetensors")}
 
@@ -187,7 +187,7 @@ def _fetch(run: ToolRun, args: LoadSaeInput, warnings: list[str]) -> tuple[Path,
     import tempfile
 
     tmp = tempfile.mkdtemp()  # sae-lens' own format, whatever the release's was
-    F.save_sae(sae, tmp)
+    features.save_sae(sae, tmp)
     return Path(tmp), f"release {entry.release}/{entry.sae_id} ({entry.repo_id}/{entry.path})"
 
 
@@ -196,7 +196,7 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     warnings: list[str] = []
     d, source = _fetch(run, args, warnings)
     sae, site, d = checked_sae_dir(d, lm)
-    transcoder = isinstance(sae, F.TranscoderFeatures)
+    transcoder = isinstance(sae, features.TranscoderFeatures)
     quality = None
     spec: TaskSpec | None = resolve_task(run.app, args.task) if args.task else None
     if spec is not None and transcoder:
@@ -206,9 +206,9 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
     if spec is not None:
         ds = dataset(spec, lm.tokenizer, args.n, args.seed, None)
         with lm.use():
-            acts = F.collect_activations(lm.model, site, [e.tokens for e in ds.examples], progress=run.span(),
+            acts = features.collect_activations(lm.model, site, [e.tokens for e in ds.examples], progress=run.span(),
                                          should_cancel=run.should_cancel)
-        quality = F.reconstruction_stats(sae, acts.acts)
+        quality = features.reconstruction_stats(sae, acts.acts)
         rate = quality.pop("firing_rate")
         run.open(spec, args.model, lm, args.seed)
     else:
@@ -220,9 +220,9 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
         run.save_figure("firing_rates.png", plots.firing_rates(rate, quality["dead"], quality["dense"],
                                                                f"{args.task}, all positions"), main=True)
     if transcoder:
-        d_in, d_sae, _ = F.transcoder_width(sae.tc)
-        arch = ("sparsify_" if isinstance(sae.tc, F.SparsifyTranscoder) else "") + (
-            F.sae_architecture(sae.tc) if not isinstance(sae.tc, F.SparsifyTranscoder) else
+        d_in, d_sae, _ = features.transcoder_width(sae.tc)
+        arch = ("sparsify_" if isinstance(sae.tc, features.SparsifyTranscoder) else "") + (
+            features.sae_architecture(sae.tc) if not isinstance(sae.tc, features.SparsifyTranscoder) else
             "skip_transcoder" if sae.tc.W_skip is not None else "transcoder")
         meta = {"reads": site.hook, "writes": sae.write_site.hook, "input": sae.convention}
         summary = f"{arch} {d_in} -> {d_sae} latents -> {sae.write_site.hook}, reading {site.hook}"
@@ -230,7 +230,7 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
         d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
         meta = {k: v for k, v in sae.cfg.metadata.to_dict().items()
                 if isinstance(v, (str, int, float, bool)) or v is None}
-        arch = F.sae_architecture(sae)
+        arch = features.sae_architecture(sae)
         summary = f"{arch} SAE {d_in} -> {d_sae} at {site.hook}"
     summary += f", checked against {args.model}"
     if quality:

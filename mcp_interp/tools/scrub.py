@@ -82,7 +82,7 @@ class NodeContribution(BaseModel):
     sharpen_effect_metric: MaybeFloat = None
 
 
-class ScrubResult(RunResult):
+class ScrubHypothesisResult(RunResult):
     run_id: str
     task: str
     model: str
@@ -106,7 +106,7 @@ class ScrubResult(RunResult):
 
 
 class ScrubOutput(HeavyOutput):
-    result: ScrubResult | None = None
+    result: ScrubHypothesisResult | None = None
 
 
 def _hypothesis_error(e: HypothesisError) -> ToolError:
@@ -119,7 +119,7 @@ def _recovered(seed_stats) -> Recovered:
                      per_seed=[round(x, 5) for x in seed_stats.per_seed])
 
 
-def _scrub(run: ToolRun, args: ScrubInput) -> tuple[ScrubResult, dict]:
+def _scrub(run: ToolRun, args: ScrubInput) -> tuple[ScrubHypothesisResult, dict]:
     spec = resolve_task(run.app, args.task)
     lm = run.load(args.model)
     validate_or_raise(spec, lm.tokenizer, args.model)
@@ -146,7 +146,7 @@ def _f3(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubResult, dict]:
+def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubHypothesisResult, dict]:
     run.open(spec, args.model, lm, args.seed)
     run.publish("result.json")
     run.write_json("hypothesis.json", hyp.model_dump(mode="json") if isinstance(hyp, Hypothesis) else dict(hyp))
@@ -188,7 +188,7 @@ def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubResult, dict]:
     else:
         summary += (". Next: the hypothesis misses part of the mechanism; add the components locate or attribute "
                     "rank highest, or sharpen claims with a large sharpen_effect, and scrub again")
-    result = ScrubResult(
+    result = ScrubHypothesisResult(
         run_id=run.run_id, task=spec.name, model=args.model, hypothesis=res.hypothesis, n=res.n, seed=args.seed,
         seeds=res.seeds, metric=res.metric_name, loss_recovered=lr, metric_recovered=mr,
         loss_model=round(res.loss_model, 5), loss_random=round(res.loss_random, 5),
