@@ -394,7 +394,7 @@ async def test_diverging_runs_store_null_numbers_with_a_warning(store_dir):
 
 async def test_cancel_stops_the_comparison_nulls_at_once(store_dir):
     """cancel_job ends compare_features during its CKA / SVCCA permutation nulls within seconds (it ran on for
-    minutes: issue 26 item 4); the light tools answer meanwhile."""
+    minutes: issue 26 item 4); the light tools answer at once meanwhile (item 3: list_jobs took 36 s)."""
     args = {"a": {"model": "toy/planted-features", "source": "neurons", "layer": 1},
             "b": {"model": "toy/planted-features-s1", "source": "neurons", "layer": 1}, "task": "planted-features",
             "variable": "g", "n": 1024, "n_null": 500, "n_perm": 10_000, "test_top": 0, "wait_seconds": 0}
@@ -404,6 +404,12 @@ async def test_cancel_stops_the_comparison_nulls_at_once(store_dir):
             while "permutation" not in (job := await call(c, "get_job", {"job_id": job_id}))["message"]:
                 assert job["status"] == "running", job
                 await anyio.sleep(0.05)
+        waits = []
+        for _ in range(5):  # the nulls are running: light tools must not wait behind them
+            t = time.time()
+            assert any(j["job_id"] == job_id for j in (await call(c, "list_jobs", {}))["jobs"])
+            waits.append(time.time() - t)
+        assert max(waits) < 2.0, waits
         t0 = time.time()
         await call(c, "cancel_job", {"job_id": job_id})
         with anyio.fail_after(60):
