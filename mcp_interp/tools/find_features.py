@@ -9,8 +9,8 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from .. import lazy
-from ..methods import features as F
-from ..methods.core import Progress, Site, ci_dict
+from ..methods import features
+from ..methods.core import Progress, Site
 from ..methods.core.footprint import Footprint
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
 # imported on the first call, not when the server starts
-torch = lazy("torch")
 plots = lazy("mcp_interp.artifacts.plots")
 
 TOOL = "find_features"
@@ -78,6 +77,14 @@ class FindFeaturesInput(BaseModel):
     include_plot: bool = PLOT_FIELD
 
 
+class Context(BaseModel):
+    """Where a feature fires strongly: the prompt, the token position there, the token and the feature's value."""
+    prompt: str
+    position: int
+    token: str
+    value: float
+
+
 class FeatureRow(BaseModel):
     feature: int
     name: str
@@ -89,7 +96,7 @@ class FeatureRow(BaseModel):
     p_perm: float = Field(description="label-permutation p-value of the ranked statistic (floor 1/(n_perm+1))")
     q: float = Field(description="Benjamini-Hochberg q-value of p across all features")
     mean_by_value: dict[str, float]
-    top_contexts: list[dict] = Field(description="highest activations over the task's prompts (any position)")
+    top_contexts: list[Context] = Field(description="highest activations over the task's prompts (any position)")
 
 
 class CausalRow(BaseModel):
@@ -156,11 +163,11 @@ def feature_source(app: AppContext, lm, source: str, sae: str | None = None, lay
             raise ToolError(f"{field}sae: source='sae' needs `sae` (a train_sae / load_sae run id or a sae-lens "
                             f"directory).")
         loaded, site, _ = checked_sae(app, sae, lm)
-        return loaded if isinstance(loaded, F.TranscoderFeatures) else F.SAEFeatures(loaded, site)
+        return loaded if isinstance(loaded, features.TranscoderFeatures) else features.SAEFeatures(loaded, site)
     if source == "neurons":
         if layer is None or not 0 <= layer < model.cfg.n_layers or model.cfg.attn_only:
             raise ToolError(f"{field}layer: source='neurons' needs the layer of an MLP (0..{model.cfg.n_layers - 1}).")
-        return F.NeuronFeatures(Site("mlp_post", layer), model.cfg.d_mlp)
+        return features.NeuronFeatures(Site("mlp_post", layer), model.cfg.d_mlp)
     if not das_run:
         raise ToolError(f"{field}das_run: source='das' needs a train_das run id (list_runs(tool='train_das')).")
     try:
@@ -180,20 +187,54 @@ def feature_source(app: AppContext, lm, source: str, sae: str | None = None, lay
     if R.shape[0] != model.cfg.d_model:
         raise ToolError(f"{field}das_run: its rotation has {R.shape[0]} rows but this model's d_model is "
                         f"{model.cfg.d_model}: the run belongs to another model.")
-    return F.DirectionFeatures(R, Site(s["kind"], int(s["layer"])), label="das")
+    return features.DirectionFeatures(R, Site(s["kind"], int(s["layer"])), label="das")
 
 
 def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, dict]:
     spec = resolve_task(run.app, args.task)
     lm = run.load(args.model)
-    model = lm.model
     validate_or_raise(spec, lm.tokenizer, args.model)
     source = feature_source(run.app, lm, args.source, args.sae, args.layer, args.das_run)
-    refuse_oversized(Footprint(lambda n: F.ranking_footprint(n, source.n), {"n": args.n}),
+    refuse_oversized(Footprint(lambda n: features.ranking_footprint(n, source.n), {"n": args.n}),
                      f"ranking {source.n} features")
+    ds, labels = _prompts(spec, lm, args)
+    bad = [i for i in dict.fromkeys(args.test_features) if not 0 <= i < source.n]
+    if bad:
+        raise ToolError(f"test_features: {bad} out of range 0..{source.n - 1}.")
+    with lm.use():
+        study = features.find_variable_features(
+            lm.model, source, [e.tokens for e in ds.examples], [e.cf_tokens for e in ds.examples],
+            [e.positions[args.position] for e in ds.examples], labels, task_metric("logit_diff", ds), top=args.top,
+            test_top=args.test_top, test_features=args.test_features, interventions=args.interventions,
+            steer_alpha=args.steer_alpha, n_perm=args.n_perm, seed=args.seed, progress=run.span(0.0, 1.0),
+            should_cancel=run.should_cancel)
+    names = source.names()
+    run.open(spec, args.model, lm, args.seed)
+    rows = [_feature_row(f, study, names, ds, lm.tokenizer) for f in study.top]
+    crow = _causal_rows(study.causal, names)
+    _plots(run, args, study, names, crow, spec.name)
+    run.write_tensors("features.safetensors", study.tensors())
+    run.write_json("causal.json", _causal_records(study.causal))
+    run.publish("result.json")
+    rank, causal = study.ranking, study.causal
+    result = FindFeaturesResult(
+        run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable, source=source.kind,
+        hook=source.site.hook, position=args.position, n=len(ds), n_features=source.n, stat=rank.stat,
+        classes=[str(c) for c in rank.classes], n_significant=study.n_significant, features=rows,
+        counterfactual=ds.counterfactual, metric="logit_diff", clean_metric=Stat(**study.clean_metric),
+        counterfactual_metric=Stat(**study.counterfactual_metric),
+        identity_max_abs_diff=causal["identity_max_abs_diff"], causal=crow,
+        summary=_summary(args, study, source.n, rows[0], crow), warnings=_warnings(args, causal, crow),
+        files=run.files, cost=run.cost({}))
+    return result, {"top_feature": rows[0].feature, "top_score": rows[0].score, "n_significant": study.n_significant}
+
+
+def _prompts(spec, lm, args: FindFeaturesInput) -> tuple:
+    """The task's prompt pairs for the causal tests (pairs whose counterfactual changes the answer, since they read
+    a logit difference) and the variable's value on each, with ToolErrors naming the field."""
     cf_name = _pick_counterfactual(spec, None, args.variable, args.counterfactual)
-    # the causal tests read a logit difference: pairs whose counterfactual changes the answer
-    ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name, answer_changes=True, model=model, model_id=args.model)
+    ds = dataset(spec, lm.tokenizer, args.n, args.seed, cf_name, answer_changes=True, model=lm.model,
+                 model_id=args.model)
     if args.variable not in ds.examples[0].base:
         raise ToolError(f"variable: {args.variable!r} is not a variable of task {spec.name!r}; it has "
                         f"{sorted(k for k in ds.examples[0].base if not k.startswith('_'))}.")
@@ -203,96 +244,63 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     labels = [str(e.base[args.variable]) for e in ds.examples]
     if len(set(labels)) < 2:
         raise ToolError(f"variable: {args.variable!r} takes one value on all {len(ds)} prompts; nothing to separate.")
-    clean = [e.tokens for e in ds.examples]
-    cf = [e.cf_tokens for e in ds.examples]
-    pos = [e.positions[args.position] for e in ds.examples]
-    with lm.use(), F.reading(model, [source.site]):
-        run.progress(0.05, "feature values")
-        vals = F.feature_values(model, source, clean, pos)
-        cf_vals = F.feature_values(model, source, cf, pos)
-        run.check_cancelled()
-        run.progress(0.15, "ranking with permutation null")
-        rank = F.rank_features(vals.numpy(), labels, n_perm=args.n_perm, top=max(args.top, args.test_top),
-                               seed=args.seed, should_cancel=run.should_cancel)
-        top = [int(i) for i in rank.order[: args.top]]
-        tested = list(dict.fromkeys([int(i) for i in rank.order[: args.test_top]] + list(args.test_features)))
-        bad = [i for i in tested if not 0 <= i < source.n]
-        if bad:
-            raise ToolError(f"test_features: {bad} out of range 0..{source.n - 1}.")
-        # top-activating contexts over every position of the task's prompts
-        acts = F.collect_activations(model, source.site, clean, should_cancel=run.should_cancel)
-        all_vals = source.encode(acts.acts)
-        pair = F.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
-        means = torch.cat([vals, cf_vals]).mean(0)
-        causal = F.causal_effects(model, source, pair, tested, args.interventions, mean_values=means,
-                                  cf_values=cf_vals, steer_alpha=args.steer_alpha, seed=args.seed,
-                                  progress=run.span(0.3, 0.9), should_cancel=run.should_cancel)
-    names = source.names()
-    run.open(spec, args.model, lm, args.seed)
-    rows = []
-    for f in top:
-        col = all_vals[:, f]
-        k = min(5, len(col))
-        best = torch.topk(col, k).indices.tolist()
-        ctx = []
-        for r in best:
-            s, p = int(acts.seq[r]), int(acts.pos[r])
-            toks = clean[s]
-            ctx.append({"prompt": ds.examples[s].prompt, "position": p,
-                        "token": lm.tokenizer.decode([toks[p]]), "value": round(float(col[r]), 4)})
-        by = {c: round(float(vals[[i for i, l in enumerate(labels) if l == c], f].mean()), 4) for c in rank.classes}
-        ci = rank.ci.get(f)
-        rows.append(FeatureRow(feature=f, name=names[f], score=round(float(rank.score[f]), 4),
-                               ci95=[round(ci[0], 4), round(ci[1], 4)] if ci else None,
-                               strength=round(float(rank.strength[f]), 4), p=float(rank.p[f]),
-                               p_perm=float(rank.p_perm[f]), q=float(rank.q[f]),
-                               mean_by_value=by, top_contexts=ctx))
-    crow = [CausalRow(feature=f, name=names[f], intervention=k, effect=round(v["effect"], 4),
+    return ds, labels
+
+
+def _feature_row(f: int, study, names: list[str], ds, tokenizer) -> FeatureRow:
+    rank, ci = study.ranking, study.ranking.ci.get(f)
+    contexts = [Context(prompt=ds.examples[c.seq].prompt, position=c.position, token=tokenizer.decode([c.token]),
+                        value=round(c.value, 4)) for c in study.contexts[f]]
+    return FeatureRow(feature=f, name=names[f], score=round(float(rank.score[f]), 4),
+                      ci95=[round(ci[0], 4), round(ci[1], 4)] if ci else None,
+                      strength=round(float(rank.strength[f]), 4), p=float(rank.p[f]), p_perm=float(rank.p_perm[f]),
+                      q=float(rank.q[f]), mean_by_value={c: round(v, 4) for c, v in study.mean_by_value[f].items()},
+                      top_contexts=contexts)
+
+
+def _causal_rows(causal: dict, names: list[str]) -> list[CausalRow]:
+    return [CausalRow(feature=f, name=names[f], intervention=k, effect=round(v["effect"], 4),
                       ci95=[round(x, 4) for x in v["ci95"]], delta_metric=round(v["delta_metric"], 4))
             for (f, k), v in causal["effects"].items()]
-    _plots(run, args, rank, top, vals, labels, names, crow, spec.name)
-    run.write_tensors("features.safetensors", {"values.clean": vals, "values.counterfactual": cf_vals,
-                                               "score": torch.as_tensor(rank.score), "p": torch.as_tensor(rank.p),
-                                               "q": torch.as_tensor(rank.q),
-                                               "p_perm": torch.as_tensor(rank.p_perm)})
-    run.write_json("causal.json", {f"{f}:{k}": {**{kk: vv for kk, vv in v.items() if kk != "per_example"},
-                                                "per_example": np.asarray(v["per_example"]).tolist()}
-                                   for (f, k), v in causal["effects"].items()})
-    run.publish("result.json")
+
+
+def _causal_records(causal: dict) -> dict:
+    """causal.json: per "feature:intervention" the effect, its CI, the metric change and the per-example effects."""
+    return {f"{f}:{k}": {**{kk: vv for kk, vv in v.items() if kk != "per_example"},
+                         "per_example": np.asarray(v["per_example"]).tolist()}
+            for (f, k), v in causal["effects"].items()}
+
+
+def _summary(args: FindFeaturesInput, study, n_features: int, r0: FeatureRow, crow: list[CausalRow]) -> str:
+    summary = (f"{study.n_significant} of {n_features} features separate {args.variable} at {args.position} "
+               f"(q < 0.05); top: {r0.name} ({study.ranking.stat} {r0.score:.3f}). ")
+    defined = [c for c in crow if c.effect is not None]
+    if defined:
+        best = max(defined, key=lambda c: abs(c.effect))
+        summary += (f"Largest causal effect: {best.name} {best.intervention} {best.effect:.2f} "
+                    f"[{best.ci95[0]:.2f}, {best.ci95[1]:.2f}]. ")
+    return summary + f"Identity check: {study.causal['identity_max_abs_diff']:.1e}. Next: " + (
+        "look at the top features' histograms (hist_<feature>.png); a feature with a causal effect is a candidate "
+        "for the variable's representation, to test with scrub_hypothesis or train_das at the same site" if crow else
+        f"test_top > 0 tests the top features causally; try other positions than {args.position!r} too")
+
+
+def _warnings(args: FindFeaturesInput, causal: dict, crow: list[CausalRow]) -> list[str]:
     warnings = []
     if causal["identity_max_abs_diff"] > 1e-3:
         warnings.append(f"the identity check moved the metric by {causal['identity_max_abs_diff']:.2e}")
     if not causal["normalised"]:
         warnings.append("clean and counterfactual metrics coincide: effects are raw metric changes")
-    n_sig = int((rank.q < 0.05).sum())
-    r0 = rows[0]
-    summary = (f"{n_sig} of {source.n} features separate {args.variable} at {args.position} (q < 0.05); top: "
-               f"{r0.name} ({rank.stat} {r0.score:.3f}). ")
-    defined = [c for c in crow if c.effect is not None]
-    if len(defined) < len(crow):
-        warnings.append(f"{len(crow) - len(defined)} causal effects are undefined (null): the intervened metric was "
-                        f"not finite (a steer_alpha of {args.steer_alpha:g} overflows?)" if args.steer_alpha else
-                        f"{len(crow) - len(defined)} causal effects are undefined (null): a metric was not finite")
-    if defined:
-        best = max(defined, key=lambda c: abs(c.effect))
-        summary += (f"Largest causal effect: {best.name} {best.intervention} {best.effect:.2f} "
-                    f"[{best.ci95[0]:.2f}, {best.ci95[1]:.2f}]. ")
-    summary += f"Identity check: {causal['identity_max_abs_diff']:.1e}. Next: " + (
-        "look at the top features' histograms (hist_<feature>.png); a feature with a causal effect is a candidate "
-        "for the variable's representation, to test with scrub_hypothesis or train_das at the same site" if crow else
-        f"test_top > 0 tests the top features causally; try other positions than {args.position!r} too")
-    result = FindFeaturesResult(
-        run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable, source=source.kind,
-        hook=source.site.hook, position=args.position, n=len(ds), n_features=source.n, stat=rank.stat,
-        classes=[str(c) for c in rank.classes], n_significant=n_sig, features=rows, counterfactual=ds.counterfactual,
-        metric="logit_diff", clean_metric=Stat(**ci_dict(causal["clean"].numpy(), seed=args.seed)),
-        counterfactual_metric=Stat(**ci_dict(causal["counterfactual"].numpy(), seed=args.seed)),
-        identity_max_abs_diff=causal["identity_max_abs_diff"], causal=crow, summary=summary, warnings=warnings,
-        files=run.files, cost=run.cost({}))
-    return result, {"top_feature": r0.feature, "top_score": r0.score, "n_significant": n_sig}
+    undefined = sum(c.effect is None for c in crow)
+    if undefined:
+        warnings.append(f"{undefined} causal effects are undefined (null): the intervened metric was not finite (a "
+                        f"steer_alpha of {args.steer_alpha:g} overflows?)" if args.steer_alpha else
+                        f"{undefined} causal effects are undefined (null): a metric was not finite")
+    return warnings
 
 
-def _plots(run, args, rank, top, vals, labels, names, crow, task) -> None:
+def _plots(run, args, study, names, crow, task) -> None:
+    rank, top = study.ranking, study.top
     what = f"{task} / {args.variable} at {args.position}, {args.model}"
     lo = [rank.ci.get(f, (np.nan, np.nan))[0] for f in top]
     hi = [rank.ci.get(f, (np.nan, np.nan))[1] for f in top]
@@ -300,8 +308,7 @@ def _plots(run, args, rank, top, vals, labels, names, crow, task) -> None:
                             title=f"feature ranking ({rank.stat}, 95% bootstrap CI)\n{what}", ylabel=rank.stat,
                             ref=0.5 if rank.stat == "auroc" else 0.0)
     run.save_figure("ranking.png", fig, main=True)
-    for f in top[:3]:
-        series = {str(c): vals[[i for i, l in enumerate(labels) if l == c], f].tolist() for c in rank.classes}
+    for f, series in study.by_value.items():
         fig = plots.histogram(series, title=f"{names[f]} by {args.variable}\n{what}", xlabel="feature value")
         run.save_figure(f"hist_{f}.png", fig)
     if crow:

