@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from .. import lazy
-from ..methods.core import Progress, ci_dict
+from ..methods.core import Progress
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
+    from ..methods.attribution import AttributionReport
     from ..runtime.context import AppContext
 
 # imported on the first call, not when the server starts
-torch = lazy("torch")
 plots = lazy("mcp_interp.artifacts.plots")
 run_attribution = lazy("mcp_interp.methods.attribution", "run_attribution")
 post_normed = lazy("mcp_interp.methods.core.writes", "post_normed")
@@ -80,9 +79,38 @@ class FaithfulnessCurve(BaseModel):
     absolute: list[MaybeFloat] = Field(description="f of the top-k circuits ranked by |score|")
     cpr: MaybeFloat = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
     cmd: MaybeFloat = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
-    empty: float | None = Field(None, description="share of the clean-counterfactual gap the empty circuit (every unit "
+    empty: MaybeFloat = Field(None, description="share of the clean-counterfactual gap the empty circuit (every unit "
                                 "from the counterfactual) keeps, (m(empty) - m(x')) / (m(x) - m(x')); near 1 means these "
                                 "units do not carry the difference and the curve is uninformative")
+
+
+class Circuit(BaseModel):
+    target: float = Field(description="the faithfulness the circuit should reach")
+    empty_faithfulness: MaybeFloat = Field(description="faithfulness of the empty circuit")
+    size: int = Field(description="units in the circuit")
+    fraction: float = Field(description="the fraction of units on the curve it is taken at")
+    faithfulness: MaybeFloat
+    reached_target: bool
+    units: list[str] = Field(description="its units, by signed score")
+    uninformative: bool = Field(description="the curve cannot rank circuits (then size 0, no units; see reason)")
+    reason: str | None = Field(None, description="why the curve is uninformative")
+
+
+class ExactCost(BaseModel):
+    forwards: int
+    seconds: float
+
+
+class ComparisonWithExact(BaseModel):
+    pearson: MaybeFloat
+    spearman: MaybeFloat
+    spearman_abs: MaybeFloat = Field(description="Spearman correlation of |score| with |exact score|")
+    top_k_overlap: float = Field(description="share of exact patching's top k units (by |score|) also ranked top k")
+    top_k: int
+    top_k_chance: float = Field(description="k / units: the overlap a random ranking expects")
+    exact_scores: dict[str, MaybeFloat] = Field(description="exact patching's normalised score per unit")
+    exact_cost: ExactCost
+    speedup: MaybeFloat = Field(None, description="exact patching's seconds over the method's")
 
 
 class AttributeResult(RunResult):
@@ -99,11 +127,12 @@ class AttributeResult(RunResult):
     counterfactual_metric: Stat
     n_units: int
     top: list[UnitScore] = Field(description="the 15 units with the largest |score|")
-    circuit: dict = Field(description="smallest top-k circuit (signed ranking) with faithfulness >= 0.8, or the most "
-                          "faithful one: size, fraction, faithfulness, units; uninformative=true (with reason) when "
-                          "the empty circuit already reaches 0.8")
+    circuit: Circuit | None = Field(description="smallest top-k circuit (signed ranking) with faithfulness >= 0.8, or "
+                                    "the most faithful one: size, fraction, faithfulness, units; uninformative=true "
+                                    "(with reason) when the empty circuit already reaches 0.8; null with "
+                                    "faithfulness=false")
     faithfulness: FaithfulnessCurve | None = None
-    comparison_with_exact: dict | None = None
+    comparison_with_exact: ComparisonWithExact | None = None
 
 
 class AttributeOutput(HeavyOutput):
@@ -135,7 +164,7 @@ def _attribute(run: ToolRun, args: AttributeInput) -> tuple[AttributeResult, dic
     ds, metric, clean, corrupt = pair_dataset(spec, lm, args.model, args.n, args.seed, args.variable,
                                               args.counterfactual, metric_name)
     names = ds.position_names
-    positions = torch.tensor([[e.positions[p] for p in names] for e in ds.examples]) if names else None
+    positions = [[e.positions[p] for p in names] for e in ds.examples] if names else None
     if args.level == "positions" and not names:
         raise ToolError(f"level: task {spec.name!r} has no named positions to score.")
     with lm.use():
@@ -152,23 +181,37 @@ def _attribute(run: ToolRun, args: AttributeInput) -> tuple[AttributeResult, dic
     return _result(run, args, spec, lm, ds, rep, metric_name)
 
 
-def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[AttributeResult, dict]:
+def _result(run: ToolRun, args, spec, lm, ds, rep: AttributionReport, metric_name) -> tuple[AttributeResult, dict]:
     run.open(spec, args.model, lm, args.seed)
-    order = np.argsort(-np.abs(np.nan_to_num(rep.scores)), kind="stable")
-    top = [UnitScore(name=rep.units[i], score=round(float(rep.scores[i]), 4),
-                     ci95=None if rep.lo is None else [round(float(rep.lo[i]), 4), round(float(rep.hi[i]), 4)])
-           for i in order[:15]]
-    tensors = {"scores": torch.as_tensor(rep.scores, dtype=torch.float32),
-               "metric.clean": torch.as_tensor(rep.m_clean), "metric.counterfactual": torch.as_tensor(rep.m_corrupt)}
-    if rep.per_example is not None:
-        tensors["per_example"] = torch.as_tensor(rep.per_example, dtype=torch.float32)
-    run.write_tensors("scores.safetensors", tensors)
-    faith = None
-    if rep.curves:
-        s, a = rep.curves["signed"], rep.curves["abs"]
-        faith = FaithfulnessCurve(fractions=s.fractions, counts=s.counts, signed=s.faithfulness,
-                                  absolute=a.faithfulness, cpr=round(s.area, 4), cmd=round(a.area, 4),
-                                  empty=round(s.empty, 4) if np.isfinite(s.empty) else None)
+    top = [UnitScore(name=u.name, score=round(u.score, 4), ci95=None if u.lo is None else [round(u.lo, 4), round(u.hi, 4)])
+           for u in rep.ranked(15)]
+    run.write_tensors("scores.safetensors", rep.tensors())
+    faith = _faithfulness(rep)
+    _write_scores(run, rep, ds, faith)
+    run.publish("result.json")
+    _plots(run, args, spec, lm, rep, len(ds))
+    clean, counterfactual = rep.metric_stats(args.seed)
+    result = AttributeResult(
+        run_id=run.run_id, task=spec.name, model=args.model, method=args.method, level=args.level,
+        counterfactual=ds.counterfactual, metric=metric_name, n=len(ds), seed=args.seed,
+        clean_metric=Stat(**clean), counterfactual_metric=Stat(**counterfactual), n_units=len(rep.units), top=top,
+        circuit=Circuit(**rep.circuit) if rep.circuit else None, faithfulness=faith,
+        comparison_with_exact=ComparisonWithExact(**rep.comparison) if rep.comparison else None,
+        summary=_summary(args, spec.name, rep, top[0], faith),
+        warnings=_warnings(args, spec, lm, rep, metric_name, top[0]), files=run.files, cost=run.cost(rep.cost))
+    t = top[0]
+    return result, {"top_unit": t.name, "top_score": t.score, **({"cpr": faith.cpr, "cmd": faith.cmd} if faith else {})}
+
+
+def _faithfulness(rep: AttributionReport) -> FaithfulnessCurve | None:
+    if not rep.curves:
+        return None
+    s, a = rep.curves["signed"], rep.curves["abs"]
+    return FaithfulnessCurve(fractions=s.fractions, counts=s.counts, signed=s.faithfulness, absolute=a.faithfulness,
+                             cpr=round(s.area, 4), cmd=round(a.area, 4), empty=round(s.empty, 4))
+
+
+def _write_scores(run: ToolRun, rep: AttributionReport, ds, faith: FaithfulnessCurve | None) -> None:
     run.write_json("scores.json", {"units": rep.units, "layers": rep.layers, "scores": rep.scores.tolist(),
                                    "ci95_low": None if rep.lo is None else rep.lo.tolist(),
                                    "ci95_high": None if rep.hi is None else rep.hi.tolist(),
@@ -176,68 +219,61 @@ def _result(run: ToolRun, args, spec, lm, ds, rep, metric_name) -> tuple[Attribu
                                    "comparison_with_exact": rep.comparison,
                                    "prompts": [e.prompt for e in ds.examples],
                                    "counterfactual_prompts": [e.cf_prompt for e in ds.examples]})
-    run.publish("result.json")
-    _plots(run, args, spec, lm, rep, len(ds))
-    gap = float(np.mean(rep.m_clean) - np.mean(rep.m_corrupt))
+
+
+def _warnings(args, spec, lm, rep: AttributionReport, metric_name: str, top: UnitScore) -> list[str]:
     warnings = metric_note(spec, args.metric, metric_name)
     if args.method == "eap" and post_normed(lm.model):
         warnings.append("eap's first-order estimate runs through norms applied to every sublayer's output on this model; "
                         "its edge ranking can be poor (Gemma-3-270M, agreement: CPR 0.57 with eap, 1.18 with eap_ig). "
                         "Prefer method='eap_ig'")
-    if abs(gap) < 0.5 and metric_name == "logit_diff":
-        warnings.append(f"the clean-counterfactual gap is small ({gap:.3f}): normalised scores are noisy")
+    if abs(rep.gap) < 0.5 and metric_name == "logit_diff":
+        warnings.append(f"the clean-counterfactual gap is small ({rep.gap:.3f}): normalised scores are noisy")
     if args.method == "act_diff":
         warnings.append("act_diff is not causal: it flags components that change, whether or not they matter")
-    uninformative = bool(rep.circuit and rep.circuit.get("uninformative"))
-    if uninformative:
+    if rep.circuit and rep.circuit.get("uninformative"):
         warnings.append(f"faithfulness curve uninformative: {rep.circuit['reason']}")
     elif rep.circuit and not rep.circuit["reached_target"]:
         warnings.append(f"no circuit on the curve reaches faithfulness {rep.circuit['target']}; the most faithful "
                         f"one is reported")
-    t = top[0]
-    if t.score is None:
+    if top.score is None:
         warnings.append("scores are undefined (null): the clean and counterfactual metrics coincide on these pairs, so "
                         "there is no gap to normalise by; check run_baseline and the counterfactual")
+    return warnings
+
+
+def _summary(args, task: str, rep: AttributionReport, t: UnitScore, faith: FaithfulnessCurve | None) -> str:
     summary = f"{args.method} on {args.level}: top {t.name} ({'n/a' if t.score is None else f'{t.score:+.2f}'})"
-    if uninformative:
-        summary += f"; faithfulness curve uninformative ({rep.circuit['reason'].split(':')[0]})"
-    elif rep.circuit:
-        summary += (f"; circuit of {rep.circuit['size']} units ({100 * rep.circuit['fraction']:g}%) has faithfulness "
-                    f"{rep.circuit['faithfulness']:.2f}; CPR {faith.cpr:.3f}, CMD {faith.cmd:.3f}")
+    circuit = rep.circuit
+    if circuit and circuit.get("uninformative"):
+        summary += f"; faithfulness curve uninformative ({circuit['reason'].split(':')[0]})"
+    elif circuit:
+        summary += (f"; circuit of {circuit['size']} units ({100 * circuit['fraction']:g}%) has faithfulness "
+                    f"{circuit['faithfulness']:.2f}; CPR {faith.cpr:.3f}, CMD {faith.cmd:.3f}")
     if rep.comparison:
         c = rep.comparison
         summary += (f"; vs exact patching: Pearson {c['pearson']:.2f}, top-{c['top_k']} overlap {c['top_k_overlap']:.2f} "
                     f"(chance {c['top_k_chance']:.2f})" + (f", {c['speedup']:.1f}x faster" if c.get("speedup") else ""))
-    summary += (f". Next: locate(task='{spec.name}') confirms the top units with exact patching; scrub_hypothesis "
-                f"tests whether they suffice")
-    result = AttributeResult(
-        run_id=run.run_id, task=spec.name, model=args.model, method=args.method, level=args.level,
-        counterfactual=ds.counterfactual, metric=metric_name, n=len(ds), seed=args.seed,
-        clean_metric=Stat(**ci_dict(rep.m_clean, seed=args.seed)),
-        counterfactual_metric=Stat(**ci_dict(rep.m_corrupt, seed=args.seed)),
-        n_units=len(rep.units), top=top, circuit=rep.circuit, faithfulness=faith,
-        comparison_with_exact=rep.comparison, summary=summary, warnings=warnings, files=run.files,
-        cost=run.cost(rep.cost))
-    return result, {"top_unit": t.name, "top_score": t.score, **({"cpr": faith.cpr, "cmd": faith.cmd} if faith else {})}
+    return summary + (f". Next: locate(task='{task}') confirms the top units with exact patching; scrub_hypothesis "
+                      f"tests whether they suffice")
 
 
-def _plots(run: ToolRun, args, spec, lm, rep, n) -> None:
+def _plots(run: ToolRun, args, spec, lm, rep: AttributionReport, n) -> None:
     what = f"{spec.name} on {args.model}, {args.method}, n={n}"
     circuit = bool(rep.circuit and rep.circuit["units"])  # edges have no score plot: their circuit is the main figure
     if args.level == "heads":
         cfg = lm.model.cfg
-        grid = rep.scores.reshape(cfg.n_layers, cfg.n_heads)
         run.save_figure("heads_heatmap.png", plots.heatmap(
-            grid, row_labels=[str(l) for l in range(cfg.n_layers)], col_labels=[str(h) for h in range(cfg.n_heads)],
-            title=f"head attribution (normalised)\n{what}", cbar_label="score", xlabel="head", ylabel="layer"),
-            main=True)
+            rep.head_grid(cfg.n_layers, cfg.n_heads), row_labels=[str(l) for l in range(cfg.n_layers)],
+            col_labels=[str(h) for h in range(cfg.n_heads)], title=f"head attribution (normalised)\n{what}",
+            cbar_label="score", xlabel="head", ylabel="layer"), main=True)
     elif args.level != "edges":
-        order = np.argsort(-np.abs(rep.scores), kind="stable")[:30]
+        bars = rep.ranked(30, undefined="last")
         run.save_figure("scores_bar.png", plots.bar_with_ci(
-            [rep.units[i] for i in order], rep.scores[order],
-            None if rep.lo is None else rep.lo[order], None if rep.hi is None else rep.hi[order],
-            title=f"{args.level} attribution (top {len(order)})\n{what}", ylabel="normalised score"), main=True)
-    if rep.curves and np.isfinite(rep.curves["signed"].faithfulness).any():  # an undefined curve has nothing to draw
+            [u.name for u in bars], [u.score for u in bars], None if rep.lo is None else [u.lo for u in bars],
+            None if rep.hi is None else [u.hi for u in bars],
+            title=f"{args.level} attribution (top {len(bars)})\n{what}", ylabel="normalised score"), main=True)
+    if rep.curve_defined:  # an undefined curve has nothing to draw
         s, a = rep.curves["signed"], rep.curves["abs"]
         run.save_figure("faithfulness.png", plots.line_plot(
             [100 * f for f in s.fractions], {f"signed ranking (CPR {s.area:.2f})": s.faithfulness,

@@ -9,19 +9,21 @@ the same test split. eval_das re-tests a saved rotation on new data, another cou
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from .. import lazy
 from ..artifacts.records import StoreError
 from ..methods import das as das_methods
-from ..methods.core import Progress, Site, ci_dict
+from ..methods.core import Progress, Site
+from ..methods.core.footprint import Footprint
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Seed, Stat, resolve_task
+from .budget import refuse_oversized
+from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, resolve_task
 from .das_locate import locate_cell
 from .errors import ToolError
 
@@ -29,11 +31,11 @@ if TYPE_CHECKING:
     from ..runtime.context import AppContext
 
 # imported on the first call, not when the server starts
-torch = lazy("torch")
 plots = lazy("mcp_interp.artifacts.plots")
 load_file = lazy("safetensors.torch", "load_file")
 
 TRAIN_TOOL, EVAL_TOOL = "train_das", "eval_das"
+PROBE = 32  # interchange pairs built to measure the prompt length before the memory check
 SiteKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
 
 
@@ -91,6 +93,52 @@ class RankCurve(BaseModel):
     rule: str
 
 
+class FullVectorBySource(BaseModel):
+    n_only_variable: int = Field(description="test pairs whose source differs from the base only in the variable")
+    iia_only_variable: MaybeFloat = Field(description="full-vector IIA on those (null where there are none)")
+    n_other_variables_differ: int
+    iia_other_variables_differ: MaybeFloat
+    other_variables_that_differ: list[str]
+
+
+class EpochPoint(BaseModel):
+    epoch: int
+    loss: MaybeFloat = Field(description="mean training loss over the epoch")
+    train_iia: float = Field(description="running train IIA during the epoch")
+
+
+class Pruning(BaseModel):
+    rule: str
+    train_iia: dict[str, float] = Field(description="k -> hard-boundary train IIA of the first k rotated coordinates")
+
+
+class BoundlessInfo(BaseModel):
+    boundary: float = Field(description="the learned boundary b (in rotated coordinates)")
+    learned_k: int
+    effective_k: int = Field(description="the pruned k the result reports")
+    final_temperature: float
+    pruning: Pruning
+    evaluated_k: int
+
+
+class RestartRun(BaseModel):
+    seed: int
+    final_train_loss: MaybeFloat
+    final_train_iia: float
+
+
+class DasData(BaseModel):
+    n: int
+    seed: int
+    test_fraction: float
+    position: str
+    source_position: str
+    counterfactual: str | None
+    require_change: bool
+    chosen_seed: int | None = Field(None, description="the restart kept (lowest final training loss); fixed k only")
+    restarts: list[RestartRun] | None = None
+
+
 class TrainDasResult(RunResult):
     run_id: str
     task: str
@@ -104,19 +152,19 @@ class TrainDasResult(RunResult):
     test_iia: Stat = Field(description="held-out IIA (argmax over the vocabulary == counterfactual label)")
     test_iia_pair: float = Field(description="held-out: label logit > base answer logit")
     controls: dict[str, Stat] = Field(description="random_rotation (same k) and full_vector patching, on the test split")
-    full_vector_by_source: dict | None = Field(
+    full_vector_by_source: FullVectorBySource | None = Field(
         None, description="full-vector IIA on the test pairs whose source differs from the base only in the variable "
                           "vs the rest (the full vector also moves the other values a source carries)")
     base_accuracy: float = Field(description="test base prompts without intervention: argmax == base answer")
     rank_curve: RankCurve | None = None
-    learning_curve: list[dict]
-    boundless: dict | None = None
+    learning_curve: list[EpochPoint]
+    boundless: BoundlessInfo | None = None
     n_train: int
     n_test: int
     n_train_bases: int
     n_test_bases: int
     shared_bases: int = Field(description="base prompts in both train and test (0: the split is clean)")
-    data: dict = Field(description="how the interchange data was built (for eval_das and reproduction)")
+    data: DasData = Field(description="how the interchange data was built (for eval_das and reproduction)")
 
 
 class TrainDasOutput(HeavyOutput):
@@ -174,11 +222,6 @@ def _interchange_data(spec, tokenizer, variable: str, **kw):
         raise ToolError(f"{field}: {e.message}") from None
 
 
-def _iia(correct, seed: int) -> Stat:
-    """IIA: the mean of per-example correctness with its bootstrap CI."""
-    return Stat(**ci_dict(np.asarray(correct, dtype=np.float64), seed=seed))
-
-
 def _das_site(site: Site, position: str, source_position: str) -> DasSite:
     return DasSite(kind=site.kind, hook=site.hook, layer=site.layer, head=site.head, position=position,
                    source_position=source_position)
@@ -189,64 +232,109 @@ def _das_site(site: Site, position: str, source_position: str) -> DasSite:
 def _train_das(run: ToolRun, args: TrainDasInput) -> tuple[TrainDasResult, dict]:
     spec = resolve_task(run.app, args.task)
     lm = run.load(args.model)
-    model = lm.model
-    site = _site(args.site, args.layer, args.head, model)
+    site = _site(args.site, args.layer, args.head, lm.model)
+    ks = _ks(args, site, lm.model)
+    n = args.n_train + args.n_test
+    kw = {"seed": args.seed, "position": args.position, "source_position": args.source_position,
+          "test_fraction": args.n_test / n, "counterfactual": args.counterfactual}
+    seq = _probe_length(spec, lm.tokenizer, args.variable, n, **kw)
+    if seq is not None:
+        refuse_oversized(_train_footprint(args, lm.model, site, seq, ks),
+                         f"training DAS at {site} on prompt pairs of about {seq} tokens")
+    data = _interchange_data(spec, lm.tokenizer, args.variable, n=n, **kw)
+    with lm.use():
+        try:
+            study = das_methods.study_das(
+                lm.model, data, site, ks, method=args.method, sweep=isinstance(args.k, list), restarts=args.restarts,
+                epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, variable=args.variable,
+                spec=spec, progress=run.span(), should_cancel=run.should_cancel)
+        except ValueError as e:
+            raise ToolError(f"site: {e}") from None
+    run.progress(0.95, "plots and store")
+    run.open(spec, args.model, lm, args.seed)
+    run.write_tensors("rotation.safetensors", study.tensors())
+    run.write_json("split.json", _split_record(study, data))
+    run.publish("result.json")
+    res = study.result
+    train, test = Stat(**study.train_iia), Stat(**study.test_iia)
+    ctrl = {name: Stat(**s) for name, s in study.controls.items()}
+    rank, boundless = _rank_curve(study.sweep), _boundless(study)
+    by_source = FullVectorBySource(**study.full_vector_by_source) if study.full_vector_by_source else None
+    _plots(run, args, spec, res, train, test, ctrl, rank, site)
+    result = TrainDasResult(
+        run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable,
+        site=_das_site(site, data.position, data.source_position), k=res.k, method=args.method,
+        counterfactual=args.counterfactual, train_iia=train, test_iia=test,
+        test_iia_pair=round(res.test.iia_pair, 4), controls=ctrl, full_vector_by_source=by_source,
+        base_accuracy=res.base_accuracy, rank_curve=rank, learning_curve=[EpochPoint(**c) for c in res.curve],
+        boundless=boundless, n_train=len(data.train), n_test=len(data.test), n_train_bases=len(study.train_bases),
+        n_test_bases=len(study.test_bases), shared_bases=study.shared_bases, data=_data_record(args, data, res),
+        summary=_train_summary(run.run_id, args, site, res.k, test, ctrl, rank, boundless),
+        warnings=_train_warnings(args, site, study, train, test, ctrl, by_source), files=run.files,
+        cost=run.cost(res.cost))
+    rnd = ctrl.get("random_rotation")
+    return result, {"test_iia": test.mean, "k": res.k, "site": str(site), **({"random_iia": rnd.mean} if rnd else {})}
+
+
+def _ks(args: TrainDasInput, site: Site, model) -> list[int]:
+    """The subspace dimensions to train (sorted, distinct for a sweep), each within the site's dimension."""
     d = site.dim(model)
     ks = sorted(set(args.k)) if isinstance(args.k, list) else [args.k]
     if args.method == "das" and any(not 1 <= k <= d for k in ks):
         raise ToolError(f"k: {ks} must lie in 1..{d} (the dimension of {site}).")
-    n = args.n_train + args.n_test
-    test_fraction = args.n_test / n
-    data = _interchange_data(spec, lm.tokenizer, args.variable, n=n, seed=args.seed, position=args.position,
-                             source_position=args.source_position, test_fraction=test_fraction,
-                             counterfactual=args.counterfactual)
-    kw = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
-          "progress": run.span(), "should_cancel": run.should_cancel}
-    sweep = None
-    with lm.use():
-        try:
-            if args.method == "boundless":
-                res = das_methods.train_boundless_das(model, data, site, **kw)
-            elif len(ks) > 1 or isinstance(args.k, list):
-                sweep = das_methods.rank_sweep(model, data, site, ks=ks, restarts=args.restarts, **kw)
-                pick = sweep.knee_k if sweep.knee_k is not None else ks[int(np.argmax(sweep.test_iia))]
-                res = sweep.results[sweep.ks.index(pick)]
-            else:
-                res = das_methods.train_das(model, data, site, ks[0], restarts=args.restarts, **kw)
-        except ValueError as e:
-            raise ToolError(f"site: {e}") from None
-    run.progress(0.95, "plots and store")
-    return _train_result(run, args, spec, lm, data, site, res, sweep, test_fraction)
+    return ks
 
 
-def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fraction) -> tuple[TrainDasResult, dict]:
-    run.open(spec, args.model, lm, args.seed)
-    tensors = {"rotation": res.rotation.float().contiguous()}
-    if sweep is not None:
-        tensors |= {f"rotation.k{r.k}": r.rotation.float().contiguous() for r in sweep.results}
-    if res.boundless:
-        tensors["rotation_full"] = res.boundless["rotation_full"].float().contiguous()
-        tensors["mask"] = torch.tensor(res.boundless["mask"], dtype=torch.float32)
-    run.write_tensors("rotation.safetensors", tensors)
-    train_bases, test_bases = {e.base_key for e in data.train}, {e.base_key for e in data.test}
-    shared = len(train_bases & test_bases)
+def _probe_length(spec, tokenizer, variable: str, n: int, **kw) -> int | None:
+    """The prompt length of the task's interchange pairs, from a few of them (the memory check runs before the
+    whole dataset is built); None where even those cannot be built (building the dataset then says why)."""
+    try:
+        probe = build_interchange_dataset(spec, tokenizer, variable, n=min(n, PROBE), **kw)
+    except TaskSpecError:
+        return None
+    return max(len(e.base_tokens) for e in probe.train + probe.test)
+
+
+def _train_footprint(args: TrainDasInput, model, site: Site, seq: int, ks: list[int]) -> Footprint:
+    """Peak memory of training as a function of the arguments a request can oversize (n_train, n_test,
+    batch_size); boundless DAS trains a full d x d rotation."""
+    k = site.dim(model) if args.method == "boundless" else max(ks)
+    cfg = model.cfg
+    return Footprint(lambda n_train, n_test, batch_size: das_methods.das_footprint(cfg, site, n_train, n_test, seq, k,
+                                                                                  batch_size),
+                     {"n_train": args.n_train, "n_test": args.n_test, "batch_size": args.batch_size})
+
+
+def _split_record(study, data) -> dict:
+    """split.json: the base prompts of each split and every example's source, label and base answer."""
     ex = lambda e: {"base": e.base_key, "source": e.source_prompt, "label": e.label, "base_answer": e.base_answer}
-    run.write_json("split.json", {"train_bases": sorted(train_bases), "test_bases": sorted(test_bases),
-                                  "train": [ex(e) for e in data.train], "test": [ex(e) for e in data.test]})
-    run.publish("result.json")
-    seed = args.seed
-    test, ctrl = _iia(res.test.correct.numpy(), seed), {k: _iia(v.correct.numpy(), seed)
-                                                         for k, v in res.controls.items()}
-    train = _iia(res.train.correct.numpy(), seed)
-    rank = None
-    if sweep is not None:
-        rank = RankCurve(ks=sweep.ks, test_iia=sweep.test_iia, random_iia=sweep.random_iia,
-                         full_vector_iia=sweep.full_vector_iia, knee_k=sweep.knee_k, rule=sweep.rule)
-    boundless = None
-    if res.boundless:
-        boundless = {k: v for k, v in res.boundless.items() if k not in ("rotation_full", "mask")}
-    _plots(run, args, spec, res, train, test, ctrl, rank, site)
-    warnings = []
+    return {"train_bases": study.train_bases, "test_bases": study.test_bases,
+            "train": [ex(e) for e in data.train], "test": [ex(e) for e in data.test]}
+
+
+def _rank_curve(sweep) -> RankCurve | None:
+    if sweep is None:
+        return None
+    return RankCurve(ks=sweep.ks, test_iia=sweep.test_iia, random_iia=sweep.random_iia,
+                     full_vector_iia=sweep.full_vector_iia, knee_k=sweep.knee_k, rule=sweep.rule)
+
+
+def _boundless(study) -> BoundlessInfo | None:
+    info = study.boundless_info()
+    return BoundlessInfo(**info) if info else None
+
+
+def _data_record(args: TrainDasInput, data, res) -> DasData:
+    """How the interchange data was built, with the chosen restart (what eval_das rebuilds the data from)."""
+    extra = {"chosen_seed": res.extra["chosen_seed"], "restarts": res.extra["restarts"]} if res.extra else {}
+    return DasData(n=len(data), seed=args.seed, test_fraction=args.n_test / (args.n_train + args.n_test),
+                   position=data.position, source_position=data.source_position, counterfactual=args.counterfactual,
+                   require_change=data.require_change, **extra)
+
+
+def _train_warnings(args: TrainDasInput, site: Site, study, train: Stat, test: Stat, ctrl: dict[str, Stat],
+                    by_source: FullVectorBySource | None) -> list[str]:
+    res, warnings = study.result, []
     rnd, full = ctrl.get("random_rotation"), ctrl.get("full_vector")
     if rnd is not None and test.ci95[0] <= rnd.ci95[1]:
         warnings.append(f"held-out IIA {test.mean:.2f} is not above the random-rotation control "
@@ -256,22 +344,25 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
             warnings.append(f"full-vector patching is also low ({full.mean:.2f}): {site} at "
                             f"{args.position} probably does not carry {args.variable!r}; try another layer or "
                             f"position (locate)")
-    by_source = None
-    if full is not None:
-        by_source = das_methods.full_vector_breakdown(data.test, res.controls["full_vector"], args.variable, spec)
-        if full.mean < test.mean - 0.1:
-            warnings.append(_full_vector_warning(args.variable, res.k, test.mean, full.mean, by_source))
+    if full is not None and by_source is not None and full.mean < test.mean - 0.1:
+        warnings.append(_full_vector_warning(args.variable, res.k, test.mean, full.mean, by_source))
     if res.base_accuracy < 0.8:
         warnings.append(f"the model answers only {res.base_accuracy:.0%} of the test base prompts correctly; "
                         f"IIA on a task it does not solve means little (run_baseline)")
     if train.mean - test.mean > 0.15:
         warnings.append(f"train IIA {train.mean:.2f} >> held-out {test.mean:.2f}: the rotation overfits; use "
                         f"more n_train or a smaller k")
-    if shared:
-        warnings.append(f"{shared} base prompts are in both splits")
-    if sweep is not None and sweep.knee_k is None:
+    if study.shared_bases:
+        warnings.append(f"{study.shared_bases} base prompts are in both splits")
+    if study.sweep is not None and study.sweep.knee_k is None:
         warnings.append("no k beats its random control: the rank curve has no knee")
-    summary = (f"DAS k={res.k} at {site} ({args.position}) for {args.variable!r}: held-out IIA {test.mean:.2f} "
+    return warnings
+
+
+def _train_summary(run_id: str, args: TrainDasInput, site: Site, k: int, test: Stat, ctrl: dict[str, Stat],
+                   rank: RankCurve | None, boundless: BoundlessInfo | None) -> str:
+    rnd, full = ctrl.get("random_rotation"), ctrl.get("full_vector")
+    summary = (f"DAS k={k} at {site} ({args.position}) for {args.variable!r}: held-out IIA {test.mean:.2f} "
                f"[{test.ci95[0]:.2f}, {test.ci95[1]:.2f}]")
     if rnd is not None:
         summary += f"; random rotation {rnd.mean:.2f}"
@@ -280,44 +371,30 @@ def _train_result(run: ToolRun, args, spec, lm, data, site, res, sweep, test_fra
     if rank is not None:
         summary += f"; rank sweep {rank.ks}: knee k={rank.knee_k}"
     if boundless:
-        summary += f"; boundless effective k={boundless['effective_k']}"
+        summary += f"; boundless effective k={boundless.effective_k}"
     if rnd is None or test.ci95[0] > rnd.ci95[1]:
-        summary += (f". Next: eval_das(run_id='{run.run_id}') with another counterfactual or task checks that the "
+        summary += (f". Next: eval_das(run_id='{run_id}') with another counterfactual or task checks that the "
                     f"subspace carries {args.variable!r} beyond this data")
     else:
         summary += (". Next: held-out IIA does not beat a random rotation here: try another site or layer "
                     "(locate's best cells) or a larger k")
-    extra = {"chosen_seed": res.extra["chosen_seed"], "restarts": res.extra["restarts"]} if res.extra else {}
-    result = TrainDasResult(
-        run_id=run.run_id, task=spec.name, model=args.model, variable=args.variable,
-        site=_das_site(site, data.position, data.source_position), k=res.k, method=args.method,
-        counterfactual=args.counterfactual, train_iia=train, test_iia=test,
-        test_iia_pair=round(res.test.iia_pair, 4), controls=ctrl, full_vector_by_source=by_source,
-        base_accuracy=res.base_accuracy,
-        rank_curve=rank, learning_curve=res.curve, boundless=boundless,
-        n_train=len(data.train), n_test=len(data.test), n_train_bases=len(train_bases),
-        n_test_bases=len(test_bases), shared_bases=shared,
-        data={"n": len(data), "seed": args.seed, "test_fraction": test_fraction, "position": data.position,
-              "source_position": data.source_position, "counterfactual": args.counterfactual,
-              "require_change": data.require_change, **extra},
-        summary=summary, warnings=warnings, files=run.files, cost=run.cost(res.cost))
-    return result, {"test_iia": test.mean, "k": res.k, "site": str(site), **({"random_iia": rnd.mean} if rnd else {})}
+    return summary
 
 
-def _full_vector_warning(variable: str, k: int, subspace: float, full: float, by: dict) -> str:
+def _full_vector_warning(variable: str, k: int, subspace: float, full: float, by: FullVectorBySource) -> str:
     """Why full-vector patching can transfer less than a k-dim subspace, with the breakdown's numbers."""
     head = f"full-vector patching ({full:.2f}) transfers less than the k={k} subspace ({subspace:.2f}): "
-    only, rest = by["iia_only_variable"], by["iia_other_variables_differ"]
-    if not by["n_other_variables_differ"]:
+    only, rest = by.iia_only_variable, by.iia_other_variables_differ
+    if not by.n_other_variables_differ:
         return head + (f"every held-out source differs from the base only in {variable!r} (among the variables the "
                        f"answer depends on), so other values the whole vector carries do not explain it here; the "
                        f"rest of the vector at this site moves the answer itself")
-    n = by["n_only_variable"] + by["n_other_variables_differ"]
+    n = by.n_only_variable + by.n_other_variables_differ
     return head + (f"the whole vector also carries the source's other values at this site, and in "
-                   f"{by['n_other_variables_differ']} of {n} test pairs the source differs from the base in "
-                   f"{', '.join(by['other_variables_that_differ'])} too, which the label keeps at the base's values "
+                   f"{by.n_other_variables_differ} of {n} test pairs the source differs from the base in "
+                   f"{', '.join(by.other_variables_that_differ)} too, which the label keeps at the base's values "
                    f"(full-vector IIA there {rest:.2f}"
-                   + (f"; {only:.2f} on the {by['n_only_variable']} pairs that differ only in {variable!r}"
+                   + (f"; {only:.2f} on the {by.n_only_variable} pairs that differ only in {variable!r}"
                       if only is not None else "")
                    + f"). A subspace that isolates {variable!r} can beat it; counterfactual= a generator that "
                      f"resamples only {variable!r} makes the two comparable")
@@ -415,73 +492,101 @@ def _eval_das(run: ToolRun, args: EvalDasInput, src: dict) -> tuple[EvalDasResul
     model_id, task = args.model or src["model"], args.task or src["task"]
     variable = args.variable or src["variable"]
     cf = args.counterfactual if args.counterfactual is not None else src["counterfactual"]
-    dinfo = src["data"]
+    dinfo, s = src["data"], src["site"]
     n, seed = args.n or dinfo["n"], dinfo["seed"] if args.seed is None else args.seed
     spec = resolve_task(run.app, task)
-    try:
-        R = load_file(str(run.app.store.resolve_file(args.run_id, "rotation.safetensors")))["rotation"]
-    except StoreError as e:
-        raise ToolError(f"run_id: {e}") from None
+    R = _saved_rotation(run, args.run_id)
     lm = run.load(model_id, at=0.05)
-    s = src["site"]
     site = _site(s["kind"], s["layer"], s["head"], lm.model)
     d = site.dim(lm.model)
     if R.shape[0] != d:
         raise ToolError(f"model: the rotation has {R.shape[0]} rows but {site} of {model_id} has dimension {d}; "
                         f"evaluate on a model with the same width.")
-    data = _interchange_data(spec, lm.tokenizer, variable, n=n, seed=seed, position=s["position"],
-                             source_position=s["source_position"], test_fraction=dinfo["test_fraction"],
-                             counterfactual=cf)
+    kw = {"seed": seed, "position": s["position"], "source_position": s["source_position"],
+          "test_fraction": dinfo["test_fraction"], "counterfactual": cf}
+    seq = _probe_length(spec, lm.tokenizer, variable, n, **kw)
+    if seq is not None:
+        refuse_oversized(_eval_footprint(args, lm.model, site, n, dinfo["test_fraction"], seq, R.shape[1]),
+                         f"evaluating DAS at {site} on prompt pairs of about {seq} tokens")
+    data = _interchange_data(spec, lm.tokenizer, variable, n=n, **kw)
     examples = data.train + data.test if args.split == "all" else data.split(args.split)
     if not examples:
         raise ToolError(f"split: the new dataset's {args.split!r} split is empty; use split='all'.")
+    train_bases = _train_bases(run, args.run_id) if task == src["task"] else set()
     run.progress(0.2, "caching base and source runs")
     with lm.use():
         try:
-            cache = das_methods.prepare(lm.model, examples, site, should_cancel=run.should_cancel)
-            r = das_methods.evaluate_rotation(lm.model, R, site, examples, cache=cache)
-            run.progress(0.7, "controls")
-            rnd = das_methods.evaluate_rotation(lm.model, das_methods.random_rotation(d, R.shape[1], seed), site,
-                                                examples, cache=cache)
-            full = das_methods.evaluate_rotation(lm.model, torch.eye(d), site, examples, cache=cache)
+            ev = das_methods.evaluate_saved_rotation(lm.model, R, site, examples, seed=seed, train_bases=train_bases,
+                                                     progress=run.span(0.2, 0.95), should_cancel=run.should_cancel)
         except ValueError as e:
             raise ToolError(f"run_id: {e}") from None
-    train_bases = set()
-    try:
-        split = json.loads(run.app.store.resolve_file(args.run_id, "split.json").read_text("utf-8"))
-        train_bases = set(split["train_bases"])
-    except (StoreError, KeyError, ValueError):
-        pass
-    seen = len({e.base_key for e in examples} & train_bases) if task == src["task"] else 0
     run.open(spec, model_id, lm, seed)
-    iia = _iia(r.correct.numpy(), seed)
-    ctrl = {"random_rotation": _iia(rnd.correct.numpy(), seed), "full_vector": _iia(full.correct.numpy(), seed)}
+    iia, ctrl = Stat(**ev.iia), {name: Stat(**c) for name, c in ev.controls.items()}
+    seen = ev.bases_seen_in_training
+    run.publish("result.json")
+    _eval_plot(run, args, spec.name, variable, iia, ctrl)
+    result = EvalDasResult(
+        run_id=run.run_id, source_run=args.run_id, task=spec.name, model=model_id, variable=variable,
+        site=_das_site(site, data.position, data.source_position), k=int(R.shape[1]), counterfactual=cf,
+        split=args.split, iia=iia, iia_pair=round(ev.result.iia_pair, 4), controls=ctrl, bases_seen_in_training=seen,
+        summary=_eval_summary(args, spec.name, variable, site, int(R.shape[1]), len(examples), iia, ctrl),
+        warnings=_eval_warnings(iia, ctrl, seen), files=run.files,
+        cost={"total_seconds": run.seconds(), "cache_seconds": round(ev.cache_seconds, 3)})
+    return result, {"iia": iia.mean, "source_run": args.run_id}
+
+
+def _saved_rotation(run: ToolRun, run_id: str):
+    """The [d, k] rotation a train_das run stored."""
+    try:
+        return load_file(str(run.app.store.resolve_file(run_id, "rotation.safetensors")))["rotation"]
+    except StoreError as e:
+        raise ToolError(f"run_id: {e}") from None
+
+
+def _train_bases(run: ToolRun, run_id: str) -> set[str]:
+    """The base prompts of a train_das run's training split (empty where its split.json cannot be read)."""
+    try:
+        split = json.loads(run.app.store.resolve_file(run_id, "split.json").read_text("utf-8"))
+        return set(split["train_bases"])
+    except (StoreError, KeyError, ValueError):
+        return set()
+
+
+def _eval_footprint(args: EvalDasInput, model, site: Site, n: int, test_fraction: float, seq: int,
+                    k: int) -> Footprint:
+    """Peak memory of the evaluation as a function of n (of which the evaluated split holds about its share)."""
+    cfg = model.cfg
+    share = {"all": 1.0, "test": test_fraction, "train": 1.0 - test_fraction}[args.split]
+    return Footprint(lambda n: das_methods.das_footprint(cfg, site, 0, math.ceil(n * share), seq, k), {"n": n})
+
+
+def _eval_warnings(iia: Stat, ctrl: dict[str, Stat], seen: int) -> list[str]:
     warnings = []
     if iia.ci95[0] <= ctrl["random_rotation"].ci95[1]:
         warnings.append(f"IIA {iia.mean:.2f} is not above the random-rotation control")
     if seen:
         warnings.append(f"{seen} of the evaluated base prompts were in the source run's training split; "
                         f"use split='test' or another seed for held-out numbers")
-    run.publish("result.json")
+    return warnings
+
+
+def _eval_summary(args: EvalDasInput, task: str, variable: str, site: Site, k: int, n: int, iia: Stat,
+                  ctrl: dict[str, Stat]) -> str:
+    return (f"rotation of {args.run_id} (k={k}, {site}) on {task}/{variable}, "
+            f"{args.split} n={n}: IIA {iia.mean:.2f} [{iia.ci95[0]:.2f}, {iia.ci95[1]:.2f}]; "
+            f"random {ctrl['random_rotation'].mean:.2f}, full vector {ctrl['full_vector'].mean:.2f}. Next: "
+            + ("the rotation holds here; scrub_hypothesis can test the variable as part of a full hypothesis"
+               if iia.ci95[0] > ctrl["random_rotation"].ci95[1] else
+               "the rotation does not beat a random one on this data: the variable is not in this subspace "
+               "here"))
+
+
+def _eval_plot(run: ToolRun, args: EvalDasInput, task: str, variable: str, iia: Stat, ctrl: dict[str, Stat]) -> None:
     stats = [iia, *ctrl.values()]
     run.save_figure("iia_bar.png", plots.bar_with_ci(
         ["saved rotation", *ctrl], [x.mean for x in stats], [x.ci95[0] for x in stats],
-        [x.ci95[1] for x in stats], title=f"eval of {args.run_id} on {spec.name}/{variable} ({args.split})",
+        [x.ci95[1] for x in stats], title=f"eval of {args.run_id} on {task}/{variable} ({args.split})",
         ylabel="IIA"), main=True)
-    result = EvalDasResult(
-        run_id=run.run_id, source_run=args.run_id, task=spec.name, model=model_id, variable=variable,
-        site=_das_site(site, data.position, data.source_position), k=int(R.shape[1]), counterfactual=cf,
-        split=args.split, iia=iia, iia_pair=round(r.iia_pair, 4), controls=ctrl, bases_seen_in_training=seen,
-        summary=(f"rotation of {args.run_id} (k={R.shape[1]}, {site}) on {spec.name}/{variable}, "
-                 f"{args.split} n={len(examples)}: IIA {iia.mean:.2f} [{iia.ci95[0]:.2f}, {iia.ci95[1]:.2f}]; "
-                 f"random {ctrl['random_rotation'].mean:.2f}, full vector {ctrl['full_vector'].mean:.2f}. Next: "
-                 + ("the rotation holds here; scrub_hypothesis can test the variable as part of a full hypothesis"
-                    if iia.ci95[0] > ctrl["random_rotation"].ci95[1] else
-                    "the rotation does not beat a random one on this data: the variable is not in this subspace "
-                    "here")),
-        warnings=warnings, files=run.files, cost={"total_seconds": run.seconds(),
-                                                  "cache_seconds": round(cache.seconds, 3)})
-    return result, {"iia": iia.mean, "source_run": args.run_id}
 
 
 def eval_das(app: AppContext, args: EvalDasInput, progress: Progress | None = None) -> EvalDasOutput:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from .. import lazy
-from ..methods.core import Progress, ci_dict
+from ..methods.core import Progress
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
 from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
@@ -16,14 +15,12 @@ from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dat
 from .errors import ToolError
 
 if TYPE_CHECKING:
+    from ..methods.patching import Localisation, SiteGrid
     from ..runtime.context import AppContext
 
 # imported on the first call, not when the server starts
-torch = lazy("torch")
 plots = lazy("mcp_interp.artifacts.plots")
-cell_dict, dominant_positions, grid_cells, normalised_effects, patch_sweep, top_cells = lazy(
-    "mcp_interp.methods.patching", "cell_dict", "dominant_positions", "grid_cells", "normalised_effects",
-    "patch_sweep", "top_cells")
+cell_dict, localise, patch_sweep = lazy("mcp_interp.methods.patching", "cell_dict", "localise", "patch_sweep")
 
 TOOL = "locate"
 SiteName = Literal["resid_pre", "attn_out", "mlp_out", "z"]
@@ -82,6 +79,12 @@ class CellEffect(BaseModel):
     ci95: list[MaybeFloat] = Field(description="95% bootstrap interval; null where undefined")
 
 
+class FlowRun(BaseModel):
+    layers: list[int] = Field(description="[first, last] layer of the run")
+    position: str = Field(description="the position column with the largest effect at each of these layers")
+    mean_effect: MaybeFloat = Field(description="mean of that largest effect over the run's layers")
+
+
 class LocateResult(RunResult):
     run_id: str
     task: str
@@ -98,16 +101,25 @@ class LocateResult(RunResult):
     alignment: str = Field("", description="How the position columns map to each prompt's tokens.")
     layers: list[int]
     best_cells: dict[str, list[CellEffect]] = Field(description="Per site, the 5 cells with the largest |effect|.")
-    flow: list[dict] = Field(description="resid_pre: runs of layers whose strongest position is the same — where the "
-                             "information sits as depth increases.")
+    flow: list[FlowRun] = Field(description="resid_pre: runs of layers whose strongest position is the same — where "
+                                "the information sits as depth increases.")
 
 
 class LocateOutput(HeavyOutput):
     result: LocateResult | None = None
 
 
-def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str], torch.Tensor, str, list[str]]:
-    """(column labels, [n, P] token index per example, how columns map to tokens, warnings)."""
+class Columns(NamedTuple):
+    """The position columns: labels [P], token index [n][P] of each column in each example, how columns map to
+    tokens, and warnings about the mapping."""
+
+    labels: list[str]
+    index: list[list[int]]
+    alignment: str
+    warnings: list[str]
+
+
+def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> Columns:
     lengths = {len(e.tokens) for e in ds.examples}
     mode = args.positions
     if mode == "auto":
@@ -116,113 +128,111 @@ def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> tuple[list[str]
         al = align_columns([e.tokens for e in ds.examples],
                            {k: [e.positions[k] for e in ds.examples] for k in ds.position_names},
                            lambda t: tokenizer.decode([t]))
-        return al.labels, torch.tensor(al.index), al.statement, al.warnings
+        return Columns(al.labels, al.index, al.statement, al.warnings)
     names = ds.position_names if mode == "named" else list(mode)
     unknown = [p for p in names if p not in ds.position_names]
     if unknown:
         raise ToolError(f"positions: {unknown} are not positions of task {ds.spec.name!r}; it has "
                         f"{ds.position_names}. Fix: use those names, 'named' or 'all'.")
-    return (names, torch.tensor([[e.positions[p] for p in names] for e in ds.examples]),
-            "named positions, each resolved in every prompt (a column follows its named token wherever it is)", [])
+    return Columns(names, [[e.positions[p] for p in names] for e in ds.examples],
+                   "named positions, each resolved in every prompt (a column follows its named token wherever it is)", [])
 
 
 def _locate(run: ToolRun, args: LocateInput) -> tuple[LocateResult, dict]:
     spec = resolve_task(run.app, args.task)
     metric_name = per_token_metric(spec, args.metric, "locate")
     lm = run.load(args.model)
-    cfg = lm.model.cfg
-    layers = list(range(cfg.n_layers)) if args.layers is None else sorted(set(args.layers))
-    bad = [l for l in layers if not 0 <= l < cfg.n_layers]
-    if bad:
-        raise ToolError(f"layers: {bad} out of range; {args.model} has layers 0..{cfg.n_layers - 1}.")
+    layers = _layers(args, lm.model.cfg.n_layers)
     ds, metric, clean, corrupt = pair_dataset(spec, lm, args.model, args.n, args.seed, args.variable,
                                               args.counterfactual, metric_name)
-    labels, pos, alignment, pos_warnings = _positions(ds, args, lm.tokenizer)
-    cells = grid_cells(args.sites, layers, len(labels), cfg.n_heads)
+    cols = _positions(ds, args, lm.tokenizer)
     with lm.use():
-        res = patch_sweep(lm.model, clean, corrupt, pos, cells, metric, direction=args.direction,
-                          progress=run.span(), should_cancel=run.should_cancel, act_cache=run.app.activations)
-    run.progress(0.94, "bootstrap and plots")
-    eff = normalised_effects(res, seed=args.seed)
-    return _result(run, args, spec, lm, ds, (labels, pos, alignment, pos_warnings), layers, cells, res, eff,
-                   metric_name)
-
-
-def _reshape(v: np.ndarray, site: str, n_layers: int, n_pos: int, n_heads: int) -> np.ndarray:
-    return v.reshape(*v.shape[:-1], n_layers, n_pos, n_heads) if site == "z" else v.reshape(*v.shape[:-1], n_layers, n_pos)
-
-
-def _result(run: ToolRun, args, spec, lm, ds, columns, layers, cells, res, eff, metric_name) -> tuple[LocateResult, dict]:
-    labels, pos, alignment, pos_warnings = columns
-    H, L, P = lm.model.cfg.n_heads, len(layers), len(labels)
+        # the engine is passed by its name here so that a test can stand in for it (tests/server/test_hardening.py)
+        loc = localise(lm.model, clean, corrupt, cols.index, args.sites, layers, cols.labels, metric,
+                       direction=args.direction, seed=args.seed, progress=run.span(), should_cancel=run.should_cancel,
+                       act_cache=run.app.activations, sweep=patch_sweep)
+    run.progress(0.94, "plots and store")
     run.open(spec, args.model, lm, args.seed)
-    tensors, best, offset, flow = {}, {}, 0, []
-    for site in args.sites:
-        size = L * P * (H if site == "z" else 1)
-        sl = slice(offset, offset + size)
-        offset += size
-        grids = {k: _reshape(eff[k][..., sl], site, L, P, H) for k in ("mean", "lo", "hi", "per_example")}
-        for k, v in grids.items():
-            tensors[f"{site}.{k}"] = torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32)
-        best[site] = []
-        for idx, e, lo, hi in top_cells(grids["mean"], grids["lo"], grids["hi"]):
-            best[site].append(CellEffect(site=site, layer=layers[idx[0]], position=labels[idx[1]],
-                                         head=idx[2] if site == "z" else None, effect=round(e, 4),
-                                         ci95=[round(lo, 4), round(hi, 4)]))
-        _plots(run, site, grids["mean"], layers, labels, spec, args, len(ds))
-        if site == "resid_pre":
-            flow = dominant_positions(grids["mean"], layers, labels)
-    tensors["metric.clean"], tensors["metric.counterfactual"] = res.clean, res.corrupt
-    tensors["metric.patched"] = res.patched
-    run.write_tensors("effects.safetensors", tensors)
-    run.write_json("grid.json", {"sites": args.sites, "layers": layers, "positions": labels, "alignment": alignment,
-                                 "position_index": pos.tolist(), "n_heads": H,
-                                 "cells": [cell_dict(c) for c in cells], "direction": args.direction,
+    for grid in loc.grids:
+        _plots(run, grid, layers, cols.labels, spec, args, len(ds))
+    _store(run, args, ds, layers, cols, loc, metric_name)
+    best = {g.site: [_cell(c) for c in g.best] for g in loc.grids}
+    top = best[loc.strongest().site][0]
+    result = LocateResult(
+        run_id=run.run_id, task=spec.name, model=args.model, counterfactual=ds.counterfactual,
+        direction=args.direction, metric=metric_name, n=len(ds), seed=args.seed,
+        normalisation=_normalisation(args.direction), clean_metric=Stat(**loc.clean),
+        counterfactual_metric=Stat(**loc.counterfactual), positions=cols.labels, alignment=cols.alignment,
+        layers=layers, best_cells=best, flow=[FlowRun(**f) for f in loc.flow],
+        summary=_summary(run.run_id, spec.name, top, loc.flow), warnings=_warnings(args, spec, cols, loc, metric_name),
+        files=run.files, cost=run.cost(loc.patch.cost(), activation_cache_hits=loc.patch.extra.get("cache_hits", 0)))
+    return result, {"top_site": top.site, "top_effect": top.effect, "top_layer": top.layer, "top_position": top.position}
+
+
+def _layers(args: LocateInput, n_layers: int) -> list[int]:
+    layers = list(range(n_layers)) if args.layers is None else sorted(set(args.layers))
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise ToolError(f"layers: {bad} out of range; {args.model} has layers 0..{n_layers - 1}.")
+    return layers
+
+
+def _cell(c) -> CellEffect:
+    return CellEffect(site=c.site, layer=c.layer, position=c.position, head=c.head, effect=round(c.effect, 4),
+                      ci95=[round(c.lo, 4), round(c.hi, 4)])
+
+
+def _normalisation(direction: str) -> str:
+    source, base = ("clean", "counterfactual") if direction == "denoise" else ("counterfactual", "clean")
+    return (f"(mean m_patched - mean m_{base}) / (mean m_{source} - mean m_{base}); 95% percentile bootstrap over "
+            f"examples")
+
+
+def _store(run: ToolRun, args: LocateInput, ds, layers: list[int], cols: Columns, loc: Localisation,
+           metric_name: str) -> None:
+    run.write_tensors("effects.safetensors", loc.tensors())
+    run.write_json("grid.json", {"sites": args.sites, "layers": layers, "positions": cols.labels,
+                                 "alignment": cols.alignment, "position_index": cols.index,
+                                 "n_heads": loc.n_heads,
+                                 "cells": [cell_dict(c) for c in loc.cells], "direction": args.direction,
                                  "metric": metric_name, "prompts": [e.prompt for e in ds.examples],
                                  "counterfactual_prompts": [e.cf_prompt for e in ds.examples],
                                  "tensor_layout": "effects.safetensors: {site}.mean/lo/hi [layer, position(, head)], "
                                  "{site}.per_example [example, layer, position(, head)], metric.* per example"})
     run.publish("result.json")
-    warnings = list(pos_warnings) + metric_note(spec, args.metric, metric_name)
-    if res.extra.get("engine"):
-        warnings.append(f"computed by the {res.extra['engine']}; exact, only slower")
-    undefined = int(np.sum(~np.isfinite(eff["mean"])) + np.sum(~np.isfinite(eff["lo"]) | ~np.isfinite(eff["hi"])))
-    if undefined:
-        warnings.append(f"{undefined} effects or interval bounds are undefined and reported as null: the clean and "
-                        f"counterfactual metrics coincide (in every example, or in bootstrap resamples), so there is "
-                        f"no gap to normalise by. Fix: a counterfactual that changes the metric, or a larger n")
-    if abs(eff["gap"]) < 0.5 and metric_name == "logit_diff":
-        warnings.append(f"the clean-counterfactual gap is small ({eff['gap']:.3f}): normalised effects are noisy")
-    top_site = max(best, key=lambda s: abs(best[s][0].effect or 0.0) if best[s] else 0)
-    c0 = best[top_site][0]
-    head = f" head {c0.head}" if c0.head is not None else ""
+
+
+def _warnings(args: LocateInput, spec, cols: Columns, loc: Localisation, metric_name: str) -> list[str]:
+    warnings = list(cols.warnings) + metric_note(spec, args.metric, metric_name)
+    if loc.patch.extra.get("engine"):
+        warnings.append(f"computed by the {loc.patch.extra['engine']}; exact, only slower")
+    if loc.n_undefined:
+        warnings.append(f"{loc.n_undefined} effects or interval bounds are undefined and reported as null: the clean "
+                        f"and counterfactual metrics coincide (in every example, or in bootstrap resamples), so there "
+                        f"is no gap to normalise by. Fix: a counterfactual that changes the metric, or a larger n")
+    if abs(loc.gap) < 0.5 and metric_name == "logit_diff":
+        warnings.append(f"the clean-counterfactual gap is small ({loc.gap:.3f}): normalised effects are noisy")
+    return warnings
+
+
+def _summary(run_id: str, task: str, c0: CellEffect, flow: list[dict]) -> str:
     def num(x):
         return "undefined" if x is None else f"{x:.2f}"
 
-    summary = (f"strongest cell: {top_site} layer {c0.layer}{head} at {c0.position}: effect {num(c0.effect)} "
+    head = f" head {c0.head}" if c0.head is not None else ""
+    summary = (f"strongest cell: {c0.site} layer {c0.layer}{head} at {c0.position}: effect {num(c0.effect)} "
                f"[{num(c0.ci95[0])}, {num(c0.ci95[1])}]")
     if flow:
         summary += "; residual stream: " + ", ".join(
             f"L{f['layers'][0]}-{f['layers'][1]} at {f['position']} ({f['mean_effect']:.2f})" for f in flow)
-    summary += (f". Next: train_das(from_locate_run='{run.run_id}', variable=...) to ask which variable the strongest "
-                f"cell carries; attribute(task='{spec.name}', level='heads') for a circuit; scrub_hypothesis to "
-                f"test a claim")
-    base_name = "clean" if args.direction == "denoise" else "counterfactual"
-    result = LocateResult(
-        run_id=run.run_id, task=spec.name, model=args.model, counterfactual=ds.counterfactual,
-        direction=args.direction, metric=metric_name, n=len(ds), seed=args.seed,
-        normalisation=(f"(mean m_patched - mean m_{'counterfactual' if args.direction == 'denoise' else 'clean'}) / "
-                       f"(mean m_{base_name} - mean m_{'counterfactual' if args.direction == 'denoise' else 'clean'})"
-                       f"; 95% percentile bootstrap over examples"),
-        clean_metric=Stat(**ci_dict(res.clean.numpy(), seed=args.seed)),
-        counterfactual_metric=Stat(**ci_dict(res.corrupt.numpy(), seed=args.seed)),
-        positions=labels, alignment=alignment, layers=layers, best_cells=best, flow=flow, summary=summary, warnings=warnings,
-        files=run.files, cost=run.cost(res.cost(), activation_cache_hits=res.extra.get("cache_hits", 0)))
-    return result, {"top_site": top_site, "top_effect": c0.effect, "top_layer": c0.layer, "top_position": c0.position}
+    return summary + (f". Next: train_das(from_locate_run='{run_id}', variable=...) to ask which variable the "
+                      f"strongest cell carries; attribute(task='{task}', level='heads') for a circuit; "
+                      f"scrub_hypothesis to test a claim")
 
 
-def _plots(run: ToolRun, site, mean, layers, labels, spec, args, n) -> None:
+def _plots(run: ToolRun, grid: SiteGrid, layers, labels, spec, args, n) -> None:
     what = f"{spec.name} on {args.model}, {args.direction}, n={n}"
+    site, mean = grid.site, grid.mean
     if site != "z":
         fig = plots.heatmap(mean, row_labels=[str(l) for l in layers], col_labels=labels,
                             title=f"{SITE_DOC[site]}: normalised patching effect\n{what}",
@@ -230,8 +240,7 @@ def _plots(run: ToolRun, site, mean, layers, labels, spec, args, n) -> None:
         run.save_figure(f"{site}_heatmap.png", fig, main=site == args.sites[0])
         return
     # per-head grids: one layer x head map per position column that carries any effect
-    strength = np.nan_to_num(np.abs(mean)).max(axis=(0, 2))
-    for rank, p in enumerate([int(i) for i in np.argsort(-strength)[:4] if strength[i] > 0.02] or [len(labels) - 1]):
+    for rank, p in enumerate(grid.head_columns):
         fig = plots.heatmap(mean[:, p, :], row_labels=[str(l) for l in layers],
                             col_labels=[str(h) for h in range(mean.shape[2])],
                             title=f"per-head output at {labels[p]}: normalised patching effect\n{what}",

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..core.metrics import Metric
 from ..core.patch_engine import ActivationCache
 from ..core.sites import Site
-from ..core.stats import bootstrap_ci
+from ..core.stats import bootstrap_ci, ci_dict
 from .components import QKV, Edge, nodes_for, receiver_unit
 from .edges import EDGE_METHODS, edge_scores
 from .faithfulness import FRACTIONS, Curve, edge_circuit_metrics, faithfulness_curves, node_circuit_metrics
@@ -30,6 +30,18 @@ TOP_K_FRACTION = 0.1  # compare(): overlap of the top 10% of units with exact pa
 
 GraphNode = tuple[str, float, float]        # (name, height in the drawing, value)
 GraphEdge = tuple[str, str, str, float]     # (sender node, receiver node, input label "q"/"k"/"v" or "", value)
+
+
+@dataclass
+class RankedUnit:
+    """One unit of a ranking by |score|: its index into `AttributionReport.units`, name, normalised score and
+    95% bootstrap interval (lo, hi; None where the report has none: edges)."""
+
+    index: int
+    name: str
+    score: float
+    lo: float | None
+    hi: float | None
 
 
 @dataclass
@@ -83,6 +95,42 @@ class AttributionReport:
             edges.append((s.name, receiver_unit(r), r.kind if r.kind in QKV else "", score[u]))
         return [(n, heights[n], 0.0) for n in sorted(heights)], edges
 
+    def ranked(self, k: int, undefined: str = "zero") -> list[RankedUnit]:
+        """The k units with the largest |score|, in that order (stable: ties keep unit order). undefined: where a
+        NaN score ranks, "zero" (as a score of 0) or "last"."""
+        mag = np.abs(np.nan_to_num(self.scores) if undefined == "zero" else self.scores)
+        order = np.argsort(-mag, kind="stable")[:k]
+        return [RankedUnit(int(i), self.units[i], float(self.scores[i]),
+                           None if self.lo is None else float(self.lo[i]),
+                           None if self.hi is None else float(self.hi[i])) for i in order]
+
+    def head_grid(self, n_layers: int, n_heads: int) -> np.ndarray:
+        """Level "heads": the scores as [n_layers, n_heads]."""
+        return self.scores.reshape(n_layers, n_heads)
+
+    @property
+    def gap(self) -> float:
+        """mean m(x) - mean m(x'): the clean-counterfactual gap the scores are normalised by."""
+        return float(np.mean(self.m_clean) - np.mean(self.m_corrupt))
+
+    @property
+    def curve_defined(self) -> bool:
+        """Whether the signed faithfulness curve was evaluated and has any finite point."""
+        return bool(self.curves) and bool(np.isfinite(self.curves["signed"].faithfulness).any())
+
+    def metric_stats(self, seed: int = 0) -> tuple[dict, dict]:
+        """`ci_dict` ({"mean", "ci95", "n"}, bootstrap with `seed`) of the metric on x and on x'."""
+        return ci_dict(self.m_clean, seed=seed), ci_dict(self.m_corrupt, seed=seed)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What the tool stores: scores [U] (float32), metric.clean / metric.counterfactual [n], and per_example
+        [n, U] (float32; node levels)."""
+        out = {"scores": torch.as_tensor(self.scores, dtype=torch.float32),
+               "metric.clean": torch.as_tensor(self.m_clean), "metric.counterfactual": torch.as_tensor(self.m_corrupt)}
+        if self.per_example is not None:
+            out["per_example"] = torch.as_tensor(self.per_example, dtype=torch.float32)
+        return out
+
 
 def _circuit(units: list[str], scores: np.ndarray, curve: Curve) -> dict:
     """Smallest circuit of the signed ranking that reaches CIRCUIT_TARGET (else the most faithful); scores [U].
@@ -111,7 +159,7 @@ def _circuit(units: list[str], scores: np.ndarray, curve: Curve) -> dict:
 
 
 def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], corrupt: Sequence[Tensor],
-                    metric: Metric, positions: Tensor | Mapping[str, Tensor] | None = None,
+                    metric: Metric, positions: Tensor | Sequence[Sequence[int]] | Mapping[str, Tensor] | None = None,
                     position_names: list[str] | None = None, layer: int | None = None, ig_steps: int = 10,
                     compare_exact: bool = False, faithfulness: bool = True, fractions: Sequence[float] = FRACTIONS,
                     seed: int = 0, progress=None, should_cancel=None,
@@ -120,12 +168,14 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
     (faithfulness) evaluate the top-k circuits and (compare_exact, node levels) compare with exact patching.
 
     clean, corrupt: n token sequences [pos] each; metric: per-example metric of the final-position logits;
-    positions: [n, n_position_names] token index of each of `position_names` in each example (or a mapping
-    position name -> [n]); layer: of the neurons / positions levels; seed: of the bootstrap CIs;
+    positions: [n, n_position_names] token index of each of `position_names` in each example (a tensor or
+    nested lists; or a mapping position name -> [n]); layer: of the neurons / positions levels; seed: of the bootstrap CIs;
     progress(fraction, message); act_cache: clean/counterfactual runs shared with other calls (default: shared
     by exact patching and the curve of this call only). ValueError for a method that does not score the level."""
     progress = progress or (lambda f, m: None)
     act_cache = act_cache if act_cache is not None else ActivationCache(max_entries=4)
+    if positions is not None and not isinstance(positions, (Tensor, Mapping)):
+        positions = torch.tensor(positions)
     if isinstance(positions, Tensor):
         positions = dict(zip(position_names, positions.unbind(1))) if position_names else None
     t0 = time.perf_counter()
