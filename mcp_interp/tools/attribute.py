@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 
 from .. import lazy
 from ..methods.core import Progress
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, MaybeFloat, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ METHOD_DOC = (
     "(small models only).")
 
 
-class AttributeInput(BaseModel):
+class AttributeInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks / define_task).")
     method: Method = Field("atp", description=METHOD_DOC)
@@ -53,15 +53,11 @@ class AttributeInput(BaseModel):
     metric: Literal["logit_diff", "prob", "prob_diff"] | None = Field(
         None, description="Default: the task's metric (prob_diff: tasks with an answer set, e.g. greater-than).")
     n: int = Field(16, ge=2, le=512, description="Number of clean/counterfactual pairs.")
-    seed: Seed = 0
     ig_steps: int = Field(10, ge=1, le=100, description="Integration points for ig / eap_ig.")
     compare_exact: bool = Field(False, description="Also run exact patching on the same units and report the "
                                 "correlation with it and the cost of each (node levels only).")
     faithfulness: bool = Field(True, description="Evaluate circuits of the top k% units (k = 0.1 .. 100) with "
                                "everything outside patched from the counterfactual; report CPR and CMD.")
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class UnitScore(BaseModel):

@@ -33,7 +33,7 @@ from ..artifacts.store import PREVIEW
 from ..methods.core import Progress
 from ..runtime.run_cache import cached_result
 from ..runtime.task_registry import task_hash
-from .common import resolve_model
+from .common import Seed, resolve_model
 from .errors import ToolError, refusal
 
 if TYPE_CHECKING:
@@ -52,6 +52,18 @@ WAIT_FIELD = Field(DEFAULT_WAIT, ge=0, le=600, description="Seconds to wait for 
 FORCE_FIELD = Field(False, description="Recompute even if an identical run is stored.")
 PLOT_FIELD = Field(True, description="Return the run's main figure as a PNG image beside the result (false: "
                    "leave it out; every plot stays readable as an artifact:// resource).")
+
+
+class HeavyInput(BaseModel):
+    """What every heavy tool's input has besides its own arguments: the seed of what it draws, and how the answer is
+    delivered (force, wait_seconds, include_plot: not part of the run cache's key, see NOT_PARAMS)."""
+
+    seed: Seed = 0
+    force: bool = FORCE_FIELD
+    wait_seconds: float = WAIT_FIELD
+    include_plot: bool = PLOT_FIELD
+
+
 NOT_PARAMS = {"wait_seconds", "force", "include_plot"}  # how to deliver, not what to compute: not in the cache key
 LOADED, COMPUTED = 0.03, 0.93  # job progress: the model is loaded / the method has finished
 

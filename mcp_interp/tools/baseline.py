@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from .. import lazy
 from ..methods.core import Progress, ci_dict
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, ToolRun, ToolSpec, run_heavy
+from .base import HeavyInput, HeavyOutput, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, Seed, Stat, dataset, resolve_task, validate_or_raise
 
 if TYPE_CHECKING:
@@ -24,16 +24,13 @@ TOOL = "run_baseline"
 SOLVES_AT = 0.8  # primary accuracy needed to call the task solved
 
 
-class RunBaselineInput(BaseModel):
+class RunBaselineInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks / define_task).")
     counterfactual: str | None = Field(None, description="Generator for the clean/counterfactual pairs (default: the "
                                        "task's first).")
     n: int = Field(32, ge=2, le=2048, description="Number of examples.")
     seed: Seed = Field(0, description="Seed for sampling examples (and bootstrap), 0..2**32-1.")
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class CounterfactualCheck(BaseModel):

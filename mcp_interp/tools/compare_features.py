@@ -12,9 +12,9 @@ from .. import lazy
 from ..methods import compare, features
 from ..methods.core import Progress
 from ..methods.core.footprint import Footprint
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
-from .common import MaybeFloat, Seed, check_pairs, counterfactual_name, resolve_task, task_metric
+from .common import MaybeFloat, check_pairs, counterfactual_name, resolve_task, task_metric
 from .compare_inputs import Side, corpus_rows, describe_side, side_sources, side_values, task_rows
 from .errors import ToolError
 from .load_sae import sae_directory
@@ -31,7 +31,7 @@ SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post")
 MAX_ROWS = 8192  # aligned rows kept (Gram matrices are rows x rows)
 
 
-class CompareFeaturesInput(BaseModel):
+class CompareFeaturesInput(HeavyInput):
     a: Side = Field(..., description="Side A: {model, source, layer, site, sae, das_run}.")
     b: Side = Field(..., description="Side B (another model, layer, SAE seed...).")
     task: str | None = Field(None, description="Compare on this task's prompts at `position` (resolved per model, so "
@@ -65,10 +65,6 @@ class CompareFeaturesInput(BaseModel):
         "patch", description="Causal test on each side: zero / mean ablation of the matched feature, or patching its "
         "value from the counterfactual prompt; effect = (m_clean - m_intervened) / (m_clean - m_cf), per model.")
     top: int = Field(10, ge=1, le=200, description="Matches to report with their top-activating contexts.")
-    seed: Seed = 0
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class Effect(BaseModel):

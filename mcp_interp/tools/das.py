@@ -21,7 +21,7 @@ from ..methods.core import Progress, Site
 from ..methods.core.footprint import Footprint
 from ..tasks.causal import TaskSpecError
 from ..tasks.interchange import build_interchange_dataset
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, resolve_task
 from .das_locate import locate_cell
@@ -39,7 +39,7 @@ PROBE = 32  # interchange pairs built to measure the prompt length before the me
 SiteKind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "z"]
 
 
-class TrainDasInput(BaseModel):
+class TrainDasInput(HeavyInput):
     model: str | None = Field(None, description=f"Model id (list_models). Default: from_locate_run's model, else "
                               f"{DEFAULT_MODEL}.")
     task: str | None = Field(None, description="Task name (list_tasks). Required unless from_locate_run gives it.")
@@ -65,14 +65,10 @@ class TrainDasInput(BaseModel):
     batch_size: int = Field(32, ge=1, le=1024)
     n_train: int = Field(128, ge=1, le=8192, description="Training examples (base prompts split from test).")
     n_test: int = Field(64, ge=1, le=4096, description="Held-out examples (no base prompt shared with training).")
-    seed: Seed = 0
     restarts: int = Field(1, ge=1, le=10, description="Train from seeds seed..seed+restarts-1; keep the lowest "
                           "final training loss (never chosen on test data).")
     counterfactual: str | None = Field(None, description="Source generator of the task (default: fresh samples of "
                                        "the causal model).")
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class DasSite(BaseModel):
@@ -442,7 +438,7 @@ TRAIN_DAS = ToolSpec(
 
 # ------------------------------------------------------------------ eval_das
 
-class EvalDasInput(BaseModel):
+class EvalDasInput(HeavyInput):
     run_id: str = Field(..., description="A train_das run whose rotation to evaluate.")
     model: str | None = Field(None, description="Default: the run's model.")
     task: str | None = Field(None, description="Default: the run's task (another task tests transfer).")
@@ -453,8 +449,6 @@ class EvalDasInput(BaseModel):
                              "split='test' reproduces the run's held-out IIA).")
     split: Literal["all", "train", "test"] = Field("all", description="Which part of the new dataset's "
                                                    "base-prompt split to evaluate on.")
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class EvalDasResult(RunResult):

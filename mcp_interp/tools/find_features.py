@@ -12,12 +12,11 @@ from .. import lazy
 from ..methods import features
 from ..methods.core import Progress, Site
 from ..methods.core.footprint import Footprint
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
 from .common import (
     DEFAULT_MODEL,
     MaybeFloat,
-    Seed,
     Stat,
     check_pairs,
     counterfactual_name,
@@ -38,7 +37,7 @@ plots = lazy("mcp_interp.artifacts.plots")
 TOOL = "find_features"
 
 
-class FindFeaturesInput(BaseModel):
+class FindFeaturesInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks).")
     variable: str = Field(..., description="The task variable (input or derived) whose value the features should "
@@ -64,7 +63,6 @@ class FindFeaturesInput(BaseModel):
         "feature's value from the counterfactual prompt), steer (add steer_alpha to the feature).")
     steer_alpha: float | None = Field(None, allow_inf_nan=False, description="For 'steer' (required there): added to "
                                       "the feature's value (alpha x its decoder direction in the site); finite.")
-    seed: Seed = 0
 
     @model_validator(mode="after")
     def _steer_needs_alpha(self):
@@ -72,9 +70,6 @@ class FindFeaturesInput(BaseModel):
             raise ValueError("steer_alpha: interventions include 'steer' but no steer_alpha was given. Fix: pass "
                              "steer_alpha (e.g. 5.0), or drop 'steer'")
         return self
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class Context(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .. import lazy
 from ..methods import features
@@ -13,8 +13,8 @@ from ..methods.core import Progress, Site
 from ..methods.features import pretrained
 from ..models import ModelLoadError
 from ..tasks.spec import TaskSpec
-from .base import FORCE_FIELD, LOADED, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, Seed, dataset, resolve_task
+from .base import LOADED, HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, dataset, resolve_task
 from .errors import ToolError, field_error
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def stored_files(d: Path, transcoder: bool) -> dict[str, bytes]:
     return {n: (d / n).read_bytes() for n in ("cfg.json", "sae_weights.safetensors")}
 
 
-class LoadSaeInput(BaseModel):
+class LoadSaeInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id the SAE belongs to.")
     path: str | None = Field(None, description="A sae-lens directory (cfg.json + sae_weights.safetensors), under the "
                              "server's local roots when it sets them (over HTTP: its directory, the model cache, "
@@ -138,10 +138,6 @@ class LoadSaeInput(BaseModel):
     task: str | None = Field(None, description="Optional: measure reconstruction on this task's prompts (all "
                              "positions) and store the run under it.")
     n: int = Field(64, ge=1, le=4096, description="Task prompts for the quality figures.")
-    seed: Seed = 0
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class LoadSaeResult(RunResult):

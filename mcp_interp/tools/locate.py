@@ -10,8 +10,8 @@ from .. import lazy
 from ..methods.core import Progress
 from ..tasks.alignment import align_columns
 from ..tasks.dataset import TaskDataset
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .common import DEFAULT_MODEL, MaybeFloat, Stat, metric_note, pair_dataset, per_token_metric, resolve_task
 from .errors import ToolError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ SITE_DOC = {"resid_pre": "residual stream entering the layer", "attn_out": "atte
             "mlp_out": "MLP output", "z": "per-head attention output (hook_z)"}
 
 
-class LocateInput(BaseModel):
+class LocateInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks / define_task).")
     counterfactual: str | None = Field(None, description="Counterfactual generator (default: the task's first).")
@@ -47,10 +47,6 @@ class LocateInput(BaseModel):
     metric: Literal["logit_diff", "prob", "prob_diff"] | None = Field(
         None, description="Default: the task's metric (prob_diff: tasks with an answer set, e.g. greater-than).")
     n: int = Field(16, ge=2, le=1024, description="Number of clean/counterfactual pairs.")
-    seed: Seed = 0
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
     @field_validator("sites", mode="after")
     @classmethod

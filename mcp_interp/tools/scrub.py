@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from .. import lazy
 from ..methods.core import Progress
 from ..methods.scrubbing import Hypothesis, HypothesisError, everything_matters, nothing_matters
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, Seed, dataset, resolve_task, validate_or_raise
 from .errors import ToolError
 
@@ -37,7 +37,7 @@ FIX = ("Fix: correct that field of the hypothesis (get_task lists the task's var
        "shows n_layers / n_heads); 'everything' and 'nothing' are the identity hypotheses.")
 
 
-class ScrubInput(BaseModel):
+class ScrubInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     task: str = Field(..., description="Task name (list_tasks / define_task).")
     hypothesis: Hypothesis | Literal["everything", "nothing"] = Field(..., description=HYPOTHESIS_DOC)
@@ -51,9 +51,6 @@ class ScrubInput(BaseModel):
         "mean-ablated instead of resampled (for contrast: those take the model off distribution).")
     contributions: bool = Field(True, description="Per model node: the score when its claim is dropped (the node "
                                 "becomes unimportant) and when its interpretation is sharpened to the whole input.")
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class Recovered(BaseModel):

@@ -12,9 +12,9 @@ from .. import lazy
 from ..methods import features
 from ..methods.core import Progress, Site
 from ..methods.core.footprint import Footprint
-from .base import FORCE_FIELD, PLOT_FIELD, WAIT_FIELD, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
-from .common import DEFAULT_MODEL, MaybeFloat, Seed, dataset, resolve_task
+from .common import DEFAULT_MODEL, MaybeFloat, dataset, resolve_task
 from .errors import ToolError, field_error
 from .load_sae import local_path
 
@@ -30,7 +30,7 @@ SaeSite = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 MAX_CORPUS_FILES = 256  # a corpus, not a directory tree: more files belong concatenated
 
 
-class TrainSaeInput(BaseModel):
+class TrainSaeInput(HeavyInput):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
     site: SaeSite = Field("resid_pre", description="Which activation: resid_pre / resid_post (residual stream), "
                           "attn_out, mlp_out.")
@@ -73,10 +73,6 @@ class TrainSaeInput(BaseModel):
     held_out: float = Field(0.1, gt=0, lt=0.5, description="Fraction of windows held out for the quality figures.")
     splice_windows: int = Field(16, ge=0, le=4096, description="Held-out windows on which the reconstruction is "
                                 "spliced into the model (CE loss, KL, fraction of loss recovered); 0 skips it.")
-    seed: Seed = 0
-    force: bool = FORCE_FIELD
-    wait_seconds: float = WAIT_FIELD
-    include_plot: bool = PLOT_FIELD
 
 
 class CurvePoint(BaseModel):

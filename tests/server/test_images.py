@@ -10,7 +10,7 @@ from mcp_helpers import png_of
 
 from mcp_interp.server.app import build_server
 from mcp_interp.tools import TOOLS
-from mcp_interp.tools.base import HeavyOutput
+from mcp_interp.tools.base import HeavyInput, HeavyOutput
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_thread")]
 FEATURES = "toy/planted-features"
@@ -40,6 +40,7 @@ CALLS = [
 def test_every_heavy_tool_takes_include_plot_and_is_exercised_here():
     heavy = {s.name for s in TOOLS if issubclass(s.output_model, HeavyOutput)}
     assert heavy == {name for name, _ in CALLS}, "a new heavy tool needs a call here (and a main figure)"
+    assert all(issubclass(s.input_model, HeavyInput) for s in TOOLS if s.name in heavy)  # seed, force, wait, plot
     for spec in TOOLS:
         if spec.name in heavy | {"get_job", "get_run"}:
             field = spec.input_model.model_fields["include_plot"]
