@@ -152,7 +152,9 @@ class RunResult(BaseModel):
     summary: str
     warnings: list[str]
     files: dict[str, str] = Field(description="file name -> artifact URI (PNG plots, JSON, safetensors)")
-    cost: dict
+    cost: dict[str, float | int | str | None] = Field(
+        description="what the run cost: what the method measured (forward passes, FLOPs, rows run, per-stage seconds, "
+        "the device; it differs by method), then total_seconds")
     cached: bool = False
 
 

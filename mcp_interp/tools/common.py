@@ -39,6 +39,29 @@ def finite_or_none(x: float | None) -> float | None:
 MaybeFloat = Annotated[float | None, AfterValidator(finite_or_none)]
 
 
+class SaeQuality(BaseModel):
+    """The SAE on held-out rows (null where undefined, e.g. a diverged SAE); the CE / KL fields only with
+    splicing, the `*_with_outliers` ones only when held-out outliers were left out."""
+    explained_variance: MaybeFloat
+    mse: MaybeFloat
+    l0: MaybeFloat
+    dead: int
+    dense: int
+    dense_threshold: float
+    n_rows: int
+    d_sae: int
+    explained_variance_with_outliers: MaybeFloat = None
+    mse_with_outliers: MaybeFloat = None
+    ce_clean: MaybeFloat = None
+    ce_spliced: MaybeFloat = None
+    ce_zero_ablation: MaybeFloat = None
+    kl_spliced: MaybeFloat = None
+    kl_zero_ablation: MaybeFloat = None
+    fraction_loss_recovered: MaybeFloat = None
+    n_tokens: int | None = None
+    n_passed_through: int | None = None
+
+
 class Stat(BaseModel):
     """A mean over examples with its 95% bootstrap confidence interval; null where undefined (e.g. a ratio whose
     denominator is 0)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -14,7 +14,7 @@ from ..methods.features import pretrained
 from ..models import ModelLoadError
 from ..tasks.spec import TaskSpec
 from .base import LOADED, HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
-from .common import DEFAULT_MODEL, dataset, resolve_task
+from .common import DEFAULT_MODEL, SaeQuality, dataset, resolve_task
 from .errors import ToolError, field_error
 
 if TYPE_CHECKING:
@@ -149,8 +149,9 @@ class LoadSaeResult(RunResult):
     d_sae: int
     source: str
     sae_path: str
-    metadata: dict
-    quality: dict | None = Field(None, description="On the task's prompts: explained_variance, mse, l0, dead, dense.")
+    metadata: dict[str, Any] = Field(description="the cfg.json's metadata (sae-lens: hook_name, model_name, ...)")
+    quality: SaeQuality | None = Field(None, description="On the task's prompts: explained_variance, mse, l0, dead, "
+                                       "dense.")
 
 
 class LoadSaeOutput(HeavyOutput):

@@ -79,6 +79,18 @@ class NodeContribution(BaseModel):
     sharpen_effect_metric: MaybeFloat = None
 
 
+class TreeSize(BaseModel):
+    copies: int = Field(description="copies of the model's nodes the treeified hypothesis runs")
+    rows_run: int = Field(description="forward rows the scrubbed runs took")
+    layouts: int = Field(description="token layouts the examples fall into")
+
+
+class InterpStat(BaseModel):
+    classes: int = Field(description="values the interpretation takes on these examples")
+    mean_agreeing_inputs: float = Field(description="inputs of its layout that agree with an input, on average (1: "
+                                        "the claim through it cannot be tested)")
+
+
 class ScrubHypothesisResult(RunResult):
     run_id: str
     task: str
@@ -98,8 +110,9 @@ class ScrubHypothesisResult(RunResult):
     ablations: dict[str, AblationScores] = Field(description="the same tree with unimportant inputs zero- / "
                                                  "mean-ablated instead of resampled")
     contributions: list[NodeContribution]
-    tree: dict = Field(description="treeified size: copies, rows run, token layouts")
-    interp_stats: dict = Field(description="per interpretation node: number of values and mean agreeing inputs")
+    tree: TreeSize = Field(description="treeified size: copies, rows run, token layouts")
+    interp_stats: dict[str, InterpStat] = Field(description="per interpretation node: number of values and mean "
+                                                "agreeing inputs")
 
 
 class ScrubOutput(HeavyOutput):

@@ -27,11 +27,19 @@ class DefineTaskInput(TaskSpec):
                             "tasks are never replaced: choose a new name).")
 
 
+class GeneratorStats(BaseModel):
+    n: int
+    lengths: list[int] = Field(description="token lengths of the clean prompts")
+    length_mismatched_pairs: int = Field(description="pairs whose counterfactual has another token length")
+    answer_changes: float = Field(description="share of pairs whose counterfactual changes the answer")
+
+
 class DefineTaskOutput(BaseModel):
     name: str
     task_hash: str
     validated_with: str
-    counterfactuals: dict[str, dict] = Field(description="Per generator: n, token lengths, share of changed answers.")
+    counterfactuals: dict[str, GeneratorStats] = Field(description="Per generator: n, token lengths, share of "
+                                                        "changed answers.")
     warnings: list[str]
     examples: list[ExamplePair]
 

@@ -14,7 +14,7 @@ from ..methods.core import Progress, Site
 from ..methods.core.footprint import Footprint
 from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
-from .common import DEFAULT_MODEL, MaybeFloat, dataset, resolve_task
+from .common import DEFAULT_MODEL, MaybeFloat, SaeQuality, dataset, resolve_task
 from .errors import ToolError, field_error
 from .load_sae import local_path
 
@@ -82,29 +82,6 @@ class CurvePoint(BaseModel):
     explained_variance: MaybeFloat
     mse: MaybeFloat
     l0: MaybeFloat
-
-
-class SaeQuality(BaseModel):
-    """The SAE on held-out rows (null where undefined, e.g. a diverged SAE); the CE / KL fields only with
-    splicing, the `*_with_outliers` ones only when held-out outliers were left out."""
-    explained_variance: MaybeFloat
-    mse: MaybeFloat
-    l0: MaybeFloat
-    dead: int
-    dense: int
-    dense_threshold: float
-    n_rows: int
-    d_sae: int
-    explained_variance_with_outliers: MaybeFloat = None
-    mse_with_outliers: MaybeFloat = None
-    ce_clean: MaybeFloat = None
-    ce_spliced: MaybeFloat = None
-    ce_zero_ablation: MaybeFloat = None
-    kl_spliced: MaybeFloat = None
-    kl_zero_ablation: MaybeFloat = None
-    fraction_loss_recovered: MaybeFloat = None
-    n_tokens: int | None = None
-    n_passed_through: int | None = None
 
 
 class Throughput(BaseModel):
