@@ -334,27 +334,15 @@ def _warnings(args: CompareFeaturesInput, n_rows: int, m) -> list[str]:
     return out
 
 
-def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values: np.ndarray, lo: float, hi: float,
+def _causal(run: ToolRun, lm, source, ds, pos, feats: list[int], args, values, lo: float, hi: float,
             runs=None) -> tuple[dict, float, object]:
-    """feature -> {effect, ci95} of `args.intervention` on this side's own metric, the identity check (as a
-    fraction of the clean-counterfactual gap) and the clean / counterfactual runs used (`features.CausalRuns`). values: the
-    features on the clean prompts (the side's matrix); runs: the other side's, when it is the same model on the
-    same prompts."""
+    """One side's causal tests of its matched features (`features.matched_feature_effects`)."""
     check_pairs(ds, "logit_diff")
-    clean = [e.tokens for e in ds.examples]
-    cf = [e.cf_tokens for e in ds.examples]
-    with lm.use(), features.reading(lm.model, [source.site]):
-        cf_vals = features.feature_values(lm.model, source, cf, pos)
-        pair = features.CausalPair(clean, cf, pos, pos, task_metric("logit_diff", ds))
-        runs = runs or features.CausalRuns(lm.model, pair)
-        res = features.causal_effects(lm.model, source, pair, feats, [args.intervention],
-                               mean_values=torch.cat([torch.from_numpy(values).float(), cf_vals]).mean(0),
-                               cf_values=cf_vals, seed=args.seed, progress=run.span(lo, hi),
-                               should_cancel=run.should_cancel, runs=runs)
-    gap = abs(res["gap"]) if res["normalised"] else 1.0
-    out = {f: {"effect": round(v["effect"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
-           for (f, _), v in res["effects"].items()}
-    return out, res["identity_max_abs_diff"] / gap, runs
+    with lm.use():
+        return features.matched_feature_effects(
+            lm.model, source, [e.tokens for e in ds.examples], [e.cf_tokens for e in ds.examples], pos,
+            task_metric("logit_diff", ds), feats, args.intervention, values, seed=args.seed,
+            progress=run.span(lo, hi), should_cancel=run.should_cancel, runs=runs)
 
 
 def _next_step(run_id: str, counts: dict, n_matched: int) -> str:

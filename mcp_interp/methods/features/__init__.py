@@ -19,7 +19,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".sae": ("ARCHITECTURES", "NORMALIZATIONS", "Architecture", "Normalize", "TrainReport", "encode", "load_sae",
              "make_training_sae", "reconstruct", "sae_architecture", "sae_hook_name", "save_sae", "train_sae",
              "training_footprint"),
-    ".study": ("FeatureStudy", "TopContext", "find_variable_features"),
+    ".study": ("FeatureStudy", "TopContext", "find_variable_features", "matched_feature_effects"),
     ".sources": ("DirectionFeatures", "NeuronFeatures", "SAEFeatures", "feature_values", "intervention_hook",
                  "source_hooks"),
     ".transcoder": ("SparsifyTranscoder", "TranscoderFeatures", "is_transcoder_dir", "load_transcoder", "reading",
@@ -28,11 +28,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 
 __all__ = ["Activations", "activations_at", "Architecture", "ARCHITECTURES", "benjamini_hochberg", "causal_effects",
            "CausalPair", "CausalRuns", "check_feature_site", "collect_activations", "DirectionFeatures", "encode",
-           "FEATURE_KINDS", "FeatureStudy", "feature_values", "find_variable_features", "fit_sae", "FitError",
-           "intervention_hook", "INTERVENTIONS", "is_transcoder_dir", "load_sae",
-           "load_transcoder", "make_training_sae", "match_directions", "NeuronFeatures", "NORMALIZATIONS", "Normalize",
-           "Outliers", "pretrained", "random_windows", "rank_features", "Ranking", "ranking_footprint", "read_texts", "reading",
-           "reconstruct", "reconstruction_stats", "sae_architecture", "sae_hook_name", "SaeFit", "SAEFeatures",
-           "save_sae", "SHAKESPEARE", "shakespeare_files", "site_activations", "source_hooks", "SparsifyTranscoder",
-           "split_windows", "spliced_loss", "stop_layer", "token_windows", "train_sae", "training_footprint",
-           "TopContext", "TrainReport", "transcoder_width", "TranscoderFeatures"]
+           "FEATURE_KINDS", "feature_values", "FeatureStudy", "find_variable_features", "fit_sae", "FitError",
+           "intervention_hook", "INTERVENTIONS", "is_transcoder_dir", "load_sae", "load_transcoder",
+           "make_training_sae", "match_directions", "matched_feature_effects", "NeuronFeatures", "NORMALIZATIONS",
+           "Normalize", "Outliers", "pretrained", "random_windows", "rank_features", "Ranking", "ranking_footprint",
+           "read_texts", "reading", "reconstruct", "reconstruction_stats", "sae_architecture", "sae_hook_name",
+           "SAEFeatures", "SaeFit", "save_sae", "SHAKESPEARE", "shakespeare_files", "site_activations", "source_hooks",
+           "SparsifyTranscoder", "spliced_loss", "split_windows", "stop_layer", "token_windows", "TopContext",
+           "train_sae", "training_footprint", "TrainReport", "transcoder_width", "TranscoderFeatures"]

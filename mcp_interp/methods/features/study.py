@@ -14,7 +14,7 @@ import torch
 from ..core import Progress, ShouldCancel, check_cancelled, ci_dict
 from ..core.progress import span
 from .activations import collect_activations
-from .find import CausalPair, Ranking, causal_effects, rank_features
+from .find import CausalPair, CausalRuns, Ranking, causal_effects, rank_features
 from .sources import feature_values
 from .transcoder import reading
 
@@ -124,3 +124,24 @@ def find_variable_features(model, source, clean: Sequence[Sequence[int]], cf: Se
 
 
 __all__ = ["FeatureStudy", "TopContext", "find_variable_features"]
+
+
+def matched_feature_effects(model, source, clean: Sequence[Sequence[int]], cf: Sequence[Sequence[int]],
+                            positions: Sequence[int], metric, feats: Sequence[int], intervention: str,
+                            clean_values, seed: int = 0, progress: Progress | None = None,
+                            should_cancel: ShouldCancel | None = None, runs=None) -> tuple[dict, float, object]:
+    """compare_features' causal test of one side's matched features: feature -> {effect, ci95} of `intervention`
+    on the side's own metric, the identity check as a fraction of the clean-counterfactual gap, and the clean /
+    counterfactual runs used (pass them back as `runs` for the other side when it is the same model on the same
+    prompts). clean_values [n, F]: the features on the clean prompts; mean ablation uses clean and counterfactual."""
+    with reading(model, [source.site]):
+        cf_vals = feature_values(model, source, cf, positions)
+        pair = CausalPair(list(clean), list(cf), list(positions), list(positions), metric)
+        runs = runs or CausalRuns(model, pair)
+        mean = torch.cat([torch.as_tensor(clean_values, dtype=torch.float32), cf_vals]).mean(0)
+        res = causal_effects(model, source, pair, list(feats), [intervention], mean_values=mean, cf_values=cf_vals,
+                             seed=seed, progress=progress, should_cancel=should_cancel, runs=runs)
+    gap = abs(res["gap"]) if res["normalised"] else 1.0
+    out = {f: {"effect": round(v["effect"], 4), "ci95": [round(x, 4) for x in v["ci95"]]}
+           for (f, _), v in res["effects"].items()}
+    return out, res["identity_max_abs_diff"] / gap, runs
