@@ -1,6 +1,7 @@
 """compare_features on the real models, through the MCP tools as an agent would call them.
 
-    .venv/bin/python benchmarks/compare_real.py [--stages ioi layers seeds induction] [--n 128] [--store DIR] [--out FILE]
+    .venv/bin/python benchmarks/compare_real.py [--stages ioi layers seeds induction] [--n 128] [--store DIR]
+        [--out FILE]
         [--sae-tokens 20000] [--sae-layer 15]
 
 Stages:

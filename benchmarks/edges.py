@@ -8,7 +8,8 @@
         /tmp/ac_venv/bin/pip install --no-deps auto-circuit==1.0.1 ordered-set blobfile lxml pycryptodomex
     PYTHONPATH=$PWD /tmp/ac_venv/bin/python benchmarks/edges.py ...
 
-The circuits are those of one faithfulness curve (docs/architecture.md §6): the top-k edges by `--method` scores at every
+The circuits are those of one faithfulness curve (docs/architecture.md §6): the top-k edges by `--method` scores
+at every
 fraction of FRACTIONS, ranked by signed and by absolute score, plus the empty circuit (21 circuits); every edge
 outside a circuit carries its counterfactual value. Three evaluators run on the same model, pairs and circuits,
 in one process, alternating (benchmarks/_timing.py: `--repeats` runs each, the order reversed every repeat):
@@ -114,7 +115,8 @@ def old_evaluator(model, S, R, allowed, keep, clean, corrupt, metric, batch_size
             mx, mc = mx + float(pc.m_x.sum()), mc + float(pc.m_c.sum())
             other = sender_outputs(model, pc.cache_c, S)
             for a in range(0, len(keep), 4):
-                tot[a:a + 4] += loop_masked_forward(model, pc.x, other, full[a:a + 4], metric, pc.idx, S, R).sum(1).cpu()
+                tot[a:a + 4] += loop_masked_forward(model, pc.x, other, full[a:a + 4], metric, pc.idx,
+                                                    S, R).sum(1).cpu()
     return tot / len(clean), mx / len(clean), mc / len(clean)
 
 

@@ -58,7 +58,8 @@ def auto_circuit_evaluator(model, S, R, allowed, keep, clean, corrupt, metric, b
     if not cfg.attn_only:
         model.set_use_hook_mlp_in(True)
     if rep > 1:
-        cfg.ungroup_grouped_query_attention = True  # same numbers; one k/v input per query head, as auto-circuit expects
+        # same numbers; one k/v input per query head, as auto-circuit expects
+        cfg.ungroup_grouped_query_attention = True
     pm = patchable_model(model, factorized=True, slice_output="last_seq", separate_qkv=True,
                          device=torch.device(cfg.device))
     by_name = {(e.src.name, e.dest.name): e for e in pm.edges}

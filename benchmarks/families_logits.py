@@ -41,7 +41,8 @@ def main() -> None:
             hf.save_pretrained(d)
             tok.save_pretrained(d)
             lm = ModelPool(device="cpu").get(f"hf:{d}")
-            n_ctx = min(args.long, getattr(hf.config, "max_position_embeddings", None) or getattr(hf.config, "n_positions", 64))
+            n_ctx = min(args.long, getattr(hf.config, "max_position_embeddings", None)
+                        or getattr(hf.config, "n_positions", 64))
             prompts = [torch.tensor([tok.encode(t)]) for t in SHORT]
             long_ids = torch.randint(0, len(tok), (1, n_ctx), generator=torch.Generator().manual_seed(0))
             with torch.no_grad():

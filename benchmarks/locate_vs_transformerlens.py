@@ -153,7 +153,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"{meta['device_name']} ({meta['device']}, {meta['threads']} threads), torch {meta['torch']}; float32 "
            f"matmul peak {meta['peak_gflops']:.0f} GFLOP/s; median of {meta['repeats']} alternating runs per side, "
            f"speed-up min-max in brackets**", "",
-           "| sweep | ours | ours GFLOP/s | TransformerLens loop | TL GFLOP/s | speed-up | max \\|Δ normalised effect\\| |",
+           "| sweep | ours | ours GFLOP/s | TransformerLens loop | TL GFLOP/s | speed-up "
+           "| max \\|Δ normalised effect\\| |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
         tl = (f"{r['tl_s']:.2f} s | {r['tl_gflops_per_s']:.1f} | **{r['speedup']:.1f}×** "

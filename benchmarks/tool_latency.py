@@ -460,7 +460,8 @@ def main() -> None:
           f"{meta['threads']} threads; float32 matmul peak {peak:.1f} GFLOP/s; load average "
           f"{meta['load_average_start'][0]:.1f}", flush=True)
     print(f"one forward of {over['tokens']} tokens: {over['plain_s']:.3f} s, {over['counted_s']:.3f} s under "
-          f"FlopCounterMode ({fmt_flops(over['flops'])}FLOP counted; analytic count {fmt_flops(over['analytic_flops'])}FLOP)",
+          f"FlopCounterMode ({fmt_flops(over['flops'])}FLOP counted; "
+          f"analytic count {fmt_flops(over['analytic_flops'])}FLOP)",
           flush=True)
 
     n_layers = pool.get(opts.model).model.cfg.n_layers

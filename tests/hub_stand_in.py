@@ -5,7 +5,8 @@ with file sizes), tree listings, and `resolve/{rev}/{file}` with HEAD and GET, `
 `Content-Length` and byte ranges (resumed downloads). A gated repository answers 401 `GatedRepo` without its token;
 unknown repositories answer 401 `RepoNotFound`, unknown revisions 404 `RevisionNotFound`, as the hub does. A
 repository can report fake sizes (to test the disk and memory checks), serve a file slowly (to test progress and
-cancellation) or drop the connection part-way through a file once (to test resume). Every request is logged with its Range header.
+cancellation) or drop the connection part-way through a file once (to test resume).
+Every request is logged with its Range header.
 """
 
 from __future__ import annotations

@@ -246,7 +246,8 @@ def build_report(store: ArtifactStore, run_ids: list[str] | None = None, task: s
                           model_info={"weight_hash": weight.pop() if len(weight) == 1 else None}) as handle:
         head: list[Block] = [Heading(title, 1), Para(
             f"Assembled {utc_now()} by mcp-interp from {len(runs)} stored runs of {_names('task', runs)} on "
-            f"{_names('model', runs)} {cite(handle.run_id)}. Every number is followed by the id of the run that produced it; "
+            f"{_names('model', runs)} {cite(handle.run_id)}. Every number is followed by the id of the run "
+            "that produced it; "
             f"get_run(run_id) gives that run's full result and manifest.")]
         if warnings:
             head.append(Para("Notes: " + "; ".join(warnings) + "."))

@@ -96,7 +96,8 @@ def _kv_table(run_id: str, rows: list[tuple[str, Any]]) -> Table:
 # ------------------------------------------------------------------ per tool
 
 def baseline(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
-    out: list[Block] = [Para(f"Task `{r['task']}` on `{r['model']}`, counterfactual `{r['counterfactual']}`, n={r['n']}, "
+    out: list[Block] = [Para(f"Task `{r['task']}` on `{r['model']}`, counterfactual `{r['counterfactual']}`, "
+                             f"n={r['n']}, "
                              f"seed {r['seed']}, metric {r['metric']}. **Verdict:** {r['verdict']} {cite(run_id)}"),
                         Table(["metric", "mean [95% CI] (n)", "run"],
                               [[k, stat(v, 3), f"`{run_id}`"] for k, v in r["metrics"].items()]),
@@ -188,7 +189,8 @@ def scrub_hypothesis(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
 
 def _sae(run_id: str, r: dict, pngs: list[str], what: str) -> list[Block]:
     q = r.get("quality") or {}
-    out = _summary(run_id, r) + [Para(f"{what} at {r['hook']} of `{r['model']}`: {r['architecture']}, d_in {r['d_in']}, "
+    out = _summary(run_id, r) + [Para(f"{what} at {r['hook']} of `{r['model']}`: {r['architecture']}, "
+                                      f"d_in {r['d_in']}, "
                                       f"d_sae {r['d_sae']} {cite(run_id)}.")]
     rows = [(k, v) for k, v in q.items() if isinstance(v, (int, float))]
     if rows:
@@ -228,7 +230,8 @@ def compare_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
 
     counts = r.get("causal_counts") or {}
     out = _summary(run_id, r) + [
-        Para(f"A: {side(a)}; B: {side(b)}; {r['n_rows']} aligned rows of {r['inputs']}. Linear CKA {num(sim['cka'], 3)} "
+        Para(f"A: {side(a)}; B: {side(b)}; {r['n_rows']} aligned rows of {r['inputs']}. "
+             f"Linear CKA {num(sim['cka'], 3)} "
              f"(permutation p {num(sim['cka_p'], 3)}, null mean {num(sim['cka_null_mean'], 3)}), SVCCA "
              f"{num(sim['svcca'], 3)}; {r['n_matched']} of {r['n_pairs']} one-to-one pairs matched at FDR "
              f"{num(r['fdr'], 2)} against the {r['null']} null, {num(r['expected_null'], 1)} expected by chance "

@@ -391,7 +391,8 @@ def lay_out_for_tl(model: HookedTransformer) -> int:
     moved = 0
     with torch.no_grad():
         for mod in model.modules():
-            names = ("W_gate", "W_in", "W_out") if isinstance(mod, GatedMLP) else ("W_U",) if isinstance(mod, Unembed) else ()
+            names = (("W_gate", "W_in", "W_out") if isinstance(mod, GatedMLP)
+                     else ("W_U",) if isinstance(mod, Unembed) else ())
             for name in names:
                 w = getattr(mod, name, None)
                 if isinstance(w, torch.nn.Parameter) and w.dim() == 2 and not w.T.is_contiguous():

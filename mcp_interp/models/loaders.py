@@ -134,7 +134,8 @@ def _convert_gguf(path: Path, entry: Path, device: str, default_prepend_bos: boo
     source = f"GGUF {path} (de-quantised to float32)"
     _save_cache(entry, model, tok, cfg_dict, whash, source)
     if dtype != torch.float32 or n_devices > 1:
-        model = build_hooked(cfg_dict, param_state(model), device, tok, processed=True, dtype=dtype, n_devices=n_devices)
+        model = build_hooked(cfg_dict, param_state(model), device, tok, processed=True, dtype=dtype,
+                             n_devices=n_devices)
     return LoadResult(model, HFTokenizerAdapter(tok, _prefix(tok, dpb)), whash, source)
 
 
@@ -169,7 +170,8 @@ def _save_cache(entry: Path, model: Any, tok: Any, cfg_dict: dict, whash: str, s
 
 # ---------------------------------------------------------------- Hugging Face folders (local, or a hub snapshot)
 
-def load_hf_dir(directory: str | Path, device: str, dtype: torch.dtype = torch.float32, n_devices: int = 1) -> LoadResult:
+def load_hf_dir(directory: str | Path, device: str, dtype: torch.dtype = torch.float32,
+                n_devices: int = 1) -> LoadResult:
     d = Path(directory).expanduser().resolve()
     if not (d / "config.json").is_file():
         raise ModelLoadError(f"hf:{directory}: no config.json in {d} (expected a Hugging Face model folder)")

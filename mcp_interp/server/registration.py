@@ -40,7 +40,8 @@ def tool_parameters(input_model: type[BaseModel] | None) -> list[inspect.Paramet
     params = []
     for name, field in (input_model.model_fields if input_model else {}).items():
         default = inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True)
-        ann = Annotated[field.annotation, Field(description=field.description)] if field.description else field.annotation
+        ann = (Annotated[field.annotation, Field(description=field.description)] if field.description
+               else field.annotation)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann))
     return params
 
@@ -110,7 +111,8 @@ def register_tool(server: MCPServer, spec: ToolSpec) -> None:
             log.exception("tool %s failed", name)
             raise ToolError(_bounded(app.redact(f"{name} failed unexpectedly: {type(e).__name__}: {e}"))) from e
 
-    params = [*tool_parameters(input_model), inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
+    params = [*tool_parameters(input_model),
+              inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
     # A CallToolResult (the answer with an image) is still validated against, and advertised as, output_model.
     returns = Annotated[CallToolResult, output_model]
     tool.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]

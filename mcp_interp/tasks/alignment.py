@@ -54,7 +54,8 @@ def align_columns(tokens: Sequence[Sequence[int]], named: Mapping[str, Sequence[
     order = sorted((k for k in named if k != "END"), key=lambda k: (named[k][0], k))
     anchors: list[str] = []
     for k in order:
-        if all(named[k][e] < named["END"][e] and (not anchors or named[k][e] > named[anchors[-1]][e]) for e in range(n)):
+        if all(named[k][e] < named["END"][e] and (not anchors or named[k][e] > named[anchors[-1]][e])
+               for e in range(n)):
             anchors.append(k)
     anchors.append("END")
     labels: list[str] = []
@@ -86,7 +87,8 @@ def align_columns(tokens: Sequence[Sequence[int]], named: Mapping[str, Sequence[
     else:
         statement = (f"prompts have {lo}-{hi} tokens; 'all' is aligned by the named positions "
                      f"{', '.join(anchors)} (one column each); a segment between anchors whose length is the same in "
-                     f"every prompt is labelled from the earlier anchor (X+k), one whose length varies is right-aligned "
+                     f"every prompt is labelled from the earlier anchor (X+k), one whose length varies "
+                     "is right-aligned "
                      f"to the later anchor (X-k) and keeps only the tokens every prompt has")
     warnings = []
     if max(uncovered):
@@ -119,7 +121,8 @@ def _by_index(tokens, named, decode) -> Alignment:
                         "; ".join(f"{k} at index {v}" for k, v in moving.items()) +
                         "), so an index column mixes roles and its label names no single token; use positions='named' "
                         "to patch each named position where it is in every prompt")
-    statement = (f"prompts have {T} tokens; 'all' is aligned by index: column t is token t of every prompt (labelled by "
+    statement = (f"prompts have {T} tokens; 'all' is aligned by index: "
+                 "column t is token t of every prompt (labelled by "
                  f"a named position only where it sits at t in every prompt, '(varies)' where the token differs)")
     return Alignment(labels, [list(range(T)) for _ in range(n)], statement, warnings, [0] * n)
 

@@ -93,7 +93,8 @@ def encode_text(tokenizer: Tokenizer, text: str, field_name: str) -> tuple[list[
         raise TaskSpecError(field_name, f"the model's tokenizer cannot encode {text!r}: {e}") from None
 
 
-def encode_prompt(tokenizer: Tokenizer, text: str, field_name: str = "templates") -> tuple[list[int], list[tuple[int, int]]]:
+def encode_prompt(tokenizer: Tokenizer, text: str,
+                  field_name: str = "templates") -> tuple[list[int], list[tuple[int, int]]]:
     """A prompt's ids and spans, after the tokens the model expects first (the tokenizer's optional
     `prompt_prefix_ids`, e.g. Gemma's BOS; their spans are empty, so no named position resolves to them)."""
     ids, offsets = encode_text(tokenizer, text, field_name)
@@ -112,7 +113,8 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
         cf_spec = spec.counterfactual(counterfactual)
     except KeyError:
         names = [c.name for c in spec.counterfactuals]
-        raise TaskSpecError("counterfactual", f"unknown counterfactual {counterfactual!r}; this task has {names}") from None
+        raise TaskSpecError("counterfactual",
+                            f"unknown counterfactual {counterfactual!r}; this task has {names}") from None
     model = CausalModel(spec)
     rng = random.Random(seed)
     examples: list[Example] = []
@@ -147,7 +149,8 @@ def build_dataset(spec: TaskSpec, tokenizer: Tokenizer, n: int, seed: int = 0,
         positions["END"] = len(tokens) - 1
         answer, cf_answer = model.answer(base), model.answer(cf)
         ex = Example(base, cf, rendered.text, cf_rendered.text, tokens, cf_tokens, answer, cf_answer,
-                     encode_text(tokenizer, answer, "answer")[0], encode_text(tokenizer, cf_answer, "answer")[0], positions)
+                     encode_text(tokenizer, answer, "answer")[0], encode_text(tokenizer, cf_answer, "answer")[0],
+                     positions)
         if spec.answer_set is not None:
             ex.good_ids, ex.bad_ids = _answer_set_ids(spec, tokenizer, base)
             ex.cf_good_ids, ex.cf_bad_ids = _answer_set_ids(spec, tokenizer, cf)

@@ -177,7 +177,8 @@ def check(expr: str, known: set[str]) -> None:
                     f"{excerpt(expr)} calls {excerpt(name, 40)}; allowed functions: {', '.join(sorted(FUNCTIONS))}"
                 )
         if isinstance(node, ast.Attribute):
-            raise ExpressionError(f"{excerpt(expr)} uses attribute access ({excerpt(ast.unparse(node), 40)}); use the functions "
+            raise ExpressionError(f"{excerpt(expr)} uses attribute access ({excerpt(ast.unparse(node), 40)}); "
+                                  "use the functions "
                                   f"upper(x), lower(x), zfill(x, n) instead")
     unknown = names_used(expr) - known - {"True", "False", "None"}
     if unknown:

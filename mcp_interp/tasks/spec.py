@@ -83,7 +83,8 @@ class MechanismSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     expr: Expr | None = Field(None, description="Restricted expression, e.g. \"IO if order == 'ABB' else S\".")
-    lookup: dict[str, Value] | None = Field(None, max_length=MAX_VALUES, description="Table from str(value of `key`) to value.")
+    lookup: dict[str, Value] | None = Field(None, max_length=MAX_VALUES,
+                                            description="Table from str(value of `key`) to value.")
     key: Name | None = Field(None, description="The variable whose value indexes `lookup`.")
     description: Text = ""
 
@@ -153,16 +154,20 @@ class TaskSpec(BaseModel):
                                                "or {range: [lo, hi]}; sampled uniformly.")
     mechanisms: dict[Name, MechanismSpec] = Field(default_factory=dict, max_length=64,
                                                   description="Derived variables: name -> {expr: "
-                                                 "restricted expression} or {lookup: {key value: value}, key: variable}.")
-    constraints: list[Expr] = Field(default_factory=list, max_length=64, description="Expressions every setting must satisfy.")
+                                                 "restricted expression} or {lookup: {key value: value}, "
+                                                 "key: variable}.")
+    constraints: list[Expr] = Field(default_factory=list, max_length=64,
+                                    description="Expressions every setting must satisfy.")
     templates: list[Annotated[str, StringConstraints(max_length=MAX_TEMPLATE_CHARS)]] = Field(
         ..., min_length=1, max_length=256, description="Prompt templates with {variable} slots (at most "
         f"{MAX_TEMPLATE_CHARS} characters each; format specs like {{x:>3}} allow widths up to {MAX_FORMAT_WIDTH}).")
     answer: Annotated[str, StringConstraints(max_length=200)] = Field(
         ..., description="Answer template, e.g. ' {IO}' (mind the leading space).")
     answer_set: AnswerSetSpec | None = Field(None, description="For metric prob_diff: {candidates, good, bad}.")
-    counterfactuals: list[CounterfactualSpec] = Field(..., min_length=1, max_length=32, description="Generators: {name, kind: "
-                                                      "resample|resample_all|swap|assign, variables, assign, changes_answer}.")
+    counterfactuals: list[CounterfactualSpec] = Field(..., min_length=1, max_length=32,
+                                                      description="Generators: {name, kind: "
+                                                      "resample|resample_all|swap|assign, variables, assign, "
+                                                      "changes_answer}.")
     positions: dict[Name, PositionSpec] = Field(default_factory=dict, max_length=64,
                                                 description="Named positions: name -> {variable "
                                                "or text, occurrence, token: first|last}. END (last token) is implicit.")

@@ -70,7 +70,8 @@ def check_static(spec: TaskSpec) -> list[Problem]:
             problems.append(Problem(where, f"malformed template {tpl!r}: {e}"))
             continue
         if unknown:
-            problems.append(Problem(where, f"slot(s) {unknown} are not variables or mechanisms; known: {sorted(known)}"))
+            problems.append(Problem(where, f"slot(s) {unknown} are not variables or mechanisms; "
+                                           f"known: {sorted(known)}"))
     for cf in spec.counterfactuals:
         at = f"counterfactuals.{cf.name}"
         bad = [v for v in [*cf.variables, *cf.assign] if v not in inputs]
@@ -95,7 +96,8 @@ def check_static(spec: TaskSpec) -> list[Problem]:
         if pname in RESERVED_POSITIONS:
             problems.append(Problem(f"positions.{pname}", f"{pname} is built in (the last token); choose another name"))
         if pos.variable is not None and pos.variable not in known:
-            problems.append(Problem(f"positions.{pname}.variable", f"{pos.variable!r} is not a variable; known: {sorted(known)}"))
+            problems.append(Problem(f"positions.{pname}.variable",
+                                    f"{pos.variable!r} is not a variable; known: {sorted(known)}"))
     if spec.metric == "prob_diff" and spec.answer_set is None:
         problems.append(Problem("metric", "metric 'prob_diff' needs `answer_set` (candidates, good, bad)"))
     if spec.answer_set is not None:
@@ -168,7 +170,8 @@ def _check_dataset(spec: TaskSpec, ds: TaskDataset, report: ValidationReport) ->
         report.warnings.append(Problem(
             at, f"clean and counterfactual prompts differ in token length in {len(mismatched)} of {len(ds)} "
             f"pairs; position-wise patching (locate) needs equal lengths",
-            [_ex(ds, i, f"{len(ds.examples[i].tokens)} vs {len(ds.examples[i].cf_tokens)} tokens") for i in mismatched]))
+            [_ex(ds, i, f"{len(ds.examples[i].tokens)} vs {len(ds.examples[i].cf_tokens)} tokens")
+             for i in mismatched]))
 
 
 def check_answer_set_tokens(spec: TaskSpec, tokenizer: Tokenizer) -> list[Problem]:

@@ -76,7 +76,8 @@ class FaithfulnessCurve(BaseModel):
     cpr: MaybeFloat = Field(description="area under the signed-ranking curve (higher is better; MIB CPR)")
     cmd: MaybeFloat = Field(description="area under |1 - f| of the absolute-ranking curve (0 is ideal; MIB CMD)")
     empty: MaybeFloat = Field(None, description="share of the clean-counterfactual gap the empty circuit (every unit "
-                                "from the counterfactual) keeps, (m(empty) - m(x')) / (m(x) - m(x')); near 1 means these "
+                                "from the counterfactual) keeps, (m(empty) - m(x')) / (m(x) - m(x')); "
+                                "near 1 means these "
                                 "units do not carry the difference and the curve is uninformative")
 
 
@@ -179,7 +180,8 @@ def _attribute(run: ToolRun, args: AttributeInput) -> tuple[AttributeResult, dic
 
 def _result(run: ToolRun, args, spec, lm, ds, rep: AttributionReport, metric_name) -> tuple[AttributeResult, dict]:
     run.open(spec, args.model, lm, args.seed)
-    top = [UnitScore(name=u.name, score=round(u.score, 4), ci95=None if u.lo is None else [round(u.lo, 4), round(u.hi, 4)])
+    top = [UnitScore(name=u.name, score=round(u.score, 4),
+                     ci95=None if u.lo is None else [round(u.lo, 4), round(u.hi, 4)])
            for u in rep.ranked(15)]
     run.write_tensors("scores.safetensors", rep.tensors())
     faith = _faithfulness(rep)
@@ -220,7 +222,8 @@ def _write_scores(run: ToolRun, rep: AttributionReport, ds, faith: FaithfulnessC
 def _warnings(args, spec, lm, rep: AttributionReport, metric_name: str, top: UnitScore) -> list[str]:
     warnings = metric_note(spec, args.metric, metric_name)
     if args.method == "eap" and post_normed(lm.model):
-        warnings.append("eap's first-order estimate runs through norms applied to every sublayer's output on this model; "
+        warnings.append("eap's first-order estimate runs through norms applied to every sublayer's output "
+                        "on this model; "
                         "its edge ranking can be poor (Gemma-3-270M, agreement: CPR 0.57 with eap, 1.18 with eap_ig). "
                         "Prefer method='eap_ig'")
     if abs(rep.gap) < 0.5 and metric_name == "logit_diff":
@@ -248,7 +251,8 @@ def _summary(args, task: str, rep: AttributionReport, t: UnitScore, faith: Faith
                     f"{circuit['faithfulness']:.2f}; CPR {faith.cpr:.3f}, CMD {faith.cmd:.3f}")
     if rep.comparison:
         c = rep.comparison
-        summary += (f"; vs exact patching: Pearson {c['pearson']:.2f}, top-{c['top_k']} overlap {c['top_k_overlap']:.2f} "
+        summary += (f"; vs exact patching: Pearson {c['pearson']:.2f}, "
+                    f"top-{c['top_k']} overlap {c['top_k_overlap']:.2f} "
                     f"(chance {c['top_k_chance']:.2f})" + (f", {c['speedup']:.1f}x faster" if c.get("speedup") else ""))
     return summary + (f". Next: locate(task='{task}') confirms the top units with exact patching; scrub_hypothesis "
                       f"tests whether they suffice")

@@ -36,7 +36,8 @@ class RunBaselineInput(HeavyInput):
 class CounterfactualCheck(BaseModel):
     generator: str
     label_changes: float = Field(description="Share of examples whose causal-model label the generator changes.")
-    model_follows: Stat = Field(description="Share where the model's prediction on the counterfactual equals its label.")
+    model_follows: Stat = Field(description="Share where the model's prediction on the counterfactual "
+                                            "equals its label.")
 
 
 class BaselineResult(BaseModel):
@@ -51,9 +52,11 @@ class BaselineResult(BaseModel):
     verdict: str
     metric: str = Field(description="The task's metric.")
     primary_accuracy: Stat = Field(description="pairwise accuracy (answer beats counterfactual answer) for logit_diff "
-                                   "tasks; top-1 accuracy for prob/accuracy; top candidate in the correct set for prob_diff.")
+                                   "tasks; top-1 accuracy for prob/accuracy; "
+                                   "top candidate in the correct set for prob_diff.")
     metrics: dict[str, Stat] = Field(description="Every per-example column, mean with 95% bootstrap CI. logit_diff is "
-                                     "logit(answer) - logit(counterfactual answer) at the last token; cf_logit_diff the same "
+                                     "logit(answer) - logit(counterfactual answer) at the last token; "
+                                     "cf_logit_diff the same "
                                      "on the counterfactual prompt.")
     counterfactual_checks: list[CounterfactualCheck]
     files: dict[str, str] = Field(description="Artifact URIs (read them as MCP resources).")
@@ -76,7 +79,8 @@ def _verdict(metric: str, acc: dict, metrics: dict, key: str = "accuracy") -> tu
     diff = metrics.get("logit_diff") or metrics.get("prob_diff")
     diff_ok = diff is None or diff["ci95"][0] > 0
     solves = a >= SOLVES_AT and diff_ok
-    what = ACCURACY_NAMES.get(key, "accuracy") if metric != "prob_diff" else "accuracy (top candidate in the correct set)"
+    what = (ACCURACY_NAMES.get(key, "accuracy") if metric != "prob_diff"
+            else "accuracy (top candidate in the correct set)")
     tail = ""
     if key == "pairwise_accuracy" and "accuracy" in metrics:
         tail += f"; top-1 accuracy {metrics['accuracy']['mean']:.2f}"

@@ -118,7 +118,8 @@ def dataset(spec: TaskSpec, tokenizer, n: int, seed: int, counterfactual: str | 
     try:
         ds = build_dataset(spec, tokenizer, n, seed, counterfactual, up_to=up_to, answer_changes=answer_changes)
     except TaskSpecError as e:
-        field = "counterfactual" if e.field == "counterfactual" else ("n" if e.field == "variables" else f"task.{e.field}")
+        field = ("counterfactual" if e.field == "counterfactual"
+                 else ("n" if e.field == "variables" else f"task.{e.field}"))
         raise ToolError(f"{field}: {e.message}") from None
     if model is not None:
         tokens = [t for e in ds.examples for t in (e.tokens, e.cf_tokens)]
@@ -177,7 +178,8 @@ def check_pairs(ds: TaskDataset, metric: str) -> None:
     if metric == "logit_diff":
         same = [i for i, e in enumerate(ds.examples) if e.answer_id == e.cf_answer_id]
         if same:
-            raise ToolError(f"counterfactual: {ds.counterfactual!r} leaves the answer unchanged in {len(same)} pairs, so "
+            raise ToolError(f"counterfactual: {ds.counterfactual!r} "
+                            f"leaves the answer unchanged in {len(same)} pairs, so "
                             f"the logit difference has no gap to restore. Fix: a generator that changes the answer.")
 
 

@@ -378,7 +378,8 @@ def _plots(run, args, cmap, layers_a, layers_b, m, effects, names_a, names_b, la
         run.save_figure("causal_scatter.png", fig)
 
 
-def compare_features(app: AppContext, args: CompareFeaturesInput, progress: Progress | None = None) -> CompareFeaturesOutput:
+def compare_features(app: AppContext, args: CompareFeaturesInput,
+                     progress: Progress | None = None) -> CompareFeaturesOutput:
     for name, side in (("a", args.a), ("b", args.b), ("ceiling", args.ceiling)):
         if side is not None and side.sae:
             sae_directory(app, side.sae, f"{name}.sae")  # a path is confined before the run cache could answer

@@ -91,7 +91,8 @@ def side_sources(run: ToolRun, side: Side, lm, field: str) -> list:
 def describe_side(side: Side, sources) -> dict:
     s = sources[0][1]
     return {"model": side.model, "source": side.source, "hook": s.site.hook, "layers": [l for l, _ in sources],
-            "n_features": s.n, **({"sae": side.sae} if side.sae else {}), **({"das_run": side.das_run} if side.das_run else {})}
+            "n_features": s.n, **({"sae": side.sae} if side.sae else {}),
+            **({"das_run": side.das_run} if side.das_run else {})}
 
 
 # ------------------------------------------------------------------ inputs
@@ -138,7 +139,8 @@ def task_rows(args: Any, spec, lm_a, lm_b, cf_name: str | None) -> AlignedRows:
         raise ToolError(f"task: {spec.name!r} draws different prompts for the two tokenizers, so examples cannot be "
                         f"aligned. Fix: a task whose prompts do not depend on the tokenizer.")
     if args.position not in ds_a.position_names:
-        raise ToolError(f"position: {args.position!r} is not a position of {spec.name!r}; it has {ds_a.position_names}.")
+        raise ToolError(f"position: {args.position!r} is not a position of {spec.name!r}; "
+                        f"it has {ds_a.position_names}.")
     for ds, f in ((ds_a, "a"), (ds_b, "b")):
         bad = ds.unresolved.get(args.position)
         if bad:
@@ -146,7 +148,8 @@ def task_rows(args: Any, spec, lm_a, lm_b, cf_name: str | None) -> AlignedRows:
                             f"prompts (e.g. {ds.examples[bad[0]].prompt!r}). Fix: another position or task.")
     n = len(ds_a)
     return AlignedRows([e.tokens for e in ds_a.examples], [e.tokens for e in ds_b.examples], list(range(n)),
-                 [e.positions[args.position] for e in ds_a.examples], [e.positions[args.position] for e in ds_b.examples],
+                 [e.positions[args.position] for e in ds_a.examples],
+                 [e.positions[args.position] for e in ds_b.examples],
                  f"{spec.name} at {args.position}", ds_a=ds_a, ds_b=ds_b,
                  alignment=f"one row per prompt at {args.position!r}, resolved per model")
 

@@ -147,7 +147,8 @@ class TrainDasResult(RunResult):
     train_iia: Stat
     test_iia: Stat = Field(description="held-out IIA (argmax over the vocabulary == counterfactual label)")
     test_iia_pair: float = Field(description="held-out: label logit > base answer logit")
-    controls: dict[str, Stat] = Field(description="random_rotation (same k) and full_vector patching, on the test split")
+    controls: dict[str, Stat] = Field(description="random_rotation (same k) and full_vector patching, "
+                                                  "on the test split")
     full_vector_by_source: FullVectorBySource | None = Field(
         None, description="full-vector IIA on the test pairs whose source differs from the base only in the variable "
                           "vs the rest (the full vector also moves the other values a source carries)")
@@ -464,7 +465,8 @@ class EvalDasResult(RunResult):
     iia: Stat
     iia_pair: float
     controls: dict[str, Stat]
-    bases_seen_in_training: int = Field(description="evaluated base prompts that were in the source run's training split")
+    bases_seen_in_training: int = Field(description="evaluated base prompts that were in the source run's "
+                                                    "training split")
 
 
 class EvalDasOutput(HeavyOutput):

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 class GetJobInput(BaseModel):
     job_id: str = Field(..., max_length=64)
-    wait_seconds: float = Field(30.0, ge=0, le=600, description="Long-poll: wait up to this long for the job to finish.")
+    wait_seconds: float = Field(30.0, ge=0, le=600,
+                                description="Long-poll: wait up to this long for the job to finish.")
     include_plot: bool = PLOT_FIELD
 
 

@@ -42,7 +42,8 @@ class LocateInput(HeavyInput):
         "share a length; otherwise aligned by the named positions and END, the tokens between them right-aligned; "
         "the result's `alignment` says how), a list of named positions, or 'auto' (all if the prompts share a length, "
         "else named).")
-    direction: Literal["denoise", "noise"] = Field("denoise", description="denoise: patch clean into the counterfactual "
+    direction: Literal["denoise", "noise"] = Field("denoise",
+                                                   description="denoise: patch clean into the counterfactual "
                                                    "run; noise: patch counterfactual into the clean run.")
     metric: Literal["logit_diff", "prob", "prob_diff"] | None = Field(
         None, description="Default: the task's metric (prob_diff: tasks with an answer set, e.g. greater-than).")
@@ -131,7 +132,8 @@ def _positions(ds: TaskDataset, args: LocateInput, tokenizer) -> Columns:
         raise ToolError(f"positions: {unknown} are not positions of task {ds.spec.name!r}; it has "
                         f"{ds.position_names}. Fix: use those names, 'named' or 'all'.")
     return Columns(names, [[e.positions[p] for p in names] for e in ds.examples],
-                   "named positions, each resolved in every prompt (a column follows its named token wherever it is)", [])
+                   "named positions, each resolved in every prompt "
+                   "(a column follows its named token wherever it is)", [])
 
 
 def _locate(run: ToolRun, args: LocateInput) -> tuple[LocateResult, dict]:
@@ -162,7 +164,8 @@ def _locate(run: ToolRun, args: LocateInput) -> tuple[LocateResult, dict]:
         layers=layers, best_cells=best, flow=[FlowRun(**f) for f in loc.flow],
         summary=_summary(run.run_id, spec.name, top, loc.flow), warnings=_warnings(args, spec, cols, loc, metric_name),
         files=run.files, cost=run.cost(loc.patch.cost(), activation_cache_hits=loc.patch.extra.get("cache_hits", 0)))
-    return result, {"top_site": top.site, "top_effect": top.effect, "top_layer": top.layer, "top_position": top.position}
+    return result, {"top_site": top.site, "top_effect": top.effect, "top_layer": top.layer,
+                    "top_position": top.position}
 
 
 def _layers(args: LocateInput, n_layers: int) -> list[int]:

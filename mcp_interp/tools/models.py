@@ -103,7 +103,8 @@ def _describe(lm) -> LoadModelOutput:
 def load_model(app: AppContext, args: LoadModelInput, progress: Progress | None = None) -> LoadModelOutput | Deferred:
     pool = app.pool
     if hasattr(pool, "configure") and (args.dtype != "auto" or args.n_devices != 1
-                                       or pool.settings(args.model) != {"dtype": pool.dtype, "n_devices": pool.n_devices}):
+                                       or pool.settings(args.model) != {"dtype": pool.dtype,
+                                                                        "n_devices": pool.n_devices}):
         try:
             pool.configure(args.model, dtype=args.dtype, n_devices=args.n_devices)
         except ModelLoadError as e:

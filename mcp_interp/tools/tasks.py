@@ -47,7 +47,8 @@ class DefineTaskOutput(BaseModel):
 def define_task(app: AppContext, args: DefineTaskInput) -> DefineTaskOutput:
     spec = TaskSpec.model_validate(args.model_dump(exclude={"validate_with_model", "overwrite"}))
     if app.tasks.is_builtin(spec.name):
-        raise ToolError(f"name: {spec.name!r} is a built-in task and cannot be replaced (not even with overwrite=true). "
+        raise ToolError(f"name: {spec.name!r} is a built-in task and cannot be replaced "
+                        "(not even with overwrite=true). "
                         f"Fix: choose another name, e.g. '{spec.name}-custom'; get_task('{spec.name}') gives its spec "
                         f"to start from.")
     if app.tasks.get(spec.name) is not None and not args.overwrite:
@@ -105,7 +106,8 @@ class ListTasksOutput(BaseModel):
 
 def _summary(app: AppContext, spec: TaskSpec) -> TaskSummary:
     return TaskSummary(name=spec.name, builtin=app.tasks.is_builtin(spec.name), description=spec.description,
-                       variables=[*spec.variables, *spec.mechanisms], counterfactuals=[c.name for c in spec.counterfactuals],
+                       variables=[*spec.variables, *spec.mechanisms],
+                       counterfactuals=[c.name for c in spec.counterfactuals],
                        positions=spec.position_names(), metric=spec.metric)
 
 
@@ -121,7 +123,8 @@ LIST_TASKS = ToolSpec(
 
 class GetTaskInput(BaseModel):
     task: str = Field(..., description="Task name (list_tasks shows them).")
-    model: str | None = Field(None, description="Tokenize examples with this model's tokenizer (shows tokens and positions).")
+    model: str | None = Field(None, description="Tokenize examples with this model's tokenizer "
+                                                "(shows tokens and positions).")
     counterfactual: str | None = Field(None, description="Which generator's pairs to show (default: the first).")
     n_examples: int = Field(3, ge=1, le=20)
     seed: Seed = 0
@@ -139,7 +142,8 @@ def get_task(app: AppContext, args: GetTaskInput) -> GetTaskOutput:
     examples: list[ExamplePair] = []
     if args.model is not None:
         tok = resolve_tokenizer(app, args.model)
-        examples = example_pairs(dataset(spec, tok, args.n_examples, args.seed, args.counterfactual), args.n_examples, tok)
+        examples = example_pairs(dataset(spec, tok, args.n_examples, args.seed, args.counterfactual),
+                                 args.n_examples, tok)
     else:
         cm, rng = CausalModel(spec), random.Random(args.seed)
         try:

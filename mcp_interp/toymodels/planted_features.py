@@ -80,7 +80,8 @@ PLANTED_FEATURES_TASK: dict[str, Any] = {
     "counterfactuals": [
         {"name": "flip_group", "kind": "assign",
          "assign": {"x": repr({a: b for a, b in zip(LETTERS, HI + LO)}) + "[x]"},
-         "description": "x moves to the other group (a<->e, b<->f, ...): g flips (and the decoy with it), and the answer"},
+         "description": "x moves to the other group (a<->e, b<->f, ...): g flips (and the decoy with it), "
+                        "and the answer"},
         {"name": "resample_w", "kind": "resample", "variables": ["w"],
          "description": "a different w: the answer changes, g does not"},
         {"name": "resample_distractors", "kind": "resample", "variables": ["d1", "d2"], "changes_answer": False},

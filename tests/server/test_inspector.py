@@ -28,7 +28,8 @@ def inspector(target: list[str], *args: str, timeout: float = 240) -> dict:
     env = {**os.environ, "MCP_INSPECTOR_SECRET_STORE": "memory"}
     proc = subprocess.run([str(INSPECTOR), "--cli", *target, "--connect-timeout", "120000", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, f"inspector {args} exited {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (f"inspector {args} exited {proc.returncode}: "
+                                  f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 

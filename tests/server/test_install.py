@@ -1,4 +1,5 @@
-"""`mcp-interp install claude`: the files Claude Code reads, idempotent, and a server entry that starts from anywhere."""
+"""`mcp-interp install claude`: the files Claude Code reads, idempotent, and a server entry that starts
+from anywhere."""
 
 import json
 import os

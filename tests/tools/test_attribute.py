@@ -28,7 +28,8 @@ async def test_attribute_tool_on_planted(store_dir):
         assert f["fractions"][-1] == 1.0 and f["signed"][-1] == pytest.approx(1.0, abs=1e-4)
         # CPR/CMD recomputed from the stored curves.
         assert f["cpr"] == pytest.approx(float(np.trapezoid(f["signed"], f["fractions"])), abs=1e-3)
-        assert f["cmd"] == pytest.approx(float(np.trapezoid(np.abs(1 - np.array(f["absolute"])), f["fractions"])), abs=1e-3)
+        assert f["cmd"] == pytest.approx(float(np.trapezoid(np.abs(1 - np.array(f["absolute"])), f["fractions"])),
+                                         abs=1e-3)
         assert set(out["files"]) >= {"heads_heatmap.png", "faithfulness.png", "circuit.png", "scores.safetensors"}
         res = await c.read_resource(out["files"]["faithfulness.png"])
         assert res.contents[0].mime_type == "image/png"

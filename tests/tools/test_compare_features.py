@@ -32,7 +32,8 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
                 assert row["feature_a"] == row["feature_b"] and row["r"] > 0.99
         assert out["causal_counts"]["validated"] == 8, out["causal_counts"]
         assert out["similarity"]["cka"] > 0.99 and out["similarity"]["cka_p"] <= 0.01
-        assert {"match_histogram.png", "causal_scatter.png", "matches.json", "activations.safetensors"} <= set(out["files"])
+        assert ({"match_histogram.png", "causal_scatter.png", "matches.json", "activations.safetensors"}
+                <= set(out["files"]))
         assert out["matches"][0]["top_contexts_a"][0]["prompt"]
 
         # CKA recomputed from the stored activations; the null count recounted from the stored matches
@@ -53,7 +54,8 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
 
         # the residual stream in two bases: dimensions do not match one to one, CKA sees the shared features
         out = await finish(c, await call(c, "compare_features", {
-            "a": {"model": A, "layer": "0:2", "site": "resid_pre"}, "b": {"model": B, "layer": [0, 1], "site": "resid_pre"},
+            "a": {"model": A, "layer": "0:2", "site": "resid_pre"},
+            "b": {"model": B, "layer": [0, 1], "site": "resid_pre"},
             "task": TASK, "n": 96, "n_perm": 49, "n_null": 10, "test_top": 0, "wait_seconds": 120}))
         # at END, resid_pre 0 is the embedding of '=' on every prompt: constant, CKA undefined (null)
         cmap = np.array(out["cka_map"], dtype=float)
@@ -67,21 +69,24 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
         # every live dimension matched to itself with decoder cosine 1 (same space)
         out = await finish(c, await call(c, "compare_features", {
             "a": {"model": A, "layer": 1, "site": "resid_pre"}, "b": {"model": A, "layer": 1, "site": "resid_pre"},
-            "corpus": "random", "tokens": 512, "context": 8, "n_perm": 49, "n_null": 5, "top": 30, "wait_seconds": 120}))
+            "corpus": "random", "tokens": 512, "context": 8, "n_perm": 49, "n_null": 5, "top": 30,
+            "wait_seconds": 120}))
         assert out["n_rows"] == 512 and out["alignment"].startswith("token by token")
         assert out["similarity"]["cka"] == pytest.approx(1.0, abs=1e-6)
         assert out["n_matched"] == out["n_live"][0] == out["n_live"][1] > 0
         assert all(m["feature_a"] == m["feature_b"] and m["decoder_cos"] == pytest.approx(1.0)
                    for m in out["matches"] if m["significant"])
 
-        for args, field in [({"a": {"model": A, "source": "sae", "layer": "0:2"}, "b": {"model": B}, "task": TASK}, "a.layer"),
+        for args, field in [({"a": {"model": A, "source": "sae", "layer": "0:2"}, "b": {"model": B}, "task": TASK},
+                             "a.layer"),
                             ({"a": {"model": A, "layer": 1}, "b": {"model": B, "layer": 1}}, "task"),
                             ({"a": {"model": A, "layer": 9}, "b": {"model": B, "layer": 1}, "task": TASK}, "a.layer"),
                             ({"a": {"model": A, "layer": "0:30000000"}, "b": {"model": B, "layer": 1}, "task": TASK},
                              "a.layer"),
                             ({"a": {"model": A, "layer": "0:2:0"}, "b": {"model": B, "layer": 1}, "task": TASK},
                              "a.layer"),
-                            ({"a": {"model": A, "source": "neurons"}, "b": {"model": B, "layer": 1}, "task": TASK}, "a.layer"),
+                            ({"a": {"model": A, "source": "neurons"}, "b": {"model": B, "layer": 1}, "task": TASK},
+                             "a.layer"),
                             ({"a": {"model": A, "layer": 1}, "b": {"model": B, "layer": 1}, "task": TASK,
                               "position": "NOPE"}, "position")]:
             msg = await call_error(c, "compare_features", {**args, "wait_seconds": 60})

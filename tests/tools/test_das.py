@@ -123,7 +123,8 @@ async def test_boundless_defaults_find_the_one_dimensional_planted_subspace(stor
     meta = get_toy(MODEL).meta
     async with Client(build_server(store_dir)) as c:
         out = await finish(c, await call(c, "train_das", {
-            "model": MODEL, "task": meta["task"], "variable": "g", "layer": meta["site"]["layer"], "method": "boundless",
+            "model": MODEL, "task": meta["task"], "variable": "g", "layer": meta["site"]["layer"],
+            "method": "boundless",
             "wait_seconds": 120}))
     b = out["boundless"]
     assert out["k"] == 1 and b["effective_k"] == 1 and b["learned_k"] >= 1

@@ -44,7 +44,8 @@ async def test_oversized_das_requests_are_refused_before_any_work(store_dir, mon
         assert re.search(r"n_train: training DAS at blocks\.1\.hook_resid_pre .*n_train=8192 needs about", err), err
         assert 32 <= fits < 8192
         err = await call_error(c, "eval_das", {"run_id": trained["result"]["run_id"], "n": 8192})
-        assert re.search(r"n: evaluating DAS at blocks\.1\.hook_resid_pre .*n=8192 needs about .*n at most \d+", err), err
+        assert re.search(r"n: evaluating DAS at blocks\.1\.hook_resid_pre .*n=8192 needs about "
+                         r".*n at most \d+", err), err
         # the requests that fit are not refused for memory
         ok = await call(c, "eval_das", {"run_id": trained["result"]["run_id"], "n": 16, "wait_seconds": 300})
         assert ok["status"] == "complete"

@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 TOYS = {  # toy -> its task
     "tiny-random": "induction", "tiny-attn-only": "induction", "induction-2l": "induction",
     "parens-classifier": "parens", "planted-clean": "planted", "planted-correlated-decoy": "planted",
-    "planted-saturated-decoy": "planted", "planted-cancelling-pair": "planted", "planted-direction": "planted-direction",
+    "planted-saturated-decoy": "planted", "planted-cancelling-pair": "planted",
+    "planted-direction": "planted-direction",
     "planted-features": "planted-features", "planted-switch": "planted-switch",
 }
 POST_NORM_FAMILIES = ["gemma2", "gemma3", "olmo2", "olmo2-gqa"]

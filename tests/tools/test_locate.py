@@ -65,7 +65,8 @@ async def test_locate_identities_and_hook_loop_on_toy(store_dir):
         i, layer, pos = int(rng.integers(12)), int(rng.integers(2)), int(rng.integers(5, 11))
         head = int(rng.integers(4)) if site == "z" else None
         e = ds.examples[i]
-        m = hook_patch_metric(lm.model, torch.tensor([e.tokens]), torch.tensor([e.cf_tokens]), hooks[site].format(layer),
+        m = hook_patch_metric(lm.model, torch.tensor([e.tokens]), torch.tensor([e.cf_tokens]),
+                              hooks[site].format(layer),
                               pos, e.answer_id, e.cf_answer_id, head)
         norm = (m - float(cf_m[i])) / float(clean_m[i] - cf_m[i])
         got = per_ex[site][i, layer, pos, head] if head is not None else per_ex[site][i, layer, pos]

@@ -40,7 +40,8 @@ async def test_report_by_task_and_model(store_dir, capsys):
         md = rep["markdown"]
         cited = set(RUN_ID.findall(md))
         assert cited == {base["run_id"], loc["run_id"], attr["run_id"], rep["run_id"]}  # the newest locate only
-        assert old["run_id"] not in cited and [r["tool"] for r in rep["runs"]] == ["run_baseline", "locate", "attribute"]
+        assert (old["run_id"] not in cited
+                and [r["tool"] for r in rep["runs"]] == ["run_baseline", "locate", "attribute"])
         # every line that states a number names the run it came from
         assert all(RUN_ID.search(line) for line in _findings(md) if re.search(r"\d", line))
         # ... and the numbers are the stored results'

@@ -230,7 +230,8 @@ def test_planted_patching_matches_ground_truth(planted):
     for pair in meta["cancelling_pairs"]:
         names = [c["name"] for c in pair]
         a, b = p.noising(names[:1]), p.noising(names[1:])
-        assert a == pytest.approx(pair[0]["effect_alone"], abs=1e-4) and b == pytest.approx(pair[1]["effect_alone"], abs=1e-4)
+        assert (a == pytest.approx(pair[0]["effect_alone"], abs=1e-4)
+                and b == pytest.approx(pair[1]["effect_alone"], abs=1e-4))
         assert a * b < 0  # opposite effects ...
         assert abs(p.noising(names)) < 1e-5 and abs(p.denoising(names)) < 1e-5 and abs(p.zero(names)) < 1e-5
     # Circuit faithfulness: the circuit alone carries the behaviour, everything else jointly nothing.
@@ -284,7 +285,8 @@ def test_planted_seeds_permute_roles():
                 m_cf = _logit_diff(model(cf_toks), ans, cf_ans).item()
                 for name in meta["important"]:
                     hook, head = _comp(name)
-                    m = _logit_diff(model.run_with_hooks(cf_toks, fwd_hooks=_patch_hooks([name], cache)), ans, cf_ans).item()
+                    m = _logit_diff(model.run_with_hooks(cf_toks, fwd_hooks=_patch_hooks([name], cache)),
+                                    ans, cf_ans).item()
                     assert abs((m - m_cf) / (m_x - m_cf)) > 0.95, (seed, regime, name)
 
 

@@ -42,7 +42,8 @@ from .report import CIRCUIT_TARGET, AttributionReport, GraphEdge, GraphNode, Ran
 
 __all__ = ["AttributionReport", "CIRCUIT_TARGET", "Curve", "EDGE_METHODS", "Edge", "EdgeScores", "FRACTIONS",
            "GraphEdge", "GraphNode", "Level", "MAX_EXACT_EDGES", "NODE_LEVELS", "NODE_METHODS", "NodeScores",
-           "PairChunk", "RankedUnit", "SIGNED", "area", "circuit_counts", "compare", "edge_allowed", "edge_circuit_metrics",
+           "PairChunk", "RankedUnit", "SIGNED", "area", "circuit_counts", "compare", "edge_allowed",
+           "edge_circuit_metrics",
            "edge_mask_allowed", "edge_scores", "faithfulness_curves", "final_metric", "has_mlps", "masked_forward",
            "node_circuit_metrics", "node_hooks", "node_mask_hooks", "node_scores", "node_values", "nodes_for",
            "pair_chunks", "receiver_slot", "receiver_unit", "receivers", "run_attribution", "sender_hooks",

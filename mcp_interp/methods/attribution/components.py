@@ -9,7 +9,7 @@ differing token are identical in both runs, so that equals patching from the fir
 | mlps | Site("mlp_post", l) | MLP3 | blocks.l.mlp.hook_post (*) |
 | neurons | Site("mlp_post", l, neuron=i) | L3N7 | blocks.l.mlp.hook_post[..., i] |
 | positions | Site("resid_pre", l, position="IO") | P:IO | blocks.l.hook_resid_pre at the token of named position IO |
-| qkv | Site("q" \| "k" \| "v", l, head=h) | L3H2.q, L3G1.k | blocks.l.hook_{q,k,v}_input[:, :, h] (split q/k/v inputs) |
+| qkv | Site("q" \| "k" \| "v", l, head=h) | L3H2.q, L3G1.k | blocks.l.hook_{q,k,v}_input[:, :, h] (split_inputs) |
 
 (*) patching the MLP's hidden activations is patching its output; gradients there only see what the
 MLP can write. A head's query / key / value input node is the residual stream as that head's query, key
@@ -21,7 +21,8 @@ index.
 Edges (`Edge`) run from a sender's output through the residual stream into a receiver's input.
 Senders (`senders`): Site("embed", -1) (token plus positional embedding), Site("z", l, head=h) (the
 head's output, z @ W_O[h]; on blocks that normalise their output, its share of the normalised output, so the
-senders still sum to the residual stream: core.writes) and Site("mlp_out", l). Receivers (`receivers`): each head's query, key and
+senders still sum to the residual stream: core.writes) and Site("mlp_out", l).
+Receivers (`receivers`): each head's query, key and
 value input, Site("q" | "k" | "v", l, head=h) (with grouped-query attention keys and values belong to
 key/value groups: Site("k", l, head=g, grouped=True), "L3G1.k"), each MLP's input Site("mlp_in", l)
 and the unembedding's input Site("logits", n_layers). A sender feeds every receiver in a later layer,

@@ -147,7 +147,8 @@ def _circuit(units: list[str], scores: np.ndarray, curve: Curve) -> dict:
     if np.isfinite(curve.empty) and curve.empty >= CIRCUIT_TARGET:
         return {**base, "size": 0, "fraction": 0.0, "faithfulness": float(curve.empty), "reached_target": True,
                 "units": [], "uninformative": True,
-                "reason": f"the empty circuit (all {len(units)} units from the counterfactual) already has faithfulness "
+                "reason": f"the empty circuit (all {len(units)} units from the counterfactual) "
+                          "already has faithfulness "
                           f"{curve.empty:.2f}: these units do not carry the clean-counterfactual difference, so the "
                           f"curve cannot rank circuits; score another level (heads, positions, edges)"}
     ok = [i for i, v in enumerate(f) if np.isfinite(v) and v >= CIRCUIT_TARGET and curve.counts[i] > 0]
@@ -169,7 +170,8 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
 
     clean, corrupt: n token sequences [pos] each; metric: per-example metric of the final-position logits;
     positions: [n, n_position_names] token index of each of `position_names` in each example (a tensor or
-    nested lists; or a mapping position name -> [n]); layer: of the neurons / positions levels; seed: of the bootstrap CIs;
+    nested lists; or a mapping position name -> [n]); layer: of the neurons / positions levels;
+    seed: of the bootstrap CIs;
     progress(fraction, message); act_cache: clean/counterfactual runs shared with other calls (default: shared
     by exact patching and the curve of this call only). ValueError for a method that does not score the level."""
     progress = progress or (lambda f, m: None)

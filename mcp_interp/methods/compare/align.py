@@ -32,7 +32,8 @@ def _encode(tok, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     return prefix + list(ids), [(0, 0)] * len(prefix) + [tuple(o) for o in offs]
 
 
-def align_by_chars(texts: Sequence[str], tok_a, tok_b, skip_first: int = 1, max_tokens: int | None = None) -> CharAlignment:
+def align_by_chars(texts: Sequence[str], tok_a, tok_b, skip_first: int = 1,
+                   max_tokens: int | None = None) -> CharAlignment:
     """Tokenise each text with both tokenizers (each with its own prompt prefix) and pair positions (module doc).
     `skip_first`: text tokens to drop at the start of each text (the attention sink of a real model);
     `max_tokens`: truncate each side's text tokens."""

@@ -25,8 +25,10 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".metrics": ("LogitDiffMetric", "Metric", "ProbDiffMetric", "ProbMetric", "column_logits", "final_normed"),
 })
 
-__all__ = ["Cancelled", "HEAD_KINDS", "LogitDiffMetric", "MLP_KINDS", "Metric", "ProbDiffMetric", "ProbMetric", "Progress",
+__all__ = ["Cancelled", "HEAD_KINDS", "LogitDiffMetric", "MLP_KINDS", "Metric", "ProbDiffMetric", "ProbMetric",
+           "Progress",
            "RESID_KINDS", "ShouldCancel", "Site", "SiteKind", "auroc", "benjamini_hochberg", "bootstrap_ci",
-           "check_cancelled", "ci_dict", "column_logits", "eta_squared", "separation", "ratio_ci", "final_logits", "final_normed",
+           "check_cancelled", "ci_dict", "column_logits", "eta_squared", "separation", "ratio_ci",
+           "final_logits", "final_normed",
            "group_by_length", "n_kv_heads", "percentile_bootstrap", "prefix_cache", "random_orthonormal",
            "random_rotation", "shared_prefix", "span"]

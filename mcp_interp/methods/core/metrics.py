@@ -55,7 +55,8 @@ def column_logits(model, resid: Tensor, token_ids: Tensor) -> Tensor:
     -> [rows], using only those unembedding columns (output soft cap applied)."""
     x = final_normed(model, resid).float()  # float32 like the model's own unembedding (bf16/fp16 models too)
     w = model.unembed.W_U[:, token_ids.to(model.unembed.W_U.device)]  # [d_model, rows]
-    out = (x * w.T.to(device=x.device, dtype=x.dtype)).sum(-1) + model.unembed.b_U[token_ids].to(device=x.device, dtype=x.dtype)
+    out = ((x * w.T.to(device=x.device, dtype=x.dtype)).sum(-1)
+           + model.unembed.b_U[token_ids].to(device=x.device, dtype=x.dtype))
     return _softcap(model, out)
 
 

@@ -154,8 +154,8 @@ class Site:
 
 def n_kv_heads(cfg) -> int:
     """Key-value heads of a grouped-query attention config (= n_heads without GQA)."""
-    return cfg.n_key_value_heads if getattr(cfg, "n_key_value_heads", None) and not cfg.ungroup_grouped_query_attention \
-        else cfg.n_heads
+    return (cfg.n_key_value_heads if getattr(cfg, "n_key_value_heads", None) and not cfg.ungroup_grouped_query_attention
+            else cfg.n_heads)
 
 
 __all__ = ["HEAD_KINDS", "MLP_KINDS", "RESID_KINDS", "Site", "SiteKind", "n_kv_heads"]

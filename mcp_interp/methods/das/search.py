@@ -85,7 +85,8 @@ def train_boundless_das(model, data, site: Site, *, epochs: int = 20, lr: float 
     counter = {"token_layers": 0, "rows": 0, "steps": 0, "epochs": epochs_run}
     t_train = time.perf_counter()
     with torch.enable_grad():
-        curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex, mask()), epochs_run, batch_size,
+        curve = fit_rotation(model, dc_tr, opt, lambda ex: subspace_delta(rot.weight, dc_tr, ex, mask()),
+                     epochs_run, batch_size,
                      seed, progress, should_cancel, counter, penalty=lambda: boundary_penalty * beta,
                      on_step=on_step, label="boundless DAS")
     counter["train_seconds"] = time.perf_counter() - t_train

@@ -223,7 +223,8 @@ def prepare_caches(model, data, site: Site, caches, block: str = "auto", progres
     return prepare(model, data.train, site, **kw), prepare(model, data.test, site, **kw)
 
 
-def fit_rotation(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, epochs: int, batch_size: int, seed: int,
+def fit_rotation(model, dc: DASCache, opt: torch.optim.Optimizer, delta_of: Callable, epochs: int,
+         batch_size: int, seed: int,
          progress, should_cancel, counter: dict, penalty: Callable[[], Tensor] | None = None,
          on_step: Callable[[int, int], None] | None = None, label: str = "DAS") -> list[dict[str, float]]:
     """The training loop shared by DAS and boundless DAS (model frozen; only the optimiser's parameters move).

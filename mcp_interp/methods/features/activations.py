@@ -88,7 +88,8 @@ def collect_activations(model, site: Site, sequences: Sequence[Sequence[int]], b
 
 @torch.no_grad()
 def activations_at(model, sites: Sequence[Site], sequences: Sequence[Sequence[int]], seq: Sequence[int],
-                   pos: Sequence[int], batch_size: int = 16, should_cancel: ShouldCancel | None = None) -> list[torch.Tensor]:
+                   pos: Sequence[int], batch_size: int = 16,
+                   should_cancel: ShouldCancel | None = None) -> list[torch.Tensor]:
     """The activation at each of `sites` for rows (seq[r], pos[r]) (a token of one of `sequences`): one [rows, d]
     float32 CPU tensor per site, from one forward pass per batch of equal-length sequences that stops after the
     deepest site."""
@@ -122,5 +123,6 @@ def activations_at(model, sites: Sequence[Site], sequences: Sequence[Sequence[in
     return out
 
 
-__all__ = ["Activations", "FEATURE_KINDS", "activations_at", "check_feature_site", "collect_activations", "site_activations",
+__all__ = ["Activations", "FEATURE_KINDS", "activations_at", "check_feature_site", "collect_activations",
+           "site_activations",
            "stop_layer"]

@@ -70,7 +70,8 @@ def token_windows(docs: Sequence[str], tokenizer, context: int, n_tokens: int, s
         if len(windows) >= 4 * need:
             break
     if len(windows) < need:
-        raise ValueError(f"the corpus gives {len(windows)} windows of {context} tokens, {need} needed: use fewer tokens "
+        raise ValueError(f"the corpus gives {len(windows)} windows of {context} tokens, {need} needed: "
+                         "use fewer tokens "
                          f"or a shorter context")
     return rng.sample(windows, need)
 

@@ -274,4 +274,5 @@ def causal_effects(model, source, pair: CausalPair, features: Sequence[int], kin
     return out
 
 
-__all__ = ["CausalPair", "CausalRuns", "INTERVENTIONS", "Ranking", "benjamini_hochberg", "causal_effects", "rank_features"]
+__all__ = ["CausalPair", "CausalRuns", "INTERVENTIONS", "Ranking", "benjamini_hochberg", "causal_effects",
+           "rank_features"]

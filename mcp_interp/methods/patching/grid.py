@@ -85,7 +85,8 @@ def dominant_positions(mean: np.ndarray, layers: Sequence[int], labels: Sequence
     return runs
 
 
-def top_cells(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int = 5) -> list[tuple[tuple[int, ...], float, float, float]]:
+def top_cells(mean: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              k: int = 5) -> list[tuple[tuple[int, ...], float, float, float]]:
     """The k cells with the largest |effect| (NaN last): (index tuple into mean, effect, lo, hi).
 
     mean, lo, hi: one grid of any shape, e.g. [layer, position] or [layer, position, head].

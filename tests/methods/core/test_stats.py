@@ -1,5 +1,6 @@
 """methods.core.stats against scipy: the percentile bootstrap against scipy.stats.bootstrap, AUROC against
-Mann-Whitney U, BH against false_discovery_control, rotations against ortho_group; and the edge cases callers rely on."""
+Mann-Whitney U, BH against false_discovery_control, rotations against ortho_group;
+and the edge cases callers rely on."""
 
 from __future__ import annotations
 
@@ -196,7 +197,8 @@ def test_random_rotation_is_orthogonal_haar_and_reproducible(d):
     Q = S.random_rotation(d, 3)
     assert Q.shape == (d, d) and np.allclose(Q.T @ Q, np.eye(d), atol=1e-12)
     assert abs(abs(np.linalg.det(Q)) - 1) < 1e-12  # O(d): det +1 or -1
-    assert np.array_equal(Q, S.random_rotation(d, 3)) and np.array_equal(Q, S.random_rotation(d, np.random.default_rng(3)))
+    assert (np.array_equal(Q, S.random_rotation(d, 3))
+            and np.array_equal(Q, S.random_rotation(d, np.random.default_rng(3))))
     assert np.array_equal(Q, np.asarray(ss.ortho_group.rvs(d, random_state=np.random.default_rng(3))).reshape(d, d))
     if d > 1:
         assert not np.allclose(Q, S.random_rotation(d, 4))
