@@ -10,10 +10,12 @@ from pydantic import Field
 from .. import lazy
 from ..methods import features
 from ..methods.core import Progress, Site
+from ..methods.core.footprint import Footprint
 from ..methods.features import pretrained
 from ..models import ModelLoadError
 from ..tasks.spec import TaskSpec
 from .base import LOADED, HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .budget import refuse_oversized
 from .common import DEFAULT_MODEL, SaeQuality, dataset, resolve_task
 from .errors import ToolError, field_error
 
@@ -202,6 +204,10 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
         spec = None
     if spec is not None:
         ds = dataset(spec, lm.tokenizer, args.n, args.seed, None)
+        per_prompt = max(len(e.tokens) for e in ds.examples)
+        width = (int(sae.cfg.d_in), int(sae.cfg.d_sae))
+        refuse_oversized(Footprint(lambda n: features.evaluation_footprint(*width, n * per_prompt), {"n": args.n}),
+                         f"measuring the SAE on prompts of up to {per_prompt} tokens")
         with lm.use():
             acts = features.collect_activations(lm.model, site, [e.tokens for e in ds.examples], progress=run.span(),
                                          should_cancel=run.should_cancel)

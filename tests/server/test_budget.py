@@ -53,3 +53,12 @@ async def test_patching_tools_check_their_cached_runs(store_dir, monkeypatch):
         for tool in ("run_baseline", "locate", "attribute"):
             err = await call_error(c, tool, {"model": "toy/tiny-random", "task": "induction", "n": 512})
             assert re.search(r": n: caching every layer's activations .* n=512 needs .* Fix: n at most \d+", err), err
+
+
+async def test_load_sae_measures_within_the_budget(store_dir, monkeypatch):
+    async with Client(build_server(store_dir)) as c:
+        sae = (await call(c, "train_sae", {**SAE, "splice_windows": 0, "wait_seconds": 120}))["result"]
+        monkeypatch.setenv(BUDGET_ENV, "0.3")
+        err = await call_error(c, "load_sae", {"model": FEATS, "path": sae["sae_path"], "task": "planted-features",
+                                               "n": 2048})
+        assert re.search(r"load_sae: n: measuring the SAE .* n=2048 needs .* Fix: n at most \d+", err), err

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import torch
 
 from ..core import Progress, ShouldCancel, Site, check_cancelled
+from ..core.footprint import F32
 from .sae import encode
+
+
+def evaluation_footprint(d_in: int, d_sae: int, rows: int, batch: int = 4096) -> float:
+    """Peak host bytes of `reconstruction_stats` on `rows` collected activation rows of width `d_in`: the rows (the
+    collected copy and its concatenation), one batch's latents and reconstruction, the firing counts."""
+    return 2 * rows * d_in * F32 + 3 * min(batch, rows) * (d_sae + d_in) * F32 + 2 * d_sae * F32
 
 
 @torch.no_grad()
