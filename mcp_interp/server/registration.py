@@ -59,8 +59,9 @@ def _bounded(message: str) -> str:
 def format_validation(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "arguments"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")  # a model validator's own "field: problem" text
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "invalid arguments — " + "; ".join(parts)
 
 

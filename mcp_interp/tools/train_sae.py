@@ -159,7 +159,8 @@ def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], 
         need = args.tokens + args.skip_first * -(-args.tokens // ctx)
         return features.token_windows(docs, lm.tokenizer, ctx, need, args.seed), args.corpus
     except (FileNotFoundError, ValueError) as e:
-        raise ToolError(f"corpus: {e}") from None
+        raise field_error("corpus", str(e), "corpus='random' (any model), 'task', or files written in this "
+                          "tokenizer's alphabet") from None
 
 
 def _footprint(args: TrainSaeInput, d_in: int) -> Footprint:

@@ -416,3 +416,15 @@ async def test_cancel_stops_the_comparison_nulls_at_once(store_dir):
             while (job := await call(c, "get_job", {"job_id": job_id, "wait_seconds": 5}))["status"] == "running":
                 pass
         assert job["status"] == "cancelled" and time.time() - t0 < 10, (job, time.time() - t0)
+
+
+async def test_model_validator_and_corpus_refusals_read_as_field_errors(store_dir):
+    """A model validator's refusal is the field's own sentence (no 'arguments: Value error,' prefix), and a corpus
+    a character-level toy cannot encode says what to use instead (issue 26 item 7)."""
+    async with Client(build_server(store_dir)) as c:
+        err = await call_error(c, "find_features", {"model": "toy/planted-features", "task": "planted-features",
+                                                    "variable": "g", "interventions": ["steer"]})
+        assert "invalid arguments — steer_alpha: interventions include 'steer'" in err and "Value error" not in err
+        err = await call_error(c, "train_sae", {"model": "toy/tiny-random", "site": "resid_pre", "layer": 1,
+                                                "corpus": "shakespeare", "tokens": 2000, "context": 8, "d_sae": 32})
+        assert "train_sae: corpus: character" in err and "Fix: corpus='random'" in err and "\n" not in err
