@@ -23,6 +23,9 @@ cores, load 11-14 from other jobs, --repeats 1; ratios swing with the load; not 
     34.3 s (3.1x); 374 distinct rows computed of 4752; max |difference| 0.0. Per-run profile: W_U.T copies in
     Unembed ~30 %, clean-output lookups ~30 %, input assembly ~15 %; batched: the clean forward ~65 %.
   planted, planted-clean, n 64, 3 seeds: 18.5 s vs 0.76 s (24x), 2957 of 5760 rows, max |difference| 0.0.
+Alternating, default request (name-movers, smollm2-135m, n 16, 3 seeds), `--repeats 2`, quiet 2-core machine:
+per-run 7.51 s, batched 1.26 s (medians), 6.2x (4.6-7.7) wall, 4.9x (4.0-5.9) CPU, 374 of 4752 rows, max
+|difference| 0.
 Alternating, `--model planted-clean --hypothesis planted --n 64 --repeats 6` (load ~5 on the 2 cores): per-run
 1.62 s, batched 0.53 s (medians), speed-up 2.5x (1.7-3.5) wall, 2.5x (1.7-4.4) CPU, 2957 of 5760 rows, max
 |difference| 0. The baseline imports the executor's present CleanRun, Background and unembed_last, which have
