@@ -204,22 +204,12 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
     effects = _causal_tests(run, args, cmp, rows, (lm_a, sa, A), (lm_b, sb, B), cf_name, warnings)
     run.open(spec, args.a.model, lm_a, args.seed) if spec is not None else \
         run.open_untasked(f"corpus:{args.corpus}", args.a.model, lm_a, args.seed)
-    names_a, names_b = sa.names(), sb.names()
-    same_space = lm_b is lm_a and sa.site.hook == sb.site.hook
-    report = cmp.order[: args.top] + [k for k in cmp.tested if k not in cmp.order[: args.top]]
-    out_rows = [_match_row(k, cmp, effects.get(k), (names_a, names_b), (sa, sb) if same_space else None,
-                           [rows.contexts(A[:, int(m.rows[k])], "a", lm_a.tokenizer),
-                            rows.contexts(B[:, int(m.cols[k])], "b", lm_b.tokenizer)]) for k in report]
+    names_a, names_b, same_space = sa.names(), sb.names(), lm_b is lm_a and sa.site.hook == sb.site.hook
+    out_rows = _match_rows(cmp, effects, args.top, rows, (lm_a, sa, A), (lm_b, sb, B), (names_a, names_b),
+                           same_space)
     counts = compare.status_counts([e[2] for e in effects.values()])
     _plots(run, args, cmp.layers.cka_map, layers_a, layers_b, m, effects, names_a, names_b, rows.label)
-    run.write_tensors("activations.safetensors", {"a": torch.as_tensor(A), "b": torch.as_tensor(B),
-                                                  "seq": torch.as_tensor(rows.seq)})
-    run.write_json("matches.json", {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "r": m.r.tolist(),
-                                    "p": m.p.tolist(), "q": m.q.tolist(), "significant": m.significant.tolist(),
-                                    "null_abs_r": {k: v.tolist() for k, v in m.null_r.items()}, "n_null": m.n_null,
-                                    "null": m.null, "fdr": m.fdr, "expected_null": m.expected_null})
-    run.publish("result.json")
-    ck, sv = cmp.cka, cmp.svcca
+    _store(run, A, B, rows.seq, m)
     ceiling = Ceiling(side=describe_side(args.ceiling, src_c), **cmp.ceiling) if cmp.ceiling else None
     warnings += _warnings(args, len(rows.seq), m)
     cmap, scores = cmp.layers.cka_map, cmp.layers.scores
@@ -229,16 +219,27 @@ def _compare(run: ToolRun, args: CompareFeaturesInput) -> tuple[CompareFeaturesR
         alignment=rows.alignment, layers_a=layers_a, layers_b=layers_b,
         cka_map=cmap.round(4).tolist() if cmap is not None else None, matched_layers=[layers_a[ia], layers_b[ib]],
         layer_choice=cmp.layers.reason, layer_scores=scores.round(4).tolist() if scores is not None else None,
-        similarity=Similarity(cka=ck["cka"], cka_p=ck["p"], cka_null_mean=ck["null_mean"], svcca=sv["mean"],
-                              svcca_p=sv["p"], svcca_dims=sv["dims"]),
+        similarity=Similarity(cka=cmp.cka["cka"], cka_p=cmp.cka["p"], cka_null_mean=cmp.cka["null_mean"],
+                              svcca=cmp.svcca["mean"], svcca_p=cmp.svcca["p"], svcca_dims=cmp.svcca["dims"]),
         ceiling=ceiling, n_features=[A.shape[1], B.shape[1]], n_live=list(m.n_live),
         n_pairs=len(m.r), n_matched=m.n_significant, expected_null=m.expected_null, null_rate=m.null_rate,
         threshold=m.threshold, fdr=args.fdr, null=args.null, causal_counts=counts, matches=out_rows,
         unmatched=Unmatched(a=len(m.unmatched_a), b=len(m.unmatched_b)),
         summary=_summary(run.run_id, rows.label, cmp, counts, len(effects), args.fdr), warnings=warnings,
         files=run.files, cost=run.cost({}))
-    return result, {"cka": ck["cka"], "n_matched": m.n_significant, "expected_null": m.expected_null,
+    return result, {"cka": cmp.cka["cka"], "n_matched": m.n_significant, "expected_null": m.expected_null,
                     "validated": counts["validated"]}
+
+
+def _store(run: ToolRun, A, B, seq, m) -> None:
+    """The matched layers' activations and the whole matching (null pools included), then the result."""
+    run.write_tensors("activations.safetensors", {"a": torch.as_tensor(A), "b": torch.as_tensor(B),
+                                                  "seq": torch.as_tensor(seq)})
+    run.write_json("matches.json", {"rows": m.rows.tolist(), "cols": m.cols.tolist(), "r": m.r.tolist(),
+                                    "p": m.p.tolist(), "q": m.q.tolist(), "significant": m.significant.tolist(),
+                                    "null_abs_r": {k: v.tolist() for k, v in m.null_r.items()}, "n_null": m.n_null,
+                                    "null": m.null, "fdr": m.fdr, "expected_null": m.expected_null})
+    run.publish("result.json")
 
 
 def _counterfactual(spec, args: CompareFeaturesInput) -> str | None:
@@ -286,6 +287,17 @@ def _causal_tests(run: ToolRun, args, cmp, rows, side_a: tuple, side_b: tuple, c
         a, b = ea[int(m.rows[k])], eb[int(m.cols[k])]
         out[k] = (a, b, compare.causal_status(a["ci95"], b["ci95"], float(np.sign(m.r[k])), tol=max(1e-6, ida, idb)))
     return out
+
+
+def _match_rows(cmp, effects: dict, top: int, rows, side_a: tuple, side_b: tuple, names: tuple,
+                same_space: bool) -> list[MatchRow]:
+    """The `top` matches by the report order, then the tested ones not among them."""
+    (lm_a, sa, A), (lm_b, sb, B) = side_a, side_b
+    m = cmp.matching
+    report = cmp.order[:top] + [k for k in cmp.tested if k not in cmp.order[:top]]
+    return [_match_row(k, cmp, effects.get(k), names, (sa, sb) if same_space else None,
+                       [rows.contexts(A[:, int(m.rows[k])], "a", lm_a.tokenizer),
+                        rows.contexts(B[:, int(m.cols[k])], "b", lm_b.tokenizer)]) for k in report]
 
 
 def _match_row(k: int, cmp, effect: tuple | None, names: tuple, sources: tuple | None,
