@@ -38,6 +38,7 @@ from . import fit, gemma3, hub, loaders, smollm2, toy
 from .convert import files_hash, lay_out_for_tl, model_memory, param_state, state_dict_hash
 from .errors import ModelLoadError
 from .hub import Progress
+from .paths import confine
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,6 @@ def normalize_model_id(model_id: str) -> str:
         return model_id
     ref = hub.parse(model_id)
     return ref.model_id if ref is not None else model_id
-
-
-def confine(raw: str | os.PathLike[str], roots: list[Path] | None) -> Path | None:
-    """`raw` resolved (~ expanded, symlinks and '..' followed, so a link inside a root cannot lead out of it) when it
-    lies under one of `roots` (None: anywhere), else None; None too for a path that cannot be resolved."""
-    try:
-        path = Path(raw).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a symlink loop, a NUL byte
-        return None
-    if roots is not None and not any(path.is_relative_to(r) for r in roots):
-        return None
-    return path
 
 
 def is_builtin(model_id: str) -> bool:
