@@ -71,9 +71,10 @@ class NodeContribution(BaseModel):
     name: str
     label: str = Field(description="the component and positions, e.g. L0H0@END")
     interp: str
-    drop_effect: float = Field(description="loss recovered lost when this node's claim is dropped (large = needed)")
+    drop_effect: MaybeFloat = Field(description="loss recovered lost when this node's claim is dropped (large = "
+                                    "needed; null when loss recovered is undefined)")
     drop_effect_metric: MaybeFloat
-    sharpen_effect: float | None = Field(None, description="loss recovered gained when the node's interpretation is "
+    sharpen_effect: MaybeFloat = Field(None, description="loss recovered gained when the node's interpretation is "
                                          "sharpened to the whole input (large = its interpretation is too coarse); "
                                          "None when it already is 'input'")
     sharpen_effect_metric: MaybeFloat = None
@@ -103,10 +104,10 @@ class ScrubHypothesisResult(RunResult):
     loss_recovered: Recovered = Field(description="(L_random - L_scrubbed) / (L_random - L_model): 1 = the hypothesis "
                                       "explains all of the loss, 0 = no better than random inputs")
     metric_recovered: Recovered = Field(description="the same fraction for the task metric")
-    loss_model: float
-    loss_random: float
-    metric_model: float
-    metric_random: float
+    loss_model: MaybeFloat
+    loss_random: MaybeFloat
+    metric_model: MaybeFloat
+    metric_random: MaybeFloat
     ablations: dict[str, AblationScores] = Field(description="the same tree with unimportant inputs zero- / "
                                                  "mean-ablated instead of resampled")
     contributions: list[NodeContribution]
@@ -156,6 +157,11 @@ def _f3(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _round5(x: float | None) -> float | None:
+    """Rounded for the result; None stays None (MaybeFloat turns NaN into null)."""
+    return None if x is None else round(x, 5)
+
+
 def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubHypothesisResult, dict]:
     run.open(spec, args.model, lm, args.seed)
     run.publish("result.json")
@@ -171,10 +177,9 @@ def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubHypothesisResu
                                    metric_recovered=_recovered(s.recovered_metric))
                  for m, s in res.ablations.items()}
     contribs = [NodeContribution(
-        name=c.name, label=c.label, interp=c.interp, drop_effect=round(c.drop_effect, 5),
-        drop_effect_metric=round(c.drop_effect_metric, 5),
-        sharpen_effect=None if c.sharpen_effect is None else round(c.sharpen_effect, 5),
-        sharpen_effect_metric=None if c.sharpen_effect_metric is None else round(c.sharpen_effect_metric, 5))
+        name=c.name, label=c.label, interp=c.interp, drop_effect=_round5(c.drop_effect),
+        drop_effect_metric=_round5(c.drop_effect_metric),
+        sharpen_effect=_round5(c.sharpen_effect), sharpen_effect_metric=_round5(c.sharpen_effect_metric))
         for c in res.contributions]
     lr, mr = _recovered(res.scrubbed.recovered), _recovered(res.scrubbed.recovered_metric)
     warnings = list(res.warnings)
@@ -189,10 +194,10 @@ def _result(run: ToolRun, args, spec, lm, hyp, res) -> tuple[ScrubHypothesisResu
                f"{res.metric_name} recovered {_f3(mr.mean)} ± {_f3(mr.std)} over {len(res.seeds)} seed(s)")
     if ablations:
         summary += "; " + ", ".join(f"{m} ablation {_f3(a.loss_recovered.mean)}" for m, a in ablations.items())
-    if contribs:
-        top = max(contribs, key=lambda c: c.drop_effect)
+    if defined := [c for c in contribs if c.drop_effect is not None]:
+        top = max(defined, key=lambda c: c.drop_effect)
         summary += f"; most needed claim: {top.name} (drop effect {top.drop_effect:+.3f})"
-    if lr.mean >= 0.8:
+    if lr.mean is not None and lr.mean >= 0.8:
         summary += (". Next: the hypothesis explains most of the loss; make it sparser (drop the claims with the "
                     "smallest drop_effect) and scrub again to find what it cannot lose")
     else:

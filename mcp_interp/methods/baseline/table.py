@@ -53,7 +53,7 @@ def _answer_set_columns(logits: torch.Tensor, cf_logits: torch.Tensor, ds: TaskD
     for i, e in enumerate(ds.examples):
         good, bad = torch.tensor(e.good_ids, dtype=torch.long), torch.tensor(e.bad_ids, dtype=torch.long)
         cols["prob_diff"].append(float(probs[i, good].sum() - probs[i, bad].sum()))
-        # the counterfactual prompt has its own correct set, taken from the counterfactual example
+        # the same metric on the counterfactual prompt (this example's sets, as cf_logit_diff keeps a and b)
         cols["cf_prob_diff"].append(float(cf_probs[i, good].sum() - cf_probs[i, bad].sum()))
         cand = torch.tensor(sorted(set(e.good_ids) | set(e.bad_ids)), dtype=torch.long)
         best = int(cand[logits[i, cand].argmax()])
