@@ -145,3 +145,17 @@ async def test_from_locate_run_maps_index_labels_to_named_positions(store_dir):
                                                           "epochs": 2, "n_train": 64, "n_test": 32}))
         assert out["site"]["position"] in ("END", *[p.split(" ", 1)[1] for p in labels if " " in p])
         assert out["model"] == MODEL and out["task"] == meta["task"]
+
+
+async def test_a_stalled_rotation_is_flagged_and_a_restart_recovers_it(store_dir):
+    """Seed 0 with n_test=32 starts the rotation nearly orthogonal to the planted direction and training stalls
+    (train IIA at chance): the result must say it may be a stall, not only "no subspace", and restarts=3 finds it."""
+    args = {"model": "toy/planted-direction", "task": "planted-direction", "variable": "g", "layer": 1, "k": 1,
+            "n_train": 128, "n_test": 32, "wait_seconds": 300}
+    async with Client(build_server(store_dir)) as c:
+        stalled = await finish(c, await call(c, "train_das", args))
+        again = await finish(c, await call(c, "train_das", {**args, "restarts": 3}))
+    assert stalled["train_iia"]["mean"] < 0.3 and stalled["test_iia"]["mean"] < 0.3, stalled["summary"]
+    assert any("restarts=3" in w for w in stalled["warnings"]), stalled["warnings"]
+    assert again["test_iia"]["mean"] > 0.9, again["summary"]
+    assert not any("stall" in w for w in again["warnings"]), again["warnings"]
