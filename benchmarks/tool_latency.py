@@ -144,6 +144,17 @@ CASES = [
          lambda c: {"a": {"model": c["model"], "layer": max(0, c["layer"] - 2)},
                     "b": {"model": c["model"], "layer": c["layer"]}, "task": c["task"]},
          note="resid_post at --layer - 2 vs --layer on the task's prompts; tool defaults (n 128, 5 causal tests)"),
+    Case("attribute_dla", "attribute", lambda c: {**_base(c), "method": "dla"},
+         note="direct logit attribution of every head + faithfulness curve"),
+    Case("logit_lens", "logit_lens", _base, note="every layer at the task's positions and END"),
+    Case("attention", "attention", lambda c: {**_base(c), **({"prefer": ["IO", "S1"]} if c["task"] == "ioi" else {})},
+         note="every head; IOI: prefer IO over S1"),
+    Case("probe", "probe", lambda c: {"model": c["model"], "task": c["task"],
+                                      "variable": "order" if c["task"] == "ioi" else c["variable"]},
+         note="every layer; tool default n 256 (not --n)"),
+    Case("steer", "steer", lambda c: {**_base(c), "intervention": {
+        "kind": "feature", "source": "probe", "probe_run": c["probe"]["run_id"], "index": 0}},
+         needs=lambda c: ["probe"], note="the probe run's best-layer direction, 5 alphas, 4 prompts x 16 tokens"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 NO_FORCE = {"eval_das"}  # tools without `force`: the warm call changes the seed instead

@@ -301,3 +301,39 @@ def preview_png(fig: Figure, max_bytes: int = PREVIEW_MAX_BYTES) -> bytes | None
             return buf.getvalue()
         dpi *= 0.8
     return None
+
+
+def attention_grid(patterns: Sequence[Sequence[np.ndarray]], tokens: Sequence[Sequence[str]],
+                   row_titles: Sequence[str], title: str = "") -> Figure:
+    """Attention patterns [query, key] in a grid: one row per head (`row_titles`), one column per prompt (its
+    `tokens` label both axes; weights 0..1, a shared colour bar)."""
+    nr, nc = len(patterns), max((len(r) for r in patterns), default=0)
+    if nr == 0 or nc == 0:
+        raise ValueError("attention_grid needs at least one head and one prompt")
+    longest = max(len(t) for t in tokens)
+    side = _clamp(1.2 + 0.18 * longest, 2.6, 5.0)
+    fig = _figure(_clamp(side * nc + 1.0, 4.5, 15), _clamp(side * nr + 0.6, 3.0, 14))
+    axes = fig.subplots(nr, nc, squeeze=False)
+    im = None
+    for i in range(nr):
+        for j in range(nc):
+            ax = axes[i][j]
+            if j >= len(patterns[i]):
+                ax.axis("off")
+                continue
+            im = ax.imshow(patterns[i][j], cmap="viridis", vmin=0.0, vmax=1.0, aspect="equal",
+                           interpolation="nearest")
+            labels = [repr(t)[1:-1] for t in tokens[j]]
+            idx = _ticks(len(labels))
+            ax.set_xticks(idx, [labels[k] for k in idx], fontsize=max(5.0, TICK_SIZE - 2), rotation=90)
+            ax.set_yticks(idx, [labels[k] for k in idx], fontsize=max(5.0, TICK_SIZE - 2))
+            ax.set_title(f"{row_titles[i]}, prompt {j}", fontsize=LABEL_SIZE)
+            if j == 0:
+                ax.set_ylabel("query", fontsize=LABEL_SIZE)
+            if i == nr - 1:
+                ax.set_xlabel("key", fontsize=LABEL_SIZE)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="attention weight")
+    if title:
+        fig.suptitle(title, fontsize=TITLE_SIZE)
+    return fig

@@ -246,6 +246,67 @@ def compare_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     return out + _figures(run_id, pngs, lambda p: True, "comparison")
 
 
+def logit_lens(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    first = r["first_layer"]
+    where = f"layer {first} (`{r['first_hook']}`)" if first is not None else "no layer"
+    out = _summary(run_id, r) + [Para(
+        f"{r['lens'].capitalize()} lens on `{r['model']}`, {r['task'] or 'free prompts'} (n={r['n']}): the answer "
+        f"first becomes top-1 at END at {where} {cite(run_id)}.")]
+    rows = []
+    for x in r["layers"]:
+        m = (x.get("metric") or {}).get("END")
+        p = (x.get("answer_prob") or {}).get("END")
+        top = x["top_tokens"][0] if x["top_tokens"] else {"token": "", "mean_prob": None}
+        rows.append([str(x["layer"]), f"`{x['hook']}`", stat(m) if m else "", stat(p, 3) if p else "",
+                     f"{top['token']!r} ({num(top['mean_prob'])})", f"`{run_id}`"])
+    out.append(Table(["layer", "hook", f"{r['metric'] or 'metric'} at END", "P(answer) at END", "top token", "run"],
+                     rows))
+    return out + _figures(run_id, pngs, lambda p: True, "logit lens")
+
+
+def attention(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [Para(
+        f"Attention of {r['n_heads']} heads of `{r['model']}` from {r['from_position']} on `{r['task']}` "
+        f"(n={r['n']}, seed {r['seed']}), ranked by {r['ranking']} {cite(run_id)}.")]
+    pos = r["to_positions"]
+    out.append(Table(["head", *[f"to {p} [95% CI]" for p in pos], "score [95% CI]", "run"],
+                     [[h["head"], *[stat(h["attention"].get(p)) for p in pos],
+                       f"{num(h['score'])} [{ci(h['score_ci95'])}]", f"`{run_id}`"] for h in r["top"][:10]]))
+    return out + _warnings(run_id, r) + _figures(run_id, pngs, lambda p: True, "attention")
+
+
+def steer(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [Para(
+        f"Held {r['intervention']} at `{r['hook']}` ({', '.join(r['positions'])}) on `{r['model']}`"
+        + (f", task `{r['task']}` (n={r['n']})" if r.get("task") else f" ({r['n']} prompts)")
+        + f"; alpha multiplies {r['alpha_unit']}, vector norm {num(r['vector_norm'])} against a site norm of "
+        f"{num(r['site_norm'])}; control: {r['control']} {cite(run_id)}.")]
+    if r.get("metric"):
+        out.append(Table(["alpha", "metric", "flip rate", "to counterfactual", "control metric", "control flip rate",
+                          "run"],
+                         [[num(a["alpha"]), stat(a["metric"]) if a["metric"] else "", stat(a["flip_rate"]),
+                           stat(a["to_counterfactual"]) if a["to_counterfactual"] else "",
+                           stat(a["control_metric"]) if a["control_metric"] else "", stat(a["control_flip_rate"]),
+                           f"`{run_id}`"] for a in r["by_alpha"]]))
+    gens = [(g["prompt"], c) for g in r["generations"][:2] for c in g["by_alpha"]]
+    if gens:
+        out.append(Table(["prompt", "alpha", "steered", "control", "run"],
+                         [[repr(p), num(c["alpha"]), repr(c["steered"]), repr(c["control"]), f"`{run_id}`"]
+                          for p, c in gens]))
+    return out + _warnings(run_id, r) + _figures(run_id, pngs, lambda p: True, "steering")
+
+
+def probe(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [Para(
+        f"Linear probes for `{r['variable']}` at {r['position']} ({r['site']}) of `{r['model']}` on `{r['task']}`: "
+        f"n_train={r['n_train']}, n_test={r['n_test']}, shared base prompts {r['shared_bases']}; majority class "
+        f"{stat(r['majority'])}; best layer {r['best_layer']} {cite(run_id)}.")]
+    out.append(Table(["layer", "held-out accuracy", "control task", "selectivity", "run"],
+                     [[str(x["layer"]), stat(x["accuracy"]), stat(x["control_accuracy"]), stat(x["selectivity"]),
+                       f"`{run_id}`"] for x in r["layers"]]))
+    return out + _figures(run_id, pngs, lambda p: True, "probe")
+
+
 def generic(run_id: str, r: dict, key_metrics: dict, pngs: list[str]) -> list[Block]:
     out = _summary(run_id, r)
     rows = [(k, v) for k, v in (key_metrics or {}).items() if isinstance(v, (int, float, str))]
@@ -265,6 +326,10 @@ SECTIONS: dict[str, tuple[str, Callable[[str, dict, list[str]], list[Block]]]] =
     "load_sae": ("SAE loaded", load_sae),
     "find_features": ("Features: which latents carry the variable?", find_features),
     "compare_features": ("Comparison: do two sides carry the same features?", compare_features),
+    "attention": ("Attention: where do the heads look?", attention),
+    "logit_lens": ("Logit lens: which layer predicts the answer?", logit_lens),
+    "probe": ("Probe: is the variable linearly decodable?", probe),
+    "steer": ("Steering: does the direction change what the model says?", steer),
 }
 ORDER = list(SECTIONS)  # the research loop's order; other tools follow
 

@@ -69,6 +69,11 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
                                                          "wait_seconds": 60}))["result"]
             heads = (await _call(client, bar, "locate", {"model": model, "task": "ioi-demo", "n": n, "sites": ["z"],
                                                          "positions": ["END"], "wait_seconds": 60}))["result"]
+            lens = (await _call(client, bar, "logit_lens", {"model": model, "task": "ioi-demo", "n": n,
+                                                            "positions": ["END"], "wait_seconds": 60}))["result"]
+            looks = (await _call(client, bar, "attention", {"model": model, "task": "ioi-demo", "n": n,
+                                                            "heads": [f"L{l}H{h}" for l, h in _MOVERS],
+                                                            "prefer": ["IO", "S1"], "wait_seconds": 60}))["result"]
             attr = (await _call(client, bar, "attribute", {"model": model, "task": "ioi-demo", "n": n,
                                                            "method": "atp", "level": "heads",
                                                            "wait_seconds": 120}))["result"]
@@ -79,6 +84,14 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
             scrubs = [(await _call(client, bar, "scrub_hypothesis", {
                 "model": model, "task": "ioi-demo", "hypothesis": hyp, "n": 64, "seeds": 2, "contributions": True,
                 "wait_seconds": 180}))["result"] for hyp in ("nothing", LATE_END, NAME_MOVERS)]
+            probed = (await _call(client, bar, "probe", {
+                "model": model, "task": "ioi-demo", "variable": "order", "layers": [16, 20, 24], "n": 64,
+                "wait_seconds": 120}))["result"]
+            # does the DAS direction for IO change the answer? (against an equal-norm random direction)
+            steered = (await _call(client, bar, "steer", {
+                "model": model, "task": "ioi-demo", "n": n, "positions": ["END"], "alphas": [-8.0, 0.0, 8.0],
+                "intervention": {"kind": "feature", "source": "das", "das_run": das["run_id"], "index": 0},
+                "n_generate": 2, "max_new_tokens": 6, "wait_seconds": 180}))["result"]
             # pretrained SAEs for this model in the sae-lens registry (read offline); none for SmolLM2, so train one
             pretrained = (await client.call_tool("list_saes", {"model": model})).structured_content or {}
             console.print(f"list_saes: {pretrained.get('summary', 'no answer')}")
@@ -97,7 +110,7 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
                 "b": {"model": model, "source": "sae", "sae": sae["run_id"]},
                 "task": "ioi-demo", "variable": "IO", "counterfactual": "s2_swap", "position": "END", "n": 64,
                 "n_null": 20, "n_perm": 99, "test_top": 2, "wait_seconds": 180}))["result"]
-            runs = [base, resid, heads, attr, das, *scrubs, sae, feats, compared]
+            runs = [base, resid, heads, lens, looks, attr, das, *scrubs, probed, steered, sae, feats, compared]
             report = await _call(client, bar, "report", {"run_ids": [r["run_id"] for r in runs],
                                                          "title": f"mcp-interp demo — IOI on {model}"})
     console.print(f"{report['summary']} ({time.time() - t0:.0f} s in all)")

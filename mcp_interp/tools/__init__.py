@@ -2,6 +2,7 @@
 registry the server registers from. Adding a tool = one module here and one line in `TOOLS`."""
 
 from . import (
+               attention,
                attribute,
                baseline,
                compare_features,
@@ -12,10 +13,13 @@ from . import (
                list_saes,
                load_sae,
                locate,
+               logit_lens,
                models,
+               probe,
                report,
                runs,
                scrub,
+               steer,
                tasks,
                train_sae,
 )
@@ -38,6 +42,10 @@ TOOLS: list[ToolSpec] = [
     list_saes.LIST_SAES,
     find_features.FIND_FEATURES,
     compare_features.COMPARE_FEATURES,
+    probe.PROBE,
+    attention.ATTENTION,
+    logit_lens.LOGIT_LENS,
+    steer.STEER,
     runs.LIST_RUNS,
     runs.GET_RUN,
     report.REPORT,

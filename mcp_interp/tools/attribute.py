@@ -22,8 +22,9 @@ run_attribution = lazy("mcp_interp.methods.attribution", "run_attribution")
 post_normed = lazy("mcp_interp.methods.core.writes", "post_normed")
 
 TOOL = "attribute"
-Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "eap", "eap_ig"]
-NODE_ONLY = {"atp", "atp_star", "grad", "grad_act", "ig", "act_diff"}
+Method = Literal["exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "dla", "eap", "eap_ig"]
+NODE_ONLY = {"atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "dla"}
+DLA_SOURCE_HEADS = 12  # heads in the figure of direct attribution by source position
 EDGE_ONLY = {"eap", "eap_ig"}
 METHOD_DOC = (
     "exact: activation patching of each unit at every position, the patching engine's partial forwards (ground "
@@ -32,7 +33,11 @@ METHOD_DOC = (
     "QK fix (attention patterns a unit's change reaches are recomputed exactly, so a saturated softmax no longer "
     "hides it) and GradDrop (units whose direct and indirect effects cancel), on exact patching's scale. "
     "grad: |∇m| at x. grad_act: a(x)·∇m(x). ig: integrated gradients along the "
-    "embedding path x'→x (ig_steps). act_diff: |a(x)-a(x')|, not causal, for contrast. eap / eap_ig: edge "
+    "embedding path x'→x (ig_steps). act_diff: |a(x)-a(x')|, not causal, for contrast. dla: direct logit "
+    "attribution, what each head / MLP / neuron writes straight into the logit difference through the unembedding "
+    "with the final norm's scale frozen from the run (score: DLA(x)-DLA(x') normalised like the others; `direct`: "
+    "the raw clean DLA in logits; heads also split by source position); logit_diff only, not level positions; a "
+    "unit acting through later components scores ~0 (compare_exact shows it). eap / eap_ig: edge "
     "attribution patching (plain / integrated gradients) — level 'edges' only. exact on 'edges' patches each edge "
     "(small models only).")
 
@@ -110,6 +115,25 @@ class ComparisonWithExact(BaseModel):
     speedup: MaybeFloat = Field(None, description="exact patching's seconds over the method's")
 
 
+class DirectUnit(BaseModel):
+    name: str
+    direct: MaybeFloat = Field(description="mean direct logit attribution on the clean inputs (logit units)")
+    ci95: list[MaybeFloat]
+
+
+class DirectLogits(BaseModel):
+    units: list[DirectUnit] = Field(description="the units of `top`, in that order, with their raw clean DLA")
+    other: dict[str, MaybeFloat] = Field(description="mean clean direct terms of the rest of the stream (embed, "
+                                         "pos_embed, biases, and the other level's components: MLPk beside heads, "
+                                         "attnk beside MLPs); units + other = the logit difference")
+    identity_error: MaybeFloat = Field(description="max |sum of all direct terms - logit difference| over examples "
+                                       "(the decomposition's check; ~1e-6)")
+    source_positions: list[str] | None = Field(None, description="heads: the named source positions, then 'rest'")
+    sources: dict[str, dict[str, MaybeFloat]] | None = Field(
+        None, description="heads: for the top heads, mean clean DLA through each source position (logit units): "
+        "pattern[last, k] * v_k W_O read by the unembedding; all heads in scores.json")
+
+
 class AttributeResult(RunResult):
     run_id: str
     task: str
@@ -130,6 +154,7 @@ class AttributeResult(RunResult):
                                     "faithfulness=false")
     faithfulness: FaithfulnessCurve | None = None
     comparison_with_exact: ComparisonWithExact | None = None
+    direct: DirectLogits | None = Field(None, description="method dla: raw direct logit attributions (logits)")
 
 
 class AttributeOutput(HeavyOutput):
@@ -148,11 +173,19 @@ def _check_args(args: AttributeInput, n_layers: int) -> None:
         raise ToolError(f"layer: {args.layer} out of range 0..{n_layers - 1}.")
     if args.compare_exact and args.level == "edges":
         raise ToolError("compare_exact: only for node levels (exact edge patching is one forward per edge).")
+    if args.method == "dla" and args.level in ("positions", "qkv"):
+        raise ToolError(f"level: dla scores what a unit writes into the residual stream; {args.level} are not "
+                        f"writes (no direct effect). Use level='heads' (split by source position), 'mlps' or "
+                        f"'neurons', or method='exact' for positions.")
 
 
 def _attribute(run: ToolRun, args: AttributeInput) -> tuple[AttributeResult, dict]:
     spec = resolve_task(run.app, args.task)
     metric_name = per_token_metric(spec, args.metric, "attribution")
+    if args.method == "dla" and metric_name != "logit_diff":
+        raise ToolError(f"metric: dla decomposes a metric linear in the logits; {metric_name} is a softmax of every "
+                        f"logit and does not split into direct terms. Fix: pass metric='logit_diff' (or another "
+                        f"method, e.g. atp or exact, for {metric_name}).")
     lm = run.load(args.model)
     cfg = lm.model.cfg
     _check_args(args, cfg.n_layers)
@@ -195,10 +228,26 @@ def _result(run: ToolRun, args, spec, lm, ds, rep: AttributionReport, metric_nam
         clean_metric=Stat(**clean), counterfactual_metric=Stat(**counterfactual), n_units=len(rep.units), top=top,
         circuit=Circuit(**rep.circuit) if rep.circuit else None, faithfulness=faith,
         comparison_with_exact=ComparisonWithExact(**rep.comparison) if rep.comparison else None,
+        direct=_direct(rep, top),
         summary=_summary(args, spec.name, rep, top[0], faith),
         warnings=_warnings(args, spec, lm, rep, metric_name, top[0]), files=run.files, cost=run.cost(rep.cost))
     t = top[0]
     return result, {"top_unit": t.name, "top_score": t.score, **({"cpr": faith.cpr, "cmd": faith.cmd} if faith else {})}
+
+
+def _direct(rep: AttributionReport, top: list[UnitScore]) -> DirectLogits | None:
+    d = rep.direct
+    if d is None:
+        return None
+    at = {u: i for i, u in enumerate(rep.units)}
+    units = [DirectUnit(name=t.name, direct=round(float(d.mean[at[t.name]]), 4),
+                        ci95=[round(float(d.lo[at[t.name]]), 4), round(float(d.hi[at[t.name]]), 4)]) for t in top]
+    sources = None
+    if d.sources is not None:
+        sources = {t.name: {p: round(float(v), 4) for p, v in zip(d.source_names, d.sources[at[t.name]])}
+                   for t in top[:DLA_SOURCE_HEADS]}
+    return DirectLogits(units=units, other={k: round(v, 4) for k, v in d.other.items()},
+                        identity_error=d.identity_error, source_positions=d.source_names or None, sources=sources)
 
 
 def _faithfulness(rep: AttributionReport) -> FaithfulnessCurve | None:
@@ -214,9 +263,23 @@ def _write_scores(run: ToolRun, rep: AttributionReport, ds, faith: FaithfulnessC
                                    "ci95_low": None if rep.lo is None else rep.lo.tolist(),
                                    "ci95_high": None if rep.hi is None else rep.hi.tolist(),
                                    "faithfulness": faith.model_dump() if faith else None, "circuit": rep.circuit,
-                                   "comparison_with_exact": rep.comparison,
+                                   "comparison_with_exact": rep.comparison, **_direct_json(rep),
                                    "prompts": [e.prompt for e in ds.examples],
                                    "counterfactual_prompts": [e.cf_prompt for e in ds.examples]})
+
+
+def _direct_json(rep: AttributionReport) -> dict:
+    """scores.json's dla fields: direct (clean DLA per unit, logits, with CIs), direct_other, and per (head, source
+    position) direct_sources (clean DLA, logits) and direct_sources_score (normalised like `scores`)."""
+    d = rep.direct
+    if d is None:
+        return {}
+    out = {"direct": {"mean": d.mean.tolist(), "ci95_low": d.lo.tolist(), "ci95_high": d.hi.tolist()},
+           "direct_other": d.other, "direct_identity_error": d.identity_error}
+    if d.sources is not None:
+        out["direct_sources"] = {"positions": d.source_names, "direct": d.sources.tolist(),
+                                 "score": d.sources_score.tolist()}
+    return out
 
 
 def _warnings(args, spec, lm, rep: AttributionReport, metric_name: str, top: UnitScore) -> list[str]:
@@ -230,6 +293,8 @@ def _warnings(args, spec, lm, rep: AttributionReport, metric_name: str, top: Uni
         warnings.append(f"the clean-counterfactual gap is small ({rep.gap:.3f}): normalised scores are noisy")
     if args.method == "act_diff":
         warnings.append("act_diff is not causal: it flags components that change, whether or not they matter")
+    if args.method == "dla":
+        warnings += _dla_warnings(rep)
     if rep.circuit and rep.circuit.get("uninformative"):
         warnings.append(f"faithfulness curve uninformative: {rep.circuit['reason']}")
     elif rep.circuit and not rep.circuit["reached_target"]:
@@ -241,8 +306,29 @@ def _warnings(args, spec, lm, rep: AttributionReport, metric_name: str, top: Uni
     return warnings
 
 
+def _dla_warnings(rep: AttributionReport) -> list[str]:
+    d = rep.direct
+    out = ["dla measures only what a unit writes straight to the logits (final norm scale frozen from the run): a "
+           "unit that acts through later components (e.g. a head whose output a later head reads) scores ~0 even "
+           "when patching it matters; DLA is not patching. compare_exact=true shows the difference"]
+    m = float(rep.m_clean.mean())
+    if len(d.mean) and float(abs(d.mean).max()) < 0.05 * abs(m) and d.other:
+        name, v = max(d.other.items(), key=lambda kv: abs(kv[1]))
+        out.append(f"no unit of this level writes much of the answer directly (largest {float(abs(d.mean).max()):.2g} "
+                   f"logits of the clean logit difference {m:.2f}); the largest direct term is {name} ({v:+.2f}): "
+                   f"score that level, or trace what feeds it")
+    if d.capped:
+        out.append("the model soft-caps its output logits: direct terms add up to the logit difference before the "
+                   "cap, not to the capped metric the scores are normalised by")
+    if not d.identity_error <= 1e-3 * max(1.0, float(abs(rep.m_clean).max())):
+        out.append(f"the direct terms miss the logit difference by up to {d.identity_error:.3g} (reduced precision?)")
+    return out
+
+
 def _summary(args, task: str, rep: AttributionReport, t: UnitScore, faith: FaithfulnessCurve | None) -> str:
     summary = f"{args.method} on {args.level}: top {t.name} ({'n/a' if t.score is None else f'{t.score:+.2f}'})"
+    if rep.direct is not None:
+        summary += f", {rep.direct.mean[rep.units.index(t.name)]:+.2f} logits direct on the clean inputs"
     circuit = rep.circuit
     if circuit and circuit.get("uninformative"):
         summary += f"; faithfulness curve uninformative ({circuit['reason'].split(':')[0]})"
@@ -273,6 +359,8 @@ def _plots(run: ToolRun, args, spec, lm, rep: AttributionReport, n) -> None:
             [u.name for u in bars], [u.score for u in bars], None if rep.lo is None else [u.lo for u in bars],
             None if rep.hi is None else [u.hi for u in bars],
             title=f"{args.level} attribution (top {len(bars)})\n{what}", ylabel="normalised score"), main=True)
+    if rep.direct is not None and rep.direct.sources is not None:
+        _sources_plot(run, rep, what)
     if rep.curve_defined:  # an undefined curve has nothing to draw
         s, a = rep.curves["signed"], rep.curves["abs"]
         run.save_figure("faithfulness.png", plots.line_plot(
@@ -286,6 +374,15 @@ def _plots(run: ToolRun, args, spec, lm, rep: AttributionReport, n) -> None:
         run.save_figure("circuit.png", plots.layered_graph(
             nodes, edges, title=f"circuit: {size} {args.level} (f = {rep.circuit['faithfulness']:.2f})\n{what}"),
             main=args.level == "edges")
+
+
+def _sources_plot(run: ToolRun, rep: AttributionReport, what: str) -> None:
+    d = rep.direct
+    heads = rep.ranked(DLA_SOURCE_HEADS)
+    run.save_figure("dla_sources.png", plots.heatmap(
+        d.sources[[u.index for u in heads]], row_labels=[u.name for u in heads], col_labels=d.source_names,
+        title=f"DLA by source position (clean, logits)\n{what}", cbar_label="logits",
+        xlabel="source position", ylabel="head"))
 
 
 def attribute(app: AppContext, args: AttributeInput, progress: Progress | None = None) -> AttributeOutput:
@@ -306,5 +403,7 @@ ATTRIBUTE = ToolSpec(
         "defines them, and the smallest circuit with f >= 0.8 (flagged uninformative when the empty circuit already "
         "has f >= 0.8). atp_star applies AtP*'s QK fix, so heads behind a saturated attention softmax are not missed; "
         "level qkv scores each head's query/key/value input. compare_exact=true also runs exact patching and "
-        "reports the correlation and the cost of each. Plots: layer x head heatmap, faithfulness curve, circuit "
+        "reports the correlation and the cost of each. method=dla: direct logit attribution (each unit's "
+        "write read straight through the unembedding, final norm scale frozen; heads split by source position; "
+        "logit_diff only). Plots: layer x head heatmap, faithfulness curve, circuit "
         "graph. Runs as a job; identical requests return the stored run."))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
@@ -232,3 +233,33 @@ def pair_dataset(spec: TaskSpec, lm, model_id: str, n: int, seed: int, variable:
     clean = [torch.tensor(e.tokens) for e in ds.examples]
     corrupt = [torch.tensor(e.cf_tokens) for e in ds.examples]
     return ds, task_metric(metric_name, ds), clean, corrupt
+
+
+def parse_layers(value: int | list[int] | str, n_layers: int, field: str) -> list[int]:
+    """Layers from an int, a list of ints, or a range 'a:b' / 'a:b:step' (b excluded), each in 0..n_layers-1 (at
+    most 64); ToolError naming `field` otherwise."""
+    if isinstance(value, int):
+        out = [value]
+    elif isinstance(value, list):
+        out = list(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?", value)
+        if not m:
+            raise ToolError(f"{field}: {value!r} is not a layer range; write 'a:b' or 'a:b:step' (b excluded).")
+        a, b, step = int(m[1]), int(m[2]), int(m[3] or 1)
+        if step == 0:
+            raise ToolError(f"{field}: {value!r} has step 0; write 'a:b' or 'a:b:step' with step >= 1.")
+        if not (a < n_layers and b <= n_layers):  # bounds before building anything: '0:30000000' stays a range
+            raise ToolError(f"{field}: {value!r} reaches past this model's layers 0..{n_layers - 1}; write e.g. "
+                            f"'0:{n_layers}'.")
+        out = list(range(a, b, step))
+        if not out:
+            raise ToolError(f"{field}: {value!r} is an empty range (the end is excluded and must be above the start); "
+                            f"write e.g. '{a}:{min(a + 1, n_layers)}'.")
+    if len(out) > 64:
+        raise ToolError(f"{field}: {len(out)} layers; at most 64 (use a step).")
+    bad = [x for x in out if not 0 <= x < n_layers]
+    if not out or bad:
+        shown = bad[:8] + (["..."] if len(bad) > 8 else []) if bad else out
+        raise ToolError(f"{field}: layers {shown} are not in 0..{n_layers - 1}.")
+    return out

@@ -32,8 +32,8 @@ MAX_ROWS = 8192  # aligned rows kept (Gram matrices are rows x rows)
 
 
 class CompareFeaturesInput(HeavyInput):
-    a: Side = Field(..., description="Side A: {model, source, layer, site, sae, das_run}.")
-    b: Side = Field(..., description="Side B (another model, layer, SAE seed...).")
+    a: Side = Field(..., description="Side A: {model, source, layer, site, sae, das_run, probe_run}.")
+    b: Side = Field(..., description="Side B, the same keys as `a` (another model, layer, SAE seed, probe run...).")
     task: str | None = Field(None, description="Compare on this task's prompts at `position` (resolved per model, so "
                              "it works across tokenizers). Give `task` or `corpus`.")
     corpus: Literal["shakespeare", "random"] | None = Field(
@@ -75,7 +75,7 @@ class Effect(BaseModel):
 class Context(BaseModel):
     """Where a feature fires strongly: the prompt (task) or the text before the token (corpus), and its value."""
     token: str
-    value: float
+    value: MaybeFloat = Field(description="the feature's value (null if not finite)")
     prompt: str | None = None
     text: str | None = None
 
@@ -85,9 +85,9 @@ class MatchRow(BaseModel):
     name_a: str
     feature_b: int
     name_b: str
-    r: float = Field(description="Pearson correlation over the aligned examples")
-    p: float = Field(description="against the pooled null of matched |r|")
-    q: float
+    r: MaybeFloat = Field(description="Pearson correlation over the aligned examples (null for a constant feature)")
+    p: MaybeFloat = Field(description="against the pooled null of matched |r|")
+    q: MaybeFloat
     significant: bool
     decoder_cos: MaybeFloat = Field(None, description="cosine of the two features' directions (same space only)")
     variable_score_a: MaybeFloat = None
@@ -116,6 +116,7 @@ class SideInfo(BaseModel):
     n_features: int
     sae: str | None = None
     das_run: str | None = None
+    probe_run: str | None = None
 
 
 class Ceiling(BaseModel):

@@ -4,7 +4,6 @@ both sides are read at, and the feature values there."""
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 import numpy as np
@@ -14,7 +13,7 @@ from .. import lazy
 from ..methods import compare, features
 from ..methods.core import Site
 from .base import ToolRun
-from .common import DEFAULT_MODEL, dataset, validate_or_raise
+from .common import DEFAULT_MODEL, dataset, parse_layers, validate_or_raise
 from .errors import ToolError
 from .find_features import feature_source
 
@@ -24,51 +23,38 @@ torch = lazy("torch")  # imported on the first call, not when the server starts
 
 class Side(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
-    source: Literal["resid", "neurons", "sae", "das"] = Field(
+    source: Literal["resid", "neurons", "sae", "das", "probe"] = Field(
         "resid", description="resid: the raw activation at `site` (one feature per dimension); neurons: MLP hidden "
-        "units at `layer`; sae: latents of `sae`; das: the directions of a train_das run.")
+        "units at `layer`; sae: latents of `sae`; das: the directions of a train_das run; probe: the directions of a "
+        "probe run.")
     layer: int | list[int] | str | None = Field(
         None, description="resid / neurons: a layer, a list of layers, or a range 'a:b' / 'a:b:step' (end excluded); "
         "with several layers the tool draws a layer x layer CKA map and matches features at the pair that shares "
         "most beyond the token identity (or, with `variable`, separates it best on both sides; `layer_choice` says "
-        "why). sae / das: taken from the SAE / run.")
+        "why). sae / das: taken from the SAE / run; probe: one of the probe run's layers (an int; default its best).")
     site: Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post"] = Field(
         "resid_post", description="source='resid': which activation (neurons read mlp_post).")
     sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory.")
     das_run: str | None = Field(None, description="source='das': a train_das run id.")
+    probe_run: str | None = Field(None, description="source='probe': a probe run id.")
 
 
 def side_layers(side: Side, n_layers: int, field: str) -> list[int]:
     L = side.layer
     if L is None:
         raise ToolError(f"{field}.layer: source={side.source!r} needs `layer` (an int, a list, or 'a:b').")
-    if isinstance(L, int):
-        out = [L]
-    elif isinstance(L, list):
-        out = list(L)
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*(?::\s*(\d+)\s*)?", L)
-        if not m:
-            raise ToolError(f"{field}.layer: {L!r} is not a layer range; write 'a:b' or 'a:b:step' (b excluded).")
-        a, b, step = int(m[1]), int(m[2]), int(m[3] or 1)
-        if step == 0:
-            raise ToolError(f"{field}.layer: {L!r} has step 0; write 'a:b' or 'a:b:step' with step >= 1.")
-        if not (a < n_layers and b <= n_layers):  # bounds before building anything: '0:30000000' stays a range
-            raise ToolError(f"{field}.layer: {L!r} reaches past this model's layers 0..{n_layers - 1}; write e.g. "
-                            f"'0:{n_layers}'.")
-        out = list(range(a, b, step))
-    if len(out) > 64:
-        raise ToolError(f"{field}.layer: {len(out)} layers; at most 64 (use a step).")
-    bad = [x for x in out if not 0 <= x < n_layers]
-    if not out or bad:
-        shown = bad[:8] + (["..."] if len(bad) > 8 else []) if bad else out
-        raise ToolError(f"{field}.layer: layers {shown} are not in 0..{n_layers - 1}.")
-    return out
+    return parse_layers(L, n_layers, f"{field}.layer")
 
 
 def side_sources(run: ToolRun, side: Side, lm, field: str) -> list:
     """[(layer, feature source)] of one side."""
     model = lm.model
+    if side.source == "probe":
+        if side.layer is not None and not isinstance(side.layer, int):
+            raise ToolError(f"{field}.layer: source='probe' takes one of the probe run's layers (an int) or none (its "
+                            f"best layer).")
+        src = feature_source(run.app, lm, "probe", layer=side.layer, field=f"{field}.", probe_run=side.probe_run)
+        return [(src.site.layer, src)]
     if side.source in ("sae", "das"):
         if side.layer is not None:
             raise ToolError(f"{field}.layer: source={side.source!r} takes its layer from the SAE / run; leave `layer` "
@@ -92,7 +78,8 @@ def describe_side(side: Side, sources) -> dict:
     s = sources[0][1]
     return {"model": side.model, "source": side.source, "hook": s.site.hook, "layers": [l for l, _ in sources],
             "n_features": s.n, **({"sae": side.sae} if side.sae else {}),
-            **({"das_run": side.das_run} if side.das_run else {})}
+            **({"das_run": side.das_run} if side.das_run else {}),
+            **({"probe_run": side.probe_run} if side.probe_run else {})}
 
 
 # ------------------------------------------------------------------ inputs

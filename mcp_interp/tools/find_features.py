@@ -27,6 +27,7 @@ from .common import (
 )
 from .errors import ToolError
 from .load_sae import checked_sae, sae_directory
+from .probe import probe_features
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -42,13 +43,16 @@ class FindFeaturesInput(HeavyInput):
     task: str = Field(..., description="Task name (list_tasks).")
     variable: str = Field(..., description="The task variable (input or derived) whose value the features should "
                           "separate.")
-    source: Literal["sae", "neurons", "das"] = Field("sae", description="sae: latents of `sae`; neurons: MLP hidden "
-                                                     "units at `layer`; das: the directions of a train_das run.")
+    source: Literal["sae", "neurons", "das", "probe"] = Field(
+        "sae", description="sae: latents of `sae`; neurons: MLP hidden units at `layer`; das: the directions of a "
+        "train_das run; probe: the directions of a probe run at `layer` (default: its best layer).")
     sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory; "
                             "a transcoder (sae-lens transcoder classes, or EleutherAI sparsify's layers.L.mlp folders) "
                             "works too: its latents are read at the MLP's input and written at its output.")
-    layer: int | None = Field(None, ge=0, description="source='neurons': the MLP's layer.")
+    layer: int | None = Field(None, ge=0, description="source='neurons': the MLP's layer; source='probe': which of "
+                              "the run's layers (default: its best).")
     das_run: str | None = Field(None, description="source='das': a train_das run id.")
+    probe_run: str | None = Field(None, description="source='probe': a probe run id.")
     position: str = Field("END", description="The task's named position where features are read and intervened on.")
     counterfactual: str | None = Field(None, description="Generator for the causal tests (default: one that resamples "
                                        "exactly `variable`, else the first whose pairs change it).")
@@ -77,20 +81,20 @@ class Context(BaseModel):
     prompt: str
     position: int
     token: str
-    value: float
+    value: MaybeFloat = Field(description="the feature's value (null if not finite)")
 
 
 class FeatureRow(BaseModel):
     feature: int
     name: str
-    score: float = Field(description="AUROC (P(feature higher on classes[0])) or eta^2")
-    ci95: list[float] | None = None
-    strength: float = Field(description="|AUROC - 0.5| x 2, or eta^2: what is ranked")
-    p: float = Field(description="rank-test p-value (Mann-Whitney U for two values, Kruskal-Wallis for more; with "
+    score: MaybeFloat = Field(description="AUROC (P(feature higher on classes[0])) or eta^2 (null if undefined)")
+    ci95: list[MaybeFloat] | None = None
+    strength: MaybeFloat = Field(description="|AUROC - 0.5| x 2, or eta^2: what is ranked")
+    p: MaybeFloat = Field(description="rank-test p-value (Mann-Whitney U for two values, Kruskal-Wallis for more; with "
                      "more values and fewer than 5 prompts for one of them, the larger of that and p_perm)")
-    p_perm: float = Field(description="label-permutation p-value of the ranked statistic (floor 1/(n_perm+1))")
-    q: float = Field(description="Benjamini-Hochberg q-value of p across all features")
-    mean_by_value: dict[str, float]
+    p_perm: MaybeFloat = Field(description="label-permutation p-value of the ranked statistic (floor 1/(n_perm+1))")
+    q: MaybeFloat = Field(description="Benjamini-Hochberg q-value of p across all features")
+    mean_by_value: dict[str, MaybeFloat]
     top_contexts: list[Context] = Field(description="highest activations over the task's prompts (any position)")
 
 
@@ -123,8 +127,8 @@ class FindFeaturesResult(RunResult):
     metric: str
     clean_metric: Stat
     counterfactual_metric: Stat
-    identity_max_abs_diff: float = Field(description="max |metric change| when the features are encoded and put back "
-                                         "unchanged (must be ~0: the error term is kept)")
+    identity_max_abs_diff: MaybeFloat = Field(description="max |metric change| when the features are encoded and put "
+                                              "back unchanged (must be ~0: the error term is kept)")
     causal: list[CausalRow]
 
 
@@ -149,9 +153,10 @@ def _pick_counterfactual(spec, ds_probe, variable: str, given: str | None) -> st
 
 
 def feature_source(app: AppContext, lm, source: str, sae: str | None = None, layer: int | None = None,
-                   das_run: str | None = None, field: str = ""):
-    """The features of one model for source 'sae' (`sae`: a run id or directory), 'neurons' (MLP `layer`) or 'das'
-    (`das_run`), with ToolErrors naming the field (prefixed by `field`, e.g. "a.") and the fix."""
+                   das_run: str | None = None, field: str = "", probe_run: str | None = None):
+    """The features of one model for source 'sae' (`sae`: a run id or directory), 'neurons' (MLP `layer`), 'das'
+    (`das_run`) or 'probe' (`probe_run` at `layer`, default its best), with ToolErrors naming the field (prefixed by
+    `field`, e.g. "a.") and the fix."""
     model = lm.model
     if source == "sae":
         if not sae:
@@ -163,6 +168,8 @@ def feature_source(app: AppContext, lm, source: str, sae: str | None = None, lay
         if layer is None or not 0 <= layer < model.cfg.n_layers or model.cfg.attn_only:
             raise ToolError(f"{field}layer: source='neurons' needs the layer of an MLP (0..{model.cfg.n_layers - 1}).")
         return features.NeuronFeatures(Site("mlp_post", layer), model.cfg.d_mlp)
+    if source == "probe":  # `layer`: which of the run's layers (default its best)
+        return probe_features(app, lm, probe_run, layer, field)
     if not das_run:
         raise ToolError(f"{field}das_run: source='das' needs a train_das run id (list_runs(tool='train_das')).")
     try:
@@ -189,7 +196,7 @@ def _find(run: ToolRun, args: FindFeaturesInput) -> tuple[FindFeaturesResult, di
     spec = resolve_task(run.app, args.task)
     lm = run.load(args.model)
     validate_or_raise(spec, lm.tokenizer, args.model)
-    source = feature_source(run.app, lm, args.source, args.sae, args.layer, args.das_run)
+    source = feature_source(run.app, lm, args.source, args.sae, args.layer, args.das_run, probe_run=args.probe_run)
     refuse_oversized(Footprint(lambda n: features.ranking_footprint(n, source.n), {"n": args.n}),
                      f"ranking {source.n} features")
     ds, labels = _prompts(spec, lm, args)
@@ -266,14 +273,18 @@ def _causal_records(causal: dict) -> dict:
             for (f, k), v in causal["effects"].items()}
 
 
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
 def _summary(args: FindFeaturesInput, study, n_features: int, r0: FeatureRow, crow: list[CausalRow]) -> str:
     summary = (f"{study.n_significant} of {n_features} features separate {args.variable} at {args.position} "
-               f"(q < 0.05); top: {r0.name} ({study.ranking.stat} {r0.score:.3f}). ")
+               f"(q < 0.05); top: {r0.name} ({study.ranking.stat} {_num(r0.score, '.3f')}). ")
     defined = [c for c in crow if c.effect is not None]
     if defined:
         best = max(defined, key=lambda c: abs(c.effect))
         summary += (f"Largest causal effect: {best.name} {best.intervention} {best.effect:.2f} "
-                    f"[{best.ci95[0]:.2f}, {best.ci95[1]:.2f}]. ")
+                    f"[{_num(best.ci95[0])}, {_num(best.ci95[1])}]. ")
     return summary + f"Identity check: {study.causal['identity_max_abs_diff']:.1e}. Next: " + (
         "look at the top features' histograms (hist_<feature>.png); a feature with a causal effect is a candidate "
         "for the variable's representation, to test with scrub_hypothesis or train_das at the same site" if crow else
@@ -282,8 +293,9 @@ def _summary(args: FindFeaturesInput, study, n_features: int, r0: FeatureRow, cr
 
 def _warnings(args: FindFeaturesInput, causal: dict, crow: list[CausalRow]) -> list[str]:
     warnings = []
-    if causal["identity_max_abs_diff"] > 1e-3:
-        warnings.append(f"the identity check moved the metric by {causal['identity_max_abs_diff']:.2e}")
+    identity = causal["identity_max_abs_diff"]
+    if not np.isfinite(identity) or identity > 1e-3:  # NaN: the features or the metric are not finite
+        warnings.append(f"the identity check moved the metric by {identity:.2e}")
     if not causal["normalised"]:
         warnings.append("clean and counterfactual metrics coincide: effects are raw metric changes")
     undefined = sum(c.effect is None for c in crow)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import planted, planted_direction, planted_features, planted_switch, tiny, trained
+from . import planted, planted_direction, planted_direction_decoy, planted_features, planted_switch, tiny, trained
 from .common import TOY_ALPHABET, seeded_model
 
 
@@ -26,6 +26,7 @@ def register() -> None:
     trained.register()
     planted.register()
     planted_direction.register()
+    planted_direction_decoy.register()
     planted_features.register()
     planted_switch.register()
 

@@ -34,6 +34,13 @@ CALLS = [
                           "b": {"model": "toy/planted-features-s1", "source": "neurons", "layer": 1},
                           "task": "planted-features", "variable": "g", "n": 64, "n_null": 5, "n_perm": 19,
                           "test_top": 1}),
+    ("probe", {"model": "toy/planted-direction", "task": "planted-direction", "variable": "g", "layers": [1],
+               "n": 32}),
+    ("logit_lens", {"model": "toy/planted-clean", "task": "planted", "n": 8}),
+    ("attention", {"model": "toy/planted-clean", "task": "planted", "n": 8}),
+    ("steer", {"model": "toy/planted-direction", "task": "planted-direction", "n": 8, "alphas": [-2.0, 0.0, 2.0],
+               "max_new_tokens": 2, "n_generate": 1, "intervention": {"kind": "mean_diff", "layer": 1,
+                                                                      "positive": ["a104="], "negative": ["e104="]}}),
 ]
 
 

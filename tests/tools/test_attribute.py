@@ -116,3 +116,55 @@ async def test_attribute_flags_an_uninformative_faithfulness_curve(store_dir):
     assert "uninformative" in out["summary"] and any("uninformative" in w for w in out["warnings"])
     assert "circuit.png" not in out["files"]
     assert out["comparison_with_exact"]["top_k"] == 3  # 10% of 32 neurons, not min(10, 32)
+
+
+async def test_attribute_dla_through_mcp(store_dir):
+    """method=dla on toy/planted-switch: the reader L2H0 writes the answer straight to the logits (dla score = exact
+    patching's, 1; raw DLA +6 logits on the clean inputs), the selector L0H0 acts only through the reader (exact 1,
+    dla 0); the per-source split puts the reader's 6 logits on the letters it attends to. Refusals: positions have no
+    direct effect, prob_diff is not linear in the logits."""
+    import base64
+    import json
+
+    async with Client(build_server(store_dir)) as c:
+        out = await finish(c, await call(c, "attribute", {
+            "model": "toy/planted-switch", "task": "planted-switch", "method": "dla", "level": "heads", "n": 8,
+            "compare_exact": True, "wait_seconds": 120}))
+        score = {u["name"]: u["score"] for u in out["top"]}
+        exact = out["comparison_with_exact"]["exact_scores"]
+        assert score["L2H0"] == pytest.approx(exact["L2H0"], abs=1e-3) and score["L2H0"] == pytest.approx(1.0, abs=1e-3)
+        assert exact["L0H0"] == pytest.approx(1.0, abs=1e-3) and abs(score.get("L0H0", 0.0)) < 1e-3
+        d = out["direct"]
+        reader = next(u for u in d["units"] if u["name"] == "L2H0")
+        assert reader["direct"] == pytest.approx(6.0, abs=1e-3) and reader["ci95"][0] <= 6.0 + 1e-3
+        assert d["identity_error"] < 1e-4 and d["other"]["embed"] == pytest.approx(0.0, abs=1e-6)
+        assert d["source_positions"] == ["S", "U", "W", "END", "rest"]
+        src = d["sources"]["L2H0"]
+        assert src["U"] + src["W"] == pytest.approx(6.0, abs=1e-3)
+        assert max(abs(src["S"]), abs(src["END"]), abs(src["rest"])) < 1e-3
+        assert any("not patching" in w for w in out["warnings"])
+        assert "logits direct" in out["summary"] and "Next:" in out["summary"]
+        assert {"heads_heatmap.png", "dla_sources.png", "scores.json"} <= set(out["files"])
+        blob = await c.read_resource(out["files"]["scores.json"])
+        scores = json.loads(blob.contents[0].text if hasattr(blob.contents[0], "text")
+                            else base64.b64decode(blob.contents[0].blob))
+        units = scores["units"]
+        assert scores["direct"]["mean"][units.index("L2H0")] == pytest.approx(6.0, abs=1e-3)
+        assert len(scores["direct_sources"]["direct"]) == len(units) == 6
+        ds = scores["direct_sources"]
+        per_source = dict(zip(ds["positions"], ds["score"][units.index("L2H0")]))
+        assert per_source["U"] + per_source["W"] == pytest.approx(1.0, abs=1e-3) and abs(per_source["S"]) < 1e-3
+
+        # toy/planted-clean: no head writes the answer (the mover's output is read by MLP1): all heads score 0 and
+        # the warning names MLP1 as the component that does
+        out = await finish(c, await call(c, "attribute", {"model": "toy/planted-clean", "task": "planted",
+                                                          "method": "dla", "n": 8, "faithfulness": False}))
+        assert max(abs(u["score"]) for u in out["top"]) < 1e-4
+        assert any("largest direct term is MLP1" in w for w in out["warnings"]), out["warnings"]
+
+        err = await call_error(c, "attribute", {"model": "toy/planted-switch", "task": "planted-switch",
+                                                "method": "dla", "level": "positions"})
+        assert "level: dla" in err and "heads" in err
+        err = await call_error(c, "attribute", {"model": "toy/planted-clean", "task": "greater-than",
+                                                "method": "dla", "level": "heads"})
+        assert "metric: dla" in err and "logit_diff" in err and "prob_diff" in err

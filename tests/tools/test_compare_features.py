@@ -85,6 +85,8 @@ async def test_planted_pair_of_models_neurons_resid_and_errors(store_dir):
                              "a.layer"),
                             ({"a": {"model": A, "layer": "0:2:0"}, "b": {"model": B, "layer": 1}, "task": TASK},
                              "a.layer"),
+                            ({"a": {"model": A, "layer": "1:0"}, "b": {"model": B, "layer": 1}, "task": TASK},
+                             "a.layer: '1:0' is an empty range"),
                             ({"a": {"model": A, "source": "neurons"}, "b": {"model": B, "layer": 1}, "task": TASK},
                              "a.layer"),
                             ({"a": {"model": A, "layer": 1}, "b": {"model": B, "layer": 1}, "task": TASK,

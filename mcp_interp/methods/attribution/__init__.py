@@ -3,7 +3,8 @@ faithfulness curves of the circuits the scores imply.
 
 Units are core `Site`s (nodes: `nodes_for`; edge ends: `senders`, `receivers`) and `Edge`s; their
 names ("L3H2", "MLP1", "L1N7", "P:IO", "L0H0->L1H0.v") are rendered from them. The entry point is
-`run_attribution`; `node_scores` / `edge_scores` and the circuit evaluators are its building blocks.
+`run_attribution` (method "dla": `direct_logit_attribution`, what a unit writes straight to the logits);
+`node_scores` / `edge_scores` and the circuit evaluators are its building blocks.
 """
 
 from .components import (
@@ -25,6 +26,7 @@ from .components import (
                          senders,
                          split_inputs,
 )
+from .dla import DirectAttribution, DirectSummary, direct_logit_attribution
 from .edges import EDGE_METHODS, MAX_EXACT_EDGES, EdgeScores, edge_scores
 from .faithfulness import (
                          FRACTIONS,
@@ -40,9 +42,11 @@ from .masked import masked_forward
 from .nodes import NODE_METHODS, SIGNED, NodeScores, PairChunk, final_metric, node_scores, pair_chunks
 from .report import CIRCUIT_TARGET, AttributionReport, GraphEdge, GraphNode, RankedUnit, compare, run_attribution
 
-__all__ = ["AttributionReport", "CIRCUIT_TARGET", "Curve", "EDGE_METHODS", "Edge", "EdgeScores", "FRACTIONS",
+__all__ = ["AttributionReport", "CIRCUIT_TARGET", "Curve", "DirectAttribution", "DirectSummary", "EDGE_METHODS",
+           "Edge", "EdgeScores", "FRACTIONS",
            "GraphEdge", "GraphNode", "Level", "MAX_EXACT_EDGES", "NODE_LEVELS", "NODE_METHODS", "NodeScores",
-           "PairChunk", "RankedUnit", "SIGNED", "area", "circuit_counts", "compare", "edge_allowed",
+           "PairChunk", "RankedUnit", "SIGNED", "area", "circuit_counts", "compare", "direct_logit_attribution",
+           "edge_allowed",
            "edge_circuit_metrics",
            "edge_mask_allowed", "edge_scores", "faithfulness_curves", "final_metric", "has_mlps", "masked_forward",
            "node_circuit_metrics", "node_hooks", "node_mask_hooks", "node_scores", "node_values", "nodes_for",

@@ -19,6 +19,9 @@ from x) - m(x'), in metric units; callers normalise by m(x) - m(x'). Methods:
                straight path between the two inputs' embeddings (midpoint rule, `ig_steps` points).
   act_diff     |a(x) - a(x')|: how much the node changes. Not causal: the correlation-style baseline
                that planted decoys are built to fool.
+  dla          direct logit attribution (dla.py): DLA(x) - DLA(x'), the change of what the node writes straight
+               into the logit difference through the unembedding (final norm scale frozen from each run). Equals
+               exact patching only for nodes that act directly; extra["dla"] holds the DirectAttribution.
 
 Nodes are core `Site`s (components.nodes_for); query/key/value input nodes (level "qkv") run with split
 q/k/v inputs. Examples are grouped by length (no padding); each
@@ -42,9 +45,11 @@ from ..core.progress import Progress, check_cancelled
 from ..core.sites import Site
 from .atp_star import atp_star_chunk
 from .components import QKV, node_hooks, node_mask_hooks, node_values, split_inputs
+from .dla import direct_logit_attribution
 
-NODE_METHODS = ("exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff")
-SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act": True, "ig": True, "act_diff": False}
+NODE_METHODS = ("exact", "atp", "atp_star", "grad", "grad_act", "ig", "act_diff", "dla")
+SIGNED = {"exact": True, "atp": True, "atp_star": True, "grad": False, "grad_act": True, "ig": True, "act_diff": False,
+          "dla": True}
 
 
 @dataclass
@@ -167,6 +172,10 @@ def node_scores(model, method: str, nodes: list[Site], clean: Sequence[Tensor], 
         raise ValueError(f"unknown method {method!r}; one of {NODE_METHODS}")
     if method == "exact" and use_engine and engine_runs(model, nodes):
         return exact_node_scores(model, nodes, clean, corrupt, metric, positions, progress, should_cancel, act_cache)
+    if method == "dla":
+        da = direct_logit_attribution(model, nodes, clean, corrupt, metric, positions, batch_size, progress,
+                                      should_cancel)
+        return NodeScores("dla", nodes, da.effect, da.m_clean, da.m_corrupt, da.forwards, 0, da.seconds, {"dla": da})
     t0 = time.perf_counter()
     n = len(clean)
     names = node_hooks(nodes)

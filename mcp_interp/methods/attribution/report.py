@@ -20,6 +20,7 @@ from ..core.patch_engine import ActivationCache
 from ..core.sites import Site
 from ..core.stats import bootstrap_ci, ci_dict
 from .components import QKV, Edge, nodes_for, receiver_unit
+from .dla import DirectAttribution, DirectSummary
 from .edges import EDGE_METHODS, edge_scores
 from .faithfulness import FRACTIONS, Curve, edge_circuit_metrics, faithfulness_curves, node_circuit_metrics
 from .nodes import NODE_METHODS, node_scores
@@ -54,7 +55,9 @@ class AttributionReport:
     per_example [n, U] in metric units (node levels; None for edges); m_clean, m_corrupt [n] the metric on
     x and x'; curves {"signed", "abs"} faithfulness curves; circuit: the reported circuit (size, fraction,
     faithfulness, reached_target, target, units); comparison: agreement with exact patching (`compare`);
-    cost: forwards, backwards, seconds."""
+    cost: forwards, backwards, seconds; direct (method "dla"): the raw clean direct logit attributions with CIs,
+    the rest of the stream's direct terms and the heads' split by source position (dla.DirectSummary), and
+    dla the per-example DirectAttribution."""
 
     method: str
     level: str
@@ -71,6 +74,8 @@ class AttributionReport:
     comparison: dict | None = None
     cost: dict = field(default_factory=dict)
     components: list[Site] | list[Edge] = field(default_factory=list)
+    direct: DirectSummary | None = None
+    dla: DirectAttribution | None = None
 
     def circuit_graph(self, max_units: int = 40) -> tuple[list[GraphNode], list[GraphEdge]]:
         """The first `max_units` units of the reported circuit as a layered graph, the input of
@@ -129,6 +134,11 @@ class AttributionReport:
                "metric.clean": torch.as_tensor(self.m_clean), "metric.counterfactual": torch.as_tensor(self.m_corrupt)}
         if self.per_example is not None:
             out["per_example"] = torch.as_tensor(self.per_example, dtype=torch.float32)
+        if self.dla is not None:  # [n, U] logit units; sources [n, U, P]
+            out["direct.clean"], out["direct.counterfactual"] = self.dla.clean, self.dla.corrupt
+            if self.dla.sources_clean is not None:
+                out["direct_sources.clean"] = self.dla.sources_clean
+                out["direct_sources.counterfactual"] = self.dla.sources_corrupt
         return out
 
 
@@ -210,6 +220,9 @@ def run_attribution(model, method: str, level: str, clean: Sequence[Tensor], cor
                                 ns.normalised.numpy(), lo, hi, per, ns.m_clean.numpy(), ns.m_corrupt.numpy(),
                                 cost={"forwards": ns.forwards, "backwards": ns.backwards, "seconds": ns.seconds},
                                 components=nodes)
+        if method == "dla":
+            rep.dla = ns.extra["dla"]
+            rep.direct = rep.dla.summary(seed)
         if compare_exact and method != "exact":
             ex = node_scores(model, "exact", nodes, clean, corrupt, metric, positions=positions,
                              progress=lambda f, m: progress(span * (0.5 + 0.5 * f), "exact: " + m),

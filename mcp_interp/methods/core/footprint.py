@@ -69,6 +69,13 @@ def over_budget(fp: Footprint, budget: float) -> tuple[str, int | None] | None:
     return name, shrinkable[name]
 
 
+def batch_forward_footprint(cfg, batch: int, seq: int) -> float:
+    """Peak bytes of one plain forward of `batch` prompts of `seq` tokens: the residual stream and MLP activations
+    in flight, and one layer's attention scores and pattern."""
+    return (batch * seq * (8 * cfg.d_model + 2 * (cfg.d_mlp or 0)) * F32
+            + 3 * batch * cfg.n_heads * seq * seq * F32)
+
+
 def cached_runs_footprint(cfg, n: int, seq: int, batch: int = 16) -> float:
     """Peak bytes of the patching-family methods on `n` prompt pairs of up to `seq` tokens: the clean and
     counterfactual activations of every layer kept for all prompts (residual stream, attention and MLP outputs,
