@@ -234,8 +234,9 @@ def _steer(run: ToolRun, args: SteerInput) -> tuple[SteerResult, dict]:
         raise ToolError(f"max_new_tokens: prompts of up to {longest} tokens plus {args.max_new_tokens} new ones "
                         f"exceed the model's context of {cfg.n_ctx}. Fix: max_new_tokens at most "
                         f"{max(cfg.n_ctx - longest, 0)}.")
-    refuse_oversized(Footprint(lambda n: steering.steering_footprint(cfg, n, longest + args.max_new_tokens),
-                               {"n": len(toks)}), "steering forwards")
+    seq = longest + args.max_new_tokens
+    refuse_oversized(Footprint(lambda n: steering.steering_footprint(cfg, n, seq, len(args.alphas)), {"n": len(toks)}),
+                     "steering forwards")
     with lm.use():
         try:
             study = steering.steer(lm.model, method_iv, toks, args.alphas, positions, args.max_new_tokens,

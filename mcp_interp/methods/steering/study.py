@@ -23,14 +23,14 @@ baseline's samples exactly).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from ..core import Progress, ShouldCancel, Site, check_cancelled, ci_dict, group_by_length
+from ..core import Progress, ShouldCancel, Site, check_cancelled, ci_dict, final_normed, group_by_length
 from ..core.footprint import F32
 
 MAX_NEW_TOKENS = 64
@@ -90,11 +90,12 @@ class SteerStudy:
     forwards: int = 0
 
 
-def steering_footprint(cfg, n: int, seq: int, batch: int = 16) -> float:
-    """Peak bytes: one batch's logits at every position (generation unembeds the whole prefix) and its residual
-    activations, plus the per-example columns (negligible). `cfg`: a HookedTransformerConfig."""
-    b = min(batch, n)
-    return b * seq * (cfg.d_vocab + 4 * cfg.d_model * cfg.n_layers) * F32
+def steering_footprint(cfg, n: int, seq: int, alphas: int = 1, batch: int = 16) -> float:
+    """Peak bytes: the larger of a metric batch (up to `batch` prompts) and a generation batch (the baseline and
+    every alpha of the steered and control variants of one prompt): its residual activations in flight and its
+    last-position logits. `cfg`: a HookedTransformerConfig."""
+    b = max(min(batch, n), 1 + 2 * alphas)
+    return b * (seq * 4 * cfg.d_model * cfg.n_layers + cfg.d_vocab) * F32
 
 
 def rate_ci(hits: np.ndarray) -> dict:
@@ -109,35 +110,62 @@ def rate_ci(hits: np.ndarray) -> dict:
 # ------------------------------------------------------------------ hooks
 
 Mask = torch.Tensor  # [b, T] bool: where the intervention is held
+# One row's intervention: None (no hook), ("vector", site, alpha * vector) or ("ablate", heads, means)
+RowEdit = tuple | None
 
 
-def _vector_hooks(site: Site, vector: torch.Tensor, alpha: float, mask: Mask) -> list:
+def _vector_hook(vectors: torch.Tensor, mask: Mask):
+    """Add vectors[r] (the site's trailing shape, flattened) to row r of the site wherever mask[r] is set."""
     def hook(act, hook):
-        v = vector.to(act.device, act.dtype).reshape(act.shape[2:])
-        m = mask.to(act.device)
+        v = vectors.to(act.device, act.dtype).reshape(act.shape[0], *act.shape[2:])
+        m = mask.to(act.device, act.dtype).reshape(*mask.shape, *([1] * (act.dim() - 2)))
+        return act + m * v[:, None]
+
+    return hook
+
+
+def _ablation_hook(layer: int, rows: list[tuple[int, Sequence[int], dict | None]], mask: Mask):
+    """Set the listed heads of row r of `layer`'s z to 0 (means None) or to their mean, wherever mask[r] is set."""
+    def hook(act, hook):
         act = act.clone()
-        act[m] = act[m] + alpha * v
+        for r, hs, means in rows:
+            m = mask[r].to(act.device)
+            for h in hs:
+                sub = act[r, :, h]  # a view: writing it writes act
+                sub[m] = 0.0 if means is None else means[(layer, h)].to(act.device, act.dtype)
         return act
 
-    return [(site.hook, hook)]
+    return hook
 
 
-def _ablation_hooks(heads: Sequence[tuple[int, int]], means: dict | None, mask: Mask) -> list:
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    out = []
-    for layer, hs in by_layer.items():
-        def hook(act, hook, layer=layer, hs=hs):
-            m = mask.to(act.device)
-            act = act.clone()
-            for h in hs:
-                sub = act[:, :, h]  # a view: writing it writes act
-                sub[m] = 0.0 if means is None else means[(layer, h)].to(act.device, act.dtype)
-            return act
+def _row_hooks(edits: Sequence[RowEdit], mask: Mask) -> list:
+    """The forward hooks that apply edits[r] to row r of a batch (rows without an edit run untouched)."""
+    hooks: list = []
+    vec = [(r, e) for r, e in enumerate(edits) if e is not None and e[0] == "vector"]
+    if vec:
+        site = vec[0][1][1]
+        vectors = torch.zeros(len(edits), vec[0][1][2].numel())
+        for r, (_, _, v) in vec:
+            vectors[r] = v.flatten()
+        hooks.append((site.hook, _vector_hook(vectors, mask)))
+    by_layer: dict[int, list] = {}
+    for r, e in enumerate(edits):
+        if e is not None and e[0] == "ablate":
+            _, heads, means = e
+            for layer in sorted({l for l, _ in heads}):
+                by_layer.setdefault(layer, []).append((r, [h for l, h in heads if l == layer], means))
+    hooks += [(Site("z", layer, head=rows[0][1][0]).hook, _ablation_hook(layer, rows, mask))
+              for layer, rows in by_layer.items()]
+    return hooks
 
-        out.append((Site("z", layer, head=hs[0]).hook, hook))
-    return out
+
+def _edit(kind: str, thing, alpha: float) -> RowEdit:
+    """One variant's edit at strength alpha (an ablation has none)."""
+    if kind == "ablate_heads":
+        heads, means = thing
+        return ("ablate", heads, means)
+    site, v = thing
+    return ("vector", site, alpha * v)
 
 
 def _mask(positions, rows: Sequence[int], prompt_len: int, T: int) -> Mask:
@@ -222,25 +250,29 @@ def _resolve(model, intervention, token_lists, seed: int, batch_size: int):
             float(v.norm()), "random direction of equal norm (seeded)")
 
 
-def _hooks_for(kind: str, thing, alpha: float, mask: Mask) -> list:
-    if kind == "ablate_heads":
-        heads, means = thing
-        return _ablation_hooks(heads, means, mask)
-    site, v = thing
-    return _vector_hooks(site, v, alpha, mask)
+@torch.no_grad()
+def _last_logits(model, toks: torch.Tensor, hooks: list) -> torch.Tensor:
+    """[b, d_vocab] logits at the last position with the hooks on; only that position is unembedded."""
+    with model.hooks(fwd_hooks=hooks):
+        resid = model(toks, return_type=None, stop_at_layer=model.cfg.n_layers)[:, -1:]
+    return model.unembed(final_normed(model, resid))[:, 0].float().cpu()
 
 
 @torch.no_grad()
-def _generate(model, tokens: torch.Tensor, rows: Sequence[int], positions, n_new: int,
-              hooks: Callable[[Mask], list] | None, sample: bool, temperature: float, seed: int) -> torch.Tensor:
-    """[b, n_new] generated ids: the whole prefix re-run at every step with the intervention's hooks."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    seq, p = tokens, tokens.shape[1]
+def _generate(model, tokens: Sequence[int], prompt: int, positions, n_new: int, edits: Sequence[RowEdit],
+              sample: bool, temperature: float, seed: int) -> torch.Tensor:
+    """[len(edits), n_new] ids generated from one prompt, one row per edit, all rows in one batch: the whole prefix
+    re-run at every step with each row's edit. Sampling draws each row from its own generator seeded `seed`, so a
+    row whose edit changes nothing reproduces the unedited row exactly."""
+    rows = len(edits)
+    gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in range(rows)]
+    p = len(tokens)
+    seq = torch.tensor([list(tokens)] * rows, device=model.cfg.device)
     for _ in range(n_new):
-        fwd = hooks(_mask(positions, rows, p, seq.shape[1])) if hooks is not None else []
-        logits = model.run_with_hooks(seq, fwd_hooks=fwd)[:, -1].float().cpu()
+        logits = _last_logits(model, seq, _row_hooks(edits, _mask(positions, [prompt] * rows, p, seq.shape[1])))
         if sample:
-            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen)[:, 0]
+            probs = torch.softmax(logits / temperature, -1)
+            nxt = torch.stack([torch.multinomial(probs[r], 1, generator=gens[r])[0] for r in range(rows)])
         else:
             nxt = logits.argmax(-1)
         seq = torch.cat([seq, nxt[:, None].to(seq.device)], 1)
@@ -248,21 +280,16 @@ def _generate(model, tokens: torch.Tensor, rows: Sequence[int], positions, n_new
 
 
 @torch.no_grad()
-def _final(model, token_lists, positions, hooks: Callable[[Mask, Sequence[int], int], list] | None,
-           batch_size: int) -> torch.Tensor:
-    """[n, d_vocab] logits at each prompt's last token with the hooks on (prompt tokens only)."""
-    device = model.cfg.device
+def _final(model, token_lists, positions, edit: RowEdit, batch_size: int) -> torch.Tensor:
+    """[n, d_vocab] logits at each prompt's last token with the same edit on every prompt (prompt tokens only)."""
     out = torch.empty(len(token_lists), model.cfg.d_vocab)
     for length, idx in sorted(group_by_length(token_lists).items()):
         for s in range(0, len(idx), batch_size):
             ch = idx[s:s + batch_size]
-            toks = torch.tensor([list(token_lists[i]) for i in ch], device=device)
-            fwd = hooks(_mask(positions, ch, length, length), ch, length) if hooks is not None else []
-            out[ch] = model.run_with_hooks(toks, fwd_hooks=fwd)[:, -1].float().cpu()
+            toks = torch.tensor([list(token_lists[i]) for i in ch], device=model.cfg.device)
+            out[ch] = _last_logits(model, toks, _row_hooks([edit] * len(ch), _mask(positions, ch, length, length)))
     return out
 
-
-# ------------------------------------------------------------------ the entry point
 
 def steer(model, intervention: AddVector | MeanDiff | HeadAblation, token_lists: Sequence[Sequence[int]],
           alphas: Sequence[float], positions: str | Sequence[Sequence[int]] = "last", max_new_tokens: int = 16,
@@ -300,7 +327,7 @@ def steer(model, intervention: AddVector | MeanDiff | HeadAblation, token_lists:
         study.vectors = {"steered": steered[1], "control": control[1]}
     variants = {"steered": steered, "control": control}
     n_gen = min(n_generate, len(token_lists)) if max_new_tokens > 0 else 0
-    steps = n_gen * (1 + 2 * len(alphas)) + (1 + 2 * len(alphas) if answers is not None else 0)
+    steps = n_gen + (1 + 2 * len(alphas) if answers is not None else 0)
     done = 0
 
     def tick(what: str) -> None:
@@ -310,22 +337,16 @@ def steer(model, intervention: AddVector | MeanDiff | HeadAblation, token_lists:
         if progress:
             progress(done / max(steps, 1), what)
 
-    device = model.cfg.device
+    labels = [(name, a) for name in variants for a in alphas]  # rows after the baseline, one batch per prompt
     for i in range(n_gen):
-        toks = torch.tensor([list(token_lists[i])], device=device)
-        row = {"prompt": i, "baseline": _generate(model, toks, [i], positions, max_new_tokens, None, sample,
-                                                  temperature, seed)[0].tolist()}
-        study.forwards += max_new_tokens
-        tick(f"generating prompt {i + 1}/{n_gen}")
-        for name, thing in variants.items():
-            row[name] = []
-            for a in alphas:
-                out = _generate(model, toks, [i], positions, max_new_tokens,
-                                lambda m, a=a, thing=thing: _hooks_for(kind, thing, a, m), sample, temperature, seed)
-                row[name].append(out[0].tolist())
-                study.forwards += max_new_tokens
-                tick(f"generating prompt {i + 1}/{n_gen} ({name}, alpha {a:g})")
+        out = _generate(model, token_lists[i], i, positions, max_new_tokens,
+                        [None] + [_edit(kind, variants[name], a) for name, a in labels], sample, temperature, seed)
+        study.forwards += max_new_tokens * (1 + len(labels))
+        row = {"prompt": i, "baseline": out[0].tolist(), **{name: [] for name in variants}}
+        for (name, _), ids in zip(labels, out[1:]):
+            row[name].append(ids.tolist())
         study.generations.append(row)
+        tick(f"generated prompt {i + 1}/{n_gen} (baseline, {len(labels)} steered / control)")
     if study.generations:
         study.divergence = {name: [float(np.mean([np.mean(np.asarray(g[name][k]) != np.asarray(g["baseline"]))
                                                   for g in study.generations])) for k in range(len(alphas))]
@@ -353,8 +374,7 @@ def _answers(study: SteerStudy, model, token_lists, positions, kind, variants, a
     for name, thing in variants.items():
         ms, tops, rows = [], [], []
         for a in study.alphas:
-            logits = _final(model, token_lists, positions,
-                            lambda m, ch, length, a=a, thing=thing: _hooks_for(kind, thing, a, m), batch_size)
+            logits = _final(model, token_lists, positions, _edit(kind, thing, a), batch_size)
             study.forwards += n
             tick(f"reading the answer ({name}, alpha {a:g})")
             top = logits.argmax(-1).numpy()
