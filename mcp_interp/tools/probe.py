@@ -191,6 +191,11 @@ def _summary(run_id: str, args: ProbeInput, rows: list[LayerRow], study) -> str:
 
 def _warnings(study, rows: list[LayerRow]) -> list[str]:
     out = []
+    if study.unseen:
+        shown = ", ".join(map(repr, study.unseen[:8])) + (", ..." if len(study.unseen) > 8 else "")
+        out.append(f"{len(study.unseen)} value(s) of the variable ({shown}) occur only in the test split; their "
+                   f"{study.unseen_prompts} test prompt(s) are left out (a probe cannot predict a value it never saw): "
+                   f"raise n to keep them")
     if study.control_is_relabel:
         out.append("each value of the variable comes from one input value, so the control labels are a function "
                    "of the variable: a probe that reads it scores as well on the control, and selectivity near 0 "

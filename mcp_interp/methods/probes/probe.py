@@ -83,6 +83,8 @@ class ProbeStudy:
     c_chosen_by: str                   # "inner CV (k folds)" or "fixed"
     forwards: int
     seconds: dict[str, float]
+    unseen: list[str] = field(default_factory=list)  # values only in the test split: their test prompts left out
+    unseen_prompts: int = 0
 
     @property
     def best(self) -> LayerProbe:
@@ -174,10 +176,14 @@ def train_probes(model, tokens: list[list[int]], positions: list[int], labels: l
     if len(set(y[tr])) < 2:
         raise ValueError(f"the variable takes one value ({y[tr][0]!r}) on all {len(tr)} prompts of the train split: "
                          f"a probe needs two")
-    missing = sorted(set(classes) - set(y[tr]))
-    if missing:
-        raise ValueError(f"values {missing} occur only in the test split (from {len(set(groups))} base prompts): a "
-                         f"probe cannot predict a value it never saw")
+    # A value seen only in the test split cannot be predicted: its test prompts are left out (and reported).
+    unseen = sorted(set(classes) - set(y[tr]))
+    n_unseen = sum(y[i] in unseen for i in te)
+    te = [i for i in te if y[i] not in unseen]
+    if not te:
+        raise ValueError(f"every test prompt has a value that never occurs in the train split ({unseen}, from "
+                         f"{len(set(groups))} base prompts)")
+    classes = sorted(set(y[tr]))
     cmap, relabel = control_labels(control_keys, labels, classes, seed)
     yc = np.asarray([cmap[k] for k in control_keys], dtype=object)
     acts = site_activations(model, tokens, positions, [Site(site_kind, l).hook for l in layers],
@@ -199,7 +205,8 @@ def train_probes(model, tokens: list[list[int]], positions: list[int], labels: l
         train_idx=tr, test_idx=te, shared_bases=len({groups[i] for i in tr} & {groups[i] for i in te}),
         control_map=cmap, control_is_relabel=relabel,
         c_chosen_by=f"inner CV ({len(folds)} folds grouped by base prompt)" if folds else f"fixed C={FIXED_C}",
-        forwards=n, seconds={"activations": round(t1 - t0, 3), "fit": round(time.perf_counter() - t1, 3)})
+        forwards=n, seconds={"activations": round(t1 - t0, 3), "fit": round(time.perf_counter() - t1, 3)},
+        unseen=[str(v) for v in unseen], unseen_prompts=n_unseen)
 
 
 def inner_folds(y: np.ndarray, groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -8,6 +8,8 @@ Seed 3 throughout: nothing here is tuned to the registered seed 0.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from mcp_interp.methods.core import LogitDiffMetric, Site
 from mcp_interp.methods.probes import control_labels, train_probes
 from mcp_interp.methods.steering import AddVector, steer
 from mcp_interp.tasks.dataset import build_dataset
+from mcp_interp.tasks.interchange import split_by_base
 from mcp_interp.tasks.spec import TaskSpec
 from mcp_interp.toymodels.planted_direction import (
     PLANTED_DIRECTION_TASK,
@@ -155,3 +158,19 @@ def test_refusals():
     with pytest.raises(ValueError, match="site"):
         train_probes(model, [e.tokens for e in ex], [4] * len(ex), [str(e.base["g"]) for e in ex],
                      [e.prompt for e in ex], ["k"] * len(ex), [1], site_kind="z")
+
+
+def test_a_value_seen_only_in_the_test_split_leaves_its_prompts_out():
+    """A many-valued variable on few prompts: a value that lands only in the test split cannot be predicted; its test
+    prompts are left out and reported, the rest is probed as usual (it used to refuse the whole request)."""
+    model, tok = build_planted_direction(SEED)
+    ex = data(tok, n=64)
+    labels = [str(e.base["g"]) for e in ex]
+    _, test = split_by_base([SimpleNamespace(base_key=e.prompt, i=i) for i, e in enumerate(ex)], 0.25, 1)
+    odd = test[0].i  # one test prompt gets a value no train prompt has
+    labels[odd] = "only-in-test"
+    study = train_probes(model, [e.tokens for e in ex], [e.positions["END"] for e in ex], labels,
+                         [e.prompt for e in ex], [str(e.base["x"]) for e in ex], [1], "resid_pre", seed=1)
+    assert study.unseen == ["only-in-test"] and study.unseen_prompts == sum(l == "only-in-test" for l in labels)
+    assert odd not in study.test_idx and "only-in-test" not in study.classes
+    assert study.layers[0].accuracy["mean"] > 0.95  # the planted g is still decoded on the rest
