@@ -2,13 +2,16 @@
 
 A model that loads must work with every tool (or be refused by it, with the reason, before any work). Each case
 runs, on one server, the tools an agent runs in a study: run_baseline, locate, attribute (atp heads, atp_star,
-eap edges), scrub_hypothesis, train_das -> eval_das, train_sae -> find_features, compare_features — with the
+eap edges, dla), scrub_hypothesis, train_das -> eval_das, train_sae -> find_features, compare_features, logit_lens,
+attention, probe, steer (along the DAS direction) — with the
 tools' defaults except sizes (n, SAE tokens, DAS examples) kept small. Models: every bundled toy with its task;
 tiny `hf:` models of each family whose blocks normalise their outputs (Gemma 2, Gemma 3, OLMo 2, OLMo 2 with
 GQA) on a copying task defined through define_task; SmolLM2 and Gemma-3-270M when installed.
 
 Besides "it ran", each call is checked for what must hold on any model: a baseline gap to explain, edge and
-head faithfulness curves that end at 1.0 with the whole model, a hypothesis claiming everything recovering 1.0.
+head faithfulness curves that end at 1.0 with the whole model, a hypothesis claiming everything recovering 1.0, the
+last lens point equal to the baseline, direct logit terms adding up to the logit difference, steering at alpha 0
+changing nothing.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ async def study(c, model: str, task: str, n: int, timings: dict, post_norm: bool
 
     info = await call(c, "load_model", {"model": model})
     n_layers = info["config"]["n_layers"]
-    variable = default_variable((await call(c, "get_task", {"task": task}))["spec"])
+    spec = (await call(c, "get_task", {"task": task}))["spec"]
+    variable = default_variable(spec)
     base = {"model": model, "task": task, "n": n}
     bl = await run("run_baseline", base)
     assert bl["n"] >= 2
@@ -129,6 +133,32 @@ async def study(c, model: str, task: str, n: int, timings: dict, post_norm: bool
     await run("compare_features", {"a": {"model": model, "layer": max(0, layer - 1)},
                                    "b": {"model": model, "layer": layer}, "task": task, "n": 2 * n,
                                    "n_perm": 19, "n_null": 2, "test_top": 1})
+    await instruments(run, base, bl, das, variable, layer, bool(spec.get("positions")))
+
+
+async def instruments(run, base: dict, bl: dict, das: dict, variable: str, layer: int, positions: bool) -> None:
+    """logit_lens, attention, attribute dla, probe and steer, checked for what holds on any model."""
+    lens = await run("logit_lens", {**base, "positions": ["END"], "counterfactual": bl["counterfactual"]})
+    last = lens["layers"][-1]  # the last lens point is the model's own output: the baseline's numbers
+    changes = {c["generator"]: c["label_changes"] for c in bl["counterfactual_checks"]}
+    # on the same prompts (the lens keeps only pairs whose answer changes: all of them when the generator always does)
+    if lens["metric"] == "logit_diff" and "logit_diff" in bl["metrics"] and changes[bl["counterfactual"]] == 1.0:
+        assert last["metric"]["END"]["mean"] == pytest.approx(bl["metrics"]["logit_diff"]["mean"], abs=1e-3)
+    if positions:  # attention reads to the task's named positions (a task without them is refused by name)
+        looks = await run("attention", base)
+        assert all(0.0 <= s["mean"] <= 1.0 + 1e-6 for h in looks["top"] for s in h["attention"].values())
+    if "logit_diff" in bl["metrics"]:  # the direct terms add up to the logit difference on every architecture
+        dla = await run("attribute", {**base, "method": "dla", "faithfulness": False})
+        assert dla["direct"]["identity_error"] is not None, dla["warnings"]  # within 1e-3 of the largest |metric|:
+        assert not any("miss the logit difference" in w for w in dla["warnings"]), dla["warnings"]
+    probed = await run("probe", {**base, "n": 128, "variable": variable, "layers": [layer]})  # every value in train
+    assert probed["shared_bases"] == 0 and 0.0 <= probed["layers"][0]["accuracy"]["mean"] <= 1.0
+    steered = await run("steer", {**base, "alphas": [0.0, 4.0], "max_new_tokens": 2, "n_generate": 1,
+                                  "positions": ["END"],
+                                  "intervention": {"kind": "feature", "source": "das", "das_run": das["run_id"],
+                                                   "index": 0}})
+    zero = steered["generations"][0]["by_alpha"][0]  # alpha 0 changes nothing
+    assert zero["steered"] == steered["generations"][0]["baseline"], steered["generations"]
 
 
 @pytest.mark.parametrize("toy", sorted(TOYS))
