@@ -48,10 +48,10 @@ noisy, CPU-time ratios are the steadier number):
   smollm2-135m ioi n=16, eap_ig ranking, 70651 edges, 21 circuits (first version of masked.py, one matmul per
       receiver hook): new 564.7 s wall under load; the old loop was stopped after 30 min (it could not finish before
       the deadline), and EAP-IG scores alone took 1722 s wall (use --scores-dir to reuse them).
-  benchmarks/edges_forward_ratio.py 8 (final masked.py, same process, 8 densest curve circuits x 8 IOI pairs):
-      old loop 486.0 s CPU / 896.3 s wall; new 31.6 s CPU / 94.7 s wall (first run), 36.1 s CPU / 36.4 s wall
-      (second) -> 15.4x CPU, 24.6x wall against the faster new run; against the first new run (the only one the
-      old loop had a counterpart for) 15.4x CPU, 9.5x wall; max |metric diff| 3.8e-06. Not re-measured since.
+  benchmarks/edges_forward_ratio.py 8 --repeats 2 (same process, 8 densest curve circuits x 8 IOI pairs, sides
+      alternating, quiet machine): old loop 22.3 s wall / 44.3 s CPU, new 3.83 s / 7.51 s (medians) -> 5.8x
+      (5.5-6.1) wall, 5.9x (5.6-6.2) CPU; max |metric diff| 3.3e-06. (One run of the old loop at load 9-17 had
+      taken 896 s wall: not comparable.)
 auto-circuit on SmolLM2 was not run here for lack of time on this machine (its graph, ungrouped, has 9 k/v inputs per
 layer instead of 3; the code path is the one checked on the tiny GQA model).
 """
