@@ -151,7 +151,7 @@ async def instruments(run, base: dict, bl: dict, das: dict, variable: str, layer
         dla = await run("attribute", {**base, "method": "dla", "faithfulness": False})
         assert dla["direct"]["identity_error"] is not None, dla["warnings"]  # within 1e-3 of the largest |metric|:
         assert not any("miss the logit difference" in w for w in dla["warnings"]), dla["warnings"]
-    probed = await run("probe", {**base, "n": 128, "variable": variable, "layers": [layer]})  # every value in train
+    probed = await run("probe", {**base, "n": 4 * base["n"], "variable": variable, "layers": [layer]})
     assert probed["shared_bases"] == 0 and 0.0 <= probed["layers"][0]["accuracy"]["mean"] <= 1.0
     steered = await run("steer", {**base, "alphas": [0.0, 4.0], "max_new_tokens": 2, "n_generate": 1,
                                   "positions": ["END"],

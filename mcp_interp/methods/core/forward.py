@@ -10,7 +10,7 @@ import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from .metrics import final_normed
+from .metrics import full_logits
 
 
 def group_by_length(token_lists: Sequence[Sequence[int]]) -> dict[int, list[int]]:
@@ -33,7 +33,7 @@ def final_logits(model, token_lists: Sequence[Sequence[int]], batch_size: int = 
             toks = torch.tensor([list(token_lists[i]) for i in chunk], device=device)
             # Only the final position is unembedded: stop at the residual stream, then unembed one row.
             resid = model(toks, return_type=None, stop_at_layer=model.cfg.n_layers)[:, -1:]
-            logits = model.unembed(final_normed(model, resid))[:, 0]  # planted toys have no ln_final
+            logits = full_logits(model, resid[:, 0])  # the model's own output: its soft cap (Gemma 2) applied
             out[chunk] = logits.float().cpu()
             if progress:
                 progress(len(chunk))

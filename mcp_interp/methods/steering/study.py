@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 
-from ..core import Progress, ShouldCancel, Site, check_cancelled, ci_dict, final_normed, group_by_length
+from ..core import Progress, ShouldCancel, Site, check_cancelled, ci_dict, group_by_length
 from ..core.footprint import F32
+from ..core.metrics import full_logits
 
 MAX_NEW_TOKENS = 64
 VECTOR_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_in", "mlp_post")
@@ -255,7 +256,7 @@ def _last_logits(model, toks: torch.Tensor, hooks: list) -> torch.Tensor:
     """[b, d_vocab] logits at the last position with the hooks on; only that position is unembedded."""
     with model.hooks(fwd_hooks=hooks):
         resid = model(toks, return_type=None, stop_at_layer=model.cfg.n_layers)[:, -1:]
-    return model.unembed(final_normed(model, resid))[:, 0].float().cpu()
+    return full_logits(model, resid[:, 0]).float().cpu()  # the model's own output: its soft cap applied
 
 
 @torch.no_grad()
