@@ -185,9 +185,10 @@ def _mask(positions, rows: Sequence[int], prompt_len: int, T: int) -> Mask:
 # ------------------------------------------------------------------ the pieces
 
 @torch.no_grad()
-def _site_stats(model, hook: str, token_lists, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _site_stats(model, site: Site, token_lists, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(last-token activations [n, ...], mean activation over every token [...], mean norm over every token of the
-    last axis: [] at a whole-vector site, [n_heads] at hook_z)."""
+    last axis: [] at a whole-vector site, [n_heads] at hook_z). The forward stops after the site's block."""
+    hook = site.hook
     device = model.cfg.device
     last = [None] * len(token_lists)
     total, count, norms = None, 0, 0.0
@@ -195,7 +196,8 @@ def _site_stats(model, hook: str, token_lists, batch_size: int) -> tuple[torch.T
         for s in range(0, len(idx), batch_size):
             ch = idx[s:s + batch_size]
             _, cache = model.run_with_cache(torch.tensor([list(token_lists[i]) for i in ch], device=device),
-                                            names_filter=hook, stop_at_layer=None)
+                                            names_filter=hook, return_type=None,
+                                            stop_at_layer=min(site.layer + 1, model.cfg.n_layers))
             a = cache[hook].float().cpu()
             for r, i in enumerate(ch):
                 last[i] = a[r, -1]
@@ -223,7 +225,7 @@ def _resolve(model, intervention, token_lists, seed: int, batch_size: int):
         control = sorted(others[i] for i in pick)
         means, head_norms = {}, {}
         for layer in sorted({x[0] for x in heads + control}):
-            _, mean, norm = _site_stats(model, Site("z", layer, head=0).hook, token_lists, batch_size)
+            _, mean, norm = _site_stats(model, Site("z", layer, head=0), token_lists, batch_size)
             means.update({(layer, h): mean[h] for h in range(cfg.n_heads)})
             head_norms.update({(layer, h): float(norm[h]) for h in range(cfg.n_heads)})
         used = means if intervention.mode == "mean" else None
@@ -233,8 +235,8 @@ def _resolve(model, intervention, token_lists, seed: int, batch_size: int):
     if isinstance(intervention, MeanDiff):
         if not intervention.positive or not intervention.negative:
             raise ValueError("mean_diff needs at least one positive and one negative prompt")
-        pos, _, _ = _site_stats(model, intervention.site.hook, intervention.positive, batch_size)
-        neg, _, _ = _site_stats(model, intervention.site.hook, intervention.negative, batch_size)
+        pos, _, _ = _site_stats(model, intervention.site, intervention.positive, batch_size)
+        neg, _, _ = _site_stats(model, intervention.site, intervention.negative, batch_size)
         intervention = AddVector(intervention.site, pos.mean(0) - neg.mean(0))
         kind = "mean_diff"
     else:
@@ -244,7 +246,7 @@ def _resolve(model, intervention, token_lists, seed: int, batch_size: int):
         raise ValueError("the steering vector is zero or not finite")
     if intervention.unit:
         v = v / v.norm()
-    _, _, site_norm = _site_stats(model, intervention.site.hook, token_lists, batch_size)
+    _, _, site_norm = _site_stats(model, intervention.site, token_lists, batch_size)
     r = torch.randn(v.shape, generator=gen)
     r = r * (v.norm() / r.norm())
     return (kind, intervention.site.hook, (intervention.site, v), (intervention.site, r), float(site_norm),
