@@ -222,3 +222,32 @@ def test_plots_png(store):
     assert "big.png" in store.list_files(rec.run_id)
     w, hgt = figs["big"].get_size_inches()
     assert w <= 14 and hgt <= 12
+
+
+def test_finish_whose_publish_failed_then_fails_never_reads_complete(store, monkeypatch):
+    h = _run(store)
+    publish = store._publish
+
+    def full_disk_once(staging, rec, marker):
+        monkeypatch.setattr(store, "_publish", publish)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "_publish", full_disk_once)
+    with pytest.raises(OSError):
+        with h:
+            h.finish({"ok": 1}, {})
+    rec = store.get_run(h.run_id)
+    assert rec.status == "failed" and "No space left" in rec.error
+    assert "manifest.json" not in store.list_files(h.run_id)  # the staged manifest was dropped before publishing
+    assert store.rebuild_index() == 1 and store.get_run(h.run_id).status == "failed"
+
+
+def test_publish_writes_a_pointer_that_another_index_follows(tmp_path):
+    root = tmp_path / "s"
+    a = ArtifactStore(root)
+    b = ArtifactStore(root, index_path=tmp_path / "other" / "index.sqlite")  # opened before the run exists
+    rec = _run(a).finish({"n": 1}, {})
+    assert json.loads((root / ".runs" / f"{rec.run_id}.json").read_text()) == {"rel_path": rec.rel_path}
+    assert b.list_runs() == [] and b.get_run(rec.run_id).status == "complete"  # index miss -> pointer
+    assert [r.run_id for r in b.list_runs()] == [rec.run_id]  # adopted
+    assert a.url is None and a.remote is None and a.location == str(root)
