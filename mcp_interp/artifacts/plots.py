@@ -337,3 +337,79 @@ def attention_grid(patterns: Sequence[Sequence[np.ndarray]], tokens: Sequence[Se
     if title:
         fig.suptitle(title, fontsize=TITLE_SIZE)
     return fig
+
+
+def _value_label(v) -> str:
+    """A grid value as an axis or legend label (JSON for lists and dicts), cut to 24 characters."""
+    import json
+
+    text = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), default=str)
+    return text if len(text) <= 24 else text[:23] + "…"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def sweep_plot(axes: Sequence[tuple[str, Sequence]], values: Sequence[float | None], ylabel: str,
+               title: str = "") -> Figure:
+    """One metric over a grid of runs. `axes`: (argument name, its values) in grid order; `values`: one per run in
+    the order of the axes' cartesian product (the last axis fastest), None where a run has no value. The x axis is
+    the first argument with more than one value: a line when its values are all numbers, bars otherwise; every
+    combination of the other varying arguments is a line (or bar group) of its own; arguments with one value go
+    in the title."""
+    import itertools
+
+    names = [name for name, _ in axes]
+    levels = [list(vals) for _, vals in axes]
+    shape = [len(v) for v in levels]
+    if not shape or int(np.prod(shape)) != len(values):
+        raise ValueError(f"sweep_plot: {len(values)} values for a grid of shape {shape}")
+    grid = np.array([float(v) if _is_number(v) else np.nan for v in values]).reshape(shape)
+    ix = next((i for i, n in enumerate(shape) if n > 1), 0)
+    rest = [i for i in range(len(shape)) if i != ix]
+    varying = [k for k, i in enumerate(rest) if shape[i] > 1]
+    fixed = [f"{names[i]}={_value_label(levels[i][0])}" for i in rest if shape[i] == 1]
+    # one row per combination of the other arguments (in grid order), one column per x value
+    rows = np.moveaxis(grid, ix, -1).reshape(-1, shape[ix])
+    combos = itertools.product(*[levels[i] for i in rest])
+    series = {", ".join(f"{names[rest[k]]}={_value_label(c[k])}" for k in varying) or ylabel: row
+              for c, row in zip(combos, rows)}
+    xs = levels[ix]
+    numeric = all(_is_number(v) for v in xs)
+    fig = _figure(_clamp(2.5 + 0.5 * len(xs) * (1 if numeric else len(series) ** 0.5), 6.0, 12), 4.3)
+    ax = fig.add_subplot()
+    if numeric:
+        order = np.argsort(np.asarray(xs, float), kind="stable")
+        for label, ys in series.items():
+            x, y = np.asarray(xs, float)[order], ys[order]
+            ok = np.isfinite(y)  # a run without a value leaves out its marker; the line joins the others
+            ax.plot(x[ok], y[ok], marker="o", ms=4, lw=1.6, label=label)
+        if all(float(v).is_integer() for v in xs):  # layers, seeds, sizes: no ticks between them
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        pos = np.arange(len(xs))
+        width = 0.8 / len(series)
+        for k, (label, ys) in enumerate(series.items()):
+            at = pos - 0.4 + width * (k + 0.5)
+            ax.bar(at, np.nan_to_num(ys), width=width * 0.95, label=label)
+            for x, y in zip(at, ys):
+                if np.isnan(y):  # a failed run, or one without this metric: say so where its bar would be
+                    ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=TICK_SIZE, color="grey")
+        ax.set_xticks(pos, [_value_label(v) for v in xs], fontsize=TICK_SIZE,
+                      rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
+        ax.axhline(0, color="black", lw=0.8)
+    if not np.isfinite(grid).any():
+        ax.text(0.5, 0.5, "no run has a value for this metric", transform=ax.transAxes, ha="center",
+                color="grey", fontsize=LABEL_SIZE)
+    ax.set_xlabel(names[ix], fontsize=LABEL_SIZE)
+    ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
+    ax.tick_params(labelsize=TICK_SIZE)
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
+    if len(series) > 1:
+        ax.legend(fontsize=TICK_SIZE, frameon=False, ncols=1 if len(series) <= 8 else 2)
+    ax.set_title("\n".join(t for t in (title, ", ".join(fixed)) if t), fontsize=TITLE_SIZE)
+    return fig

@@ -307,6 +307,22 @@ def probe(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     return out + _figures(run_id, pngs, lambda p: True, "probe")
 
 
+def sweep(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    keys = list(r["grid"])
+    metric = r.get("metric") or "metric"
+    out: list[Block] = [Para(
+        f"`{r['tool']}` over {' x '.join(f'{k} ({len(v)})' for k, v in r['grid'].items())}: {r['n_runs']} runs, "
+        f"{r['n_complete']} complete ({r['n_cached']} from the store), {r['n_failed']} failed; key metric "
+        f"`{metric}` {cite(run_id)}.")]
+    # each number cites the run that produced it, not the sweep that gathered it
+    out.append(Table([*keys, metric, "status", "run"],
+                     [[*(str(row["args"].get(k)) for k in keys),
+                       num(row["metric"], 3) if not isinstance(row.get("metric"), str) else row["metric"],
+                       row["status"] if not row.get("error") else f"{row['status']}: {row['error'][:80]}",
+                       f"`{row['run_id']}`" if row.get("run_id") else ""] for row in r["rows"]]))
+    return out + _figures(run_id, pngs, lambda p: True, "sweep")
+
+
 def generic(run_id: str, r: dict, key_metrics: dict, pngs: list[str]) -> list[Block]:
     out = _summary(run_id, r)
     rows = [(k, v) for k, v in (key_metrics or {}).items() if isinstance(v, (int, float, str))]
@@ -330,6 +346,7 @@ SECTIONS: dict[str, tuple[str, Callable[[str, dict, list[str]], list[Block]]]] =
     "logit_lens": ("Logit lens: which layer predicts the answer?", logit_lens),
     "probe": ("Probe: is the variable linearly decodable?", probe),
     "steer": ("Steering: does the direction change what the model says?", steer),
+    "sweep": ("Sweep: one tool over a grid", sweep),
 }
 ORDER = list(SECTIONS)  # the research loop's order; other tools follow
 

@@ -257,7 +257,7 @@ class ModelPool:
                 if lm is not None:
                     lm.last_used = time.monotonic()
                     return lm
-            est = self._estimate_bytes(model_id)
+            est = self.estimate_bytes(model_id)
             if est:  # make room before loading, so the budget holds at the peak too
                 with self._lock:
                     self._evict_over_budget(keep=model_id, incoming=est)
@@ -408,7 +408,7 @@ class ModelPool:
         lm.memory_bytes = model_memory(lm.model)[1]
         return lm.memory_bytes
 
-    def _estimate_bytes(self, model_id: str) -> int:
+    def estimate_bytes(self, model_id: str) -> int:
         """A cheap estimate of a model's size before loading it (0 when unknown): the weights on disk (a converted
         cache entry, a HF folder's or cached hub snapshot's weight files), scaled from their dtype to the configured
         one."""

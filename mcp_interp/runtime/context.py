@@ -32,6 +32,7 @@ class Later:
 # the classes of those parts (torch), imported on first use or by the server's warm-up (`lazy`)
 new_model_pool = lazy("mcp_interp.models", "ModelPool")
 new_activation_cache = lazy("mcp_interp.methods.patching", "ActivationCache")
+new_ray_cluster = lazy("mcp_interp.runtime.cluster", "RayCluster")  # imports Ray on use
 
 
 @dataclass
@@ -49,14 +50,23 @@ class AppContext:
     # Clients on other machines (the HTTP transport): what they read names no absolute server path (`redact`).
     # Local (stdio, in-process) clients keep absolute paths: an agent on this machine opens them.
     remote: bool = False
+    # Heavy jobs' work runs on this Ray cluster's workers (None: in this process); see runtime/cluster.py
+    cluster: Any = None  # a runtime.cluster.RayCluster
 
     @classmethod
     def create(cls, store_root: str | Path | None = None, memory_budget_mb: float | None = None,
                device: str | None = None, model_roots: list[str | Path] | None = None,
-               remote: bool = False) -> AppContext:
-        root = Path(store_root or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve()
-        store = ArtifactStore(root)
+               remote: bool = False, ray: str | None = None) -> AppContext:
+        """`store_root`: a directory or an fsspec URL (default $MCP_INTERP_STORE or ./artifacts); `ray`: a Ray
+        address (`auto`, `HOST:PORT`, `ray://HOST:PORT`, `local`; default $MCP_INTERP_RAY; none: jobs run here)."""
+        store = ArtifactStore(store_root or os.environ.get("MCP_INTERP_STORE") or "artifacts")
+        root = store.root
         budget = int(memory_budget_mb * 2**20) if memory_budget_mb else None
+        ray = ray or os.environ.get("MCP_INTERP_RAY") or None
+        cluster = None
+        if ray:
+            cluster = new_ray_cluster(ray, store, memory_budget_mb=memory_budget_mb,
+                                      model_roots=None if model_roots is None else [str(r) for r in model_roots])
 
         def make_pool() -> ModelPool:
             pool = new_model_pool(memory_budget_bytes=budget, device=device)
@@ -65,8 +75,10 @@ class AppContext:
             pool.name_roots = not remote
             return pool
 
-        return cls(store=store, pool=Later(make_pool), jobs=JobManager(store), tasks=Later(lambda: TaskRegistry(root)),
-                   remote=remote)
+        # on a cluster the job threads only wait for workers: many may run at once
+        jobs = JobManager(store, max_workers=32 if cluster else 2)
+        return cls(store=store, pool=Later(make_pool), jobs=jobs, tasks=Later(lambda: TaskRegistry(root)),
+                   remote=remote, cluster=cluster)
 
     def __post_init__(self) -> None:
         self._later = {name: v.build for name, v in vars(self).items() if isinstance(v, Later)}
@@ -121,4 +133,7 @@ class AppContext:
         return memo
 
     def close(self) -> None:
-        self.jobs.shutdown(wait=False)
+        if self.jobs is not None:  # a Ray worker's context has none
+            self.jobs.shutdown(wait=False)
+        if self.cluster is not None:
+            self.cluster.close()

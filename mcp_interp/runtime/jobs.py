@@ -53,6 +53,7 @@ class Job:
         self.owner = rec.owner
         self.remote = False  # run by another server process on the same store: state is read from the index
         self.fn = fn
+        self.on_cancel: Callable[[], None] | None = None
         self.cond = threading.Condition()
         self.version = 0  # bumped on every change, under `cond`
         self.cancel_event = threading.Event()
@@ -169,9 +170,13 @@ class JobManager:
 
     # -- submission and execution -------------------------------------------------------------
     def submit(self, kind: str, fn: Callable[[JobContext], Any], *, description: str = "",
-               key: str | None = None) -> Job:
+               key: str | None = None, dedicated: bool = False,
+               on_cancel: Callable[[], None] | None = None) -> Job:
         """Queue `fn(ctx)`. With `key`, a queued/running job with the same key is returned instead
-        of starting a duplicate (an agent re-sending a request while the first is still running)."""
+        of starting a duplicate (an agent re-sending a request while the first is still running).
+        `dedicated`: run it on a thread of its own, not one of the `max_workers` (a job that mostly waits for
+        other jobs, e.g. a sweep, must not hold the worker its children need). `on_cancel` is called once when
+        cancellation is requested, even before the job started (a sweep cancels its runs there)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("job manager is shut down")
@@ -181,6 +186,7 @@ class JobManager:
                         return job
             job = Job(JobRecord(job_id=self._new_id(), kind=kind, description=description, key=key,
                                 status="queued", message="queued", created=utc_now(), owner=self.owner), fn)
+            job.on_cancel = on_cancel
             if key is not None:  # atomically across processes: join another live server's identical job
                 other = self.store.index.claim_job(job.snapshot(), self.alive_owners())
                 if other is not None:
@@ -188,11 +194,15 @@ class JobManager:
                     remote.remote = True
                     return remote
             self._jobs[job.id] = job
-            self._ensure_workers()
+            if not dedicated:
+                self._ensure_workers()
         job.last_persist = time.monotonic()
         if key is None:
             self._persist(job)
-        self._queue.put(job.id)
+        if dedicated:
+            threading.Thread(target=self._run, args=(job,), name=f"mcp-interp-{kind}-{job.id}", daemon=True).start()
+        else:
+            self._queue.put(job.id)
         return job
 
     def _new_id(self) -> str:
@@ -399,7 +409,13 @@ class JobManager:
             with job.cond:
                 self._set(job, message="cancellation requested from the server process that runs it")
             return job
+        first = not job.cancel_event.is_set()
         job.cancel_event.set()
+        if first and job.on_cancel is not None and not job.done:
+            try:
+                job.on_cancel()
+            except Exception:  # a hook's failure must not stop the cancellation itself
+                log.exception("on_cancel of job %s failed", job.id)
         with job.cond:
             queued = job.status == "queued" and job.id in self._jobs
             if queued:

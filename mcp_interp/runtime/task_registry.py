@@ -44,6 +44,18 @@ class TaskRegistry:
                     continue  # written by an older version that let a user task replace a built-in one
                 self._user[spec.name] = spec
 
+    def adopt(self, specs) -> None:
+        """Know another process's user tasks, in memory only (a Ray worker gets the server's with each job)."""
+        with self._lock:
+            for spec in specs:
+                if spec.name not in self._builtin:
+                    self._user[spec.name] = spec
+
+    def user_specs(self) -> dict[str, TaskSpec]:
+        """The user-defined tasks by name (what a Ray worker needs besides the built-in ones)."""
+        with self._lock:
+            return dict(self._user)
+
     def names(self) -> list[str]:
         return sorted({*self._builtin, *self._user})
 

@@ -40,7 +40,9 @@ Workflow (each step's result says what to do next):
    id of its run, with a provenance table; stored as a run (artifact://<run_id>/report.html).
 Heavy tools run as jobs: they wait up to wait_seconds (default 50) sending progress, then return
 {{status: "running", job: {{job_id}}}}; collect with get_job(job_id, wait_seconds). Identical requests return
-the stored run (force=true recomputes). Every result is stored: list_runs / get_run, and files are MCP
+the stored run (force=true recomputes). sweep(tool, base, grid) runs one heavy tool over layers / models / tasks
+(each point a normal job; fanned out over Ray workers under serve --ray) and returns one table and figure.
+Every result is stored: list_runs / get_run, and files are MCP
 resources artifact://<run_id>/<file> (plots are PNG); a heavy result shows its main figure as an image
 (include_plot=false leaves it out) and its summary ends with a Next: step. Cite run ids in reports.
 Models: smollm2-135m is bundled (offline); list_models shows the rest.
@@ -77,7 +79,8 @@ class InterpServer(MCPServer):
 
 def build_server(store: str | Path | None = None, memory_budget_mb: float | None = None,
                  device: str | None = None, model_roots: list[str | Path] | None = None,
-                 make_app: Callable[[], AppContext] | None = None, remote: bool = False) -> MCPServer:
+                 make_app: Callable[[], AppContext] | None = None, remote: bool = False,
+                 ray: str | None = None) -> MCPServer:
     """The server. `model_roots`: directories every local path a client names (hf:/gguf: ids, SAE directories,
     corpus files) must lie under (None: anywhere; the CLI confines them when serving over HTTP). `remote`: clients
     are on other machines (HTTP), so answers name no absolute server path (AppContext.redact). `make_app` replaces
@@ -88,7 +91,7 @@ def build_server(store: str | Path | None = None, memory_budget_mb: float | None
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[AppContext]:
         app = make_app() if make_app else AppContext.create(store, memory_budget_mb, device, model_roots=model_roots,
-                                                            remote=remote)
+                                                            remote=remote, ray=ray)
         running.append(app)
         try:
             yield app

@@ -62,7 +62,16 @@ def _serve(args: argparse.Namespace) -> int:
     if args.http:  # a shared server: local model paths only under these roots (files elsewhere stay private)
         from ..models.loaders import default_cache_dir
         roots = [Path.cwd(), default_cache_dir(), *(Path(r) for r in args.model_root or [])]
-    server = build_server(args.store, args.memory_budget_mb, args.device, model_roots=roots, remote=args.http)
+    ray = args.ray or os.environ.get("MCP_INTERP_RAY") or None
+    store = args.store or os.environ.get("MCP_INTERP_STORE")
+    if store and "://" in store:  # an object store: refused now (credentials, bucket, endpoint), not at the first run
+        from ..artifacts import ArtifactStore
+        ArtifactStore(store)
+    if ray:  # an address nothing answers at is refused now (Ray itself would retry for minutes)
+        from ..runtime.cluster import resolve_address
+        resolve_address(ray)
+    server = build_server(args.store, args.memory_budget_mb, args.device, model_roots=roots, remote=args.http,
+                          ray=ray)
     if not args.http:
         server.run("stdio")
         return 0
@@ -141,7 +150,12 @@ def _install(args: argparse.Namespace) -> int:
 
 # (variable, what it does): shown by --help and in the README
 ENVIRONMENT = [
-    ("MCP_INTERP_STORE", "artifact store directory when --store is not given (default ./artifacts)"),
+    ("MCP_INTERP_STORE", "artifact store directory or fsspec URL (s3://bucket/prefix) when --store is not given "
+                         "(default ./artifacts)"),
+    ("MCP_INTERP_RAY", "serve --ray ADDRESS when --ray is not given: heavy jobs run on that Ray cluster"),
+    ("MCP_INTERP_STORE_OPTIONS", "fsspec options for a store URL, as JSON (credentials usually come from AWS_* etc.)"),
+    ("MCP_INTERP_STORE_CACHE", "where a store URL's local index and read mirror live (default ~/.cache/mcp-interp)"),
+    ("MCP_INTERP_SWEEP_MAX", "the most runs one sweep may start (default 64)"),
     ("MCP_INTERP_TOKEN", "bearer token HTTP clients must send; required to serve beyond loopback"),
     ("MCP_INTERP_CACHE", "converted-model cache (default ~/.cache/mcp-interp/models)"),
     ("MCP_INTERP_GEMMA3_GGUF", "path of the Gemma-3-270M GGUF file, if not in the model cache"),
@@ -161,7 +175,8 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     they never overwrite a value given before the subcommand."""
     g = argparse.ArgumentParser(add_help=False)
     g.add_argument("--store", default=None if defaults else argparse.SUPPRESS,
-                   help="artifact store directory (default $MCP_INTERP_STORE or ./artifacts)")
+                   help="artifact store: a directory or an fsspec URL such as s3://bucket/prefix "
+                        "(default $MCP_INTERP_STORE or ./artifacts)")
     g.add_argument("-v", "--verbose", action="store_true", default=False if defaults else argparse.SUPPRESS,
                    help="debug logging on stderr")
     return g
@@ -192,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="over HTTP, local paths (hf:/gguf: models, SAE directories, corpus files) are read only "
                    "under the current directory, the model cache and these directories (repeatable)")
     s.add_argument("--memory-budget-mb", type=float, default=None, help="model pool budget (LRU eviction)")
+    s.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run heavy jobs on a Ray cluster: auto (the cluster this machine joined), HOST:PORT, "
+                        "ray://HOST:10001, or local (start one in this process); default $MCP_INTERP_RAY")
     s.add_argument("--device", default=None, help="cpu, cuda (the GPU with the most free memory at each load) or "
                    "cuda:N (default: cuda when present)")
     s.add_argument("--offline", action="store_true", help="never touch the network: hub models load only from the "
@@ -255,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
 def _unexpected(e: Exception) -> bool:
     from mcp.server.mcpserver.exceptions import ToolError  # what tools.errors raises, without importing the tools
 
+    from ..artifacts.records import StoreError
+    from ..runtime.cluster import ClusterError
     from .install import InstallError
-    return not isinstance(e, (ToolError, InstallError))
+    return not isinstance(e, (ToolError, InstallError, ClusterError, StoreError))
 
 
 if __name__ == "__main__":

@@ -72,8 +72,12 @@ def run_doctor(store: str | None = None, load: bool = False) -> int:
         t.add_row(g3.MODEL_ID, "installed; the GGUF is assembled on first load")
     else:
         t.add_row(g3.MODEL_ID, f"not installed (optional): {g3.INSTALL_HINT}")
-    root = Path(store or os.environ.get("MCP_INTERP_STORE") or "artifacts").resolve()
-    t.add_row("store", f"{root} ({_dir_size(root) / 2**20:.1f} MiB)")
+    where = str(store or os.environ.get("MCP_INTERP_STORE") or "artifacts")
+    if "://" in where and not where.startswith("file://"):  # a store URL: the doctor does not open object storage
+        t.add_row("store", f"{where} (object storage; `mcp-interp runs` lists it)")
+    else:
+        root = Path(where.removeprefix("file://")).expanduser().resolve()
+        t.add_row("store", f"{root} ({_dir_size(root) / 2**20:.1f} MiB)")
     status = 0 if ok else 1
     if ok and load:
         from ..models import ModelPool

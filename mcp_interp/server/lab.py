@@ -36,17 +36,19 @@ PENDING = ("running", "queued")
 class Lab:
     """One research session on a store: `lab.<tool>(**arguments)` for every MCP tool (see `lab.tools()`).
 
-    `store`: the artifact store directory (default $MCP_INTERP_STORE or ./artifacts), shared with any server
-    on it. `progress`: an optional `progress(fraction, message)` callback for heavy tools.
+    `store`: the artifact store directory or fsspec URL (default $MCP_INTERP_STORE or ./artifacts), shared with any
+    server on it. `ray`: a Ray address (see `mcp-interp serve --ray`): heavy tools then run on that cluster.
+    `progress`: an optional `progress(fraction, message)` callback for heavy tools.
     """
 
     def __init__(self, store: str | Path | None = None, *, device: str | None = None,
-                 memory_budget_mb: float | None = None, progress: Progress | None = None):
-        self.app = AppContext.create(store, memory_budget_mb, device)
+                 memory_budget_mb: float | None = None, progress: Progress | None = None, ray: str | None = None):
+        self.app = AppContext.create(store, memory_budget_mb, device, ray=ray)
         self.progress = progress
 
     @property
     def store(self) -> Path:
+        """The store's local directory (for a store URL: its local index and read mirror)."""
         return self.app.store.root
 
     @staticmethod

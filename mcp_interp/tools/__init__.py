@@ -20,6 +20,7 @@ from . import (
                runs,
                scrub,
                steer,
+               sweep,
                tasks,
                train_sae,
 )
@@ -46,6 +47,7 @@ TOOLS: list[ToolSpec] = [
     attention.ATTENTION,
     logit_lens.LOGIT_LENS,
     steer.STEER,
+    sweep.SWEEP,
     runs.LIST_RUNS,
     runs.GET_RUN,
     report.REPORT,

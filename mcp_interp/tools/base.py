@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -237,10 +238,18 @@ figure's PREVIEW copy is stored, not published: results carry it as an image), `
             self.tool, label, model_id, self.params, seed=seed,
             model_info=model_info(lm)))
 
-    @property
-    def final_dir(self):
-        """Where the run's files will live once it is finished (for results that name a directory)."""
-        return self._handle.final_dir
+    def open_group(self, task: str, model: str, task_hash: str | None = None) -> None:
+        """`open` for a run that stands for a group of other runs (a sweep): no model of its own is loaded."""
+        self._run = self._stack.enter_context(self.app.store.create_run(self.tool, task, model, self.params,
+                                                                        task_hash=task_hash))
+
+    def final_path(self, name: str) -> str:
+        """Where file or folder `name` of this run will be once it is finished, as results name it: a path in a local
+        store, a URL in a remote one (a Ray worker's local copy is no place the agent can read)."""
+        store = self.app.store
+        if store.url:
+            return f"{store.url.rstrip('/')}/{self._handle.record.rel_path}/{name}"
+        return str(self._handle.final_dir / name)
 
     @property
     def run_id(self) -> str:
@@ -330,6 +339,25 @@ def request_params(app: AppContext, args: BaseModel, model: str) -> dict:
     return params
 
 
+def execute(tool: str, params: dict, work: Work, args: BaseModel, app: AppContext, job: JobContext) -> dict:
+    """A heavy tool's work inside its job, with `app` of the process it runs in (the server, or a Ray worker's)."""
+    with ExitStack() as stack:
+        run = ToolRun(app, tool, params, job, stack)
+        result, metrics = work(run, args)
+        return run.finish(result, metrics)
+
+
+def on_model(app: AppContext, model: str, fn: Callable[[AppContext, JobContext], dict]) -> Callable[[JobContext], dict]:
+    """The job function that runs `fn(app, job)` where `model` lives: in this process, or, on a cluster, on the Ray
+    worker that holds the model (`fn` is shipped there, so it must be picklable: a module-level function or a
+    partial of one)."""
+    cluster = app.cluster
+    if cluster is None:
+        return lambda job: fn(app, job)
+    return lambda job: cluster.run(model, app.pool.settings(model), fn, job, tasks=app.tasks.user_specs(),
+                                   estimate_bytes=app.pool.estimate_bytes(model))
+
+
 def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str, description: str, work: Work,
               output: type[HeavyOutput], progress: Progress | None) -> HeavyOutput:
     """The run cache, then the job: the one path every heavy tool takes.
@@ -344,12 +372,7 @@ def run_heavy(app: AppContext, tool: str, args: BaseModel, task: str, model: str
     if not getattr(args, "force", False) and (hit := cached_result(app, tool, task, model, params)):
         return output(status="complete", result=hit)
 
-    def job_fn(job: JobContext) -> dict:
-        with ExitStack() as stack:
-            run = ToolRun(app, tool, params, job, stack)
-            result, metrics = work(run, args)
-            return run.finish(result, metrics)
-
+    job_fn = on_model(app, model, partial(execute, tool, params, work, args))
     wait = args.wait_seconds
     # The key holds what the run cache keys on too: a redefined task or changed weights never join the old job.
     spec = app.tasks.get(task)

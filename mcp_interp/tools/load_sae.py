@@ -242,7 +242,7 @@ def _load(run: ToolRun, args: LoadSaeInput) -> tuple[LoadSaeResult, dict]:
                 f"track a task variable")
     result = LoadSaeResult(run_id=run.run_id, model=args.model, hook=site.hook, architecture=arch,
                            d_in=d_in, d_sae=d_sae, source=source,
-                           sae_path=str(Path(run.final_dir) / "sae"), metadata=meta, quality=quality, summary=summary,
+                           sae_path=run.final_path("sae"), metadata=meta, quality=quality, summary=summary,
                            warnings=warnings, files=run.files, cost=run.cost({}))
     return result, {"hook": site.hook, "d_sae": d_sae}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -10,7 +11,7 @@ from .. import lazy
 from ..artifacts import JobStatus
 from ..methods.core import Progress
 from ..models import ModelLoadError
-from .base import WAIT_FIELD, Deferred, JobView, ToolSpec, settle, wait_for_job
+from .base import WAIT_FIELD, Deferred, JobView, ToolSpec, on_model, settle, wait_for_job
 from .common import DEFAULT_MODEL, resolve_model
 from .errors import ToolError
 
@@ -30,6 +31,10 @@ class ListModelsOutput(BaseModel):
     device: str
     id_forms: list[str]
     offline: bool = Field(False, description="True: no downloads; hub models load only from the local cache.")
+    workers: list[dict[str, Any]] | None = Field(
+        None, description="On a Ray cluster (serve --ray): one resident worker per model: name, model, busy jobs, "
+                          "host, node_id, pid, device, loaded models, jobs done. `loaded` above is this server's own "
+                          "pool, which holds nothing there.")
 
 
 def _loaded(lm) -> dict[str, Any]:
@@ -50,7 +55,8 @@ def list_models(app: AppContext) -> ListModelsOutput:
                   "<TransformerLens name> (gpt2, pythia-70m, gemma-2-2b, ...: the hub repository it names)",
                   "hf:<local dir> (GPT-2, GPT-NeoX, GPT-J, Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, OLMo 1-2, ...)",
                   "gguf:<local file>"],
-        offline=getattr(app.pool, "offline", False))
+        offline=getattr(app.pool, "offline", False),
+        workers=app.cluster.workers() if app.cluster is not None else None)
 
 
 LIST_MODELS = ToolSpec(
@@ -100,6 +106,10 @@ def _describe(lm) -> LoadModelOutput:
                            config={k: getattr(cfg, k, None) for k in CONFIG_KEYS})
 
 
+def _load_and_describe(model: str, app: AppContext, job) -> dict:
+    return _describe(resolve_model(app, model, progress=job.reporter(0.0, 0.99))).model_dump(mode="json")
+
+
 def load_model(app: AppContext, args: LoadModelInput, progress: Progress | None = None) -> LoadModelOutput | Deferred:
     pool = app.pool
     if hasattr(pool, "configure") and (args.dtype != "auto" or args.n_devices != 1
@@ -113,9 +123,9 @@ def load_model(app: AppContext, args: LoadModelInput, progress: Progress | None 
     # A load is a job: a hub model may download for minutes (progress in bytes, cancellable with cancel_job).
     # No job key: a load is this process's own (another server on the store loading the same id loads it there);
     # concurrent loads of one id here share the pool's single load anyway.
-    job = app.jobs.submit("load_model", lambda job: _describe(
-        resolve_model(app, model, progress=job.reporter(0.0, 0.99))).model_dump(mode="json"),
-        description=f"load {model}")
+    # On a cluster the load happens on the model's Ray worker, which keeps it resident for the jobs that follow.
+    job = app.jobs.submit("load_model", on_model(app, model, partial(_load_and_describe, model)),
+                          description=f"load {model}")
 
     def finish(done) -> LoadModelOutput:
         view = settle("load_model", done, args.wait_seconds)

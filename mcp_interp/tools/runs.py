@@ -44,7 +44,7 @@ def _summary(rec) -> RunSummary:
 
 def list_runs(app: AppContext, args: ListRunsInput) -> ListRunsOutput:
     recs = app.store.list_runs(task=args.task, model=args.model, tool=args.tool, status=args.status, limit=args.limit)
-    return ListRunsOutput(runs=[_summary(r) for r in recs], store=str(app.store.root))
+    return ListRunsOutput(runs=[_summary(r) for r in recs], store=app.store.location)
 
 
 LIST_RUNS = ToolSpec(

@@ -199,7 +199,7 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     throughput = _throughput(fit)
     result = TrainSaeResult(
         run_id=run.run_id, model=args.model, hook=site.hook, architecture=args.architecture, d_in=fit.d_in,
-        d_sae=fit.d_sae, sae_path=str(Path(run.final_dir) / "sae"), corpus=corpus,
+        d_sae=fit.d_sae, sae_path=run.final_path("sae"), corpus=corpus,
         tokens_collected=fit.tokens_collected, samples_trained=fit.report.samples, held_out_rows=fit.held_out_rows,
         quality=SaeQuality(**q), learning_curve=[CurvePoint(**c) for c in fit.report.curve], throughput=throughput,
         normalization=Normalization(**fit.normalization), outliers=_outliers(fit.outliers),

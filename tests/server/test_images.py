@@ -41,6 +41,8 @@ CALLS = [
     ("steer", {"model": "toy/planted-direction", "task": "planted-direction", "n": 8, "alphas": [-2.0, 0.0, 2.0],
                "max_new_tokens": 2, "n_generate": 1, "intervention": {"kind": "mean_diff", "layer": 1,
                                                                       "positive": ["a104="], "negative": ["e104="]}}),
+    ("sweep", {"tool": "run_baseline", "base": {"model": "toy/tiny-random", "task": "induction", "n": 8},
+               "grid": {"seed": [0, 1]}}),
 ]
 
 
