@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import planted, planted_direction, planted_direction_decoy, planted_features, planted_switch, tiny, trained
+from . import (
+    planted,
+    planted_direction,
+    planted_direction_decoy,
+    planted_features,
+    planted_switch,
+    planted_trace,
+    tiny,
+    trained,
+)
 from .common import TOY_ALPHABET, seeded_model
 
 
 def toy_tasks() -> dict[str, dict[str, Any]]:
     """Task specs (as dicts) of the tasks that only toy models solve, keyed by task name."""
     specs = (planted.PLANTED_TASK, planted_direction.PLANTED_DIRECTION_TASK, planted_features.PLANTED_FEATURES_TASK,
-             planted_switch.PLANTED_SWITCH_TASK)
+             planted_switch.PLANTED_SWITCH_TASK, planted_trace.PLANTED_TRACE_TASK)
     return {s["name"]: s for s in specs}
 
 
@@ -29,6 +38,7 @@ def register() -> None:
     planted_direction_decoy.register()
     planted_features.register()
     planted_switch.register()
+    planted_trace.register()
 
 
 register()

@@ -29,7 +29,7 @@ async def test_completions_of_prompts_and_artifact_templates(store_dir):
         assert c.server_capabilities.completions is not None  # advertised to the client
         # before any run: tasks and models, prefix-filtered; no run ids
         assert await values(c, prompt(), "task", "plan") == ["planted", "planted-direction", "planted-features",
-                                                               "planted-switch"]
+                                                               "planted-switch", "planted-trace"]
         assert "ioi" in await values(c, prompt("plan_experiment"), "task", "")
         models = await values(c, prompt(), "model", "toy/tiny")
         assert models == ["toy/tiny-attn-only", "toy/tiny-random"]
