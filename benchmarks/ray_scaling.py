@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._timing import add_repeats, alternate, report  # noqa: E402
 
 MODELS = ("toy/planted-features", "toy/planted-features-s1")
-DROP = ("run_id", "files", "cost", "cached", "summary")
+# what differs between two runs of one computation: ids, paths (sae_path names the store), timings
+DROP = ("run_id", "files", "cost", "cached", "summary", "sae_path", "throughput")
 
 
 def comparable(result) -> str:
@@ -74,7 +75,7 @@ def main() -> None:
     logging.getLogger("mcp_interp").setLevel(logging.WARNING)
 
     base = {"site": "resid_pre", "layer": 1, "corpus": "random", "tokens": a.tokens, "epochs": a.epochs,
-            "batch_size": 64, "force": True}
+            "batch_size": 64}
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
@@ -86,7 +87,7 @@ def main() -> None:
 
     def sweep(grid: dict) -> list:
         out = lab.sweep(tool="train_sae", base={**base, "model": MODELS[0]} if "model" not in grid else base,
-                        grid=grid, max_runs=4, wait_seconds=600)
+                        grid=grid, max_runs=4, force=True, wait_seconds=600)
         rows = out.result.rows
         bad = [r for r in rows if r.status != "complete"]
         assert not bad, bad
@@ -108,7 +109,7 @@ def main() -> None:
     for side in ("one worker", "two workers"):
         for values, result in t.first(side):
             args = {**base, "model": values.get("model", MODELS[0]), "seed": values["seed"]}
-            mine = local.train_sae(**args).result
+            mine = local.train_sae(**args, force=True).result
             same &= comparable(result) == comparable(mine)
     print(f"results identical to local calls: {same}")
 

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "mcp-interp"  # detached actors are found again by name only inside one namespace
 ACTOR_PREFIX = "mcp-interp-worker"
-# what a worker needs from the server's environment: the hub (HF_ENDPOINT, tokens, cache), object-store credentials
-# and endpoint (AWS_*, GOOGLE_*), our own settings (MCP_INTERP_*)
-FORWARDED_ENV = ("HF_", "HUGGINGFACE_", "AWS_", "GOOGLE_", "MCP_INTERP_")
+# what a worker needs from the server's environment: the hub (HF_ENDPOINT, tokens, offline flag), object-store
+# credentials and endpoint (AWS_*, GOOGLE_*) and the store's fsspec options; never the HTTP token or server-only paths
+FORWARDED_PREFIXES = ("HF_", "HUGGINGFACE_", "AWS_", "GOOGLE_")
+FORWARDED_NAMES = ("MCP_INTERP_STORE_OPTIONS", "MCP_INTERP_ALLOW_PICKLE")
 RAY_HINT = ("start one with `ray start --head` (and `ray start --address=HEAD:6379` on each worker machine), or use "
             "--ray local for a cluster inside this process")
 
@@ -42,6 +43,10 @@ class ClusterError(RuntimeError):
 
 class WorkerDied(RuntimeError):
     """The actor running a job died (killed, out of memory, its node lost)."""
+
+
+class _DiedBeforeStart(RuntimeError):
+    """The actor was already dead when the job was sent to it: a new one may run it."""
 
 
 def remote_error(names: list[str], message: str) -> Exception:
@@ -153,6 +158,12 @@ class RayCluster:
         self.store_key = hashlib.sha256(store.location.encode()).hexdigest()[:8]
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
+        self._in_flight: dict[str, Any] = {}  # job id -> the actor running it (close() cancels them)
+        self._cancel_sent: set[str] = set()
+        if store.url is None:  # a directory: workers on other machines must see the same one (a shared path)
+            from .ray_worker import STORE_MARK
+
+            (store.root / STORE_MARK).write_text(self.store_key)
         self._adopt_running_actors()
 
     # -- actors ---------------------------------------------------------------------------------
@@ -168,7 +179,7 @@ class RayCluster:
             if entry.get("namespace") == self.namespace and name.startswith(f"{ACTOR_PREFIX}:{self.store_key}:"):
                 handle = self._lookup(name)
                 if handle is not None:
-                    model = name.split(":", 3)[3].rsplit(":", 2)[0]
+                    model = name.split(":", 2)[2].rsplit(":", 2)[0]
                     self._slots[name] = Slot(name, model, handle, last_used=0.0)
 
     def _lookup(self, name: str):
@@ -207,7 +218,7 @@ class RayCluster:
     def _create(self, name: str, model: str, settings: dict, placement: Placement):
         from .ray_worker import ModelWorker
 
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
         options: dict[str, Any] = dict(name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
                                        num_cpus=placement.num_cpus, max_restarts=0,
                                        runtime_env={"env_vars": env} if env else None)
@@ -217,14 +228,17 @@ class RayCluster:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            pg = placement_group([{"GPU": placement.num_gpus, "CPU": placement.num_cpus}], strategy="STRICT_PACK")
+            bundle = {"GPU": placement.num_gpus, "CPU": placement.num_cpus,
+                      **({"memory": placement.memory} if placement.memory else {})}
+            # detached and named like its actor: it outlives this server as the actor does, and goes with it
+            pg = placement_group([bundle], strategy="STRICT_PACK", lifetime="detached", name=f"{name}:pg")
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=pg)
             options["num_gpus"] = placement.num_gpus
         elif placement.num_gpus:
             options["num_gpus"] = placement.num_gpus
         config = {"store": self.store_location, "storage_options": self.store.storage_options,
                   "memory_budget_mb": self.memory_budget_mb, "model_roots": self.model_roots, "model": model,
-                  "settings": settings, "name": name}
+                  "settings": settings, "name": name, "store_key": self.store_key}
         return ModelWorker.options(**options).remote(config)
 
     def worker(self, model: str, settings: dict, estimate_bytes: int = 0) -> Slot:
@@ -248,22 +262,95 @@ class RayCluster:
             return slot
 
     def _evict_for(self, placement: Placement, keep: str) -> None:
-        """Kill least-recently-used idle actors of this store until the new one can be placed (caller holds the
-        lock). Ray places an actor only where its CPUs / GPUs / memory are free, so without this a new model would
-        wait behind idle ones forever."""
+        """Stop idle actors, longest idle first, until the new one (`keep`) fits beside the others (caller holds the
+        lock); actors of other stores count too (another server's, or one no server uses any more). Ray places an
+        actor only where its CPUs / GPUs / memory are free, so without this a new model would wait behind idle ones
+        forever. What the actors hold is counted from their names and placements, not read from Ray's live resource
+        view, which lags behind actors just created or stopped. (Counted over the cluster, not per node: a model that
+        fits the total but no single node's free part waits until a job's end lets the next request evict.)"""
         import ray
 
-        for slot in sorted(self._slots.values(), key=lambda s: s.last_used):
-            if placement.fits(ray.available_resources()):
+        total = ray.cluster_resources()
+        held = self._held(exclude=keep)
+
+        def room() -> bool:
+            return all(held.get(k, 0.0) + need <= total.get(k, 0.0) + 1e-9
+                       for k, need in (("CPU", placement.num_cpus), ("GPU", placement.num_gpus),
+                                       ("memory", placement.memory)) if need)
+
+        for name, handle in self._idle_actors(keep):
+            if room():
                 return
-            if slot.busy or slot.name == keep:
+            log.info("evicting idle Ray worker %s to place %s", name, keep)
+            self._kill(name, handle, held)
+
+    def _idle_actors(self, keep: str, min_idle_s: float = 2.0) -> list[tuple[str, Any]]:
+        """Worker actors of any store that run nothing, longest idle first (least recently used). One this server has
+        a job on is busy; the others say themselves whether they run a job and for how long they have been idle (a
+        call another server just queued is invisible, so an actor idle for less than `min_idle_s` is left alone)."""
+        import ray
+        from ray.util import list_named_actors
+
+        found = []
+        for entry in list_named_actors(all_namespaces=True):
+            name = entry.get("name", "")
+            if entry.get("namespace") != self.namespace or not name.startswith(f"{ACTOR_PREFIX}:") or name == keep:
                 continue
-            log.info("evicting Ray worker %s (least recently used) to place another model", slot.name)
-            ray.kill(slot.handle)
-            del self._slots[slot.name]
-            deadline = time.monotonic() + 2.0  # resources come back asynchronously
-            while time.monotonic() < deadline and not placement.fits(ray.available_resources()):
-                time.sleep(0.05)
+            slot = self._slots.get(name)
+            if slot is not None and slot.busy:
+                continue
+            handle = slot.handle if slot is not None else self._lookup(name)
+            if handle is None:
+                continue
+            try:
+                info = ray.get(handle.info.remote(), timeout=2)
+            except Exception:  # still starting, or gone: not a candidate
+                continue
+            if not info.get("running") and info.get("idle_seconds", 0.0) >= min_idle_s:
+                found.append((info["idle_seconds"], name, handle))
+        return [(name, handle) for _, name, handle in sorted(found, key=lambda t: t[0], reverse=True)]
+
+    def _actor_resources(self, name: str) -> dict[str, float]:
+        """What the worker actor `name` holds: its placement if this server created it, else what one of its
+        settings would be given (the device split is the name's last part)."""
+        import ray
+
+        slot = self._slots.get(name)
+        if slot is not None and slot.placement is not None:
+            p = slot.placement
+        else:
+            try:
+                n = int(name.rsplit(":", 1)[1])
+            except (IndexError, ValueError):
+                n = 1
+            p = Placement(self.cpus_per_worker, n if ray.cluster_resources().get("GPU") else 0, 0)
+        return {"CPU": p.num_cpus, "GPU": p.num_gpus, "memory": p.memory}
+
+    def _held(self, exclude: str) -> dict[str, float]:
+        """CPUs, GPUs and memory held by every live worker actor (of any store) but `exclude`."""
+        from ray.util import list_named_actors
+
+        held: dict[str, float] = {}
+        for entry in list_named_actors(all_namespaces=True):
+            name = entry.get("name", "")
+            if entry.get("namespace") == self.namespace and name.startswith(f"{ACTOR_PREFIX}:") and name != exclude:
+                for k, v in self._actor_resources(name).items():
+                    held[k] = held.get(k, 0.0) + v
+        return held
+
+    def _kill(self, name: str, handle, held: dict[str, float]) -> None:
+        import ray
+
+        for k, v in self._actor_resources(name).items():
+            held[k] = held.get(k, 0.0) - v
+        ray.kill(handle)
+        self._slots.pop(name, None)
+        try:  # a split model's GPUs are reserved by its placement group until that goes too
+            from ray.util import get_placement_group, remove_placement_group
+
+            remove_placement_group(get_placement_group(f"{name}:pg"))
+        except Exception:  # none: a model on one device
+            pass
 
     def _release(self, slot: Slot, dead: bool = False) -> None:
         with self._lock:
@@ -276,47 +363,91 @@ class RayCluster:
     def run(self, model: str, settings: dict, fn: Callable, job, tasks: dict | None = None,
             estimate_bytes: int = 0) -> dict:
         """Run `fn(worker_app, worker_job_context)` on `model`'s actor for server job `job` (a JobContext), relaying
-        progress and cancellation; the run the worker stored is recorded in this server's index."""
+        progress and cancellation; the run the worker stored is recorded in this server's index. An actor found dead
+        before it started the job (it died while idle) is replaced once."""
+        for attempt in (0, 1):
+            slot = self.worker(model, settings, estimate_bytes)
+            dead = False
+            try:
+                reply = self._run_on(slot, model, fn, job, tasks or {})
+                break
+            except _DiedBeforeStart:
+                dead = True
+                if attempt:
+                    raise WorkerDied(f"the Ray worker for {model} died twice before starting this job. Fix: check "
+                                     f"the worker nodes (`ray status`, their logs) and call the tool again") from None
+                log.info("Ray worker %s was gone; starting a new one", slot.name)
+            except WorkerDied:
+                dead = True
+                raise
+            finally:
+                self._release(slot, dead)
+        if reply.get("run"):
+            self.store.adopt_run(reply["run"])
+        if not reply.get("ok"):
+            if reply.get("traceback") and not {"Cancelled", "ToolError"} & set(reply.get("error_types") or []):
+                log.warning("job %s failed on the Ray worker:\n%s", job.job_id, reply["traceback"])
+            raise remote_error(reply.get("error_types") or [], reply.get("error") or "failed on the Ray worker")
+        return reply["result"]
+
+    def _run_on(self, slot: Slot, model: str, fn: Callable, job, tasks: dict) -> dict:
+        """One job on one actor: its reply, or WorkerDied / _DiedBeforeStart / Cancelled."""
         import ray
         from ray.exceptions import RayActorError
 
-        slot = self.worker(model, settings, estimate_bytes)
-        dead = False
+        job.progress(0.0, f"queued on the Ray worker for {model}")
+        ref = slot.handle.run.remote(job.job_id, fn, tasks)
+        self._in_flight[job.job_id] = slot.handle
+        seen, asked, started = 0, None, False
+        waited_since = time.monotonic()
         try:
-            job.progress(0.0, f"queued on the Ray worker for {model}")
-            ref = slot.handle.run.remote(job.job_id, fn, tasks or {})
-            seen, cancel_sent, asked, started = 0, False, None, False
             while True:
                 ready, _ = ray.wait([ref], timeout=self.poll)
-                if job.cancelled and not cancel_sent:
-                    slot.handle.cancel.remote(job.job_id)
-                    cancel_sent = True
+                if job.cancelled and not ready:
+                    self._cancel_on(slot, job, ref)
                 asked = asked or slot.handle.events.remote(job.job_id, seen)  # one question in flight at a time
                 answered, _ = ray.wait([asked], timeout=0 if ready else self.poll)
                 if answered:
-                    events, asked, started = ray.get(asked), None, True
+                    (seen, events), asked, started = ray.get(asked), None, True
                     for fraction, message in events:
                         job.progress(fraction, message)
-                    seen += len(events)
-                elif not started and slot.placement is not None:
-                    with self._lock:  # the actor is not placed yet: idle actors may hold what it needs
+                elif not started and slot.placement is not None and time.monotonic() - waited_since > 10.0:
+                    with self._lock:  # not placed yet, perhaps: workers that were busy at its creation may be idle now
                         self._evict_for(slot.placement, keep=slot.name)
+                    waited_since = time.monotonic()
                 if ready:
-                    break
-            reply = ray.get(ref)
+                    return ray.get(ref)
         except RayActorError as e:
-            dead = True
+            if getattr(e, "actor_init_failed", False):
+                raise WorkerDied(f"the Ray worker for {model} could not start: {_init_error(e)}. Fix: the store "
+                                 f"({self.store_location}) must be reachable from every worker node (a shared "
+                                 f"directory or an object-store URL whose credentials the workers have), and the "
+                                 f"nodes must run this mcp-interp") from None
+            if not started:
+                raise _DiedBeforeStart() from None
             raise WorkerDied(f"the Ray worker {slot.name} holding {model} died while running this job "
                              f"({_death_reason(e)}); what it was computing is lost and nothing it wrote is served "
                              f"as a finished run. Fix: call the tool again: the next request starts a new worker") \
                 from None
         finally:
-            self._release(slot, dead)
-        if reply.get("run"):
-            self.store.adopt_run(reply["run"])
-        if not reply.get("ok"):
-            raise remote_error(reply.get("error_types") or [], reply.get("error") or "failed on the Ray worker")
-        return reply["result"]
+            self._in_flight.pop(job.job_id, None)
+            self._cancel_sent.discard(job.job_id)
+
+    def _cancel_on(self, slot: Slot, job, ref) -> None:
+        """Tell the actor; a job it has not started ends now (the actor skips it when its turn comes)."""
+        import ray
+
+        if job.job_id not in self._cancel_sent:
+            slot.handle.cancel.remote(job.job_id)
+            self._cancel_sent.add(job.job_id)
+        try:
+            running = ray.get(slot.handle.info.remote(), timeout=2).get("running", [])
+        except Exception:  # not placed or not started yet: it has not started this job either
+            running = []
+        if job.job_id not in running and not ray.wait([ref], timeout=0)[0]:
+            from ..methods.core import Cancelled
+
+            raise Cancelled(f"job {job.job_id} was cancelled before its Ray worker started it")
 
     # -- views ----------------------------------------------------------------------------------
     def workers(self) -> list[dict]:
@@ -336,11 +467,23 @@ class RayCluster:
         return out
 
     def close(self) -> None:
-        """Leave the cluster (the detached actors stay resident for the next server); a local cluster ends."""
+        """Leave the cluster (the detached actors stay resident for the next server); a local cluster ends. Jobs still
+        running on actors are cancelled there: nobody would collect them."""
         import ray
 
+        for job_id, handle in list(self._in_flight.items()):
+            try:
+                handle.cancel.remote(job_id)
+            except Exception:
+                log.debug("could not cancel %s on its worker", job_id, exc_info=True)
         if self.started and ray.is_initialized():  # a driver that joined Ray itself (Lab in a script) stays joined
             ray.shutdown()
+
+
+def _init_error(e: Exception) -> str:
+    """The exception an actor's constructor raised, from Ray's message (its last lines)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return " ".join(lines[-3:])[:1200] or type(e).__name__
 
 
 def _death_reason(e: Exception) -> str:

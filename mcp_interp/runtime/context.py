@@ -66,7 +66,8 @@ class AppContext:
         cluster = None
         if ray:
             cluster = new_ray_cluster(ray, store, memory_budget_mb=memory_budget_mb,
-                                      model_roots=None if model_roots is None else [str(r) for r in model_roots])
+                                      model_roots=None if model_roots is None else [str(r) for r in model_roots],
+                                      cpus_per_worker=float(os.environ.get("MCP_INTERP_RAY_CPUS") or 1))
 
         def make_pool() -> ModelPool:
             pool = new_model_pool(memory_budget_bytes=budget, device=device)

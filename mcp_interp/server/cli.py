@@ -153,6 +153,7 @@ ENVIRONMENT = [
     ("MCP_INTERP_STORE", "artifact store directory or fsspec URL (s3://bucket/prefix) when --store is not given "
                          "(default ./artifacts)"),
     ("MCP_INTERP_RAY", "serve --ray ADDRESS when --ray is not given: heavy jobs run on that Ray cluster"),
+    ("MCP_INTERP_RAY_CPUS", "CPUs each Ray worker actor asks for (default 1; also its torch threads on a CPU node)"),
     ("MCP_INTERP_STORE_OPTIONS", "fsspec options for a store URL, as JSON (credentials usually come from AWS_* etc.)"),
     ("MCP_INTERP_STORE_CACHE", "where a store URL's local index and read mirror live (default ~/.cache/mcp-interp)"),
     ("MCP_INTERP_SWEEP_MAX", "the most runs one sweep may start (default 64)"),

@@ -24,11 +24,13 @@ ray = pytest.importorskip("ray")
 from mcp_interp.runtime.cluster import NAMESPACE, ClusterError, resolve_address  # noqa: E402
 from mcp_interp.server.app import build_server  # noqa: E402
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]  # a hang fails its own test, with a traceback
 NODE_MEMORY = 3 * 2**30  # logical memory per node: a model estimated larger fits no worker
-LOCATE = {"model": "toy/planted-clean", "task": "planted", "n": 8, "layers": [0, 1]}
+# one toy model (and its second seed) throughout: each new model costs a worker process start
+MODEL = "toy/planted-features"
+LOCATE = {"model": MODEL, "task": "planted-features", "n": 8, "layers": [0, 1]}
 # a job that runs for minutes unless stopped (progress and cancellation every step)
-LONG_SAE = {"model": "toy/planted-features", "site": "resid_pre", "layer": 1, "corpus": "random", "tokens": 4096,
+LONG_SAE = {"model": MODEL, "site": "resid_pre", "layer": 1, "corpus": "random", "tokens": 4096,
             "epochs": 1000, "batch_size": 64, "wait_seconds": 0}
 DROP = ("run_id", "files", "cost", "cached")  # what differs between two runs of one computation
 
@@ -96,9 +98,11 @@ async def test_heavy_tool_on_ray_equals_local_and_reads_back(cluster, ray_store,
 
 
 async def test_sweep_over_two_models_uses_both_nodes_at_once(cluster, ray_store):
-    grid = {"model": ["toy/planted-features", "toy/planted-direction"]}
+    grid = {"model": [MODEL, f"{MODEL}-s1"]}
     base = {"site": "resid_pre", "layer": 1, "corpus": "random", "tokens": 2048, "epochs": 40, "batch_size": 64}
     async with Client(build_server(ray_store, ray=cluster), raise_exceptions=True) as c:
+        for model in grid["model"]:  # resident first (load_model runs on the model's worker): a cold start is not
+            await call(c, "load_model", {"model": model, "wait_seconds": 120})  # what this test is about
         out = await finish(c, await call(c, "sweep", {"tool": "train_sae", "base": base, "grid": grid,
                                                       "wait_seconds": 300}))
     rows = out["rows"]
@@ -109,6 +113,9 @@ async def test_sweep_over_two_models_uses_both_nodes_at_once(cluster, ray_store)
     spans = [(_seconds(m["timings"]["finished"]) - r["seconds"], _seconds(m["timings"]["finished"]))
              for m, r in zip(manifests, rows)]
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"the two runs did not overlap: {spans}"
+    async with Client(build_server(ray_store, ray=cluster), raise_exceptions=True) as c:
+        workers = (await call(c, "list_models"))["workers"]
+    assert sorted(w["model"] for w in workers) == sorted(grid["model"]), workers
 
 
 async def test_killed_worker_fails_its_job_and_the_next_call_recovers(cluster, ray_store):
@@ -118,7 +125,7 @@ async def test_killed_worker_fails_its_job_and_the_next_call_recovers(cluster, r
         await _wait_running(c, job_id)
         ray.init(address=cluster, namespace=NAMESPACE, ignore_reinit_error=True)
         name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                    if a["namespace"] == NAMESPACE and "toy/planted-features" in a["name"])
+                    if a["namespace"] == NAMESPACE and a["name"].endswith(f":{MODEL}:float32:1"))
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
         t0 = time.monotonic()
         job = await call(c, "get_job", {"job_id": job_id, "wait_seconds": 30})
@@ -127,6 +134,11 @@ async def test_killed_worker_fails_its_job_and_the_next_call_recovers(cluster, r
         short = {**LONG_SAE, "epochs": 2, "tokens": 1024, "wait_seconds": 120}
         again = await finish(c, await call(c, "train_sae", short))
         assert again["run_id"]
+        # a worker that dies while idle: the next request finds it gone and starts a new one
+        name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["namespace"] == NAMESPACE and a["name"].endswith(f":{MODEL}:float32:1"))
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        assert (await finish(c, await call(c, "train_sae", {**short, "seed": 3})))["run_id"]
 
 
 async def test_cancel_reaches_the_worker(cluster, ray_store):
@@ -134,11 +146,28 @@ async def test_cancel_reaches_the_worker(cluster, ray_store):
         out = await call(c, "train_sae", {**LONG_SAE, "seed": 7})
         job_id = out["job"]["job_id"]
         await _wait_running(c, job_id)
+        # a second job on the same model queues behind it on the worker; cancelled, it ends at once
+        queued = (await call(c, "train_sae", {**LONG_SAE, "seed": 8}))["job"]["job_id"]
+        t0 = time.monotonic()
+        await call(c, "cancel_job", {"job_id": queued})
+        job = await call(c, "get_job", {"job_id": queued, "wait_seconds": 10})
+        assert job["status"] == "cancelled" and time.monotonic() - t0 < 10, job
+        assert (await call(c, "get_job", {"job_id": job_id, "wait_seconds": 0}))["status"] == "running"
+        # the running one stops within seconds: the flag reaches the worker's training loop
         t0 = time.monotonic()
         await call(c, "cancel_job", {"job_id": job_id})
         job = await call(c, "get_job", {"job_id": job_id, "wait_seconds": 20})
         assert job["status"] == "cancelled", job
         assert time.monotonic() - t0 < 20
+
+
+async def test_a_worker_that_cannot_see_the_store_says_so(cluster, tmp_path):
+    store = tmp_path / "unshared"
+    async with Client(build_server(store, ray=cluster), raise_exceptions=True) as c:
+        (store / ".mcp-interp-store").unlink()  # as on a node where this directory is another (unshared) one
+        text = await call_error(c, "run_baseline", {**LOCATE, "layers": None} and
+                                {"model": MODEL, "task": "planted-features", "n": 4})
+    assert "could not start" in text and "not the server's" in text and "Fix:" in text, text
 
 
 async def test_model_that_fits_no_worker_is_refused_before_work(cluster, ray_store, tmp_path):
@@ -172,9 +201,9 @@ def _stdio(store, address: str) -> StdioServerParameters:
                                                                "serve", "--ray", address], env=dict(os.environ))
 
 
-async def test_restarted_server_finds_the_resident_worker(cluster, tmp_path):
-    store = tmp_path / "stdio-store"
-    args = {"model": "toy/planted-clean", "task": "planted", "n": 8, "force": True, "wait_seconds": 120}
+async def test_restarted_server_finds_the_resident_worker(cluster, ray_store):
+    store = ray_store
+    args = {"model": MODEL, "task": "planted-features", "n": 8, "force": True, "wait_seconds": 120}
     pids = []
     for _ in range(2):  # two server processes, one after the other, on one store and cluster
         async with Client(_stdio(store, cluster)) as c:
@@ -211,6 +240,10 @@ async def test_object_store_runs_written_by_workers_read_back_through_artifact_u
         assert any(k.endswith("/manifest.json") for k in mine) and any(k.endswith("/result.json") for k in mine)
         # a second server with an empty cache (no index, no mirror) finds the run on the object store
         monkeypatch.setenv("MCP_INTERP_STORE_CACHE", str(tmp_path / "other-cache"))
+        # both nodes were held by the other store's two idle workers: one was stopped to place this store's
+        ray.init(address=cluster, namespace=NAMESPACE, ignore_reinit_error=True)
+        alive = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE]
+        assert len(alive) <= 2 and any(":toy/planted-features:" in a["name"] for a in alive), alive
         async with Client(build_server(url), raise_exceptions=True) as c:
             got = await call(c, "get_run", {"run_id": res["run_id"]})
             assert got["result"]["run_id"] == res["run_id"]

@@ -30,7 +30,7 @@ def test_ray_suite_in_private_network_namespace():
         pytest.skip("needs `unshare -n` (root or CAP_SYS_ADMIN) to keep the Ray cluster on a private loopback")
     env = {**os.environ, "MCP_INTERP_NETNS": "1"}
     cmd = (f"ip link set lo up && exec {sys.executable} -m pytest {SUITE} -q -ra -p no:cacheprovider "
-           f"-o addopts='' --rootdir {SUITE.parents[2]}")
+           f"--rootdir {SUITE.parents[2]}")
     proc = subprocess.run(["unshare", "-n", "bash", "-c", cmd], env=env, capture_output=True, text=True,
                           cwd=SUITE.parents[2], timeout=900)
     out = proc.stdout + proc.stderr
