@@ -206,6 +206,22 @@ def load_sae(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     return _sae(run_id, r, pngs, f"SAE loaded from {r['source']}")
 
 
+def train_transcoders(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    out = _summary(run_id, r) + [
+        Para(f"TopK skip transcoders of `{r['model']}` on the {r['corpus']} corpus ({r['tokens_collected']} tokens): "
+             f"{r['d_model']} -> {r['width']} latents, k {r['k']}, held-out rows {r['held_out_rows']} "
+             f"{cite(run_id)}."),
+        Table(["MLP", "explained variance", "L0", "dead", "run"],
+              [[str(t["layer"]), num(t["explained_variance"], 3), num(t["l0"], 1), str(t["dead"]), f"`{run_id}`"]
+               for t in r["transcoders"]])]
+    rep = r.get("replacement")
+    if rep:
+        out.append(Para(f"Every transcoded MLP replaced (no error terms): CE {num(rep['ce_replacement'], 3)} against "
+                        f"{num(rep['ce_original'], 3)} for the original and {num(rep['ce_zero_ablation'], 3)} with "
+                        f"those MLPs zero-ablated; KL {num(rep['kl_replacement'], 4)} {cite(run_id)}."))
+    return out + _figures(run_id, pngs, lambda p: True, "transcoders")
+
+
 def find_features(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     out = _summary(run_id, r) + [
         Para(f"Features of {r['source']} at {r['hook']} ({r['n_features']} features) for `{r['variable']}` "
@@ -296,6 +312,29 @@ def steer(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     return out + _warnings(run_id, r) + _figures(run_id, pngs, lambda p: True, "steering")
 
 
+def trace(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
+    where = f"task `{r['task']}` example {r['example']}" if r.get("task") else "a prompt"
+    out = _summary(run_id, r) + [
+        Para(f"Attribution graph of {r['prompt']!r} ({where}, {len(r['tokens'])} tokens) on `{r['model']}` towards "
+             f"{', '.join(t['label'] for t in r['targets'][:5])}: {r['kept_nodes']} of {r['n_nodes']} nodes kept "
+             f"({r['kept_feature_nodes']} of {r['n_feature_nodes']} feature nodes; {r['n_active_features']} active "
+             f"latents), {r['kept_edges']} edges at node / edge thresholds {num(r['node_threshold'])} / "
+             f"{num(r['edge_threshold'])}; replacement score {num(r['replacement_score'], 3)}, completeness score "
+             f"{num(r['completeness_score'], 3)} {cite(run_id)}."),
+        Table(["top path", "share of the target weight", "run"],
+              [[p["text"], num(p["score"], 3), f"`{run_id}`"] for p in r["paths"][:5]])]
+    ic = r.get("intervention_check")
+    if ic and ic["rows"]:
+        what = "zero-ablated" if ic["factor"] == 0 else f"scaled by {num(ic['factor'])}"
+        out.append(Para(f"Intervention check: each of the top {ic['n']} features {what} in the real model (error term "
+                        f"kept); change of {ic['target']} predicted by the graph against measured: Pearson r "
+                        f"{num(ic['pearson'], 3)} [{ci(ic['ci95'], 3)}] (n={ic['n']}) {cite(run_id)}."))
+        out.append(Table(["feature", "activation", "predicted change", "measured change", "run"],
+                         [[row["label"], num(row["activation"], 3), num(row["predicted"], 3), num(row["measured"], 3),
+                           f"`{run_id}`"] for row in ic["rows"]]))
+    return out + _figures(run_id, pngs, lambda p: p == "graph.png", "pruned attribution graph")
+
+
 def probe(run_id: str, r: dict, pngs: list[str]) -> list[Block]:
     out = _summary(run_id, r) + [Para(
         f"Linear probes for `{r['variable']}` at {r['position']} ({r['site']}) of `{r['model']}` on `{r['task']}`: "
@@ -339,6 +378,7 @@ SECTIONS: dict[str, tuple[str, Callable[[str, dict, list[str]], list[Block]]]] =
     "eval_das": ("DAS re-evaluated", eval_das),
     "scrub_hypothesis": ("Causal scrubbing: how much does the hypothesis explain?", scrub_hypothesis),
     "train_sae": ("SAE trained", train_sae),
+    "train_transcoders": ("Transcoders trained", train_transcoders),
     "load_sae": ("SAE loaded", load_sae),
     "find_features": ("Features: which latents carry the variable?", find_features),
     "compare_features": ("Comparison: do two sides carry the same features?", compare_features),
@@ -346,6 +386,7 @@ SECTIONS: dict[str, tuple[str, Callable[[str, dict, list[str]], list[Block]]]] =
     "logit_lens": ("Logit lens: which layer predicts the answer?", logit_lens),
     "probe": ("Probe: is the variable linearly decodable?", probe),
     "steer": ("Steering: does the direction change what the model says?", steer),
+    "trace": ("Trace: which features carry this prediction?", trace),
     "sweep": ("Sweep: one tool over a grid", sweep),
 }
 ORDER = list(SECTIONS)  # the research loop's order; other tools follow

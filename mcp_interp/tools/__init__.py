@@ -22,7 +22,9 @@ from . import (
                steer,
                sweep,
                tasks,
+               trace,
                train_sae,
+               train_transcoders,
 )
 from .base import ToolSpec
 
@@ -39,6 +41,7 @@ TOOLS: list[ToolSpec] = [
     das.TRAIN_DAS,
     eval_das.EVAL_DAS,
     train_sae.TRAIN_SAE,
+    train_transcoders.TRAIN_TRANSCODERS,
     load_sae.LOAD_SAE,
     list_saes.LIST_SAES,
     find_features.FIND_FEATURES,
@@ -47,6 +50,7 @@ TOOLS: list[ToolSpec] = [
     attention.ATTENTION,
     logit_lens.LOGIT_LENS,
     steer.STEER,
+    trace.TRACE,
     sweep.SWEEP,
     runs.LIST_RUNS,
     runs.GET_RUN,

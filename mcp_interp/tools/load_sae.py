@@ -38,19 +38,27 @@ def local_path(app: AppContext, field: str, raw: str, fix: str) -> Path:
 
 
 def sae_directory(app: AppContext, ref: str, field: str = "sae") -> Path:
-    """The sae-lens directory behind `ref`: a train_sae / load_sae run id, or a directory path (confined to the local
-    roots)."""
+    """The sae-lens directory behind `ref`: a train_sae / load_sae run id, `<run id>/layers.L.mlp` (one transcoder of
+    a train_transcoders run), or a directory path (confined to the local roots)."""
+    run_id, _, folder = ref.partition("/")
     try:
-        rec = app.store.get_run(ref)
+        rec = app.store.get_run(run_id)
     except Exception:
         rec = None
     if rec is not None:
+        if folder:  # one layer's folder of a run (a train_transcoders run holds one per layer)
+            names = [n.split("/")[0] for n in app.store.list_files(run_id) if n.startswith("layers.")]
+            if folder not in names:
+                raise field_error(field, f"run {run_id} ({rec.tool}) has no folder {folder!r}",
+                                  f"one of {', '.join(sorted(set(names))) or '(none: it holds no transcoders)'}")
+            return app.store.run_dir(run_id) / folder
         d = app.store.run_dir(ref) / "sae"
         if not (d / "cfg.json").is_file():
-            raise ToolError(f"{field}: run {ref} ({rec.tool}) holds no SAE; pass a train_sae or load_sae run id.")
+            raise ToolError(f"{field}: run {ref} ({rec.tool}) holds no SAE; pass a train_sae or load_sae run id, or "
+                            f"`<train_transcoders run id>/layers.L.mlp` for one of its transcoders.")
         return d
-    fix = ("a train_sae / load_sae run id (list_runs(tool='train_sae')) or the path of a sae-lens directory (cfg.json "
-           "+ sae_weights.safetensors)")
+    fix = ("a train_sae / load_sae run id (list_runs(tool='train_sae')), `<train_transcoders run id>/layers.L.mlp`, "
+           "or the path of a sae-lens directory (cfg.json + sae_weights.safetensors)")
     p = local_path(app, field, ref, fix + " under them (or start the server with --model-root)")
     if not p.is_dir():
         raise field_error(field, f"{ref!r} is neither a stored run id nor a directory", fix)

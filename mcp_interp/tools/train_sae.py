@@ -134,30 +134,30 @@ class TrainSaeOutput(HeavyOutput):
     result: TrainSaeResult | None = None
 
 
-def _sequences(run: ToolRun, args: TrainSaeInput, lm) -> tuple[list[list[int]], str]:
-    n_ctx = lm.model.cfg.n_ctx
-    ctx = min(args.context, n_ctx)
-    if args.corpus != "task" and args.skip_first >= ctx:  # before reading a corpus
-        raise ToolError(f"skip_first: {args.skip_first} drops every position of a {ctx}-token window (context "
-                        f"{args.context}, model n_ctx {n_ctx}). Fix: skip_first at most {ctx - 1} (usually 0 or 1).")
+def corpus_windows(run: ToolRun, lm, corpus: str, task: str | None, files: list[str], tokens: int, context: int,
+                   skip_first: int, seed: int) -> tuple[list[list[int]], str]:
+    """Token windows of a corpus and its label (train_sae's and train_transcoders'): the task's prompts, random tokens,
+    the Shakespeare plays or the caller's files, `tokens` rows after `skip_first` positions of each window."""
+    ctx = min(context, lm.model.cfg.n_ctx)
+    if corpus != "task" and skip_first >= ctx:
+        raise field_error("skip_first", f"{skip_first} drops every position of a {ctx}-token window",
+                          f"skip_first at most {ctx - 1} (usually 0 or 1)")
     try:
-        if args.corpus == "task":
-            if not args.task:
+        if corpus == "task":
+            if not task:
                 raise ToolError("task: corpus='task' needs `task` (list_tasks).")
-            spec = resolve_task(run.app, args.task)
-            n = max(8, -(-args.tokens // 8))
-            ds = dataset(spec, lm.tokenizer, min(n, 100_000), args.seed, None, up_to=True)  # every prompt it has
+            spec = resolve_task(run.app, task)
+            ds = dataset(spec, lm.tokenizer, min(max(8, -(-tokens // 8)), 100_000), seed, None, up_to=True)
             return [e.tokens for e in ds.examples], f"task:{spec.name}"
-        if args.corpus == "random":
-            return features.random_windows(lm.model.cfg.d_vocab, ctx, args.tokens, args.seed), "random"
-        if args.corpus == "shakespeare":
+        if corpus == "random":
+            return features.random_windows(lm.model.cfg.d_vocab, ctx, tokens, seed), "random"
+        if corpus == "shakespeare":
             docs = [p.read_text(errors="replace") for p in features.shakespeare_files()]
         else:
-            if not args.files:
+            if not files:
                 raise ToolError("files: corpus='files' needs a list of .txt / .jsonl paths.")
-            docs = features.read_texts(corpus_files(run.app, args.files))
-        need = args.tokens + args.skip_first * -(-args.tokens // ctx)
-        return features.token_windows(docs, lm.tokenizer, ctx, need, args.seed), args.corpus
+            docs = features.read_texts(corpus_files(run.app, files))
+        return features.token_windows(docs, lm.tokenizer, ctx, tokens + skip_first * -(-tokens // ctx), seed), corpus
     except (FileNotFoundError, ValueError) as e:
         raise field_error("corpus", str(e), "corpus='random' (any model), 'task', or files written in this "
                           "tokenizer's alphabet") from None
@@ -183,7 +183,8 @@ def _train(run: ToolRun, args: TrainSaeInput) -> tuple[TrainSaeResult, dict]:
     except ValueError as e:
         raise ToolError(f"layer: {e}") from None
     refuse_oversized(_footprint(args, site.dim(lm.model)), "training this SAE")
-    seqs, corpus = _sequences(run, args, lm)
+    seqs, corpus = corpus_windows(run, lm, args.corpus, args.task, args.files, args.tokens, args.context,
+                                  args.skip_first, args.seed)
     with lm.use():
         try:
             fit = features.fit_sae(

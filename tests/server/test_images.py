@@ -27,6 +27,8 @@ CALLS = [
     ("eval_das", {"run_id": "{train_das}", "n": 16}),
     ("train_sae", {"model": FEATURES, "site": "resid_pre", "layer": 1, "corpus": "random", "tokens": 2000,
                    "context": 8, "architecture": "topk", "d_sae": 32, "k": 4, "epochs": 2, "splice_windows": 4}),
+    ("train_transcoders", {"model": "toy/tiny-random", "layers": [0, 1], "corpus": "random", "n_tokens": 600,
+                           "context": 8, "width": 32, "k": 4, "epochs": 1, "splice_windows": 2}),
     ("load_sae", {"model": FEATURES, "path": "{sae_path}", "task": "planted-features", "n": 16}),
     ("find_features", {"model": FEATURES, "task": "planted-features", "variable": "g", "sae": "{train_sae}", "n": 32,
                        "n_perm": 20, "test_top": 1, "interventions": ["zero"]}),
@@ -41,9 +43,20 @@ CALLS = [
     ("steer", {"model": "toy/planted-direction", "task": "planted-direction", "n": 8, "alphas": [-2.0, 0.0, 2.0],
                "max_new_tokens": 2, "n_generate": 1, "intervention": {"kind": "mean_diff", "layer": 1,
                                                                       "positive": ["a104="], "negative": ["e104="]}}),
+    ("trace", {"model": "toy/planted-trace", "task": "planted-trace", "transcoders": "{planted_transcoders}",
+               "check_top": 4, "contexts_corpus": "prompt"}),
     ("sweep", {"tool": "run_baseline", "base": {"model": "toy/tiny-random", "task": "induction", "n": 8},
                "grid": {"seed": [0, 1]}}),
 ]
+
+
+def planted_transcoders(d) -> str:
+    """toy/planted-trace's hand-set transcoders saved as sae-lens directories (trace reads transcoder folders)."""
+    from mcp_interp.toymodels.planted_trace import planted_trace_transcoders
+
+    for layer, tc in planted_trace_transcoders().items():
+        tc.save_model(d / f"L{layer}")
+    return str(d)
 
 
 def test_every_heavy_tool_takes_include_plot_and_is_exercised_here():
@@ -57,7 +70,7 @@ def test_every_heavy_tool_takes_include_plot_and_is_exercised_here():
 
 
 async def test_every_heavy_tool_returns_its_main_figure(store_dir):
-    ids: dict[str, str] = {}
+    ids: dict[str, str] = {"planted_transcoders": planted_transcoders(store_dir.parent / "planted-trace-tcs")}
     async with Client(build_server(store_dir)) as c:
         for name, args in CALLS:
             args = {k: v.format(**ids) if isinstance(v, str) else v for k, v in args.items()}

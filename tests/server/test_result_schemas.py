@@ -14,6 +14,8 @@ from mcp_interp.tools.common import MaybeFloat
 
 # model.field -> why it is always a finite number
 ALWAYS_DEFINED = {
+    "LayerQuality.dense_threshold": "an argument (a share in (0, 1))",
+    "LayerQuality.scales": "the training's input / output scales: finite positive norms",
     "GeneratorStats.answer_changes": "a share of n >= 2 examples",
     "ListModelsOutput.memory_used_mb": "bytes the pool holds",
     "JobView.progress": "0..1, set by the job",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +63,19 @@ def collect_activations(model, site: Site, sequences: Sequence[Sequence[int]], b
     """Every token's activation at `site` over `sequences` (lists of token ids, any lengths; equal lengths are
     batched together), kept on the CPU. `skip_first` drops each sequence's first positions (e.g. the attention
     sink of a real model)."""
+    return collect_site_activations(model, [site], sequences, batch_size, skip_first, progress, should_cancel,
+                                    dtype)[0]
+
+
+@torch.no_grad()
+def collect_site_activations(model, sites: Sequence[Site], sequences: Sequence[Sequence[int]], batch_size: int = 16,
+                             skip_first: int = 0, progress: Progress | None = None,
+                             should_cancel: ShouldCancel | None = None, dtype=torch.float32,
+                             transform: Callable[[Site, torch.Tensor], torch.Tensor] | None = None
+                             ) -> list[Activations]:
+    """`collect_activations` at several sites at once: one forward pass per batch, stopped after the deepest site,
+    fills every site's rows (same `seq` / `pos` order in each). `transform(site, x)` maps a batch's activation
+    [b, T, d] on the model's device before it is kept (e.g. the MLP's own normalisation of hook_mlp_in)."""
     import time
 
     t0 = time.time()
@@ -70,20 +83,34 @@ def collect_activations(model, site: Site, sequences: Sequence[Sequence[int]], b
     for i, s in enumerate(sequences):
         by_len.setdefault(len(s), []).append(i)
     batches = [(L, idx[j:j + batch_size]) for L, idx in sorted(by_len.items()) for j in range(0, len(idx), batch_size)]
-    acts, seqs, poss = [], [], []
+    hooks = sorted({s.hook for s in sites})
+    deepest = max(sites, key=lambda s: s.layer)
+    acts: list[list[torch.Tensor]] = [[] for _ in sites]
+    seqs, poss = [], []
     for b, (L, idx) in enumerate(batches):
         check_cancelled(should_cancel, "activation collection")
-        x = site_activations(model, site, torch.tensor([list(sequences[i]) for i in idx]))
-        x = x[:, skip_first:].to("cpu", dtype)
-        acts.append(x.reshape(-1, x.shape[-1]))
-        seqs.append(torch.tensor(idx).repeat_interleave(x.shape[1]))
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(act, hook):
+            store[hook.name] = act.detach()
+
+        model.run_with_hooks(torch.tensor([list(sequences[i]) for i in idx], device=model.cfg.device),
+                             fwd_hooks=[(h, grab) for h in hooks], stop_at_layer=stop_layer(model, deepest),
+                             return_type=None)
+        for i, site in enumerate(sites):
+            x = store[site.hook] if transform is None else transform(site, store[site.hook])
+            x = x[:, skip_first:].to("cpu", dtype)
+            acts[i].append(x.reshape(-1, x.shape[-1]))
+        n_pos = max(L - skip_first, 0)
+        seqs.append(torch.tensor(idx).repeat_interleave(n_pos))
         poss.append(torch.arange(skip_first, L).repeat(len(idx)))
         if progress is not None:
             progress((b + 1) / len(batches), f"activations: batch {b + 1}/{len(batches)}")
-    d = site.dim(model)
-    return Activations(torch.cat(acts) if acts else torch.zeros(0, d),
-                       torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.long),
-                       torch.cat(poss) if poss else torch.zeros(0, dtype=torch.long), time.time() - t0)
+    seconds = time.time() - t0
+    seq = torch.cat(seqs) if seqs else torch.zeros(0, dtype=torch.long)
+    pos = torch.cat(poss) if poss else torch.zeros(0, dtype=torch.long)
+    return [Activations(torch.cat(a) if a else torch.zeros(0, site.dim(model)), seq, pos, seconds)
+            for a, site in zip(acts, sites)]
 
 
 @torch.no_grad()
@@ -124,5 +151,5 @@ def activations_at(model, sites: Sequence[Site], sequences: Sequence[Sequence[in
 
 
 __all__ = ["Activations", "FEATURE_KINDS", "activations_at", "check_feature_site", "collect_activations",
-           "site_activations",
+           "collect_site_activations", "site_activations",
            "stop_layer"]

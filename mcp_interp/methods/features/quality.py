@@ -41,6 +41,41 @@ def reconstruction_stats(sae, acts: torch.Tensor, dense_threshold: float = 0.1, 
 
 
 @torch.no_grad()
+def loss_with_hooks(model, sequences: Sequence[Sequence[int]], replaced: list, ablated: list, batch_size: int = 8,
+                    progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
+                    label: str = "loss") -> dict:
+    """Next-token cross-entropy over `sequences` (grouped by length into batches) with the model untouched, with the
+    `replaced` hooks (a reconstruction spliced in) and with the `ablated` ones (zero-ablation); KL(clean || each) per
+    token; fraction of loss recovered (CE_zero - CE_replaced) / (CE_zero - CE_clean), 1 = nothing lost. The one loop
+    SAE and transcoder quality share."""
+    tot = {"clean": 0.0, "replaced": 0.0, "zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
+    n_tok = 0
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(sequences):
+        if len(s) >= 2:
+            by_len.setdefault(len(s), []).append(i)
+    batches = [idx[j:j + batch_size] for _, idx in sorted(by_len.items()) for j in range(0, len(idx), batch_size)]
+    for b, idx in enumerate(batches):
+        check_cancelled(should_cancel, label)
+        toks = torch.tensor([list(sequences[i]) for i in idx], device=model.cfg.device)
+        tgt = toks[:, 1:]
+        lp = {}
+        for name, hooks in (("clean", []), ("replaced", replaced), ("zero", ablated)):
+            lp[name] = model.run_with_hooks(toks, fwd_hooks=hooks)[:, :-1].float().log_softmax(-1)
+            tot[name] += float(-lp[name].gather(-1, tgt[..., None]).sum())
+        p = lp["clean"].exp()
+        tot["kl"] += float((p * (lp["clean"] - lp["replaced"])).sum())
+        tot["kl_zero"] += float((p * (lp["clean"] - lp["zero"])).sum())
+        n_tok += tgt.numel()
+        if progress is not None:
+            progress((b + 1) / len(batches), f"{label}: batch {b + 1}/{len(batches)}")
+    out = {k: v / max(n_tok, 1) for k, v in tot.items()}
+    gap = out["zero"] - out["clean"]
+    out["fraction_loss_recovered"] = (out["zero"] - out["replaced"]) / gap if abs(gap) > 1e-9 else float("nan")
+    out["n_tokens"] = n_tok
+    return out
+
+
 def spliced_loss(model, sae, site: Site, sequences: Sequence[Sequence[int]], batch_size: int = 8,
                  progress: Progress | None = None, should_cancel: ShouldCancel | None = None,
                  max_norm: float | None = None) -> dict:
@@ -49,15 +84,6 @@ def spliced_loss(model, sae, site: Site, sequences: Sequence[Sequence[int]], bat
     (CE_zero - CE_spliced) / (CE_zero - CE_clean) (1 = the reconstruction loses nothing). `max_norm`: positions
     whose activation norm exceeds it (massive-activation tokens the SAE was not trained on) keep their clean
     activation; how many is `n_passed_through`."""
-    tot = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
-    n_tok = 0
-    by_len: dict[int, list[int]] = {}
-    for i, s in enumerate(sequences):
-        if len(s) >= 2:
-            by_len.setdefault(len(s), []).append(i)
-    batches = [idx[j:j + batch_size] for _, idx in sorted(by_len.items()) for j in range(0, len(idx), batch_size)]
-    dev = model.cfg.device
-
     passed = [0]
 
     def splice(act, hook):
@@ -71,27 +97,12 @@ def spliced_loss(model, sae, site: Site, sequences: Sequence[Sequence[int]], bat
     def zero(act, hook):
         return torch.zeros_like(act)
 
-    for b, idx in enumerate(batches):
-        check_cancelled(should_cancel, "spliced loss")
-        toks = torch.tensor([list(sequences[i]) for i in idx], device=dev)
-        tgt = toks[:, 1:]
-        lp = {}
-        for name, hooks in (("clean", []), ("spliced", [(site.hook, splice)]), ("zero", [(site.hook, zero)])):
-            logits = model.run_with_hooks(toks, fwd_hooks=hooks)[:, :-1].float()
-            lp[name] = logits.log_softmax(-1)
-            tot[name] += float(-lp[name].gather(-1, tgt[..., None]).sum())
-        p = lp["clean"].exp()
-        tot["kl"] += float((p * (lp["clean"] - lp["spliced"])).sum())
-        tot["kl_zero"] += float((p * (lp["clean"] - lp["zero"])).sum())
-        n_tok += tgt.numel()
-        if progress is not None:
-            progress((b + 1) / len(batches), f"spliced loss: batch {b + 1}/{len(batches)}")
-    out = {k: v / max(n_tok, 1) for k, v in tot.items()}
-    gap = out["zero"] - out["clean"]
-    return {"ce_clean": out["clean"], "ce_spliced": out["spliced"], "ce_zero_ablation": out["zero"],
+    out = loss_with_hooks(model, sequences, [(site.hook, splice)], [(site.hook, zero)], batch_size, progress,
+                          should_cancel, "spliced loss")
+    return {"ce_clean": out["clean"], "ce_spliced": out["replaced"], "ce_zero_ablation": out["zero"],
             "kl_spliced": out["kl"], "kl_zero_ablation": out["kl_zero"],
-            "fraction_loss_recovered": (out["zero"] - out["spliced"]) / gap if abs(gap) > 1e-9 else float("nan"),
-            "n_tokens": n_tok, "n_passed_through": passed[0]}
+            "fraction_loss_recovered": out["fraction_loss_recovered"], "n_tokens": out["n_tokens"],
+            "n_passed_through": passed[0]}
 
 
 def match_directions(decoder: torch.Tensor, truth: torch.Tensor) -> dict:

@@ -25,8 +25,8 @@ def trace_footprint(cfg, n_tokens: int, n_active: int, max_feature_nodes: int, b
     n = m + errors + T + n_logits
     run = L * (cfg.n_heads * T * T + 3 * T * cfg.d_model) * F32 + 4 * n_active * F32
     weights = L * 2 * cfg.n_heads * cfg.d_model * cfg.d_head * F32
-    chunk = batch_size * (T * (4 * cfg.d_model + 2 * cfg.n_heads * cfg.d_head) + sources) * F32
     r = m + n_logits
+    chunk = min(batch_size, r) * (T * (4 * cfg.d_model + 2 * cfg.n_heads * cfg.d_head) + sources) * F32  # no more rows
     build = n * n * F32 if m == n_active else (2 * r * sources + n * n + r * n) * F32
     prune = 18 * n * n
     return batch_forward_footprint(cfg, 1, T) + run + weights + chunk + max(build, prune)
