@@ -34,7 +34,8 @@ class Side(BaseModel):
         "why). sae / das: taken from the SAE / run; probe: one of the probe run's layers (an int; default its best).")
     site: Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post"] = Field(
         "resid_post", description="source='resid': which activation (neurons read mlp_post).")
-    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory.")
+    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, "
+                               "`<train_transcoders run id>/layers.L.mlp` (a transcoder), or a sae-lens directory.")
     das_run: str | None = Field(None, description="source='das': a train_das run id.")
     probe_run: str | None = Field(None, description="source='probe': a probe run id.")
 

@@ -47,7 +47,8 @@ class FindFeaturesInput(HeavyInput):
         "sae", description="sae: latents of `sae`; neurons: MLP hidden units at `layer`; das: the directions of a "
         "train_das run; probe: the directions of a probe run at `layer` (default: its best layer).")
     sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, or a sae-lens directory; "
-                            "a transcoder (sae-lens transcoder classes, or EleutherAI sparsify's layers.L.mlp folders) "
+                            "a transcoder (sae-lens transcoder classes, EleutherAI sparsify's layers.L.mlp folders, or "
+                            "`<train_transcoders run id>/layers.L.mlp`) "
                             "works too: its latents are read at the MLP's input and written at its output.")
     layer: int | None = Field(None, ge=0, description="source='neurons': the MLP's layer; source='probe': which of "
                               "the run's layers (default: its best).")

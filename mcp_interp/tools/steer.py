@@ -58,7 +58,8 @@ class Intervention(BaseModel):
     source: Literal["sae", "das", "probe", "neurons"] = Field("sae", description="feature: where the feature comes "
                                                               "from (a train_sae/load_sae run or sae-lens directory, "
                                                               "a train_das run, a probe run, or MLP neurons).")
-    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id or a sae-lens directory.")
+    sae: str | None = Field(None, description="source='sae': a train_sae / load_sae run id, "
+                               "`<train_transcoders run id>/layers.L.mlp` (a transcoder), or a sae-lens directory.")
     das_run: str | None = Field(None, description="source='das': a train_das run id.")
     probe_run: str | None = Field(None, description="source='probe': a probe run id.")
     index: int | None = Field(None, ge=0, description="feature: the latent / DAS direction / probe class / neuron.")

@@ -63,6 +63,13 @@ async def test_transcoders_train_store_and_serve_as_feature_sources(store_dir):
         err = await call_error(c, "find_features", missing)
         assert "sae: run" in err and "layers.0.mlp, layers.1.mlp" in err, err
 
+        # compare_features takes transcoder latents as a source: a side against itself is the identity (CKA 1)
+        side = {"model": MODEL, "source": "sae", "sae": f"{out['run_id']}/layers.1.mlp"}
+        cmp = await finish(c, await call(c, "compare_features", {
+            "a": side, "b": side, "corpus": "random", "tokens": 256, "context": 8, "n_perm": 19, "n_null": 3,
+            "top": 10, "wait_seconds": 120}))
+        assert cmp["similarity"]["cka"] == pytest.approx(1.0, abs=1e-5) and cmp["n_rows"] == 256
+
         again = await call(c, "train_transcoders", ARGS)
         assert again["result"]["cached"] is True and again["result"]["run_id"] == out["run_id"]
 
