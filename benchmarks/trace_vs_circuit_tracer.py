@@ -2,6 +2,8 @@
 `attribute` on the same model, transcoders and prompt: the adjacency after matching node order, and the time.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/trace_vs_circuit_tracer.py [--repeats 3] [--setups a,b] [--keep]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/trace_vs_circuit_tracer.py --setups smollm2-topk \
+        --transcoders STORE/corpus-shakespeare/smollm2-135m/train_transcoders/RUN_ID [--batch-size 64]
 
 circuit-tracer pins transformers <= 4.57.3 and huggingface-hub < 1.0, so it cannot share our venv: it runs in a
 throwaway one (`--venv`, default ~/.cache/mcp-interp/circuit-tracer-venv), created on the first run with
@@ -9,8 +11,9 @@ throwaway one (`--venv`, default ~/.cache/mcp-interp/circuit-tracer-venv), creat
 else is large: about 1.6 GB in all, most of it torch) and reused while the pins are the same. Its side is
 `benchmarks/circuit_tracer_side.py`, a worker process started once per setup, offline (HF_HUB_OFFLINE).
 
-Setups (the model is a small TransformerLens config with seeded random weights, norms and biases made non-trivial;
-the same state dict loads on both sides; one prompt, "<bos>" first; three MLP layers, all transcoded):
+Setups (the first three: a small TransformerLens config with seeded random weights, norms and biases made
+non-trivial, its parameters loaded on both sides; a prompt of random tokens after token 0, which circuit-tracer's side
+calls "<bos>"; three MLP layers, all transcoded):
   gpt2-relu       LayerNorm, learned positions, GELU MLP; ReLU skip transcoders reading ln2.hook_normalized,
                   stored as sae-lens `SkipTranscoder` folders (ours: `methods.features.load_transcoder`) and as
                   circuit-tracer's `transcoder_set` (config.yaml + layer_L.safetensors, read by its own loader)
@@ -82,7 +85,7 @@ SETUPS = {"gpt2-relu": ("gpt2", "relu", "ln2.hook_normalized"),
           "llama-topk": ("llama", "topk", "mlp_input"),
           "smollm2-topk": ("smollm2", "topk", "mlp_input")}  # needs --transcoders; not in the default list
 DEFAULT_SETUPS = "gpt2-relu,llama-jumprelu,llama-topk"
-DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
+DEFAULT_PROMPT = "When Mary and John went to the store yesterday, John gave a drink to"
 FIRE = 0.2  # the fraction of prompt positions at which each ReLU / JumpReLU latent fires
 
 
@@ -126,16 +129,10 @@ def build_model(name: str, seed: int):
     return model.eval()
 
 
-def transcoder_inputs(model, tokens: torch.Tensor, reads: str) -> dict[int, torch.Tensor]:
-    """Layer -> what its transcoder reads on the prompt [T, d]."""
+def transcoder_inputs(model, tokens: torch.Tensor, hook: str) -> dict[int, torch.Tensor]:
+    """Layer -> what a transcoder reading blocks.L.{hook} sees on the prompt [T, d]."""
     _, cache = model.run_with_cache(tokens[None])
-    out = {}
-    for layer in range(model.cfg.n_layers):
-        if reads == "mlp_input":  # the MLP module's input: ln2 with its weight
-            out[layer] = model.blocks[layer].ln2(cache[f"blocks.{layer}.hook_resid_mid"])[0]
-        else:
-            out[layer] = cache[f"blocks.{layer}.{reads}"][0]
-    return {k: v.detach().float() for k, v in out.items()}
+    return {layer: cache[f"blocks.{layer}.{hook}"][0].detach().float() for layer in range(model.cfg.n_layers)}
 
 
 def midway(pre: torch.Tensor, frac: float) -> torch.Tensor:
@@ -239,7 +236,7 @@ def cfg_json(cfg) -> dict:
     return {**out, "device": "cpu", "tokenizer_name": None}
 
 
-def smollm2(root: Path, trained: Path, prompt: str, n_tokens: int):
+def smollm2(root: Path, trained: Path, prompt: str, n_tokens: int | None):
     """The bundled SmolLM2-135M with the transcoders of a train_transcoders run (`trained`: a folder holding
     layers.L.mlp folders); circuit-tracer's side gives the other layers transcoders that never fire."""
     from mcp_interp.models import ModelPool
@@ -273,7 +270,7 @@ def write_setup(name: str, root: Path, a):
         model, cfg = build_model(model_name, a.seed), MODELS[model_name]
         gen = torch.Generator().manual_seed(a.seed + 1)
         tokens = torch.cat([torch.zeros(1, dtype=torch.long),
-                            torch.randint(1, model.cfg.d_vocab, (a.n_tokens - 1,), generator=gen)])
+                            torch.randint(1, model.cfg.d_vocab, ((a.n_tokens or 12) - 1,), generator=gen)])
         if kind == "topk":
             tcs = write_sparsify(model, a.width, a.k, root, a.seed)
         else:
@@ -464,7 +461,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_repeats(ap, default=3)
     ap.add_argument("--setups", default=DEFAULT_SETUPS, help=f"comma-separated, of {list(SETUPS)}")
-    ap.add_argument("--n-tokens", type=int, default=12, help="prompt length, the BOS included")
+    ap.add_argument("--n-tokens", type=int, default=None,
+                    help="prompt length, the first token included (default: 12 random tokens on the small models, "
+                         "the whole --prompt on SmolLM2)")
     ap.add_argument("--width", type=int, default=128, help="latents per transcoder")
     ap.add_argument("--k", type=int, default=8, help="active latents per position of the TopK transcoders")
     ap.add_argument("--batch-size", type=int, default=None,
@@ -483,7 +482,7 @@ def main() -> None:
     bad = [s for s in names if s not in SETUPS]
     if bad:
         ap.error(f"--setups: unknown {bad}; choose from {list(SETUPS)}")
-    if a.n_tokens < 2:
+    if a.n_tokens is not None and a.n_tokens < 2:
         ap.error("--n-tokens: at least 2 (the BOS and one token)")
     python = ensure_venv(a.venv)
     print(f"CPU: {device_name('cpu')}")
