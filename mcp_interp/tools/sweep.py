@@ -25,7 +25,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .. import lazy
 from ..artifacts import JobStatus, params_hash
-from ..artifacts.fsutil import utc_now
 from ..methods.core import Cancelled, Progress
 from ..runtime.task_registry import task_hash
 from .base import (
@@ -290,13 +289,11 @@ class Child:
     job_id: str | None = None
     result: dict | None = None  # a stored run served at submission
     error: str | None = None  # refused at submission
-    own: bool = True  # its job was started by this sweep (False: it joined a job already running, not ours to cancel)
 
 
 def _submit(app: AppContext, spec: ToolSpec, inp: BaseModel, run_args: dict[str, Any]) -> Child:
     """The run as a plain call of its tool with wait_seconds=0: a stored result, or its job."""
     child = Child(run_args)
-    since = utc_now()
     try:
         out = spec.fn(app, inp, **({"progress": None} if spec.progress else {}))
     except Exception as e:  # refused at submission (e.g. a budget check): that row says why
@@ -308,11 +305,6 @@ def _submit(app: AppContext, spec: ToolSpec, inp: BaseModel, run_args: dict[str,
         child.result = out.model_dump(mode="json")["result"]
     elif out.job is not None:
         child.job_id = out.job.job_id
-    if child.job_id is not None:  # an identical request already running is joined: created before this call
-        try:
-            child.own = app.jobs.get(child.job_id).created >= since
-        except KeyError:
-            child.own = False
     return child
 
 
@@ -356,8 +348,6 @@ def _wait_all(app: AppContext, job: JobContext, children: list[Child], tool: str
             return states
         if job.cancelled:
             for i in pending:
-                if not children[i].own:
-                    continue
                 try:
                     app.jobs.cancel(children[i].job_id)
                 except KeyError:
@@ -512,7 +502,7 @@ def sweep(app: AppContext, args: SweepInput, progress: Progress | None = None) -
     n = len(children)
     def cancel_runs() -> None:  # also when the sweep is cancelled before its thread started waiting
         for c in children:
-            if c.job_id and c.own:
+            if c.job_id:
                 app.jobs.cancel(c.job_id)
 
     job = app.jobs.submit(TOOL, job_fn, dedicated=True, key=f"{TOOL}|{params_hash(p.params)}", on_cancel=cancel_runs,
