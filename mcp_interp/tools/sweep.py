@@ -344,16 +344,17 @@ def _wait_all(app: AppContext, job: JobContext, children: list[Child], tool: str
         states = [_state(app, c) for c in children]
         pending = [i for i, s in enumerate(states) if s.status in ("queued", "running")]
         done = n - len(pending)
-        if not pending:
-            return states
-        if job.cancelled:
+        if job.cancelled:  # before the "all done" return: a cancel's on_cancel may have just ended every run
             for i in pending:
                 try:
                     app.jobs.cancel(children[i].job_id)
                 except KeyError:
                     pass
-            raise Cancelled(f"sweep cancelled with {done}/{n} runs done; its {len(pending)} unfinished {tool} runs "
+            complete = sum(s.status == "complete" for s in states)
+            raise Cancelled(f"sweep cancelled with {complete}/{n} runs complete; its unfinished {tool} runs "
                             f"were cancelled")
+        if not pending:
+            return states
         running = [i for i in pending if states[i].status == "running"]
         now = "; ".join(f"{_args_text(children[i].args)}: {states[i].progress:.0%}" for i in running[:3])
         job.progress(0.95 * sum(1.0 if s.status not in ("queued", "running") else s.progress for s in states) / n,
