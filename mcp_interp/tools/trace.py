@@ -212,6 +212,7 @@ def _load_transcoders(dirs: list[Path], lm) -> dict:
     for d in dirs:
         try:
             tc, layer, reads = features.load_transcoder(d, device=str(lm.device))
+            features.check_splice(tc, cfg)
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise ToolError(f"transcoders: {e}") from None
         if layer in where:
@@ -581,6 +582,7 @@ TRACE = ToolSpec(
         "in words, each kept feature's top-activating contexts on a small corpus, and an intervention check: the top "
         "features ablated (or scaled) one at a time in the real model, error term kept, predicted vs measured change "
         "with Pearson r. Stores the graph as circuit-tracer / Neuronpedia JSON, the full adjacency (safetensors), an "
-        "interactive HTML view (html_path) and a PNG. Refuses models that normalise MLP outputs (Gemma 2/3, OLMo 2), "
+        "interactive HTML view (html_path) and a PNG. On models with norms after each sublayer (Gemma 2/3) the "
+        "transcoders must predict hook_mlp_out (train_transcoders' do). Refuses OLMo 2 (no norm before the MLP), "
         "missing or mismatched transcoders, a target that is not one token, a prompt over the memory budget. Runs "
         "as a job."))

@@ -296,7 +296,7 @@ async def test_refusals_name_the_field(store_dir, tmp_path, monkeypatch):
     only0 = str(save_planted(tmp_path / "only0", layers=(0,)))
     wrong_hook = str(save_planted(tmp_path / "hook", hook="blocks.{layer}.hook_resid_pre"))
     base = {"model": MODEL, "transcoders": tcs, "wait_seconds": 60}
-    register_toy("trace-test-gemma", lambda: (tiny_model("gemma", L=2, V=len(TOY_ALPHABET)),
+    register_toy("trace-test-olmo2", lambda: (tiny_model("olmo2", L=2, V=len(TOY_ALPHABET)),
                                               CharTokenizer(TOY_ALPHABET)), "post-norm test model", replace=True)
 
     async def refused(args: dict) -> str:
@@ -319,8 +319,8 @@ async def test_refusals_name_the_field(store_dir, tmp_path, monkeypatch):
             assert err.startswith("transcoders:") and "neither a stored run id nor a directory" in err
             err = await refused({**base, "model": "toy/tiny-random", "prompt": "0a1="})
             assert err.startswith("transcoders:") and "80 -> 80" in err and "32" in err  # widths of another model
-            err = await refused({**base, "model": "toy/trace-test-gemma", "prompt": "0a1="})
-            assert err.startswith("model:") and "Gemma 2/3, OLMo 2" in err
+            err = await refused({**base, "model": "toy/trace-test-olmo2", "prompt": "0a1="})
+            assert err.startswith("model:") and "OLMo 2" in err and "raw stream" in err
             err = await refused({**base, "task": TASK, "example": 4000})
             assert err.startswith("example:") and "at most" in err
             # the memory budget: the graph's peak (methods.tracing.trace_footprint, as the tool computes it: one
@@ -333,7 +333,7 @@ async def test_refusals_name_the_field(store_dir, tmp_path, monkeypatch):
                                          "check_top": 0})
             assert ok["status"] == "complete" and ok["result"]["intervention_check"] is None
     finally:
-        unregister_toy("trace-test-gemma")
+        unregister_toy("trace-test-olmo2")
 
 
 def test_the_view_module_needs_no_browser_to_lay_out(traced):
@@ -382,3 +382,53 @@ async def test_trained_transcoders_by_run_id_on_a_layernorm_model(store_dir):
         ic = r["intervention_check"]
         assert ic["n"] == min(8, r["n_feature_nodes"]) and all(row["measured"] is not None for row in ic["rows"])
         GraphFile.model_validate_json((run_dir(r) / "graph.json").read_text())
+
+
+@pytest.mark.anyio
+async def test_a_model_with_norms_after_its_sublayers(store_dir, tmp_path):
+    """Gemma 3 style blocks (norms before and after attention and MLP, QK norm; random post-norm weights): the
+    transcoders train_transcoders writes predict hook_mlp_out (after the MLP's output norm), so they splice there,
+    the graph's rows add up to the real model's values, and the intervention check runs in the real model. A sparsify
+    folder that does not say what it writes is refused on such a model, naming `transcoders`."""
+    import shutil
+
+    import torch
+
+    from mcp_interp.models.tokenizers import CharTokenizer
+    from mcp_interp.models.toy import register_toy, unregister_toy
+
+    from ..methods.tiny_models import tiny_model
+
+    def build():
+        model = tiny_model("gemma3", L=2, V=len(TOY_ALPHABET))
+        with torch.no_grad():
+            for blk in model.blocks:
+                blk.ln1_post.w.copy_(torch.rand_like(blk.ln1_post.w) + 0.5)
+                blk.ln2_post.w.copy_(torch.rand_like(blk.ln2_post.w) + 0.5)
+        return model, CharTokenizer(TOY_ALPHABET)
+
+    register_toy("trace-test-gemma3", build, "post-norm test model", replace=True)
+    model = "toy/trace-test-gemma3"
+    try:
+        async with Client(build_server(store_dir)) as c:
+            tc = await call(c, "train_transcoders", {"model": model, "layers": [0, 1], "corpus": "random",
+                                                     "n_tokens": 600, "context": 8, "width": 32, "k": 4, "epochs": 1,
+                                                     "splice_windows": 2, "wait_seconds": 120})
+            assert tc["status"] == "complete", tc
+            run_id = tc["result"]["run_id"]
+            out = await call(c, "trace", {"model": model, "prompt": "abcab", "transcoders": run_id,
+                                          "contexts_corpus": "none", "wait_seconds": 120})
+            r = out["result"]
+            assert r["identity_error"] < 1e-4 and r["n_error_nodes"] == 2 * 5 and r["n_feature_nodes"] > 0
+            assert all(row["measured"] is not None for row in r["intervention_check"]["rows"])
+            # the same folders without their 'writes' (as sparsify's own trainer leaves them) are refused
+            foreign = tmp_path / "foreign"
+            for p in r["transcoders"]:
+                shutil.copytree(p, foreign / Path(p).name)
+                cfg = json.loads((foreign / Path(p).name / "cfg.json").read_text())
+                del cfg["writes"]
+                (foreign / Path(p).name / "cfg.json").write_text(json.dumps(cfg))
+            err = await call_error(c, "trace", {"model": model, "prompt": "abcab", "transcoders": str(foreign)})
+            assert "transcoders:" in err and "Gemma 2/3" in err and "hook_mlp_out" in err, err
+    finally:
+        unregister_toy("trace-test-gemma3")

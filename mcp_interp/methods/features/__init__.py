@@ -26,8 +26,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".transcoder_fit": ("LayerFit", "TopKSkipTranscoder", "TranscoderFit", "check_shape", "check_transcodable",
                         "fit_transcoders", "folder_name", "replacement_loss", "save_transcoder", "train_transcoder",
                         "transcoder_stats", "transcoder_training_footprint"),
-    ".transcoder": ("SparsifyTranscoder", "TranscoderFeatures", "is_transcoder_dir", "load_transcoder", "reading",
-                    "transcoder_width"),
+    ".transcoder": ("SparsifyTranscoder", "TranscoderFeatures", "check_splice", "is_transcoder_dir", "load_transcoder",
+                    "reading", "transcoder_width"),
 })
 
 __all__ = ["Activations", "activations_at", "Architecture", "ARCHITECTURES", "benjamini_hochberg", "causal_effects",
@@ -35,8 +35,8 @@ __all__ = ["Activations", "activations_at", "Architecture", "ARCHITECTURES", "be
            "collect_site_activations", "DirectionFeatures", "encode",
            "evaluation_footprint", "FEATURE_KINDS", "feature_values", "FeatureStudy", "find_variable_features",
            "fit_sae", "fit_transcoders", "FitError", "folder_name", "intervention_hook", "INTERVENTIONS",
-           "is_transcoder_dir", "LayerFit", "load_sae",
-           "load_transcoder", "make_training_sae", "match_directions", "matched_feature_effects", "NeuronFeatures",
+           "is_transcoder_dir", "LayerFit", "load_sae", "check_splice", "load_transcoder", "make_training_sae",
+           "match_directions", "matched_feature_effects", "NeuronFeatures",
            "NORMALIZATIONS", "Normalize", "Outliers", "pretrained", "random_windows", "rank_features", "Ranking",
            "ranking_footprint", "read_texts", "reading", "reconstruct", "replacement_loss", "reconstruction_stats",
            "sae_architecture",

@@ -39,6 +39,7 @@ class SparsifyTranscoder(nn.Module):
     def __init__(self, cfg: dict, weights: dict[str, torch.Tensor], layer: int):
         super().__init__()
         self.layer, self.k = layer, int(cfg["k"])
+        self.writes = cfg.get("writes")  # train_transcoders records the hook its output is (blocks.L.hook_mlp_out)
         self.W_enc = nn.Parameter(weights["encoder.weight"].float(), requires_grad=False)  # [F, d_in]
         self.b_enc = nn.Parameter(weights["encoder.bias"].float(), requires_grad=False)
         self.W_dec = nn.Parameter(weights["W_dec"].float(), requires_grad=False)  # [F, d_out]
@@ -106,6 +107,32 @@ def load_transcoder(directory: str | Path, device: str = "cpu") -> tuple[nn.Modu
     return tc, int(m.group(1)), "normalized" if m.group(2).startswith("ln2") else "resid"
 
 
+def writes_hook_mlp_out(tc) -> bool:
+    """Whether the transcoder says it predicts TransformerLens' blocks.L.hook_mlp_out (what the block adds to the
+    stream, after any norm on the MLP's output) rather than the MLP module's own output: a sparsify folder's
+    cfg.json `writes`, a sae-lens cfg's metadata.hook_name_out."""
+    if isinstance(tc, SparsifyTranscoder):
+        out = tc.writes
+    else:
+        out = getattr(getattr(getattr(tc, "cfg", None), "metadata", None), "hook_name_out", None)
+    return isinstance(out, str) and out.endswith("hook_mlp_out")
+
+
+def check_splice(tc, cfg) -> None:
+    """ValueError unless the transcoder's output can replace blocks.L.hook_mlp_out of a model with config `cfg`.
+    Where the model normalises the MLP's output before the add (Gemma 2/3) the transcoder must predict that
+    normalised output, as train_transcoders' and Gemma Scope's do (sparsify's own trainer predicts the MLP module's
+    output, before the norm); OLMo 2's MLPs read the unnormalised stream, which no convention here models."""
+    if cfg.original_architecture in ("Olmo2ForCausalLM",):
+        raise ValueError("this model normalises the MLP's output instead of its input (OLMo 2): its MLP reads the "
+                         "raw stream, which the transcoder conventions here do not model")
+    if getattr(cfg, "use_normalization_before_and_after", False) and not writes_hook_mlp_out(tc):
+        raise ValueError("this model normalises the MLP's output before adding it to the stream (Gemma 2/3), and "
+                         "this transcoder does not say it predicts that normalised output (blocks.L.hook_mlp_out: a "
+                         "sparsify cfg.json's 'writes', a sae-lens cfg's metadata.hook_name_out), so it cannot be "
+                         "spliced at hook_mlp_out. Fix: transcoders from train_transcoders on this model")
+
+
 def transcoder_width(tc) -> tuple[int, int, int]:
     """(d_in, d_sae, d_out)."""
     if isinstance(tc, SparsifyTranscoder):
@@ -121,10 +148,7 @@ class TranscoderFeatures:
     def __init__(self, tc, layer: int, convention: str, model):
         if getattr(model.cfg, "normalization_type", None) not in ("LN", "LNPre", "RMS", "RMSPre"):
             raise ValueError("transcoders need a model whose MLP reads a normalised stream (LN or RMS)")
-        if getattr(model.cfg, "use_normalization_before_and_after", False) or model.cfg.original_architecture in (
-                "Olmo2ForCausalLM",):
-            raise ValueError("this model normalises the MLP's output before adding it to the stream; a transcoder "
-                             "of its MLP module cannot be spliced at hook_mlp_out")
+        check_splice(tc, model.cfg)
         self.tc, self.convention, self.ln2 = tc, convention, model.blocks[layer].ln2
         self.site, self.write_site = Site("mlp_in", layer), Site("mlp_out", layer)
         self.n = transcoder_width(tc)[1]
@@ -192,5 +216,5 @@ def reading(model, sites):
             model.cfg.use_hook_mlp_in = False
 
 
-__all__ = ["SAE_LENS_TRANSCODERS", "SparsifyTranscoder", "TranscoderFeatures", "is_transcoder_dir",
-           "load_transcoder", "reading", "transcoder_width"]
+__all__ = ["SAE_LENS_TRANSCODERS", "SparsifyTranscoder", "TranscoderFeatures", "check_splice", "is_transcoder_dir",
+           "load_transcoder", "reading", "transcoder_width", "writes_hook_mlp_out"]

@@ -90,9 +90,9 @@ def check_transcodable(model, layers: Sequence[int]) -> None:
     if cfg.normalization_type not in NORMS:
         raise FitError("model", f"its MLPs read an unnormalised stream (normalization {cfg.normalization_type}); "
                        "transcoders here read the MLP's normalised input. Fix: a model with LayerNorm or RMSNorm.")
-    if getattr(cfg, "use_normalization_before_and_after", False) or cfg.original_architecture == "Olmo2ForCausalLM":
-        raise FitError("model", "it normalises the MLP's output before adding it to the stream, so a transcoder of "
-                       "the MLP cannot be spliced at hook_mlp_out.")
+    if cfg.original_architecture == "Olmo2ForCausalLM":
+        raise FitError("model", "it normalises the MLP's output instead of its input (OLMo 2): its MLP reads the "
+                       "raw stream, which these transcoders (reading the MLP module's normalised input) do not model.")
     if not layers:
         raise FitError("layers", "no layer given. Fix: at least one MLP layer.")
     bad = [L for L in layers if not 0 <= L < cfg.n_layers]

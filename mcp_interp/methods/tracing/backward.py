@@ -13,7 +13,8 @@ One block, top down (g on the stream after the block):
   inject     rows whose target reads at layer l join here (they read the stream MLP l reads, so MLP l's own
              writes never reach them, nor, on parallel blocks, attention l's);
   attention  with patterns A frozen only the values carry g: g_k += ln1^T sum_h W_V[h] sum_q A[h, q, k] W_O[h] g_q,
-             plus the constants of b_O, b_V and ln1's bias.
+             plus the constants of b_O, b_V and ln1's bias (g first pulled through the frozen ln1_post where the
+             model normalises attention's output).
 No autograd: each step is a few einsums (the frozen model is linear), so a chunk costs about one forward of B
 copies of the prompt without the MLPs. `replacement.replacement_hooks` is the autograd reference it is tested
 against.
@@ -142,6 +143,10 @@ class Backward:
         the constants of b_O, b_V and ln1's bias."""
         W_V, b_V, W_O, b_O = self.attn[l]
         A = self.run.patterns[l]  # [H, q, k]
+        post = self.run.ln1_post[l]  # Gemma 2/3: attention's output is normalised (scale frozen) before the add
+        if post.kind != "none":
+            const += post.bias_term(g)
+            g = post.pull(g)
         g_z = torch.einsum("bqd,hed->bhqe", g, W_O)  # the gradient at each head's z
         g_v = torch.einsum("hqk,bhqe->bhke", A, g_z)  # ... at each head's values
         c = torch.einsum("bhke,hde->bkd", g_v, W_V)  # ... at ln1's output

@@ -25,10 +25,12 @@ A and the constants; the identity is what the tests check against the real model
 
 Supported: TransformerLens `HookedTransformer`s with LayerNorm / RMSNorm (or their Pre variants, or none) before
 each sublayer, any attention (GQA, rotary, ALiBi, QK norm, attention soft caps, local attention: they only shape the
-frozen pattern), sequential or parallel attention and MLP. Refused (ValueError naming it): blocks that normalise a
-sublayer's output before the residual add (Gemma 2/3, OLMo 2: a transcoder of hook_mlp_out cannot be spliced there,
-as in methods.features), an output logit soft cap (the logits are not affine in the stream), attention without
-patterns to freeze (attention sinks / no pattern hook) and models that are not TransformerLens HookedTransformers.
+frozen pattern), sequential or parallel attention and MLP, and norms after the sublayers as well (Gemma 2/3: the
+attention output's norm is frozen like the others; the MLP output's is inside hook_mlp_out, what a transcoder
+predicts, as Gemma Scope's transcoders do). Refused (ValueError naming it): norms after the sublayers only (OLMo 2:
+the MLP reads the raw stream), an output logit soft cap (the logits are not affine in the stream), attention
+without patterns to freeze (attention sinks / no pattern hook) and models that are not TransformerLens
+HookedTransformers.
 
 `replacement_hooks` builds the same local replacement model out of TransformerLens hooks (patterns and scales
 detached, each MLP output replaced by decode + skip + error) for autograd: the naive reference the batched backward
@@ -53,11 +55,10 @@ def check_model(model) -> None:
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "run_with_hooks"):
         raise ValueError("model: tracing runs on a TransformerLens HookedTransformer")
-    if getattr(cfg, "use_normalization_before_and_after", False) or cfg.original_architecture in \
-            POST_NORM_ARCHITECTURES:
-        raise ValueError(f"model: {cfg.original_architecture or cfg.model_name} normalises each sublayer's output "
-                         "before the residual add (Gemma 2/3, OLMo 2 style); a transcoder of the MLP cannot be spliced "
-                         "at hook_mlp_out there, so attribution graphs are not supported on it")
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(f"model: {cfg.original_architecture} normalises each sublayer's output instead of its input "
+                         "(OLMo 2 style): its MLPs read the raw stream, which the transcoders here do not model, so "
+                         "attribution graphs are not supported on it")
     cap = getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0
     if cap > 0:
         raise ValueError(f"model: the logits pass a soft cap ({cap}); a capped logit is not an affine function of the "
@@ -65,7 +66,7 @@ def check_model(model) -> None:
     if cfg.positional_embedding_type not in ("standard", "shortformer", "rotary", "alibi"):
         raise ValueError(f"model: positional_embedding_type {cfg.positional_embedding_type!r} is not supported")
     for l in range(cfg.n_layers):
-        for name in ("ln1", "ln2"):
+        for name in ("ln1", "ln2", "ln1_post", "ln2_post"):
             norm = getattr(model.blocks[l], name, None)
             if norm is not None and not isinstance(norm, (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre,
                                                           torch.nn.Identity)):
@@ -128,6 +129,13 @@ def _scale_hook(norm) -> str | None:
     return None if hook is None else hook.name
 
 
+def _norms(block) -> list:
+    """Block's norms whose scales are frozen: before attention and MLP, and after them where the model has them
+    (Gemma 2/3: ln1_post on attention's output; ln2_post on the MLP's, inside hook_mlp_out, which the transcoders
+    predict, so it is frozen only for the hooked reference)."""
+    return [n for n in (getattr(block, name, None) for name in ("ln1", "ln2", "ln1_post", "ln2_post")) if n is not None]
+
+
 def _frozen(norm, cache: dict[str, Tensor]) -> FrozenNorm:
     kind = _norm_kind(norm)
     if kind == "none":
@@ -154,6 +162,7 @@ class FrozenRun:
     pos_embed: Tensor | None
     ln1: list[FrozenNorm]
     ln2: list[FrozenNorm]
+    ln1_post: list[FrozenNorm]
     ln_final: FrozenNorm
     patterns: list[Tensor]
     mlp_in: list[Tensor]
@@ -198,8 +207,8 @@ def freeze(model, tokens: Tensor, transcoders: Mapping[int, TracingTranscoder]) 
     for l in range(cfg.n_layers):
         blk = model.blocks[l]
         names.add(f"blocks.{l}.attn.hook_pattern")
-        for norm in (blk.ln1, getattr(blk, "ln2", None)):
-            if norm is not None and _scale_hook(norm):
+        for norm in _norms(blk):
+            if _scale_hook(norm):
                 names.add(_scale_hook(norm))
         if l in mlps:
             names |= {_stream_hook(model, l), f"blocks.{l}.hook_mlp_out"}
@@ -219,6 +228,7 @@ def freeze(model, tokens: Tensor, transcoders: Mapping[int, TracingTranscoder]) 
     T = toks.shape[1]
     ln1 = [_frozen(model.blocks[l].ln1, cache) for l in range(cfg.n_layers)]
     ln2 = [_frozen(getattr(model.blocks[l], "ln2", None), cache) for l in range(cfg.n_layers)]
+    ln1_post = [_frozen(getattr(model.blocks[l], "ln1_post", None), cache) for l in range(cfg.n_layers)]
     lnf = _frozen(getattr(model, "ln_final", None), cache)
     patterns = [cache[f"blocks.{l}.attn.hook_pattern"][0].float() for l in range(cfg.n_layers)]
     mlp_in = [cache[_stream_hook(model, l)][0].float() if l in mlps else None for l in range(cfg.n_layers)]
@@ -241,7 +251,8 @@ def freeze(model, tokens: Tensor, transcoders: Mapping[int, TracingTranscoder]) 
     activations = torch.cat(acts) if acts else torch.zeros(0, device=dev)
     return FrozenRun(tokens=toks[0], embed=cache["hook_embed"][0].float(),
                      pos_embed=cache["hook_pos_embed"][0].float() if "hook_pos_embed" in cache else None,
-                     ln1=ln1, ln2=ln2, ln_final=lnf, patterns=patterns, mlp_in=mlp_in, mlp_out=mlp_out, x_in=x_in,
+                     ln1=ln1, ln2=ln2, ln1_post=ln1_post, ln_final=lnf, patterns=patterns, mlp_in=mlp_in,
+                     mlp_out=mlp_out, x_in=x_in,
                      features=features, activations=activations.float(), errors=errors,
                      logits=logits[0, -1].float(), transcoders=dict(transcoders), mlp_layers=mlps,
                      parallel=bool(cfg.parallel_attn_mlp))
@@ -261,8 +272,8 @@ def replacement_hooks(model, run: FrozenRun, latents: Mapping[int, Tensor] | Non
     detach = lambda act, hook: act.detach()  # noqa: E731
     for l in range(cfg.n_layers):
         hooks.append((f"blocks.{l}.attn.hook_pattern", detach))
-        for norm in (model.blocks[l].ln1, getattr(model.blocks[l], "ln2", None)):
-            if norm is not None and _scale_hook(norm):
+        for norm in _norms(model.blocks[l]):
+            if _scale_hook(norm):
                 hooks.append((_scale_hook(norm), detach))
     if _scale_hook(getattr(model, "ln_final", None)):
         hooks.append((_scale_hook(model.ln_final), detach))

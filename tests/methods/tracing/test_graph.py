@@ -85,11 +85,17 @@ def reference_rows(model, tokens, tcs, graph) -> tuple[torch.Tensor, torch.Tenso
     return rows, torch.stack([v.detach() for v in values])
 
 
-@pytest.mark.parametrize("kind", ["ln", "gqa", "parallel", "shortformer"])
+@pytest.mark.parametrize("kind", ["ln", "gqa", "parallel", "shortformer", "gemma3"])
 def test_batched_rows_equal_the_autograd_reference(kind):
     """LayerNorm (GPT-2 style), RMSNorm with GQA and rotary (SmolLM2 style), parallel attention and MLP, shortformer
-    positions; transcoders reading the stream, the normalised stream and the MLP's input."""
+    positions, norms before and after each sublayer (Gemma 3 style, the norms' weights random); transcoders reading
+    the stream, the normalised stream and the MLP's input."""
     model = tiny_model(kind)
+    with torch.no_grad():  # random post-norm weights (the default 1s would hide a missing one)
+        for blk in model.blocks:
+            for name in ("ln1_post", "ln2_post"):
+                if hasattr(blk, name):
+                    getattr(blk, name).w.copy_(torch.rand_like(getattr(blk, name).w) + 0.5)
     tcs = random_transcoders(model)
     tokens = torch.randint(0, model.cfg.d_vocab, (6,), generator=torch.Generator().manual_seed(1))
     targets = [LogitTarget(3), LogitTarget(7, counterfactual=11)]
@@ -107,7 +113,7 @@ def test_batched_rows_equal_the_autograd_reference(kind):
     assert g.adjacency[g.error_start:g.logit_start].abs().max() == 0
 
 
-@pytest.mark.parametrize("kind", ["ln", "gqa"])
+@pytest.mark.parametrize("kind", ["ln", "gqa", "gemma3"])
 def test_value_is_the_sum_of_incoming_edges_plus_constants(kind):
     """The identity, on LayerNorm and RMSNorm models, with biases everywhere (the tiny models have random b_O, b_V,
     norm biases, positional embeddings, unembedding bias), for ReLU, TopK and JumpReLU transcoders."""
@@ -240,7 +246,7 @@ def test_refusals_name_the_argument():
         tracing_transcoders({7: tcs[0]}, 32, 3)
     with pytest.raises(ValueError, match="reads="):
         TracingTranscoder(0, torch.zeros(32, 4), torch.zeros(4), torch.zeros(4, 32), torch.zeros(32), reads="x")
-    for kind, what in (("gemma", "normalises each sublayer's output"), ("olmo2", "normalises each sublayer's output")):
+    for kind, what in (("gemma", "soft cap"), ("olmo2", "normalises each sublayer's output instead of its input")):
         other = tiny_model(kind)
         with pytest.raises(ValueError, match=what):
             attribution_graph(other, tok, {}, [1])
