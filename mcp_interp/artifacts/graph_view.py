@@ -8,7 +8,8 @@ share of its target's kept input (|weight| over the sum of |weight| into that ta
 The HTML page carries its data as JSON inside the page and draws the SVG with inline JavaScript (no network, no
 library): hovering a node shows its label, activation, influence and top-activating contexts; clicking it keeps its
 edges and fades the rest (click the background to reset). Each node is one SVG <circle class="node"> with
-data-node-id and data-hover (the hover text) set by the script.
+data-node-id and data-hover (the hover text) set by the script. Both draw at most MAX_FIGURE_EDGES /
+MAX_PAGE_EDGES edges, the strongest by share, and say so when they leave some out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ KIND_NAMES = {"embedding": "token", "cross layer transcoder": "transcoder featur
               "mlp reconstruction error": "error node", "logit": "logit"}
 POSITIVE, NEGATIVE = "#2b6cb0", "#c53030"
 MAX_LABELLED_NODES = 60  # the static figure labels every node up to this many
+# Edges drawn: a pruned graph of a 30-layer model keeps ~10^5 edges, which no one can read and which take tens of
+# seconds to rasterise; each view draws the strongest (by share of their target's input) and says how many it left
+# out. graph.json and graph.safetensors keep them all.
+MAX_FIGURE_EDGES, MAX_PAGE_EDGES = 1500, 5000
 
 
 def _row(node: Mapping, logit_row: int) -> int:
@@ -95,18 +100,33 @@ def hover_text(node: Mapping, prompt_tokens: Sequence[str], contexts: Sequence[M
     return "\n".join(lines)
 
 
+def strongest_edges(graph: Mapping, limit: int) -> tuple[list[tuple[Mapping, float]], int]:
+    """(link, share) of the `limit` links with the largest share of their target's input (ties: larger |weight|),
+    in the graph's order, and how many links that leaves out."""
+    pairs = list(zip(graph["links"], edge_shares(graph)))
+    if len(pairs) <= limit:
+        return pairs, 0
+    keep = sorted(range(len(pairs)), key=lambda i: (-pairs[i][1], -abs(pairs[i][0]["weight"])))[:limit]
+    return [pairs[i] for i in sorted(keep)], len(pairs) - limit
+
+
+def _left_out(n: int, total: int) -> str:
+    return f" (the strongest {total - n} of {total} edges drawn)" if n else ""
+
+
 def graph_html(graph: Mapping, contexts: Mapping[str, Sequence[Mapping]] | None = None, title: str = "") -> str:
     """The interactive page (module docstring). contexts: node_id -> [{"text", "activation"}] (top contexts)."""
     xy, n_pos, n_rows = layout(graph)
     toks = list(graph["metadata"].get("prompt_tokens") or [])
-    shares = edge_shares(graph)
+    drawn, left_out = strongest_edges(graph, MAX_PAGE_EDGES)
+    title += _left_out(left_out, len(graph["links"]))
     data = {
         "title": title, "prompt_tokens": toks, "n_positions": n_pos, "n_rows": n_rows,
         "nodes": [{"id": n["node_id"], "type": n["feature_type"], "x": xy[n["node_id"]][0], "y": xy[n["node_id"]][1],
                    "label": node_label(n, toks), "color": COLORS.get(n["feature_type"], "#cccccc"),
                    "hover": hover_text(n, toks, (contexts or {}).get(n["node_id"], ()))} for n in graph["nodes"]],
         "links": [{"source": e["source"], "target": e["target"], "weight": e["weight"], "share": s}
-                  for e, s in zip(graph["links"], shares)],
+                  for e, s in drawn],
     }
     payload = json.dumps(data).replace("</", "<\\/")  # nothing in the data can close the script element
     return _PAGE.replace("__TITLE__", html.escape(title or "attribution graph")).replace("__DATA__", payload)
@@ -120,8 +140,12 @@ def graph_figure(graph: Mapping, title: str = "") -> Figure:
     fig = Figure(figsize=(min(3.0 + 1.3 * n_pos, 16.0), min(2.5 + 0.9 * n_rows, 12.0)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    drawn, left_out = strongest_edges(graph, MAX_FIGURE_EDGES)
+    if left_out:
+        title = title.replace("\n", _left_out(left_out, len(graph["links"])) + "\n", 1) if "\n" in title else \
+            title + _left_out(left_out, len(graph["links"]))
     segs, widths, colors = [], [], []
-    for e, s in zip(graph["links"], edge_shares(graph)):
+    for e, s in drawn:
         if e["source"] in xy and e["target"] in xy:
             segs.append([xy[e["source"]], xy[e["target"]]])
             widths.append(0.4 + 3.6 * s)
@@ -239,4 +263,5 @@ activation, influence and top contexts; click it to highlight its edges (click t
 </script></body></html>
 """
 
-__all__ = ["COLORS", "KIND_NAMES", "edge_shares", "graph_figure", "graph_html", "hover_text", "layout", "node_label"]
+__all__ = ["COLORS", "KIND_NAMES", "MAX_FIGURE_EDGES", "MAX_PAGE_EDGES", "edge_shares", "graph_figure", "graph_html",
+           "hover_text", "layout", "node_label", "strongest_edges"]

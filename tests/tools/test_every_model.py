@@ -3,7 +3,7 @@
 A model that loads must work with every tool (or be refused by it, with the reason, before any work). Each case
 runs, on one server, the tools an agent runs in a study: run_baseline, locate, attribute (atp heads, atp_star,
 eap edges, dla), scrub_hypothesis, train_das -> eval_das, train_sae -> find_features, compare_features, logit_lens,
-attention, probe, steer (along the DAS direction) — with the
+attention, probe, steer (along the DAS direction), train_transcoders -> trace — with the
 tools' defaults except sizes (n, SAE tokens, DAS examples) kept small. Models: every bundled toy with its task;
 tiny `hf:` models of each family whose blocks normalise their outputs (Gemma 2, Gemma 3, OLMo 2, OLMo 2 with
 GQA) on a copying task defined through define_task; SmolLM2 and Gemma-3-270M when installed.
@@ -21,7 +21,7 @@ import time
 import pytest
 import torch
 from mcp import Client
-from mcp_helpers import call, finish
+from mcp_helpers import call, call_error, finish
 from tiny_hf import spread_weights, tiny_family
 
 from mcp_interp.server.app import build_server
@@ -134,6 +134,32 @@ async def study(c, model: str, task: str, n: int, timings: dict, post_norm: bool
                                    "b": {"model": model, "layer": layer}, "task": task, "n": 2 * n,
                                    "n_perm": 19, "n_null": 2, "test_top": 1})
     await instruments(run, base, bl, das, variable, layer, bool(spec.get("positions")))
+    await circuit_trace(c, run, base, n_layers, info["config"])
+
+
+async def circuit_trace(c, run, base: dict, n_layers: int, config: dict) -> None:
+    """train_transcoders on every MLP, then trace the task's first example through them: its rows add up to the
+    real model's values and the scores are shares; models without a normalised MLP input are refused by name."""
+    args = {"model": base["model"], "layers": list(range(n_layers)), "corpus": "task", "task": base["task"],
+            "n_tokens": 256, "epochs": 1, "width": 2 * config["d_model"], "k": 4, "splice_windows": 0}
+    refused = config["attn_only"] or config["normalization_type"] not in ("LN", "LNPre", "RMS", "RMSPre") or \
+        "olmo2" in base["model"]  # OLMo 2: no norm before the MLP
+    if refused:
+        err = await call_error(c, "train_transcoders", args)
+        assert "model:" in err and ("attention-only" in err or "unnormalised" in err or "OLMo 2" in err), err
+        return
+    tcs = await run("train_transcoders", args)
+    assert len(tcs["transcoders"]) == n_layers
+    trace = {**base, "example": 0, "transcoders": tcs["run_id"], "contexts_tokens": 64, "check_top": 2}
+    if "gemma2" in base["model"]:  # Gemma 2 caps its logits (tanh): not affine in the stream, refused by name
+        err = await call_error(c, "trace", trace)
+        assert "model:" in err and "soft cap" in err, err
+        return
+    tr = await run("trace", trace)
+    scale = max(1.0, max(abs(t["value"]) for t in tr["targets"]))
+    assert tr["identity_error"] <= 1e-3 * scale, tr["identity_error"]
+    assert 0.0 <= tr["replacement_score"] <= 1.0 + 1e-6 and 0.0 <= tr["completeness_score"] <= 1.0 + 1e-6
+    assert tr["intervention_check"] is None or all(r["measured"] is not None for r in tr["intervention_check"]["rows"])
 
 
 async def instruments(run, base: dict, bl: dict, das: dict, variable: str, layer: int, positions: bool) -> None:

@@ -350,6 +350,29 @@ def test_the_view_module_needs_no_browser_to_lay_out(traced):
         assert xy[n["node_id"]][1] == row and abs(xy[n["node_id"]][0] - n["ctx_idx"]) < 0.5
 
 
+def test_the_views_draw_the_strongest_edges_of_a_large_graph(traced, monkeypatch):
+    """A graph with more edges than a view draws: the strongest by share of their target's input are drawn, and the
+    page's and the figure's titles say how many of how many."""
+    from mcp_interp.artifacts import graph_view
+
+    r, _ = traced["task"]
+    graph = json.loads((run_dir(r) / "graph.json").read_text())
+    n = len(graph["links"])
+    assert n >= 4
+    shares = graph_view.edge_shares(graph)
+    drawn, left_out = graph_view.strongest_edges(graph, 3)
+    assert len(drawn) == 3 and left_out == n - 3
+    assert min(s for _, s in drawn) >= sorted(shares, reverse=True)[2] - 1e-12
+    assert graph_view.strongest_edges(graph, n) == (list(zip(graph["links"], shares)), 0)
+    monkeypatch.setattr(graph_view, "MAX_PAGE_EDGES", 3)
+    monkeypatch.setattr(graph_view, "MAX_FIGURE_EDGES", 2)
+    page = graph_view.graph_html(graph, {}, "t")
+    data = json.loads(page.split('id="graph-data">', 1)[1].split("</script>", 1)[0].replace("<\\/", "</"))
+    assert len(data["links"]) == 3 and data["title"] == f"t (the strongest 3 of {n} edges drawn)"
+    fig = graph_view.graph_figure(graph, "a\nb")
+    assert fig.axes[0].get_title() == f"a (the strongest 2 of {n} edges drawn)\nb"
+
+
 def test_the_report_section_cites_the_run(traced):
     from mcp_interp.artifacts.report_sections import Figure, Para, Table, section
 

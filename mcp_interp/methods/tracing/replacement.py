@@ -136,16 +136,29 @@ def _norms(block) -> list:
     return [n for n in (getattr(block, name, None) for name in ("ln1", "ln2", "ln1_post", "ln2_post")) if n is not None]
 
 
-def _frozen(norm, cache: dict[str, Tensor]) -> FrozenNorm:
+def frozen_norm(norm, scale: Tensor | None) -> FrozenNorm:
+    """`norm` (a TransformerLens norm module, or None) with its scale frozen at `scale` ([..., T, 1], as its
+    hook_scale gives it: one prompt's or a batch's)."""
     kind = _norm_kind(norm)
     if kind == "none":
         return FrozenNorm("none", None, None, None)
     w, b = getattr(norm, "w", None), getattr(norm, "b", None)
-    scale = cache[_scale_hook(norm)][0].float()
+    return FrozenNorm(kind, None if w is None else w.detach().float(), None if b is None else b.detach().float(),
+                      scale.float())
+
+
+def scale_hook(norm) -> str | None:
+    """The hook carrying `norm`'s scale (None for no norm)."""
+    return None if norm is None or _norm_kind(norm) == "none" else _scale_hook(norm)
+
+
+def _frozen(norm, cache: dict[str, Tensor]) -> FrozenNorm:
+    if _norm_kind(norm) == "none":
+        return FrozenNorm("none", None, None, None)
+    scale = cache[_scale_hook(norm)][0]
     if scale.ndim == 3:  # split q/k/v inputs: ln1 runs on [T, heads, d] copies of one stream, one scale per position
         scale = scale[:, 0]
-    return FrozenNorm(kind, None if w is None else w.detach().float(), None if b is None else b.detach().float(),
-                      scale)
+    return frozen_norm(norm, scale)
 
 
 @dataclass
@@ -189,7 +202,7 @@ def transcoder_input(tc: TracingTranscoder, ln2: FrozenNorm, stream: Tensor) -> 
     return ln2.apply(stream, weight=tc.reads == "mlp_input")
 
 
-def _stream_hook(model, l: int) -> str:
+def stream_hook(model, l: int) -> str:
     """The hook carrying the stream block l's MLP reads: resid_mid, or resid_pre on parallel blocks."""
     return f"blocks.{l}.hook_resid_pre" if model.cfg.parallel_attn_mlp else f"blocks.{l}.hook_resid_mid"
 
@@ -211,7 +224,7 @@ def freeze(model, tokens: Tensor, transcoders: Mapping[int, TracingTranscoder]) 
             if _scale_hook(norm):
                 names.add(_scale_hook(norm))
         if l in mlps:
-            names |= {_stream_hook(model, l), f"blocks.{l}.hook_mlp_out"}
+            names |= {stream_hook(model, l), f"blocks.{l}.hook_mlp_out"}
     if _scale_hook(getattr(model, "ln_final", None)):
         names.add(_scale_hook(model.ln_final))
     cache: dict[str, Tensor] = {}
@@ -231,7 +244,7 @@ def freeze(model, tokens: Tensor, transcoders: Mapping[int, TracingTranscoder]) 
     ln1_post = [_frozen(getattr(model.blocks[l], "ln1_post", None), cache) for l in range(cfg.n_layers)]
     lnf = _frozen(getattr(model, "ln_final", None), cache)
     patterns = [cache[f"blocks.{l}.attn.hook_pattern"][0].float() for l in range(cfg.n_layers)]
-    mlp_in = [cache[_stream_hook(model, l)][0].float() if l in mlps else None for l in range(cfg.n_layers)]
+    mlp_in = [cache[stream_hook(model, l)][0].float() if l in mlps else None for l in range(cfg.n_layers)]
     mlp_out = [cache[f"blocks.{l}.hook_mlp_out"][0].float() if l in mlps else None for l in range(cfg.n_layers)]
     errors = torch.zeros(cfg.n_layers, T, cfg.d_model, device=dev)
     x_in, feats, acts = {}, [], []
@@ -297,7 +310,7 @@ def replacement_hooks(model, run: FrozenRun, latents: Mapping[int, Tensor] | Non
                     out = out + live[l] @ tc.W_skip.T
             return out[None].to(act.dtype)
 
-        hooks += [(_stream_hook(model, l), read), (f"blocks.{l}.hook_mlp_out", write)]
+        hooks += [(stream_hook(model, l), read), (f"blocks.{l}.hook_mlp_out", write)]
     return hooks
 
 
@@ -314,5 +327,5 @@ def dense_activations(run: FrozenRun, layer: int) -> Tensor:
     return _dense(run, layer, run.transcoders[layer].width)
 
 
-__all__ = ["FrozenNorm", "FrozenRun", "check_model", "dense_activations", "freeze", "replacement_hooks",
-           "transcoder_input"]
+__all__ = ["FrozenNorm", "FrozenRun", "check_model", "dense_activations", "freeze", "frozen_norm", "replacement_hooks",
+           "scale_hook", "stream_hook", "transcoder_input"]

@@ -118,3 +118,38 @@ def test_top_contexts_on_the_planted_trace():
     assert context_text(windows[0], 1, lambda i: tok.decode([i])) == "0\u00aba\u00bb1="
     with pytest.raises(ValueError, match="latents"):
         top_contexts(model, tt, windows, [(0, 99)])
+
+
+@pytest.mark.parametrize("kind", ["ln", "gqa", "gemma3"])
+def test_batched_top_contexts_equal_each_window_frozen_alone(kind, monkeypatch):
+    """Windows of different lengths, several per padded batch and several batches: every latent's top contexts are
+    those of freezing each window alone (the graph's own read), strongest first, ties to the earlier context."""
+    import heapq
+
+    from mcp_interp.methods.tracing import contexts
+
+    model = tiny_model(kind)
+    tcs = random_transcoders(model, activation="relu" if kind == "ln" else "topk")
+    g = torch.Generator().manual_seed(3)
+    windows = [torch.randint(0, model.cfg.d_vocab, (n,), generator=g).tolist() for n in (5, 9, 3, 9, 7, 1, 8)]
+    latents = [(l, f) for l in tcs for f in range(0, tcs[l].width, 3)]
+    every: dict = {k: {} for k in latents}  # (layer, latent) -> {(window, position): activation}, from freeze
+    for w, window in enumerate(windows):
+        run = freeze(model, torch.tensor(window), tcs)
+        for (l, p, f), a in zip(run.features.tolist(), run.activations.tolist()):
+            if (l, f) in every:
+                every[(l, f)][(w, p)] = a
+    ref = {k: heapq.nlargest(4, ((a, -w, -p) for (w, p), a in v.items())) for k, v in every.items()}
+    monkeypatch.setattr(contexts, "BATCH_TOKENS", 20)  # 2 or 3 windows a batch
+    assert len(contexts._batches(windows)) >= 3
+    got = top_contexts(model, tcs, windows, latents, n_top=4)
+    assert sum(len(v) for v in ref.values()) > 20
+    for k in latents:  # the same activations in the same order; each context where freeze has it (ties may swap)
+        assert [c.activation for c in got[k]] == pytest.approx([a for a, _, _ in ref[k]], abs=1e-5), k
+        assert all(every[k][(c.window, c.position)] == pytest.approx(c.activation, abs=1e-5) for c in got[k]), k
+    exact = top_contexts(model, tcs, windows[:1] * 3, latents, n_top=2)  # equal contexts: the earlier wins
+    for v in exact.values():
+        if v:
+            assert v[0].window == 0
+        if len(v) == 2 and v[0].position == v[1].position:
+            assert [c.window for c in v] == [0, 1]
