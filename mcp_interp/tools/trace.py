@@ -61,8 +61,9 @@ class TraceInput(HeavyInput):
     desired_logit_prob: float = Field(0.95, gt=0, le=1, description="Default targets: until their probabilities "
                                       "sum to this.")
     n_paths: int = Field(5, ge=1, le=50, description="Top paths to the targets reported in words.")
-    check_top: int = Field(8, ge=0, le=64, description="Intervention check: the most influential feature nodes "
-                           "edited one at a time in the real model (0 skips the check).")
+    check_top: int = Field(8, ge=0, le=64, description="Intervention check: the feature nodes the graph says move "
+                           "the first target most (|activation x total effect|) edited one at a time in the real "
+                           "model (0 skips the check).")
     intervention_factor: float = Field(0.0, ge=-10, le=10, description="Intervention check: each feature's "
                                        "activation becomes this times itself (0 zero-ablates, 0.5 halves, -1 "
                                        "flips); the error term is kept.")

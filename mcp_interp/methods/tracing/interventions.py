@@ -53,7 +53,7 @@ class CheckedFeature:
 
 @dataclass
 class InterventionCheck:
-    """rows: the checked features (highest influence first); target: the graph's target index checked (its label,
+    """rows: the checked features (largest predicted effect on the target first); target: the graph's target index checked (its label,
     its clean value in the real model); pearson r of predicted vs measured with ci95 (None where undefined: fewer
     than 4 features, or one side constant) over n features."""
 
@@ -72,25 +72,35 @@ class InterventionCheck:
         return max((abs(r.predicted - r.measured) for r in self.rows), default=None)
 
 
-def predicted_effects(graph: AttributionGraph, nodes: list[int], factor: float, target: int = 0) -> Tensor:
+def total_effects(graph: AttributionGraph, target: int = 0) -> Tensor:
+    """[n_features] the change of target `target`'s value per unit of each feature's activation under the frozen
+    linear model: row `target` of J (I - J)^-1 restricted to the features, by propagating back layer by layer (see
+    the module docstring; a DAG of n_layers + 1 levels ends)."""
+    F = graph.n_features
+    acts = graph.activations.double()
+    J = graph.adjacency[:, :F].double() / torch.where(acts != 0, acts, torch.ones_like(acts))[None, :]
+    J[:, acts == 0] = 0.0
+    direct = J[graph.logit_index(target)]
+    v = direct
+    for _ in range(graph.n_layers + 1):
+        v = direct + v @ J[:F]
+    return v
+
+
+def predicted_effects(graph: AttributionGraph, nodes: list[int], factor: float, target: int = 0,
+                      per_unit: Tensor | None = None) -> Tensor:
     """[len(nodes)] the change of target `target`'s value when each feature node's activation becomes factor times
-    itself, under the frozen linear model (see the module docstring)."""
+    itself, under the frozen linear model (see the module docstring). per_unit: `total_effects(graph, target)`
+    when the caller has it."""
     F = graph.n_features
     if not nodes:
         return torch.zeros(0)
     bad = [i for i in nodes if not 0 <= i < F]
     if bad:
         raise ValueError(f"nodes: {bad} are not feature nodes of the graph (0..{F - 1})")
-    acts = graph.activations.double()
-    J = graph.adjacency[:, :F].double() / torch.where(acts != 0, acts, torch.ones_like(acts))[None, :]
-    J[:, acts == 0] = 0.0
+    v = total_effects(graph, target) if per_unit is None else per_unit
     idx = torch.tensor(nodes)
-    start = torch.zeros(F, len(nodes), dtype=torch.float64)
-    start[idx, torch.arange(len(nodes))] = (factor - 1.0) * acts[idx]
-    delta = start
-    for _ in range(graph.n_layers + 1):  # each step reaches one layer further; a DAG of n_layers + 1 levels ends
-        delta = start + J[:F] @ delta
-    return (J[graph.logit_index(target)] @ delta).float()
+    return ((factor - 1.0) * graph.activations.double()[idx] * v[idx]).float()
 
 
 @torch.no_grad()
@@ -158,16 +168,23 @@ def check_interventions(model, tokens, graph: AttributionGraph, transcoders: Map
                         influence: Tensor, top_k: int = 8, factor: float = 0.0, target: int = 0,
                         batch_size: int = 16, progress: Progress | None = None,
                         should_cancel: ShouldCancel | None = None) -> InterventionCheck:
-    """Edit the top_k feature nodes by `influence` (the graph's node influence on its targets; ties in graph order)
-    one at a time in the real model and beside the graph's prediction (module docstring). `transcoders`: layer ->
-    TracingTranscoder, those the graph was traced with."""
+    """Edit the top_k feature nodes by the size of the graph's claim about the target, |activation x total effect
+    per unit| (ties: higher `influence`, then graph order), one at a time in the real model and beside the graph's
+    prediction (module docstring). `transcoders`: layer -> TracingTranscoder, those the graph was traced with.
+
+    Why not the top by influence: influence is a share of |weights| into every target and is dominated, on real
+    models, by features at the first position (the attention sink) whose edits act through attention patterns the
+    graph freezes; the features the graph says move this target most are the claims worth testing."""
     if top_k < 0:
         raise ValueError("top_k: give a number >= 0")
     if not 0 <= target < graph.n_logits:
         raise ValueError(f"target: the graph has targets 0..{graph.n_logits - 1}")
     F = graph.n_features
-    order = torch.argsort(influence[:F], descending=True, stable=True)[:top_k].tolist()
-    pred = predicted_effects(graph, order, factor, target)
+    per_unit = total_effects(graph, target)
+    claim = (graph.activations.double() * per_unit).abs().tolist()
+    infl = influence[:F].tolist()
+    order = sorted(range(F), key=lambda i: (-claim[i], -infl[i], i))[:top_k]
+    pred = predicted_effects(graph, order, factor, target, per_unit)
     meas, clean, forwards = measured_effects(model, tokens, graph, transcoders, order, factor, target, batch_size,
                                              should_cancel)
     rows = []
@@ -184,4 +201,4 @@ def check_interventions(model, tokens, graph: AttributionGraph, transcoders: Map
 
 
 __all__ = ["CheckedFeature", "InterventionCheck", "check_interventions", "measured_effects", "pearson",
-           "predicted_effects"]
+           "predicted_effects", "total_effects"]
