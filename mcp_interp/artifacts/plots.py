@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
@@ -134,11 +135,15 @@ def line_plot(x, ys: Mapping[str, Sequence[float]], title: str = "", xlabel: str
               xscale: str | None = None, hlines: Mapping[str, float] | None = None) -> Figure:
     """One line per series; optional shaded CI bands (lo, hi) per series, and labelled reference
     lines (e.g. {"chance": 0.5}). xscale="log" suits faithfulness curves over % of edges."""
-    fig = _figure(6.5, 4.2)
+    many = len(ys) > 10  # e.g. one curve per layer of a 30-layer model: a colour ramp and a legend beside the axes
+    ncol = -(-len(ys) // 16)
+    fig = _figure(6.5 + (1.1 * ncol if many else 0.0), 4.2)
     ax = fig.add_subplot()
     xv = np.asarray(x, dtype=float)
-    for name, vals in ys.items():
-        (line,) = ax.plot(xv, np.asarray(vals, float), marker="o", ms=3.5, lw=1.6, label=str(name))
+    ramp = matplotlib.colormaps["viridis"](np.linspace(0, 0.95, len(ys))) if many else [None] * len(ys)
+    for (name, vals), color in zip(ys.items(), ramp):
+        (line,) = ax.plot(xv, np.asarray(vals, float), marker="o", ms=3.5 if not many else 2.0, lw=1.6 if not many
+                          else 1.0, label=str(name), color=color)
         if ci and name in ci:
             lo, hi = ci[name]
             ax.fill_between(xv, np.asarray(lo, float), np.asarray(hi, float),
@@ -154,7 +159,9 @@ def line_plot(x, ys: Mapping[str, Sequence[float]], title: str = "", xlabel: str
     ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
     ax.tick_params(labelsize=TICK_SIZE)
     ax.grid(alpha=0.3)
-    if len(ys) > 1 or ci:
+    if many:
+        ax.legend(fontsize=TICK_SIZE - 1, frameon=False, ncol=ncol, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    elif len(ys) > 1 or ci:
         ax.legend(fontsize=TICK_SIZE, frameon=False)
     return fig
 

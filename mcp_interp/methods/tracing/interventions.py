@@ -53,9 +53,9 @@ class CheckedFeature:
 
 @dataclass
 class InterventionCheck:
-    """rows: the checked features (largest predicted effect on the target first); target: the graph's target index checked (its label,
-    its clean value in the real model); pearson r of predicted vs measured with ci95 (None where undefined: fewer
-    than 4 features, or one side constant) over n features."""
+    """rows: the checked features (largest predicted effect on the target first); target: the graph's target index
+    checked (its label, its clean value in the real model); pearson r of predicted vs measured with ci95 (None
+    where undefined: fewer than 4 features, or one side constant) over n features."""
 
     factor: float
     target: int
