@@ -310,6 +310,15 @@ def plan_files(ref: HubRef, prefix: str) -> Plan:
     return Plan(ref, info.sha, files, _missing(ref.repo_id, info.sha, files))
 
 
+def plan_folders(ref: HubRef, folder: str, names: tuple[str, ...] = ()) -> Plan:
+    """What fetching the files of every top-level folder whose name fully matches the regular expression `folder`
+    takes (only the files named in `names`, when given), e.g. each `layers.L.mlp` of a transcoder set."""
+    info, sizes = _repo_files(ref, None)
+    files = {f: n for f, n in sizes.items() if "/" in f and re.fullmatch(folder, f.split("/", 1)[0])
+             and (not names or f.split("/", 1)[1] in names)}
+    return Plan(ref, info.sha, files, _missing(ref.repo_id, info.sha, files))
+
+
 def plan(ref: HubRef, allow_pickle: bool = False, suggest: Callable[[str], list[str]] | None = None) -> Plan:
     """Ask the hub what loading model `ref` takes (one metadata request; nothing is downloaded)."""
     info, sizes = _repo_files(ref, suggest)

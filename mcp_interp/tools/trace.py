@@ -13,6 +13,8 @@ from .. import lazy
 from ..methods import features
 from ..methods.core import Progress
 from ..methods.core.footprint import Footprint, gib, largest_fitting, request_budget
+from ..methods.features import pretrained
+from ..models import ModelLoadError, hub
 from ..tasks.dataset import encode_prompt
 from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, dataset, resolve_task
@@ -45,9 +47,11 @@ class TraceInput(HeavyInput):
     counterfactual: str | None = Field(None, description="With a task: the generator whose answer is the "
                                        "counterfactual answer (default: the task's first).")
     transcoders: str | list[str] = Field(..., description="One transcoder per MLP layer: a train_transcoders run id, "
-                                         "load_sae run ids, or directories (one transcoder folder: sparsify "
-                                         "layers.L.mlp or sae-lens; or a folder of them). Every MLP layer needs one "
-                                         "(the replacement model replaces them all).")
+                                         "load_sae run ids, a hub repository of layers.L.mlp folders (a "
+                                         "pretrained set, e.g. EleutherAI's; downloaded in the job), or directories "
+                                         "(one transcoder folder: sparsify layers.L.mlp or sae-lens; or a folder of "
+                                         "them). Every MLP layer needs one (the replacement model replaces them "
+                                         "all).")
     target: str | None = Field(None, description="A token string (exactly one token of the vocabulary) whose logit "
                                "is traced. Default: the task's logit difference with a task, else the model's most "
                                "likely next tokens (up to max_n_logits, until desired_logit_prob).")
@@ -168,9 +172,12 @@ class TraceOutput(HeavyOutput):
 
 # ------------------------------------------------------------------ transcoders
 
-def transcoder_dirs(app: AppContext, refs: str | list[str]) -> list[Path]:
+def transcoder_dirs(app: AppContext, refs: str | list[str], fetch: bool = True,
+                    progress: Progress | None = None) -> list[Path]:
     """The transcoder folders behind `transcoders`: run ids (train_transcoders: one folder per layer; load_sae: its
-    sae/ folder) and directories (a transcoder folder, or a folder of them), confined to the local roots."""
+    sae/ folder), directories (a transcoder folder, or a folder of them), confined to the local roots, and hub
+    repositories of `layers.L.mlp` folders (a pretrained set, e.g. EleutherAI's), downloaded when `fetch` (in the
+    job; the check before it only recognises the id)."""
     refs = [refs] if isinstance(refs, str) else list(refs)
     if not refs:
         raise field_error("transcoders", "no transcoders given", "a train_transcoders run id or directories")
@@ -188,7 +195,15 @@ def transcoder_dirs(app: AppContext, refs: str | list[str]) -> list[Path]:
                                 f"run id (list_runs(tool='train_transcoders')) or transcoder directories.")
             out += found
             continue
-        fix = "a train_transcoders / load_sae run id, or a directory of transcoder folders (layers.L.mlp or sae-lens)"
+        if "/" in ref and hub.parse(ref) is not None and not Path(ref).exists():  # org/name: a hub set
+            if fetch:
+                try:
+                    out += pretrained.fetch_transcoder_set(ref, progress=progress)
+                except ModelLoadError as e:
+                    raise ToolError(f"transcoders: {e}") from None
+            continue
+        fix = ("a train_transcoders / load_sae run id, a hub repository of layers.L.mlp folders (org/name), or a "
+               "directory of transcoder folders (layers.L.mlp or sae-lens)")
         p = local_path(app, "transcoders", ref, fix + " under them (or start the server with --model-root)")
         if not p.is_dir():
             raise field_error("transcoders", f"{ref!r} is neither a stored run id nor a directory", fix)
@@ -364,7 +379,7 @@ def _trace(run: ToolRun, args: TraceInput) -> tuple[TraceResult, dict]:
         tracing.check_model(model)
     except ValueError as e:
         raise ToolError(str(e) if str(e).startswith("model") else f"model: {e}") from None
-    dirs = transcoder_dirs(run.app, args.transcoders)
+    dirs = transcoder_dirs(run.app, args.transcoders, progress=run.job.reporter(0.01, 0.03))
     tcs = _load_transcoders(dirs, lm)
     tokens, text, spec, targets, warnings = _prompt(run, lm, args)
     n_logits = len(targets) if targets else args.max_n_logits
@@ -565,7 +580,7 @@ def trace(app: AppContext, args: TraceInput, progress: Progress | None = None) -
     if (args.task is None) == (args.prompt is None):
         raise ToolError("prompt: give a prompt or a task (not both, not neither). Fix: prompt='...' or "
                         "task='<name>' (list_tasks) with example=<index>.")
-    transcoder_dirs(app, args.transcoders)  # refused before the run cache, a job or a model load
+    transcoder_dirs(app, args.transcoders, fetch=False)  # refused before the run cache, a job or a model load
     label = resolve_task(app, args.task).name if args.task else "prompts"
     what = args.prompt if args.prompt is not None else f"{args.task}[{args.example}]"
     return run_heavy(app, TOOL, args, label, args.model, f"trace {what!r} on {args.model}", _trace, TraceOutput,

@@ -136,3 +136,30 @@ async def test_a_transcoder_folder_of_a_hub_repository_loads_by_name(hub, tmp_pa
         assert "release:" in text and "no folder" in text
     fetched = [p for m, p, _ in hub.log if m == "GET" and "/resolve/" in p]
     assert fetched and all("layers.1.mlp" in p for p in fetched)
+
+
+async def test_trace_takes_a_hub_repository_of_transcoder_folders_as_its_set(hub, tmp_path, store_dir):
+    """A published transcoder set (one sparsify `layers.L.mlp` folder per MLP, as EleutherAI's) named by its repo id:
+    trace downloads every layer's cfg.json and sae.safetensors (nothing else) inside its job and traces with them;
+    a repository without such folders is refused naming `transcoders`."""
+    from methods.features.test_transcoder import sparsify_folder
+
+    files = {}
+    for layer in (0, 1):
+        folder, _ = sparsify_folder(tmp_path / "tc", layer, 32, seed=layer)
+        files |= {f"layers.{layer}.mlp/{k}": v for k, v in folder_files(folder).items()}
+    files["README.md"] = b"two skip transcoders"
+    files["layers.0.mlp/notes.txt"] = b"not fetched"
+    hub.add("acme/tiny-transcoder-set", Repo(files))
+    hub.add("acme/not-transcoders", Repo({"README.md": b"nothing here"}))
+    async with Client(build_server(store_dir)) as c:
+        out = await finish(c, await call(c, "trace", {"model": "toy/tiny-random", "prompt": "abcab",
+                                                      "transcoders": "acme/tiny-transcoder-set",
+                                                      "contexts_corpus": "none", "check_top": 2}))
+        assert [p.split("/")[-1] for p in out["transcoders"]] == ["layers.0.mlp", "layers.1.mlp"]
+        assert out["identity_error"] < 1e-4 and out["n_feature_nodes"] > 0
+        text = await call_error(c, "trace", {"model": "toy/tiny-random", "prompt": "abcab",
+                                             "transcoders": "acme/not-transcoders"})
+        assert "transcoders:" in text and "no transcoder folders" in text, text
+    fetched = {p.split("/")[-1] for m, p, _ in hub.log if m == "GET" and "/resolve/" in p}
+    assert fetched == {"cfg.json", "sae.safetensors"}, fetched  # (the two equal cfg.json share one cached blob)

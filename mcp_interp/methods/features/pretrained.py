@@ -114,15 +114,50 @@ def fetch_folder(repo_id: str, folder: str, progress=None, offline: bool | None 
             raise ModelLoadError(f"{repo_id}/{folder} is not in the local Hugging Face cache and the server is "
                                  f"offline. Fix: fetch it once with network access.")
     else:
-        plan = hub.plan_files(ref, folder)
-        if not plan.files:
-            raise ModelLoadError(f"{repo_id} has no folder {folder!r} (sae_id names the folder of one SAE or "
-                                 f"transcoder, e.g. layers.5.mlp).")
-        hub.check_disk(plan)
-        if plan.missing:
-            hub.download(plan, progress)
-        commit = plan.commit
+        commit = _download(hub.plan_files(ref, folder), progress, f"{repo_id} has no folder {folder!r} (sae_id "
+                           f"names the folder of one SAE or transcoder, e.g. layers.5.mlp).")
     return hub.snapshot_dir(ref.repo_id, commit) / folder
+
+
+def _download(plan, progress, nothing: str) -> str:
+    """Fetch what `plan` is missing (disk space checked first): its commit. ModelLoadError(nothing) when it is
+    empty."""
+    if not plan.files:
+        raise ModelLoadError(nothing)
+    hub.check_disk(plan)
+    if plan.missing:
+        hub.download(plan, progress)
+    return plan.commit
+
+
+TRANSCODER_FOLDER = r"layers[._]\d+[._]mlp"  # sparsify's layout: one folder per MLP layer
+TRANSCODER_FILES = ("cfg.json", "sae.safetensors")
+
+
+def fetch_transcoder_set(repo_id: str, progress=None, offline: bool | None = None) -> list:
+    """Every transcoder folder (`layers.L.mlp`, sparsify's layout, e.g. EleutherAI's skip transcoders of
+    SmolLM2-135M) of hub repository `repo_id`, fetched into the HF cache (only cfg.json and sae.safetensors of
+    each): their local paths, in layer order. ModelLoadError saying why when there are none or it cannot fetch."""
+    ref = hub.parse(repo_id)
+    if ref is None or "/" not in ref.repo_id:
+        raise ModelLoadError(f"{repo_id!r} is not a hub repository id (org/name).")
+    offline = hub.env_offline() if offline is None else offline
+    if offline:
+        commit = hub.cached_commit_any(ref)
+        root = None if commit is None else hub.snapshot_dir(ref.repo_id, commit)
+        if root is None or not root.is_dir():
+            raise ModelLoadError(f"{repo_id} is not in the local Hugging Face cache and the server is offline. Fix: "
+                                 f"fetch it once with network access.")
+    else:
+        commit = _download(hub.plan_folders(ref, TRANSCODER_FOLDER, TRANSCODER_FILES), progress,
+                           f"{repo_id} holds no transcoder folders (layers.L.mlp with cfg.json, as sparsify saves "
+                           f"them). Fix: a repository of such folders, or load_sae for other layouts.")
+        root = hub.snapshot_dir(ref.repo_id, commit)
+    found = sorted((d for d in root.iterdir() if d.is_dir() and re.fullmatch(TRANSCODER_FOLDER, d.name)
+                    and (d / "cfg.json").is_file()), key=lambda d: int(re.findall(r"\d+", d.name)[0]))
+    if not found:
+        raise ModelLoadError(f"{repo_id}: no transcoder folder (layers.L.mlp with cfg.json) in the cached snapshot.")
+    return found
 
 
 def fetch(entry: PretrainedSAE, progress=None, offline: bool | None = None):
