@@ -13,13 +13,11 @@ from .. import lazy
 from ..methods import features
 from ..methods.core import Progress
 from ..methods.core.footprint import Footprint, gib, largest_fitting, request_budget
-from ..methods.features import pretrained
-from ..models import ModelLoadError, hub
 from ..tasks.dataset import encode_prompt
+from . import transcoder_sets
 from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .common import DEFAULT_MODEL, MaybeFloat, dataset, resolve_task
 from .errors import ToolError, field_error
-from .load_sae import local_path
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -28,7 +26,6 @@ if TYPE_CHECKING:
 torch = lazy("torch")
 tracing = lazy("mcp_interp.methods.tracing")
 tracing_graph = lazy("mcp_interp.methods.tracing.graph")
-interventions = lazy("mcp_interp.methods.tracing.interventions")
 contexts_m = lazy("mcp_interp.methods.tracing.contexts")
 graph_json_m = lazy("mcp_interp.methods.tracing.graph_json")
 graph_view = lazy("mcp_interp.artifacts.graph_view")
@@ -170,84 +167,6 @@ class TraceOutput(HeavyOutput):
     result: TraceResult | None = None
 
 
-# ------------------------------------------------------------------ transcoders
-
-def transcoder_dirs(app: AppContext, refs: str | list[str], fetch: bool = True,
-                    progress: Progress | None = None) -> list[Path]:
-    """The transcoder folders behind `transcoders`: run ids (train_transcoders: one folder per layer; load_sae: its
-    sae/ folder), directories (a transcoder folder, or a folder of them), confined to the local roots, and hub
-    repositories of `layers.L.mlp` folders (a pretrained set, e.g. EleutherAI's), downloaded when `fetch` (in the
-    job; the check before it only recognises the id)."""
-    refs = [refs] if isinstance(refs, str) else list(refs)
-    if not refs:
-        raise field_error("transcoders", "no transcoders given", "a train_transcoders run id or directories")
-    out: list[Path] = []
-    for ref in refs:
-        try:
-            rec = app.store.get_run(ref)
-        except Exception:
-            rec = None
-        if rec is not None:
-            root = app.store.run_dir(ref)
-            found = _transcoder_folders(root)
-            if not found:
-                raise ToolError(f"transcoders: run {ref} ({rec.tool}) holds no transcoder. Fix: a train_transcoders "
-                                f"run id (list_runs(tool='train_transcoders')) or transcoder directories.")
-            out += found
-            continue
-        if "/" in ref and hub.parse(ref) is not None and not Path(ref).exists():  # org/name: a hub set
-            if fetch:
-                try:
-                    out += pretrained.fetch_transcoder_set(ref, progress=progress)
-                except ModelLoadError as e:
-                    raise ToolError(f"transcoders: {e}") from None
-            continue
-        fix = ("a train_transcoders / load_sae run id, a hub repository of layers.L.mlp folders (org/name), or a "
-               "directory of transcoder folders (layers.L.mlp or sae-lens)")
-        p = local_path(app, "transcoders", ref, fix + " under them (or start the server with --model-root)")
-        if not p.is_dir():
-            raise field_error("transcoders", f"{ref!r} is neither a stored run id nor a directory", fix)
-        found = [p] if features.is_transcoder_dir(p) else _transcoder_folders(p)
-        if not found:
-            raise field_error("transcoders", f"{ref!r} holds no transcoder folder (cfg.json of a transcoder)", fix)
-        out += found
-    return out
-
-
-def _transcoder_folders(root: Path) -> list[Path]:
-    return sorted(d for d in root.iterdir() if d.is_dir() and features.is_transcoder_dir(d))
-
-
-def _load_transcoders(dirs: list[Path], lm) -> dict:
-    """layer -> TracingTranscoder for every MLP layer, refused by name when one is missing, doubled or does not fit."""
-    cfg = lm.model.cfg
-    if cfg.attn_only:
-        raise ToolError("model: it is attention-only: it has no MLPs to transcode, so there is no graph of "
-                        "transcoder features to trace.")
-    pairs, where = [], {}
-    for d in dirs:
-        try:
-            tc, layer, reads = features.load_transcoder(d, device=str(lm.device))
-            features.check_splice(tc, cfg)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise ToolError(f"transcoders: {e}") from None
-        if layer in where:
-            raise ToolError(f"transcoders: two transcoders for MLP {layer} ({where[layer]} and {d.name}). Fix: one "
-                            f"folder per layer.")
-        where[layer] = d.name
-        pairs.append((layer, (tc, reads)))
-    try:
-        tcs = tracing.tracing_transcoders(dict(pairs), cfg.d_model, cfg.n_layers)
-    except ValueError as e:
-        raise ToolError(str(e) if str(e).startswith("transcoders") else f"transcoders: {e}") from None
-    missing = [l for l in range(cfg.n_layers) if l not in tcs]
-    if missing:
-        raise ToolError(f"transcoders: no transcoder for MLP layer(s) {missing} of {cfg.n_layers}; the replacement "
-                        f"model replaces every MLP. Fix: train_transcoders(layers={missing}) and pass every layer's "
-                        f"folder (or a run holding all {cfg.n_layers}).")
-    return tcs
-
-
 # ------------------------------------------------------------------ the prompt, the target, the budget
 
 def _prompt(run: ToolRun, lm, args: TraceInput) -> tuple[list[int], str, object, object, list[str]]:
@@ -379,37 +298,29 @@ def _trace(run: ToolRun, args: TraceInput) -> tuple[TraceResult, dict]:
         tracing.check_model(model)
     except ValueError as e:
         raise ToolError(str(e) if str(e).startswith("model") else f"model: {e}") from None
-    dirs = transcoder_dirs(run.app, args.transcoders, progress=run.job.reporter(0.01, 0.03))
-    tcs = _load_transcoders(dirs, lm)
+    dirs = transcoder_sets.transcoder_dirs(run.app, args.transcoders, progress=run.job.reporter(0.01, 0.03))
+    tcs = transcoder_sets.load_transcoder_set(dirs, lm)
     tokens, text, spec, targets, warnings = _prompt(run, lm, args)
     n_logits = len(targets) if targets else args.max_n_logits
     _refuse_oversized(lm, tcs, len(tokens), args, n_logits)
     tok = lm.tokenizer
     token_str = lambda i: tok.decode([i])  # noqa: E731
+    windows, corpus = _context_windows(run, lm, args, tokens, warnings)
     with lm.use():
         try:
             study = tracing.trace(model, torch.tensor(tokens), tcs, targets, node_threshold=args.node_threshold,
                                   edge_threshold=args.edge_threshold, max_feature_nodes=args.max_feature_nodes,
                                   batch_size=args.batch_size, max_n_logits=args.max_n_logits,
                                   desired_logit_prob=args.desired_logit_prob, n_paths=args.n_paths,
-                                  token_str=token_str, progress=run.span(0.03, 0.6), should_cancel=run.should_cancel)
+                                  check_top=args.check_top, intervention_factor=args.intervention_factor,
+                                  context_windows=windows, n_contexts=args.n_contexts, token_str=token_str,
+                                  progress=run.span(0.03, 0.9), should_cancel=run.should_cancel)
         except ValueError as e:
             raise ToolError(str(e).replace("targets:", "target:", 1)) from None
-        g, pruned = study.graph, study.pruned
-        probs = graph_json_m.target_probs(model, tokens, g)
-        check = None
-        if args.check_top:
-            check = interventions.check_interventions(model, tokens, g, tcs, pruned.influence, args.check_top,
-                                                      args.intervention_factor, progress=run.span(0.6, 0.7),
-                                                      should_cancel=run.should_cancel)
-        kept = graph_json_m.kept_features(g, pruned)
-        windows, corpus = _context_windows(run, lm, args, tokens, warnings)
-        latents = [(int(g.features[i, 0]), int(g.features[i, 2])) for i in kept]
-        tops = contexts_m.top_contexts(model, tcs, windows, latents, args.n_contexts, progress=run.span(0.7, 0.9),
-                                       should_cancel=run.should_cancel) if windows and latents else {}
+    g, pruned, probs, check, tops = study.graph, study.pruned, study.probs, study.check, study.contexts
     ids = graph_json_m.node_ids(g, model.cfg.d_vocab)
     feats = [_feature_node(g, pruned, i, ids, tops.get((int(g.features[i, 0]), int(g.features[i, 2])), []), windows,
-                           token_str) for i in kept]
+                           token_str) for i in study.kept]
     if spec is not None:
         run.open(spec, args.model, lm, args.seed)
     else:
@@ -580,7 +491,8 @@ def trace(app: AppContext, args: TraceInput, progress: Progress | None = None) -
     if (args.task is None) == (args.prompt is None):
         raise ToolError("prompt: give a prompt or a task (not both, not neither). Fix: prompt='...' or "
                         "task='<name>' (list_tasks) with example=<index>.")
-    transcoder_dirs(app, args.transcoders, fetch=False)  # refused before the run cache, a job or a model load
+    # refused before the run cache, a job or a model load
+    transcoder_sets.transcoder_dirs(app, args.transcoders, fetch=False)
     label = resolve_task(app, args.task).name if args.task else "prompts"
     what = args.prompt if args.prompt is not None else f"{args.task}[{args.example}]"
     return run_heavy(app, TOOL, args, label, args.model, f"trace {what!r} on {args.model}", _trace, TraceOutput,
