@@ -287,11 +287,16 @@ def corpus_files(app: AppContext, files: list[str]) -> list[Path]:
     return [local_path(app, f"files[{i}]", f, fix) for i, f in enumerate(files)]
 
 
-def train_sae(app: AppContext, args: TrainSaeInput, progress: Progress | None = None) -> TrainSaeOutput:
+def corpus_label(app: AppContext, args) -> str:
+    """The store label of a run trained on `args.corpus` (its task, else corpus-<name>), after refusing corpus files
+    outside the local roots: before the run cache, a job or a model load. Shared by the training tools."""
     if args.corpus == "files":
-        corpus_files(app, args.files)  # refused before the run cache, a job or a model load
-    label = args.task if args.corpus == "task" and args.task else (args.task or f"corpus-{args.corpus}")
-    return run_heavy(app, TOOL, args, label, args.model,
+        corpus_files(app, args.files)
+    return args.task or f"corpus-{args.corpus}"
+
+
+def train_sae(app: AppContext, args: TrainSaeInput, progress: Progress | None = None) -> TrainSaeOutput:
+    return run_heavy(app, TOOL, args, corpus_label(app, args), args.model,
                      f"train_sae {args.architecture} at {args.site}{args.layer} of {args.model} ({args.tokens} tokens)",
                      _train, TrainSaeOutput, progress)
 

@@ -16,7 +16,7 @@ from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_hea
 from .budget import refuse_oversized
 from .common import DEFAULT_MODEL, MaybeFloat, resolve_task
 from .errors import ToolError
-from .train_sae import CurvePoint, Throughput, corpus_files, corpus_windows
+from .train_sae import CurvePoint, Throughput, corpus_label, corpus_windows
 
 if TYPE_CHECKING:
     from ..methods.features.transcoder_fit import TranscoderFit
@@ -245,10 +245,7 @@ def _summary(fit: TranscoderFit, layers: list[LayerQuality], repl: Replacement |
 
 def train_transcoders(app: AppContext, args: TrainTranscodersInput,
                       progress: Progress | None = None) -> TrainTranscodersOutput:
-    if args.corpus == "files":
-        corpus_files(app, args.files)  # refused before the run cache, a job or a model load
-    label = args.task if args.corpus == "task" and args.task else (args.task or f"corpus-{args.corpus}")
-    return run_heavy(app, TOOL, args, label, args.model,
+    return run_heavy(app, TOOL, args, corpus_label(app, args), args.model,
                      f"train_transcoders for MLPs {args.layers} of {args.model} ({args.n_tokens} tokens)",
                      _train, TrainTranscodersOutput, progress)
 
