@@ -455,3 +455,41 @@ async def test_a_model_with_norms_after_its_sublayers(store_dir, tmp_path):
             assert "transcoders:" in err and "Gemma 2/3" in err and "hook_mlp_out" in err, err
     finally:
         unregister_toy("trace-test-gemma3")
+
+
+@pytest.mark.anyio
+async def test_trained_transcoders_still_find_the_planted_path(store_dir, tmp_path):
+    """train_transcoders on toy/planted-trace (no norms: the transcoders read the MLP's input, the stream itself),
+    on a corpus where the toy's characters vary independently (on the task's prompts alone '=' is always last, and
+    a transcoder reads it as a stand-in for its bias): on every example one of the top three paths is the planted
+    one, token x @1 -> [an MLP0 feature @1 ->] an MLP1 feature @last -> the answer's logit. The MLP0 step may be a
+    feature or MLP0's skip term (f0 = relu(one-hot x) is linear on tokens, so a trained transcoder may fold it into
+    W_skip; then the path's first edge is token -> MLP1 feature), and the graph is complete up to a small error."""
+    import random
+
+    rng = random.Random(0)
+    chars = LETTERS + "0123"
+    corpus = tmp_path / "planted.txt"
+    corpus.write_text("".join("".join(rng.choice(chars) for _ in range(3)) + rng.choice(["=", "=", rng.choice(chars)])
+                              for _ in range(3000)))
+    async with Client(build_server(store_dir)) as c:
+        tc = await call(c, "train_transcoders", {"model": MODEL, "layers": [0, 1], "corpus": "files",
+                                                 "files": [str(corpus)], "context": 4, "skip_first": 0,
+                                                 "n_tokens": 8000, "width": 32, "k": 4, "epochs": 100,
+                                                 "splice_windows": 4, "wait_seconds": 120})
+        assert tc["status"] == "complete", tc
+        assert all(t["explained_variance"] > 0.9 for t in tc["result"]["transcoders"]), tc["result"]["transcoders"]
+        for example in range(6):
+            r = (await call(c, "trace", {"model": MODEL, "task": TASK, "example": example, "check_top": 0,
+                                         "transcoders": tc["result"]["run_id"], "contexts_corpus": "none",
+                                         "wait_seconds": 120}))["result"]
+            assert r["completeness_score"] > 0.95, r["completeness_score"]
+            last = len(r["tokens"]) - 1
+            through = [("E", X_POS), ("0", X_POS), ("1", last), (str(N_LAYERS + 1), last)]  # node id: layer_*_pos
+
+            def planted(ids: list[str]) -> bool:
+                want = through if len(ids) == 4 else [through[0], *through[2:]]
+                parts = [i.split("_") for i in ids]
+                return len(ids) in (3, 4) and all(p[0] == layer and p[2] == str(pos) and p[1] != "-1"
+                                                  for p, (layer, pos) in zip(parts, want))
+            assert any(planted(p["nodes"]) for p in r["paths"][:3]), (r["prompt"], [p["text"] for p in r["paths"]])

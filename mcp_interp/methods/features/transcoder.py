@@ -146,8 +146,10 @@ class TranscoderFeatures:
     kind = "transcoder"
 
     def __init__(self, tc, layer: int, convention: str, model):
-        if getattr(model.cfg, "normalization_type", None) not in ("LN", "LNPre", "RMS", "RMSPre"):
-            raise ValueError("transcoders need a model whose MLP reads a normalised stream (LN or RMS)")
+        norm = getattr(model.cfg, "normalization_type", None)
+        if norm not in ("LN", "LNPre", "RMS", "RMSPre") and not (norm is None and convention != "normalized"):
+            raise ValueError(f"a transcoder reading the {convention} stream needs a model whose MLP reads a "
+                             f"LayerNorm- or RMSNorm-normalised stream (this one: {norm})")
         check_splice(tc, model.cfg)
         self.tc, self.convention, self.ln2 = tc, convention, model.blocks[layer].ln2
         self.site, self.write_site = Site("mlp_in", layer), Site("mlp_out", layer)

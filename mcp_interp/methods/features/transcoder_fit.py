@@ -81,15 +81,15 @@ class TopKSkipTranscoder(nn.Module):
 
 
 def check_transcodable(model, layers: Sequence[int]) -> None:
-    """FitError naming `layers` or `model` unless every layer's MLP can be transcoded and spliced back: a model
-    with MLPs whose input is normalised (the files read the MLP module's input, as a sparsify folder does) and whose
-    output is added to the stream as it is (no post-norm)."""
+    """FitError naming `layers` or `model` unless every layer's MLP can be transcoded and spliced back: the files
+    read the MLP module's input (ln2 of the stream, as a sparsify folder does; the stream itself in a model without
+    norms) and predict hook_mlp_out (after the MLP's output norm, where the model has one: Gemma 2/3)."""
     cfg = model.cfg
     if cfg.attn_only or not cfg.d_mlp:
         raise FitError("model", "the model is attention-only: there is no MLP to transcode.")
-    if cfg.normalization_type not in NORMS:
-        raise FitError("model", f"its MLPs read an unnormalised stream (normalization {cfg.normalization_type}); "
-                       "transcoders here read the MLP's normalised input. Fix: a model with LayerNorm or RMSNorm.")
+    if cfg.normalization_type not in NORMS + (None,):
+        raise FitError("model", f"its normalization {cfg.normalization_type!r} is not LayerNorm, RMSNorm or none; "
+                       "transcoders here read the MLP module's input through one of those.")
     if cfg.original_architecture == "Olmo2ForCausalLM":
         raise FitError("model", "it normalises the MLP's output instead of its input (OLMo 2): its MLP reads the "
                        "raw stream, which these transcoders (reading the MLP module's normalised input) do not model.")
