@@ -493,3 +493,8 @@ async def test_trained_transcoders_still_find_the_planted_path(store_dir, tmp_pa
                 return len(ids) in (3, 4) and all(p[0] == layer and p[2] == str(pos) and p[1] != "-1"
                                                   for p, (layer, pos) in zip(parts, want))
             assert any(planted(p["nodes"]) for p in r["paths"][:3]), (r["prompt"], [p["text"] for p in r["paths"]])
+        # the same transcoder is a feature source of a model without norms: find_features' identity holds
+        ff = await call(c, "find_features", {"model": MODEL, "task": TASK, "variable": "x", "position": "X",
+                                             "source": "sae", "sae": f"{tc['result']['run_id']}/layers.0.mlp", "n": 16,
+                                             "n_perm": 19, "test_top": 1, "wait_seconds": 120})
+        assert ff["status"] == "complete" and ff["result"]["identity_max_abs_diff"] < 1e-5, ff
