@@ -289,6 +289,7 @@ class Child:
     job_id: str | None = None
     result: dict | None = None  # a stored run served at submission
     error: str | None = None  # refused at submission
+    joined: bool = False  # its job was already queued or running (another request's): never cancelled by the sweep
 
 
 def _submit(app: AppContext, spec: ToolSpec, inp: BaseModel, run_args: dict[str, Any]) -> Child:
@@ -337,6 +338,21 @@ def _state(app: AppContext, c: Child) -> State:
     return State(job.status, float(job.progress or 0.0), job.message or "", job.result)
 
 
+def _live_jobs(app: AppContext) -> set[str]:
+    """Ids of the jobs queued or running now (this server's and, through the store, others')."""
+    return {r.job_id for r in app.jobs.list(limit=100_000) if r.status in ("queued", "running")}
+
+
+def _cancel_runs(app: AppContext, children: list[Child]) -> None:
+    """Cancel the runs the sweep started (a joined run belongs to the request that started it too)."""
+    for c in children:
+        if c.job_id and not c.joined:
+            try:
+                app.jobs.cancel(c.job_id)
+            except KeyError:
+                pass
+
+
 def _wait_all(app: AppContext, job: JobContext, children: list[Child], tool: str) -> list[State]:
     """Wait for every run, reporting progress; on cancellation, cancel the unfinished runs and stop."""
     n = len(children)
@@ -345,14 +361,12 @@ def _wait_all(app: AppContext, job: JobContext, children: list[Child], tool: str
         pending = [i for i, s in enumerate(states) if s.status in ("queued", "running")]
         done = n - len(pending)
         if job.cancelled:  # before the "all done" return: a cancel's on_cancel may have just ended every run
-            for i in pending:
-                try:
-                    app.jobs.cancel(children[i].job_id)
-                except KeyError:
-                    pass
+            _cancel_runs(app, [children[i] for i in pending])
             complete = sum(s.status == "complete" for s in states)
+            joined = sum(children[i].joined for i in pending)
             raise Cancelled(f"sweep cancelled with {complete}/{n} runs complete; its unfinished {tool} runs "
-                            f"were cancelled")
+                            f"were cancelled" + (f" ({joined} that other requests had started left running)"
+                                                 if joined else ""))
         if not pending:
             return states
         running = [i for i in pending if states[i].status == "running"]
@@ -486,7 +500,10 @@ def _stored_sweep(app: AppContext, p: Plan, children: list[Child]) -> dict | Non
 
 def sweep(app: AppContext, args: SweepInput, progress: Progress | None = None) -> SweepOutput:
     p = plan(app, args)
+    live = _live_jobs(app)
     children = [_submit(app, p.spec, inp, p.args(args.grid, i)) for i, inp in enumerate(p.inputs)]
+    for c in children:
+        c.joined = c.job_id in live
     if all(c.error for c in children):  # the tool refused every run before starting any: nothing to wait for
         raise ToolError(children[0].error if len(children) == 1 else
                         f"{children[0].error} (and every other run of the grid was refused too)")
@@ -502,9 +519,7 @@ def sweep(app: AppContext, args: SweepInput, progress: Progress | None = None) -
 
     n = len(children)
     def cancel_runs() -> None:  # also when the sweep is cancelled before its thread started waiting
-        for c in children:
-            if c.job_id:
-                app.jobs.cancel(c.job_id)
+        _cancel_runs(app, children)
 
     job = app.jobs.submit(TOOL, job_fn, dedicated=True, key=f"{TOOL}|{params_hash(p.params)}", on_cancel=cancel_runs,
                           description=f"sweep {p.spec.name} over {', '.join(p.keys)} ({n} runs)")
@@ -529,7 +544,8 @@ SWEEP = ToolSpec(
         "runs are the cartesian product, at most max_runs). Everything is checked before any work (each "
         "combination against the tool's own arguments). Each run is a normal job of that tool: stored runs are "
         "served from the cache, identical running jobs are joined, each can be polled or cancelled; `runs` lists "
-        "their job ids while the sweep runs, and cancelling the sweep cancels its unfinished runs. Returns one row "
+        "their job ids while the sweep runs, and cancelling the sweep cancels the unfinished runs it started (not "
+        "those it joined). Returns one row "
         "per combination (status, run_id, cached, seconds, the chosen key metric and all key metrics; a failed "
         "run's error), a markdown table in the summary, and one figure of the metric over the grid (a line over a "
         "numeric argument, bars over models or tasks; one line per value of a second argument)."))

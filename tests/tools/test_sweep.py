@@ -183,6 +183,36 @@ async def test_cancelling_a_sweep_cancels_its_runs(store_dir, monkeypatch):
         assert not (await call(c, "list_runs", {"tool": "run_baseline", "status": "complete"}))["runs"]
 
 
+async def test_cancelling_a_sweep_leaves_the_runs_it_joined(store_dir, monkeypatch):
+    """A grid point already running for another request is joined, not restarted; cancelling the sweep cancels
+    the runs it started and leaves that one to finish for its own caller."""
+    real = baseline.compute_baseline
+
+    def slow(model, ds, progress=None, **kw):
+        for i in range(30):  # a slow, cancellable stand-in for the forward passes (3 s)
+            time.sleep(0.1)
+            if progress:
+                progress(i / 30, "slow")
+        return real(model, ds)
+
+    monkeypatch.setattr(baseline, "compute_baseline", slow)
+    base = {"model": CLEAN, "task": "planted", "n": 8}
+    async with Client(build_server(store_dir)) as c:
+        alone = await call(c, "run_baseline", {**base, "seed": 1, "wait_seconds": 0.2})
+        assert alone["status"] in ("queued", "running"), alone
+        out = await call(c, "sweep", {"tool": "run_baseline", "base": base, "grid": {"seed": [0, 1]},
+                                      "wait_seconds": 0.5})
+        assert out["status"] == "running", out
+        ids = {r["args"]["seed"]: r["job_id"] for r in out["runs"]}
+        assert ids[1] == alone["job"]["job_id"]  # joined
+        await call(c, "cancel_job", {"job_id": out["job"]["job_id"]})
+        sweep_job = await call(c, "get_job", {"job_id": out["job"]["job_id"], "wait_seconds": 10})
+        assert sweep_job["status"] == "cancelled" and "left running" in (sweep_job["error"] or ""), sweep_job
+        assert (await call(c, "get_job", {"job_id": ids[0], "wait_seconds": 10}))["status"] == "cancelled"
+        mine = await call(c, "get_job", {"job_id": ids[1], "wait_seconds": 20})
+        assert mine["status"] == "complete", mine
+
+
 def test_lab_runs_a_sweep_without_mcp(store_dir):
     """Outside the server (no deferred waits) the runs are submitted and collected the same way."""
     from mcp_interp import Lab
