@@ -151,17 +151,22 @@ async def test_refusals_name_the_field_before_any_work(store_dir, monkeypatch):
         assert not (await call(c, "list_jobs"))["jobs"] and not (await call(c, "list_runs"))["runs"]
 
 
-async def test_cancelling_a_sweep_cancels_its_runs(store_dir, monkeypatch):
+def slow_baseline(monkeypatch, steps: int) -> None:
+    """run_baseline's forward passes replaced by a slow, cancellable stand-in of `steps` tenths of a second."""
     real = baseline.compute_baseline
 
     def slow(model, ds, progress=None, **kw):
-        for i in range(100):  # a slow, cancellable stand-in for the forward passes (10 s)
+        for i in range(steps):
             time.sleep(0.1)
             if progress:
-                progress(i / 100, "slow")
+                progress(i / steps, "slow")
         return real(model, ds)
 
     monkeypatch.setattr(baseline, "compute_baseline", slow)
+
+
+async def test_cancelling_a_sweep_cancels_its_runs(store_dir, monkeypatch):
+    slow_baseline(monkeypatch, 100)  # 10 s
     async with Client(build_server(store_dir)) as c:
         out = await call(c, "sweep", {"tool": "run_baseline", "base": {"model": CLEAN, "task": "planted", "n": 8},
                                       "grid": {"seed": [0, 1, 2]}, "wait_seconds": 1.5})
@@ -186,16 +191,7 @@ async def test_cancelling_a_sweep_cancels_its_runs(store_dir, monkeypatch):
 async def test_cancelling_a_sweep_leaves_the_runs_it_joined(store_dir, monkeypatch):
     """A grid point already running for another request is joined, not restarted; cancelling the sweep cancels
     the runs it started and leaves that one to finish for its own caller."""
-    real = baseline.compute_baseline
-
-    def slow(model, ds, progress=None, **kw):
-        for i in range(30):  # a slow, cancellable stand-in for the forward passes (3 s)
-            time.sleep(0.1)
-            if progress:
-                progress(i / 30, "slow")
-        return real(model, ds)
-
-    monkeypatch.setattr(baseline, "compute_baseline", slow)
+    slow_baseline(monkeypatch, 30)  # 3 s
     base = {"model": CLEAN, "task": "planted", "n": 8}
     async with Client(build_server(store_dir)) as c:
         alone = await call(c, "run_baseline", {**base, "seed": 1, "wait_seconds": 0.2})
