@@ -148,7 +148,8 @@ async def circuit_trace(c, run, base: dict, n_layers: int, config: dict) -> None
         return
     tcs = await run("train_transcoders", args)
     assert len(tcs["transcoders"]) == n_layers
-    trace = {**base, "example": 0, "transcoders": tcs["run_id"], "contexts_tokens": 64, "check_top": 2}
+    trace = {**base, "example": 0, "transcoders": tcs["run_id"], "contexts_tokens": 64, "check_top": 2,
+             "max_feature_nodes": 256}
     if "gemma2" in base["model"]:  # Gemma 2 caps its logits (tanh): not affine in the stream, refused by name
         err = await call_error(c, "trace", trace)
         assert "model:" in err and "soft cap" in err, err
