@@ -1,9 +1,10 @@
 """Where a graph's feature nodes fire on a small corpus: each latent's top-activating contexts.
 
 The windows run through the real model in batches (right-padded: the models are causal, so padding never reaches an
-earlier position), only up to the deepest layer asked about; each transcoder reads its MLP's input through that
-run's own norm scales, as the graph's `replacement.freeze` does on its prompt, so a latent's activation here is the
-one its graph node would have on that text. The cost is about one forward of the corpus; the caller bounds it.
+earlier position), only up to the deepest layer asked about; each transcoder is encoded inside the forward, on its
+MLP's input as that run's own norm gives it (what the graph's `replacement.freeze` reads on its prompt, so a
+latent's activation here is the one its graph node would have on that text), and only the wanted latents'
+activations are kept. The cost is about one forward of the corpus; the caller bounds it.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ..core.progress import Progress, ShouldCancel, check_cancelled
-from .replacement import frozen_norm, scale_hook, stream_hook, transcoder_input
+from .replacement import scale_hook, stream_hook
 from .transcoders import TracingTranscoder
 
-BATCH_TOKENS = 4096  # padded tokens per forward: the cached streams and one layer's latents stay small
+BATCH_TOKENS = 4096  # padded tokens per forward: one layer's full latents [tokens, width] at a time
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,19 @@ def _batches(windows: Sequence[Sequence[int]]) -> list[list[int]]:
     return out
 
 
+def _reader(model, layer: int, tc: TracingTranscoder):
+    """(hook, read): where transcoder `tc` of MLP `layer` finds its input in a forward, and how it reads it there —
+    the stream itself, or ln2's normalised output (before its weight; times weight plus bias for the MLP module's
+    input), so nothing but the wanted latents' activations is kept from a batch."""
+    ln2 = getattr(model.blocks[layer], "ln2", None)
+    if tc.reads == "resid" or scale_hook(ln2) is None:
+        return stream_hook(model, layer), lambda x: x
+    w, b = getattr(ln2, "w", None), getattr(ln2, "b", None)
+    if tc.reads == "normalized" or (w is None and b is None):
+        return f"blocks.{layer}.ln2.hook_normalized", lambda x: x
+    return f"blocks.{layer}.ln2.hook_normalized", lambda x: x * w.float() + (0.0 if b is None else b.float())
+
+
 @torch.no_grad()
 def top_contexts(model, transcoders: Mapping[int, TracingTranscoder], windows: Sequence[Sequence[int]],
                  latents: Sequence[tuple[int, int]], n_top: int = 5, progress: Progress | None = None,
@@ -63,11 +78,6 @@ def top_contexts(model, transcoders: Mapping[int, TracingTranscoder], windows: S
     for l, f in wanted:
         by_layer.setdefault(l, []).append(f)
     heaps: dict[tuple[int, int], list[tuple[float, int, int, int]]] = {k: [] for k in wanted}
-    names = set()
-    for l in by_layer:
-        names.add(stream_hook(model, l))
-        if transcoders[l].reads != "resid" and scale_hook(getattr(model.blocks[l], "ln2", None)):
-            names.add(scale_hook(model.blocks[l].ln2))
     dev = model.cfg.device
     batches, done = _batches(windows), 0
     for group in batches:
@@ -78,21 +88,18 @@ def top_contexts(model, transcoders: Mapping[int, TracingTranscoder], windows: S
         for i, w in enumerate(group):
             toks[i, :len(windows[w])] = torch.as_tensor(list(windows[w]), dtype=torch.long)
             real[i, :len(windows[w])] = True
-        cache: dict[str, torch.Tensor] = {}
-
-        def keep(act, hook):
-            cache[hook.name] = act.detach()
-
-        model.run_with_hooks(toks.to(dev), stop_at_layer=max(by_layer) + 1,
-                             fwd_hooks=[(n, keep) for n in sorted(names)])
         real = real.to(dev)
+        acts: dict[int, torch.Tensor] = {}  # layer -> [latents, windows x positions]: only the wanted latents kept
+
+        def encode(act, hook, l: int, read):
+            a = transcoders[l].encode(read(act.float()))[..., by_layer[l]] * real[..., None]
+            acts[l] = a.reshape(-1, len(by_layer[l])).T.cpu()
+
+        hooks = [(name, partial(encode, l=l, read=read)) for l in by_layer
+                 for name, read in [_reader(model, l, transcoders[l])]]
+        model.run_with_hooks(toks.to(dev), stop_at_layer=max(by_layer) + 1, fwd_hooks=hooks)
         for l, fs in by_layer.items():
-            tc = transcoders[l]
-            ln2 = getattr(model.blocks[l], "ln2", None)
-            norm = None if tc.reads == "resid" else frozen_norm(ln2, cache.get(scale_hook(ln2)))
-            acts = tc.encode(transcoder_input(tc, norm, cache[stream_hook(model, l)].float()))[..., fs]
-            acts = (acts * real[..., None]).reshape(-1, len(fs)).T.cpu()  # [latents, windows x positions]
-            vals, idx = torch.sort(acts, dim=1, descending=True, stable=True)  # stable: earlier contexts first
+            vals, idx = torch.sort(acts[l], dim=1, descending=True, stable=True)  # stable: earlier contexts first
             for j, f in enumerate(fs):
                 heap = heaps[(l, f)]
                 for v, i in zip(vals[j, :n_top].tolist(), idx[j, :n_top].tolist()):
