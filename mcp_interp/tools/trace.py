@@ -72,8 +72,8 @@ class TraceInput(HeavyInput):
         "auto", description="Where kept features' top-activating contexts come from: the task's prompts, the "
         "traced prompt, the Shakespeare plays, random tokens (toy models), or none. auto: the task's prompts "
         "with a task, else Shakespeare (random tokens when the tokenizer cannot read it).")
-    contexts_tokens: int = Field(1024, ge=8, le=65_536, description="Corpus tokens for the top contexts (one "
-                                 "forward per window of up to 32 tokens).")
+    contexts_tokens: int = Field(1024, ge=8, le=65_536, description="Corpus tokens for the top contexts (windows "
+                                 "of up to 32 tokens, run in batches).")
     n_contexts: int = Field(5, ge=1, le=20, description="Top contexts per kept feature.")
     batch_size: int | None = Field(None, ge=1, le=65_536, description="Graph rows pulled back together (default: "
                                    "as many as 256 MB hold).")
@@ -511,6 +511,6 @@ TRACE = ToolSpec(
         "features ablated (or scaled) one at a time in the real model, error term kept, predicted vs measured change "
         "with Pearson r. Stores the graph as circuit-tracer / Neuronpedia JSON, the full adjacency (safetensors), an "
         "interactive HTML view (html_path) and a PNG. On models with norms after each sublayer (Gemma 2/3) the "
-        "transcoders must predict hook_mlp_out (train_transcoders' do). Refuses OLMo 2 (no norm before the MLP), "
+        "transcoders must predict hook_mlp_out (train_transcoders' do). Refuses OLMo 2/3 (no norm before the MLP), "
         "missing or mismatched transcoders, a target that is not one token, a prompt over the memory budget. Runs "
         "as a job."))

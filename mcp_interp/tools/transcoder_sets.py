@@ -13,7 +13,7 @@ from ..methods.core import Progress
 from ..methods.features import pretrained
 from ..models import ModelLoadError, hub
 from .errors import ToolError, field_error
-from .load_sae import local_path
+from .load_sae import local_path, sae_directory
 
 if TYPE_CHECKING:
     from ..runtime.context import AppContext
@@ -24,18 +24,20 @@ tracing = lazy("mcp_interp.methods.tracing")
 def transcoder_dirs(app: AppContext, refs: str | list[str], fetch: bool = True,
                     progress: Progress | None = None) -> list[Path]:
     """The transcoder folders behind `transcoders`: run ids (train_transcoders: one folder per layer; load_sae: its
-    sae/ folder), directories (a transcoder folder, or a folder of them), confined to the local roots, and hub
-    repositories of `layers.L.mlp` folders (a pretrained set, e.g. EleutherAI's), downloaded when `fetch` (in the
-    job; the check before it only recognises the id)."""
+    sae/ folder), `<run id>/layers.L.mlp` (one layer of a run), directories (a transcoder folder, or a folder of
+    them) confined to the local roots, and hub repositories of `layers.L.mlp` folders (a pretrained set, e.g.
+    EleutherAI's), downloaded when `fetch` (in the job; the check before it only recognises the id, or, offline,
+    whether it is cached)."""
     refs = [refs] if isinstance(refs, str) else list(refs)
     if not refs:
         raise field_error("transcoders", "no transcoders given", "a train_transcoders run id or directories")
     out: list[Path] = []
     for ref in refs:
-        try:
-            rec = app.store.get_run(ref)
-        except Exception:
-            rec = None
+        rec = _run(app, ref)
+        run_id, _, folder = ref.partition("/")
+        if rec is None and folder and _run(app, run_id) is not None:  # <run id>/layers.L.mlp: one layer of a run
+            out.append(sae_directory(app, ref, "transcoders"))
+            continue
         if rec is not None:
             root = app.store.run_dir(ref)
             found = _transcoder_folders(root)
@@ -45,11 +47,13 @@ def transcoder_dirs(app: AppContext, refs: str | list[str], fetch: bool = True,
             out += found
             continue
         if "/" in ref and hub.parse(ref) is not None and not Path(ref).exists():  # org/name: a hub set
-            if fetch:
+            if fetch or hub.env_offline():  # offline, the check before the job already knows whether it is cached
                 try:
-                    out += pretrained.fetch_transcoder_set(ref, progress=progress)
+                    found = pretrained.fetch_transcoder_set(ref, progress=progress)
                 except ModelLoadError as e:
-                    raise ToolError(f"transcoders: {e}") from None
+                    raise ToolError(f"transcoders: {ref!r} is not a local directory here; as a hub repository: "
+                                    f"{e}") from None
+                out += found if fetch else []
             continue
         fix = ("a train_transcoders / load_sae run id, a hub repository of layers.L.mlp folders (org/name), or a "
                "directory of transcoder folders (layers.L.mlp or sae-lens)")
@@ -61,6 +65,13 @@ def transcoder_dirs(app: AppContext, refs: str | list[str], fetch: bool = True,
             raise field_error("transcoders", f"{ref!r} holds no transcoder folder (cfg.json of a transcoder)", fix)
         out += found
     return out
+
+
+def _run(app: AppContext, run_id: str):
+    try:
+        return app.store.get_run(run_id)
+    except Exception:
+        return None
 
 
 def _transcoder_folders(root: Path) -> list[Path]:

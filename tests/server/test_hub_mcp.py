@@ -161,5 +161,8 @@ async def test_trace_takes_a_hub_repository_of_transcoder_folders_as_its_set(hub
         text = await call_error(c, "trace", {"model": "toy/tiny-random", "prompt": "abcab",
                                              "transcoders": "acme/not-transcoders"})
         assert "transcoders:" in text and "no transcoder folders" in text, text
+        text = await call_error(c, "trace", {"model": "toy/tiny-random", "prompt": "abcab",
+                                             "transcoders": "acme/no-such-repo"})
+        assert "transcoders:" in text and "not a local directory" in text and "hub repository" in text, text
     fetched = {p.split("/")[-1] for m, p, _ in hub.log if m == "GET" and "/resolve/" in p}
     assert fetched == {"cfg.json", "sae.safetensors"}, fetched  # (the two equal cfg.json share one cached blob)

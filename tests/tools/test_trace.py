@@ -405,6 +405,15 @@ async def test_trained_transcoders_by_run_id_on_a_layernorm_model(store_dir):
         ic = r["intervention_check"]
         assert ic["n"] == min(8, r["n_feature_nodes"]) and all(row["measured"] is not None for row in ic["rows"])
         GraphFile.model_validate_json((run_dir(r) / "graph.json").read_text())
+        # the same set named layer by layer, as load_sae and find_features take one: <run id>/layers.L.mlp
+        again = await call(c, "trace", {"model": "toy/tiny-random", "prompt": "abcabc", "contexts_corpus": "none",
+                                        "transcoders": [f"{run_id}/layers.0.mlp", f"{run_id}/layers.1.mlp"],
+                                        "check_top": 0, "wait_seconds": 120})
+        assert again["result"]["transcoders"] == r["transcoders"]
+        assert again["result"]["n_feature_nodes"] == r["n_feature_nodes"]
+        err = await call_error(c, "trace", {"model": "toy/tiny-random", "prompt": "abc",
+                                            "transcoders": f"{run_id}/layers.7.mlp"})
+        assert "transcoders:" in err and "layers.0.mlp, layers.1.mlp" in err, err
 
 
 @pytest.mark.anyio

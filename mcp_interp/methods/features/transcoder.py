@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ..core import Site
 
@@ -122,10 +123,11 @@ def check_splice(tc, cfg) -> None:
     """ValueError unless the transcoder's output can replace blocks.L.hook_mlp_out of a model with config `cfg`.
     Where the model normalises the MLP's output before the add (Gemma 2/3) the transcoder must predict that
     normalised output, as train_transcoders' and Gemma Scope's do (sparsify's own trainer predicts the MLP module's
-    output, before the norm); OLMo 2's MLPs read the unnormalised stream, which no convention here models."""
-    if cfg.original_architecture in ("Olmo2ForCausalLM",):
-        raise ValueError("this model normalises the MLP's output instead of its input (OLMo 2): its MLP reads the "
-                         "raw stream, which the transcoder conventions here do not model")
+    output, before the norm); OLMo 2/3's MLPs read the unnormalised stream, which no convention here models."""
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise ValueError(f"this model normalises the MLP's output instead of its input (OLMo 2/3: "
+                         f"{cfg.original_architecture}): its MLP reads the raw stream, which the transcoder "
+                         f"conventions here do not model")
     if getattr(cfg, "use_normalization_before_and_after", False) and not writes_hook_mlp_out(tc):
         raise ValueError("this model normalises the MLP's output before adding it to the stream (Gemma 2/3), and "
                          "this transcoder does not say it predicts that normalised output (blocks.L.hook_mlp_out: a "

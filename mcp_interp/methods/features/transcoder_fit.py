@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from ..core import Progress, ShouldCancel, Site, check_cancelled
 from ..core.footprint import F32, I64, PY_TOKEN
@@ -90,9 +91,10 @@ def check_transcodable(model, layers: Sequence[int]) -> None:
     if cfg.normalization_type not in NORMS + (None,):
         raise FitError("model", f"its normalization {cfg.normalization_type!r} is not LayerNorm, RMSNorm or none; "
                        "transcoders here read the MLP module's input through one of those.")
-    if cfg.original_architecture == "Olmo2ForCausalLM":
-        raise FitError("model", "it normalises the MLP's output instead of its input (OLMo 2): its MLP reads the "
-                       "raw stream, which these transcoders (reading the MLP module's normalised input) do not model.")
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raise FitError("model", f"it normalises the MLP's output instead of its input (OLMo 2/3: "
+                       f"{cfg.original_architecture}): its MLP reads the raw stream, which these transcoders (reading "
+                       f"the MLP module's input through its ln2) do not model.")
     if not layers:
         raise FitError("layers", "no layer given. Fix: at least one MLP layer.")
     bad = [L for L in layers if not 0 <= L < cfg.n_layers]

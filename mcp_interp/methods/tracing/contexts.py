@@ -20,7 +20,8 @@ from ..core.progress import Progress, ShouldCancel, check_cancelled
 from .replacement import scale_hook, stream_hook
 from .transcoders import TracingTranscoder
 
-BATCH_TOKENS = 4096  # padded tokens per forward: one layer's full latents [tokens, width] at a time
+BATCH_TOKENS = 4096  # padded tokens per forward at most
+BATCH_MB = 256.0  # ... and fewer for wide transcoders: one layer's latents [tokens, width] (x3 in TopK) within this
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,15 @@ class FeatureContext:
     activation: float
 
 
-def _batches(windows: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Window indices in order, grouped so that each group's padded size stays within BATCH_TOKENS."""
+def _batches(windows: Sequence[Sequence[int]], limit: int | None = None) -> list[list[int]]:
+    """Window indices in order, grouped so that each group's padded size stays within `limit` tokens (default
+    BATCH_TOKENS); a window longer than that is a group of its own."""
+    limit = BATCH_TOKENS if limit is None else limit
     out: list[list[int]] = []
     longest = 0
     for w, window in enumerate(windows):
         n = max(len(window), 1)
-        if out and max(longest, n) * (len(out[-1]) + 1) <= BATCH_TOKENS:
+        if out and max(longest, n) * (len(out[-1]) + 1) <= limit:
             out[-1].append(w)
             longest = max(longest, n)
         else:
@@ -79,7 +82,8 @@ def top_contexts(model, transcoders: Mapping[int, TracingTranscoder], windows: S
         by_layer.setdefault(l, []).append(f)
     heaps: dict[tuple[int, int], list[tuple[float, int, int, int]]] = {k: [] for k in wanted}
     dev = model.cfg.device
-    batches, done = _batches(windows), 0
+    width = max(transcoders[l].width for l in by_layer)
+    batches, done = _batches(windows, max(1, min(BATCH_TOKENS, int(BATCH_MB * 2**20) // (12 * width)))), 0
     for group in batches:
         check_cancelled(should_cancel)
         longest = max(max(len(windows[w]), 1) for w in group)

@@ -3,8 +3,9 @@ node, and attention patterns, norm scales and the transcoders' nonlinearities fr
 
 `freeze(model, tokens, transcoders)` runs the real model once (TransformerLens hooks, no weight processing) and keeps
 what is frozen: each block's attention patterns [H, T, T], the scale every norm divides by at every position (ln1,
-ln2, ln_final), the stream each MLP reads, each MLP's output, the transcoders' active latents and activations, and
-the error nodes err = mlp_out - (decode(f) + W_skip x_in), held constant. Everything else is linear:
+ln2, ln1_post where the model has it, ln_final), the stream each MLP reads, each MLP's output, the transcoders'
+active latents and activations, and the error nodes err = mlp_out - (decode(f) + W_skip x_in), held constant.
+Everything else is linear:
 
   * a norm with its scale s frozen is affine: LayerNorm x -> (x - mean(x)) / s * w + b, RMSNorm x -> x / s * w;
   * attention with its pattern A frozen is affine in the stream: out_q = sum_h sum_k A[h, q, k] (ln1(x_k) W_V[h] +
@@ -57,7 +58,7 @@ def check_model(model) -> None:
         raise ValueError("model: tracing runs on a TransformerLens HookedTransformer")
     if cfg.original_architecture in POST_NORM_ARCHITECTURES:
         raise ValueError(f"model: {cfg.original_architecture} normalises each sublayer's output instead of its input "
-                         "(OLMo 2 style): its MLPs read the raw stream, which the transcoders here do not model, so "
+                         "(OLMo 2/3 style): its MLPs read the raw stream, which the transcoders here do not model, so "
                          "attribution graphs are not supported on it")
     cap = getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0
     if cap > 0:

@@ -25,7 +25,8 @@ from .transcoders import tracing_transcoders
 class TraceResult:
     """graph: the full (unpruned) attribution graph; pruned: its node and edge masks at the thresholds; scores of
     the full graph (replacement, completeness); paths: the top paths to the targets over the pruned graph;
-    identity_error: max |sum of a row's edges + constant - value| (0 up to rounding, see `replacement`)."""
+    identity_error: max |sum of a row's edges + constant - value| (0 up to rounding, see `replacement`); seconds:
+    building, pruning and reading the graph (the check and the contexts after it not included)."""
 
     graph: AttributionGraph
     pruned: Pruned

@@ -186,6 +186,16 @@ def test_bad_arguments_name_their_field(tiny, sparse):
     with pytest.raises(F.FitError) as e:
         T.fit_transcoders(attn_only, [0], seqs)
     assert e.value.field == "model" and "attention-only" in e.value.message
+    from ..tiny_models import tiny_model
+
+    for arch in ("Olmo2ForCausalLM", "Olmo3ForCausalLM"):  # the norm after the MLP only: ln2 is not its input
+        post = tiny_model("olmo2")
+        post.cfg.original_architecture = arch
+        with pytest.raises(F.FitError) as e:
+            T.fit_transcoders(post, [0], seqs)
+        assert e.value.field == "model" and "OLMo 2/3" in e.value.message and arch in e.value.message
+        with pytest.raises(ValueError, match="OLMo 2/3"):
+            F.check_splice(None, post.cfg)
 
 
 def test_footprint_grows_with_what_can_be_shrunk():
