@@ -53,6 +53,8 @@ class Job:
         self.owner = rec.owner
         self.remote = False  # run by another server process on the same store: state is read from the index
         self.fn = fn
+        # (thread, monotonic time) of the submit that created it: a caller can tell its own job from one it joined
+        self.origin: tuple[int, float] | None = None
         self.on_cancel: Callable[[], None] | None = None
         self.cond = threading.Condition()
         self.version = 0  # bumped on every change, under `cond`
@@ -187,6 +189,7 @@ class JobManager:
             job = Job(JobRecord(job_id=self._new_id(), kind=kind, description=description, key=key,
                                 status="queued", message="queued", created=utc_now(), owner=self.owner), fn)
             job.on_cancel = on_cancel
+            job.origin = (threading.get_ident(), time.monotonic())
             if key is not None:  # atomically across processes: join another live server's identical job
                 other = self.store.index.claim_job(job.snapshot(), self.alive_owners())
                 if other is not None:

@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -289,12 +290,13 @@ class Child:
     job_id: str | None = None
     result: dict | None = None  # a stored run served at submission
     error: str | None = None  # refused at submission
-    joined: bool = False  # its job was already queued or running (another request's): never cancelled by the sweep
+    joined: bool = False  # its job was created by another request (joined, not started): never cancelled by the sweep
 
 
 def _submit(app: AppContext, spec: ToolSpec, inp: BaseModel, run_args: dict[str, Any]) -> Child:
     """The run as a plain call of its tool with wait_seconds=0: a stored result, or its job."""
     child = Child(run_args)
+    me, t0 = threading.get_ident(), time.monotonic()
     try:
         out = spec.fn(app, inp, **({"progress": None} if spec.progress else {}))
     except Exception as e:  # refused at submission (e.g. a budget check): that row says why
@@ -306,6 +308,12 @@ def _submit(app: AppContext, spec: ToolSpec, inp: BaseModel, run_args: dict[str,
         child.result = out.model_dump(mode="json")["result"]
     elif out.job is not None:
         child.job_id = out.job.job_id
+    if child.job_id is not None:  # joined: a job this call did not create (another request's, or another server's)
+        try:
+            origin = app.jobs.get(child.job_id).origin
+        except KeyError:
+            origin = None
+        child.joined = origin is None or origin[0] != me or origin[1] < t0
     return child
 
 
@@ -336,11 +344,6 @@ def _state(app: AppContext, c: Child) -> State:
     if job.status in ("cancelled", "interrupted"):
         return State(job.status, 1.0, error=job.error or job.status)
     return State(job.status, float(job.progress or 0.0), job.message or "", job.result)
-
-
-def _live_jobs(app: AppContext) -> set[str]:
-    """Ids of the jobs queued or running now (this server's and, through the store, others')."""
-    return {r.job_id for r in app.jobs.list(limit=100_000) if r.status in ("queued", "running")}
 
 
 def _cancel_runs(app: AppContext, children: list[Child]) -> None:
@@ -500,10 +503,7 @@ def _stored_sweep(app: AppContext, p: Plan, children: list[Child]) -> dict | Non
 
 def sweep(app: AppContext, args: SweepInput, progress: Progress | None = None) -> SweepOutput:
     p = plan(app, args)
-    live = _live_jobs(app)
     children = [_submit(app, p.spec, inp, p.args(args.grid, i)) for i, inp in enumerate(p.inputs)]
-    for c in children:
-        c.joined = c.job_id in live
     if all(c.error for c in children):  # the tool refused every run before starting any: nothing to wait for
         raise ToolError(children[0].error if len(children) == 1 else
                         f"{children[0].error} (and every other run of the grid was refused too)")
