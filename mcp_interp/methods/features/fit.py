@@ -75,6 +75,20 @@ class SaeFit:
         return {"normalize": self.normalize, "scaling_factor": self.report.scaling_factor}
 
 
+def checked_split(sequences: Sequence[Sequence[int]], skip_first: int, held_out: float, seed: int,
+                  tokens_field: str) -> tuple[list[int], list[int]]:
+    """`split_windows` of the corpus windows, after refusing a skip_first that empties the shortest window and a
+    corpus too small to hold some out (FitError naming `tokens_field`, the argument that sets its size)."""
+    shortest = min((len(q) for q in sequences), default=skip_first + 1)
+    if skip_first >= shortest:
+        raise FitError("skip_first", f"{skip_first} drops every position of the shortest window ({shortest} tokens). "
+                       f"Fix: skip_first at most {shortest - 1} (usually 0 or 1).")
+    ho_idx, tr_idx = split_windows(len(sequences), held_out, seed)
+    if not tr_idx:
+        raise FitError(tokens_field, f"{len(sequences)} windows are too few to hold some out; collect more tokens.")
+    return ho_idx, tr_idx
+
+
 def split_windows(n: int, held_out: float, seed: int) -> tuple[list[int], list[int]]:
     """Held-out and training window indices: a seeded permutation, round(held_out x n) (at least 1) held out."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
@@ -96,13 +110,7 @@ def fit_sae(model, site: Site, sequences: Sequence[Sequence[int]], *, architectu
     training norm are left out of training and of the held-out figures, and pass through unspliced in the CE loss
     (None keeps every row). d_sae defaults to expansion x d_in. The CE loss is measured on the first
     `splice_windows` held-out windows (0 skips it). Raises FitError for arguments that leave nothing to fit."""
-    shortest = min((len(q) for q in sequences), default=skip_first + 1)
-    if skip_first >= shortest:
-        raise FitError("skip_first", f"{skip_first} drops every position of the shortest prompt ({shortest} tokens). "
-                       f"Fix: skip_first at most {shortest - 1} (usually 0 or 1).")
-    ho_idx, tr_idx = split_windows(len(sequences), held_out, seed)
-    if not tr_idx:
-        raise FitError("tokens", f"{len(sequences)} windows are too few to hold some out; collect more tokens.")
+    ho_idx, tr_idx = checked_split(sequences, skip_first, held_out, seed, "tokens")
     acts = collect_activations(model, site, sequences, skip_first=skip_first, progress=span(progress, 0, COLLECTED),
                                should_cancel=should_cancel)
     held = torch.isin(acts.seq, torch.tensor(ho_idx))

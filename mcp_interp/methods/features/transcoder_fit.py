@@ -38,7 +38,7 @@ from ..core import Progress, ShouldCancel, Site, check_cancelled
 from ..core.footprint import F32, I64, PY_TOKEN
 from ..core.progress import span
 from .activations import collect_site_activations
-from .fit import FitError, split_windows
+from .fit import FitError, checked_split
 from .quality import loss_with_hooks
 from .sae import EVAL_ROWS, TrainReport
 from .transcoder import load_transcoder, reading
@@ -373,13 +373,7 @@ def fit_transcoders(model, layers: Sequence[int], sequences: Sequence[Sequence[i
     d = model.cfg.d_model
     width = 4 * d if width is None else width
     check_shape(width, k)
-    shortest = min((len(q) for q in sequences), default=skip_first + 1)
-    if skip_first >= shortest:
-        raise FitError("skip_first", f"{skip_first} drops every position of the shortest window ({shortest} "
-                       f"tokens). Fix: skip_first at most {shortest - 1} (usually 0 or 1).")
-    ho_idx, tr_idx = split_windows(len(sequences), held_out, seed)
-    if not tr_idx:
-        raise FitError("n_tokens", f"{len(sequences)} windows are too few to hold some out; collect more tokens.")
+    ho_idx, tr_idx = checked_split(sequences, skip_first, held_out, seed, "n_tokens")
     layers = sorted(layers)  # reported in layer order, whatever the order asked
     sites = [Site(kind, L) for L in layers for kind in ("mlp_in", "mlp_out")]
 
