@@ -110,7 +110,21 @@ async def _demo(store: str | None, model: str, n: int) -> Path:
                 "b": {"model": model, "source": "sae", "sae": sae["run_id"]},
                 "task": "ioi-demo", "variable": "IO", "counterfactual": "s2_swap", "position": "END", "n": 64,
                 "n_null": 20, "n_perm": 99, "test_top": 2, "wait_seconds": 180}))["result"]
-            runs = [base, resid, heads, lens, looks, attr, das, *scrubs, probed, steered, sae, feats, compared]
+            # attribution graph of one IOI prompt: demo-sized transcoders on every MLP (the README's full run:
+            # benchmarks/trace_real_models.py), then trace the first example's answer-minus-counterfactual logit
+            n_layers = (await client.call_tool("load_model", {"model": model})).structured_content["config"]["n_layers"]
+            tcs = (await _call(client, bar, "train_transcoders", {
+                "model": model, "layers": list(range(n_layers)), "corpus": "shakespeare", "n_tokens": 2048,
+                "epochs": 2, "width": 1024, "k": 16, "splice_windows": 2, "wait_seconds": 180}))["result"]
+            traced = (await _call(client, bar, "trace", {
+                "model": model, "task": "ioi-demo", "example": 0, "transcoders": tcs["run_id"],
+                "max_feature_nodes": 1024, "contexts_tokens": 256, "check_top": 4, "wait_seconds": 180}))["result"]
+            # one tool over a grid: the baseline at two seeds (each point a normal, cached job)
+            swept = (await _call(client, bar, "sweep", {
+                "tool": "run_baseline", "base": {"model": model, "task": "ioi-demo", "n": n},
+                "grid": {"seed": [0, 1]}, "wait_seconds": 180}))["result"]
+            runs = [base, resid, heads, lens, looks, attr, das, *scrubs, probed, steered, sae, feats, compared, tcs,
+                    traced, swept]
             report = await _call(client, bar, "report", {"run_ids": [r["run_id"] for r in runs],
                                                          "title": f"mcp-interp demo — IOI on {model}"})
     console.print(f"{report['summary']} ({time.time() - t0:.0f} s in all)")

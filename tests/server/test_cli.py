@@ -32,7 +32,7 @@ def test_demo_writes_a_report_with_plots(tmp_path):
     report = Path(out.stdout.strip().splitlines()[-1])
     text = report.read_text()
     assert "the model solves this task" in text and "## Locate" in text and "## Features" in text
-    assert "## Comparison" in text
+    assert "## Comparison" in text and "## Transcoders trained" in text and "## Trace" in text and "## Sweep" in text
     assert text.count("## Causal scrubbing") == 3 and "## Provenance" in text
     figures = sorted(report.parent.glob("fig-*.png"))
     assert len(figures) >= 8 and all(f.stat().st_size > 1000 for f in figures)
